@@ -1,0 +1,3 @@
+from asyncgen.cli import main
+
+raise SystemExit(main())

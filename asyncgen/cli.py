@@ -1,0 +1,79 @@
+"""The command line: ``python -m asyncgen COMMAND`` (or ``asyncgen COMMAND``).
+
+Each command lives in ``asyncgen/commands/<name>.py`` with ``register(subparsers, common)``,
+which adds its parser and sets ``handler``. Errors: an ``AsyncgenError`` prints one line and
+exits with its code (2 for bad input, 1 for a failed run); a traceback only with
+``--log-level DEBUG``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from asyncgen import __version__
+from asyncgen.errors import AsyncgenError
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+log = logging.getLogger("asyncgen")
+
+
+def _common_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="logging level; DEBUG also shows tracebacks on errors (default: INFO)",
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from asyncgen.commands import check_pairs, tokenize, validate_dataset
+
+    parser = argparse.ArgumentParser(
+        prog="asyncgen",
+        description="Generate and validate minimal-pair prompt datasets for LLM interpretability research.",
+    )
+    parser.add_argument("--version", action="version", version=f"asyncgen {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = _common_parser()
+    for module in (tokenize, check_pairs, validate_dataset):
+        module.register(subparsers, common)
+    return parser
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    for noisy in ("httpx", "httpcore", "openai", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        return args.handler(args) or 0
+    except AsyncgenError as exc:
+        if args.log_level == "DEBUG":
+            log.exception("%s", exc)
+        print(f"asyncgen {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"asyncgen {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # Output piped into `head` and the like: not an error.
+        sys.stderr.close()
+        return 0

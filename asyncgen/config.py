@@ -1,0 +1,154 @@
+"""Task configs: one YAML file per task under ``<config-dir>/tasks/``.
+
+The loader is strict: unknown keys, missing keys and wrong types are rejected with one line that
+names the file, the key and what was expected. Adding a task is adding a YAML file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from asyncgen.errors import ConfigError
+
+FORMS = ("single_token", "multi_token")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Template(_Strict):
+    prefix: str
+    suffix: str
+
+    def render(self, text: str) -> str:
+        return f"{self.prefix}{text}{self.suffix}"
+
+
+class Templates(_Strict):
+    single_token: Template
+    multi_token: Template
+
+
+class Pair(_Strict):
+    """A prompt (``safe``) and its counterfactual (``harmful``); the seed's names for both."""
+
+    safe: Annotated[str, Field(min_length=1)]
+    harmful: Annotated[str, Field(min_length=1)]
+
+
+class Lexicon(_Strict):
+    """Material the offline simulator composes candidate pairs from.
+
+    A candidate is a frame with its ``{x}`` slot filled once with a safe filler (the prompt) and
+    once with a harmful filler (the counterfactual); every other ``{name}`` in the frame is filled
+    with one value of ``slots[name]``, the same in both.
+    """
+
+    frames: Annotated[list[str], Field(min_length=1)]
+    safe: Annotated[list[str], Field(min_length=1)]
+    harmful: Annotated[list[str], Field(min_length=1)]
+    slots: dict[str, Annotated[list[str], Field(min_length=1)]] = {}
+
+
+class Task(_Strict):
+    task_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    description: str = ""
+    templates: Templates
+    answers: Pair
+    examples: Annotated[list[Pair], Field(min_length=1)]
+    generation_instructions: Annotated[str, Field(min_length=1)]
+    batch_size: Annotated[int, Field(ge=1, le=100)]
+    tokenizers: dict[str, str] = {}
+    lexicon: Lexicon | None = None
+
+    def template(self, form: str) -> Template:
+        return getattr(self.templates, form)
+
+
+def default_config_dir() -> Path:
+    """The configs that ship with asyncgen: inside the installed package, or the repo's ``config/``."""
+    package_dir = Path(__file__).resolve().parent
+    for candidate in (package_dir / "config", package_dir.parent / "config"):
+        if (candidate / "tasks").is_dir():
+            return candidate
+    raise ConfigError(
+        f"no config directory found beside the asyncgen package ({package_dir}); "
+        "reinstall asyncgen or pass --config-dir"
+    )
+
+
+def resolve_config_dir(config_dir: str | os.PathLike | None) -> Path:
+    if config_dir is None:
+        return default_config_dir()
+    path = Path(config_dir)
+    if not (path / "tasks").is_dir():
+        raise ConfigError(f"--config-dir {path}: no 'tasks' folder in it; point it at a folder that has tasks/<name>.yaml")
+    return path
+
+
+def available_tasks(config_dir: Path) -> list[str]:
+    return sorted(p.stem for p in (config_dir / "tasks").glob("*.yaml"))
+
+
+def task_path(task: str, config_dir: str | os.PathLike | None = None) -> Path:
+    """A task name (looked up in the config dir) or a path to a YAML file."""
+    if task.endswith((".yaml", ".yml")) and Path(task).is_file():
+        return Path(task)
+    directory = resolve_config_dir(config_dir)
+    path = directory / "tasks" / f"{task}.yaml"
+    if not path.is_file():
+        known = ", ".join(available_tasks(directory)) or "none"
+        raise ConfigError(f"task '{task}': no {path}; known tasks in {directory}: {known}")
+    return path
+
+
+def load_task(task: str, config_dir: str | os.PathLike | None = None) -> Task:
+    path = task_path(task, config_dir)
+    return parse_task(read_yaml(path), path)
+
+
+def read_yaml(path: Path) -> object:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return yaml.safe_load(handle)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from exc
+
+
+def parse_task(data: object, path: Path) -> Task:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {_kind(data)}")
+    try:
+        return Task.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {describe_validation_error(exc)}") from exc
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """The first error of a pydantic validation as 'key: what was expected'."""
+    error = exc.errors()[0]
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    kind = error["type"]
+    if kind == "missing":
+        return f"missing key '{key}'"
+    if kind == "extra_forbidden":
+        return f"unknown key '{key}' (check its spelling; unknown keys are not allowed)"
+    got = _kind(error.get("input"))
+    return f"key '{key}': {error['msg'].lower()}, got {got}"
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "nothing"
+    return f"{type(value).__name__} {value!r}"[:80]

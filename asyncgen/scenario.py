@@ -1,0 +1,89 @@
+"""A scenario and its dataset format (the seed's JSONL).
+
+A scenario is a prompt and a counterfactual rendered into four texts. In the dataset each
+scenario is four JSON lines, in ``TYPES`` order, each ``{"scenario_id", "type", "task", "text"}``,
+with ids 0, 1, 2, ... in file order.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import orjson
+
+from asyncgen.config import Task
+
+TYPES = (
+    "single_token_prompt",
+    "single_token_counterfactual",
+    "multi_token_prompt",
+    "multi_token_counterfactual",
+)
+LINES_PER_SCENARIO = len(TYPES)
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    single_token_prompt: str
+    single_token_counterfactual: str
+    multi_token_prompt: str
+    multi_token_counterfactual: str
+
+    @classmethod
+    def render(cls, task: Task, prompt: str, counterfactual: str) -> "Scenario":
+        single, multi = task.templates.single_token, task.templates.multi_token
+        return cls(single.render(prompt), single.render(counterfactual), multi.render(prompt), multi.render(counterfactual))
+
+    def texts(self) -> tuple[str, str, str, str]:
+        return (
+            self.single_token_prompt,
+            self.single_token_counterfactual,
+            self.multi_token_prompt,
+            self.multi_token_counterfactual,
+        )
+
+    def dedup_keys(self) -> tuple[str, str]:
+        """Normalized prompt and counterfactual (the multi-token texts: the templates are fixed per run)."""
+        return normalize(self.multi_token_prompt), normalize(self.multi_token_counterfactual)
+
+
+def normalize(text: str) -> str:
+    """Casefolded, whitespace collapsed: two texts equal under this are duplicates."""
+    return _WHITESPACE.sub(" ", text.casefold()).strip()
+
+
+def encode_lines(scenario_id: int, task_name: str, scenario: Scenario) -> bytes:
+    """The four JSONL lines of one scenario, as one bytes object (written in one write)."""
+    return b"".join(
+        orjson.dumps({"scenario_id": scenario_id, "type": kind, "task": task_name, "text": text}) + b"\n"
+        for kind, text in zip(TYPES, scenario.texts())
+    )
+
+
+class GroupError(ValueError):
+    """Four lines that are not one well-formed scenario; the message says why."""
+
+
+def parse_group(records: list[dict], expected_id: int | None = None) -> tuple[int, str, Scenario]:
+    """Check four decoded lines form one scenario; return (scenario_id, task, scenario)."""
+    if len(records) != LINES_PER_SCENARIO:
+        raise GroupError(f"expected {LINES_PER_SCENARIO} lines, got {len(records)}")
+    first = records[0]
+    scenario_id, task_name = first.get("scenario_id"), first.get("task")
+    for kind, record in zip(TYPES, records):
+        if not isinstance(record, dict) or set(record) != {"scenario_id", "type", "task", "text"}:
+            raise GroupError(f"line of type {kind}: expected the keys scenario_id, type, task, text")
+        if record["type"] != kind:
+            raise GroupError(f"expected type {kind}, got {record['type']!r}")
+        if record["scenario_id"] != scenario_id or not isinstance(scenario_id, int) or isinstance(scenario_id, bool):
+            raise GroupError(f"scenario_id {record['scenario_id']!r} differs within the group")
+        if record["task"] != task_name or not isinstance(task_name, str):
+            raise GroupError(f"task {record['task']!r} differs within the group")
+        if not isinstance(record["text"], str):
+            raise GroupError(f"{kind}: text is not a string")
+    if expected_id is not None and scenario_id != expected_id:
+        raise GroupError(f"scenario_id {scenario_id}, expected {expected_id}")
+    return scenario_id, task_name, Scenario(*(record["text"] for record in records))
