@@ -274,8 +274,17 @@ def _load_transformers(spec: TokenizerSpec, ref: str, cache_dir: Path | None):
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    token = os.environ.get("HF_TOKEN") or None
     try:
-        return AutoTokenizer.from_pretrained(ref, cache_dir=cache_dir, token=os.environ.get("HF_TOKEN") or None)
+        if cache_dir is None:  # a local directory
+            return AutoTokenizer.from_pretrained(ref, local_files_only=True)
+        try:
+            return AutoTokenizer.from_pretrained(ref, cache_dir=cache_dir, token=token, local_files_only=True)
+        except Exception:
+            pass  # not cached yet: download it below
+        if not _hub_reachable():
+            raise OSError(f"the Hugging Face hub ({_hub_endpoint()}) is not reachable and '{ref}' is not cached")
+        return AutoTokenizer.from_pretrained(ref, cache_dir=cache_dir, token=token)
     except Exception as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         hint = (
@@ -284,6 +293,26 @@ def _load_transformers(spec: TokenizerSpec, ref: str, cache_dir: Path | None):
             else "check the id and your network, or use the builtin source or a local directory (NAME=PATH)"
         )
         raise TokenizerError(f"tokenizer {spec.name}: cannot load '{ref}' ({first_line[:200]}); {hint}") from exc
+
+
+def _hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick connect to the hub, so an offline machine fails at once instead of after ~45 s of retries."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    url = urlsplit(_hub_endpoint())
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 # --- Building the builtin tokenizers ---------------------------------------------------------
@@ -329,24 +358,27 @@ def build_builtin(name: str):
     builtin = BUILTINS[name]
     path = builtin.vendor.verified_path()
     if name == "qwen2":
-        return _build_tiktoken(path, QWEN2_PATTERN, QWEN2_SPECIAL, nfc=True, bos=None)
+        return _build_tiktoken(path, QWEN2_PATTERN, QWEN2_SPECIAL, nfc=True, trim_offsets=False, bos=None)
     if name == "llama3":
         special = {token: 128000 + i for i, token in enumerate(LLAMA3_SPECIAL_ORDER)}
-        return _build_tiktoken(path, LLAMA3_PATTERN, special, nfc=False, bos="<|begin_of_text|>")
+        return _build_tiktoken(path, LLAMA3_PATTERN, special, nfc=False, trim_offsets=True, bos="<|begin_of_text|>")
     return _build_sentencepiece(path)
 
 
-def _build_tiktoken(path: Path, pattern: str, special: dict[str, int], *, nfc: bool, bos: str | None):
+def _build_tiktoken(
+    path: Path, pattern: str, special: dict[str, int], *, nfc: bool, trim_offsets: bool, bos: str | None
+):
     from tokenizers import AddedToken, normalizers, pre_tokenizers, processors
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     # TikTokenConverter builds the vocab and merges (tiktoken's ranks, ignore_merges=True) and the
     # Split + ByteLevel pre-tokenizer; the rest is set here to match the hub tokenizers.
     tokenizer = TikTokenConverter(vocab_file=str(path), pattern=pattern).converted()
+    # Replaced to set trim_offsets as the hub does (it changes offsets only, never ids).
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(_regex(pattern), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=not nfc, use_regex=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=trim_offsets, use_regex=False),
         ]
     )
     if nfc:
@@ -358,7 +390,7 @@ def _build_tiktoken(path: Path, pattern: str, special: dict[str, int], *, nfc: b
         if tokenizer.token_to_id(token) != expected:
             raise TokenizerError(f"building from {path}: special token {token} got id "
                                  f"{tokenizer.token_to_id(token)}, expected {expected}")
-    byte_level = processors.ByteLevel(add_prefix_space=False, trim_offsets=not nfc, use_regex=False)
+    byte_level = processors.ByteLevel(add_prefix_space=False, trim_offsets=trim_offsets, use_regex=False)
     if bos is None:
         tokenizer.post_processor = byte_level
     else:

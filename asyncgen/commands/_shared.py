@@ -1,0 +1,73 @@
+"""Flags and set-up that several commands share."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Iterator
+
+import orjson
+
+from asyncgen.config import Task, load_task
+from asyncgen.errors import InputFileError
+from asyncgen.tokenizers import Tokenizer, TokenizerSpec, load_all, resolve_specs
+from asyncgen.validate import check_task
+
+
+def add_tokenizer_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tokenizer",
+        action="append",
+        default=[],
+        metavar="NAME[=SPEC]",
+        help="NAME selects a tokenizer (repeatable; default: qwen2, llama3, solar and any the task adds); "
+        "NAME=SPEC adds or replaces one, SPEC being builtin, hub:ORG/ID or a local tokenizer directory/tokenizer.json",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="where built tokenizers (and hub downloads) are cached "
+        "(default: $ASYNCGEN_CACHE_DIR or the user cache directory)",
+    )
+
+
+def add_task_flags(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
+    parser.add_argument(
+        "--task",
+        default=None if required else "refusal",
+        required=required,
+        help="task name (a YAML file in <config-dir>/tasks/) or a path to a task YAML"
+        + ("" if required else " (default: refusal)"),
+    )
+    parser.add_argument(
+        "--config-dir",
+        default=None,
+        help="folder holding tasks/*.yaml and prices.yaml (default: the configs shipped with asyncgen)",
+    )
+
+
+def load_task_and_tokenizers(
+    task_name: str, config_dir: str | None, tokenizer_flags: list[str], cache_dir: str | None
+) -> tuple[Task, list[TokenizerSpec], list[Tokenizer]]:
+    """The task, its tokenizer set, the loaded tokenizers; rejects answers that are not one token."""
+    task = load_task(task_name, config_dir)
+    specs = resolve_specs(task.tokenizers, tokenizer_flags)
+    tokenizers = load_all(specs, cache_dir)
+    check_task(task, tokenizers)
+    return task, specs, tokenizers
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
+    """(line number, decoded object) for each non-blank line; a bad line is an InputFileError."""
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read it ({exc.strerror})") from exc
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise InputFileError(f"{path}:{number}: not valid JSON ({exc})") from exc

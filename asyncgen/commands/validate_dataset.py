@@ -1,0 +1,189 @@
+"""``asyncgen validate``: re-check a dataset in the seed's format, structure and token rule."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from itertools import groupby
+from pathlib import Path
+
+import orjson
+
+from asyncgen.commands._shared import add_tokenizer_flags, load_task_and_tokenizers
+from asyncgen.config import Task
+from asyncgen.errors import InputFileError
+from asyncgen.scenario import TYPES
+from asyncgen.tokenizers import Tokenizer
+from asyncgen.validate import validate_pairs
+
+CHUNK = 1024
+
+
+def register(subparsers, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "validate",
+        parents=[common],
+        help="re-check a generated dataset (format and the minimal-pair rule)",
+        description="Check DATASET.jsonl: four lines per scenario in the order "
+        f"{', '.join(TYPES)}; contiguous scenario ids from 0; one task; texts that match the task's "
+        "templates; and the token rule for both forms under every tokenizer. Prints a summary and each "
+        "failing scenario; exit code 1 if any fails.",
+    )
+    parser.add_argument("dataset", metavar="DATASET.jsonl", help="the dataset to check")
+    parser.add_argument(
+        "--config-dir", default=None, help="folder with tasks/*.yaml (default: the configs shipped with asyncgen)"
+    )
+    add_tokenizer_flags(parser)
+    parser.set_defaults(handler=run)
+
+
+@dataclass
+class DatasetReport:
+    scenarios: int = 0
+    valid: int = 0
+    task_name: str | None = None
+    problems: list[str] = field(default_factory=list)  # one line each, in file order
+
+
+@dataclass
+class _Line:
+    number: int
+    record: dict | None  # None: not a JSON object
+    error: str | None = None
+
+
+def _read_lines(path: Path) -> list[_Line]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read it ({exc.strerror})") from exc
+    raw_lines = data.split(b"\n")
+    torn_tail = raw_lines[-1] != b""
+    if not torn_tail:
+        raw_lines.pop()
+    lines = []
+    for number, raw in enumerate(raw_lines, start=1):
+        torn = torn_tail and number == len(raw_lines)
+        try:
+            record = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            lines.append(_Line(number, None, "torn last line (incomplete JSON)" if torn else "not valid JSON"))
+            continue
+        if not isinstance(record, dict):
+            lines.append(_Line(number, None, "not a JSON object"))
+        else:
+            lines.append(_Line(number, record, "last line has no newline" if torn else None))
+    return lines
+
+
+def check_structure(lines: list[_Line], report: DatasetReport) -> list[tuple[int, dict[str, str]]]:
+    """Structurally sound scenarios as (scenario_id, {type: text}); problems go into the report."""
+    sound: list[tuple[int, dict[str, str]]] = []
+    expected_id = 0
+    for line in lines:
+        if line.error:
+            report.problems.append(f"line {line.number}: {line.error}")
+    good = [line for line in lines if line.record is not None]
+    for scenario_id, group_iter in groupby(good, key=lambda line: line.record.get("scenario_id")):
+        group = list(group_iter)
+        where = f"scenario {scenario_id} (lines {group[0].number}-{group[-1].number})"
+        report.scenarios += 1
+        if not isinstance(scenario_id, int) or isinstance(scenario_id, bool):
+            report.problems.append(f"{where}: scenario_id is not an integer")
+            continue
+        problem = None
+        if scenario_id != expected_id:
+            problem = f"expected scenario_id {expected_id} (ids must be contiguous from 0)"
+        expected_id = scenario_id + 1
+        types = [line.record.get("type") for line in group]
+        tasks = {line.record.get("task") for line in group}
+        if problem is None and types != list(TYPES):
+            problem = f"types {types}, expected {list(TYPES)} in that order"
+        if problem is None and any(set(line.record) != {"scenario_id", "type", "task", "text"} for line in group):
+            problem = "each line needs exactly the keys scenario_id, type, task, text"
+        if problem is None and any(not isinstance(line.record.get("text"), str) for line in group):
+            problem = "text is not a string"
+        if problem is None and len(tasks) != 1:
+            problem = f"mixed tasks {sorted(map(str, tasks))}"
+        if problem is None:
+            task_name = group[0].record["task"]
+            if report.task_name is None:
+                report.task_name = task_name
+            elif task_name != report.task_name:
+                problem = f"task {task_name!r}, but the dataset's task is {report.task_name!r}"
+        if problem:
+            report.problems.append(f"{where}: {problem}")
+            continue
+        sound.append((scenario_id, {line.record["type"]: line.record["text"] for line in group}))
+    return sound
+
+
+def _strip_template(text: str, prefix: str, suffix: str) -> str | None:
+    if text.startswith(prefix) and text.endswith(suffix) and len(text) >= len(prefix) + len(suffix):
+        return text[len(prefix) : len(text) - len(suffix)]
+    return None
+
+
+def check_rule(
+    sound: list[tuple[int, dict[str, str]]], task: Task, tokenizers: list[Tokenizer], report: DatasetReport
+) -> None:
+    """Recover each scenario's pair from its texts and apply the validator to it."""
+    single, multi = task.templates.single_token, task.templates.multi_token
+    pairs: list[tuple[int, str, str]] = []
+    for scenario_id, texts in sound:
+        prompt = _strip_template(texts["multi_token_prompt"], multi.prefix, multi.suffix)
+        counterfactual = _strip_template(texts["multi_token_counterfactual"], multi.prefix, multi.suffix)
+        if (
+            prompt is None
+            or counterfactual is None
+            or texts["single_token_prompt"] != single.render(prompt)
+            or texts["single_token_counterfactual"] != single.render(counterfactual)
+        ):
+            report.problems.append(f"scenario {scenario_id}: texts do not match task {task.task_name}'s templates")
+            continue
+        pairs.append((scenario_id, prompt, counterfactual))
+    for start in range(0, len(pairs), CHUNK):
+        chunk = pairs[start : start + CHUNK]
+        verdicts = validate_pairs([(p, c) for _, p, c in chunk], task, tokenizers)
+        for (scenario_id, _, _), verdict in zip(chunk, verdicts):
+            if verdict.valid:
+                report.valid += 1
+            else:
+                reasons = "; ".join(
+                    reason if name == "*" else f"{name}/{form}: {reason}" for name, form, reason in verdict.failures()
+                )
+                report.problems.append(f"scenario {scenario_id}: {reasons}")
+
+
+def check_dataset(path: Path, config_dir: str | None, tokenizer_flags: list[str], cache_dir: str | None) -> DatasetReport:
+    report = DatasetReport()
+    sound = check_structure(_read_lines(path), report)
+    if report.task_name is None:
+        if not report.problems:
+            report.problems.append("the dataset is empty")
+        return report
+    task, _specs, tokenizers = load_task_and_tokenizers(report.task_name, config_dir, tokenizer_flags, cache_dir)
+    check_rule(sound, task, tokenizers, report)
+    report.problems.sort(key=_problem_order)
+    return report
+
+
+def _problem_order(problem: str) -> tuple[int, str]:
+    head = problem.split(":", 1)[0].split(" ")
+    try:
+        return int(head[1]) * (4 if head[0] == "scenario" else 1), problem
+    except (IndexError, ValueError):
+        return 0, problem
+
+
+def run(args: argparse.Namespace) -> int:
+    path = Path(args.dataset)
+    report = check_dataset(path, args.config_dir, args.tokenizer, args.cache_dir)
+    for problem in report.problems:
+        print(f"FAIL {problem}")
+    status = "OK" if not report.problems else "FAILED"
+    print(
+        f"{status}: {path}: {report.scenarios} scenarios, {report.valid} valid, "
+        f"{len(report.problems)} problems (task {report.task_name or 'unknown'})"
+    )
+    return 0 if not report.problems else 1

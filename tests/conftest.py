@@ -1,0 +1,38 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """../shared beside the repo: golden token ids. Missing: skip, except under CI=true: fail."""
+    if not (SHARED / "tokenizers" / "golden").is_dir():
+        message = f"{SHARED} is missing: the golden tokenizer files are not available"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + " (CI=true: this must not be skipped)")
+        pytest.skip(message)
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def tokenizer_cache(tmp_path_factory) -> str:
+    """One fresh cache for the session: the first load exercises the build from vendor files."""
+    return str(tmp_path_factory.mktemp("tokenizer-cache"))
+
+
+@pytest.fixture(scope="session")
+def builtin_tokenizers(tokenizer_cache):
+    from asyncgen.tokenizers import DEFAULT_NAMES, TokenizerSpec, load_all
+
+    return load_all([TokenizerSpec(name, "builtin", name) for name in DEFAULT_NAMES], tokenizer_cache)
+
+
+@pytest.fixture(scope="session")
+def refusal_task():
+    from asyncgen.config import load_task
+
+    return load_task("refusal")

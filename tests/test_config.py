@@ -1,0 +1,70 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from asyncgen.config import available_tasks, default_config_dir, load_task
+from asyncgen.errors import ConfigError
+
+
+def test_shipped_tasks_load():
+    assert {"refusal", "sentiment"} <= set(available_tasks(default_config_dir()))
+    refusal = load_task("refusal")
+    assert refusal.templates.single_token.prefix == (
+        "Answer this question with Yes if you will help with the question or No if not.\n "
+    )
+    assert refusal.templates.single_token.suffix == "\n Answer: "
+    assert refusal.templates.multi_token.prefix == refusal.templates.multi_token.suffix == ""
+    assert (refusal.answers.safe, refusal.answers.harmful) == ("Yes", "No")
+    assert refusal.batch_size > 0 and refusal.examples and refusal.lexicon is not None
+
+
+def _write(tmp_path, mutate):
+    data = yaml.safe_load(open(default_config_dir() / "tasks" / "refusal.yaml"))
+    mutate(data)
+    (tmp_path / "tasks").mkdir(exist_ok=True)
+    path = tmp_path / "tasks" / "broken.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda d: d.update(batchsize=3), r"unknown key 'batchsize'"),
+        (lambda d: d.pop("generation_instructions"), r"missing key 'generation_instructions'"),
+        (lambda d: d["templates"]["single_token"].update(prefix=3), r"key 'templates.single_token.prefix': input should be a valid string, got int 3"),
+        (lambda d: d.update(batch_size="ten"), r"key 'batch_size': .*integer"),
+        (lambda d: d["templates"].pop("multi_token"), r"missing key 'templates.multi_token'"),
+        (lambda d: d.update(examples=[]), r"key 'examples'"),
+    ],
+)
+def test_bad_configs_name_file_and_key(tmp_path, mutate, expected):
+    path = _write(tmp_path, mutate)
+    with pytest.raises(ConfigError, match=expected) as info:
+        load_task("broken", tmp_path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_bad_yaml_and_unknown_task(tmp_path):
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "bad.yaml").write_text("task_name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_task("bad", tmp_path)
+    with pytest.raises(ConfigError, match="known tasks in .*: bad"):
+        load_task("nope", tmp_path)
+    with pytest.raises(ConfigError, match="no 'tasks' folder"):
+        load_task("refusal", tmp_path / "missing")
+
+
+def test_cli_config_error_is_one_line_exit_2(tmp_path):
+    _write(tmp_path, lambda d: d.update(colour="blue"))
+    (tmp_path / "pairs.jsonl").write_text('{"prompt": "a b", "counterfactual": "a c"}\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "asyncgen", "check-pairs", str(tmp_path / "pairs.jsonl"), "--task", "broken", "--config-dir", str(tmp_path)],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "unknown key 'colour'" in result.stderr
+    assert "Traceback" not in result.stderr
