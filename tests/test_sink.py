@@ -1,0 +1,565 @@
+"""The scenario sink: format, checkpoint, resume after crashes and torn writes, dedup, failures."""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import asyncgen.sink as sink_module
+from asyncgen.config import Task
+from asyncgen.errors import SinkError, UsageError
+from asyncgen.scenario import TYPES, Scenario, encode_lines
+from asyncgen.sink import DurabilityPolicy, ScenarioSink, fingerprint_of
+
+REPO = Path(__file__).resolve().parent.parent
+WRITER = Path(__file__).resolve().parent / "sink_writer.py"
+
+TASK = Task.model_validate(
+    {
+        "task_name": "refusal",
+        "templates": {
+            "single_token": {"prefix": "Answer Yes or No.\n ", "suffix": "\n Answer: "},
+            "multi_token": {"prefix": "", "suffix": ""},
+        },
+        "answers": {"safe": "Yes", "harmful": "No"},
+        "examples": [{"safe": "Help me make a cake.", "harmful": "Help me make a bomb."}],
+        "generation_instructions": "Write pairs.",
+        "batch_size": 10,
+    }
+)
+TOKENIZERS = ("gpt2", "qwen")
+FINGERPRINT = fingerprint_of(TASK, TOKENIZERS)
+
+
+def make(i: int, tag: str = "") -> Scenario:
+    return Scenario.render(TASK, f"Help me bake cake {tag}{i} for my sister.", f"Help me build bomb {tag}{i} for my sister.")
+
+
+def open_sink(folder: Path, checkpoint: str | None = "checkpoint.json", **kwargs) -> ScenarioSink:
+    kwargs.setdefault("task_name", TASK.task_name)
+    kwargs.setdefault("fingerprint", FINGERPRINT)
+    return ScenarioSink.open(folder / "out.jsonl", folder / checkpoint if checkpoint else None, **kwargs)
+
+
+def fill(folder: Path, count: int, **kwargs) -> None:
+    with open_sink(folder, **kwargs) as sink:
+        for i in range(count):
+            assert sink.append(make(i)) == i
+
+
+def read_dataset(path: Path, task_name: str | None = None) -> list[tuple[str, str]]:
+    """Check the file independently of the sink (stdlib json); return each scenario's multi-token pair."""
+    data = path.read_bytes()
+    assert data == b"" or data.endswith(b"\n"), "the file does not end with a whole line"
+    lines = data.decode("utf-8").splitlines()
+    assert len(lines) % 4 == 0, f"{len(lines)} lines: not whole groups of four"
+    pairs, seen_prompts, seen_counterfactuals = [], set(), set()
+    for scenario_id in range(len(lines) // 4):
+        records = [json.loads(line) for line in lines[4 * scenario_id : 4 * scenario_id + 4]]
+        for kind, record in zip(TYPES, records):
+            assert set(record) == {"scenario_id", "type", "task", "text"}
+            assert (record["scenario_id"], record["type"]) == (scenario_id, kind)
+            assert task_name is None or record["task"] == task_name
+        prompt, counterfactual = (" ".join(record["text"].casefold().split()) for record in records[2:])
+        assert prompt not in seen_prompts and counterfactual not in seen_counterfactuals, f"duplicate at {scenario_id}"
+        seen_prompts.add(prompt)
+        seen_counterfactuals.add(counterfactual)
+        pairs.append((records[2]["text"], records[3]["text"]))
+    return pairs
+
+
+def load_checkpoint(folder: Path, name: str = "checkpoint.json") -> dict:
+    return json.loads((folder / name).read_text())
+
+
+def group_end(data: bytes, scenarios: int) -> int:
+    """The byte offset after the first ``scenarios`` scenarios."""
+    end = 0
+    for _ in range(4 * scenarios):
+        end = data.index(b"\n", end) + 1
+    return end
+
+
+# -- format and checkpoint -------------------------------------------------------------------------
+
+
+def test_writes_the_seed_format_and_a_checkpoint_that_describes_it(tmp_path):
+    with open_sink(tmp_path / "new" / "deeper") as sink:  # a missing output folder is created
+        assert sink.resume.message.startswith("new dataset") and sink.count == 0
+        ids = [sink.append(make(i)) for i in range(3)]
+        sink.sync({"cost_usd": 0.25, "requests": 7})
+    folder = tmp_path / "new" / "deeper"
+    assert ids == [0, 1, 2]
+    data = (folder / "out.jsonl").read_bytes()
+    assert data == b"".join(encode_lines(i, "refusal", make(i)) for i in range(3))
+    assert read_dataset(folder / "out.jsonl", "refusal") == [(make(i).multi_token_prompt, make(i).multi_token_counterfactual) for i in range(3)]
+    checkpoint = load_checkpoint(folder)
+    assert checkpoint["version"] == 1
+    assert checkpoint["sink"] == str((folder / "out.jsonl").resolve())
+    assert (checkpoint["offset"], checkpoint["scenarios"]) == (len(data), 3)
+    assert checkpoint["fingerprint"] == json.loads(json.dumps(FINGERPRINT))
+    assert checkpoint["run_state"] == {"cost_usd": 0.25, "requests": 7}  # close() without run_state keeps it
+    assert set(checkpoint) == {"version", "sink", "offset", "scenarios", "fingerprint", "run_state", "updated_at"}
+    assert not list(folder.glob("*.tmp"))
+
+
+def test_run_state_comes_back_on_resume(tmp_path):
+    with open_sink(tmp_path) as sink:
+        sink.append(make(0))
+        sink.close({"cost_usd": 1.5, "accepted": 1})
+    with open_sink(tmp_path) as sink:
+        assert sink.resume.run_state == {"cost_usd": 1.5, "accepted": 1}
+        assert sink.resume.used_checkpoint and sink.count == 1
+
+
+def test_policy_says_when_a_sync_is_due(tmp_path):
+    policy = DurabilityPolicy(every_scenarios=3, every_seconds=3600)
+    with open_sink(tmp_path, durability=policy, auto_sync=False) as sink:
+        sink.append(make(0))
+        sink.append(make(1))
+        assert not sink.sync_due() and sink.durable_count == 0
+        sink.append(make(2))
+        assert sink.sync_due() and sink.durable_count == 0
+        assert load_checkpoint(tmp_path)["scenarios"] == 0  # append itself does not sync
+        sink.sync()
+        assert not sink.sync_due() and sink.durable_count == 3
+    with open_sink(tmp_path, durability=DurabilityPolicy(every_scenarios=1000, every_seconds=0.01), auto_sync=False) as sink:
+        assert not sink.sync_due()  # nothing unsynced
+        sink.append(make(3))
+        time.sleep(0.02)
+        assert sink.sync_due()
+
+
+def test_auto_sync_syncs_inside_append(tmp_path):
+    with open_sink(tmp_path, durability=DurabilityPolicy(every_scenarios=4, every_seconds=3600)) as sink:
+        for i in range(9):
+            sink.append(make(i))
+        assert sink.durable_count == 8 and sink.count == 9
+        assert load_checkpoint(tmp_path)["scenarios"] == 8
+
+
+def test_sync_in_a_thread_while_appending_keeps_checkpoints_consistent(tmp_path):
+    output = tmp_path / "out.jsonl"
+    sink = open_sink(tmp_path, auto_sync=False)
+    stop, seen = threading.Event(), []
+
+    def syncer():
+        while not stop.is_set():
+            sink.sync()
+            checkpoint = load_checkpoint(tmp_path)
+            data = output.read_bytes()[: checkpoint["offset"]]
+            seen.append((data.count(b"\n"), 4 * checkpoint["scenarios"], data[-1:] in (b"", b"\n")))
+
+    thread = threading.Thread(target=syncer)
+    thread.start()
+    for i in range(3000):
+        sink.append(make(i))
+    stop.set()
+    thread.join()
+    sink.close()
+    assert len(seen) > 1
+    assert all(lines == expected and whole for lines, expected, whole in seen)
+    assert len(read_dataset(output)) == 3000 and load_checkpoint(tmp_path)["scenarios"] == 3000
+
+
+def test_closed_sink_refuses_appends_and_close_is_idempotent(tmp_path):
+    sink = open_sink(tmp_path)
+    sink.append(make(0))
+    sink.close()
+    sink.close()
+    with pytest.raises(SinkError):
+        sink.append(make(1))
+    assert len(read_dataset(tmp_path / "out.jsonl")) == 1
+
+
+def test_a_second_writer_is_refused(tmp_path):
+    with open_sink(tmp_path):
+        with pytest.raises(UsageError, match="another run is writing it"):
+            open_sink(tmp_path, checkpoint="other.json")
+
+
+# -- resume ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [1, 30, "line", "line+5", "3 lines", "3 lines+1", "group-1"],
+    ids=lambda cut: f"torn-{cut}",
+)
+@pytest.mark.parametrize("with_checkpoint", [True, False])
+def test_torn_tail_is_cut_and_reported(tmp_path, cut, with_checkpoint):
+    fill(tmp_path, 5)
+    output = tmp_path / "out.jsonl"
+    whole = output.read_bytes()
+    extra = encode_lines(5, "refusal", make(5))
+    first_line = extra.index(b"\n") + 1
+    third_line = group_end(extra, 1) - len(extra.splitlines(keepends=True)[-1])
+    size = {"line": first_line, "line+5": first_line + 5, "3 lines": third_line, "3 lines+1": third_line + 1,
+            "group-1": len(extra) - 1}.get(cut, cut)
+    output.write_bytes(whole + extra[:size])
+    if not with_checkpoint:
+        (tmp_path / "checkpoint.json").unlink()
+    with open_sink(tmp_path) as sink:
+        report = sink.resume
+        assert (report.scenarios, report.dropped_bytes, report.dropped_scenarios) == (5, size, 1)
+        assert report.used_checkpoint == with_checkpoint
+        assert f"cut a torn tail of {size} bytes (1 partial scenario)" in report.message and "\n" not in report.message
+        assert output.read_bytes() == whole
+        assert sink.append(make(6)) == 5
+    assert len(read_dataset(output)) == 6
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda cp, size: "{not json", "not valid JSON"),
+        (lambda cp, size: {**cp, "offset": size + 400, "scenarios": 9}, "offset past the end"),
+        (lambda cp, size: {**cp, "sink": "/elsewhere/out.jsonl"}, "belongs to another sink"),
+        (lambda cp, size: {**cp, "version": 99}, "not a version 1 checkpoint"),
+        (lambda cp, size: {**cp, "offset": "12"}, "malformed"),
+        (lambda cp, size: {**cp, "offset": cp["offset"] - 3}, "does not end that scenario there"),
+        (lambda cp, size: {**cp, "scenarios": 3}, "does not end that scenario there"),
+    ],
+    ids=["bad-json", "offset-past-end", "wrong-sink", "version", "malformed", "offset-mid-line", "count-mismatch"],
+)
+def test_unusable_checkpoint_falls_back_to_a_full_scan(tmp_path, damage, reason):
+    fill(tmp_path, 4)
+    path = tmp_path / "checkpoint.json"
+    size = (tmp_path / "out.jsonl").stat().st_size
+    damaged = damage(load_checkpoint(tmp_path), size)
+    path.write_text(damaged if isinstance(damaged, str) else json.dumps(damaged))
+    with open_sink(tmp_path) as sink:
+        assert sink.count == 4 and not sink.resume.used_checkpoint
+        assert "checked the whole file" in sink.resume.message and reason in sink.resume.message
+        assert "\n" not in sink.resume.message
+        assert sink.append(make(4)) == 4
+    checkpoint = load_checkpoint(tmp_path)  # replaced by a good one
+    assert (checkpoint["scenarios"], checkpoint["offset"]) == (5, (tmp_path / "out.jsonl").stat().st_size)
+
+
+def test_stale_checkpoint_scans_forward_and_keeps_complete_groups(tmp_path):
+    with open_sink(tmp_path, auto_sync=False) as sink:
+        for i in range(5):
+            sink.append(make(i))
+        sink.sync()
+        stale = (tmp_path / "checkpoint.json").read_bytes()
+        for i in range(5, 8):
+            sink.append(make(i))
+    (tmp_path / "checkpoint.json").write_bytes(stale)  # as if killed before the next sync
+    output = tmp_path / "out.jsonl"
+    whole = output.read_bytes()
+    output.write_bytes(whole + encode_lines(8, "refusal", make(8))[:50])
+    with open_sink(tmp_path) as sink:
+        assert sink.resume.used_checkpoint and sink.count == 8
+        assert "3 more found after it" in sink.resume.message and "torn tail of 50 bytes" in sink.resume.message
+        assert sink.is_duplicate(make(7)) and sink.is_duplicate(make(2))  # keys from both parts
+    assert output.read_bytes() == whole
+
+
+def test_empty_file_with_old_checkpoint_starts_over_and_says_so(tmp_path):
+    fill(tmp_path, 3)
+    (tmp_path / "out.jsonl").unlink()
+    with open_sink(tmp_path) as sink:
+        assert sink.count == 0 and "checkpoint said 3 scenarios" in sink.resume.message
+        assert sink.append(make(0)) == 0
+
+
+@pytest.mark.parametrize("where", ["middle", "last-group"])
+@pytest.mark.parametrize("with_checkpoint", [True, False])
+def test_damage_that_is_not_a_torn_write_is_refused_and_left_alone(tmp_path, where, with_checkpoint):
+    fill(tmp_path, 6)
+    output = tmp_path / "out.jsonl"
+    data = output.read_bytes()
+    target = 2 if where == "middle" else 5
+    start = group_end(data, target)
+    line_end = data.index(b"\n", start)
+    damaged = data[:start] + b"{garbage" + data[line_end:]
+    output.write_bytes(damaged)
+    if not with_checkpoint:
+        (tmp_path / "checkpoint.json").unlink()
+    else:
+        cp = load_checkpoint(tmp_path)  # make the checkpoint vouch only for what precedes the damage
+        cp.update(offset=start, scenarios=target)
+        (tmp_path / "checkpoint.json").write_text(json.dumps(cp))
+    with pytest.raises(SinkError, match=rf"scenario {target} at byte {start} .*truncate -s {start} "):
+        open_sink(tmp_path)
+    assert output.read_bytes() == damaged
+
+
+def test_fingerprint_mismatch_is_refused_unless_forced(tmp_path):
+    fill(tmp_path, 3)
+    output = tmp_path / "out.jsonl"
+    before = output.read_bytes()
+    other_templates = fingerprint_of(
+        TASK.model_copy(update={"templates": TASK.templates.model_copy(update={"multi_token": TASK.templates.single_token})}),
+        TOKENIZERS,
+    )
+    for other in (other_templates, fingerprint_of(TASK, ["gpt2", "llama"])):
+        with pytest.raises(UsageError, match="--force-resume") as caught:
+            open_sink(tmp_path, fingerprint=other)
+        assert caught.value.exit_code == 2 and "\n" not in caught.value.message
+        assert output.read_bytes() == before
+    assert "templates" in str(pytest.raises(UsageError, open_sink, tmp_path, fingerprint=other_templates).value)
+    with open_sink(tmp_path, fingerprint=other_templates, force_resume=True) as sink:
+        assert sink.count == 3 and "--force-resume" in sink.resume.message
+        assert sink.append(make(3)) == 3
+    assert load_checkpoint(tmp_path)["fingerprint"] == json.loads(json.dumps(other_templates))
+    with open_sink(tmp_path, fingerprint=other_templates) as sink:  # the forced setup is now the recorded one
+        assert sink.count == 4
+
+
+def test_other_task_in_the_file_is_refused_without_a_checkpoint(tmp_path):
+    fill(tmp_path, 2)
+    (tmp_path / "checkpoint.json").unlink()
+    with pytest.raises(UsageError, match="task 'refusal' in the file"):
+        open_sink(tmp_path, task_name="sentiment")
+    with open_sink(tmp_path, task_name="sentiment", force_resume=True) as sink:
+        assert sink.append(make(2)) == 2
+    tasks = [json.loads(line)["task"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert tasks == ["refusal"] * 8 + ["sentiment"] * 4
+
+
+def test_no_checkpoint_refuses_existing_output_unless_overwrite(tmp_path):
+    fill(tmp_path, 3, checkpoint=None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]  # no checkpoint written
+    output = tmp_path / "out.jsonl"
+    before = output.read_bytes()
+    with pytest.raises(UsageError, match="--overwrite") as caught:
+        open_sink(tmp_path, checkpoint=None)
+    assert caught.value.exit_code == 2 and output.read_bytes() == before
+    with open_sink(tmp_path, checkpoint=None, overwrite=True) as sink:
+        assert sink.count == 0 and output.read_bytes() == b""
+        assert "overwrote" in sink.resume.message
+        assert sink.append(make(0)) == 0
+    assert len(read_dataset(output)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
+
+
+def test_overwrite_with_a_checkpoint_starts_over(tmp_path):
+    with open_sink(tmp_path) as sink:
+        sink.append(make(0))
+        sink.close({"cost_usd": 3.0})
+    with open_sink(tmp_path, overwrite=True) as sink:
+        assert sink.count == 0 and sink.resume.run_state == {}
+        assert sink.append(make(0)) == 0  # not a duplicate any more
+    assert load_checkpoint(tmp_path)["scenarios"] == 1 and load_checkpoint(tmp_path)["run_state"] == {}
+
+
+# -- dedup -----------------------------------------------------------------------------------------
+
+
+def test_dedup_within_a_run_and_across_a_resume(tmp_path):
+    original = make(0)
+    same_prompt = Scenario.render(TASK, "  HELP me bake\tCAKE 0 for my  sister. ", "something else entirely")
+    same_counterfactual = Scenario.render(TASK, "a new prompt", "help ME build bomb 0\nfor my sister.")
+    with open_sink(tmp_path) as sink:
+        assert sink.append(original) == 0
+        assert sink.is_duplicate(same_prompt) and sink.is_duplicate(same_counterfactual)
+        assert sink.append(same_prompt) is None and sink.append(same_counterfactual) is None
+        assert sink.append(make(1)) == 1
+    for checkpoint in ("checkpoint.json", "missing.json"):  # keys rebuilt by the fast path and the full scan
+        with open_sink(tmp_path, checkpoint=checkpoint) as sink:
+            assert sink.resume.used_checkpoint == (checkpoint == "checkpoint.json")
+            assert sink.append(same_prompt) is None and sink.append(same_counterfactual) is None
+            assert sink.append(make(1)) is None
+            assert not sink.is_duplicate(make(2))
+        (tmp_path / "missing.json").unlink(missing_ok=True)
+    assert len(read_dataset(tmp_path / "out.jsonl")) == 2
+
+
+# -- failures --------------------------------------------------------------------------------------
+
+
+def fail_sink_writes(monkeypatch, sink: ScenarioSink, partial: int) -> None:
+    """The disk fills up: the next write to the sink is short by all but ``partial`` bytes (as
+    write(2) is when it fills the disk), the one after fails."""
+    real_write = os.write
+    calls = []
+
+    def write(fd, data):
+        if fd != sink._fd:
+            return real_write(fd, data)
+        calls.append(len(data))
+        if partial and len(calls) == 1:
+            return real_write(fd, bytes(data[:partial]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", write)
+
+
+@pytest.mark.parametrize("truncate_fails", [False, True], ids=["truncated", "torn-tail-left"])
+@pytest.mark.parametrize("partial", [0, 70, 300])
+def test_write_error_stops_cleanly_and_the_file_resumes(tmp_path, monkeypatch, partial, truncate_fails):
+    output = tmp_path / "out.jsonl"
+    sink = open_sink(tmp_path, auto_sync=False)
+    for i in range(10):
+        sink.append(make(i))
+    sink.sync()
+    for i in range(10, 13):
+        sink.append(make(i))
+    good = output.read_bytes()
+    fail_sink_writes(monkeypatch, sink, partial)
+    if truncate_fails:
+        monkeypatch.setattr(os, "ftruncate", lambda fd, size: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    with pytest.raises(SinkError) as caught:
+        sink.append(make(13))
+    message = caught.value.message
+    assert "\n" not in message and str(output) in message and "No space left on device" in message
+    assert "13 scenarios before it kept" in message
+    with pytest.raises(SinkError):  # stopped: nothing is written after the failure
+        sink.append(make(14))
+    sink.close({"cost_usd": 2.0})  # the failure was already raised: close does not raise again
+    monkeypatch.undo()
+    torn = partial if truncate_fails else 0
+    assert output.read_bytes() == good + encode_lines(13, "refusal", make(13))[:torn]
+    checkpoint = load_checkpoint(tmp_path)
+    assert (checkpoint["scenarios"], checkpoint["offset"], checkpoint["run_state"]) == (13, len(good), {"cost_usd": 2.0})
+    with open_sink(tmp_path) as resumed:
+        assert resumed.count == 13 and resumed.resume.dropped_bytes == torn
+        assert resumed.append(make(13)) == 13
+    assert len(read_dataset(output)) == 14
+
+
+def test_fsync_error_stops_and_leaves_the_checkpoint_alone(tmp_path, monkeypatch):
+    sink = open_sink(tmp_path, auto_sync=False)
+    sink.append(make(0))
+    sink.sync()
+    sink.append(make(1))
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "Input/output error")))
+    with pytest.raises(SinkError, match="Input/output error"):
+        sink.sync()
+    with pytest.raises(SinkError):
+        sink.append(make(2))
+    sink.close()
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path)["scenarios"] == 1  # never claims what fsync did not confirm
+    with open_sink(tmp_path) as resumed:
+        assert resumed.count == 2
+
+
+def test_checkpoint_write_error_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    sink = open_sink(tmp_path, auto_sync=False)
+    sink.append(make(0))
+    sink.sync()
+    before = (tmp_path / "checkpoint.json").read_bytes()
+    sink.append(make(1))
+    monkeypatch.setattr(os, "replace", lambda *args: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(SinkError, match=r"cannot write the checkpoint .*No space left on device"):
+        sink.sync()
+    sink.close()
+    monkeypatch.undo()
+    assert (tmp_path / "checkpoint.json").read_bytes() == before
+    assert not list(tmp_path.glob("*.tmp"))
+    with open_sink(tmp_path) as resumed:
+        assert resumed.count == 2 and resumed.resume.used_checkpoint
+
+
+def test_removed_sink_is_noticed_at_the_next_sync(tmp_path):
+    sink = open_sink(tmp_path, auto_sync=False)
+    sink.append(make(0))
+    (tmp_path / "out.jsonl").unlink()
+    sink.append(make(1))
+    with pytest.raises(SinkError, match="removed or replaced"):
+        sink.sync()
+    sink.close()
+    assert load_checkpoint(tmp_path)["scenarios"] == 0
+
+
+def test_unwritable_output_or_checkpoint_is_a_usage_error_before_anything_is_written(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UsageError, match="--output .*cannot create its folder") as caught:
+        ScenarioSink.open(blocker / "out.jsonl", tmp_path / "cp.json", task_name="refusal", fingerprint=FINGERPRINT)
+    assert caught.value.exit_code == 2
+    with pytest.raises(UsageError, match="--checkpoint .*cannot create its folder"):
+        ScenarioSink.open(tmp_path / "out.jsonl", blocker / "cp.json", task_name="refusal", fingerprint=FINGERPRINT)
+    (tmp_path / "cp_dir").mkdir()
+    (tmp_path / "cp_dir" / "x").write_text("")
+    with pytest.raises(UsageError, match="--checkpoint .*cannot write it"):
+        ScenarioSink.open(tmp_path / "out2.jsonl", tmp_path / "cp_dir", task_name="refusal", fingerprint=FINGERPRINT)
+    with pytest.raises(UsageError, match="--output .*cannot open it for writing"):
+        ScenarioSink.open(tmp_path / "cp_dir", tmp_path / "cp.json", task_name="refusal", fingerprint=FINGERPRINT)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "cp_dir"]  # nothing left behind
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes through chmod")
+def test_read_only_folder_is_a_usage_error(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(UsageError, match="cannot open it for writing"):
+            ScenarioSink.open(folder / "out.jsonl", tmp_path / "cp.json", task_name="refusal", fingerprint=FINGERPRINT)
+    finally:
+        folder.chmod(0o700)
+
+
+# -- SIGKILL trials --------------------------------------------------------------------------------
+
+_writer_spec = importlib.util.spec_from_file_location("sink_writer", WRITER)
+sink_writer = importlib.util.module_from_spec(_writer_spec)
+_writer_spec.loader.exec_module(sink_writer)
+
+KILL_TRIALS = 24
+
+
+def test_writer_killed_at_random_moments_always_resumes_whole(tmp_path):
+    base_seed = int(os.environ.get("ASYNCGEN_SINK_SEED", random.randrange(2**32)))
+    print(f"SIGKILL trials: base seed {base_seed} (rerun with ASYNCGEN_SINK_SEED={base_seed})")
+    rng = random.Random(base_seed)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    output, checkpoint = tmp_path / "out.jsonl", tmp_path / "checkpoint.json"
+    expected = 0  # scenarios in the file after the last verified resume
+    durable_seen = power_cuts = torn_tails = full_scans = 0
+    for trial in range(KILL_TRIALS):
+        seed, every, delay = rng.randrange(2**32), rng.choice((1, 3, 10, 25)), rng.uniform(0.0, 0.25)
+        power_loss = rng.random() < 0.5
+        context = f"trial {trial}: seed {seed}, every {every}, kill after {delay:.3f} s, power loss {power_loss}"
+        print(context)
+        args = [sys.executable, str(WRITER), str(output), str(checkpoint), str(seed), str(every)]
+        if trial % 2:
+            args.append("--auto-sync")
+        writer = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+        first = writer.stdout.readline()
+        assert first == f"resumed {expected}\n", f"{context}: {first!r} {writer.stderr.read() if not first else ''}"
+        time.sleep(delay)
+        writer.send_signal(signal.SIGKILL)
+        out, err = writer.communicate(timeout=30)
+        assert writer.returncode == -signal.SIGKILL, f"{context}: the writer ended by itself: {err}"
+        assert "error" not in out, f"{context}: {out}"
+        durable = max([expected] + [int(line.split()[1]) for line in out.splitlines() if line.startswith("durable ")])
+        durable_seen = max(durable_seen, durable - expected)
+
+        data = output.read_bytes()
+        durable_end = group_end(data, durable)  # raises if a durable scenario is missing
+        if power_loss:  # the machine lost what was not fsynced: keep a random part of it
+            power_cuts += 1
+            data = data[: rng.randint(durable_end, len(data))]
+            output.write_bytes(data)
+
+        sink = ScenarioSink.open(output, checkpoint, task_name=sink_writer.TASK_NAME, fingerprint=sink_writer.FINGERPRINT)
+        report = sink.resume
+        sink.close()
+        assert report.scenarios >= durable, f"{context}: {report.message}"
+        assert "\n" not in report.message
+        pairs = read_dataset(output, sink_writer.TASK_NAME)
+        assert len(pairs) == report.scenarios
+        assert output.read_bytes()[:durable_end] == data[:durable_end], f"{context}: durable scenarios changed"
+        assert len(output.read_bytes()) == len(data) - report.dropped_bytes
+        print(f"  durable {durable}, kept {report.scenarios}: {report.message}")
+        expected = report.scenarios
+        torn_tails += report.dropped_bytes > 0
+        full_scans += not report.used_checkpoint
+    print(f"{KILL_TRIALS} trials: {expected} scenarios, {torn_tails} torn tails cut, {full_scans} full scans")
+    assert expected > 0 and durable_seen > 0 and power_cuts > 0 and torn_tails > 0, "the trials exercised too little"
