@@ -1,0 +1,262 @@
+"""``asyncgen run``: generate a dataset of exactly N validated scenarios.
+
+Where requests go: ``--base-url`` (or ``OPENAI_BASE_URL``) for any OpenAI-compatible server;
+otherwise the OpenAI API when ``OPENAI_API_KEY`` is set; otherwise the offline default, the
+simulator started in-process on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import shlex
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from asyncgen.commands._shared import add_task_flags, add_tokenizer_flags, load_task_and_tokenizers
+from asyncgen.config import default_config_dir, resolve_config_dir
+from asyncgen.errors import UsageError
+from asyncgen.prices import load_prices, price_for
+from asyncgen.progress import report_progress, summary
+from asyncgen.prompting import build_messages, estimate_prompt_tokens, max_output_tokens, response_format_for
+from asyncgen.stats import RunStats
+
+log = logging.getLogger("asyncgen.run")
+OFFLINE_KEY = "sk-asyncgen-simulator"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def register(subparsers, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        parents=[common],
+        help="generate a dataset of validated minimal pairs",
+        description="Generate exactly --num-scenarios validated scenarios into --output, as fast as the "
+        "API's rate limits allow. Without OPENAI_API_KEY and --base-url it runs offline against the "
+        "built-in simulator. A killed or interrupted run resumes where the output ends.",
+    )
+    add_task_flags(parser)
+    parser.add_argument("--num-scenarios", type=_positive_int, default=1500, help="scenarios the dataset must hold (default: 1500)")
+    parser.add_argument("--output", default="dataset.jsonl", help="output JSONL file (default: dataset.jsonl)")
+    parser.add_argument("--checkpoint", default="checkpoint.json", help="checkpoint file (default: checkpoint.json)")
+    parser.add_argument("--no-checkpoint", action="store_true", help="write no checkpoint; refuses a non-empty --output unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true", help="start the dataset over, discarding what --output holds")
+    parser.add_argument("--force-resume", action="store_true", help="resume although the task, templates or tokenizers differ from the checkpoint's")
+    parser.add_argument("--model", default="gpt-4o", help="model name sent to the API (default: gpt-4o)")
+    parser.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL"), help="OpenAI-compatible API base URL, e.g. http://localhost:8000/v1 (default: $OPENAI_BASE_URL, else the OpenAI API if OPENAI_API_KEY is set, else the offline simulator)")
+    parser.add_argument("--concurrency", type=_positive_int, default=32, help="most requests in flight at once (default: 32)")
+    parser.add_argument("--rpm", type=_positive_int, default=None, help="requests per minute limit (default: learned from the API's x-ratelimit headers)")
+    parser.add_argument("--tpm", type=_positive_int, default=None, help="tokens per minute limit (default: learned from the API's x-ratelimit headers)")
+    parser.add_argument("--max-cost", type=_non_negative_float, default=None, help="USD budget for the dataset (this run plus earlier runs it resumes); no request starts that could cross it")
+    parser.add_argument("--prices", default=None, help="price table YAML (default: <config-dir>/prices.yaml)")
+    parser.add_argument("--validator-workers", type=int, default=None, help="validator processes; 0 validates in the main process (default: 1 on 2 cores, cores-1 up to 4)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    parser.add_argument("--seed", type=int, default=None, help="base seed sent with requests (request i gets seed+i); also seeds the offline simulator")
+    parser.add_argument("--response-format", choices=("auto", "json_schema", "json_object"), default="auto", help="structured output: strict json_schema where the model supports it (auto: gpt-4o, gpt-4.1, o-series), else json_object")
+    parser.add_argument("--request-timeout", type=_non_negative_float, default=60.0, help="seconds before a request is abandoned and retried (default: 60)")
+    parser.add_argument("--max-attempts", type=_positive_int, default=6, help="attempts per request before it is given up (default: 6)")
+    parser.add_argument("--grace-period", type=_non_negative_float, default=10.0, help="seconds in-flight requests get to finish after Ctrl-C (default: 10)")
+    parser.add_argument("--sync-every", type=_positive_int, default=50, help="fsync the output and write the checkpoint every N scenarios (default: 50) ...")
+    parser.add_argument("--sync-seconds", type=float, default=1.0, help="... or every T seconds, whichever first (default: 1.0)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (requests, tokens and cost at the current yield estimate) and exit")
+    add_tokenizer_flags(parser)
+    parser.set_defaults(handler=run)
+
+
+def default_validator_workers() -> int:
+    cores = os.cpu_count() or 1
+    return max(1, min(4, cores - 1))
+
+
+def _endpoint(args) -> tuple[str, str | None, str]:
+    """(mode, base_url, api_key); mode is 'simulator', 'openai' or 'custom'."""
+    key = os.environ.get("OPENAI_API_KEY") or None
+    if args.base_url:
+        return "custom", args.base_url, key or "sk-no-key-needed"
+    if key:
+        return "openai", None, key
+    return "simulator", None, OFFLINE_KEY
+
+
+def _resume_command(args) -> str:
+    argv = list(getattr(args, "argv", None) or sys.argv[1:])
+    argv = [a for a in argv if a not in ("--overwrite",)]
+    return "python -m asyncgen " + shlex.join(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.no_checkpoint and args.checkpoint != "checkpoint.json":
+        raise UsageError("--no-checkpoint and --checkpoint contradict each other; give one of them")
+    if args.sync_seconds <= 0:
+        raise UsageError(f"--sync-seconds {args.sync_seconds}: expected a number > 0")
+    config_dir = resolve_config_dir(args.config_dir)
+    task, specs, tokenizers = load_task_and_tokenizers(args.task, args.config_dir, args.tokenizer, args.cache_dir)
+    prices_path = Path(args.prices) if args.prices else (
+        config_dir / "prices.yaml" if (config_dir / "prices.yaml").is_file() else default_config_dir() / "prices.yaml"
+    )
+    if args.prices and not prices_path.is_file():
+        raise UsageError(f"--prices {prices_path}: no such file")
+    prices = load_prices(prices_path)
+    price = price_for(prices, args.model)
+    if args.max_cost is not None and price is None:
+        raise UsageError(f"--max-cost: model {args.model!r} has no price in {prices_path}; add it there or pass --prices")
+    if args.dry_run:
+        return _dry_run(args, task, price)
+    mode, base_url, api_key = _endpoint(args)
+    return _run_event_loop(_run_async(args, task, specs, tokenizers, prices, price, mode, base_url, api_key))
+
+
+def _run_event_loop(coro) -> int:
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(coro)
+
+
+def _request_cost_bound(task, price) -> float:
+    if price is None:
+        return 0.0
+    prompt = estimate_prompt_tokens(build_messages(task, ["x" * 60] * 20))
+    return (prompt * price.input + max_output_tokens(task) * price.output) / 1e6
+
+
+def _dry_run(args, task, price) -> int:
+    existing = 0
+    if Path(args.output).is_file() and not args.overwrite:
+        with open(args.output, "rb") as handle:
+            existing = sum(1 for _ in handle) // 4
+    remaining = max(0, args.num_scenarios - existing)
+    yield_per_request = 0.5 * task.batch_size
+    requests = math.ceil(remaining / yield_per_request) if remaining else 0
+    prompt_tokens = estimate_prompt_tokens(build_messages(task, ["x" * 60] * 20))
+    output_tokens = max_output_tokens(task)
+    cost = None if price is None else requests * (prompt_tokens * price.input + output_tokens * price.output) / 1e6
+    mode, base_url, _ = _endpoint(args)
+    print(f"plan for task {task.task_name} with {args.model} ({mode}{' ' + base_url if base_url else ''}):")
+    print(f"  scenarios       {remaining} to generate ({existing} already in {args.output}, target {args.num_scenarios})")
+    print(f"  yield estimate  {yield_per_request:.1f} accepted scenarios per request ({task.batch_size} pairs asked per request)")
+    print(f"  requests        about {requests}, at most {args.concurrency} in flight")
+    print(f"  tokens          about {requests * prompt_tokens} prompt + at most {requests * output_tokens} completion "
+          f"({prompt_tokens} + {output_tokens} per request)")
+    print(f"  cost            {'unknown (no price for ' + args.model + ')' if cost is None else f'at most about ${cost:.4f}'}")
+    return 0
+
+
+async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_url, api_key) -> int:
+    import httpx
+    import openai
+
+    from asyncgen.pipeline import Pipeline
+    from asyncgen.sink import DurabilityPolicy, ScenarioSink, fingerprint_of
+    from asyncgen.throttle import RetryPolicy, Throttle
+    from asyncgen.validate import PairValidator
+    from asyncgen.workers import GenerationSettings, Generator
+
+    # The sink first: an unwritable output or a mismatched resume fails before any API call.
+    sink = ScenarioSink.open(
+        args.output,
+        None if args.no_checkpoint else args.checkpoint,
+        task_name=task.task_name,
+        fingerprint=fingerprint_of(task, [str(spec) for spec in specs]),
+        force_resume=args.force_resume,
+        overwrite=args.overwrite,
+        durability=DurabilityPolicy(args.sync_every, args.sync_seconds),
+        auto_sync=False,
+    )
+    stats = RunStats(target=args.num_scenarios, accepted=sink.count)
+    stats.cost_before_usd = sink.resume.run_state.get("cost_usd", 0.0) if sink.resume.run_state else 0.0
+    if sink.resume.message:
+        log.info("%s", sink.resume.message)
+    workers = args.validator_workers if args.validator_workers is not None else default_validator_workers()
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(sink.close, None)  # a no-op after the final close below; the safety net on errors
+        if sink.count >= args.num_scenarios:
+            print(f"{args.output} already holds {sink.count} scenarios (target {args.num_scenarios}): nothing to do")
+            return 0
+        if mode == "simulator":
+            from asyncgen.simulator import SimulatorConfig, running_simulator
+
+            simulator = await stack.enter_async_context(running_simulator(SimulatorConfig(
+                task=task.task_name if not task.task_name.endswith((".yaml", ".yml")) else "refusal",
+                config_dir=args.config_dir, seed=args.seed or 0, latency_ms=300, latency_jitter_ms=150,
+            )))
+            base_url = simulator.base_url
+            log.info(
+                "offline: no OPENAI_API_KEY and no --base-url, so requests go to asyncgen's built-in OpenAI "
+                "simulator at %s; its pairs come from the %s task's lexicon, not a model. "
+                "To use GPT-4o: export OPENAI_API_KEY=sk-... and run again.", base_url, task.task_name,
+            )
+        loopback = base_url is not None and urlsplit(base_url).hostname in ("127.0.0.1", "localhost", "::1")
+        http_client = openai.DefaultAsyncHttpxClient(
+            limits=httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency),
+            timeout=httpx.Timeout(args.request_timeout, connect=5.0),
+            trust_env=not loopback,  # a proxy in the environment must not swallow loopback calls
+        )
+        client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, http_client=http_client,
+                                    timeout=httpx.Timeout(args.request_timeout, connect=5.0))
+        stack.push_async_callback(client.close)
+        validator = PairValidator(task, specs, cache_dir=args.cache_dir, workers=workers, tokenizers=tokenizers)
+        stack.callback(validator.close)
+        settings = GenerationSettings(args.model, response_format_for(args.model, args.response_format),
+                                      args.temperature, args.seed)
+        throttle = Throttle(args.rpm, args.tpm, largest_request_tokens=_largest_request(task))
+        generator = Generator(client, task, settings, throttle, RetryPolicy(max_attempts=args.max_attempts),
+                              stats, prices, api_key)
+        pipeline = Pipeline(task, generator, validator, sink, stats, concurrency=args.concurrency,
+                            max_cost=args.max_cost, request_cost_bound=_request_cost_bound(task, price),
+                            grace_period=args.grace_period)
+        progress = asyncio.create_task(report_progress(stats, pipeline.expected_yield))
+        failure: BaseException | None = None
+        try:
+            await pipeline.run()
+        except BaseException as exc:
+            failure = exc
+        finally:
+            progress.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await progress
+            stats.accepted = sink.count
+            close_error = None
+            try:
+                await asyncio.to_thread(sink.close, stats.to_run_state())
+            except Exception as exc:  # the first write failure wins; report it below
+                close_error = exc
+            print(summary(stats, stop_reason=pipeline.stop_reason or (type(failure).__name__ if failure else None),
+                          output=args.output, resume_command=_resume_command(args)), file=sys.stderr)
+        if failure is not None:
+            raise failure
+        if close_error is not None:
+            raise close_error
+    if stats.accepted >= stats.target:
+        return 0
+    if pipeline.stop_reason == "max_cost":
+        print(f"asyncgen run: stopped at --max-cost ${args.max_cost}: the next request could cross it; "
+              "raise --max-cost and run again to resume", file=sys.stderr)
+        return 1
+    return 130 if pipeline.stop_reason == "interrupted" else 1
+
+
+def _largest_request(task) -> int:
+    return estimate_prompt_tokens(build_messages(task, ["x" * 60] * 20)) + max_output_tokens(task)

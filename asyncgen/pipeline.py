@@ -1,0 +1,258 @@
+"""The real-time pipeline: workers -> candidate queue -> validator pool -> dedup -> sink.
+
+- ``concurrency`` worker tasks each hold at most one request in flight (a hard bound). A worker
+  starts a request only while ``accepted + outstanding requests x learned yield < target`` and the
+  cost budget allows its worst case.
+- Each request's pairs go onto a bounded ``asyncio.Queue``; validator tasks drain it in batches
+  into the process pool (``PairValidator``), so the event loop never tokenizes.
+- One writer task owns the sink: it drops duplicates, appends accepted scenarios, and fsyncs in a
+  thread when the durability policy says so. It stops the run at exactly ``target`` scenarios.
+- SIGINT/SIGTERM: stop issuing, give in-flight requests ``grace_period`` seconds, flush, summarise.
+  A second signal stops at once; the sink is consistent either way (one write per scenario).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+from asyncgen.config import Task
+from asyncgen.scenario import Scenario
+from asyncgen.sink import ScenarioSink
+from asyncgen.stats import RunStats
+from asyncgen.validate import PairValidator, Verdict
+from asyncgen.workers import Generator
+
+log = logging.getLogger("asyncgen.pipeline")
+
+PRIOR_YIELD_SHARE = 0.5  # before any request settles, expect half of a batch to be accepted
+PRIOR_WEIGHT = 2.0  # how many requests' worth the prior counts for
+VALIDATION_BATCH_PAIRS = 256
+AVOID_SAMPLE = 20  # already-accepted prompts named in each request
+AVOID_POOL = 200  # the most recent accepted prompts that sample is drawn from
+
+
+@dataclass
+class _Candidates:
+    request_number: int
+    pairs: list[tuple[str, str]]
+
+
+class Pipeline:
+    def __init__(
+        self,
+        task: Task,
+        generator: Generator,
+        validator: PairValidator,
+        sink: ScenarioSink,
+        stats: RunStats,
+        *,
+        concurrency: int,
+        max_cost: float | None = None,
+        request_cost_bound: float = 0.0,
+        grace_period: float = 10.0,
+        on_tick: Callable[[], None] | None = None,
+    ) -> None:
+        self.task, self.generator, self.validator, self.sink, self.stats = task, generator, validator, sink, stats
+        self.concurrency = concurrency
+        self.max_cost, self.request_cost_bound = max_cost, request_cost_bound
+        self.grace_period = grace_period
+        self.candidates: asyncio.Queue[_Candidates | None] = asyncio.Queue(maxsize=2 * concurrency)
+        self.verdicts: asyncio.Queue[tuple[list[_Candidates], list[Verdict]] | None] = asyncio.Queue()
+        self.outstanding = 0  # requests issued whose candidates are not yet written or dropped
+        self.settled = 0
+        self.issued = 0
+        self.reserved_cost = 0.0
+        self.recent_prompts: deque[str] = deque(maxlen=AVOID_POOL)
+        self.stopping = False  # no new requests
+        self.stop_reason: str | None = None  # why the run ended early (interrupt, budget)
+        self.interrupts = 0
+        self._changed = asyncio.Condition()
+        self._done = asyncio.Event()
+        self._failure: BaseException | None = None
+
+    # --- scheduling ---------------------------------------------------------------------------
+
+    def expected_yield(self) -> float:
+        prior = PRIOR_YIELD_SHARE * self.task.batch_size
+        return (self.stats.accepted_this_run + PRIOR_WEIGHT * prior) / (self.settled + PRIOR_WEIGHT)
+
+    def _remaining(self) -> int:
+        return self.stats.target - self.sink.count
+
+    def _budget_allows(self) -> bool:
+        if self.max_cost is None:
+            return True
+        spent = self.stats.total_cost_usd or 0.0
+        return spent + self.reserved_cost + self.request_cost_bound <= self.max_cost
+
+    def _may_issue(self) -> bool:
+        return (
+            not self.stopping
+            and self._remaining() > self.outstanding * self.expected_yield()
+            and self._budget_allows()
+        )
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+        if self.max_cost is not None and not self.stopping and self.outstanding == 0 and not self._budget_allows():
+            self._stop("max_cost")
+
+    # --- stages -------------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(lambda: self.stopping or self._may_issue())
+            if self.stopping:
+                return
+            self.issued += 1
+            number = self.issued
+            self.outstanding += 1
+            self.reserved_cost += self.request_cost_bound
+            avoid = random.sample(list(self.recent_prompts), min(AVOID_SAMPLE, len(self.recent_prompts)))
+            try:
+                pairs = await self.generator.generate(number, avoid)
+            except BaseException:
+                self.outstanding -= 1
+                self.reserved_cost -= self.request_cost_bound
+                raise
+            self.reserved_cost -= self.request_cost_bound
+            await self.candidates.put(_Candidates(number, pairs))
+
+    async def _validate(self) -> None:
+        while True:
+            first = await self.candidates.get()
+            if first is None:
+                await self.candidates.put(None)  # let the other validator tasks see the end too
+                return
+            batch = [first]
+            size = len(first.pairs)
+            while size < VALIDATION_BATCH_PAIRS and not self.candidates.empty():
+                item = self.candidates.get_nowait()
+                if item is None:
+                    await self.candidates.put(None)
+                    break
+                batch.append(item)
+                size += len(item.pairs)
+            pairs = self._fresh_pairs(batch)
+            verdicts = await asyncio.wrap_future(self.validator.submit(pairs)) if pairs else []
+            await self.verdicts.put((batch, verdicts))
+
+    def _fresh_pairs(self, batch: list[_Candidates]) -> list[tuple[str, str]]:
+        """Drop pairs already in the dataset or repeated in this batch before paying to tokenize them."""
+        seen: set[tuple[str, str]] = set()
+        fresh = []
+        for item in batch:
+            for prompt, counterfactual in item.pairs:
+                scenario = Scenario.render(self.task, prompt, counterfactual)
+                keys = scenario.dedup_keys()
+                if keys in seen or self.sink.is_duplicate(scenario):
+                    self.stats.duplicates += 1
+                    continue
+                seen.add(keys)
+                fresh.append((prompt, counterfactual))
+        return fresh
+
+    async def _write(self) -> None:
+        stats = self.stats
+        while (item := await self.verdicts.get()) is not None:
+            batch, verdicts = item
+            for verdict in verdicts:
+                if self._remaining() <= 0:
+                    break
+                if not verdict.valid:
+                    stats.rejected += 1
+                    for name, form, reason in verdict.failures():
+                        kind = reason if name == "*" else f"{name} {form} " + ("length" if reason.startswith("lengths") else "positions")
+                        stats.rejections[kind] += 1
+                    continue
+                scenario = Scenario.render(self.task, verdict.prompt, verdict.counterfactual)
+                if self.sink.append(scenario) is None:
+                    stats.duplicates += 1
+                    continue
+                stats.accepted = self.sink.count
+                stats.accepted_this_run += 1
+                if stats.first_accepted_s is None:
+                    stats.first_accepted_s = stats.elapsed
+                self.recent_prompts.append(verdict.prompt)
+            self.outstanding -= len(batch)
+            self.settled += len(batch)
+            if self.sink.sync_due():
+                await asyncio.to_thread(self.sink.sync, stats.to_run_state())
+            if self._remaining() <= 0:
+                self._stop(None)
+                self._done.set()
+                return
+            if self.stopping and self.outstanding == 0:
+                self._done.set()
+                return
+            await self._notify()
+
+    # --- control ------------------------------------------------------------------------------
+
+    def _stop(self, reason: str | None) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.stop_reason = reason
+            asyncio.get_running_loop().create_task(self._notify())
+            if self.outstanding == 0:
+                self._done.set()
+
+    def interrupt(self) -> None:
+        self.interrupts += 1
+        if self.interrupts == 1:
+            log.warning(
+                "interrupted: no new requests; waiting up to %.0f s for %d in flight (Ctrl-C again to stop now)",
+                self.grace_period, self.stats.in_flight,
+            )
+            self._stop("interrupted")
+            asyncio.get_running_loop().call_later(self.grace_period, self._done.set)
+        else:
+            self.stop_reason = "interrupted"
+            self._done.set()
+
+    def _on_task_done(self, task: asyncio.Task) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and self._failure is None:
+            self._failure = exc
+            self._done.set()
+
+    async def run(self) -> None:
+        """Run until the target is reached, the run is stopped, or a stage fails (re-raised)."""
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self.interrupt)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+        workers = [asyncio.create_task(self._worker(), name=f"worker-{i}") for i in range(self.concurrency)]
+        validators = [
+            asyncio.create_task(self._validate(), name=f"validator-{i}")
+            for i in range(max(1, self.validator.workers))
+        ]
+        writer = asyncio.create_task(self._write(), name="writer")
+        for task in (*workers, *validators, writer):
+            task.add_done_callback(self._on_task_done)
+        if self._remaining() <= 0:
+            self._done.set()
+        try:
+            await self._done.wait()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            for task in (*workers, *validators, writer):
+                task.cancel()
+            await asyncio.gather(*workers, *validators, writer, return_exceptions=True)
+        if self._failure is not None:
+            raise self._failure

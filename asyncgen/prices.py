@@ -1,0 +1,64 @@
+"""Cost in USD from a price table (``<config-dir>/prices.yaml``, USD per 1M tokens).
+
+An unknown model has an unknown cost (``None``), never an error. Dated snapshots such as
+``gpt-4o-2024-08-06`` fall back to their base name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from asyncgen.config import read_yaml
+from asyncgen.errors import ConfigError
+
+_SNAPSHOT_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+FIELDS = ("input", "cached_input", "output", "batch_input", "batch_output")
+
+
+@dataclass(frozen=True)
+class Price:
+    input: float
+    cached_input: float
+    output: float
+    batch_input: float
+    batch_output: float
+
+
+PriceTable = dict[str, Price]
+
+
+def load_prices(path: Path) -> PriceTable:
+    if not path.is_file():
+        return {}
+    data = read_yaml(path)
+    models = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(models, dict):
+        raise ConfigError(f"{path}: expected a 'models' mapping of model name to prices")
+    table: PriceTable = {}
+    for model, fields in models.items():
+        if not isinstance(fields, dict) or set(fields) != set(FIELDS):
+            raise ConfigError(f"{path}: model '{model}': expected exactly the keys {', '.join(FIELDS)}")
+        bad = [k for k, v in fields.items() if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0]
+        if bad:
+            raise ConfigError(f"{path}: model '{model}': '{bad[0]}' must be a non-negative number (USD per 1M tokens)")
+        table[str(model)] = Price(**{k: float(v) for k, v in fields.items()})
+    return table
+
+
+def price_for(table: PriceTable, model: str | None) -> Price | None:
+    if not model:
+        return None
+    return table.get(model) or table.get(_SNAPSHOT_SUFFIX.sub("", model))
+
+
+def cost_usd(price: Price | None, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
+             *, batch: bool = False) -> float | None:
+    """USD for one request's usage; None when the price is unknown."""
+    if price is None:
+        return None
+    if batch:
+        return (prompt_tokens * price.batch_input + completion_tokens * price.batch_output) / 1e6
+    uncached = prompt_tokens - cached_tokens
+    return (uncached * price.input + cached_tokens * price.cached_input + completion_tokens * price.output) / 1e6

@@ -1,0 +1,62 @@
+"""The counters of a run: what the progress line, the summary and the checkpoint report."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+FAILURE_KINDS = ("bad_json", "bad_shape", "refusal", "length", "content_filter", "empty")
+
+
+@dataclass
+class RunStats:
+    target: int
+    accepted: int = 0  # scenarios in the dataset, including those from earlier runs
+    accepted_this_run: int = 0
+    candidates: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    rejections: Counter = field(default_factory=Counter)  # "tokenizer/form: reason kind" or text reason
+    requests_sent: int = 0  # attempts, retries included
+    requests_ok: int = 0
+    requests_given_up: int = 0
+    retries: Counter = field(default_factory=Counter)  # by cause
+    answer_failures: Counter = field(default_factory=Counter)  # by FAILURE_KINDS
+    rate_limited: int = 0
+    in_flight: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float | None = 0.0  # None once any response's model has no price
+    cost_before_usd: float | None = 0.0  # carried over from the checkpoint on resume
+    started: float = field(default_factory=time.monotonic)
+    first_accepted_s: float | None = None
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def total_cost_usd(self) -> float | None:
+        if self.cost_usd is None or self.cost_before_usd is None:
+            return None
+        return self.cost_before_usd + self.cost_usd
+
+    def yield_per_request(self) -> float | None:
+        return self.accepted_this_run / self.requests_ok if self.requests_ok else None
+
+    def add_cost(self, usd: float | None) -> None:
+        self.cost_usd = None if usd is None or self.cost_usd is None else self.cost_usd + usd
+
+    def to_run_state(self) -> dict:
+        """What the checkpoint keeps: totals over every run that wrote this dataset."""
+        return {
+            "cost_usd": self.total_cost_usd,
+            "requests_ok": self.requests_ok,
+            "requests_sent": self.requests_sent,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "candidates": self.candidates,
+            "accepted_this_run": self.accepted_this_run,
+        }

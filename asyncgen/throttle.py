@@ -1,0 +1,190 @@
+"""How fast workers may send, and what to do when a request fails: asyncgen's one retry policy.
+
+``Throttle`` is shared by all workers. Before each request a worker waits, in order, for any
+cooldown, the request limiter and the token limiter (``aiolimiter.AsyncLimiter``; a request costs
+its prompt estimate plus its maximum output tokens). Limits come from ``--rpm/--tpm`` or, without
+them, from the ``x-ratelimit-*`` headers of the first responses; until those arrive only a few
+requests go out at once. Afterwards the ``remaining``/``reset`` headers keep steering: when the
+server says a bucket is empty, every worker pauses until it has refilled enough. A 429 with a retry
+hint pauses all workers, not just the one that got it.
+
+``decide(exc, attempt)`` is the retry policy: permanent errors fail the run, rate limits cool
+everyone down, 5xx/timeouts/connection errors back off exponentially with jitter, and no request
+is tried more than ``max_attempts`` times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import AsyncIterator, Mapping
+
+import openai
+from aiolimiter import AsyncLimiter
+
+PROBE_CONCURRENCY = 4  # requests in flight before the server has told us its limits
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str | None) -> float | None:
+    """Go-style durations as OpenAI sends them: ``12ms``, ``1s``, ``33.023s``, ``6m0s``."""
+    if not text:
+        return None
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        return None
+    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+
+
+def retry_hint(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` (first) or ``retry-after`` (seconds)."""
+    if not headers:
+        return None
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value:
+            try:
+                seconds = float(value) * scale
+            except ValueError:
+                continue
+            if seconds > 0:
+                return seconds
+    return None
+
+
+def _limiter(per_minute: float, largest_request: float = 1.0) -> AsyncLimiter:
+    # A bucket of about one second's worth (at least one request's size): smooth, few bursts.
+    period = max(1.0, 60.0 * largest_request / per_minute)
+    return AsyncLimiter(per_minute * period / 60.0, period)
+
+
+class Throttle:
+    def __init__(
+        self,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        *,
+        largest_request_tokens: int = 1,
+        learn_from_headers: bool = True,
+    ) -> None:
+        self.rpm, self.tpm = rpm, tpm
+        self.largest_request_tokens = largest_request_tokens
+        self._requests = _limiter(rpm) if rpm else None
+        self._tokens = _limiter(tpm, largest_request_tokens) if tpm else None
+        self._learning = learn_from_headers and not (rpm and tpm)
+        self._probe = asyncio.Semaphore(PROBE_CONCURRENCY)
+        self._cooldown_until = 0.0
+        self.cooldowns = 0
+        self.cooldown_seconds = 0.0
+
+    @property
+    def limits(self) -> tuple[float | None, float | None]:
+        return self.rpm, self.tpm
+
+    def cooldown(self, seconds: float) -> None:
+        """Pause every worker for ``seconds`` from now (extends, never shortens, a pause)."""
+        until = time.monotonic() + seconds
+        if until > self._cooldown_until:
+            self.cooldown_seconds += until - max(self._cooldown_until, time.monotonic())
+            self._cooldown_until = until
+            self.cooldowns += 1
+
+    async def _wait_cooldown(self) -> None:
+        while (remaining := self._cooldown_until - time.monotonic()) > 0:
+            await asyncio.sleep(remaining)
+
+    @asynccontextmanager
+    async def slot(self, tokens: int) -> AsyncIterator[None]:
+        """Hold a right to send one request of ``tokens`` estimated tokens."""
+        probing = self._learning
+        if probing:
+            await self._probe.acquire()
+        try:
+            await self._wait_cooldown()
+            if self._requests is not None:
+                await self._requests.acquire()
+            if self._tokens is not None:
+                await self._tokens.acquire(min(tokens, self._tokens.max_rate))
+            await self._wait_cooldown()  # a 429 may have arrived while we queued
+            yield
+        finally:
+            if probing:
+                self._probe.release()
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """Learn limits from the first response's headers; follow ``remaining``/``reset`` after."""
+        limit_requests = _number(headers.get("x-ratelimit-limit-requests"))
+        limit_tokens = _number(headers.get("x-ratelimit-limit-tokens"))
+        if self._learning:
+            # New requests skip the probe gate now; those already queued on it drain as probes finish.
+            self._learning = False
+            if limit_requests and not self.rpm:
+                self.rpm, self._requests = limit_requests, _limiter(limit_requests)
+            if limit_tokens and not self.tpm:
+                self.tpm = limit_tokens
+                self._tokens = _limiter(limit_tokens, min(self.largest_request_tokens, limit_tokens))
+        remaining_requests = _number(headers.get("x-ratelimit-remaining-requests"))
+        if remaining_requests is not None and remaining_requests < 1 and limit_requests:
+            self.cooldown(60.0 / limit_requests)
+        remaining_tokens = _number(headers.get("x-ratelimit-remaining-tokens"))
+        if remaining_tokens is not None and limit_tokens and remaining_tokens < self.largest_request_tokens:
+            self.cooldown((self.largest_request_tokens - remaining_tokens) * 60.0 / limit_tokens)
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+# --- The retry policy ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # "retry" (after delay), "cooldown" (everyone waits delay), "fail" (stop the run)
+    delay: float
+    cause: str  # what is counted: "429", "5xx", "timeout", "connection", "auth", "quota", ...
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 6
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+    default_cooldown: float = 1.0  # a 429 without a retry hint
+
+    def backoff(self, attempt: int) -> float:
+        """Exponential with jitter, as the SDK does: min(base * 2**k, max) * (1 - 0.25 * random)."""
+        return min(self.base_delay * 2**attempt, self.max_delay) * (1 - 0.25 * random.random())
+
+    def decide(self, exc: BaseException, attempt: int) -> Decision:
+        if isinstance(exc, openai.RateLimitError):
+            if exc.code == "insufficient_quota" or getattr(exc, "type", None) == "insufficient_quota":
+                return Decision("fail", 0, "quota", "insufficient_quota: the account has no quota left; check billing")
+            hint = retry_hint(exc.response.headers)
+            if hint is None and "too large" in exc.message.lower():
+                return Decision("fail", 0, "too_large", f"request too large for the token limit: {exc.message}")
+            return Decision("cooldown", hint if hint is not None else self.default_cooldown, "429")
+        if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
+            return Decision("fail", 0, "auth", f"{exc.status_code} {exc.code or ''}: {exc.message}; check the API key")
+        if isinstance(exc, openai.NotFoundError):
+            return Decision("fail", 0, "not_found", f"404 {exc.code or ''}: {exc.message}; check --model and --base-url")
+        if isinstance(exc, (openai.BadRequestError, openai.UnprocessableEntityError)):
+            return Decision("fail", 0, "bad_request", f"{exc.status_code} {exc.code or ''}: {exc.message}")
+        if isinstance(exc, openai.APITimeoutError):
+            return Decision("retry", self.backoff(attempt), "timeout")
+        if isinstance(exc, openai.APIConnectionError):
+            return Decision("retry", self.backoff(attempt), "connection")
+        if isinstance(exc, openai.APIStatusError):
+            if exc.status_code >= 500 or exc.status_code in (408, 409):
+                return Decision("retry", self.backoff(attempt), f"{exc.status_code}")
+            return Decision("fail", 0, f"{exc.status_code}", f"{exc.status_code}: {exc.message}")
+        raise exc
