@@ -359,9 +359,11 @@ class BatchService:
         done = batch.results[:finished]
         completed = sum(1 for r in done if r.ok)
         failed = finished - completed
-        ended = status in ("completed", "expired", "cancelled")
-        if ended:
-            failed = len(batch.lines) - completed
+        # Requests are counted once validation has passed; at the end every request is either
+        # completed or failed (unfinished ones included).
+        total = len(batch.lines) if line.in_progress_at is not None and now >= line.in_progress_at else 0
+        if status in ("completed", "expired", "cancelled"):
+            failed = total - completed
             self._write_files(batch, finished, status)
         input_tokens = sum(r.input_tokens for r in done)
         output_tokens = sum(r.output_tokens for r in done)
@@ -389,7 +391,7 @@ class BatchService:
             "expired_at": stamp(line.expired_at),
             "cancelling_at": stamp(line.cancelling_at),
             "cancelled_at": stamp(line.cancelled_at),
-            "request_counts": {"total": len(batch.lines) if status != "validating" else 0, "completed": completed, "failed": failed},
+            "request_counts": {"total": total, "completed": completed, "failed": failed},
             "usage": {
                 "input_tokens": input_tokens,
                 "input_tokens_details": {"cached_tokens": 0},
