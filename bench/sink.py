@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from asyncgen.config import load_task  # noqa: E402
-from asyncgen.scenario import Scenario  # noqa: E402
+from asyncgen.scenario import Scenario, encode_lines  # noqa: E402
 from asyncgen.sink import DurabilityPolicy, ScenarioSink, fingerprint_of  # noqa: E402
 
 RESUME_SCENARIOS = 100_000
@@ -51,19 +51,23 @@ def append_rate(folder: Path, task, batch: list[Scenario], policy: DurabilityPol
 
 
 def sync_cost_ms(folder: Path, task, batch: list[Scenario]) -> tuple[float, float]:
-    """Median ms of a bare fsync of the sink after one scenario, and of a whole sync (fsync + checkpoint)."""
-    output, checkpoint = folder / "sync.jsonl", folder / "sync.checkpoint.json"
-    sink = _open(output, checkpoint, task, overwrite=True, auto_sync=False)
+    """Median ms of a bare fsync after writing one scenario, and of a sink's whole sync (fsync + checkpoint)."""
     fsyncs, syncs = [], []
-    for index, scenario in enumerate(batch):
+    fd = os.open(folder / "fsync.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        for index, scenario in enumerate(batch):
+            os.write(fd, encode_lines(index, task.task_name, scenario))
+            started = time.perf_counter()
+            os.fsync(fd)
+            fsyncs.append(time.perf_counter() - started)
+    finally:
+        os.close(fd)
+    sink = _open(folder / "sync.jsonl", folder / "sync.checkpoint.json", task, overwrite=True, auto_sync=False)
+    for scenario in batch:
         sink.append(scenario)
         started = time.perf_counter()
-        if index % 2:
-            os.fsync(sink._fd)  # the bare system call, on the same file
-            fsyncs.append(time.perf_counter() - started)
-        else:
-            sink.sync()
-            syncs.append(time.perf_counter() - started)
+        sink.sync()
+        syncs.append(time.perf_counter() - started)
     sink.close()
     return statistics.median(fsyncs) * 1000, statistics.median(syncs) * 1000
 
