@@ -325,6 +325,9 @@ class ScenarioSink:
                 f"{scenario_id} scenarios before it kept{tail}: fix the cause, then run the same command to resume"
             )
             raise SinkError(self._stopped) from exc
+        except BaseException:  # Ctrl-C between the writes of one scenario: whatever is on disk, stop here
+            self._stopped = f"{self.path}: interrupted while writing scenario {scenario_id}; resuming keeps it if it is whole"
+            raise
 
     def _fsync_sink(self) -> None:
         try:

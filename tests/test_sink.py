@@ -433,6 +433,29 @@ def test_write_error_stops_cleanly_and_the_file_resumes(tmp_path, monkeypatch, p
     assert len(read_dataset(output)) == 14
 
 
+def test_interrupt_inside_a_write_stops_the_sink_and_the_file_resumes(tmp_path, monkeypatch):
+    output = tmp_path / "out.jsonl"
+    sink = open_sink(tmp_path, auto_sync=False)
+    sink.append(make(0))
+    real_write = os.write
+
+    def write(fd, data):  # the scenario reaches the file, then Ctrl-C lands before append returns
+        real_write(fd, data)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "write", write)
+    with pytest.raises(KeyboardInterrupt):
+        sink.append(make(1))
+    monkeypatch.undo()
+    with pytest.raises(SinkError, match="interrupted while writing scenario 1"):
+        sink.append(make(2))  # appending on would reuse id 1
+    sink.close()
+    assert load_checkpoint(tmp_path)["scenarios"] == 1
+    with open_sink(tmp_path) as resumed:
+        assert resumed.count == 2 and "1 more found after it" in resumed.resume.message
+    assert len(read_dataset(output)) == 2
+
+
 def test_fsync_error_stops_and_leaves_the_checkpoint_alone(tmp_path, monkeypatch):
     sink = open_sink(tmp_path, auto_sync=False)
     sink.append(make(0))
