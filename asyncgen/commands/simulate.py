@@ -56,7 +56,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     add("--latency-dist", default=defaults.latency_distribution, choices=LATENCY_DISTRIBUTIONS,
         help=f"latency distribution: fixed, uniform (mean +- jitter), normal (sd jitter), exponential "
         f"(mean plus a tail of mean jitter) (default: {defaults.latency_distribution})")
-    add("--hang-s", type=float, default=defaults.hang_s, help=f"how long the timeout fault holds a response (default: {defaults.hang_s:g})")
+    add("--hang-s", type=float, default=defaults.hang_s, help=f"seconds the timeout fault holds a response; keep it above the client's timeout (default: {defaults.hang_s:g})")
     add("--batch-speed", type=float, default=defaults.batch_speed,
         help=f"simulated seconds per real second for batches (default: {defaults.batch_speed:g}; 86400 runs a 24 h window in 1 s)")
     add("--batch-seconds-per-request", type=float, default=defaults.batch_seconds_per_request,
