@@ -69,11 +69,11 @@ class DurabilityPolicy:
 
     A process crash loses nothing either way (see the module contract); the policy bounds what a
     power loss or kernel crash can take: at most 50 scenarios or 1 s of spending. The price, from
-    bench/sink.py on the development VM: a whole sync (fsync of the sink, then the checkpoint's
-    write, fsync, rename and folder fsync) takes 0.4-0.6 ms, a bare fsync 0.1 ms. A run that
-    accepts 100 scenarios/s, far above what API calls deliver, syncs twice a second: about 0.1%
-    of its time, off the event loop when ``sync`` runs in a thread. Syncing after every scenario
-    made appends 30x slower in the same benchmark.
+    bench/sink.py on the 2-core development VM: a whole sync (fsync of the sink, then the
+    checkpoint's write, fsync, rename and folder fsync) took 0.4-0.6 ms idle and up to 1.7 ms
+    under load, a bare fsync 0.1-0.8 ms. A run that accepts 100 scenarios/s, far above what API
+    calls deliver, syncs twice a second: 0.1-0.3% of its time, off the event loop when ``sync``
+    runs in a thread. Syncing after every scenario made appends 15-30x slower in the same benchmark.
     """
 
     every_scenarios: int = 50
