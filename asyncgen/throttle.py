@@ -166,19 +166,20 @@ class RetryPolicy:
         return min(self.base_delay * 2**attempt, self.max_delay) * (1 - 0.25 * random.random())
 
     def decide(self, exc: BaseException, attempt: int) -> Decision:
+        message = _server_message(exc)
         if isinstance(exc, openai.RateLimitError):
             if exc.code == "insufficient_quota" or getattr(exc, "type", None) == "insufficient_quota":
                 return Decision("fail", 0, "quota", "insufficient_quota: the account has no quota left; check billing")
             hint = retry_hint(exc.response.headers)
-            if hint is None and "too large" in exc.message.lower():
-                return Decision("fail", 0, "too_large", f"request too large for the token limit: {exc.message}")
+            if hint is None and "too large" in message.lower():
+                return Decision("fail", 0, "too_large", f"request too large for the token limit: {message}")
             return Decision("cooldown", hint if hint is not None else self.default_cooldown, "429")
         if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
-            return Decision("fail", 0, "auth", f"{exc.status_code} {exc.code or ''}: {exc.message}; check the API key")
+            return Decision("fail", 0, "auth", f"{exc.status_code} {exc.code or ''}: {message}; check the API key")
         if isinstance(exc, openai.NotFoundError):
-            return Decision("fail", 0, "not_found", f"404 {exc.code or ''}: {exc.message}; check --model and --base-url")
+            return Decision("fail", 0, "not_found", f"404 {exc.code or ''}: {message}; check --model and --base-url")
         if isinstance(exc, (openai.BadRequestError, openai.UnprocessableEntityError)):
-            return Decision("fail", 0, "bad_request", f"{exc.status_code} {exc.code or ''}: {exc.message}")
+            return Decision("fail", 0, "bad_request", f"{exc.status_code} {exc.code or ''}: {message}")
         if isinstance(exc, openai.APITimeoutError):
             return Decision("retry", self.backoff(attempt), "timeout")
         if isinstance(exc, openai.APIConnectionError):
@@ -186,5 +187,13 @@ class RetryPolicy:
         if isinstance(exc, openai.APIStatusError):
             if exc.status_code >= 500 or exc.status_code in (408, 409):
                 return Decision("retry", self.backoff(attempt), f"{exc.status_code}")
-            return Decision("fail", 0, f"{exc.status_code}", f"{exc.status_code}: {exc.message}")
+            return Decision("fail", 0, f"{exc.status_code}", f"{exc.status_code}: {message}")
         raise exc
+
+
+def _server_message(exc: BaseException) -> str:
+    """The server's own error message, without the SDK's "Error code: 404 - {...}" wrapping."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"]
+    return str(getattr(exc, "message", exc))

@@ -1,0 +1,195 @@
+"""``asyncgen run`` as a user runs it, against the simulator."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from asyncgen.scenario import normalize
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+ENV.update(PYTHONPATH=str(REPO), NO_PROXY="127.0.0.1,localhost")
+
+
+@pytest.fixture
+def simulator():
+    """Start ``asyncgen simulate`` with flags; returns its base URL. Stopped after the test."""
+    processes = []
+
+    def start(*flags):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "asyncgen", "simulate", "--seed", "3", *flags],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV,
+        )
+        processes.append(process)
+        return process.stdout.readline().strip()
+
+    yield start
+    for process in processes:
+        process.kill()
+        process.wait()
+
+
+def sim_stats(base_url):
+    return httpx.get(base_url.removesuffix("/v1") + "/_stats", trust_env=False, timeout=10).json()
+
+
+def run_args(tmp_path, *flags, cache=None):
+    return [sys.executable, "-m", "asyncgen", "run", "--output", str(tmp_path / "dataset.jsonl"),
+            "--checkpoint", str(tmp_path / "checkpoint.json"), "--validator-workers", "0", *flags]
+
+
+def run(tmp_path, *flags, env=None, timeout=180):
+    return subprocess.run(run_args(tmp_path, *flags), capture_output=True, text=True, env=env or ENV,
+                          timeout=timeout, cwd=tmp_path)
+
+
+def scenarios(path):
+    lines = [json.loads(line) for line in open(path)]
+    assert len(lines) % 4 == 0
+    return [lines[i : i + 4] for i in range(0, len(lines), 4)]
+
+
+def assert_valid_dataset(path, n):
+    groups = scenarios(path)
+    assert len(groups) == n
+    assert [g[0]["scenario_id"] for g in groups] == list(range(n))
+    prompts = [normalize(g[2]["text"]) for g in groups]
+    counterfactuals = [normalize(g[3]["text"]) for g in groups]
+    assert len(set(prompts)) == n and len(set(counterfactuals)) == n
+    check = subprocess.run([sys.executable, "-m", "asyncgen", "validate", str(path)], capture_output=True, text=True, env=ENV)
+    assert check.returncode == 0, check.stdout[-2000:]
+
+
+def test_offline_default_writes_exactly_n_valid_scenarios(tmp_path):
+    result = run(tmp_path, "--num-scenarios", "60", "--concurrency", "8", "--validator-workers", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "built-in OpenAI simulator" in result.stderr and "export OPENAI_API_KEY" in result.stderr
+    assert "finished: 60/60 scenarios" in result.stderr
+    assert_valid_dataset(tmp_path / "dataset.jsonl", 60)
+    checkpoint = json.loads((tmp_path / "checkpoint.json").read_text())
+    assert checkpoint["scenarios"] == 60 and checkpoint["offset"] == (tmp_path / "dataset.jsonl").stat().st_size
+    # Run again: nothing to do, nothing added.
+    again = run(tmp_path, "--num-scenarios", "60")
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    assert len(scenarios(tmp_path / "dataset.jsonl")) == 60
+
+
+def test_resume_after_sigkill_reaches_exactly_n(tmp_path, simulator):
+    base_url = simulator("--latency-ms", "150")
+    process = subprocess.Popen(run_args(tmp_path, "--base-url", base_url, "--num-scenarios", "120", "--concurrency", "2"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=tmp_path)
+    dataset = tmp_path / "dataset.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not dataset.exists() or dataset.stat().st_size < 20 * 600):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = len(open(dataset).read().splitlines()) // 4
+    assert 0 < killed_at < 120
+    result = run(tmp_path, "--base-url", base_url, "--num-scenarios", "120")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_valid_dataset(dataset, 120)
+
+
+def test_mixed_faults_still_reach_n(tmp_path, simulator):
+    faults = "500=0.04,502=0.03,503=0.03,timeout=0.02,reset=0.03,bad_json=0.04,length=0.03,content_filter=0.02,refusal=0.02,bad_shape=0.03"
+    base_url = simulator("--faults", faults, "--hang-s", "30", "--latency-ms", "20")
+    result = run(tmp_path, "--base-url", base_url, "--num-scenarios", "150", "--concurrency", "16", "--request-timeout", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_valid_dataset(tmp_path / "dataset.jsonl", 150)
+    stats = sim_stats(base_url)
+    chat_requests = stats["requests"]["POST /v1/chat/completions"]
+    assert sum(stats["faults"].values()) >= max(5, 0.15 * chat_requests)  # faults really happened
+    assert "retries" in result.stderr and "bad answers" in result.stderr
+
+
+@pytest.mark.parametrize("flags, env_key, expected", [
+    (["--quota-exhausted"], "sk-any", "insufficient_quota"),
+    (["--api-key", "sk-right-key"], "sk-wrong-secret-4242", "401"),
+])
+def test_permanent_errors_stop_fast_and_clean(tmp_path, simulator, flags, env_key, expected):
+    base_url = simulator(*flags)
+    result = run(tmp_path, "--base-url", base_url, "--num-scenarios", "50", "--concurrency", "8",
+                 env={**ENV, "OPENAI_API_KEY": env_key})
+    assert result.returncode == 1
+    error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(error_lines) == 1 and expected in error_lines[0]
+    assert "Traceback" not in result.stderr
+    assert env_key not in result.stderr + result.stdout
+    assert env_key not in (tmp_path / "checkpoint.json").read_text()
+    # Stopped at once: no request retried (the probe sends at most a few before the first answer).
+    assert sim_stats(base_url)["requests"].get("POST /v1/chat/completions", 0) <= 8
+    # The sink stays consistent and resumable.
+    assert (tmp_path / "dataset.jsonl").read_text() == ""
+
+
+def test_concurrency_is_a_hard_bound_and_cost_matches_usage(tmp_path, simulator):
+    base_url = simulator("--latency-ms", "100")
+    result = run(tmp_path, "--base-url", base_url, "--num-scenarios", "80", "--concurrency", "3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    stats = sim_stats(base_url)
+    assert 1 <= stats["max_in_flight"] <= 3
+
+
+def test_cost_equals_simulator_usage_times_price(tmp_path, simulator):
+    base_url = simulator("--latency-ms", "5")
+    result = run(tmp_path, "--base-url", base_url, "--num-scenarios", "40", "--concurrency", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    tokens = sim_stats(base_url)["tokens"]
+    expected = (tokens["prompt"] * 2.50 + tokens["completion"] * 10.00) / 1e6  # gpt-4o in config/prices.yaml
+    state = json.loads((tmp_path / "checkpoint.json").read_text())["run_state"]
+    assert state["cost_usd"] == pytest.approx(expected, rel=1e-9)
+    assert f"${expected:.4f} this run" in result.stderr
+
+
+def test_unknown_model_cost_is_unknown_not_a_crash(tmp_path, simulator):
+    base_url = simulator()
+    (tmp_path / "prices.yaml").write_text(
+        "models:\n  gpt-4.1: {input: 2, cached_input: 0.5, output: 8, batch_input: 1, batch_output: 4}\n"
+    )
+    result = run(tmp_path, "--base-url", base_url, "--num-scenarios", "20", "--prices", str(tmp_path / "prices.yaml"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "unknown this run" in result.stderr
+
+
+def test_sigint_flushes_summarises_and_resumes(tmp_path, simulator):
+    base_url = simulator("--latency-ms", "300")
+    process = subprocess.Popen(run_args(tmp_path, "--base-url", base_url, "--num-scenarios", "400", "--concurrency", "2"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path)
+    dataset = tmp_path / "dataset.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not dataset.exists() or dataset.stat().st_size == 0):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "stopped (interrupted)" in stderr and "resume with" in stderr
+    written = len(scenarios(dataset))
+    assert 0 < written < 400
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["scenarios"] == written
+
+
+def test_dry_run_prints_a_plan_and_calls_nothing(tmp_path):
+    result = run(tmp_path, "--dry-run", "--num-scenarios", "1000")
+    assert result.returncode == 0
+    assert "requests        about 200" in result.stdout and "cost" in result.stdout
+    assert not (tmp_path / "dataset.jsonl").exists()
+
+
+def test_bad_flags_exit_2(tmp_path):
+    result = run(tmp_path, "--concurrency", "0")
+    assert result.returncode == 2 and "--concurrency" in result.stderr
+    result = run(tmp_path, "--max-cost", "1", "--model", "my-local-llama")
+    assert result.returncode == 2 and "has no price" in result.stderr
+    (tmp_path / "blocker").write_text("")
+    result = subprocess.run([*run_args(tmp_path, "--num-scenarios", "5")[:4], "--output", str(tmp_path / "blocker" / "x.jsonl")],
+                            capture_output=True, text=True, env=ENV)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
