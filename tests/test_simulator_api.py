@@ -349,6 +349,9 @@ async def test_fail_first_n_attempts_by_retry_count():
         async with client(sim, max_retries=0) as api:
             with pytest.raises(openai.InternalServerError):
                 await generate(api, 4)
+            # The attempt is read from the header: a request that says it is the third attempt passes.
+            third = await generate(api, 5, extra_headers={"x-stainless-retry-count": "2"})
+            assert third.choices[0].finish_reason == "stop"
 
 
 async def test_fault_mix_is_deterministic_under_seed():

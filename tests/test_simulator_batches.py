@@ -87,7 +87,8 @@ async def test_batch_completes_with_output_usage_and_counts():
     records.append(request_line("unknown-model", model="gpt-4o-mini"))
     records[-1]["body"]["model"] = "gpt-4o-mini"
     records[-1]["body"]["n"] = 0  # fails on its own: lands in the error file, not the batch
-    config = SimulatorConfig(batch_speed=2000, batch_validate_s=60, batch_seconds_per_request=20, batch_finalize_s=60,
+    # Each stage lasts long enough (0.14-0.2 s) for the polling to see it, even on a busy machine.
+    config = SimulatorConfig(batch_speed=2000, batch_validate_s=400, batch_seconds_per_request=40, batch_finalize_s=400,
                              imperfect_rate=0, prose_rate=0)
     async with running_simulator(config) as sim, client(sim) as api:
         created = await api.batches.with_raw_response.create(
@@ -125,7 +126,7 @@ async def test_batch_completes_with_output_usage_and_counts():
 async def test_batch_with_bad_lines_fails_validation():
     good = orjson.dumps(request_line("a"))
     data = b"\n".join([good, b"{this is not json", good, orjson.dumps({**request_line("b"), "url": "/v1/embeddings"})]) + b"\n"
-    async with running_simulator(SimulatorConfig(batch_speed=1000)) as sim, client(sim) as api:
+    async with running_simulator(SimulatorConfig(batch_speed=1000, batch_validate_s=300)) as sim, client(sim) as api:
         batch = await api.batches.create(input_file_id=await upload(api, data), endpoint="/v1/chat/completions", completion_window="24h")
         batch, seen = await wait_until(api, batch.id)
         assert seen == ["validating", "failed"]
@@ -155,7 +156,7 @@ async def test_batch_expires_keeping_the_finished_part():
 
 async def test_batch_cancel_paths():
     records = [request_line(f"c{i}") for i in range(200)]
-    config = SimulatorConfig(batch_speed=100, batch_validate_s=1, batch_seconds_per_request=1, batch_cancel_s=20)
+    config = SimulatorConfig(batch_speed=100, batch_validate_s=1, batch_seconds_per_request=1, batch_cancel_s=40)
     async with running_simulator(config) as sim, client(sim) as api:
         input_id = await upload(api, jsonl(records))
         batch = await api.batches.create(input_file_id=input_id, endpoint="/v1/chat/completions", completion_window="24h")
@@ -167,7 +168,7 @@ async def test_batch_cancel_paths():
         batch, seen = await wait_until(api, batch.id)
         assert seen == ["cancelling", "cancelled"]
         done = batch.request_counts.completed
-        assert 5 <= done <= 60 and batch.request_counts.failed == 200 - done
+        assert 5 <= done <= 150 and batch.request_counts.failed == 200 - done
         output = await lines_of(api, batch.output_file_id)
         errors = await lines_of(api, batch.error_file_id)
         assert len(output) == done and len(errors) == 200 - done
