@@ -199,6 +199,10 @@ class PairValidator:
                 initializer=_init_worker,
                 initargs=(task, self.specs, cache_dir),
             )
+            # Start the workers (and load their tokenizers) now, while the first requests are out,
+            # rather than on the first batch.
+            for _ in range(workers):
+                self._pool.submit(_validate_in_worker, [])
 
     def validate(self, pairs: Sequence[tuple[str, str]]) -> list[Verdict]:
         return self.submit(pairs).result()
