@@ -47,13 +47,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class RedactingFormatter(logging.Formatter):
+    """Formats records, tracebacks included, with the API key replaced: it never reaches a log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_secrets(super().format(record))
+
+
+def redact_secrets(text: str) -> str:
+    key = os.environ.get("OPENAI_API_KEY")
+    if key and len(key) >= 4:
+        text = text.replace(key, "sk-...REDACTED")
+    return text
+
+
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=getattr(logging, level), handlers=[handler], force=True)
     for noisy in ("httpx", "httpcore", "openai", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level)))
 
@@ -69,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     except AsyncgenError as exc:
         if args.log_level == "DEBUG":
             log.exception("%s", exc)
-        print(f"asyncgen {args.command}: error: {exc}", file=sys.stderr)
+        print(redact_secrets(f"asyncgen {args.command}: error: {exc}"), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"asyncgen {args.command}: interrupted", file=sys.stderr)

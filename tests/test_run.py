@@ -111,18 +111,19 @@ def test_mixed_faults_still_reach_n(tmp_path, simulator):
     assert "retries" in result.stderr and "bad answers" in result.stderr
 
 
-@pytest.mark.parametrize("flags, env_key, expected", [
-    (["--quota-exhausted"], "sk-any", "insufficient_quota"),
-    (["--api-key", "sk-right-key"], "sk-wrong-secret-4242", "401"),
+@pytest.mark.parametrize("flags, env_key, expected, log_level", [
+    (["--quota-exhausted"], "sk-any-quota-key", "insufficient_quota", "INFO"),
+    (["--api-key", "sk-right-key"], "sk-wrong-secret-4242", "401", "INFO"),
+    (["--api-key", "sk-right-key"], "sk-wrong-secret-4242", "401", "DEBUG"),
 ])
-def test_permanent_errors_stop_fast_and_clean(tmp_path, simulator, flags, env_key, expected):
+def test_permanent_errors_stop_fast_and_clean(tmp_path, simulator, flags, env_key, expected, log_level):
     base_url = simulator(*flags)
     result = run(tmp_path, "--base-url", base_url, "--num-scenarios", "50", "--concurrency", "8",
-                 env={**ENV, "OPENAI_API_KEY": env_key})
+                 "--log-level", log_level, env={**ENV, "OPENAI_API_KEY": env_key})
     assert result.returncode == 1
-    error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("asyncgen run: error:")]
     assert len(error_lines) == 1 and expected in error_lines[0]
-    assert "Traceback" not in result.stderr
+    assert ("Traceback" in result.stderr) == (log_level == "DEBUG")
     assert env_key not in result.stderr + result.stdout
     assert env_key not in (tmp_path / "checkpoint.json").read_text()
     # Stopped at once: no request retried (the probe sends at most a few before the first answer).
@@ -193,3 +194,17 @@ def test_bad_flags_exit_2(tmp_path):
     result = subprocess.run([*run_args(tmp_path, "--num-scenarios", "5")[:4], "--output", str(tmp_path / "blocker" / "x.jsonl")],
                             capture_output=True, text=True, env=ENV)
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_log_formatter_redacts_the_key_in_messages_and_tracebacks(monkeypatch):
+    import logging
+
+    from asyncgen.cli import RedactingFormatter
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-live-abcdef123456")
+    try:
+        raise RuntimeError("server said: bad key sk-live-abcdef123456")
+    except RuntimeError:
+        record = logging.LogRecord("t", logging.ERROR, __file__, 1, "using %s", ("sk-live-abcdef123456",), sys.exc_info())
+    text = RedactingFormatter("%(message)s").format(record)
+    assert "sk-live-abcdef123456" not in text and text.count("sk-...REDACTED") == 2
