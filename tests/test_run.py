@@ -207,4 +207,4 @@ def test_log_formatter_redacts_the_key_in_messages_and_tracebacks(monkeypatch):
     except RuntimeError:
         record = logging.LogRecord("t", logging.ERROR, __file__, 1, "using %s", ("sk-live-abcdef123456",), sys.exc_info())
     text = RedactingFormatter("%(message)s").format(record)
-    assert "sk-live-abcdef123456" not in text and text.count("sk-...REDACTED") == 2
+    assert "sk-live-abcdef123456" not in text and text.count("sk-...REDACTED") >= 2
