@@ -89,3 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         # Output piped into `head` and the like: not an error.
         sys.stderr.close()
         return 0
+    except Exception as exc:  # a bug or an unforeseen failure: still one line unless DEBUG
+        if args.log_level == "DEBUG":
+            log.exception("unexpected error")
+        print(redact_secrets(f"asyncgen {args.command}: error: unexpected {type(exc).__name__}: {exc} "
+                             "(run again with --log-level DEBUG for the traceback)"), file=sys.stderr)
+        return 1

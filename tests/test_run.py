@@ -208,3 +208,38 @@ def test_log_formatter_redacts_the_key_in_messages_and_tracebacks(monkeypatch):
         record = logging.LogRecord("t", logging.ERROR, __file__, 1, "using %s", ("sk-live-abcdef123456",), sys.exc_info())
     text = RedactingFormatter("%(message)s").format(record)
     assert "sk-live-abcdef123456" not in text and text.count("sk-...REDACTED") >= 2
+
+
+def test_second_sigint_stops_at_once(tmp_path, simulator):
+    base_url = simulator("--latency-ms", "4000")
+    process = subprocess.Popen(run_args(tmp_path, "--base-url", base_url, "--num-scenarios", "50", "--concurrency", "4",
+                                        "--grace-period", "60"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not sim_stats(base_url)["requests"].get("POST /v1/chat/completions"):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    # The grace period is 60 s and the answers take 4 s: only the second Ctrl-C ends it this soon.
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "stopped (interrupted)" in stderr
+    assert (tmp_path / "dataset.jsonl").read_text() == ""
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["scenarios"] == 0
+
+
+def test_progress_line_and_summary():
+    from asyncgen.progress import progress_line, summary
+    from asyncgen.stats import RunStats
+
+    stats = RunStats(target=100, accepted=25, accepted_this_run=25, requests_ok=5, requests_sent=7, in_flight=3,
+                     rate_limited=2, cost_usd=0.5)
+    stats.retries["429"] = 2
+    line = progress_line(stats, 5.0)
+    assert "[######------------------] 25/100" in line and "in flight 3" in line and "429s 2" in line
+    assert "retries 2" in line and "cost $0.5000" in line
+    text = summary(stats, stop_reason="interrupted", output="d.jsonl", resume_command="python -m asyncgen run")
+    assert "stopped (interrupted): 25/100" in text and "resume with     python -m asyncgen run" in text
+    stats.cost_usd = None
+    assert "cost            unknown this run" in summary(stats, stop_reason=None, output="d", resume_command=None)
