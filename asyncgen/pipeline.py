@@ -229,12 +229,10 @@ class Pipeline:
     async def run(self) -> None:
         """Run until the target is reached, the run is stopped, or a stage fails (re-raised)."""
         loop = asyncio.get_running_loop()
-        installed = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(sig, self.interrupt)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError):
+            except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
                 pass
         workers = [asyncio.create_task(self._worker(), name=f"worker-{i}") for i in range(self.concurrency)]
         validators = [
@@ -249,8 +247,8 @@ class Pipeline:
         try:
             await self._done.wait()
         finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
+            # The signal handlers stay until the loop closes: a Ctrl-C during the final flush only
+            # repeats "stop now", it does not raise KeyboardInterrupt into the sink's close.
             for task in (*workers, *validators, writer):
                 task.cancel()
             await asyncio.gather(*workers, *validators, writer, return_exceptions=True)
