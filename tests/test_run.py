@@ -41,9 +41,10 @@ def sim_stats(base_url):
     return httpx.get(base_url.removesuffix("/v1") + "/_stats", trust_env=False, timeout=10).json()
 
 
-def run_args(tmp_path, *flags, cache=None):
+def run_args(tmp_path, *flags):
+    checkpoint = [] if "--no-checkpoint" in flags else ["--checkpoint", str(tmp_path / "checkpoint.json")]
     return [sys.executable, "-m", "asyncgen", "run", "--output", str(tmp_path / "dataset.jsonl"),
-            "--checkpoint", str(tmp_path / "checkpoint.json"), "--validator-workers", "0", *flags]
+            *checkpoint, "--validator-workers", "0", *flags]
 
 
 def run(tmp_path, *flags, env=None, timeout=180):
@@ -243,3 +244,23 @@ def test_progress_line_and_summary():
     assert "stopped (interrupted): 25/100" in text and "resume with     python -m asyncgen run" in text
     stats.cost_usd = None
     assert "cost            unknown this run" in summary(stats, stop_reason=None, output="d", resume_command=None)
+
+
+def test_resume_guards_from_the_command_line(tmp_path):
+    first = run(tmp_path, "--num-scenarios", "12", "--concurrency", "4")
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = (tmp_path / "dataset.jsonl").read_bytes()
+    # Another task on the same dataset: refused before any request, nothing written.
+    other = run(tmp_path, "--num-scenarios", "20", "--task", "sentiment")
+    assert other.returncode == 2 and "--force-resume" in other.stderr and "Traceback" not in other.stderr
+    assert (tmp_path / "dataset.jsonl").read_bytes() == before
+    # --no-checkpoint never overwrites a non-empty output silently ...
+    refused = run(tmp_path, "--num-scenarios", "12", "--no-checkpoint")
+    assert refused.returncode == 2 and "--overwrite" in refused.stderr
+    assert (tmp_path / "dataset.jsonl").read_bytes() == before
+    # ... and with --overwrite starts over.
+    (tmp_path / "checkpoint.json").unlink()
+    fresh = run(tmp_path, "--num-scenarios", "8", "--no-checkpoint", "--overwrite")
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert_valid_dataset(tmp_path / "dataset.jsonl", 8)
+    assert not (tmp_path / "checkpoint.json").exists()
