@@ -142,8 +142,14 @@ class Pipeline:
                 batch.append(item)
                 size += len(item.pairs)
             pairs = self._fresh_pairs(batch)
-            verdicts = await asyncio.wrap_future(self.validator.submit(pairs)) if pairs else []
+            verdicts = await self._validated(pairs) if pairs else []
             await self.verdicts.put((batch, verdicts))
+
+    async def _validated(self, pairs: list[tuple[str, str]]) -> list[Verdict]:
+        if self.validator.workers > 0:
+            return await asyncio.wrap_future(self.validator.submit(pairs))
+        # Inline mode still keeps tokenizing off the event loop (tokenizers releases the GIL).
+        return await asyncio.to_thread(self.validator.validate, pairs)
 
     def _fresh_pairs(self, batch: list[_Candidates]) -> list[tuple[str, str]]:
         """Drop pairs already in the dataset or repeated in this batch before paying to tokenize them."""
