@@ -14,7 +14,7 @@ import os
 import sys
 
 from asyncgen import __version__
-from asyncgen.errors import AsyncgenError
+from asyncgen.errors import AsyncgenError, redact
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 log = logging.getLogger("asyncgen")
@@ -55,10 +55,7 @@ class RedactingFormatter(logging.Formatter):
 
 
 def redact_secrets(text: str) -> str:
-    key = os.environ.get("OPENAI_API_KEY")
-    if key and len(key) >= 4:
-        text = text.replace(key, "sk-...REDACTED")
-    return text
+    return redact(text, os.environ.get("OPENAI_API_KEY"))
 
 
 def setup_logging(level: str) -> None:

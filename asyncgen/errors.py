@@ -50,3 +50,10 @@ class SinkError(RunError):
 
 class ApiError(RunError):
     """The API answered with a permanent error (bad key, no quota, unknown model, ...)."""
+
+
+def redact(text: str, secret: str | None) -> str:
+    """``text`` with ``secret`` (an API key) replaced, so it never reaches output or logs."""
+    if secret and len(secret) >= 4:
+        text = text.replace(secret, "sk-...REDACTED")
+    return text

@@ -19,9 +19,9 @@ import random
 import signal
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
 
 from asyncgen.config import Task
+from asyncgen.errors import RunError
 from asyncgen.scenario import Scenario
 from asyncgen.sink import ScenarioSink
 from asyncgen.stats import RunStats
@@ -35,6 +35,8 @@ PRIOR_WEIGHT = 2.0  # how many requests' worth the prior counts for
 VALIDATION_BATCH_PAIRS = 256
 AVOID_SAMPLE = 20  # already-accepted prompts named in each request
 AVOID_POOL = 200  # the most recent accepted prompts that sample is drawn from
+AVOID_MAX_CHARS = 200  # longer prompts are not named, which bounds a request's size and cost
+GIVE_UP_AFTER = 25  # requests in a row with no new scenario (at least 2 x concurrency) end the run
 
 
 @dataclass
@@ -56,18 +58,19 @@ class Pipeline:
         max_cost: float | None = None,
         request_cost_bound: float = 0.0,
         grace_period: float = 10.0,
-        on_tick: Callable[[], None] | None = None,
     ) -> None:
         self.task, self.generator, self.validator, self.sink, self.stats = task, generator, validator, sink, stats
         self.concurrency = concurrency
         self.max_cost, self.request_cost_bound = max_cost, request_cost_bound
         self.grace_period = grace_period
-        self.candidates: asyncio.Queue[_Candidates | None] = asyncio.Queue(maxsize=2 * concurrency)
-        self.verdicts: asyncio.Queue[tuple[list[_Candidates], list[Verdict]] | None] = asyncio.Queue()
+        self.candidates: asyncio.Queue[_Candidates] = asyncio.Queue(maxsize=2 * concurrency)
+        self.verdicts: asyncio.Queue[tuple[list[_Candidates], list[Verdict]]] = asyncio.Queue()
         self.outstanding = 0  # requests issued whose candidates are not yet written or dropped
         self.settled = 0
         self.issued = 0
         self.reserved_cost = 0.0
+        self.unproductive = 0  # requests in a row that brought no new scenario
+        self.give_up_after = max(GIVE_UP_AFTER, 2 * concurrency)
         self.recent_prompts: deque[str] = deque(maxlen=AVOID_POOL)
         self.stopping = False  # no new requests
         self.stop_reason: str | None = None  # why the run ended early (interrupt, budget)
@@ -128,17 +131,10 @@ class Pipeline:
 
     async def _validate(self) -> None:
         while True:
-            first = await self.candidates.get()
-            if first is None:
-                await self.candidates.put(None)  # let the other validator tasks see the end too
-                return
-            batch = [first]
-            size = len(first.pairs)
+            batch = [await self.candidates.get()]
+            size = len(batch[0].pairs)
             while size < VALIDATION_BATCH_PAIRS and not self.candidates.empty():
                 item = self.candidates.get_nowait()
-                if item is None:
-                    await self.candidates.put(None)
-                    break
                 batch.append(item)
                 size += len(item.pairs)
             pairs = self._fresh_pairs(batch)
@@ -168,8 +164,9 @@ class Pipeline:
 
     async def _write(self) -> None:
         stats = self.stats
-        while (item := await self.verdicts.get()) is not None:
-            batch, verdicts = item
+        while True:
+            batch, verdicts = await self.verdicts.get()
+            accepted_before = stats.accepted_this_run
             for verdict in verdicts:
                 if self._remaining() <= 0:
                     break
@@ -187,9 +184,11 @@ class Pipeline:
                 stats.accepted_this_run += 1
                 if stats.first_accepted_s is None:
                     stats.first_accepted_s = stats.elapsed
-                self.recent_prompts.append(verdict.prompt)
+                if len(verdict.prompt) <= AVOID_MAX_CHARS:
+                    self.recent_prompts.append(verdict.prompt)
             self.outstanding -= len(batch)
             self.settled += len(batch)
+            self.unproductive = 0 if stats.accepted_this_run > accepted_before else self.unproductive + len(batch)
             if self.sink.sync_due():
                 await asyncio.to_thread(self.sink.sync, stats.to_run_state())
             if self._remaining() <= 0:
@@ -199,6 +198,13 @@ class Pipeline:
             if self.stopping and self.outstanding == 0:
                 self._done.set()
                 return
+            if self.unproductive >= self.give_up_after:
+                raise RunError(
+                    f"the last {self.unproductive} answered or abandoned requests gave no new scenario "
+                    f"({stats.requests_given_up} requests given up, bad answers {dict(stats.answer_failures)}, "
+                    f"{stats.rejected} candidates rejected, {stats.duplicates} duplicates); check --model, "
+                    "--base-url and the task's instructions, then run again to resume"
+                )
             await self._notify()
 
     # --- control ------------------------------------------------------------------------------
@@ -250,6 +256,7 @@ class Pipeline:
             task.add_done_callback(self._on_task_done)
         if self._remaining() <= 0:
             self._done.set()
+        await self._notify()  # stops at once if not even one request fits the budget
         try:
             await self._done.wait()
         finally:

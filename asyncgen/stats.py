@@ -30,6 +30,7 @@ class RunStats:
     cached_tokens: int = 0
     cost_usd: float | None = 0.0  # None once any response's model has no price
     cost_before_usd: float | None = 0.0  # carried over from the checkpoint on resume
+    carried: dict = field(default_factory=dict)  # the checkpoint's run_state: earlier runs' totals
     started: float = field(default_factory=time.monotonic)
     first_accepted_s: float | None = None
 
@@ -51,12 +52,17 @@ class RunStats:
 
     def to_run_state(self) -> dict:
         """What the checkpoint keeps: totals over every run that wrote this dataset."""
-        return {
-            "cost_usd": self.total_cost_usd,
+        this_run = {
             "requests_ok": self.requests_ok,
             "requests_sent": self.requests_sent,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "candidates": self.candidates,
-            "accepted_this_run": self.accepted_this_run,
+            "accepted": self.accepted_this_run,
         }
+        totals = {key: value + _count(self.carried.get(key)) for key, value in this_run.items()}
+        return {"cost_usd": self.total_cost_usd, **totals, "runs": _count(self.carried.get("runs")) + 1}
+
+
+def _count(value) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

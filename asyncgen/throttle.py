@@ -116,11 +116,16 @@ class Throttle:
             if probing:
                 self._probe.release()
 
-    def observe(self, headers: Mapping[str, str]) -> None:
-        """Learn limits from the first response's headers; follow ``remaining``/``reset`` after."""
+    def observe(self, headers: Mapping[str, str], *, learn: bool = True) -> None:
+        """Learn limits from the first answer's headers; follow ``remaining``/``reset`` after.
+
+        ``learn=False`` for answers that may not come from the API itself (a proxy's 5xx page): they
+        neither set the limits nor end the cautious start. An API answer without limit headers
+        (a local server) ends it: there are no limits to keep to.
+        """
         limit_requests = _number(headers.get("x-ratelimit-limit-requests"))
         limit_tokens = _number(headers.get("x-ratelimit-limit-tokens"))
-        if self._learning:
+        if self._learning and (learn or limit_requests or limit_tokens):
             # New requests skip the probe gate now; those already queued on it drain as probes finish.
             self._learning = False
             if limit_requests and not self.rpm:
@@ -128,12 +133,19 @@ class Throttle:
             if limit_tokens and not self.tpm:
                 self.tpm = limit_tokens
                 self._tokens = _limiter(limit_tokens, min(self.largest_request_tokens, limit_tokens))
+        # An empty bucket pauses everyone until one request (or one request's tokens) has refilled,
+        # or until the server's reset time if that comes sooner.
         remaining_requests = _number(headers.get("x-ratelimit-remaining-requests"))
         if remaining_requests is not None and remaining_requests < 1 and limit_requests:
-            self.cooldown(60.0 / limit_requests)
+            self.cooldown(_sooner(60.0 / limit_requests, parse_duration(headers.get("x-ratelimit-reset-requests"))))
         remaining_tokens = _number(headers.get("x-ratelimit-remaining-tokens"))
         if remaining_tokens is not None and limit_tokens and remaining_tokens < self.largest_request_tokens:
-            self.cooldown((self.largest_request_tokens - remaining_tokens) * 60.0 / limit_tokens)
+            refill = (self.largest_request_tokens - remaining_tokens) * 60.0 / limit_tokens
+            self.cooldown(_sooner(refill, parse_duration(headers.get("x-ratelimit-reset-tokens"))))
+
+
+def _sooner(seconds: float, reset: float | None) -> float:
+    return seconds if reset is None else min(seconds, reset)
 
 
 def _number(value: str | None) -> float | None:

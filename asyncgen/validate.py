@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import signal
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -160,6 +161,10 @@ _worker_state: tuple[Task, list[Tokenizer]] | None = None
 
 def _init_worker(task: Task, specs: list[TokenizerSpec], cache_dir: str | None) -> None:
     global _worker_state
+    # A terminal's Ctrl-C reaches the whole process group; the parent decides how to stop, and a
+    # worker that died of it would break the pool under the run's grace period.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _worker_state = (task, load_all(specs, cache_dir))
 

@@ -14,19 +14,13 @@ from typing import Sequence
 import openai
 
 from asyncgen.config import Task
-from asyncgen.errors import ApiError
+from asyncgen.errors import ApiError, redact
 from asyncgen.prices import PriceTable, cost_usd, price_for
 from asyncgen.prompting import build_messages, estimate_prompt_tokens, max_output_tokens, parse_answer
 from asyncgen.stats import RunStats
 from asyncgen.throttle import RetryPolicy, Throttle
 
 log = logging.getLogger("asyncgen.workers")
-
-
-def redact(text: str, secret: str | None) -> str:
-    if secret and len(secret) >= 4:
-        text = text.replace(secret, "sk-...REDACTED")
-    return text
 
 
 @dataclass(frozen=True)
@@ -80,7 +74,8 @@ class Generator:
                     raw = await self.client.chat.completions.with_raw_response.create(**params)
                 except openai.APIError as exc:
                     if isinstance(exc, openai.APIStatusError):
-                        self.throttle.observe(exc.response.headers)
+                        # A proxy's 5xx page says nothing about the API's limits.
+                        self.throttle.observe(exc.response.headers, learn=exc.status_code < 500)
                     decision = self.policy.decide(exc, attempt)
                 else:
                     self.throttle.observe(raw.headers)
@@ -89,11 +84,13 @@ class Generator:
                     stats.in_flight -= 1
             if decision.action == "fail":
                 raise ApiError(redact(f"the API refused the request permanently: {decision.message}", self.api_key))
-            stats.retries[decision.cause] += 1
             if decision.action == "cooldown":
                 stats.rate_limited += 1
                 self.throttle.cooldown(decision.delay)
-            else:
+            if attempt == self.policy.max_attempts - 1:
+                break
+            stats.retries[decision.cause] += 1
+            if decision.action == "retry":
                 await asyncio.sleep(decision.delay)
         stats.requests_given_up += 1
         log.debug("request %d given up after %d attempts", request_number, self.policy.max_attempts)
@@ -102,6 +99,10 @@ class Generator:
     def _read(self, completion) -> list[tuple[str, str]]:
         stats = self.stats
         stats.requests_ok += 1
+        if isinstance(completion, str) or not hasattr(completion, "choices"):
+            # A 200 whose body is not a chat completion (an HTML page, "{}"): an answer we cannot use.
+            stats.answer_failures["bad_shape"] += 1
+            return []
         usage = completion.usage
         if usage is not None:
             cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", 0) or 0
@@ -111,8 +112,9 @@ class Generator:
             price = price_for(self.prices, completion.model) or price_for(self.prices, self.settings.model)
             stats.add_cost(cost_usd(price, usage.prompt_tokens, usage.completion_tokens, cached))
         pairs: list[tuple[str, str]] = []
-        for choice in completion.choices:
-            answer = parse_answer(choice.message.content, choice.finish_reason, getattr(choice.message, "refusal", None))
+        for choice in completion.choices or []:
+            message = choice.message
+            answer = parse_answer(message.content, choice.finish_reason, getattr(message, "refusal", None))
             if answer.failure:
                 stats.answer_failures[answer.failure] += 1
             pairs.extend(answer.pairs)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -133,7 +134,7 @@ def test_permanent_errors_stop_fast_and_clean(tmp_path, simulator, flags, env_ke
     assert (tmp_path / "dataset.jsonl").read_text() == ""
 
 
-def test_concurrency_is_a_hard_bound_and_cost_matches_usage(tmp_path, simulator):
+def test_concurrency_is_a_hard_bound(tmp_path, simulator):
     base_url = simulator("--latency-ms", "100")
     result = run(tmp_path, "--base-url", base_url, "--num-scenarios", "80", "--concurrency", "3")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -162,7 +163,7 @@ def test_unknown_model_cost_is_unknown_not_a_crash(tmp_path, simulator):
     assert "unknown this run" in result.stderr
 
 
-def test_sigint_flushes_summarises_and_resumes(tmp_path, simulator):
+def test_sigint_flushes_summarises_and_the_printed_command_resumes(tmp_path, simulator):
     base_url = simulator("--latency-ms", "300")
     process = subprocess.Popen(run_args(tmp_path, "--base-url", base_url, "--num-scenarios", "400", "--concurrency", "2"),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path)
@@ -177,6 +178,12 @@ def test_sigint_flushes_summarises_and_resumes(tmp_path, simulator):
     written = len(scenarios(dataset))
     assert 0 < written < 400
     assert json.loads((tmp_path / "checkpoint.json").read_text())["scenarios"] == written
+    command = next(line for line in stderr.splitlines() if "resume with" in line).split("resume with", 1)[1].strip()
+    assert command.startswith("python -m asyncgen run ")
+    resumed = subprocess.run([sys.executable, *shlex.split(command)[1:]],
+                             capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_valid_dataset(dataset, 400)
 
 
 def test_dry_run_prints_a_plan_and_calls_nothing(tmp_path):
@@ -264,3 +271,59 @@ def test_resume_guards_from_the_command_line(tmp_path):
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert_valid_dataset(tmp_path / "dataset.jsonl", 8)
     assert not (tmp_path / "checkpoint.json").exists()
+
+
+def test_ctrl_c_in_a_terminal_reaches_the_pool_workers_too(tmp_path, simulator):
+    """A terminal sends SIGINT to the whole process group: the validator workers must not die of it."""
+    base_url = simulator("--latency-ms", "300")
+    args = run_args(tmp_path, "--base-url", base_url, "--num-scenarios", "400", "--concurrency", "2")
+    args[args.index("--validator-workers") + 1] = "1"
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                               cwd=tmp_path, start_new_session=True)
+    dataset = tmp_path / "dataset.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not dataset.exists() or dataset.stat().st_size == 0):
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "stopped (interrupted)" in stderr and "BrokenProcessPool" not in stderr and "Traceback" not in stderr
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["scenarios"] == len(scenarios(dataset))
+
+
+def test_max_cost_is_never_crossed(tmp_path, simulator):
+    base_url = simulator("--latency-ms", "20")
+    too_small = run(tmp_path, "--base-url", base_url, "--num-scenarios", "200", "--max-cost", "0.001")
+    assert too_small.returncode == 2 and "raise --max-cost" in too_small.stderr
+    assert sim_stats(base_url)["requests"].get("POST /v1/chat/completions", 0) == 0
+    budget = 0.05
+    result = run(tmp_path, "--base-url", base_url, "--num-scenarios", "2000", "--max-cost", str(budget), "--concurrency", "4")
+    assert result.returncode == 1 and "stopped (max_cost)" in result.stderr
+    state = json.loads((tmp_path / "checkpoint.json").read_text())["run_state"]
+    tokens = sim_stats(base_url)["tokens"]
+    spent = (tokens["prompt"] * 2.50 + tokens["completion"] * 10.00) / 1e6
+    assert state["cost_usd"] == pytest.approx(spent) and 0 < spent <= budget
+    assert 0 < len(scenarios(tmp_path / "dataset.jsonl")) < 2000
+
+
+def test_a_run_that_gets_no_usable_answers_gives_up(tmp_path, simulator):
+    base_url = simulator("--faults", "503=1.0")
+    result = run(tmp_path, "--base-url", base_url, "--num-scenarios", "20", "--concurrency", "2", "--max-attempts", "2")
+    assert result.returncode == 1
+    assert "gave no new scenario" in result.stderr and "Traceback" not in result.stderr
+    assert sim_stats(base_url)["requests"]["POST /v1/chat/completions"] <= 2 * (25 + 2)
+
+
+def test_task_from_a_yaml_path_runs_offline_and_validates(tmp_path):
+    import shutil
+
+    from asyncgen.config import default_config_dir
+
+    task_file = tmp_path / "mytask.yaml"
+    shutil.copy(default_config_dir() / "tasks" / "refusal.yaml", task_file)
+    task_file.write_text(task_file.read_text().replace("task_name: refusal", "task_name: mytask"))
+    result = run(tmp_path, "--task", str(task_file), "--num-scenarios", "15")
+    assert result.returncode == 0, result.stderr[-2000:]
+    check = subprocess.run([sys.executable, "-m", "asyncgen", "validate", str(tmp_path / "dataset.jsonl"), "--task", str(task_file)],
+                           capture_output=True, text=True, env=ENV)
+    assert check.returncode == 0 and "15 valid" in check.stdout, check.stdout + check.stderr

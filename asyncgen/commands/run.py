@@ -44,6 +44,20 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text}")
+    return value
+
+
 def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
         "run",
@@ -67,15 +81,15 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--tpm", type=_positive_int, default=None, help="tokens per minute limit (default: learned from the API's x-ratelimit headers)")
     parser.add_argument("--max-cost", type=_non_negative_float, default=None, help="USD budget for the dataset (this run plus earlier runs it resumes); no request starts that could cross it")
     parser.add_argument("--prices", default=None, help="price table YAML (default: <config-dir>/prices.yaml)")
-    parser.add_argument("--validator-workers", type=int, default=None, help="validator processes; 0 validates in the main process (default: 1 on 2 cores, cores-1 up to 4)")
+    parser.add_argument("--validator-workers", type=_non_negative_int, default=None, help="validator processes; 0 validates in the main process (default: 1 on 2 cores, cores-1 up to 4)")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
     parser.add_argument("--seed", type=int, default=None, help="base seed sent with requests (request i gets seed+i); also seeds the offline simulator")
     parser.add_argument("--response-format", choices=("auto", "json_schema", "json_object"), default="auto", help="structured output: strict json_schema where the model supports it (auto: gpt-4o, gpt-4.1, o-series), else json_object")
-    parser.add_argument("--request-timeout", type=_non_negative_float, default=60.0, help="seconds before a request is abandoned and retried (default: 60)")
+    parser.add_argument("--request-timeout", type=_positive_float, default=60.0, help="seconds before a request is abandoned and retried (default: 60)")
     parser.add_argument("--max-attempts", type=_positive_int, default=6, help="attempts per request before it is given up (default: 6)")
     parser.add_argument("--grace-period", type=_non_negative_float, default=10.0, help="seconds in-flight requests get to finish after Ctrl-C (default: 10)")
     parser.add_argument("--sync-every", type=_positive_int, default=50, help="fsync the output and write the checkpoint every N scenarios (default: 50) ...")
-    parser.add_argument("--sync-seconds", type=float, default=1.0, help="... or every T seconds, whichever first (default: 1.0)")
+    parser.add_argument("--sync-seconds", type=_positive_float, default=1.0, help="... or every T seconds, whichever first (default: 1.0)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (requests, tokens and cost at the current yield estimate) and exit")
     add_tokenizer_flags(parser)
     parser.set_defaults(handler=run)
@@ -97,16 +111,15 @@ def _endpoint(args) -> tuple[str, str | None, str]:
 
 
 def _resume_command(args) -> str:
+    """The same command, minus what would refuse or discard the partial dataset."""
     argv = list(getattr(args, "argv", None) or sys.argv[1:])
-    argv = [a for a in argv if a not in ("--overwrite",)]
+    argv = [a for a in argv if a not in ("--overwrite", "--no-checkpoint")]
     return "python -m asyncgen " + shlex.join(argv)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.no_checkpoint and args.checkpoint != "checkpoint.json":
         raise UsageError("--no-checkpoint and --checkpoint contradict each other; give one of them")
-    if args.sync_seconds <= 0:
-        raise UsageError(f"--sync-seconds {args.sync_seconds}: expected a number > 0")
     config_dir = resolve_config_dir(args.config_dir)
     task, specs, tokenizers = load_task_and_tokenizers(args.task, args.config_dir, args.tokenizer, args.cache_dir)
     prices_path = Path(args.prices) if args.prices else (
@@ -135,11 +148,19 @@ def _run_event_loop(coro) -> int:
         return runner.run(coro)
 
 
+def _worst_prompt_tokens(task) -> int:
+    """The prompt estimate of the largest request: every avoid slot filled with the longest prompt."""
+    from asyncgen.pipeline import AVOID_MAX_CHARS, AVOID_SAMPLE
+
+    return estimate_prompt_tokens(build_messages(task, ["x" * AVOID_MAX_CHARS] * AVOID_SAMPLE))
+
+
 def _request_cost_bound(task, price) -> float:
+    """Worst-case USD of one request: the output cap is exact; the chars/4 prompt estimate gets a
+    50% margin for text that tokenizes worse than English."""
     if price is None:
         return 0.0
-    prompt = estimate_prompt_tokens(build_messages(task, ["x" * 60] * 20))
-    return (prompt * price.input + max_output_tokens(task) * price.output) / 1e6
+    return (1.5 * _worst_prompt_tokens(task) * price.input + max_output_tokens(task) * price.output) / 1e6
 
 
 def _dry_run(args, task, price) -> int:
@@ -150,7 +171,7 @@ def _dry_run(args, task, price) -> int:
     remaining = max(0, args.num_scenarios - existing)
     yield_per_request = 0.5 * task.batch_size
     requests = math.ceil(remaining / yield_per_request) if remaining else 0
-    prompt_tokens = estimate_prompt_tokens(build_messages(task, ["x" * 60] * 20))
+    prompt_tokens = estimate_prompt_tokens(build_messages(task, ["x" * 60] * 20))  # a typical request
     output_tokens = max_output_tokens(task)
     cost = None if price is None else requests * (prompt_tokens * price.input + output_tokens * price.output) / 1e6
     mode, base_url, _ = _endpoint(args)
@@ -185,8 +206,18 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
         durability=DurabilityPolicy(args.sync_every, args.sync_seconds),
         auto_sync=False,
     )
-    stats = RunStats(target=args.num_scenarios, accepted=sink.count)
-    stats.cost_before_usd = sink.resume.run_state.get("cost_usd", 0.0) if sink.resume.run_state else 0.0
+    stats = RunStats(target=args.num_scenarios, accepted=sink.count, carried=dict(sink.resume.run_state or {}))
+    stats.cost_before_usd = stats.carried.get("cost_usd", 0.0)
+    if args.max_cost is not None and sink.count < args.num_scenarios:
+        bound = _request_cost_bound(task, price)
+        if stats.cost_before_usd is None:
+            sink.close()
+            raise UsageError("--max-cost: the earlier runs of this dataset have an unknown cost, so a budget "
+                             "cannot be kept; run without --max-cost or start a new dataset")
+        if stats.cost_before_usd + bound > args.max_cost:
+            sink.close()
+            raise UsageError(f"--max-cost {args.max_cost}: the dataset has cost ${stats.cost_before_usd:.4f} so far and "
+                             f"one more request may cost up to ${bound:.4f}; raise --max-cost")
     if sink.resume.message:
         log.info("%s", sink.resume.message)
     workers = args.validator_workers if args.validator_workers is not None else default_validator_workers()
@@ -199,7 +230,7 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
             from asyncgen.simulator import SimulatorConfig, running_simulator
 
             simulator = await stack.enter_async_context(running_simulator(SimulatorConfig(
-                task=task.task_name if not task.task_name.endswith((".yaml", ".yml")) else "refusal",
+                task=args.task,
                 config_dir=args.config_dir, seed=args.seed or 0, latency_ms=300, latency_jitter_ms=150,
             )))
             base_url = simulator.base_url
@@ -221,7 +252,7 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
         stack.callback(validator.close)
         settings = GenerationSettings(args.model, response_format_for(args.model, args.response_format),
                                       args.temperature, args.seed)
-        throttle = Throttle(args.rpm, args.tpm, largest_request_tokens=_largest_request(task))
+        throttle = Throttle(args.rpm, args.tpm, largest_request_tokens=_worst_prompt_tokens(task) + max_output_tokens(task))
         generator = Generator(client, task, settings, throttle, RetryPolicy(max_attempts=args.max_attempts),
                               stats, prices, api_key)
         pipeline = Pipeline(task, generator, validator, sink, stats, concurrency=args.concurrency,
@@ -258,5 +289,3 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
     return 130 if pipeline.stop_reason == "interrupted" else 1
 
 
-def _largest_request(task) -> int:
-    return estimate_prompt_tokens(build_messages(task, ["x" * 60] * 20)) + max_output_tokens(task)

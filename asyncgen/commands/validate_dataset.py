@@ -33,6 +33,10 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config-dir", default=None, help="folder with tasks/*.yaml (default: the configs shipped with asyncgen)"
     )
+    parser.add_argument(
+        "--task", default=None,
+        help="task name or YAML path whose templates the dataset uses (default: the task named in the dataset)",
+    )
     add_tokenizer_flags(parser)
     parser.set_defaults(handler=run)
 
@@ -155,14 +159,19 @@ def check_rule(
                 report.problems.append(f"scenario {scenario_id}: {reasons}")
 
 
-def check_dataset(path: Path, config_dir: str | None, tokenizer_flags: list[str], cache_dir: str | None) -> DatasetReport:
+def check_dataset(
+    path: Path, config_dir: str | None, tokenizer_flags: list[str], cache_dir: str | None, task: str | None = None
+) -> DatasetReport:
     report = DatasetReport()
     sound = check_structure(_read_lines(path), report)
     if report.task_name is None:
         if not report.problems:
             report.problems.append("the dataset is empty")
         return report
-    task, _specs, tokenizers = load_task_and_tokenizers(report.task_name, config_dir, tokenizer_flags, cache_dir)
+    task, _specs, tokenizers = load_task_and_tokenizers(task or report.task_name, config_dir, tokenizer_flags, cache_dir)
+    if task.task_name != report.task_name:
+        report.problems.append(f"the dataset's task is {report.task_name!r}, but --task is {task.task_name!r}")
+        return report
     check_rule(sound, task, tokenizers, report)
     report.problems.sort(key=_problem_order)
     return report
@@ -178,7 +187,7 @@ def _problem_order(problem: str) -> tuple[int, str]:
 
 def run(args: argparse.Namespace) -> int:
     path = Path(args.dataset)
-    report = check_dataset(path, args.config_dir, args.tokenizer, args.cache_dir)
+    report = check_dataset(path, args.config_dir, args.tokenizer, args.cache_dir, args.task)
     for problem in report.problems:
         print(f"FAIL {problem}")
     status = "OK" if not report.problems else "FAILED"
