@@ -41,14 +41,36 @@ import httpx  # noqa: E402
 import openai  # noqa: E402
 import orjson  # noqa: E402
 
-from asyncgen.commands.run import _largest_request, _run_event_loop  # noqa: E402
 from asyncgen.config import default_config_dir, load_task  # noqa: E402
 from asyncgen.errors import ApiError  # noqa: E402
 from asyncgen.prices import load_prices  # noqa: E402
-from asyncgen.prompting import response_format_for  # noqa: E402
+from asyncgen.prompting import build_messages, estimate_prompt_tokens, max_output_tokens, response_format_for  # noqa: E402
 from asyncgen.stats import RunStats  # noqa: E402
 from asyncgen.throttle import RetryPolicy, Throttle  # noqa: E402
 from asyncgen.workers import GenerationSettings, Generator  # noqa: E402
+
+
+def largest_request_tokens(task) -> int:
+    """As ``asyncgen run`` sizes the token bucket: a request with every "avoid" slot filled, plus the output cap."""
+    try:
+        from asyncgen.pipeline import AVOID_MAX_CHARS as chars
+    except ImportError:
+        chars = 60
+    from asyncgen.pipeline import AVOID_SAMPLE
+
+    return estimate_prompt_tokens(build_messages(task, ["x" * chars] * AVOID_SAMPLE)) + max_output_tokens(task)
+
+
+def run_event_loop(coro):
+    """As ``asyncgen run`` does: uvloop where it is installed."""
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(coro)
 
 
 def _cpu_seconds() -> float:
@@ -69,7 +91,7 @@ async def load(args: argparse.Namespace) -> dict:
     client = openai.AsyncOpenAI(api_key="sk-bench", base_url=args.base_url, max_retries=0,
                                 http_client=http_client, timeout=timeout)
     stats = RunStats(target=args.requests)
-    throttle = Throttle(args.rpm, args.tpm, largest_request_tokens=_largest_request(task))
+    throttle = Throttle(args.rpm, args.tpm, largest_request_tokens=largest_request_tokens(task))
     # seed + i per request: every body differs, as in a run (whose avoid lists differ).
     settings = GenerationSettings("gpt-4o", response_format_for("gpt-4o"), 1.0, args.seed)
     generator = Generator(client, task, settings, throttle, RetryPolicy(max_attempts=args.max_attempts),
@@ -158,7 +180,7 @@ def main() -> None:
     parser.add_argument("--profile", default=None, help="write a cProfile of the load to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    result = _run_event_loop(load(args))
+    result = run_event_loop(load(args))
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
 
 
