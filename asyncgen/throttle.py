@@ -104,6 +104,9 @@ class Throttle:
         probing = self._learning
         if probing:
             await self._probe.acquire()
+            if not self._learning:  # the limits arrived while this request queued at the gate
+                self._probe.release()  # and the next waiter does the same: the queue drains at once
+                probing = False
         try:
             await self._wait_cooldown()
             if self._requests is not None:

@@ -5,7 +5,7 @@
 Runs in its own process (bench/run.py starts it as a child, the server in another process), so the
 CPU time and peak RSS it reports are the client's alone. ``C`` worker coroutines share one
 ``asyncgen.workers.Generator`` (with its ``Throttle`` and ``RetryPolicy``) over
-``openai.AsyncOpenAI(max_retries=0)`` with the same httpx client settings as ``asyncgen run``, and
+``openai.AsyncOpenAI(max_retries=0)`` with the same HTTP client as ``asyncgen run``, and
 each calls ``generator.generate(i, [])`` until ``N`` requests have been started or ``S`` seconds
 have passed, whichever first; requests in flight then finish. Every request answered is parsed
 as a run parses it (``parse_answer``); nothing is validated or written.
@@ -20,8 +20,8 @@ Prints one JSON object on stdout:
 - ``peak_rss_mb`` of this process (``ru_maxrss``), imports included;
 - ``limits_learned``: the RPM/TPM the throttle ended with (from ``--rpm/--tpm`` or the headers).
 
-``--http aiohttp`` swaps in the SDK's aiohttp transport (``openai.DefaultAioHttpClient``, which
-needs the ``httpx-aiohttp`` package), everything else unchanged: a comparison, not what a run uses.
+``--http httpx`` swaps in the SDK's default httpx client, everything else unchanged: a comparison,
+not what a run uses (``make_http_client``: the SDK's aiohttp transport where installed).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from asyncgen.prices import load_prices  # noqa: E402
 from asyncgen.prompting import build_messages, estimate_prompt_tokens, max_output_tokens, response_format_for  # noqa: E402
 from asyncgen.stats import RunStats  # noqa: E402
 from asyncgen.throttle import RetryPolicy, Throttle  # noqa: E402
-from asyncgen.workers import GenerationSettings, Generator  # noqa: E402
+from asyncgen.workers import GenerationSettings, Generator, make_http_client  # noqa: E402
 
 
 def largest_request_tokens(task) -> int:
@@ -82,12 +82,14 @@ async def load(args: argparse.Namespace) -> dict:
     task = load_task("refusal")
     prices = load_prices(default_config_dir() / "prices.yaml")
     timeout = httpx.Timeout(args.request_timeout, connect=5.0)
-    http_class = openai.DefaultAsyncHttpxClient if args.http == "httpx" else openai.DefaultAioHttpClient
-    http_client = http_class(
-        limits=httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency),
-        timeout=timeout,
-        trust_env=False,  # loopback: a proxy in the environment must not see these
-    )
+    if args.http == "httpx":
+        http_client = openai.DefaultAsyncHttpxClient(
+            limits=httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency),
+            timeout=timeout,
+            trust_env=False,  # loopback: a proxy in the environment must not see these
+        )
+    else:  # what asyncgen run uses
+        http_client = make_http_client(args.concurrency, args.request_timeout, trust_env=False)
     client = openai.AsyncOpenAI(api_key="sk-bench", base_url=args.base_url, max_retries=0,
                                 http_client=http_client, timeout=timeout)
     stats = RunStats(target=args.requests)
@@ -174,9 +176,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="request i is sent with seed+i (default: 0)")
     parser.add_argument("--max-attempts", type=int, default=6, help="attempts per request (default: 6, as run)")
     parser.add_argument("--request-timeout", type=float, default=60.0, help="seconds per attempt (default: 60, as run)")
-    parser.add_argument("--http", choices=("httpx", "aiohttp"), default="httpx",
-                        help="the SDK's HTTP client: httpx (default, as asyncgen run) or its aiohttp transport "
-                        "(openai.DefaultAioHttpClient; needs httpx-aiohttp), for comparison")
+    parser.add_argument("--http", choices=("run", "httpx"), default="run",
+                        help="run: the HTTP client asyncgen run uses (asyncgen.workers.make_http_client: the SDK's "
+                        "aiohttp transport where installed); httpx: the SDK's default httpx client, for comparison")
     parser.add_argument("--profile", default=None, help="write a cProfile of the load to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -19,8 +19,9 @@ check never overwrites the full figures.
    run's rate (client side: answered over first request to last answer) is reported beside it.
 2. ``unlimited``: 10,000 requests (2,000 quick) at 50 ms latency, limits out of reach, at
    concurrency 32, 64, 128, 256, each also capped at ``UNLIMITED_CAP_S`` seconds of load: req/s and
-   the client process's CPU ms per answered request. ``unlimited_aiohttp``: the same client with
-   the SDK's aiohttp transport (if ``httpx-aiohttp`` is installed), for comparison.
+   the client process's CPU ms per answered request, with the HTTP client ``asyncgen run`` uses
+   (the SDK's aiohttp transport). ``unlimited_httpx``: the same client over the SDK's default httpx
+   client, for comparison.
 3. ``run``: ``asyncgen run --concurrency 32`` on the offline default (simulator in-process) in a
    temporary folder: scenarios/s over the run's own wall time, time to the first accepted scenario.
 4. ``validator``: ``bench/validator.py``. 6. ``sink``: ``bench/sink.py``.
@@ -70,7 +71,7 @@ SIZES = {
     "rate_limited_s": (8, 60),
     "rpm_given_s": (0, 15),
     "unlimited_requests": (2_000, 10_000),
-    "aiohttp_requests": (1_000, 5_000),
+    "comparison_requests": (1_000, 5_000),
     "run_scenarios": (300, 1_500),
     "memory_scenarios": (1_400, 1_500),  # >= 256 x ~5 accepted per request: 256 really in flight
     "baseline_scenarios": (40, 200),
@@ -196,7 +197,7 @@ def run_json(argv: list[str], timeout: float) -> dict:
 
 
 def client_load(base_url: str, requests: int, concurrency: int, *, duration: float | None = None,
-                rpm: int | None = None, seed: int = 0, http: str = "httpx") -> dict:
+                rpm: int | None = None, seed: int = 0, http: str = "run") -> dict:
     argv = [str(BENCH / "client_load.py"), "--base-url", base_url, "--requests", str(requests),
             "--concurrency", str(concurrency), "--seed", str(seed), "--http", http]
     if duration:
@@ -261,7 +262,7 @@ def bench_rate_limited(quick: bool) -> dict:
 # --- 2. Unlimited throughput and client cost --------------------------------------------------
 
 
-def bench_unlimited(quick: bool, http: str = "httpx", requests: int | None = None,
+def bench_unlimited(quick: bool, http: str = "run", requests: int | None = None,
                     concurrencies=UNLIMITED_CONCURRENCY) -> list[dict]:
     requests = requests or size("unlimited_requests", quick)
     rows = []
@@ -289,6 +290,7 @@ def bench_unlimited(quick: bool, http: str = "httpx", requests: int | None = Non
 
 
 def aiohttp_available() -> bool:
+    """Whether ``asyncgen run`` gets the aiohttp transport (``openai[aiohttp]``), so httpx is a comparison."""
     try:
         importlib.metadata.version("httpx-aiohttp")
     except importlib.metadata.PackageNotFoundError:
@@ -545,10 +547,10 @@ def markdown(results: dict) -> str:
             f"| {_n(row['requests_per_s'])} req/s, **{row['cpu_ms_per_request']:.2f} ms** client CPU/request, "
             f"{row['lost']} lost | ≤ {CPU_AIM_MS} ms: {_aim(row['cpu_ms_per_request'] <= CPU_AIM_MS)} |"
         )
-    for row in results.get("unlimited_aiohttp") or []:
+    for row in results.get("unlimited_httpx") or []:
         capped = " (time cap)" if row["time_capped"] else ""
         lines.append(
-            f"| 2x | for comparison, not what run uses: the SDK's aiohttp transport, concurrency {row['concurrency']}, "
+            f"| 2x | for comparison, not what run uses: the SDK's default httpx client, concurrency {row['concurrency']}, "
             f"{row['requests']:,} requests{capped} | {_n(row['requests_per_s'])} req/s, "
             f"{row['cpu_ms_per_request']:.2f} ms client CPU/request | |"
         )
@@ -608,9 +610,9 @@ def plot(results: dict, path: Path) -> str:
     if not rows:
         return "skipped: no unlimited-throughput results to plot"
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    series = [("httpx (asyncgen run)", rows, "o-")]
-    if results.get("unlimited_aiohttp"):
-        series.append(("aiohttp transport (comparison)", results["unlimited_aiohttp"], "s--"))
+    series = [("aiohttp transport (asyncgen run)", rows, "o-")]
+    if results.get("unlimited_httpx"):
+        series.append(("httpx client (comparison)", results["unlimited_httpx"], "s--"))
     for label, data, style in series:
         x = [row["concurrency"] for row in data]
         left.plot(x, [row["requests_per_s"] for row in data], style, label=label)
@@ -656,7 +658,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smaller loads: under a minute on 2 cores")
     parser.add_argument("--only", default=None, help=f"comma-separated subset of: {', '.join(STEPS)}")
     parser.add_argument("--output-dir", default=str(RESULTS), help="where results go (default: bench/results)")
-    parser.add_argument("--no-aiohttp", action="store_true", help="skip the aiohttp transport comparison")
+    parser.add_argument("--no-comparison", action="store_true", help="skip the httpx client comparison")
     parser.add_argument("--readme", action="store_true",
                         help="also put the table into README.md's Performance section (between its markers)")
     args = parser.parse_args()
@@ -678,8 +680,8 @@ def main() -> int:
                 results["rate_limited"] = bench_rate_limited(quick)
             elif step == "unlimited":
                 results["unlimited"] = bench_unlimited(quick)
-                if aiohttp_available() and not args.no_aiohttp and not quick:
-                    results["unlimited_aiohttp"] = bench_unlimited(quick, "aiohttp", size("aiohttp_requests", quick), (32, 256))
+                if aiohttp_available() and not args.no_comparison and not quick:
+                    results["unlimited_httpx"] = bench_unlimited(quick, "httpx", size("comparison_requests", quick), (32, 256))
             elif step == "run":
                 results["run"] = bench_run(quick)
             elif step == "validator":

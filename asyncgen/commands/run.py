@@ -193,7 +193,7 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
     from asyncgen.sink import DurabilityPolicy, ScenarioSink, fingerprint_of
     from asyncgen.throttle import RetryPolicy, Throttle
     from asyncgen.validate import PairValidator
-    from asyncgen.workers import GenerationSettings, Generator
+    from asyncgen.workers import GenerationSettings, Generator, make_http_client
 
     # The sink first: an unwritable output or a mismatched resume fails before any API call.
     sink = ScenarioSink.open(
@@ -240,11 +240,7 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
                 "To use GPT-4o: export OPENAI_API_KEY=sk-... and run again.", base_url, task.task_name,
             )
         loopback = base_url is not None and urlsplit(base_url).hostname in ("127.0.0.1", "localhost", "::1")
-        http_client = openai.DefaultAsyncHttpxClient(
-            limits=httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency),
-            timeout=httpx.Timeout(args.request_timeout, connect=5.0),
-            trust_env=not loopback,  # a proxy in the environment must not swallow loopback calls
-        )
+        http_client = make_http_client(args.concurrency, args.request_timeout, trust_env=not loopback)
         client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, http_client=http_client,
                                     timeout=httpx.Timeout(args.request_timeout, connect=5.0))
         stack.push_async_callback(client.close)
