@@ -157,3 +157,24 @@ def test_policy_decisions():
     assert all(d > 0 for d in delays) and max(delays) <= policy.max_delay and delays[3] > delays[0]
     assert policy.decide(openai.APITimeoutError(request=request), 0).cause == "timeout"
     assert policy.decide(openai.APIConnectionError(request=request), 0).cause == "connection"
+
+
+async def test_requests_queued_at_the_probe_gate_pass_once_limits_are_known():
+    throttle = Throttle(largest_request_tokens=100)
+    release = asyncio.Event()
+    entered = 0
+
+    async def request():
+        nonlocal entered
+        async with throttle.slot(100):
+            entered += 1
+            await release.wait()
+
+    tasks = [asyncio.create_task(request()) for _ in range(20)]
+    await asyncio.sleep(0.05)
+    assert entered == PROBE_CONCURRENCY  # a cautious start: limits unknown
+    throttle.observe({"x-ratelimit-limit-requests": "100000", "x-ratelimit-limit-tokens": "100000000"})
+    await asyncio.sleep(0.05)
+    assert entered == 20  # all queued requests go, without waiting for the probes to finish
+    release.set()
+    await asyncio.gather(*tasks)
