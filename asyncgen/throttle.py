@@ -129,8 +129,10 @@ class Throttle:
         limit_requests = _number(headers.get("x-ratelimit-limit-requests"))
         limit_tokens = _number(headers.get("x-ratelimit-limit-tokens"))
         if self._learning and (learn or limit_requests or limit_tokens):
-            # New requests skip the probe gate now; those already queued on it drain as probes finish.
+            # New requests skip the probe gate now; one release starts the queued ones passing it in
+            # a chain (see slot), without waiting for the probes in flight to finish.
             self._learning = False
+            self._probe.release()
             if limit_requests and not self.rpm:
                 self.rpm, self._requests = limit_requests, _limiter(limit_requests)
             if limit_tokens and not self.tpm:
