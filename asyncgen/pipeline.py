@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from asyncgen.config import Task
 from asyncgen.errors import RunError
+from asyncgen.prompting import AVOID_MAX_CHARS, AVOID_SAMPLE
 from asyncgen.scenario import Scenario
 from asyncgen.sink import ScenarioSink
 from asyncgen.stats import RunStats
@@ -33,9 +34,7 @@ log = logging.getLogger("asyncgen.pipeline")
 PRIOR_YIELD_SHARE = 0.5  # before any request settles, expect half of a batch to be accepted
 PRIOR_WEIGHT = 2.0  # how many requests' worth the prior counts for
 VALIDATION_BATCH_PAIRS = 256
-AVOID_SAMPLE = 20  # already-accepted prompts named in each request
 AVOID_POOL = 200  # the most recent accepted prompts that sample is drawn from
-AVOID_MAX_CHARS = 200  # longer prompts are not named, which bounds a request's size and cost
 GIVE_UP_AFTER = 25  # requests in a row with no new scenario (at least 2 x concurrency) end the run
 
 
@@ -43,6 +42,18 @@ GIVE_UP_AFTER = 25  # requests in a row with no new scenario (at least 2 x concu
 class _Candidates:
     request_number: int
     pairs: list[tuple[str, str]]
+
+
+def run_event_loop(coro):
+    """Run ``coro`` to completion on a new event loop: uvloop where it is installed."""
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(coro)
 
 
 class Pipeline:

@@ -38,6 +38,8 @@ JSON_OBJECT_FORMAT = {"type": "json_object"}
 _STRUCTURED_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-5", "o1", "o3", "o4")
 OUTPUT_TOKENS_PER_PAIR = 60  # a pair of ~12-word sentences as JSON is ~40-50 tokens
 OUTPUT_TOKENS_OVERHEAD = 60
+AVOID_SAMPLE = 20  # already-accepted prompts named in each request
+AVOID_MAX_CHARS = 200  # longer prompts are not named, which bounds a request's size and cost
 
 
 def response_format_for(model: str, choice: str = "auto") -> dict:
@@ -67,6 +69,11 @@ def build_messages(task: Task, avoid: Sequence[str] = ()) -> list[dict]:
         {"role": "system", "content": task.generation_instructions.strip()},
         {"role": "user", "content": "\n\n".join(parts)},
     ]
+
+
+def worst_case_prompt_tokens(task: Task) -> int:
+    """The prompt estimate of the largest request: every avoid slot filled with the longest prompt."""
+    return estimate_prompt_tokens(build_messages(task, ["x" * AVOID_MAX_CHARS] * AVOID_SAMPLE))
 
 
 def estimate_prompt_tokens(messages: Sequence[dict]) -> int:

@@ -33,7 +33,8 @@ import openai  # noqa: E402
 import orjson  # noqa: E402
 
 from asyncgen.commands._shared import load_task_and_tokenizers  # noqa: E402
-from asyncgen.pipeline import AVOID_POOL, AVOID_SAMPLE  # noqa: E402
+from asyncgen.pipeline import AVOID_POOL  # noqa: E402
+from asyncgen.prompting import AVOID_SAMPLE  # noqa: E402
 from asyncgen.prompting import build_messages, max_output_tokens, parse_answer, response_format_for  # noqa: E402
 from asyncgen.scenario import Scenario, encode_lines  # noqa: E402
 from asyncgen.validate import validate_pairs  # noqa: E402

@@ -43,34 +43,17 @@ import orjson  # noqa: E402
 
 from asyncgen.config import default_config_dir, load_task  # noqa: E402
 from asyncgen.errors import ApiError  # noqa: E402
+from asyncgen.pipeline import run_event_loop  # noqa: E402
 from asyncgen.prices import load_prices  # noqa: E402
-from asyncgen.prompting import build_messages, estimate_prompt_tokens, max_output_tokens, response_format_for  # noqa: E402
+from asyncgen.prompting import max_output_tokens, response_format_for, worst_case_prompt_tokens  # noqa: E402
 from asyncgen.stats import RunStats  # noqa: E402
 from asyncgen.throttle import RetryPolicy, Throttle  # noqa: E402
 from asyncgen.workers import GenerationSettings, Generator, make_http_client  # noqa: E402
 
 
 def largest_request_tokens(task) -> int:
-    """As ``asyncgen run`` sizes the token bucket: a request with every "avoid" slot filled, plus the output cap."""
-    try:
-        from asyncgen.pipeline import AVOID_MAX_CHARS as chars
-    except ImportError:
-        chars = 60
-    from asyncgen.pipeline import AVOID_SAMPLE
-
-    return estimate_prompt_tokens(build_messages(task, ["x" * chars] * AVOID_SAMPLE)) + max_output_tokens(task)
-
-
-def run_event_loop(coro):
-    """As ``asyncgen run`` does: uvloop where it is installed."""
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(coro)
+    """As ``asyncgen run`` sizes the token bucket: the largest request plus the output cap."""
+    return worst_case_prompt_tokens(task) + max_output_tokens(task)
 
 
 def _cpu_seconds() -> float:

@@ -29,32 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import aiohttp  # noqa: E402
 import orjson  # noqa: E402
 
-from asyncgen.config import load_task  # noqa: E402
+from asyncgen.config import load_task
+from asyncgen.prompting import JSON_SCHEMA_FORMAT  # noqa: E402
 
 SERVER_CPU = 0
-SCHEMA = {
-    "type": "json_schema",
-    "json_schema": {
-        "name": "minimal_pairs",
-        "strict": True,
-        "schema": {
-            "type": "object",
-            "properties": {
-                "pairs": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {"prompt": {"type": "string"}, "counterfactual": {"type": "string"}},
-                        "required": ["prompt", "counterfactual"],
-                        "additionalProperties": False,
-                    },
-                }
-            },
-            "required": ["pairs"],
-            "additionalProperties": False,
-        },
-    },
-}
+SCHEMA = JSON_SCHEMA_FORMAT  # exactly what asyncgen run sends
 
 
 def _pin(cpu: int) -> bool:

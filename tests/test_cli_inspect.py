@@ -2,7 +2,6 @@
 
 import json
 
-import orjson
 import pytest
 
 from asyncgen.cli import main
@@ -22,7 +21,6 @@ def cli(capfd, tokenizer_cache):
 
 def test_tokenize_prints_golden_ids(cli, shared_dir):
     golden = [json.loads(line) for line in open(shared_dir / "tokenizers" / "golden" / "llama3.jsonl", encoding="utf-8")][:50]
-    path = shared_dir.parent / "unused"
     code, out, _ = cli("tokenize", "--tokenizer", "llama3", *[g["text"] for g in golden if not g["text"].startswith("-")][:5])
     assert code == 0
     lines = [json.loads(line) for line in out.splitlines()]

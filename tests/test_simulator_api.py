@@ -13,31 +13,10 @@ from openai.types import Model
 from openai.types.chat import ChatCompletion
 
 from asyncgen.config import load_task
+from asyncgen.prompting import JSON_SCHEMA_FORMAT
 from asyncgen.simulator import SimulatorConfig, running_simulator
 
-PAIRS_SCHEMA = {
-    "type": "json_schema",
-    "json_schema": {
-        "name": "minimal_pairs",
-        "strict": True,
-        "schema": {
-            "type": "object",
-            "properties": {
-                "pairs": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {"prompt": {"type": "string"}, "counterfactual": {"type": "string"}},
-                        "required": ["prompt", "counterfactual"],
-                        "additionalProperties": False,
-                    },
-                }
-            },
-            "required": ["pairs"],
-            "additionalProperties": False,
-        },
-    },
-}
+PAIRS_SCHEMA = JSON_SCHEMA_FORMAT  # exactly what asyncgen run sends
 TASK = load_task("refusal")
 
 

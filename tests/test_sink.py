@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-import asyncgen.sink as sink_module
 from asyncgen.config import Task
 from asyncgen.errors import SinkError, UsageError
 from asyncgen.scenario import TYPES, Scenario, encode_lines

@@ -23,7 +23,13 @@ from asyncgen.config import default_config_dir, resolve_config_dir
 from asyncgen.errors import UsageError
 from asyncgen.prices import load_prices, price_for
 from asyncgen.progress import report_progress, summary
-from asyncgen.prompting import build_messages, estimate_prompt_tokens, max_output_tokens, response_format_for
+from asyncgen.prompting import (
+    build_messages,
+    estimate_prompt_tokens,
+    max_output_tokens,
+    response_format_for,
+    worst_case_prompt_tokens,
+)
 from asyncgen.stats import RunStats
 
 log = logging.getLogger("asyncgen.run")
@@ -134,25 +140,9 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(args, task, price)
     mode, base_url, api_key = _endpoint(args)
-    return _run_event_loop(_run_async(args, task, specs, tokenizers, prices, price, mode, base_url, api_key))
+    from asyncgen.pipeline import run_event_loop
 
-
-def _run_event_loop(coro) -> int:
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(coro)
-
-
-def _worst_prompt_tokens(task) -> int:
-    """The prompt estimate of the largest request: every avoid slot filled with the longest prompt."""
-    from asyncgen.pipeline import AVOID_MAX_CHARS, AVOID_SAMPLE
-
-    return estimate_prompt_tokens(build_messages(task, ["x" * AVOID_MAX_CHARS] * AVOID_SAMPLE))
+    return run_event_loop(_run_async(args, task, specs, tokenizers, prices, price, mode, base_url, api_key))
 
 
 def _request_cost_bound(task, price) -> float:
@@ -160,7 +150,7 @@ def _request_cost_bound(task, price) -> float:
     50% margin for text that tokenizes worse than English."""
     if price is None:
         return 0.0
-    return (1.5 * _worst_prompt_tokens(task) * price.input + max_output_tokens(task) * price.output) / 1e6
+    return (1.5 * worst_case_prompt_tokens(task) * price.input + max_output_tokens(task) * price.output) / 1e6
 
 
 def _dry_run(args, task, price) -> int:
@@ -248,7 +238,7 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
         stack.callback(validator.close)
         settings = GenerationSettings(args.model, response_format_for(args.model, args.response_format),
                                       args.temperature, args.seed)
-        throttle = Throttle(args.rpm, args.tpm, largest_request_tokens=_worst_prompt_tokens(task) + max_output_tokens(task))
+        throttle = Throttle(args.rpm, args.tpm, largest_request_tokens=worst_case_prompt_tokens(task) + max_output_tokens(task))
         generator = Generator(client, task, settings, throttle, RetryPolicy(max_attempts=args.max_attempts),
                               stats, prices, api_key)
         pipeline = Pipeline(task, generator, validator, sink, stats, concurrency=args.concurrency,
