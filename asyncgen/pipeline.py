@@ -89,6 +89,7 @@ class Pipeline:
         self._changed = asyncio.Condition()
         self._done = asyncio.Event()
         self._failure: BaseException | None = None
+        self._wake_task: asyncio.Task | None = None
 
     # --- scheduling ---------------------------------------------------------------------------
 
@@ -224,7 +225,8 @@ class Pipeline:
         if not self.stopping:
             self.stopping = True
             self.stop_reason = reason
-            asyncio.get_running_loop().create_task(self._notify())
+            # Keep a reference: the loop holds tasks only weakly.
+            self._wake_task = asyncio.get_running_loop().create_task(self._notify())
             if self.outstanding == 0:
                 self._done.set()
 
