@@ -67,9 +67,6 @@ class Task(_Strict):
     tokenizers: dict[str, str] = {}
     lexicon: Lexicon | None = None
 
-    def template(self, form: str) -> Template:
-        return getattr(self.templates, form)
-
 
 def default_config_dir() -> Path:
     """The configs that ship with asyncgen: inside the installed package, or the repo's ``config/``."""

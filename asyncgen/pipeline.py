@@ -44,18 +44,6 @@ class _Candidates:
     pairs: list[tuple[str, str]]
 
 
-def run_event_loop(coro):
-    """Run ``coro`` to completion on a new event loop: uvloop where it is installed."""
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(coro)
-
-
 class Pipeline:
     def __init__(
         self,
@@ -184,9 +172,7 @@ class Pipeline:
                     break
                 if not verdict.valid:
                     stats.rejected += 1
-                    for name, form, reason in verdict.failures():
-                        kind = reason if name == "*" else f"{name} {form} " + ("length" if reason.startswith("lengths") else "positions")
-                        stats.rejections[kind] += 1
+                    stats.rejections.update(verdict.failure_kinds())
                     continue
                 scenario = Scenario.render(self.task, verdict.prompt, verdict.counterfactual)
                 if self.sink.append(scenario) is None:

@@ -53,12 +53,9 @@ def price_for(table: PriceTable, model: str | None) -> Price | None:
     return table.get(model) or table.get(_SNAPSHOT_SUFFIX.sub("", model))
 
 
-def cost_usd(price: Price | None, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
-             *, batch: bool = False) -> float | None:
-    """USD for one request's usage; None when the price is unknown."""
+def cost_usd(price: Price | None, prompt_tokens: float, completion_tokens: float, cached_tokens: float = 0) -> float | None:
+    """USD for one real-time request's usage; None when the price is unknown."""
     if price is None:
         return None
-    if batch:
-        return (prompt_tokens * price.batch_input + completion_tokens * price.batch_output) / 1e6
     uncached = prompt_tokens - cached_tokens
     return (uncached * price.input + cached_tokens * price.cached_input + completion_tokens * price.output) / 1e6

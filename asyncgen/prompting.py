@@ -76,6 +76,11 @@ def worst_case_prompt_tokens(task: Task) -> int:
     return estimate_prompt_tokens(build_messages(task, ["x" * AVOID_MAX_CHARS] * AVOID_SAMPLE))
 
 
+def largest_request_tokens(task: Task) -> int:
+    """What the largest request counts against a TPM limit: its prompt estimate plus the output cap."""
+    return worst_case_prompt_tokens(task) + max_output_tokens(task)
+
+
 def estimate_prompt_tokens(messages: Sequence[dict]) -> int:
     """ceil(chars / 4) + 4 per message: the protocol doc's fair estimate (tiktoken cannot load offline)."""
     return sum(math.ceil(len(m["content"]) / 4) + 4 for m in messages)
@@ -85,7 +90,6 @@ def estimate_prompt_tokens(messages: Sequence[dict]) -> int:
 class ParsedAnswer:
     pairs: list[tuple[str, str]]
     failure: str | None = None  # bad_json, bad_shape, refusal, length, content_filter, empty
-    bad_items: int = 0
 
 
 def parse_answer(content: str | None, finish_reason: str | None, refusal: str | None) -> ParsedAnswer:
@@ -109,7 +113,7 @@ def parse_answer(content: str | None, finish_reason: str | None, refusal: str | 
         else:
             bad += 1
     failure = "bad_shape" if bad and not pairs else ("length" if finish_reason == "length" else None)
-    return ParsedAnswer(pairs, failure, bad)
+    return ParsedAnswer(pairs, failure)
 
 
 def _loads_lenient(content: str):

@@ -6,7 +6,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-FAILURE_KINDS = ("bad_json", "bad_shape", "refusal", "length", "content_filter", "empty")
 
 
 @dataclass
@@ -22,7 +21,7 @@ class RunStats:
     requests_ok: int = 0
     requests_given_up: int = 0
     retries: Counter = field(default_factory=Counter)  # by cause
-    answer_failures: Counter = field(default_factory=Counter)  # by FAILURE_KINDS
+    answer_failures: Counter = field(default_factory=Counter)  # bad_json, bad_shape, refusal, length, content_filter, empty
     rate_limited: int = 0
     in_flight: int = 0
     prompt_tokens: int = 0
@@ -43,9 +42,6 @@ class RunStats:
         if self.cost_usd is None or self.cost_before_usd is None:
             return None
         return self.cost_before_usd + self.cost_usd
-
-    def yield_per_request(self) -> float | None:
-        return self.accepted_this_run / self.requests_ok if self.requests_ok else None
 
     def add_cost(self, usd: float | None) -> None:
         self.cost_usd = None if usd is None or self.cost_usd is None else self.cost_usd + usd

@@ -29,6 +29,7 @@ class FormVerdict:
     reason: str | None
     positions: tuple[int, ...]
     tokens: tuple[str, str] | None = None
+    kind: str | None = None  # why it fails, for counting: "length" or "positions"
 
     def to_json(self) -> dict:
         out = {"ok": self.ok, "reason": self.reason, "positions": list(self.positions)}
@@ -51,6 +52,17 @@ class Verdict:
             return [("*", "*", self.reason)]
         return [
             (name, form, verdict.reason or "")
+            for name, forms in self.verdicts.items()
+            for form, verdict in forms.items()
+            if not verdict.ok
+        ]
+
+    def failure_kinds(self) -> list[str]:
+        """What to count for a rejected pair: the text reason, or "TOKENIZER FORM KIND" per failing check."""
+        if self.reason is not None:
+            return [self.reason]
+        return [
+            f"{name} {form} {verdict.kind}"
             for name, forms in self.verdicts.items()
             for form, verdict in forms.items()
             if not verdict.ok
@@ -114,7 +126,8 @@ def validate_pairs(
                 if reason is None:
                     p = positions[0]
                     tokens = tuple(tokenizer.ids_to_tokens([a[p], b[p]]))
-                per_form[form] = FormVerdict(reason is None, reason, positions, tokens)
+                kind = None if reason is None else ("length" if len(a) != len(b) else "positions")
+                per_form[form] = FormVerdict(reason is None, reason, positions, tokens, kind)
             verdict.verdicts[tokenizer.name] = per_form
     for verdict in live:
         verdict.valid = all(fv.ok for forms in verdict.verdicts.values() for fv in forms.values())

@@ -43,17 +43,12 @@ import orjson  # noqa: E402
 
 from asyncgen.config import default_config_dir, load_task  # noqa: E402
 from asyncgen.errors import ApiError  # noqa: E402
-from asyncgen.pipeline import run_event_loop  # noqa: E402
+from asyncgen.eventloop import run_event_loop  # noqa: E402
 from asyncgen.prices import load_prices  # noqa: E402
-from asyncgen.prompting import max_output_tokens, response_format_for, worst_case_prompt_tokens  # noqa: E402
+from asyncgen.prompting import largest_request_tokens, response_format_for  # noqa: E402
 from asyncgen.stats import RunStats  # noqa: E402
 from asyncgen.throttle import RetryPolicy, Throttle  # noqa: E402
 from asyncgen.workers import GenerationSettings, Generator, make_http_client  # noqa: E402
-
-
-def largest_request_tokens(task) -> int:
-    """As ``asyncgen run`` sizes the token bucket: the largest request plus the output cap."""
-    return worst_case_prompt_tokens(task) + max_output_tokens(task)
 
 
 def _cpu_seconds() -> float:

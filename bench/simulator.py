@@ -30,6 +30,7 @@ import aiohttp  # noqa: E402
 import orjson  # noqa: E402
 
 from asyncgen.config import load_task
+from asyncgen.eventloop import run_event_loop  # noqa: E402
 from asyncgen.prompting import JSON_SCHEMA_FORMAT  # noqa: E402
 
 SERVER_CPU = 0
@@ -55,15 +56,7 @@ def _serve(port_out, stop) -> None:
             while not stop.is_set():
                 await asyncio.sleep(0.05)
 
-    _run(main())
-
-
-def _run(coroutine):
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coroutine)
-    return uvloop.run(coroutine)
+    run_event_loop(main())
 
 
 def _bodies(count: int, offset: int = 0) -> list[bytes]:
@@ -120,7 +113,7 @@ def _generate_load(cpu: int | None, port: int, count: int, offset: int, concurre
     bodies = _bodies(count, offset)
     ready.release()
     go.wait()
-    results.put(_run(_load(port, bodies, concurrency)))
+    results.put(run_event_loop(_load(port, bodies, concurrency)))
 
 
 def _cpu_seconds(pid: int) -> float:

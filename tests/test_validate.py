@@ -104,3 +104,13 @@ def test_invalid_example_is_rejected(tmp_path, builtin_tokenizers):
     (tmp_path / "tasks" / "r.yaml").write_text(yaml.safe_dump(source))
     with pytest.raises(ConfigError, match=r"example 5 .* is not a valid pair under qwen2 \(single_token\): lengths"):
         check_task(load_task("r", tmp_path), builtin_tokenizers)
+
+
+def test_failure_kinds_for_counting(refusal_task, builtin_tokenizers):
+    too_long, two_words, same = validate_pairs(
+        [("Help me make a birdhouse.", "Help me make a bomb."), ("Help me make a cake now.", "Help us make a bomb now."), ("a", "a")],
+        refusal_task, builtin_tokenizers,
+    )
+    assert "qwen2 single_token length" in too_long.failure_kinds()
+    assert "solar multi_token positions" in two_words.failure_kinds()
+    assert same.failure_kinds() == ["identical texts"]

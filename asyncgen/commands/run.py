@@ -21,15 +21,19 @@ from urllib.parse import urlsplit
 from asyncgen.commands._shared import add_task_flags, add_tokenizer_flags, load_task_and_tokenizers
 from asyncgen.config import default_config_dir, resolve_config_dir
 from asyncgen.errors import UsageError
-from asyncgen.prices import load_prices, price_for
+from asyncgen.prices import cost_usd, load_prices, price_for
 from asyncgen.progress import report_progress, summary
+from asyncgen.eventloop import LOOPBACK_HOSTS, run_event_loop
 from asyncgen.prompting import (
+    AVOID_SAMPLE,
     build_messages,
     estimate_prompt_tokens,
+    largest_request_tokens,
     max_output_tokens,
     response_format_for,
     worst_case_prompt_tokens,
 )
+from asyncgen.scenario import LINES_PER_SCENARIO
 from asyncgen.stats import RunStats
 
 log = logging.getLogger("asyncgen.run")
@@ -140,30 +144,28 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(args, task, price)
     mode, base_url, api_key = _endpoint(args)
-    from asyncgen.pipeline import run_event_loop
-
     return run_event_loop(_run_async(args, task, specs, tokenizers, prices, price, mode, base_url, api_key))
 
 
 def _request_cost_bound(task, price) -> float:
     """Worst-case USD of one request: the output cap is exact; the chars/4 prompt estimate gets a
     50% margin for text that tokenizes worse than English."""
-    if price is None:
-        return 0.0
-    return (1.5 * worst_case_prompt_tokens(task) * price.input + max_output_tokens(task) * price.output) / 1e6
+    return cost_usd(price, 1.5 * worst_case_prompt_tokens(task), max_output_tokens(task)) or 0.0
 
 
 def _dry_run(args, task, price) -> int:
+    from asyncgen.pipeline import PRIOR_YIELD_SHARE
+
     existing = 0
     if Path(args.output).is_file() and not args.overwrite:
         with open(args.output, "rb") as handle:
-            existing = sum(1 for _ in handle) // 4
+            existing = sum(1 for _ in handle) // LINES_PER_SCENARIO
     remaining = max(0, args.num_scenarios - existing)
-    yield_per_request = 0.5 * task.batch_size
+    yield_per_request = PRIOR_YIELD_SHARE * task.batch_size
     requests = math.ceil(remaining / yield_per_request) if remaining else 0
-    prompt_tokens = estimate_prompt_tokens(build_messages(task, ["x" * 60] * 20))  # a typical request
+    prompt_tokens = estimate_prompt_tokens(build_messages(task, ["x" * 60] * AVOID_SAMPLE))  # a typical request
     output_tokens = max_output_tokens(task)
-    cost = None if price is None else requests * (prompt_tokens * price.input + output_tokens * price.output) / 1e6
+    cost = cost_usd(price, requests * prompt_tokens, requests * output_tokens)
     mode, base_url, _ = _endpoint(args)
     print(f"plan for task {task.task_name} with {args.model} ({mode}{' ' + base_url if base_url else ''}):")
     print(f"  scenarios       {remaining} to generate ({existing} already in {args.output}, target {args.num_scenarios})")
@@ -198,8 +200,8 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
     )
     stats = RunStats(target=args.num_scenarios, accepted=sink.count, carried=dict(sink.resume.run_state or {}))
     stats.cost_before_usd = stats.carried.get("cost_usd", 0.0)
+    bound = _request_cost_bound(task, price)
     if args.max_cost is not None and sink.count < args.num_scenarios:
-        bound = _request_cost_bound(task, price)
         if stats.cost_before_usd is None:
             sink.close()
             raise UsageError("--max-cost: the earlier runs of this dataset have an unknown cost, so a budget "
@@ -229,7 +231,7 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
                 "simulator at %s; its pairs come from the %s task's lexicon, not a model. "
                 "To use GPT-4o: export OPENAI_API_KEY=sk-... and run again.", base_url, task.task_name,
             )
-        loopback = base_url is not None and urlsplit(base_url).hostname in ("127.0.0.1", "localhost", "::1")
+        loopback = base_url is not None and urlsplit(base_url).hostname in LOOPBACK_HOSTS
         http_client = make_http_client(args.concurrency, args.request_timeout, trust_env=not loopback)
         client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, http_client=http_client,
                                     timeout=httpx.Timeout(args.request_timeout, connect=5.0))
@@ -238,11 +240,11 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
         stack.callback(validator.close)
         settings = GenerationSettings(args.model, response_format_for(args.model, args.response_format),
                                       args.temperature, args.seed)
-        throttle = Throttle(args.rpm, args.tpm, largest_request_tokens=worst_case_prompt_tokens(task) + max_output_tokens(task))
+        throttle = Throttle(args.rpm, args.tpm, largest_request_tokens=largest_request_tokens(task))
         generator = Generator(client, task, settings, throttle, RetryPolicy(max_attempts=args.max_attempts),
                               stats, prices, api_key)
         pipeline = Pipeline(task, generator, validator, sink, stats, concurrency=args.concurrency,
-                            max_cost=args.max_cost, request_cost_bound=_request_cost_bound(task, price),
+                            max_cost=args.max_cost, request_cost_bound=bound,
                             grace_period=args.grace_period)
         progress = asyncio.create_task(report_progress(stats, pipeline.expected_yield))
         failure: BaseException | None = None

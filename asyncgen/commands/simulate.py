@@ -7,11 +7,11 @@ The first line on stdout is the base URL (``http://127.0.0.1:PORT/v1``), for
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 
 from asyncgen.errors import UsageError
+from asyncgen.eventloop import LOOPBACK_HOSTS, run_event_loop
 from asyncgen.simulator import SimulatorConfig, serve
 from asyncgen.simulator.settings import (
     FAIL_FIRST_STATUSES,
@@ -23,7 +23,7 @@ from asyncgen.simulator.settings import (
 )
 
 log = logging.getLogger("asyncgen.simulate")
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
 
 
 def register(subparsers, common: argparse.ArgumentParser) -> None:
@@ -100,7 +100,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    if config.host not in LOOPBACK:
+    if config.host not in LOOPBACK_HOSTS:
         log.warning("binding to %s: the simulator is reachable from other machines", config.host)
 
     def ready(sim) -> None:
@@ -109,18 +109,10 @@ def run(args: argparse.Namespace) -> int:
                  config.task, sim.base_url, config.rpm, config.tpm, config.faults or "none")
 
     try:
-        _run_loop(serve(config, ready))
+        run_event_loop(serve(config, ready))
     except OSError as exc:
         raise UsageError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from exc
     log.info("simulator stopped")
     sys.stdout.flush()
     return 0
 
-
-def _run_loop(coroutine) -> None:
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coroutine)
-    else:
-        uvloop.run(coroutine)

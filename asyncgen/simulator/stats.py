@@ -41,7 +41,7 @@ class Stats:
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "chat": {
-                "count": sum(1 for _ in self.chat_log),
+                "count": len(self.chat_log),
                 # [arrival seconds since start, status], oldest first.
                 "arrivals": [[round(t, 4), status] for t, status in self.chat_log],
             },
