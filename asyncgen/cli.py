@@ -20,8 +20,15 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 log = logging.getLogger("asyncgen")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: what is wrong and where to read more, not the whole usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def _common_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = ArgumentParser(add_help=False)
     common.add_argument(
         "--log-level",
         default="INFO",
@@ -35,7 +42,7 @@ def _common_parser() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     from asyncgen.commands import check_pairs, run, simulate, tokenize, validate_dataset
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="asyncgen",
         description="Generate and validate minimal-pair prompt datasets for LLM interpretability research.",
     )

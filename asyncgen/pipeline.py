@@ -17,8 +17,8 @@ import asyncio
 import logging
 import random
 import signal
-from collections import deque
-from dataclasses import dataclass
+from collections import Counter, deque
+from dataclasses import dataclass, field
 
 from asyncgen.config import Task
 from asyncgen.errors import RunError
@@ -44,6 +44,55 @@ class _Candidates:
     pairs: list[tuple[str, str]]
 
 
+def _unrendered(task: Task, text: str) -> str:
+    """The prompt inside a multi-token text (the template's prefix and suffix taken off)."""
+    prefix, suffix = task.templates.multi_token.prefix, task.templates.multi_token.suffix
+    if text.startswith(prefix) and text.endswith(suffix) and len(text) >= len(prefix) + len(suffix):
+        return text[len(prefix) : len(text) - len(suffix)]
+    return text
+
+
+@dataclass
+class _Window:
+    """Counters at one moment; ``since`` gives what happened after it."""
+
+    candidates: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    bad_answers: Counter = field(default_factory=Counter)
+    given_up: int = 0
+    answered: int = 0
+    rejections: Counter = field(default_factory=Counter)
+
+    @classmethod
+    def of(cls, stats: RunStats) -> "_Window":
+        return cls(stats.candidates, stats.duplicates, stats.rejected, Counter(stats.answer_failures),
+                   stats.requests_given_up, stats.requests_ok, Counter(stats.rejections))
+
+    def since(self, stats: RunStats) -> "_Window":
+        now = _Window.of(stats)
+        return _Window(now.candidates - self.candidates, now.duplicates - self.duplicates, now.rejected - self.rejected,
+                       now.bad_answers - self.bad_answers, now.given_up - self.given_up, now.answered - self.answered,
+                       now.rejections - self.rejections)
+
+    def cause(self, dataset_size: int) -> str:
+        """The main reason these requests brought nothing, in the user's terms, with what to do."""
+        bad = ", ".join(f"{kind}: {n}" for kind, n in self.bad_answers.most_common())
+        if self.candidates == 0:
+            if self.given_up and not self.answered:
+                return (f"{self.given_up} were given up after their retries (see the retries in the summary); "
+                        "check that the server at --base-url is up and answers in time (--request-timeout)")
+            return (f"{self.answered} answers held no usable pair ({bad or 'empty answers'}); "
+                    "check --model and the task's instructions")
+        if self.duplicates >= self.rejected:
+            return (f"{self.duplicates} of the last {self.candidates} candidates were duplicates of the dataset "
+                    f"({dataset_size} scenarios) or of each other; the model (or the simulator's lexicon) is "
+                    "running out of new pairs: vary the task's instructions or ask for fewer scenarios")
+        top = ", ".join(f"{kind}: {n}" for kind, n in self.rejections.most_common(3))
+        return (f"{self.rejected} of the last {self.candidates} candidates failed the one-token rule ({top}); "
+                "check the task's instructions and examples (`asyncgen check-pairs` shows why a pair fails)")
+
+
 class Pipeline:
     def __init__(
         self,
@@ -57,6 +106,7 @@ class Pipeline:
         max_cost: float | None = None,
         request_cost_bound: float = 0.0,
         grace_period: float = 10.0,
+        first_request_number: int = 0,
     ) -> None:
         self.task, self.generator, self.validator, self.sink, self.stats = task, generator, validator, sink, stats
         self.concurrency = concurrency
@@ -66,11 +116,17 @@ class Pipeline:
         self.verdicts: asyncio.Queue[tuple[list[_Candidates], list[Verdict]]] = asyncio.Queue()
         self.outstanding = 0  # requests issued whose candidates are not yet written or dropped
         self.settled = 0
-        self.issued = 0
+        # Request numbers (and the seeds derived from them) go on from where earlier runs stopped, so
+        # a resumed run does not ask again for the answers it already has.
+        self.issued = first_request_number
         self.reserved_cost = 0.0
         self.unproductive = 0  # requests in a row that brought no new scenario
         self.give_up_after = max(GIVE_UP_AFTER, 2 * concurrency)
-        self.recent_prompts: deque[str] = deque(maxlen=AVOID_POOL)
+        self.recent_prompts: deque[str] = deque(
+            (p for p in (_unrendered(task, text) for text in sink.resumed_prompts) if len(p) <= AVOID_MAX_CHARS),
+            maxlen=AVOID_POOL,
+        )
+        self.window = _Window()  # what the requests since the last new scenario brought
         self.stopping = False  # no new requests
         self.stop_reason: str | None = None  # why the run ended early (interrupt, budget)
         self.interrupts = 0
@@ -186,7 +242,10 @@ class Pipeline:
                     self.recent_prompts.append(verdict.prompt)
             self.outstanding -= len(batch)
             self.settled += len(batch)
-            self.unproductive = 0 if stats.accepted_this_run > accepted_before else self.unproductive + len(batch)
+            if stats.accepted_this_run > accepted_before:
+                self.unproductive, self.window = 0, _Window.of(stats)
+            else:
+                self.unproductive += len(batch)
             if self.sink.sync_due():
                 await asyncio.to_thread(self.sink.sync, stats.to_run_state())
             if self._remaining() <= 0:
@@ -198,10 +257,8 @@ class Pipeline:
                 return
             if self.unproductive >= self.give_up_after:
                 raise RunError(
-                    f"the last {self.unproductive} answered or abandoned requests gave no new scenario "
-                    f"({stats.requests_given_up} requests given up, bad answers {dict(stats.answer_failures)}, "
-                    f"{stats.rejected} candidates rejected, {stats.duplicates} duplicates); check --model, "
-                    "--base-url and the task's instructions, then run again to resume"
+                    f"the last {self.unproductive} requests gave no new scenario: "
+                    f"{self.window.since(stats).cause(self.sink.count)}; then run again to resume"
                 )
             await self._notify()
 

@@ -39,8 +39,10 @@ import errno
 import gc
 import logging
 import os
+import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -51,7 +53,7 @@ import orjson
 
 from asyncgen.config import Task
 from asyncgen.errors import SinkError, UsageError
-from asyncgen.scenario import LINES_PER_SCENARIO, GroupError, Scenario, encode_lines, normalize, parse_group
+from asyncgen.scenario import LINES_PER_SCENARIO, TYPES, GroupError, Scenario, encode_lines, normalize, parse_group
 
 try:
     import fcntl
@@ -59,6 +61,7 @@ except ImportError:  # Windows: no advisory lock
     fcntl = None  # type: ignore[assignment]
 
 CHECKPOINT_VERSION = 1
+RECENT_PROMPTS = 200  # the last prompts a resume hands on (the avoid list of the next requests)
 log = logging.getLogger(__name__)
 
 
@@ -96,6 +99,13 @@ class ResumeReport:
     run_state: dict = field(default_factory=dict)
 
 
+def default_checkpoint_path(output: str | os.PathLike) -> Path:
+    """The checkpoint that belongs to ``output``: beside it, ``DATASET.checkpoint.json``."""
+    path = Path(output)
+    stem = path.name[: -len(".jsonl")] if path.name.endswith(".jsonl") else path.name
+    return path.with_name(stem + ".checkpoint.json")
+
+
 def fingerprint_of(task: Task, tokenizers: Iterable[str]) -> dict:
     """What makes two runs' scenarios comparable: the task, its templates, the tokenizer set."""
     return {"task": task.task_name, "templates": task.templates.model_dump(), "tokenizers": sorted(tokenizers)}
@@ -129,8 +139,10 @@ class ScenarioSink:
         if checkpoint_path == path:
             raise UsageError(f"--checkpoint {checkpoint_path} is the --output file itself; give it another name")
         fingerprint = orjson.loads(orjson.dumps(fingerprint))
+        _refuse_non_regular(path, "--output")
         _make_dir(path.parent, "--output", path)
         if checkpoint_path is not None:
+            _refuse_non_regular(checkpoint_path, "--checkpoint")
             _make_dir(checkpoint_path.parent, "--checkpoint", checkpoint_path)
         existed = path.exists()
         fd = _open_for_append(path)
@@ -167,7 +179,7 @@ class ScenarioSink:
                 "pass --overwrite to replace it, or drop --no-checkpoint to resume it"
             )
         else:
-            report = _resume_from(data, stored, why, found, path)
+            report = _resume_from(data, stored, why, found, path, task_name)
             _refuse_other_setup(path, stored, found, task_name, fingerprint, force_resume, report)
         kept = 0 if overwrite else len(data) - report.dropped_bytes
         sink = cls(
@@ -185,6 +197,8 @@ class ScenarioSink:
                     "choose another --checkpoint, or pass --no-checkpoint"
                 ) from exc
         if kept < len(data):
+            if not overwrite:
+                report.message += f", saved in {_save_cut_bytes(path, data[kept:])}"
             _truncate(fd, path, kept)
         try:
             os.fsync(fd)
@@ -207,6 +221,7 @@ class ScenarioSink:
         self._offset = offset  # end of the last whole scenario written
         self._count = found.scenarios
         self._durable_count = 0
+        self._recent_prompts = list(found.recent_prompts)
         self._prompts = found.prompts
         self._counterfactuals = found.counterfactuals
         self._run_state = dict(resume.run_state)
@@ -225,6 +240,11 @@ class ScenarioSink:
     def durable_count(self) -> int:
         """Scenarios covered by the last fsync (and checkpoint)."""
         return self._durable_count
+
+    @property
+    def resumed_prompts(self) -> list[str]:
+        """The multi-token prompts of the last scenarios found on resume (at most ``RECENT_PROMPTS``)."""
+        return self._recent_prompts
 
     def is_duplicate(self, scenario: Scenario) -> bool:
         prompt, counterfactual = scenario.dedup_keys()
@@ -375,6 +395,7 @@ class _Found:
     """The scenarios a resume kept: how many, their dedup keys, the task names seen."""
 
     scenarios: int = 0
+    recent_prompts: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_PROMPTS))
     prompts: set[str] = field(default_factory=set)
     counterfactuals: set[str] = field(default_factory=set)
     tasks: set[str] = field(default_factory=set)
@@ -407,12 +428,17 @@ def _read_checkpoint(path: Path, sink: Path) -> tuple[_Checkpoint | None, str]:
     if not (_is_count(offset) and _is_count(scenarios) and isinstance(fingerprint, dict) and isinstance(run_state, dict)):
         return None, f"checkpoint {path} is malformed"
     if data.get("sink") != str(sink):
-        return None, f"checkpoint {path} belongs to another sink ({data.get('sink')})"
+        raise UsageError(
+            f"--checkpoint {path} belongs to another dataset ({data.get('sink')}), not to {sink}; pass "
+            f"--checkpoint with a path of its own for this dataset, or delete {path} if that dataset is gone"
+        )
     return _Checkpoint(offset, scenarios, fingerprint, run_state), ""
 
 
-def _resume_from(data: bytes, stored: _Checkpoint | None, why: str, found: _Found, path: Path) -> ResumeReport:
-    """Find the scenarios in ``data`` (filling ``found``) and the torn tail to cut; raise if damaged."""
+def _resume_from(data: bytes, stored: _Checkpoint | None, why: str, found: _Found, path: Path,
+                 task_name: str) -> ResumeReport:
+    """Find the scenarios in ``data`` (filling ``found``) and the torn tail to cut; raise if damaged,
+    or if what follows the last scenario is not the start of the next one (not a file asyncgen wrote)."""
     with _gc_paused():  # hundreds of thousands of short-lived dicts: the collector would triple the time
         lines = data.split(b"\n")
         trusted = False
@@ -430,6 +456,14 @@ def _resume_from(data: bytes, stored: _Checkpoint | None, why: str, found: _Foun
             f"cut: inspect it, or keep the {found.scenarios} scenarios before it with `truncate -s {end} {path}`"
         )
     dropped = len(data) - end
+    if dropped and not _is_torn_scenario(data[end:], found.scenarios, task_name):
+        what = (f"{len(data)} bytes and no scenario" if found.scenarios == 0
+                else f"{found.scenarios} scenarios and then {dropped} bytes")
+        raise UsageError(
+            f"--output {path} holds {what} that are not the start of scenario {found.scenarios}: it is not a "
+            "dataset asyncgen wrote, or it was edited; nothing was changed: choose another --output, or pass "
+            "--overwrite to replace it"
+        )
     if trusted:
         after = found.scenarios - first_id
         how = "from its checkpoint" + (f", {after} more found after it" if after else "")
@@ -440,6 +474,25 @@ def _resume_from(data: bytes, stored: _Checkpoint | None, why: str, found: _Foun
         message += f"; cut a torn tail of {dropped} bytes (1 partial scenario)"
     run_state = dict(stored.run_state) if stored is not None else {}
     return ResumeReport(found.scenarios, dropped, 1 if dropped else 0, trusted, message, run_state)
+
+
+def _is_torn_scenario(tail: bytes, scenario_id: int, task_name: str) -> bool:
+    """Whether ``tail`` (fewer than four lines) is what a torn ``append`` of scenario ``scenario_id``
+    leaves: its complete lines are that scenario's first lines, and the rest begins the next one."""
+    *lines, fragment = tail.split(b"\n")
+    for kind, line in zip(TYPES, lines):
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return False
+        if not (isinstance(record, dict) and record.get("scenario_id") == scenario_id and record.get("type") == kind
+                and record.get("task") == task_name and isinstance(record.get("text"), str)):
+            return False
+    # JSON written with spaces after the separators is fine too: compare without them.
+    start = encode_lines(scenario_id, task_name, Scenario("", "", "", ""))
+    start = start.split(b"\n")[len(lines)].rsplit(b'""', 1)[0].replace(b" ", b"")
+    fragment = fragment.replace(b" ", b"")
+    return fragment[: len(start)] == start[: len(fragment)]
 
 
 def _trust_prefix(data: bytes, lines: list[bytes], stored: _Checkpoint, found: _Found) -> str:
@@ -460,11 +513,13 @@ def _trust_prefix(data: bytes, lines: list[bytes], stored: _Checkpoint, found: _
     try:
         _, task, _ = parse_group([loads(line) for line in lines[end - LINES_PER_SCENARIO : end]], scenarios - 1)
         # The multi-token lines hold the dedup keys (see Scenario.dedup_keys).
-        prompts = {normalize(loads(line)["text"]) for line in lines[2:end:LINES_PER_SCENARIO]}
+        texts = [loads(line)["text"] for line in lines[2:end:LINES_PER_SCENARIO]]
+        prompts = {normalize(text) for text in texts}
         counterfactuals = {normalize(loads(line)["text"]) for line in lines[3:end:LINES_PER_SCENARIO]}
     except (orjson.JSONDecodeError, GroupError, KeyError, TypeError, AttributeError) as exc:
         return f"its scenarios do not check out ({exc})"
     found.scenarios, found.prompts, found.counterfactuals, found.tasks = scenarios, prompts, counterfactuals, {task}
+    found.recent_prompts.extend(texts[-RECENT_PROMPTS:])
     return ""
 
 
@@ -487,6 +542,7 @@ def _scan_groups(lines: list[bytes], first_id: int, offset: int, found: _Found) 
             problem = str(exc)
             break
         prompt, counterfactual = scenario.dedup_keys()
+        found.recent_prompts.append(scenario.multi_token_prompt)
         found.prompts.add(prompt)
         found.counterfactuals.add(counterfactual)
         found.tasks.add(task)
@@ -521,6 +577,19 @@ def _refuse_other_setup(path: Path, stored: _Checkpoint | None, found: _Found, t
 
 
 # -- small I/O helpers -----------------------------------------------------------------------------
+
+
+def _refuse_non_regular(path: Path, flag: str) -> None:
+    """A FIFO, device or folder would block or fail in the middle of a run: refuse it up front."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # missing, or a parent that is not a folder: opening it says what is wrong
+        return
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):  # a folder fails on opening, with its own message
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "not a regular file")
+        raise UsageError(f"{flag} {path} is {kind}, not a regular file; choose a file path for {flag}")
 
 
 def _make_dir(directory: Path, flag: str, path: Path) -> None:
@@ -567,6 +636,20 @@ def _atomic_write(target: Path, payload: bytes) -> None:
             pass
         raise
     _fsync_dir(target.parent)
+
+
+def _save_cut_bytes(path: Path, tail: bytes) -> Path:
+    """Keep a torn tail beside the dataset before it is cut: ``DATASET.jsonl.torn-<n>``."""
+    for number in range(1, 1000):
+        backup = path.with_name(f"{path.name}.torn-{number}")
+        if not backup.exists():
+            break
+    try:
+        _atomic_write(backup, tail)
+    except OSError as exc:
+        raise SinkError(f"cannot save the torn tail of {path} to {backup} before cutting it ({_reason(exc)}); "
+                        "nothing was changed: free some space, or pass --overwrite to start over") from exc
+    return backup
 
 
 def _truncate(fd: int, path: Path, size: int) -> None:

@@ -56,9 +56,9 @@ class RunStats:
             "candidates": self.candidates,
             "accepted": self.accepted_this_run,
         }
-        totals = {key: value + _count(self.carried.get(key)) for key, value in this_run.items()}
-        return {"cost_usd": self.total_cost_usd, **totals, "runs": _count(self.carried.get("runs")) + 1}
+        totals = {key: value + count_of(self.carried.get(key)) for key, value in this_run.items()}
+        return {"cost_usd": self.total_cost_usd, **totals, "runs": count_of(self.carried.get("runs")) + 1}
 
 
-def _count(value) -> int:
+def count_of(value) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0

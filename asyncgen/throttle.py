@@ -16,6 +16,7 @@ is tried more than ``max_attempts`` times.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import re
 import time
@@ -197,6 +198,9 @@ class RetryPolicy:
             return Decision("fail", 0, "not_found", f"404 {exc.code or ''}: {message}; check --model and --base-url")
         if isinstance(exc, (openai.BadRequestError, openai.UnprocessableEntityError)):
             return Decision("fail", 0, "bad_request", f"{exc.status_code} {exc.code or ''}: {message}")
+        refused = connect_error_text(exc)
+        if refused is not None:
+            return Decision("retry", self.backoff(attempt), "connection", refused)
         if isinstance(exc, openai.APITimeoutError):
             return Decision("retry", self.backoff(attempt), "timeout")
         if isinstance(exc, openai.APIConnectionError):
@@ -206,6 +210,19 @@ class RetryPolicy:
                 return Decision("retry", self.backoff(attempt), f"{exc.status_code}")
             return Decision("fail", 0, f"{exc.status_code}", f"{exc.status_code}: {message}")
         raise exc
+
+
+def connect_error_text(exc: BaseException) -> str | None:
+    """The OS's words when a request never reached the server ("Connection refused", "Name or
+    service not known"), else None. The SDK's aiohttp transport reports these as timeouts, so the
+    cause is looked for in the exception's chain."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and not isinstance(exc, TimeoutError) and exc.errno is not None:
+            words = os.strerror(exc.errno) if exc.errno > 0 else (exc.strerror or str(exc))
+            return words[:1].lower() + words[1:]
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
 
 
 def _server_message(exc: BaseException) -> str:

@@ -27,6 +27,7 @@ from asyncgen.stats import RunStats
 from asyncgen.throttle import RetryPolicy, Throttle
 
 log = logging.getLogger("asyncgen.workers")
+CONNECT_FAILURES_BEFORE_STOPPING = 3
 
 
 def make_http_client(concurrency: int, timeout: float, *, trust_env: bool = True) -> httpx.AsyncClient:
@@ -71,6 +72,8 @@ class Generator:
         self.throttle, self.policy, self.stats = throttle, policy, stats
         self.prices, self.api_key = prices, api_key
         self.max_output_tokens = max_output_tokens(task)
+        self.reached_server = False  # any HTTP answer at all, error or not
+        self.connect_failures = 0  # before the first answer: a server that is not there fails the run fast
 
     def estimate_tokens(self, messages: Sequence[dict]) -> int:
         """What one request counts against the TPM limit: prompt estimate + maximum output."""
@@ -98,14 +101,23 @@ class Generator:
                     response = await self.client.post("/chat/completions", cast_to=httpx.Response, body=params)
                 except openai.APIError as exc:
                     if isinstance(exc, openai.APIStatusError):
+                        self.reached_server = True
                         # A proxy's 5xx page says nothing about the API's limits.
                         self.throttle.observe(exc.response.headers, learn=exc.status_code < 500)
                     decision = self.policy.decide(exc, attempt)
                 else:
+                    self.reached_server = True
                     self.throttle.observe(response.headers)
                     return self._read(response.content)
                 finally:
                     stats.in_flight -= 1
+            if decision.cause == "connection" and decision.message and not self.reached_server:
+                self.connect_failures += 1
+                if self.connect_failures >= CONNECT_FAILURES_BEFORE_STOPPING:
+                    raise ApiError(redact(
+                        f"cannot connect to {self.client.base_url}: {decision.message} "
+                        f"({self.connect_failures} attempts, no answer yet); is the server running there? "
+                        "check --base-url", self.api_key))
             if decision.action == "fail":
                 raise ApiError(redact(f"the API refused the request permanently: {decision.message}", self.api_key))
             if decision.action == "cooldown":

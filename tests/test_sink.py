@@ -19,7 +19,7 @@ import pytest
 from asyncgen.config import Task
 from asyncgen.errors import SinkError, UsageError
 from asyncgen.scenario import TYPES, Scenario, encode_lines
-from asyncgen.sink import DurabilityPolicy, ScenarioSink, fingerprint_of
+from asyncgen.sink import DurabilityPolicy, ScenarioSink, default_checkpoint_path, fingerprint_of
 
 REPO = Path(__file__).resolve().parent.parent
 WRITER = Path(__file__).resolve().parent / "sink_writer.py"
@@ -226,13 +226,12 @@ def test_torn_tail_is_cut_and_reported(tmp_path, cut, with_checkpoint):
     [
         (lambda cp, size: "{not json", "not valid JSON"),
         (lambda cp, size: {**cp, "offset": size + 400, "scenarios": 9}, "offset past the end"),
-        (lambda cp, size: {**cp, "sink": "/elsewhere/out.jsonl"}, "belongs to another sink"),
         (lambda cp, size: {**cp, "version": 99}, "not a version 1 checkpoint"),
         (lambda cp, size: {**cp, "offset": "12"}, "malformed"),
         (lambda cp, size: {**cp, "offset": cp["offset"] - 3}, "does not end that scenario there"),
         (lambda cp, size: {**cp, "scenarios": 3}, "does not end that scenario there"),
     ],
-    ids=["bad-json", "offset-past-end", "wrong-sink", "version", "malformed", "offset-mid-line", "count-mismatch"],
+    ids=["bad-json", "offset-past-end", "version", "malformed", "offset-mid-line", "count-mismatch"],
 )
 def test_unusable_checkpoint_falls_back_to_a_full_scan(tmp_path, damage, reason):
     fill(tmp_path, 4)
@@ -247,6 +246,68 @@ def test_unusable_checkpoint_falls_back_to_a_full_scan(tmp_path, damage, reason)
         assert sink.append(make(4)) == 4
     checkpoint = load_checkpoint(tmp_path)  # replaced by a good one
     assert (checkpoint["scenarios"], checkpoint["offset"]) == (5, (tmp_path / "out.jsonl").stat().st_size)
+
+
+def test_a_checkpoint_of_another_dataset_is_refused_and_left_alone(tmp_path):
+    fill(tmp_path, 4)
+    path = tmp_path / "checkpoint.json"
+    path.write_text(json.dumps({**load_checkpoint(tmp_path), "sink": "/elsewhere/out.jsonl"}))
+    before = path.read_bytes(), (tmp_path / "out.jsonl").read_bytes()
+    with pytest.raises(UsageError, match=r"--checkpoint .*checkpoint.json belongs to another dataset \(/elsewhere/out.jsonl\)"):
+        open_sink(tmp_path)
+    assert (path.read_bytes(), (tmp_path / "out.jsonl").read_bytes()) == before
+
+
+def test_default_checkpoint_sits_beside_its_dataset():
+    assert default_checkpoint_path("runs/data.jsonl") == Path("runs/data.checkpoint.json")
+    assert default_checkpoint_path("notes.txt") == Path("notes.txt.checkpoint.json")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"my notes\nsecond line\n", b'{"a": 1}\n{"b": 2}\n', b"x", b'{"scenario_id": 0, "type": "multi_token_prompt"'],
+    ids=["text", "other-jsonl", "one-byte", "wrong-type"],
+)
+@pytest.mark.parametrize("with_checkpoint", [True, False])
+def test_a_file_that_is_not_a_dataset_is_refused_not_cut(tmp_path, content, with_checkpoint):
+    output = tmp_path / "out.jsonl"
+    output.write_bytes(content)
+    with pytest.raises(UsageError, match="not the start of scenario 0: it is not a dataset asyncgen wrote.*--overwrite"):
+        open_sink(tmp_path, checkpoint="checkpoint.json" if with_checkpoint else "fresh.json")
+    assert output.read_bytes() == content
+    with open_sink(tmp_path, overwrite=True) as sink:  # --overwrite replaces it, as asked
+        assert sink.count == 0
+    assert output.read_bytes() == b""
+
+
+def test_lines_after_the_last_scenario_that_do_not_begin_the_next_are_refused(tmp_path):
+    fill(tmp_path, 3)
+    output = tmp_path / "out.jsonl"
+    damaged = output.read_bytes() + b"a note I added\n"
+    output.write_bytes(damaged)
+    with pytest.raises(UsageError, match="3 scenarios and then 15 bytes that are not the start of scenario 3"):
+        open_sink(tmp_path)
+    assert output.read_bytes() == damaged
+
+
+def test_a_cut_torn_tail_is_kept_in_a_backup(tmp_path):
+    fill(tmp_path, 2)
+    output = tmp_path / "out.jsonl"
+    tail = encode_lines(2, "refusal", make(2))[:70]
+    output.write_bytes(output.read_bytes() + tail)
+    with open_sink(tmp_path) as sink:
+        assert f"saved in {output}.torn-1" in sink.resume.message
+    assert (tmp_path / "out.jsonl.torn-1").read_bytes() == tail
+
+
+@pytest.mark.parametrize("flag", ["output", "checkpoint"])
+def test_a_fifo_is_refused_at_once(tmp_path, flag):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    kwargs = {"output": fifo} if flag == "output" else {"checkpoint": fifo}
+    output, checkpoint = kwargs.get("output", tmp_path / "out.jsonl"), kwargs.get("checkpoint", tmp_path / "cp.json")
+    with pytest.raises(UsageError, match=f"--{flag} .*fifo is a FIFO \\(named pipe\\), not a regular file"):
+        ScenarioSink.open(output, checkpoint, task_name="refusal", fingerprint=FINGERPRINT)
 
 
 def test_stale_checkpoint_scans_forward_and_keeps_complete_groups(tmp_path):

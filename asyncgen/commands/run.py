@@ -15,10 +15,12 @@ import math
 import os
 import shlex
 import sys
+import zlib
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from asyncgen.commands._shared import add_task_flags, add_tokenizer_flags, load_task_and_tokenizers
+from asyncgen.commands.argtypes import base_url, non_negative_float, non_negative_int, positive_float, positive_int
 from asyncgen.config import default_config_dir, resolve_config_dir
 from asyncgen.errors import UsageError
 from asyncgen.prices import cost_usd, load_prices, price_for
@@ -34,38 +36,10 @@ from asyncgen.prompting import (
     worst_case_prompt_tokens,
 )
 from asyncgen.scenario import LINES_PER_SCENARIO
-from asyncgen.stats import RunStats
+from asyncgen.stats import RunStats, count_of
 
 log = logging.getLogger("asyncgen.run")
 OFFLINE_KEY = "sk-asyncgen-simulator"
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text}")
-    return value
 
 
 def register(subparsers, common: argparse.ArgumentParser) -> None:
@@ -78,28 +52,28 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
         "built-in simulator. A killed or interrupted run resumes where the output ends.",
     )
     add_task_flags(parser)
-    parser.add_argument("--num-scenarios", type=_positive_int, default=1500, help="scenarios the dataset must hold (default: 1500)")
+    parser.add_argument("--num-scenarios", type=positive_int, default=1500, help="scenarios the dataset must hold (default: 1500)")
     parser.add_argument("--output", default="dataset.jsonl", help="output JSONL file (default: dataset.jsonl)")
-    parser.add_argument("--checkpoint", default="checkpoint.json", help="checkpoint file (default: checkpoint.json)")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint file (default: beside --output, DATASET.checkpoint.json for DATASET.jsonl)")
     parser.add_argument("--no-checkpoint", action="store_true", help="write no checkpoint; refuses a non-empty --output unless --overwrite")
     parser.add_argument("--overwrite", action="store_true", help="start the dataset over, discarding what --output holds")
     parser.add_argument("--force-resume", action="store_true", help="resume although the task, templates or tokenizers differ from the checkpoint's")
     parser.add_argument("--model", default="gpt-4o", help="model name sent to the API (default: gpt-4o)")
-    parser.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL"), help="OpenAI-compatible API base URL, e.g. http://localhost:8000/v1 (default: $OPENAI_BASE_URL, else the OpenAI API if OPENAI_API_KEY is set, else the offline simulator)")
-    parser.add_argument("--concurrency", type=_positive_int, default=32, help="most requests in flight at once (default: 32)")
-    parser.add_argument("--rpm", type=_positive_int, default=None, help="requests per minute limit (default: learned from the API's x-ratelimit headers)")
-    parser.add_argument("--tpm", type=_positive_int, default=None, help="tokens per minute limit (default: learned from the API's x-ratelimit headers)")
-    parser.add_argument("--max-cost", type=_non_negative_float, default=None, help="USD budget for the dataset (this run plus earlier runs it resumes); no request starts that could cross it")
+    parser.add_argument("--base-url", type=base_url, default=os.environ.get("OPENAI_BASE_URL") or None, help="OpenAI-compatible API base URL, e.g. http://localhost:8000/v1 (default: $OPENAI_BASE_URL, else the OpenAI API if OPENAI_API_KEY is set, else the offline simulator)")
+    parser.add_argument("--concurrency", type=positive_int, default=32, help="most requests in flight at once (default: 32)")
+    parser.add_argument("--rpm", type=positive_int, default=None, help="requests per minute limit (default: learned from the API's x-ratelimit headers)")
+    parser.add_argument("--tpm", type=positive_int, default=None, help="tokens per minute limit (default: learned from the API's x-ratelimit headers)")
+    parser.add_argument("--max-cost", type=non_negative_float, default=None, help="USD budget for the dataset (this run plus earlier runs it resumes); no request starts that could cross it")
     parser.add_argument("--prices", default=None, help="price table YAML (default: <config-dir>/prices.yaml)")
-    parser.add_argument("--validator-workers", type=_non_negative_int, default=None, help="validator processes; 0 validates in the main process (default: 1 on 2 cores, cores-1 up to 4)")
+    parser.add_argument("--validator-workers", type=non_negative_int, default=None, help="validator processes; 0 validates in the main process (default: 1 on 2 cores, cores-1 up to 4)")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
     parser.add_argument("--seed", type=int, default=None, help="base seed sent with requests (request i gets seed+i); also seeds the offline simulator")
     parser.add_argument("--response-format", choices=("auto", "json_schema", "json_object"), default="auto", help="structured output: strict json_schema where the model supports it (auto: gpt-4o, gpt-4.1, o-series), else json_object")
-    parser.add_argument("--request-timeout", type=_positive_float, default=60.0, help="seconds before a request is abandoned and retried (default: 60)")
-    parser.add_argument("--max-attempts", type=_positive_int, default=6, help="attempts per request before it is given up (default: 6)")
-    parser.add_argument("--grace-period", type=_non_negative_float, default=10.0, help="seconds in-flight requests get to finish after Ctrl-C (default: 10)")
-    parser.add_argument("--sync-every", type=_positive_int, default=50, help="fsync the output and write the checkpoint every N scenarios (default: 50) ...")
-    parser.add_argument("--sync-seconds", type=_positive_float, default=1.0, help="... or every T seconds, whichever first (default: 1.0)")
+    parser.add_argument("--request-timeout", type=positive_float, default=60.0, help="seconds before a request is abandoned and retried (default: 60)")
+    parser.add_argument("--max-attempts", type=positive_int, default=6, help="attempts per request before it is given up (default: 6)")
+    parser.add_argument("--grace-period", type=non_negative_float, default=10.0, help="seconds in-flight requests get to finish after Ctrl-C (default: 10)")
+    parser.add_argument("--sync-every", type=positive_int, default=50, help="fsync the output and write the checkpoint every N scenarios (default: 50) ...")
+    parser.add_argument("--sync-seconds", type=positive_float, default=1.0, help="... or every T seconds, whichever first (default: 1.0)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (requests, tokens and cost at the current yield estimate) and exit")
     add_tokenizer_flags(parser)
     parser.set_defaults(handler=run)
@@ -120,6 +94,14 @@ def _endpoint(args) -> tuple[str, str | None, str]:
     return "simulator", None, OFFLINE_KEY
 
 
+def _simulator_seed(seed: int | None, carried: dict, scenarios: int) -> int:
+    """The offline simulator's seed: --seed, moved on by each earlier run of the dataset, so that a
+    resumed run's simulator does not replay the draws whose pairs the dataset already holds."""
+    if not carried and not scenarios:
+        return seed or 0
+    return zlib.crc32(f"{seed or 0}:{count_of(carried.get('runs'))}:{count_of(carried.get('requests_sent'))}:{scenarios}".encode())
+
+
 def _resume_command(args) -> str:
     """The same command, minus what would refuse or discard the partial dataset."""
     argv = list(getattr(args, "argv", None) or sys.argv[1:])
@@ -128,7 +110,7 @@ def _resume_command(args) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.no_checkpoint and args.checkpoint != "checkpoint.json":
+    if args.no_checkpoint and args.checkpoint is not None:
         raise UsageError("--no-checkpoint and --checkpoint contradict each other; give one of them")
     config_dir = resolve_config_dir(args.config_dir)
     task, specs, tokenizers = load_task_and_tokenizers(args.task, args.config_dir, args.tokenizer, args.cache_dir)
@@ -182,7 +164,7 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
     import openai
 
     from asyncgen.pipeline import Pipeline
-    from asyncgen.sink import DurabilityPolicy, ScenarioSink, fingerprint_of
+    from asyncgen.sink import DurabilityPolicy, ScenarioSink, default_checkpoint_path, fingerprint_of
     from asyncgen.throttle import RetryPolicy, Throttle
     from asyncgen.validate import PairValidator
     from asyncgen.workers import GenerationSettings, Generator, make_http_client
@@ -190,7 +172,7 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
     # The sink first: an unwritable output or a mismatched resume fails before any API call.
     sink = ScenarioSink.open(
         args.output,
-        None if args.no_checkpoint else args.checkpoint,
+        None if args.no_checkpoint else (args.checkpoint or default_checkpoint_path(args.output)),
         task_name=task.task_name,
         fingerprint=fingerprint_of(task, [str(spec) for spec in specs]),
         force_resume=args.force_resume,
@@ -222,8 +204,8 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
             from asyncgen.simulator import SimulatorConfig, running_simulator
 
             simulator = await stack.enter_async_context(running_simulator(SimulatorConfig(
-                task=args.task,
-                config_dir=args.config_dir, seed=args.seed or 0, latency_ms=300, latency_jitter_ms=150,
+                task=args.task, config_dir=args.config_dir, seed=_simulator_seed(args.seed, stats.carried, sink.count),
+                latency_ms=300, latency_jitter_ms=150,
             )))
             base_url = simulator.base_url
             log.info(
@@ -245,7 +227,8 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
                               stats, prices, api_key)
         pipeline = Pipeline(task, generator, validator, sink, stats, concurrency=args.concurrency,
                             max_cost=args.max_cost, request_cost_bound=bound,
-                            grace_period=args.grace_period)
+                            grace_period=args.grace_period,
+                            first_request_number=count_of(stats.carried.get("requests_sent")))
         progress = asyncio.create_task(report_progress(stats, pipeline.expected_yield))
         failure: BaseException | None = None
         try:
