@@ -13,8 +13,10 @@ from asyncgen.stats import RunStats
 log = logging.getLogger("asyncgen.progress")
 
 
-def _money(usd: float | None) -> str:
-    return "unknown" if usd is None else f"${usd:.4f}"
+def _money(usd: float | None, simulated: bool = False) -> str:
+    if usd is None:
+        return "unknown"
+    return f"${usd:.4f}" + (" (simulated)" if simulated else "")
 
 
 def _duration(seconds: float | None) -> str:
@@ -24,41 +26,91 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def progress_line(stats: RunStats, yield_estimate: float) -> str:
+def _kinds(counter) -> str:
+    return ", ".join(f"{kind} {n}" for kind, n in counter.most_common(3))
+
+
+def progress_fields(stats: RunStats, yield_estimate: float) -> list[tuple[int, str]]:
+    """The progress line's fields in display order, each with its priority (0 = always shown;
+    higher numbers are dropped first when the terminal is narrow). Pure."""
     rate = stats.accepted_this_run / stats.elapsed if stats.elapsed > 0 else 0.0
     remaining = stats.target - stats.accepted
     eta = remaining / rate if rate > 0 else None
-    width = 24
-    filled = int(width * min(1.0, stats.accepted / stats.target)) if stats.target else width
-    bar = "#" * filled + "-" * (width - filled)
-    retries = sum(stats.retries.values())
-    return (
-        f"[{bar}] {stats.accepted}/{stats.target} {rate:.1f}/s yield {yield_estimate:.1f}/req "
-        f"in flight {stats.in_flight} 429s {stats.rate_limited} retries {retries} "
-        f"cost {_money(stats.total_cost_usd)} ETA {_duration(eta)}"
-    )
+    percent = 100 * stats.accepted / stats.target if stats.target else 100.0
+    width = 20
+    filled = int(width * min(1.0, percent / 100))
+    fields = [
+        (6, "[" + "#" * filled + "-" * (width - filled) + "]"),
+        (0, f"{stats.accepted}/{stats.target} scenarios"),
+    ]
+    if stats.accepted_this_run == 0:
+        phase = "waiting for the first answers" if stats.requests_ok == 0 else "validating the first answers"
+        fields.append((1, phase))
+    else:
+        fields += [(2, f"{rate:.1f} scen/s"), (1, f"ETA {_duration(eta)}")]
+    fields += [
+        (3, f"cost {_money(stats.total_cost_usd)}{' sim' if stats.cost_simulated else ''}"),
+        (4, f"in flight {stats.in_flight}"),
+        (5, f"answered {stats.requests_ok}"),
+        (8, f"yield {yield_estimate:.1f} scen/req"),
+        (7, f"429s: {stats.rate_limited}"),
+    ]
+    if stats.retries:
+        fields.append((7, f"retries: {_kinds(stats.retries)}"))
+    if stats.requests_given_up:
+        fields.append((5, f"given up {stats.requests_given_up}"))
+    if stats.answer_failures:
+        fields.append((9, f"bad answers: {_kinds(stats.answer_failures)}"))
+    return fields
+
+
+def fit_fields(fields: list[tuple[int, str]], width: int, separator: str = " | ") -> str:
+    """The fields joined on one line no wider than ``width``: the lowest-priority fields go first;
+    what still does not fit is cut. Pure."""
+    kept = list(fields)
+    while len(kept) > 1 and len(separator.join(text for _, text in kept)) > width:
+        drop = max(range(len(kept)), key=lambda i: (kept[i][0], i))
+        del kept[drop]
+    line = separator.join(text for _, text in kept)
+    return line if len(line) <= width else line[: max(0, width - 1)] + "…"
+
+
+def progress_line(stats: RunStats, yield_estimate: float, width: int | None = None) -> str:
+    """One progress line; ``width`` None for a log line (every field)."""
+    fields = progress_fields(stats, yield_estimate)
+    if width is None:
+        return " | ".join(text for _, text in fields)
+    return fit_fields(fields, width)
 
 
 async def report_progress(
-    stats: RunStats, yield_estimate: Callable[[], float], *, stream: TextIO = sys.stderr,
+    stats: RunStats, yield_estimate: Callable[[], float], *, stream: TextIO | None = None,
     tty: bool | None = None, interval: float | None = None,
 ) -> None:
-    """Redraw a progress line on a terminal (4 times a second); otherwise log one every 5 s."""
+    """On a terminal, a live line that fits its width (rich redraws it and keeps log lines above
+    it); otherwise a log line every 5 s."""
+    stream = stream or sys.stderr
     tty = stream.isatty() if tty is None else tty
     interval = interval or (0.25 if tty else 5.0)
-    try:
+    if not tty:
         while True:
             await asyncio.sleep(interval)
-            line = progress_line(stats, yield_estimate())
-            if tty:
-                stream.write("\r\x1b[2K" + line)
-                stream.flush()
-            else:
-                log.info("%s", line)
-    finally:
-        if tty:
-            stream.write("\r\x1b[2K")
-            stream.flush()
+            log.info("%s", progress_line(stats, yield_estimate()))
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    console = Console(file=stream, force_terminal=True)
+
+    def render() -> Text:
+        # One column short of the width: some terminals wrap a line that fills the last column.
+        return Text(progress_line(stats, yield_estimate(), max(20, console.width - 1)), no_wrap=True, overflow="crop")
+
+    with Live(render(), console=console, auto_refresh=False, transient=True, redirect_stdout=False,
+              redirect_stderr=stream is sys.stderr) as live:
+        while True:
+            await asyncio.sleep(interval)
+            live.update(render(), refresh=True)
 
 
 def summary(stats: RunStats, *, stop_reason: str | None, output: str, resume_command: str | None) -> str:
@@ -80,7 +132,8 @@ def summary(stats: RunStats, *, stop_reason: str | None, output: str, resume_com
         f"{stats.requests_given_up} given up; retries {retries}",
         f"  tokens          {stats.prompt_tokens} prompt ({stats.cached_tokens} cached), "
         f"{stats.completion_tokens} completion",
-        f"  cost            {_money(stats.cost_usd)} this run, {_money(stats.total_cost_usd)} in all",
+        f"  cost            {_money(stats.cost_usd)} this run, {_money(stats.total_cost_usd)} in all"
+        + (" (simulated: the offline simulator's usage at real prices)" if stats.cost_simulated else ""),
         f"  wall time       {stats.elapsed:.1f} s"
         + (f", first scenario after {stats.first_accepted_s:.2f} s" if stats.first_accepted_s is not None else ""),
     ]

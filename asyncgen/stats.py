@@ -29,6 +29,7 @@ class RunStats:
     cached_tokens: int = 0
     cost_usd: float | None = 0.0  # None once any response's model has no price
     cost_before_usd: float | None = 0.0  # carried over from the checkpoint on resume
+    cost_simulated: bool = False  # the offline simulator's usage at real prices: not money spent
     carried: dict = field(default_factory=dict)  # the checkpoint's run_state: earlier runs' totals
     started: float = field(default_factory=time.monotonic)
     first_accepted_s: float | None = None

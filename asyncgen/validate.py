@@ -9,11 +9,14 @@ runs that inline or in a process pool (tokenizers loaded once per worker) behind
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from asyncgen.config import FORMS, Task
 from asyncgen.errors import ConfigError
@@ -170,16 +173,46 @@ def check_task(task: Task, tokenizers: Sequence[Tokenizer]) -> None:
 # --- Inline and process-pool execution -------------------------------------------------------
 
 _worker_state: tuple[Task, list[Tokenizer]] | None = None
+PARENT_CHECK_SECONDS = 0.5
 
 
-def _init_worker(task: Task, specs: list[TokenizerSpec], cache_dir: str | None) -> None:
+def _init_worker(task: Task, specs: list[TokenizerSpec], cache_dir: str | None, parent: int) -> None:
     global _worker_state
+    _exit_with_parent(parent)
     # A terminal's Ctrl-C reaches the whole process group; the parent decides how to stop, and a
-    # worker that died of it would break the pool under the run's grace period.
+    # worker that died of it would break the pool under the run's grace period. (SIGINT is ignored
+    # from the start: see _sigint_ignored.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _worker_state = (task, load_all(specs, cache_dir))
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this worker when its parent is gone, whatever killed it (a SIGKILL leaves no time to
+    shut the pool down): a worker holds ~280 MB of tokenizers and ignores SIGTERM."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Start processes with SIGINT ignored: an ignored signal stays ignored across exec, so a Ctrl-C
+    while a worker is still importing cannot kill it (a handler set later comes too late). Only the
+    main thread may change signal handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _validate_in_worker(pairs: list[tuple[str, str]]) -> list[Verdict]:
@@ -215,12 +248,13 @@ class PairValidator:
                 max_workers=workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_worker,
-                initargs=(task, self.specs, cache_dir),
+                initargs=(task, self.specs, cache_dir, os.getpid()),
             )
             # Start the workers (and load their tokenizers) now, while the first requests are out,
             # rather than on the first batch.
-            for _ in range(workers):
-                self._pool.submit(_validate_in_worker, [])
+            with _sigint_ignored():
+                for _ in range(workers):
+                    self._pool.submit(_validate_in_worker, [])
 
     def validate(self, pairs: Sequence[tuple[str, str]]) -> list[Verdict]:
         return self.submit(pairs).result()

@@ -28,6 +28,7 @@ from asyncgen.throttle import RetryPolicy, Throttle
 
 log = logging.getLogger("asyncgen.workers")
 CONNECT_FAILURES_BEFORE_STOPPING = 3
+NO_KEY_SET = "sk-no-key-set"  # sent to a --base-url server when the user set no key (the SDK needs one)
 
 
 def make_http_client(concurrency: int, timeout: float, *, trust_env: bool = True) -> httpx.AsyncClient:
@@ -119,6 +120,11 @@ class Generator:
                         f"({self.connect_failures} attempts, no answer yet); is the server running there? "
                         "check --base-url", self.api_key))
             if decision.action == "fail":
+                if decision.cause == "auth" and self.api_key == NO_KEY_SET:
+                    raise ApiError(
+                        f"the server at {self.client.base_url} asks for an API key and none was set "
+                        "(OPENAI_API_KEY is empty); export OPENAI_API_KEY=<the key it expects> and run again"
+                    )
                 raise ApiError(redact(f"the API refused the request permanently: {decision.message}", self.api_key))
             if decision.action == "cooldown":
                 stats.rate_limited += 1

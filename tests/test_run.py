@@ -245,8 +245,8 @@ def test_progress_line_and_summary():
                      rate_limited=2, cost_usd=0.5)
     stats.retries["429"] = 2
     line = progress_line(stats, 5.0)
-    assert "[######------------------] 25/100" in line and "in flight 3" in line and "429s 2" in line
-    assert "retries 2" in line and "cost $0.5000" in line
+    assert "[#####---------------] | 25/100 scenarios" in line and "in flight 3" in line and "429s: 2" in line
+    assert "retries: 429 2" in line and "cost $0.5000" in line and "answered 5" in line
     text = summary(stats, stop_reason="interrupted", output="d.jsonl", resume_command="python -m asyncgen run")
     assert "stopped (interrupted): 25/100" in text and "resume with     python -m asyncgen run" in text
     stats.cost_usd = None

@@ -16,6 +16,7 @@ import os
 import shlex
 import sys
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -86,9 +87,11 @@ def default_validator_workers() -> int:
 
 def _endpoint(args) -> tuple[str, str | None, str]:
     """(mode, base_url, api_key); mode is 'simulator', 'openai' or 'custom'."""
+    from asyncgen.workers import NO_KEY_SET
+
     key = os.environ.get("OPENAI_API_KEY") or None
     if args.base_url:
-        return "custom", args.base_url, key or "sk-no-key-needed"
+        return "custom", args.base_url, key or NO_KEY_SET
     if key:
         return "openai", None, key
     return "simulator", None, OFFLINE_KEY
@@ -102,18 +105,47 @@ def _simulator_seed(seed: int | None, carried: dict, scenarios: int) -> int:
     return zlib.crc32(f"{seed or 0}:{count_of(carried.get('runs'))}:{count_of(carried.get('requests_sent'))}:{scenarios}".encode())
 
 
-def _resume_command(args) -> str:
-    """The same command, minus what would refuse or discard the partial dataset."""
+def _resume_command(args, stats: RunStats | None = None, stop_reason: str | None = None) -> str:
+    """The same command, minus what would refuse or discard the partial dataset; after a stop at
+    --max-cost, with a budget that leaves room for the rest (at this run's cost per scenario)."""
     argv = list(getattr(args, "argv", None) or sys.argv[1:])
     argv = [a for a in argv if a not in ("--overwrite", "--no-checkpoint")]
+    if stop_reason == "max_cost" and stats is not None:
+        argv = _without_flag(argv, "--max-cost")
+        spent = stats.total_cost_usd or 0.0
+        per_scenario = (stats.cost_usd or 0.0) / stats.accepted_this_run if stats.accepted_this_run else None
+        if per_scenario:
+            needed = spent + 1.2 * per_scenario * max(0, stats.target - stats.accepted)
+            argv += ["--max-cost", f"{math.ceil(needed * 100) / 100:.2f}"]
+        else:
+            argv += ["--max-cost", f"{max(2 * (args.max_cost or 0.0), 0.01):.2f}"]
     return "python -m asyncgen " + shlex.join(argv)
+
+
+def _without_flag(argv: list[str], flag: str) -> list[str]:
+    """``argv`` without ``flag VALUE`` and ``flag=VALUE``."""
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == flag:
+            skip = True
+        elif not item.startswith(flag + "="):
+            kept.append(item)
+    return kept
 
 
 def run(args: argparse.Namespace) -> int:
     if args.no_checkpoint and args.checkpoint is not None:
         raise UsageError("--no-checkpoint and --checkpoint contradict each other; give one of them")
     config_dir = resolve_config_dir(args.config_dir)
-    task, specs, tokenizers = load_task_and_tokenizers(args.task, args.config_dir, args.tokenizer, args.cache_dir)
+    try:
+        log.info("loading the tokenizers (the first run on a machine builds them, about 5 s)")
+        task, specs, tokenizers = load_task_and_tokenizers(args.task, args.config_dir, args.tokenizer, args.cache_dir)
+    except KeyboardInterrupt:
+        print(f"asyncgen run stopped (interrupted) while loading the tokenizers: {args.output} was not touched",
+              file=sys.stderr)
+        return 130
     prices_path = Path(args.prices) if args.prices else (
         config_dir / "prices.yaml" if (config_dir / "prices.yaml").is_file() else default_config_dir() / "prices.yaml"
     )
@@ -126,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(args, task, price)
     mode, base_url, api_key = _endpoint(args)
-    return run_event_loop(_run_async(args, task, specs, tokenizers, prices, price, mode, base_url, api_key))
+    stats = RunStats(target=args.num_scenarios)
+    return run_event_loop(_run_async(args, task, specs, tokenizers, prices, price, mode, base_url, api_key, stats))
 
 
 def _request_cost_bound(task, price) -> float:
@@ -135,31 +168,48 @@ def _request_cost_bound(task, price) -> float:
     return cost_usd(price, 1.5 * worst_case_prompt_tokens(task), max_output_tokens(task)) or 0.0
 
 
-def _dry_run(args, task, price) -> int:
+@dataclass(frozen=True)
+class Plan:
+    requests: int
+    yield_per_request: float
+    prompt_tokens: int  # per request, a typical one
+    output_tokens: int  # per request, the cap
+    cost_usd: float | None  # at most about, for all requests
+
+
+def _plan(task, price, remaining: int) -> Plan:
+    """What ``remaining`` scenarios take at the prior yield estimate. Pure."""
     from asyncgen.pipeline import PRIOR_YIELD_SHARE
 
-    existing = 0
-    if Path(args.output).is_file() and not args.overwrite:
-        with open(args.output, "rb") as handle:
-            existing = sum(1 for _ in handle) // LINES_PER_SCENARIO
-    remaining = max(0, args.num_scenarios - existing)
     yield_per_request = PRIOR_YIELD_SHARE * task.batch_size
     requests = math.ceil(remaining / yield_per_request) if remaining else 0
     prompt_tokens = estimate_prompt_tokens(build_messages(task, ["x" * 60] * AVOID_SAMPLE))  # a typical request
     output_tokens = max_output_tokens(task)
     cost = cost_usd(price, requests * prompt_tokens, requests * output_tokens)
+    return Plan(requests, yield_per_request, prompt_tokens, output_tokens, cost)
+
+
+def _dry_run(args, task, price) -> int:
+    existing = 0
+    if Path(args.output).is_file() and not args.overwrite:
+        with open(args.output, "rb") as handle:
+            existing = sum(1 for _ in handle) // LINES_PER_SCENARIO
+    remaining = max(0, args.num_scenarios - existing)
+    plan = _plan(task, price, remaining)
     mode, base_url, _ = _endpoint(args)
+    cost = plan.cost_usd
     print(f"plan for task {task.task_name} with {args.model} ({mode}{' ' + base_url if base_url else ''}):")
     print(f"  scenarios       {remaining} to generate ({existing} already in {args.output}, target {args.num_scenarios})")
-    print(f"  yield estimate  {yield_per_request:.1f} accepted scenarios per request ({task.batch_size} pairs asked per request)")
-    print(f"  requests        about {requests}, at most {args.concurrency} in flight")
-    print(f"  tokens          about {requests * prompt_tokens} prompt + at most {requests * output_tokens} completion "
-          f"({prompt_tokens} + {output_tokens} per request)")
-    print(f"  cost            {'unknown (no price for ' + args.model + ')' if cost is None else f'at most about ${cost:.4f}'}")
+    print(f"  yield estimate  {plan.yield_per_request:.1f} accepted scenarios per request ({task.batch_size} pairs asked per request)")
+    print(f"  requests        about {plan.requests}, at most {args.concurrency} in flight")
+    print(f"  tokens          about {plan.requests * plan.prompt_tokens} prompt + at most {plan.requests * plan.output_tokens} "
+          f"completion ({plan.prompt_tokens} + {plan.output_tokens} per request)")
+    shown = 'unknown (no price for ' + args.model + ')' if cost is None else f'at most about ${cost:.4f}'
+    print(f"  cost            {shown}{' (simulated)' if mode == 'simulator' and cost is not None else ''}")
     return 0
 
 
-async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_url, api_key) -> int:
+async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_url, api_key, stats: RunStats) -> int:
     import httpx
     import openai
 
@@ -170,9 +220,11 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
     from asyncgen.workers import GenerationSettings, Generator, make_http_client
 
     # The sink first: an unwritable output or a mismatched resume fails before any API call.
+    output_existed = Path(args.output).exists()
+    checkpoint = None if args.no_checkpoint else Path(args.checkpoint or default_checkpoint_path(args.output))
     sink = ScenarioSink.open(
         args.output,
-        None if args.no_checkpoint else (args.checkpoint or default_checkpoint_path(args.output)),
+        checkpoint,
         task_name=task.task_name,
         fingerprint=fingerprint_of(task, [str(spec) for spec in specs]),
         force_resume=args.force_resume,
@@ -180,26 +232,41 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
         durability=DurabilityPolicy(args.sync_every, args.sync_seconds),
         auto_sync=False,
     )
-    stats = RunStats(target=args.num_scenarios, accepted=sink.count, carried=dict(sink.resume.run_state or {}))
+    stats.accepted, stats.carried = sink.count, dict(sink.resume.run_state or {})
     stats.cost_before_usd = stats.carried.get("cost_usd", 0.0)
+    stats.cost_simulated = mode == "simulator"
+
+    def close_refused() -> None:
+        """Close the sink of a run refused before its first request: a dataset it created goes."""
+        sink.close()
+        if not output_existed and sink.count == 0:
+            for path in (sink.path, checkpoint):
+                if path is not None:
+                    Path(path).unlink(missing_ok=True)
+
     bound = _request_cost_bound(task, price)
     if args.max_cost is not None and sink.count < args.num_scenarios:
+        refusal = None
         if stats.cost_before_usd is None:
-            sink.close()
-            raise UsageError("--max-cost: the earlier runs of this dataset have an unknown cost, so a budget "
-                             "cannot be kept; run without --max-cost or start a new dataset")
-        if stats.cost_before_usd + bound > args.max_cost:
-            sink.close()
-            raise UsageError(f"--max-cost {args.max_cost}: the dataset has cost ${stats.cost_before_usd:.4f} so far and "
-                             f"one more request may cost up to ${bound:.4f}; raise --max-cost")
+            refusal = ("--max-cost: the earlier runs of this dataset have an unknown cost, so a budget "
+                       "cannot be kept; run without --max-cost or start a new dataset")
+        elif stats.cost_before_usd + bound > args.max_cost:
+            refusal = (f"--max-cost {args.max_cost:g}: the dataset has cost ${stats.cost_before_usd:.4f} so far and "
+                       f"one more request may cost up to ${bound:.4f}; raise --max-cost")
+        if refusal:
+            close_refused()
+            raise UsageError(refusal)
     if sink.resume.message:
         log.info("%s", sink.resume.message)
-    workers = args.validator_workers if args.validator_workers is not None else default_validator_workers()
-    async with contextlib.AsyncExitStack() as stack:
-        stack.callback(sink.close, None)  # a no-op after the final close below; the safety net on errors
-        if sink.count >= args.num_scenarios:
-            print(f"{args.output} already holds {sink.count} scenarios (target {args.num_scenarios}): nothing to do")
-            return 0
+    if sink.count >= args.num_scenarios:
+        sink.close()
+        print(f"{args.output} already holds {sink.count} scenarios (target {args.num_scenarios}): nothing to do")
+        return 0
+    _warn_if_absurd(args, task, price, args.num_scenarios - sink.count)
+    workers = _validator_workers(args.validator_workers)
+
+    async def start(stack: contextlib.AsyncExitStack) -> Pipeline:
+        url = base_url
         if mode == "simulator":
             from asyncgen.simulator import SimulatorConfig, running_simulator
 
@@ -207,17 +274,19 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
                 task=args.task, config_dir=args.config_dir, seed=_simulator_seed(args.seed, stats.carried, sink.count),
                 latency_ms=300, latency_jitter_ms=150,
             )))
-            base_url = simulator.base_url
+            url = simulator.base_url
             log.info(
                 "offline: no OPENAI_API_KEY and no --base-url, so requests go to asyncgen's built-in OpenAI "
-                "simulator at %s; its pairs come from the %s task's lexicon, not a model. "
-                "To use GPT-4o: export OPENAI_API_KEY=sk-... and run again.", base_url, task.task_name,
+                "simulator at %s; its pairs come from the %s task's lexicon, not a model, and its cost is "
+                "simulated. To use GPT-4o: export OPENAI_API_KEY=sk-... and run again.", url, task.task_name,
             )
-        loopback = base_url is not None and urlsplit(base_url).hostname in LOOPBACK_HOSTS
+        loopback = url is not None and urlsplit(url).hostname in LOOPBACK_HOSTS
         http_client = make_http_client(args.concurrency, args.request_timeout, trust_env=not loopback)
-        client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, http_client=http_client,
+        client = openai.AsyncOpenAI(api_key=api_key, base_url=url, max_retries=0, http_client=http_client,
                                     timeout=httpx.Timeout(args.request_timeout, connect=5.0))
         stack.push_async_callback(client.close)
+        if workers:
+            log.info("starting %d validator process%s", workers, "es" if workers > 1 else "")
         validator = PairValidator(task, specs, cache_dir=args.cache_dir, workers=workers, tokenizers=tokenizers)
         stack.callback(validator.close)
         settings = GenerationSettings(args.model, response_format_for(args.model, args.response_format),
@@ -225,38 +294,89 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
         throttle = Throttle(args.rpm, args.tpm, largest_request_tokens=largest_request_tokens(task))
         generator = Generator(client, task, settings, throttle, RetryPolicy(max_attempts=args.max_attempts),
                               stats, prices, api_key)
-        pipeline = Pipeline(task, generator, validator, sink, stats, concurrency=args.concurrency,
-                            max_cost=args.max_cost, request_cost_bound=bound,
-                            grace_period=args.grace_period,
-                            first_request_number=count_of(stats.carried.get("requests_sent")))
-        progress = asyncio.create_task(report_progress(stats, pipeline.expected_yield))
+        return Pipeline(task, generator, validator, sink, stats, concurrency=args.concurrency,
+                        max_cost=args.max_cost, request_cost_bound=bound, grace_period=args.grace_period,
+                        first_request_number=count_of(stats.carried.get("requests_sent")))
+
+    pipeline: Pipeline | None = None
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(sink.close, None)  # a no-op after the final close below; the safety net on errors
+        progress: asyncio.Task | None = None
         failure: BaseException | None = None
         try:
+            pipeline = await start(stack)
+            progress = asyncio.create_task(report_progress(stats, pipeline.expected_yield))
             await pipeline.run()
-        except BaseException as exc:
+        except BaseException as exc:  # CancelledError: Ctrl-C before the pipeline took over the signals
             failure = exc
         finally:
-            progress.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await progress
+            if progress is not None:
+                progress.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await progress
             stats.accepted = sink.count
             close_error = None
             try:
                 await asyncio.to_thread(sink.close, stats.to_run_state())
             except Exception as exc:  # the first write failure wins; report it below
                 close_error = exc
-            print(summary(stats, stop_reason=pipeline.stop_reason or (type(failure).__name__ if failure else None),
-                          output=args.output, resume_command=_resume_command(args)), file=sys.stderr)
+            stop_reason = (pipeline.stop_reason if pipeline is not None and pipeline.stop_reason
+                           else _stop_reason_of(failure))
+            print(summary(stats, stop_reason=stop_reason, output=args.output,
+                          resume_command=_resume_command(args, stats, stop_reason)), file=sys.stderr)
+        if isinstance(failure, (asyncio.CancelledError, KeyboardInterrupt)):
+            return 130
         if failure is not None:
             raise failure
         if close_error is not None:
             raise close_error
     if stats.accepted >= stats.target:
         return 0
-    if pipeline.stop_reason == "max_cost":
-        print(f"asyncgen run: stopped at --max-cost ${args.max_cost}: the next request could cross it; "
-              "raise --max-cost and run again to resume", file=sys.stderr)
+    if stop_reason == "max_cost":
+        print(f"asyncgen run: stopped at --max-cost ${args.max_cost:g}: the next request could cross it; "
+              "raise --max-cost and run again to resume (the summary suggests a budget)", file=sys.stderr)
         return 1
-    return 130 if pipeline.stop_reason == "interrupted" else 1
+    return 130 if stop_reason == "interrupted" else 1
 
 
+def _stop_reason_of(failure: BaseException | None) -> str | None:
+    """Why a run ended early, in a user's words (never a Python class name)."""
+    if failure is None:
+        return None
+    if isinstance(failure, (asyncio.CancelledError, KeyboardInterrupt)):
+        return "interrupted"
+    from asyncgen.errors import ApiError, SinkError
+
+    if isinstance(failure, ApiError):
+        return "the API refused"
+    if isinstance(failure, SinkError):
+        return "the dataset could not be written"
+    return "failed"
+
+
+def _validator_workers(requested: int | None) -> int:
+    """The validator processes to start: as asked, but never more than the machine has cores."""
+    if requested is None:
+        return default_validator_workers()
+    cores = os.cpu_count() or 1
+    if requested > cores:
+        log.warning("--validator-workers %d: this machine has %d cores, so %d validator processes are started "
+                    "(each loads every tokenizer, about 280 MB; more would only compete for the cores)",
+                    requested, cores, cores)
+        return cores
+    return requested
+
+
+ABSURD_REQUESTS = 100_000
+ABSURD_USD = 1_000.0
+
+
+def _warn_if_absurd(args, task, price, remaining: int) -> None:
+    """One warning when the plan is far beyond what anyone means: millions of requests or dollars."""
+    plan = _plan(task, price, remaining)
+    if plan.requests < ABSURD_REQUESTS and (plan.cost_usd or 0.0) < ABSURD_USD:
+        return
+    cost = "" if plan.cost_usd is None else f", about ${plan.cost_usd:,.0f} at {args.model} prices"
+    log.warning("--num-scenarios %d: about %s requests%s; is that what you meant? --max-cost USD bounds the spend, "
+                "--dry-run shows the plan, Ctrl-C stops and keeps what is done", args.num_scenarios,
+                f"{plan.requests:,}", cost)

@@ -12,7 +12,7 @@ import orjson
 from asyncgen.commands._shared import add_tokenizer_flags, load_task_and_tokenizers
 from asyncgen.config import Task
 from asyncgen.errors import InputFileError
-from asyncgen.scenario import TYPES
+from asyncgen.scenario import TYPES, normalize
 from asyncgen.tokenizers import Tokenizer
 from asyncgen.validate import validate_pairs
 
@@ -146,6 +146,7 @@ def check_rule(
             report.problems.append(f"scenario {scenario_id}: texts do not match task {task.task_name}'s templates")
             continue
         pairs.append((scenario_id, prompt, counterfactual))
+    report.problems.extend(duplicate_problems(sound))
     for start in range(0, len(pairs), CHUNK):
         chunk = pairs[start : start + CHUNK]
         verdicts = validate_pairs([(p, c) for _, p, c in chunk], task, tokenizers)
@@ -157,6 +158,22 @@ def check_rule(
                     reason if name == "*" else f"{name}/{form}: {reason}" for name, form, reason in verdict.failures()
                 )
                 report.problems.append(f"scenario {scenario_id}: {reasons}")
+
+
+def duplicate_problems(sound: list[tuple[int, dict[str, str]]]) -> list[str]:
+    """A scenario whose prompt or counterfactual repeats an earlier one's (the sink's dedup rule)."""
+    problems = []
+    first_prompt: dict[str, int] = {}
+    first_counterfactual: dict[str, int] = {}
+    for scenario_id, texts in sound:
+        for side, text, firsts in (("prompt", texts["multi_token_prompt"], first_prompt),
+                                   ("counterfactual", texts["multi_token_counterfactual"], first_counterfactual)):
+            key = normalize(text)
+            if key in firsts:
+                problems.append(f"scenario {scenario_id}: its {side} duplicates scenario {firsts[key]}'s")
+            else:
+                firsts[key] = scenario_id
+    return problems
 
 
 def check_dataset(
