@@ -602,7 +602,7 @@ def _make_dir(directory: Path, flag: str, path: Path) -> None:
 def _open_for_append(path: Path) -> int:
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, flags, 0o644)
+        fd = os.open(path, flags, 0o666)
     except OSError as exc:
         raise UsageError(f"--output {path}: cannot open it for writing ({_reason(exc)}); choose another --output") from exc
     if fcntl is not None:
@@ -620,7 +620,7 @@ def _atomic_write(target: Path, payload: bytes) -> None:
     """Replace ``target`` with ``payload``: temporary file, fsync, rename, fsync of the folder."""
     temporary = target.with_name(target.name + ".tmp")
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o644)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o666)
         try:
             view = memoryview(payload)
             while view:

@@ -1,0 +1,366 @@
+"""Defects a new user hit (issue 9), each tried the way they tried it: from the command line."""
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from test_run import ENV, assert_valid_dataset, run, run_args, scenarios, sim_stats, simulator  # noqa: F401
+
+from asyncgen.commands.run import _resume_command, _validator_workers
+from asyncgen.stats import RunStats
+
+
+def asyncgen(*args, cwd=None, env=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "asyncgen", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env or ENV, timeout=timeout)
+
+
+def pool_run_args(tmp_path, *flags):
+    """``run``'s arguments with one validator process instead of inline validation."""
+    args = run_args(tmp_path, *flags)
+    at = args.index("--validator-workers")
+    return args[:at] + ["--validator-workers", "1"] + args[at + 2 :]
+
+
+def wait_for_scenarios(dataset: Path, count: int, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if dataset.exists() and dataset.stat().st_size and len(dataset.read_bytes().splitlines()) // 4 >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{dataset} did not reach {count} scenarios")
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+# 1. Resume on the offline default ------------------------------------------------------------------
+
+
+def test_offline_default_resumes_after_a_kill_at_800_of_3000(tmp_path):
+    """The issue's case: the resumed run's new simulator replayed the killed run's draws, so every
+    pair was a duplicate and the run gave up with 0 new scenarios."""
+    dataset = tmp_path / "dataset.jsonl"
+    process = subprocess.Popen([sys.executable, "-m", "asyncgen", "run", "--num-scenarios", "3000",
+                                "--concurrency", "32"], cwd=tmp_path, env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_scenarios(dataset, 800, process)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    killed_at = len(scenarios(dataset)) if dataset.stat().st_size % 4 == 0 else None
+    resumed = asyncgen("run", "--num-scenarios", "3000", "--concurrency", "32", cwd=tmp_path, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "finished: 3000/3000" in resumed.stderr
+    assert killed_at is None or killed_at < 3000
+    assert_valid_dataset(dataset, 3000)
+
+
+def test_request_numbers_go_on_across_resumes(refusal_task):
+    """With --seed, request i is sent with seed+i: a resumed run must not restart at seed+1."""
+    import asyncio
+
+    from asyncgen.pipeline import Pipeline
+
+    numbers = []
+
+    class Generator:
+        async def generate(self, number, avoid):
+            numbers.append(number)
+            raise asyncio.CancelledError
+
+    class Sink:
+        count, resumed_prompts = 0, ["Help me make a kite."]
+
+    pipeline = Pipeline(refusal_task, Generator(), None, Sink(), RunStats(target=10), concurrency=1,
+                        first_request_number=57)
+    assert list(pipeline.recent_prompts) == ["Help me make a kite."]  # the avoid list starts from the dataset
+
+    async def one_request():
+        with pytest.raises(asyncio.CancelledError):
+            await pipeline._worker()
+
+    asyncio.run(one_request())
+    assert numbers == [58]
+
+
+def test_give_up_names_duplicates_as_the_cause(tmp_path):
+    """A run that can only find duplicates says so, instead of blaming --model and --base-url."""
+    task = (Path(__file__).parents[1] / "config" / "tasks" / "refusal.yaml").read_text()
+    # A lexicon with one frame and one filler on each side holds exactly one scenario.
+    tiny = task[: task.index("lexicon:")] + (
+        'lexicon:\n  frames:\n    - "Help me make a {x}."\n  safe: [cake]\n  harmful: [bomb]\n  slots: {}\n'
+    )
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "refusal.yaml").write_text(tiny)
+    result = run(tmp_path, "--num-scenarios", "5", "--concurrency", "2", "--config-dir", str(tmp_path))
+    assert result.returncode == 1
+    error = [line for line in result.stderr.splitlines() if line.startswith("asyncgen run: error:")]
+    assert len(error) == 1 and "candidates were duplicates of the dataset (1 scenarios)" in error[0], result.stderr[-1500:]
+    assert "check --model, --base-url" not in error[0]
+
+
+# 2. A user's file is never erased ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", ["first note\nsecond note\n", '{"a": 1}\n{"b": 2}\n'], ids=["text", "jsonl"])
+def test_a_users_file_is_refused_not_replaced(tmp_path, content):
+    notes = tmp_path / "notes.txt"
+    notes.write_text(content)
+    result = asyncgen("run", "--output", str(notes), "--num-scenarios", "5", cwd=tmp_path)
+    assert result.returncode == 2 and "not a dataset asyncgen wrote" in result.stderr and "--overwrite" in result.stderr
+    assert notes.read_text() == content
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()[-1]) < 400
+
+
+# 3. An unreachable --base-url ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["ftp://x", "notaurl", "http://"])
+def test_a_bad_url_is_bad_input(tmp_path, url):
+    result = asyncgen("run", "--base-url", url, cwd=tmp_path)
+    assert result.returncode == 2 and "--base-url" in result.stderr and url in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # one line, not the whole usage
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_closed_port_fails_fast_and_says_connection_refused(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    result = run(tmp_path, "--base-url", url, "--num-scenarios", "5", timeout=90)
+    assert result.returncode == 1
+    error = [line for line in result.stderr.splitlines() if line.startswith("asyncgen run: error:")]
+    assert len(error) == 1 and "connection refused" in error[0] and f"127.0.0.1:{port}" in error[0]
+    assert "retries connection: 2" in result.stderr  # three attempts, not six per request and then a give-up
+
+
+# 4. Ctrl-C while the validator workers start --------------------------------------------------------
+
+
+def test_ctrl_c_while_workers_start_exits_130_with_the_summary(tmp_path, simulator):
+    base_url = simulator("--latency-ms", "200")
+    process = subprocess.Popen(pool_run_args(tmp_path, "--base-url", base_url, "--num-scenarios", "500"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path,
+                               start_new_session=True)
+    lines = []
+    for line in process.stderr:  # the workers are spawned right after this line
+        lines.append(line)
+        if "starting 1 validator process" in line:
+            break
+    time.sleep(0.1)  # the worker is importing now
+    os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
+    rest = process.stderr.read()
+    process.wait(timeout=60)
+    err = "".join(lines) + rest
+    assert process.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "BrokenProcessPool" not in err and "KeyboardInterrupt" not in err
+    assert "stopped (interrupted)" in err and "resume with" in err
+
+
+# 5. The checkpoint sits beside its dataset -----------------------------------------------------------
+
+
+def test_two_datasets_in_one_folder_keep_their_own_checkpoints(tmp_path, simulator):
+    base_url = simulator()
+    for name in ("a.jsonl", "b.jsonl"):
+        result = asyncgen("run", "--base-url", base_url, "--output", name, "--num-scenarios", "8",
+                          "--validator-workers", "0", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+    checkpoints = {name: json.loads((tmp_path / name).read_text()) for name in ("a.checkpoint.json", "b.checkpoint.json")}
+    assert checkpoints["a.checkpoint.json"]["sink"].endswith("a.jsonl")
+    assert checkpoints["b.checkpoint.json"]["sink"].endswith("b.jsonl")
+    assert checkpoints["a.checkpoint.json"]["run_state"]["cost_usd"] > 0
+    assert not (tmp_path / "checkpoint.json").exists()
+    # Another dataset's checkpoint is refused, not overwritten.
+    before = (tmp_path / "a.checkpoint.json").read_bytes()
+    result = asyncgen("run", "--base-url", base_url, "--output", "b.jsonl", "--checkpoint", "a.checkpoint.json",
+                      "--num-scenarios", "9", "--validator-workers", "0", cwd=tmp_path)
+    assert result.returncode == 2 and "belongs to another dataset" in result.stderr
+    assert (tmp_path / "a.checkpoint.json").read_bytes() == before
+
+
+# 6. Workers die with their parent --------------------------------------------------------------------
+
+
+def test_sigkill_leaves_no_validator_worker_behind(tmp_path, simulator):
+    base_url = simulator("--latency-ms", "100")
+    process = subprocess.Popen(pool_run_args(tmp_path, "--base-url", base_url, "--num-scenarios", "2000",
+                                             "--concurrency", "4"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=tmp_path)
+    wait_for_scenarios(tmp_path / "dataset.jsonl", 10, process)
+    children = children_of(process.pid)
+    assert children, "the run should have a validator worker (and a resource tracker)"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(alive(pid) for pid in children):
+        time.sleep(0.1)
+    assert [pid for pid in children if alive(pid)] == []
+
+
+# 7. A FIFO as --output or --checkpoint ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", ["--output", "--checkpoint"])
+def test_a_fifo_is_refused_at_once(tmp_path, flag):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    result = asyncgen("run", flag, str(fifo), "--num-scenarios", "5", cwd=tmp_path, timeout=60)
+    assert result.returncode == 2 and "FIFO" in result.stderr and flag in result.stderr
+
+
+# 8. --validator-workers beyond the cores -------------------------------------------------------------
+
+
+def test_validator_workers_are_capped_at_the_cores(caplog):
+    cores = os.cpu_count()
+    with caplog.at_level("WARNING"):
+        assert _validator_workers(cores + 62) == cores
+    assert f"this machine has {cores} cores" in caplog.text
+    assert _validator_workers(1) == 1 and _validator_workers(0) == 0
+
+
+# 10. Smaller ones -----------------------------------------------------------------------------------
+
+
+def test_argparse_errors_are_one_line_without_internal_names(tmp_path):
+    result = asyncgen("run", "--concurrency", "x", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "asyncgen run: error: argument --concurrency: expected a whole number >= 1, got 'x' (see 'asyncgen run --help')"
+    ]
+
+
+def test_resume_command_after_max_cost_proposes_a_larger_budget():
+    class Args:
+        argv = ["run", "--num-scenarios", "100", "--max-cost", "0.5"]
+        max_cost = 0.5
+
+    stats = RunStats(target=100, accepted=40, accepted_this_run=40, cost_usd=0.48)
+    command = _resume_command(Args(), stats, "max_cost")
+    budget = float(shlex.split(command)[-1])
+    assert "--max-cost 0.5" not in command and shlex.split(command)[-2] == "--max-cost"
+    assert budget >= 0.48 + 60 * 0.48 / 40  # room for the 60 scenarios left at this run's cost per scenario
+
+
+def test_no_key_set_is_said_plainly(tmp_path, simulator):
+    base_url = simulator("--api-key", "sk-the-servers-key")
+    result = run(tmp_path, "--base-url", base_url, "--num-scenarios", "5")
+    assert result.returncode == 1
+    assert "asks for an API key and none was set" in result.stderr and "sk-no" not in result.stderr
+
+
+def test_max_cost_too_small_leaves_no_files(tmp_path):
+    result = asyncgen("run", "--num-scenarios", "5", "--max-cost", "1e-07", cwd=tmp_path)
+    assert result.returncode == 2 and "--max-cost" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_offline_cost_is_marked_simulated(tmp_path):
+    result = asyncgen("run", "--num-scenarios", "5", "--validator-workers", "0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    cost_line = next(line for line in result.stderr.splitlines() if line.strip().startswith("cost "))
+    assert "simulated" in cost_line
+
+
+def test_validate_fails_a_dataset_with_a_duplicated_scenario(tmp_path):
+    result = asyncgen("run", "--num-scenarios", "3", "--validator-workers", "0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = (tmp_path / "dataset.jsonl").read_text().splitlines()
+    copy = [json.dumps({**json.loads(line), "scenario_id": 3}) for line in lines[:4]]
+    (tmp_path / "dataset.jsonl").write_text("\n".join(lines + copy) + "\n")
+    check = asyncgen("validate", str(tmp_path / "dataset.jsonl"))
+    assert check.returncode == 1 and "scenario 3: its prompt duplicates scenario 0's" in check.stdout
+
+
+def test_an_absurd_target_gets_a_warning(tmp_path):
+    result = asyncgen("run", "--num-scenarios", str(10**12), "--max-cost", "0.02", cwd=tmp_path)
+    assert "is that what you meant?" in result.stderr and "requests" in result.stderr
+
+
+def test_the_progress_line_fits_80_columns_and_labels_its_units():
+    from asyncgen.progress import progress_line
+
+    stats = RunStats(target=3000, accepted=812, accepted_this_run=812, requests_ok=120, in_flight=32,
+                     cost_usd=1.2345, rate_limited=3, cost_simulated=True)
+    stats.started -= 4
+    stats.retries["timeout"] = 3
+    stats.answer_failures["bad_json"] = 2
+    full = progress_line(stats, 6.6)
+    assert "scen/s" in full and "429s: 3" in full and "retries: timeout 3" in full and "bad answers: bad_json 2" in full
+    for width in (200, 120, 80, 60, 40):
+        line = progress_line(stats, 6.6, width)
+        assert len(line) <= width and "\n" not in line
+        assert "812/3000 scenarios" in line
+    assert "ETA" in progress_line(stats, 6.6, 80) and "cost" in progress_line(stats, 6.6, 80)
+
+
+# Security -------------------------------------------------------------------------------------------
+
+
+def test_the_api_key_reaches_no_file_and_no_log(tmp_path, simulator):
+    key = "sk-proj-RECOGNISABLE-9f8e7d6c5b4a"
+    base_url = simulator("--api-key", key, "--faults", "500=0.1,timeout=0.05", "--hang-s", "5")
+    env = {**ENV, "OPENAI_API_KEY": key}
+    ok = run(tmp_path, "--base-url", base_url, "--num-scenarios", "20", "--concurrency", "4",
+             "--request-timeout", "1", "--log-level", "DEBUG", env=env)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    (tmp_path / "refused").mkdir()
+    refused = run(tmp_path / "refused", "--base-url", base_url, "--num-scenarios", "5", "--log-level", "DEBUG",
+                  env={**ENV, "OPENAI_API_KEY": key + "-wrong"})
+    assert refused.returncode == 1
+    for text in (ok.stdout, ok.stderr, refused.stdout, refused.stderr):
+        assert key not in text
+    files = [path for path in tmp_path.rglob("*") if path.is_file()]
+    assert files and not [path for path in files if key.encode() in path.read_bytes()]
+    assert not [path for path in files if path.name.endswith(".tmp")]  # temporary files are cleaned up
+
+
+def test_files_honour_the_umask(tmp_path, simulator):
+    base_url = simulator()
+    result = subprocess.run(["sh", "-c", "umask 027 && exec \"$@\"", "sh",
+                             *run_args(tmp_path, "--base-url", base_url, "--num-scenarios", "3")],
+                            capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("dataset.jsonl", "checkpoint.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o640
+
+
+def test_the_simulator_binds_to_loopback_by_default():
+    process = subprocess.Popen([sys.executable, "-m", "asyncgen", "simulate"], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True, env=ENV)
+    try:
+        assert process.stdout.readline().startswith("http://127.0.0.1:")
+    finally:
+        process.kill()
+        process.wait()
