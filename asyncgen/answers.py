@@ -128,3 +128,19 @@ def task_tokens(task: Task, tokenizer: Tokenizer) -> TaskTokens:
         found[0].tail,
         bos,
     )
+
+
+def trailing_space_positions(tokenizer: Tokenizer, text: str, ids: Sequence[int]) -> list[int]:
+    """Positions in ``ids`` of the tokens at the end that hold only ``text``'s trailing whitespace
+    (for a single-token prompt: the trailing-space token the answer follows); [] if there are none."""
+    stripped = text.rstrip()
+    if stripped == text:
+        return []
+    ids = list(ids)
+    for start in range(len(ids) - 1, -1, -1):
+        decoded = tokenizer.decode(ids[:start])
+        if decoded == stripped:
+            return list(range(start, len(ids)))
+        if len(decoded) < len(stripped):
+            break
+    return []

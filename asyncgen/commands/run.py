@@ -100,6 +100,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--grace-period", type=_non_negative_float, default=10.0, help="seconds in-flight requests get to finish after Ctrl-C (default: 10)")
     parser.add_argument("--sync-every", type=_positive_int, default=50, help="fsync the output and write the checkpoint every N scenarios (default: 50) ...")
     parser.add_argument("--sync-seconds", type=_positive_float, default=1.0, help="... or every T seconds, whichever first (default: 1.0)")
+    parser.add_argument("--annotate", action=argparse.BooleanOptionalAction, default=True, help="keep the token annotations sidecar OUTPUT.tokens.jsonl (positions and answer ids per tokenizer) in step with the output, repairing it on resume (default: on)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (requests, tokens and cost at the current yield estimate) and exit")
     add_tokenizer_flags(parser)
     parser.set_defaults(handler=run)
@@ -215,6 +216,13 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
     workers = args.validator_workers if args.validator_workers is not None else default_validator_workers()
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(sink.close, None)  # a no-op after the final close below; the safety net on errors
+        annotations = None
+        if args.annotate:
+            from asyncgen.annotations import Sidecar
+
+            annotations = await asyncio.to_thread(Sidecar.open, sink.path, task, tokenizers)
+            stack.callback(annotations.close)
+            log.info("%s", annotations.repair.message)
         if sink.count >= args.num_scenarios:
             print(f"{args.output} already holds {sink.count} scenarios (target {args.num_scenarios}): nothing to do")
             return 0
@@ -245,7 +253,7 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
                               stats, prices, api_key)
         pipeline = Pipeline(task, generator, validator, sink, stats, concurrency=args.concurrency,
                             max_cost=args.max_cost, request_cost_bound=bound,
-                            grace_period=args.grace_period)
+                            grace_period=args.grace_period, annotations=annotations)
         progress = asyncio.create_task(report_progress(stats, pipeline.expected_yield))
         failure: BaseException | None = None
         try:
