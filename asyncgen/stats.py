@@ -57,7 +57,15 @@ class RunStats:
             "accepted": self.accepted_this_run,
         }
         totals = {key: value + _count(self.carried.get(key)) for key, value in this_run.items()}
-        return {"cost_usd": self.total_cost_usd, **totals, "runs": _count(self.carried.get("runs")) + 1}
+        carried_rejections = self.carried.get("rejections")
+        rejections = Counter(
+            {k: _count(v) for k, v in carried_rejections.items()} if isinstance(carried_rejections, dict) else {}
+        )
+        rejections.update(self.rejections)
+        return {"cost_usd": self.total_cost_usd, **totals, "runs": _count(self.carried.get("runs")) + 1,
+                "rejected": self.rejected + _count(self.carried.get("rejected")),
+                "duplicates": self.duplicates + _count(self.carried.get("duplicates")),
+                "rejections": dict(rejections.most_common())}
 
 
 def _count(value) -> int:
