@@ -184,7 +184,7 @@ def render(report: dict, *, path: str, task: str | None, checkpoint: str | None)
     lines += wrap("text length", f"{_stats(texts['multi_token_chars'])} chars; "
                                  f"{_stats(texts['multi_token_words'])} words (multi-token prompt)")
     if report["tokens"]:
-        lines.append(f"{'  tokens':<22}{'length':<17}position (in ids, BOS included: min-max (median))")
+        lines.append(f"{'  tokens':<22}{'length':<17}position (ids, BOS in; min-max (median))")
         for name, forms in report["tokens"].items():
             for form, figures in forms.items():
                 extra = f", {figures['not_pairs']} not pairs" if figures["not_pairs"] else ""
