@@ -21,7 +21,8 @@ TOP_WORDS = 15  # shown on a terminal; --json has them all
 
 
 def differing_word(prompt: str, counterfactual: str) -> tuple[int, str, str] | None:
-    """(word index, prompt's word, counterfactual's word) when exactly one word differs."""
+    """(word index, prompt's word, counterfactual's word), casefolded without the punctuation around
+    them, when exactly one word differs."""
     a, b = prompt.split(), counterfactual.split()
     if len(a) != len(b):
         return None
@@ -29,7 +30,7 @@ def differing_word(prompt: str, counterfactual: str) -> tuple[int, str, str] | N
     if len(diff) != 1:
         return None
     i = diff[0]
-    return i, a[i].strip(PUNCTUATION), b[i].strip(PUNCTUATION)
+    return i, a[i].strip(PUNCTUATION).casefold(), b[i].strip(PUNCTUATION).casefold()
 
 
 def frame_of(prompt: str, index: int) -> str:

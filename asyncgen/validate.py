@@ -161,7 +161,7 @@ def _judge(
                 starts_with_bos = bool(bos) and a[: len(bos)] == bos
                 per_form[form] = FormVerdict(reason is None, reason, positions, tokens, kind, pair_ids, len(a), starts_with_bos)
             verdict.verdicts[tokenizer.name] = per_form
-            if facts is not None and per_form["single_token"].ok:
+            if facts is not None:
                 verdict.answers[tokenizer.name] = facts.for_prompt(tokenizer, scenario.single_token_prompt, ids[base])
     for verdict, _ in live:
         verdict.valid = all(fv.ok for forms in verdict.verdicts.values() for fv in forms.values())
