@@ -75,6 +75,14 @@ def test_sidecar_agrees_with_the_tokenizers(generated, builtin_tokenizers):
                     assert merged == prompt_ids[:-1] + [single["answer_ids_merged"][answer]]
 
 
+def test_checkpoint_keeps_rejections_by_reason(generated):
+    """What `inspect` reports as the run's rejections: kept in the checkpoint's run_state."""
+    state = json.loads((generated / "dataset.checkpoint.json").read_text())["run_state"]
+    assert state["rejected"] > 0 and state["duplicates"] >= 0
+    assert sum(state["rejections"].values()) >= state["rejected"]  # a pair can fail several checks
+    assert all(isinstance(n, int) and n > 0 for n in state["rejections"].values())
+
+
 def test_positions_and_ids_match_the_golden_files(shared_dir, builtin_tokenizers):
     """Positions count ids as the golden files (and `tokenize`) do, BOS included."""
     task = load_task("refusal")
