@@ -76,7 +76,8 @@ def load_dataset_and_task(args: argparse.Namespace) -> tuple[Dataset, Task, list
     errors (exit 2) for a missing, malformed or empty dataset."""
     dataset = read_dataset(args.dataset)
     if not dataset.scenarios:
-        raise InputFileError(f"{args.dataset}: no scenarios in it; generate some with `python -m asyncgen run`")
+        held = f" ({dataset.torn_bytes} bytes, not four whole lines of a scenario)" if dataset.torn_bytes else ""
+        raise InputFileError(f"{args.dataset}: no scenarios in it{held}; generate some with `python -m asyncgen run`")
     task, _specs, tokenizers = load_task_and_tokenizers(args.task or dataset.task_name, args.config_dir,
                                                         args.tokenizer, args.cache_dir)
     if dataset.torn_bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -84,12 +85,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write(fmt: str, table: list[dict], out: Path, tokenizer_names: list[str]) -> list[str]:
-    if fmt == "jsonl":
-        write_jsonl(table, out)
-    elif fmt == "csv":
-        write_csv(table, out)
-    elif fmt == "parquet":
-        write_parquet(table, out)
+    if fmt in ("jsonl", "csv", "parquet"):
+        # A whole file or none: written beside, then renamed over --out.
+        partial = out.with_name(out.name + ".partial")
+        try:
+            {"jsonl": write_jsonl, "csv": write_csv, "parquet": write_parquet}[fmt](table, partial)
+            os.replace(partial, out)
+        finally:
+            partial.unlink(missing_ok=True)
     elif fmt == "hf":
         write_hf(table, out)
     else:
