@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from asyncgen.annotations import Sidecar, annotate, sidecar_path, task_answers
-from asyncgen.cli import main
 from asyncgen.config import load_task
 from asyncgen.scenario import Scenario, read_dataset
 from asyncgen.tokenizers import load_all, resolve_specs
@@ -132,16 +131,6 @@ def test_no_annotate_writes_no_sidecar(tmp_path, tokenizer_cache):
     done = run_cmd(tmp_path, "--num-scenarios", "5", "--validator-workers", "0", "--no-annotate", cache=tokenizer_cache)
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / "dataset.tokens.jsonl").exists() and (tmp_path / "dataset.jsonl").exists()
-
-
-@pytest.fixture
-def cli(capfd, tokenizer_cache):
-    def invoke(*args):
-        code = main([*args, "--cache-dir", tokenizer_cache])
-        out, err = capfd.readouterr()
-        return code, out, err
-
-    return invoke
 
 
 def test_annotate_rebuilds_a_stale_sidecar(tmp_path, generated, cli):

@@ -4,19 +4,8 @@ import json
 
 import pytest
 
-from asyncgen.cli import main
 from asyncgen.config import load_task
 from asyncgen.scenario import Scenario, encode_lines
-
-
-@pytest.fixture
-def cli(capfd, tokenizer_cache):
-    def run(*args):
-        code = main([*args, "--cache-dir", tokenizer_cache])
-        out, err = capfd.readouterr()
-        return code, out, err
-
-    return run
 
 
 def test_tokenize_prints_golden_ids(cli, shared_dir):

@@ -5,7 +5,6 @@ import sys
 
 import pytest
 
-from asyncgen.cli import main
 from asyncgen.config import load_task
 from asyncgen.scenario import Scenario, encode_lines
 
@@ -23,16 +22,6 @@ def crafted(folder, pairs=PAIRS):
     path = folder / "crafted.jsonl"
     path.write_bytes(b"".join(encode_lines(i, "refusal", Scenario.render(TASK, p, c)) for i, (p, c) in enumerate(pairs)))
     return path
-
-
-@pytest.fixture
-def cli(capfd, tokenizer_cache):
-    def invoke(*args):
-        code = main([*args, "--cache-dir", tokenizer_cache])
-        out, err = capfd.readouterr()
-        return code, out, err
-
-    return invoke
 
 
 def test_inspect_counts_a_crafted_file(tmp_path, cli):
