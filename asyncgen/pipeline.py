@@ -20,6 +20,7 @@ import signal
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+from asyncgen.annotations import Sidecar
 from asyncgen.config import Task
 from asyncgen.errors import RunError
 from asyncgen.prompting import AVOID_MAX_CHARS, AVOID_SAMPLE
@@ -107,11 +108,13 @@ class Pipeline:
         request_cost_bound: float = 0.0,
         grace_period: float = 10.0,
         first_request_number: int = 0,
+        annotations: Sidecar | None = None,
     ) -> None:
         self.task, self.generator, self.validator, self.sink, self.stats = task, generator, validator, sink, stats
         self.concurrency = concurrency
         self.max_cost, self.request_cost_bound = max_cost, request_cost_bound
         self.grace_period = grace_period
+        self.annotations = annotations
         self.candidates: asyncio.Queue[_Candidates] = asyncio.Queue(maxsize=2 * concurrency)
         self.verdicts: asyncio.Queue[tuple[list[_Candidates], list[Verdict]]] = asyncio.Queue()
         self.outstanding = 0  # requests issued whose candidates are not yet written or dropped
@@ -231,9 +234,12 @@ class Pipeline:
                     stats.rejections.update(verdict.failure_kinds())
                     continue
                 scenario = Scenario.render(self.task, verdict.prompt, verdict.counterfactual)
-                if self.sink.append(scenario) is None:
+                scenario_id = self.sink.append(scenario)
+                if scenario_id is None:
                     stats.duplicates += 1
                     continue
+                if self.annotations is not None:  # the token annotations sidecar (asyncgen.annotations)
+                    self.annotations.append(scenario_id, verdict)
                 stats.accepted = self.sink.count
                 stats.accepted_this_run += 1
                 if stats.first_accepted_s is None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import orjson
 
 from asyncgen.config import Task
+from asyncgen.errors import InputFileError
 
 TYPES = (
     "single_token_prompt",
@@ -85,3 +86,49 @@ def parse_group(records: list[dict], expected_id: int | None = None) -> tuple[in
     if expected_id is not None and scenario_id != expected_id:
         raise GroupError(f"scenario_id {scenario_id}, expected {expected_id}")
     return scenario_id, task_name, Scenario(*(record["text"] for record in records))
+
+
+@dataclass
+class Dataset:
+    """A dataset file read whole: its task, its scenarios in id order, and a torn tail left out."""
+
+    path: str
+    task_name: str | None
+    scenarios: list[Scenario]
+    torn_bytes: int = 0  # after the last whole scenario: what a crashed or running writer leaves
+
+
+def read_dataset(path) -> Dataset:
+    """Read a dataset for the commands that use one (annotate, inspect, export).
+
+    A missing file, a malformed scenario, or more than one task is an ``InputFileError`` naming
+    the line; an incomplete last scenario (fewer than four whole lines, as a crash or a run still
+    writing leaves) is left out and reported in ``torn_bytes``.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read the dataset ({exc.strerror})") from exc
+    lines = data.split(b"\n")
+    complete = len(lines) - 1  # the last item follows the last newline
+    scenarios: list[Scenario] = []
+    task_name = None
+    index = offset = 0
+    while index + LINES_PER_SCENARIO <= complete:
+        group = lines[index : index + LINES_PER_SCENARIO]
+        line = index + 1
+        try:
+            _, task, scenario = parse_group([orjson.loads(raw) for raw in group], len(scenarios))
+        except (orjson.JSONDecodeError, GroupError) as exc:
+            raise InputFileError(
+                f"{path}:{line}: scenario {len(scenarios)} is malformed ({exc}); "
+                "check it with `python -m asyncgen validate`"
+            ) from exc
+        if task_name is not None and task != task_name:
+            raise InputFileError(f"{path}:{line}: task {task!r}, but the dataset's task is {task_name!r}")
+        task_name = task
+        scenarios.append(scenario)
+        offset += sum(len(raw) + 1 for raw in group)
+        index += LINES_PER_SCENARIO
+    return Dataset(str(path), task_name, scenarios, len(data) - offset)

@@ -58,7 +58,15 @@ class RunStats:
             "accepted": self.accepted_this_run,
         }
         totals = {key: value + count_of(self.carried.get(key)) for key, value in this_run.items()}
-        return {"cost_usd": self.total_cost_usd, **totals, "runs": count_of(self.carried.get("runs")) + 1}
+        carried_rejections = self.carried.get("rejections")
+        rejections = Counter(
+            {k: count_of(v) for k, v in carried_rejections.items()} if isinstance(carried_rejections, dict) else {}
+        )
+        rejections.update(self.rejections)
+        return {"cost_usd": self.total_cost_usd, **totals, "runs": count_of(self.carried.get("runs")) + 1,
+                "rejected": self.rejected + count_of(self.carried.get("rejected")),
+                "duplicates": self.duplicates + count_of(self.carried.get("duplicates")),
+                "rejections": dict(rejections.most_common())}
 
 
 def count_of(value) -> int:

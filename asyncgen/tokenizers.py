@@ -201,6 +201,14 @@ class Tokenizer(Protocol):
 
     def ids_to_tokens(self, ids: Sequence[int]) -> list[str]: ...
 
+    def encode_plain(self, texts: Sequence[str]) -> list[list[int]]:
+        """Ids without the special tokens ``encode`` adds (no BOS)."""
+        ...
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of ``ids``, special tokens left out."""
+        ...
+
 
 class FastTokenizer:
     """A ``tokenizers.Tokenizer`` (the builtin source and bare ``tokenizer.json`` files)."""
@@ -217,6 +225,12 @@ class FastTokenizer:
     def ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
         return [self.backend.id_to_token(i) for i in ids]
 
+    def encode_plain(self, texts: Sequence[str]) -> list[list[int]]:
+        return [encoding.ids for encoding in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=True)
+
 
 class TransformersTokenizer:
     """A ``transformers`` tokenizer (hub ids and tokenizer directories): ids as ``tok(text)`` gives them."""
@@ -232,6 +246,14 @@ class TransformersTokenizer:
 
     def ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
         return list(self.backend.convert_ids_to_tokens(list(ids)))
+
+    def encode_plain(self, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return [list(ids) for ids in self.backend(list(texts), add_special_tokens=False)["input_ids"]]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
 def default_cache_dir() -> Path:

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
+from asyncgen.answers import TaskTokens, task_tokens
 from asyncgen.config import FORMS, Task
 from asyncgen.errors import ConfigError
 from asyncgen.scenario import Scenario
@@ -33,6 +34,9 @@ class FormVerdict:
     positions: tuple[int, ...]
     tokens: tuple[str, str] | None = None
     kind: str | None = None  # why it fails, for counting: "length" or "positions"
+    ids: tuple[int, int] | None = None  # the two differing ids, only when ``ok``
+    length: int = 0  # of the prompt's ids
+    bos: bool = False  # whether the ids start with the BOS that encode adds
 
     def to_json(self) -> dict:
         out = {"ok": self.ok, "reason": self.reason, "positions": list(self.positions)}
@@ -48,6 +52,9 @@ class Verdict:
     valid: bool
     reason: str | None = None  # why the texts were rejected before tokenizing, if they were
     verdicts: dict[str, dict[str, FormVerdict]] = field(default_factory=dict)
+    # Per tokenizer, the answers' ids after this pair's single-token prompt (see asyncgen.answers);
+    # filled when the caller passes the task's tokens, shared between verdicts (pickled once).
+    answers: dict[str, TaskTokens] = field(default_factory=dict)
 
     def failures(self) -> list[tuple[str, str, str]]:
         """(tokenizer, form, reason) of each failing check; ('*', '*', reason) for a text rejection."""
@@ -107,58 +114,72 @@ def text_rejection(prompt: str, counterfactual: str) -> str | None:
 
 
 def validate_pairs(
-    pairs: Sequence[tuple[str, str]], task: Task, tokenizers: Sequence[Tokenizer]
+    pairs: Sequence[tuple[str, str]],
+    task: Task,
+    tokenizers: Sequence[Tokenizer],
+    answers: dict[str, TaskTokens] | None = None,
 ) -> list[Verdict]:
-    """Verdicts for candidate pairs, in order. Encodes each tokenizer's texts in one batch."""
+    """Verdicts for candidate pairs, in order. Encodes each tokenizer's texts in one batch. With
+    ``answers`` (``task_tokens`` per tokenizer name), valid verdicts also carry their answers' ids."""
     verdicts = [Verdict(prompt, cf, valid=False, reason=text_rejection(prompt, cf)) for prompt, cf in pairs]
     live = [v for v in verdicts if v.reason is None]
+    _judge([(v, Scenario.render(task, v.prompt, v.counterfactual)) for v in live], tokenizers, answers)
+    return verdicts
+
+
+def judge_scenarios(
+    scenarios: Sequence[Scenario], tokenizers: Sequence[Tokenizer], answers: dict[str, TaskTokens] | None = None
+) -> list[Verdict]:
+    """The token rule on already rendered scenarios (a dataset's), as they are; ``prompt`` and
+    ``counterfactual`` of each verdict are the multi-token texts."""
+    verdicts = [Verdict(s.multi_token_prompt, s.multi_token_counterfactual, valid=False) for s in scenarios]
+    _judge(list(zip(verdicts, scenarios)), tokenizers, answers)
+    return verdicts
+
+
+def _judge(
+    live: list[tuple[Verdict, Scenario]], tokenizers: Sequence[Tokenizer], answers: dict[str, TaskTokens] | None
+) -> None:
     if not live:
-        return verdicts
+        return
     texts: list[str] = []
-    for verdict in live:
-        texts.extend(Scenario.render(task, verdict.prompt, verdict.counterfactual).texts())
+    for _, scenario in live:
+        texts.extend(scenario.texts())
     for tokenizer in tokenizers:
         ids = tokenizer.encode_batch(texts)
-        for n, verdict in enumerate(live):
+        facts = answers.get(tokenizer.name) if answers else None
+        bos = list(facts.bos) if facts is not None else None
+        for n, (verdict, scenario) in enumerate(live):
             base = 4 * n
             per_form: dict[str, FormVerdict] = {}
             for k, form in enumerate(FORMS):
                 a, b = ids[base + 2 * k], ids[base + 2 * k + 1]
                 reason, positions = compare_ids(a, b)
-                tokens = None
+                tokens = pair_ids = None
                 if reason is None:
                     p = positions[0]
-                    tokens = tuple(tokenizer.ids_to_tokens([a[p], b[p]]))
+                    pair_ids = (a[p], b[p])
+                    tokens = tuple(tokenizer.ids_to_tokens(pair_ids))
                 kind = None if reason is None else ("length" if len(a) != len(b) else "positions")
-                per_form[form] = FormVerdict(reason is None, reason, positions, tokens, kind)
+                starts_with_bos = bool(bos) and a[: len(bos)] == bos
+                per_form[form] = FormVerdict(reason is None, reason, positions, tokens, kind, pair_ids, len(a), starts_with_bos)
             verdict.verdicts[tokenizer.name] = per_form
-    for verdict in live:
+            if facts is not None:
+                verdict.answers[tokenizer.name] = facts.for_prompt(tokenizer, scenario.single_token_prompt, ids[base])
+    for verdict, _ in live:
         verdict.valid = all(fv.ok for forms in verdict.verdicts.values() for fv in forms.values())
-    return verdicts
 
 
-def check_task(task: Task, tokenizers: Sequence[Tokenizer]) -> None:
-    """Reject a task whose answers are not single tokens or whose examples are not valid pairs.
+def check_task(task: Task, tokenizers: Sequence[Tokenizer]) -> dict[str, TaskTokens]:
+    """Reject a task whose answers are not single tokens or whose examples are not valid pairs;
+    return the task's tokens per tokenizer name (its answer ids, see ``asyncgen.answers``).
 
-    An answer is checked in context: the tokens of (rendered example prompt + answer) beyond their
-    common prefix with the tokens of the rendered prompt alone must be exactly one. (A trailing
-    space in the suffix merges into the answer token: ``": "`` + ``"Yes"`` -> ``":"``, ``" Yes"``.)
-    Examples are shown to the model as what to produce, so each must itself be a valid pair.
+    An answer must be one token under both readings: after the prompt's ids as encoded, which end
+    in the template's trailing-space token (``answer_ids``), and with that space merged into it
+    (``answer_ids_merged``: ``": "`` + ``"Yes"`` -> ``":"``, ``" Yes"``). Examples are shown to the
+    model as what to produce, so each must itself be a valid pair.
     """
-    prompt = task.templates.single_token.render(task.examples[0].safe)
-    for tokenizer in tokenizers:
-        for label, answer in (("safe", task.answers.safe), ("harmful", task.answers.harmful)):
-            alone, extended = tokenizer.encode_batch([prompt, prompt + answer])
-            common = 0
-            while common < min(len(alone), len(extended)) and alone[common] == extended[common]:
-                common += 1
-            added = tokenizer.ids_to_tokens(extended[common:])
-            if len(added) != 1:
-                raise ConfigError(
-                    f"task {task.task_name}: answer {label}={answer!r} is {len(added)} tokens under "
-                    f"tokenizer {tokenizer.name} ({' '.join(added)}) after the single-token suffix; "
-                    "choose an answer that is a single token under every tokenizer"
-                )
+    answers = {tokenizer.name: task_tokens(task, tokenizer) for tokenizer in tokenizers}
     examples = [(example.safe, example.harmful) for example in task.examples]
     for number, verdict in enumerate(validate_pairs(examples, task, tokenizers), start=1):
         if not verdict.valid:
@@ -168,11 +189,12 @@ def check_task(task: Task, tokenizers: Sequence[Tokenizer]) -> None:
                 f"task {task.task_name}: example {number} ({verdict.prompt!r} / {verdict.counterfactual!r}) "
                 f"is not a valid pair{where}: {reason}; fix or remove it, the model copies its examples"
             )
+    return answers
 
 
 # --- Inline and process-pool execution -------------------------------------------------------
 
-_worker_state: tuple[Task, list[Tokenizer]] | None = None
+_worker_state: tuple[Task, list[Tokenizer], dict[str, TaskTokens]] | None = None
 PARENT_CHECK_SECONDS = 0.5
 
 
@@ -185,7 +207,8 @@ def _init_worker(task: Task, specs: list[TokenizerSpec], cache_dir: str | None, 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _worker_state = (task, load_all(specs, cache_dir))
+    tokenizers = load_all(specs, cache_dir)
+    _worker_state = (task, tokenizers, {t.name: task_tokens(task, t) for t in tokenizers})
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -217,8 +240,8 @@ def _sigint_ignored() -> Iterator[None]:
 
 def _validate_in_worker(pairs: list[tuple[str, str]]) -> list[Verdict]:
     assert _worker_state is not None, "worker not initialised"
-    task, tokenizers = _worker_state
-    return validate_pairs(pairs, task, tokenizers)
+    task, tokenizers, answers = _worker_state
+    return validate_pairs(pairs, task, tokenizers, answers)
 
 
 class PairValidator:
@@ -242,6 +265,7 @@ class PairValidator:
         self.specs = list(specs)
         self.workers = workers
         self.tokenizers = list(tokenizers) if tokenizers is not None else load_all(self.specs, cache_dir)
+        self.answers = {t.name: task_tokens(task, t) for t in self.tokenizers}
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         if workers > 0:
             self._pool = concurrent.futures.ProcessPoolExecutor(
@@ -264,7 +288,7 @@ class PairValidator:
             return self._pool.submit(_validate_in_worker, list(pairs))
         future: concurrent.futures.Future = concurrent.futures.Future()
         try:
-            future.set_result(validate_pairs(pairs, self.task, self.tokenizers))
+            future.set_result(validate_pairs(pairs, self.task, self.tokenizers, self.answers))
         except Exception as exc:  # delivered through the future, as the pool would
             future.set_exception(exc)
         return future

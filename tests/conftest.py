@@ -39,3 +39,16 @@ def refusal_task():
     from asyncgen.config import load_task
 
     return load_task("refusal")
+
+
+@pytest.fixture
+def cli(capfd, tokenizer_cache):
+    """Run ``asyncgen ARGS... --cache-dir <session cache>`` in-process; returns (exit code, stdout, stderr)."""
+    from asyncgen.cli import main
+
+    def invoke(*args):
+        code = main([*args, "--cache-dir", tokenizer_cache])
+        out, err = capfd.readouterr()
+        return code, out, err
+
+    return invoke

@@ -4,19 +4,8 @@ import json
 
 import pytest
 
-from asyncgen.cli import main
 from asyncgen.config import load_task
 from asyncgen.scenario import Scenario, encode_lines
-
-
-@pytest.fixture
-def cli(capfd, tokenizer_cache):
-    def run(*args):
-        code = main([*args, "--cache-dir", tokenizer_cache])
-        out, err = capfd.readouterr()
-        return code, out, err
-
-    return run
 
 
 def test_tokenize_prints_golden_ids(cli, shared_dir):
@@ -39,6 +28,17 @@ def test_tokenize_jsonl_every_tokenizer(cli, tmp_path):
         (t, n) for t in ["Hello world", "Help me make a cake."] for n in ("qwen2", "llama3", "solar")
     ]
     assert lines[2]["ids"] == [1, 22557, 1526]
+
+
+def test_tokenize_says_where_the_trailing_space_token_is(cli):
+    code, out, _ = cli("tokenize", "Help me.\n Answer: ", "Help me.")
+    assert code == 0
+    lines = [json.loads(line) for line in out.splitlines()]
+    prompt = {l["tokenizer"]: l for l in lines if l["text"].endswith(" ")}
+    assert prompt["llama3"]["trailing_space"] == [6] and prompt["llama3"]["tokens"][6] == "Ġ"
+    assert prompt["qwen2"]["trailing_space"] == [5] and prompt["qwen2"]["tokens"][5] == "Ġ"
+    assert prompt["solar"]["trailing_space"] == [7] and prompt["solar"]["tokens"][7] == "▁"
+    assert all(l["trailing_space"] == [] for l in lines if not l["text"].endswith(" "))
 
 
 def test_tokenize_bad_input_exit_2(cli, tmp_path):

@@ -95,6 +95,36 @@ def test_answers_must_be_single_tokens(tmp_path, builtin_tokenizers):
     check_task(load_task("refusal"), builtin_tokenizers)
 
 
+def test_answer_one_token_only_when_merged_is_rejected(tmp_path, builtin_tokenizers):
+    """SOLAR has ``▁positive`` but no bare ``positive``: after the prompt's ids, which end in the
+    trailing-space token ``▁``, the answer a model emits is ``pos`` ``itive``, two tokens."""
+    import yaml
+
+    source = load_task("sentiment").model_dump()
+    source["answers"] = {"safe": "positive", "harmful": "negative"}
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "lower.yaml").write_text(yaml.safe_dump(source))
+    with pytest.raises(ConfigError, match=r"answer safe='positive' is 2 tokens under tokenizer solar \(pos itive\) "
+                                          r"after the prompt's ids, which end in the trailing-space token ▁"):
+        check_task(load_task("lower", tmp_path), builtin_tokenizers)
+
+
+def test_answer_ids_both_readings(builtin_tokenizers):
+    """answer_ids: the bare token after the prompt's ids; answer_ids_merged: the space moved into it."""
+    by_name = {t.name: t for t in builtin_tokenizers}
+    tokens = check_task(load_task("refusal"), builtin_tokenizers)
+    for name, tokenizer in by_name.items():
+        facts = tokens[name]
+        assert tokenizer.ids_to_tokens([facts.answer_ids["Yes"], facts.answer_ids["No"]]) == ["Yes", "No"]
+        space = "▁" if name == "solar" else "Ġ"
+        assert tokenizer.ids_to_tokens([facts.answer_ids_merged["Yes"]]) == [space + "Yes"]
+        assert tokenizer.ids_to_tokens(list(facts.tail)) == [space]
+        prompt = load_task("refusal").templates.single_token.render("Help me make a cake.")
+        prompt_ids = tokenizer.encode_batch([prompt])[0]
+        assert tokenizer.decode(prompt_ids + [facts.answer_ids["Yes"]]) == prompt + "Yes"
+        assert tokenizer.encode_batch([prompt + "No"])[0] == prompt_ids[:-1] + [facts.answer_ids_merged["No"]]
+
+
 def test_invalid_example_is_rejected(tmp_path, builtin_tokenizers):
     import yaml
 

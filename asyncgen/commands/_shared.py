@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Iterator
 
@@ -10,8 +11,11 @@ import orjson
 
 from asyncgen.config import Task, load_task
 from asyncgen.errors import InputFileError
+from asyncgen.scenario import Dataset, read_dataset
 from asyncgen.tokenizers import Tokenizer, TokenizerSpec, load_all, resolve_specs
 from asyncgen.validate import check_task
+
+log = logging.getLogger("asyncgen")
 
 
 def add_tokenizer_flags(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +59,31 @@ def load_task_and_tokenizers(
     tokenizers = load_all(specs, cache_dir)
     check_task(task, tokenizers)
     return task, specs, tokenizers
+
+
+def add_dataset_flags(parser: argparse.ArgumentParser) -> None:
+    """DATASET.jsonl and how to read it: its task (default: the one it names) and tokenizers."""
+    parser.add_argument("dataset", metavar="DATASET.jsonl", help="a dataset written by asyncgen run")
+    parser.add_argument("--task", default=None,
+                        help="task name or YAML path whose answers to use (default: the task named in the dataset)")
+    parser.add_argument("--config-dir", default=None,
+                        help="folder with tasks/*.yaml (default: the configs shipped with asyncgen)")
+    add_tokenizer_flags(parser)
+
+
+def load_dataset_and_task(args: argparse.Namespace) -> tuple[Dataset, Task, list[Tokenizer]]:
+    """The dataset ``args.dataset`` (torn tail left out), its task and the tokenizers; one-line
+    errors (exit 2) for a missing, malformed or empty dataset."""
+    dataset = read_dataset(args.dataset)
+    if not dataset.scenarios:
+        held = f" ({dataset.torn_bytes} bytes, not four whole lines of a scenario)" if dataset.torn_bytes else ""
+        raise InputFileError(f"{args.dataset}: no scenarios in it{held}; generate some with `python -m asyncgen run`")
+    task, _specs, tokenizers = load_task_and_tokenizers(args.task or dataset.task_name, args.config_dir,
+                                                        args.tokenizer, args.cache_dir)
+    if dataset.torn_bytes:
+        log.warning("%s: left out an incomplete last scenario (%d bytes): a run that crashed or is still "
+                    "writing leaves one; resuming the run cuts it", args.dataset, dataset.torn_bytes)
+    return dataset, task, tokenizers
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:

@@ -75,6 +75,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--grace-period", type=non_negative_float, default=10.0, help="seconds in-flight requests get to finish after Ctrl-C (default: 10)")
     parser.add_argument("--sync-every", type=positive_int, default=50, help="fsync the output and write the checkpoint every N scenarios (default: 50) ...")
     parser.add_argument("--sync-seconds", type=positive_float, default=1.0, help="... or every T seconds, whichever first (default: 1.0)")
+    parser.add_argument("--annotate", action=argparse.BooleanOptionalAction, default=True, help="keep the token annotations sidecar OUTPUT.tokens.jsonl (positions and answer ids per tokenizer) in step with the output, repairing it on resume (default: on)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (requests, tokens and cost at the current yield estimate) and exit")
     add_tokenizer_flags(parser)
     parser.set_defaults(handler=run)
@@ -294,9 +295,16 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
         throttle = Throttle(args.rpm, args.tpm, largest_request_tokens=largest_request_tokens(task))
         generator = Generator(client, task, settings, throttle, RetryPolicy(max_attempts=args.max_attempts),
                               stats, prices, api_key)
+        annotations = None
+        if args.annotate:
+            from asyncgen.annotations import Sidecar
+
+            annotations = await asyncio.to_thread(Sidecar.open, sink.path, task, tokenizers)
+            stack.callback(annotations.close)
+            log.info("%s", annotations.repair.message)
         return Pipeline(task, generator, validator, sink, stats, concurrency=args.concurrency,
                         max_cost=args.max_cost, request_cost_bound=bound, grace_period=args.grace_period,
-                        first_request_number=count_of(stats.carried.get("requests_sent")))
+                        first_request_number=count_of(stats.carried.get("requests_sent")), annotations=annotations)
 
     pipeline: Pipeline | None = None
     async with contextlib.AsyncExitStack() as stack:

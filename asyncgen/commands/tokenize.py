@@ -9,6 +9,7 @@ from typing import Iterable, Iterator
 
 import orjson
 
+from asyncgen.answers import trailing_space_positions
 from asyncgen.commands._shared import add_tokenizer_flags, read_jsonl
 from asyncgen.errors import InputFileError
 from asyncgen.tokenizers import load_all, resolve_specs
@@ -22,8 +23,10 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="print the token ids and tokens of texts under each tokenizer",
         description="For each text and tokenizer, print one JSON line "
-        '{"text", "tokenizer", "ids", "tokens"}, with ids exactly as encode(text) returns them '
-        "(BOS included where the model adds one).",
+        '{"text", "tokenizer", "ids", "tokens", "trailing_space"}, with ids exactly as encode(text) returns '
+        "them (BOS included where the model adds one). trailing_space lists the positions of the tokens at "
+        "the end that hold only the text's trailing whitespace: a single-token prompt ends in one "
+        '(Answer: + a space gives ":" then "Ġ" or "▁"), and its answer is the token after it.',
     )
     parser.add_argument("texts", nargs="*", metavar="TEXT", help="texts to tokenize")
     parser.add_argument("--jsonl", metavar="FILE", help='read texts from the "text" field of each JSON line of FILE')
@@ -57,7 +60,13 @@ def run(args: argparse.Namespace) -> int:
             for tokenizer, ids in encoded:
                 lines.append(
                     orjson.dumps(
-                        {"text": text, "tokenizer": tokenizer.name, "ids": ids[i], "tokens": tokenizer.ids_to_tokens(ids[i])}
+                        {
+                            "text": text,
+                            "tokenizer": tokenizer.name,
+                            "ids": ids[i],
+                            "tokens": tokenizer.ids_to_tokens(ids[i]),
+                            "trailing_space": trailing_space_positions(tokenizer, text, ids[i]),
+                        }
                     )
                 )
         out.write(b"\n".join(lines) + b"\n")

@@ -1,0 +1,203 @@
+"""Token annotations: the sidecar agrees with the tokenizers, resumes with its dataset, is rebuilt when stale."""
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from asyncgen.annotations import Sidecar, annotate, sidecar_path, task_answers
+from asyncgen.config import load_task
+from asyncgen.scenario import Scenario, read_dataset
+from asyncgen.tokenizers import load_all, resolve_specs
+from asyncgen.validate import judge_scenarios
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+ENV.update(PYTHONPATH=str(REPO), NO_PROXY="127.0.0.1,localhost")
+
+
+def run_cmd(folder, *flags, cache):
+    return subprocess.run(
+        [sys.executable, "-m", "asyncgen", "run", "--output", str(folder / "dataset.jsonl"), "--checkpoint",
+         str(folder / "dataset.checkpoint.json"), "--cache-dir", cache, *flags],
+        capture_output=True, text=True, env=ENV, timeout=180, cwd=folder,
+    )
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory, tokenizer_cache):
+    """A refusal dataset of 40 scenarios from the offline default, through the validator pool."""
+    folder = tmp_path_factory.mktemp("generated")
+    done = run_cmd(folder, "--num-scenarios", "40", "--validator-workers", "1", cache=tokenizer_cache)
+    assert done.returncode == 0, done.stderr
+    return folder
+
+
+def sidecar_lines(folder):
+    return [json.loads(line) for line in open(folder / "dataset.tokens.jsonl", encoding="utf-8")]
+
+
+def test_sidecar_agrees_with_the_tokenizers(generated, builtin_tokenizers):
+    """Every scenario, every tokenizer, both forms: length, position, ids, tokens, BOS and answer ids
+    are what the tokenizers give when asked directly."""
+    dataset = read_dataset(generated / "dataset.jsonl")
+    task = load_task("refusal")
+    lines = sidecar_lines(generated)
+    assert [line["scenario_id"] for line in lines] == list(range(40)) == list(range(len(dataset.scenarios)))
+    for scenario, line in zip(dataset.scenarios, lines):
+        assert set(line["tokenizers"]) == {"qwen2", "llama3", "solar"}
+        for tokenizer in builtin_tokenizers:
+            facts = line["tokenizers"][tokenizer.name]
+            texts = scenario.texts()
+            for form, (a, b) in (("single_token", texts[:2]), ("multi_token", texts[2:])):
+                ids_a, ids_b = tokenizer.encode_batch([a, b])
+                differ = [i for i, (x, y) in enumerate(zip(ids_a, ids_b)) if x != y]
+                got = facts[form]
+                assert got["length"] == len(ids_a) == len(ids_b)
+                assert differ == [got["position"]]
+                assert got["ids"] == [ids_a[differ[0]], ids_b[differ[0]]]
+                assert got["tokens"] == tokenizer.ids_to_tokens(got["ids"])
+                assert got["bos"] == (tokenizer.name != "qwen2")
+            single = facts["single_token"]
+            for text in texts[:2]:
+                prompt_ids = tokenizer.encode_batch([text])[0]
+                for answer in (task.answers.safe, task.answers.harmful):
+                    bare = single["answer_ids"][answer]
+                    assert tokenizer.decode(prompt_ids + [bare]) == text + answer
+                    assert tokenizer.ids_to_tokens([bare])[0] == answer  # no leading space
+                    merged = tokenizer.encode_batch([text + answer])[0]
+                    assert merged == prompt_ids[:-1] + [single["answer_ids_merged"][answer]]
+
+
+def test_checkpoint_keeps_rejections_by_reason(generated):
+    """What `inspect` reports as the run's rejections: kept in the checkpoint's run_state."""
+    state = json.loads((generated / "dataset.checkpoint.json").read_text())["run_state"]
+    assert state["rejected"] > 0 and state["duplicates"] >= 0
+    assert sum(state["rejections"].values()) >= state["rejected"]  # a pair can fail several checks
+    assert all(isinstance(n, int) and n > 0 for n in state["rejections"].values())
+
+
+def test_positions_and_ids_match_the_golden_files(shared_dir, builtin_tokenizers):
+    """Positions count ids as the golden files (and `tokenize`) do, BOS included."""
+    task = load_task("refusal")
+    answers = task_answers(task, builtin_tokenizers)
+    for tokenizer in builtin_tokenizers:
+        golden = [json.loads(line) for line in open(shared_dir / "tokenizers" / "golden" / f"{tokenizer.name}.jsonl",
+                                                    encoding="utf-8")]
+        golden = [g for g in golden if g["text"].isascii() and "\n" not in g["text"] and 3 < len(g["text"].split()) < 30][:300]
+        scenarios = []
+        for g in golden:
+            words = g["text"].split(" ")
+            words[-2] = "the" if words[-2] != "the" else "a"
+            counterfactual = " ".join(words)
+            scenarios.append(Scenario(g["text"], counterfactual, g["text"], counterfactual))
+        checked = 0
+        for g, verdict in zip(golden, judge_scenarios(scenarios, [tokenizer], {tokenizer.name: answers[tokenizer.name]})):
+            form = verdict.verdicts[tokenizer.name]["multi_token"]
+            assert form.length == len(g["ids"])
+            if form.ok:
+                assert form.ids[0] == g["ids"][form.positions[0]]
+                assert form.bos == (tokenizer.name != "qwen2") and (g["ids"][0] in (1, 128000)) == form.bos
+                checked += 1
+        assert checked >= 50, (tokenizer.name, checked)
+
+
+def test_run_repairs_a_lagging_or_damaged_sidecar(tmp_path, generated, tokenizer_cache):
+    shutil.copy(generated / "dataset.jsonl", tmp_path / "dataset.jsonl")
+    shutil.copy(generated / "dataset.checkpoint.json", tmp_path / "dataset.checkpoint.json")
+    checkpoint = json.loads((tmp_path / "dataset.checkpoint.json").read_text())
+    checkpoint["sink"] = str((tmp_path / "dataset.jsonl").resolve())
+    (tmp_path / "dataset.checkpoint.json").write_text(json.dumps(checkpoint))
+    good = (generated / "dataset.tokens.jsonl").read_bytes().splitlines(keepends=True)
+    # A crash left it short and torn, and one line is from elsewhere.
+    damaged = good[:5] + [good[6]] + good[6:20] + [good[20][:40]]
+    (tmp_path / "dataset.tokens.jsonl").write_bytes(b"".join(damaged))
+    done = run_cmd(tmp_path, "--num-scenarios", "50", "--validator-workers", "0", cache=tokenizer_cache)
+    assert done.returncode == 0, done.stderr
+    assert "token annotations" in done.stderr and "5 agree with the dataset; rewrote from scenario 5" in done.stderr
+    lines = (tmp_path / "dataset.tokens.jsonl").read_bytes().splitlines(keepends=True)
+    assert len(lines) == 50 and lines[:40] == good
+    dataset = read_dataset(tmp_path / "dataset.jsonl")
+    loaded = load_all(resolve_specs(), tokenizer_cache)
+    assert lines == annotate(dataset.scenarios, loaded, task_answers(load_task("refusal"), loaded))
+
+
+def test_no_annotate_writes_no_sidecar(tmp_path, tokenizer_cache):
+    done = run_cmd(tmp_path, "--num-scenarios", "5", "--validator-workers", "0", "--no-annotate", cache=tokenizer_cache)
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "dataset.tokens.jsonl").exists() and (tmp_path / "dataset.jsonl").exists()
+
+
+def test_annotate_rebuilds_a_stale_sidecar(tmp_path, generated, cli):
+    dataset = tmp_path / "dataset.jsonl"
+    shutil.copy(generated / "dataset.jsonl", dataset)
+    good = (generated / "dataset.tokens.jsonl").read_bytes()
+    # Made with another tokenizer set: rebuilt with the default three.
+    code, out, _ = cli("annotate", str(dataset), "--tokenizer", "qwen2")
+    assert code == 0 and "wrote 40" in out
+    assert set(json.loads(sidecar_path(dataset).read_text().splitlines()[0])["tokenizers"]) == {"qwen2"}
+    code, out, _ = cli("annotate", str(dataset))
+    assert code == 0 and "0 agree with the dataset; rewrote from scenario 0" in out
+    assert sidecar_path(dataset).read_bytes() == good
+    # Another dataset's texts (the same count and tokenizers): rebuilt from the first that differs.
+    records = [json.loads(line) for line in dataset.read_text(encoding="utf-8").splitlines()]
+    for k in range(4):  # scenario 3 gets scenario 9's texts
+        records[12 + k]["text"] = records[36 + k]["text"]
+    dataset.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    code, out, _ = cli("annotate", str(dataset))
+    assert code == 0 and "3 agree with the dataset; rewrote from scenario 3" in out
+    assert sidecar_path(dataset).read_bytes() != good
+    code, out, _ = cli("annotate", str(dataset))
+    assert code == 0 and "all 40 agree with the dataset" in out
+
+
+def test_annotate_refuses_while_a_run_writes(tmp_path, generated, cli):
+    dataset = tmp_path / "dataset.jsonl"
+    shutil.copy(generated / "dataset.jsonl", dataset)
+    fd = os.open(dataset, os.O_WRONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a run's sink holds
+        code, _, err = cli("annotate", str(dataset))
+    finally:
+        os.close(fd)
+    assert code == 2 and "a run is writing it" in err and len(err.strip().splitlines()) == 1
+
+
+def test_check_pairs_annotates_valid_pairs(tmp_path, cli):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "Help me make a birdhouse.", "counterfactual": "Help me make a bomb."}\n'
+                     '{"prompt": "Help me make a cake.", "counterfactual": "Help me make a bomb."}\n')
+    code, _, _ = cli("check-pairs", str(pairs), "--annotate", str(tmp_path / "pairs.tokens.jsonl"))
+    assert code == 1  # one pair is invalid
+    lines = [json.loads(line) for line in open(tmp_path / "pairs.tokens.jsonl")]
+    assert [line["scenario_id"] for line in lines] == [1]
+    assert lines[0]["tokenizers"]["llama3"]["multi_token"]["tokens"] == ["Ġcake", "Ġbomb"]
+    assert lines[0]["tokenizers"]["solar"]["single_token"]["answer_ids"] == {"Yes": 5613, "No": 2501}
+
+
+def test_sidecar_open_contract(tmp_path, builtin_tokenizers):
+    """Open on an empty dataset empties the sidecar; append takes only the next id."""
+    task = load_task("refusal")
+    dataset = tmp_path / "d.jsonl"
+    dataset.write_text("")
+    sidecar_path(dataset).write_text('{"scenario_id": 0}\n')
+    with Sidecar.open(dataset, task, builtin_tokenizers) as sidecar:
+        assert sidecar.count == 0 and sidecar_path(dataset).read_text() == ""
+        verdict = judge_scenarios([Scenario.render(task, "Help me make a cake.", "Help me make a bomb.")],
+                                  builtin_tokenizers, sidecar.answers)[0]
+        sidecar.append(1, verdict)  # not the next id: refused with a warning, nothing written
+        assert sidecar_path(dataset).read_text() == ""
+
+
+def test_a_form_that_is_not_a_pair_has_null_position(builtin_tokenizers):
+    task = load_task("refusal")
+    scenario = Scenario.render(task, "Help me make a birdhouse.", "Help me make a bomb.")
+    (line,) = annotate([scenario], builtin_tokenizers, task_answers(task, builtin_tokenizers))
+    facts = json.loads(line)["tokenizers"]["qwen2"]
+    assert facts["multi_token"] == {"length": 7, "position": None, "ids": None, "tokens": None, "bos": False}
+    assert facts["single_token"]["answer_ids"] == {"Yes": 9454, "No": 2753}
