@@ -42,6 +42,30 @@ AVOID_SAMPLE = 20  # already-accepted prompts named in each request
 AVOID_MAX_CHARS = 200  # longer prompts are not named, which bounds a request's size and cost
 
 
+@dataclass(frozen=True)
+class GenerationSettings:
+    model: str
+    response_format: dict
+    temperature: float | None
+    seed: int | None  # base seed: request i is sent seed + i
+
+
+def request_body(task: Task, settings: GenerationSettings, avoid: Sequence[str] = (), request_number: int = 0) -> dict:
+    """The chat request body that asks for one batch of pairs: what ``run`` posts and what a
+    ``batch`` request file line carries as its ``body``."""
+    body = {
+        "model": settings.model,
+        "messages": build_messages(task, avoid),
+        "response_format": settings.response_format,
+        "max_completion_tokens": max_output_tokens(task),
+    }
+    if settings.temperature is not None:
+        body["temperature"] = settings.temperature
+    if settings.seed is not None:
+        body["seed"] = settings.seed + request_number
+    return body
+
+
 def response_format_for(model: str, choice: str = "auto") -> dict:
     if choice == "json_schema" or (choice == "auto" and model.startswith(_STRUCTURED_PREFIXES)):
         return JSON_SCHEMA_FORMAT

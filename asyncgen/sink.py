@@ -96,6 +96,12 @@ class ResumeReport:
     run_state: dict = field(default_factory=dict)
 
 
+def default_checkpoint_path(output: str | os.PathLike) -> Path:
+    """Where a dataset's checkpoint goes unless one is named: beside it, as ``DATASET.checkpoint.json``."""
+    path = Path(output)
+    return path.with_name(path.stem + ".checkpoint.json")
+
+
 def fingerprint_of(task: Task, tokenizers: Iterable[str]) -> dict:
     """What makes two runs' scenarios comparable: the task, its templates, the tokenizer set."""
     return {"task": task.task_name, "templates": task.templates.model_dump(), "tokenizers": sorted(tokenizers)}
@@ -178,7 +184,7 @@ class ScenarioSink:
         # and a crash before the cut below leaves a file longer than it says, which resumes.
         if checkpoint_path is not None:
             try:
-                _atomic_write(checkpoint_path, sink._checkpoint_bytes(kept, found.scenarios))
+                atomic_write(checkpoint_path, sink._checkpoint_bytes(kept, found.scenarios))
             except OSError as exc:
                 raise UsageError(
                     f"--checkpoint {checkpoint_path}: cannot write it ({_reason(exc)}); "
@@ -358,7 +364,7 @@ class ScenarioSink:
 
     def _write_checkpoint(self, payload: bytes) -> None:
         try:
-            _atomic_write(self.checkpoint_path, payload)
+            atomic_write(self.checkpoint_path, payload)
         except OSError as exc:
             self._stopped = (
                 f"cannot write the checkpoint {self.checkpoint_path} ({_reason(exc)}); the run stopped, {self.path} "
@@ -547,7 +553,7 @@ def _open_for_append(path: Path) -> int:
     return fd
 
 
-def _atomic_write(target: Path, payload: bytes) -> None:
+def atomic_write(target: Path, payload: bytes) -> None:
     """Replace ``target`` with ``payload``: temporary file, fsync, rename, fsync of the folder."""
     temporary = target.with_name(target.name + ".tmp")
     try:
