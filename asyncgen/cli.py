@@ -33,7 +33,7 @@ def _common_parser() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from asyncgen.commands import check_pairs, run, simulate, tokenize, validate_dataset
+    from asyncgen.commands import batch, check_pairs, run, simulate, tokenize, validate_dataset
 
     parser = argparse.ArgumentParser(
         prog="asyncgen",
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"asyncgen {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = _common_parser()
-    for module in (run, tokenize, check_pairs, validate_dataset, simulate):
+    for module in (run, batch, tokenize, check_pairs, validate_dataset, simulate):
         module.register(subparsers, common)
     return parser
 

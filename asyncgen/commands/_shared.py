@@ -8,8 +8,9 @@ from typing import Iterator
 
 import orjson
 
-from asyncgen.config import Task, load_task
-from asyncgen.errors import InputFileError
+from asyncgen.config import Task, default_config_dir, load_task, resolve_config_dir
+from asyncgen.errors import InputFileError, UsageError
+from asyncgen.prices import PriceTable, load_prices
 from asyncgen.tokenizers import Tokenizer, TokenizerSpec, load_all, resolve_specs
 from asyncgen.validate import check_task
 
@@ -55,6 +56,17 @@ def load_task_and_tokenizers(
     tokenizers = load_all(specs, cache_dir)
     check_task(task, tokenizers)
     return task, specs, tokenizers
+
+
+def load_price_table(config_dir: str | None, prices_flag: str | None) -> tuple[PriceTable, Path]:
+    """The price table: --prices, else <config-dir>/prices.yaml, else the shipped one."""
+    folder = resolve_config_dir(config_dir)
+    path = Path(prices_flag) if prices_flag else (
+        folder / "prices.yaml" if (folder / "prices.yaml").is_file() else default_config_dir() / "prices.yaml"
+    )
+    if prices_flag and not path.is_file():
+        raise UsageError(f"--prices {path}: no such file")
+    return load_prices(path), path
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
