@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from asyncgen.acceptance import Acceptance
 from asyncgen.config import Task
 from asyncgen.errors import RunError
-from asyncgen.prompting import AVOID_MAX_CHARS, AVOID_SAMPLE
+from asyncgen.prompting import AVOID_MAX_CHARS, AVOID_POOL, AVOID_SAMPLE
 from asyncgen.sink import ScenarioSink
 from asyncgen.stats import RunStats
 from asyncgen.validate import PairValidator, Verdict
@@ -35,7 +35,6 @@ log = logging.getLogger("asyncgen.pipeline")
 PRIOR_YIELD_SHARE = 0.5  # before any request settles, expect half of a batch to be accepted
 PRIOR_WEIGHT = 2.0  # how many requests' worth the prior counts for
 VALIDATION_BATCH_PAIRS = 256
-AVOID_POOL = 200  # the most recent accepted prompts that sample is drawn from
 GIVE_UP_AFTER = 25  # requests in a row with no new scenario (at least 2 x concurrency) end the run
 
 

@@ -39,6 +39,7 @@ _STRUCTURED_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-5", "o1", "o3", "o4")
 OUTPUT_TOKENS_PER_PAIR = 60  # a pair of ~12-word sentences as JSON is ~40-50 tokens
 OUTPUT_TOKENS_OVERHEAD = 60
 AVOID_SAMPLE = 20  # already-accepted prompts named in each request
+AVOID_POOL = 200  # the most recent accepted prompts that sample is drawn from
 AVOID_MAX_CHARS = 200  # longer prompts are not named, which bounds a request's size and cost
 
 

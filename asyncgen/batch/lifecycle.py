@@ -12,12 +12,15 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
-from asyncgen.batch.api import BatchApi
 from asyncgen.batch.manifest import Entry, Manifest
 from asyncgen.sink import atomic_write
+
+if TYPE_CHECKING:  # the SDK takes seconds to import: only the commands that call the API load it
+    from asyncgen.batch.api import BatchApi
 
 REQUESTS, RESULTS = "requests", "results"
 UNFINISHED = ("batch_expired", "batch_cancelled")
@@ -31,6 +34,7 @@ def update(entry: Entry, batch: dict) -> None:
     """Copy what the API says about a batch into its entry (values set, never added)."""
     entry.batch_id = batch["id"]
     entry.state = "submitted"
+    entry.submitted_at = entry.submitted_at or time.time()
     entry.status = batch["status"]
     entry.created_at = batch.get("created_at")
     entry.request_counts = dict(batch.get("request_counts") or {})

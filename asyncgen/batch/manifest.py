@@ -46,7 +46,8 @@ class Entry:
     file_id: str | None = None
     batch_id: str | None = None
     status: str | None = None  # the API's status of the batch
-    created_at: float | None = None
+    created_at: float | None = None  # the API's clock
+    submitted_at: float | None = None  # this machine's clock (ages are shown from it)
     request_counts: dict = field(default_factory=dict)
     usage: dict = field(default_factory=dict)  # {"input": n, "output": n} as the API reports it
     errors: list = field(default_factory=list)  # validation errors: [{"line", "code", "message"}]

@@ -34,14 +34,12 @@ from asyncgen.commands.run import (
     _non_negative_int,
     _positive_float,
     _positive_int,
-    default_validator_workers,
 )
 from asyncgen.errors import RunError, UsageError
 from asyncgen.eventloop import LOOPBACK_HOSTS, run_event_loop
-from asyncgen.pipeline import AVOID_POOL
 from asyncgen.prices import batch_cost_usd, cost_usd, price_for
 from asyncgen.progress import _duration, _money
-from asyncgen.prompting import GenerationSettings, response_format_for
+from asyncgen.prompting import AVOID_POOL, GenerationSettings, response_format_for
 from asyncgen.scenario import LINES_PER_SCENARIO
 from asyncgen.sink import atomic_write, default_checkpoint_path, fingerprint_of
 from asyncgen.tokenizers import resolve_specs
@@ -152,7 +150,7 @@ def _dataset_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _validator_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--validator-workers", type=_non_negative_int, default=None, help="validator processes; 0 validates in this process (default: 1 on 2 cores, cores-1 up to 4)")
+    p.add_argument("--validator-workers", type=_non_negative_int, default=0, help="validator processes (default: 0, validate in this process: results come all at once, and the tokenizers are loaded here already, so a pool pays off only for tens of thousands of pairs)")
 
 
 def _endpoint_flags(p: argparse.ArgumentParser) -> None:
@@ -431,7 +429,7 @@ def status_table(setup: Setup, manifest: Manifest) -> str:
         counts = entry.request_counts or {}
         total = counts.get("total") or entry.requests
         done = f"{counts.get('completed', 0)}/{total}"
-        age = _duration(now - entry.created_at) if entry.created_at else "-"
+        age = _duration(now - entry.submitted_at) if entry.submitted_at else "-"
         cost = setup.costs(entry.usage.get("input", 0), entry.usage.get("output", 0))[0] if entry.usage else 0.0
         name = entry.batch_id or f"({entry.name})"
         rows.append(f"{name:<32} {entry.status or entry.state:<11} {done:>11} {counts.get('failed', 0):>6} {age:>6} {_money(cost):>9}")
@@ -499,8 +497,7 @@ def _processing(args, setup: Setup, manifest: Manifest):
             log.info("%s", sink.resume.message)
         if "sink_cost_before" not in manifest.totals:
             manifest.totals["sink_cost_before"] = sink.resume.run_state.get("cost_usd", 0.0)
-        workers = args.validator_workers if args.validator_workers is not None else default_validator_workers()
-        validator = stack.enter_context(PairValidator(setup.task, setup.specs, cache_dir=args.cache_dir, workers=workers,
+        validator = stack.enter_context(PairValidator(setup.task, setup.specs, cache_dir=args.cache_dir, workers=args.validator_workers,
                                                       tokenizers=setup.tokenizers))
         yield sink, validator
 
