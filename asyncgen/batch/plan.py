@@ -50,7 +50,7 @@ def prior_yield(task: Task) -> float:
 def requests_needed(deficit: int, yield_per_request: float) -> int:
     if deficit <= 0:
         return 0
-    return max(1, math.ceil(deficit * MARGIN / max(yield_per_request, 0.01)))
+    return max(1, math.ceil(deficit * MARGIN / max(yield_per_request, 0.01) - 1e-9))
 
 
 def request_cost_bound(task: Task, price: Price | None) -> float | None:
