@@ -16,28 +16,11 @@ from asyncgen.batch import plan
 from asyncgen.batch.process import read_results
 from asyncgen.config import load_task
 from asyncgen.prompting import GenerationSettings, request_body, response_format_for
-from test_run import ENV, assert_valid_dataset, scenarios, sim_stats
+from test_run import ENV, assert_valid_dataset, scenarios, sim_stats, simulator  # noqa: F401 (simulator: a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 KILLER = str(REPO / "tests" / "batch_killer.py")
 GPT_4O = (1.25, 5.00)  # batch input, batch output USD per 1M tokens (config/prices.yaml)
-
-
-@pytest.fixture
-def simulator():
-    """Start ``asyncgen simulate`` with flags; returns its base URL. Stopped after the test."""
-    processes = []
-
-    def start(*flags):
-        process = subprocess.Popen([sys.executable, "-m", "asyncgen", "simulate", "--seed", "3", *flags],
-                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV)
-        processes.append(process)
-        return process.stdout.readline().strip()
-
-    yield start
-    for process in processes:
-        process.kill()
-        process.wait()
 
 
 def batch(tmp_path, *args, point=None, env=None, timeout=120):
@@ -263,7 +246,7 @@ def test_another_task_or_model_is_refused_unless_forced(tmp_path):
 
 def test_max_cost_caps_the_plan(tmp_path):
     nothing = batch(tmp_path, "create", "--num-scenarios", "200", "--max-cost", "0.0001")
-    assert nothing.returncode == 1 and "not even one request fits" in nothing.stderr
+    assert nothing.returncode == 1 and "request fits the budget" in nothing.stderr
     capped = batch(tmp_path, "create", "--num-scenarios", "200", "--max-cost", "0.05")
     assert capped.returncode == 0 and "--max-cost allows no more" in capped.stdout
     worst = float(re.search(r"worst case \$([\d.]+)", capped.stdout).group(1))

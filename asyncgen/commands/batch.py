@@ -343,15 +343,21 @@ def cmd_create(args) -> int:
     output = args.output or "dataset.jsonl"
     manifest = setup.manifest or Manifest(str(args.task or "refusal"), setup.model, setup.fingerprint, args.num_scenarios, output)
     manifest.target, manifest.output = args.num_scenarios, output
-    existing, avoid = _dataset(output)
-    deficit = args.num_scenarios - existing - manifest.spares
+    return _write_round(args, setup, manifest)
+
+
+def _write_round(args, setup: Setup, manifest: Manifest) -> int:
+    """create and topup: plan the deficit of the manifest's dataset, write the files, print the plan."""
+    existing, avoid = _dataset(manifest.output)
+    deficit = manifest.target - existing - manifest.spares
     if deficit <= 0:
-        print(f"{output} already holds {existing} scenarios ({manifest.spares} spares): nothing to request")
+        print(f"{manifest.output} holds {existing} scenarios and {setup.directory} {manifest.spares} spares; "
+              f"the target is {manifest.target}: nothing to request")
         manifest.save(setup.directory)
         return 0
     made = _plan_and_write(args, setup, manifest, deficit, avoid)
     if not made.requests:
-        raise RunError(f"--max-cost {args.max_cost}: not even one request fits the budget; raise --max-cost")
+        raise RunError(f"--max-cost {args.max_cost}: not even one more request fits the budget; raise --max-cost")
     _print_plan(setup, manifest, made, existing, deficit)
     print(f"next: python -m asyncgen batch submit --dir {setup.directory}")
     return 0
@@ -365,18 +371,8 @@ def cmd_topup(args) -> int:
                          "are not sent or not finished; wait for them (`batch status --watch`), download and process, then top up")
     if any(e.downloaded and not e.processed for e in manifest.entries) or manifest.spares:
         raise UsageError(f"{setup.directory} holds results or spares not processed yet; run `batch process` first")
-    output = args.output or manifest.output
-    existing, avoid = _dataset(output)
-    deficit = manifest.target - existing
-    if deficit <= 0:
-        print(f"{output} holds {existing} scenarios, the target is {manifest.target}: no top-up needed")
-        return 0
-    made = _plan_and_write(args, setup, manifest, deficit, avoid)
-    if not made.requests:
-        raise RunError(f"--max-cost {args.max_cost}: not even one more request fits the budget; raise --max-cost")
-    _print_plan(setup, manifest, made, existing, deficit)
-    print(f"next: python -m asyncgen batch submit --dir {setup.directory}")
-    return 0
+    manifest.output = args.output or manifest.output
+    return _write_round(args, setup, manifest)
 
 
 def cmd_submit(args) -> int:
