@@ -119,7 +119,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
               "download, process and top up until --output holds exactly --num-scenarios. Killed at any moment "
               "and started again, it resumes: nothing is submitted, processed or paid for twice.", cmd_run)
     _setup_flags(run)
-    run.add_argument("--num-scenarios", type=_positive_int, default=1500, help="scenarios the dataset must hold (default: 1500)")
+    run.add_argument("--num-scenarios", type=_positive_int, default=None, help="scenarios the dataset must hold (default: the batch directory's target, else 1500)")
     run.add_argument("--poll-seconds", type=_positive_float, default=None, help="seconds between status checks (default: 60 for OpenAI, 10 for --base-url, 0.25 offline)")
     _plan_flags(run)
     _dataset_flags(run)
@@ -606,9 +606,9 @@ def cmd_run(args) -> int:
     manifest = setup.manifest
     if manifest is None:
         setup.directory.mkdir(parents=True, exist_ok=True)
-        manifest = Manifest(str(args.task or "refusal"), setup.model, setup.fingerprint, args.num_scenarios,
+        manifest = Manifest(str(args.task or "refusal"), setup.model, setup.fingerprint, args.num_scenarios or 1500,
                             args.output or "dataset.jsonl")
-    manifest.target = args.num_scenarios
+    manifest.target = args.num_scenarios or manifest.target
     if args.output:
         manifest.output = args.output
     setup.manifest = manifest
