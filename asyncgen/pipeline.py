@@ -5,8 +5,9 @@
   cost budget allows its worst case.
 - Each request's pairs go onto a bounded ``asyncio.Queue``; validator tasks drain it in batches
   into the process pool (``PairValidator``), so the event loop never tokenizes.
-- One writer task owns the sink: it drops duplicates, appends accepted scenarios, and fsyncs in a
-  thread when the durability policy says so. It stops the run at exactly ``target`` scenarios.
+- One writer task owns the sink: it accepts scenarios through ``Acceptance`` (dedup, append,
+  counters; shared with ``batch process``) and fsyncs in a thread when the durability policy
+  says so. It stops the run at exactly ``target`` scenarios.
 - SIGINT/SIGTERM: stop issuing, give in-flight requests ``grace_period`` seconds, flush, summarise.
   A second signal stops at once; the sink is consistent either way (one write per scenario).
 """
@@ -20,11 +21,11 @@ import signal
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+from asyncgen.acceptance import Acceptance
 from asyncgen.annotations import Sidecar
 from asyncgen.config import Task
 from asyncgen.errors import RunError
-from asyncgen.prompting import AVOID_MAX_CHARS, AVOID_SAMPLE
-from asyncgen.scenario import Scenario
+from asyncgen.prompting import AVOID_MAX_CHARS, AVOID_POOL, AVOID_SAMPLE
 from asyncgen.sink import ScenarioSink
 from asyncgen.stats import RunStats
 from asyncgen.validate import PairValidator, Verdict
@@ -35,7 +36,6 @@ log = logging.getLogger("asyncgen.pipeline")
 PRIOR_YIELD_SHARE = 0.5  # before any request settles, expect half of a batch to be accepted
 PRIOR_WEIGHT = 2.0  # how many requests' worth the prior counts for
 VALIDATION_BATCH_PAIRS = 256
-AVOID_POOL = 200  # the most recent accepted prompts that sample is drawn from
 GIVE_UP_AFTER = 25  # requests in a row with no new scenario (at least 2 x concurrency) end the run
 
 
@@ -111,10 +111,10 @@ class Pipeline:
         annotations: Sidecar | None = None,
     ) -> None:
         self.task, self.generator, self.validator, self.sink, self.stats = task, generator, validator, sink, stats
+        self.acceptance = Acceptance(task, sink, stats, annotations)
         self.concurrency = concurrency
         self.max_cost, self.request_cost_bound = max_cost, request_cost_bound
         self.grace_period = grace_period
-        self.annotations = annotations
         self.candidates: asyncio.Queue[_Candidates] = asyncio.Queue(maxsize=2 * concurrency)
         self.verdicts: asyncio.Queue[tuple[list[_Candidates], list[Verdict]]] = asyncio.Queue()
         self.outstanding = 0  # requests issued whose candidates are not yet written or dropped
@@ -145,7 +145,7 @@ class Pipeline:
         return (self.stats.accepted_this_run + PRIOR_WEIGHT * prior) / (self.settled + PRIOR_WEIGHT)
 
     def _remaining(self) -> int:
-        return self.stats.target - self.sink.count
+        return self.acceptance.remaining()
 
     def _budget_allows(self) -> bool:
         if self.max_cost is None:
@@ -196,7 +196,7 @@ class Pipeline:
                 item = self.candidates.get_nowait()
                 batch.append(item)
                 size += len(item.pairs)
-            pairs = self._fresh_pairs(batch)
+            pairs = self.acceptance.fresh(pair for item in batch for pair in item.pairs)
             verdicts = await self._validated(pairs) if pairs else []
             await self.verdicts.put((batch, verdicts))
 
@@ -206,44 +206,12 @@ class Pipeline:
         # Inline mode still keeps tokenizing off the event loop (tokenizers releases the GIL).
         return await asyncio.to_thread(self.validator.validate, pairs)
 
-    def _fresh_pairs(self, batch: list[_Candidates]) -> list[tuple[str, str]]:
-        """Drop pairs already in the dataset or repeated in this batch before paying to tokenize them."""
-        seen: set[tuple[str, str]] = set()
-        fresh = []
-        for item in batch:
-            for prompt, counterfactual in item.pairs:
-                scenario = Scenario.render(self.task, prompt, counterfactual)
-                keys = scenario.dedup_keys()
-                if keys in seen or self.sink.is_duplicate(scenario):
-                    self.stats.duplicates += 1
-                    continue
-                seen.add(keys)
-                fresh.append((prompt, counterfactual))
-        return fresh
-
     async def _write(self) -> None:
         stats = self.stats
         while True:
             batch, verdicts = await self.verdicts.get()
             accepted_before = stats.accepted_this_run
-            for verdict in verdicts:
-                if self._remaining() <= 0:
-                    break
-                if not verdict.valid:
-                    stats.rejected += 1
-                    stats.rejections.update(verdict.failure_kinds())
-                    continue
-                scenario = Scenario.render(self.task, verdict.prompt, verdict.counterfactual)
-                scenario_id = self.sink.append(scenario)
-                if scenario_id is None:
-                    stats.duplicates += 1
-                    continue
-                if self.annotations is not None:  # the token annotations sidecar (asyncgen.annotations)
-                    self.annotations.append(scenario_id, verdict)
-                stats.accepted = self.sink.count
-                stats.accepted_this_run += 1
-                if stats.first_accepted_s is None:
-                    stats.first_accepted_s = stats.elapsed
+            for verdict in self.acceptance.take(verdicts).accepted:
                 if len(verdict.prompt) <= AVOID_MAX_CHARS:
                     self.recent_prompts.append(verdict.prompt)
             self.outstanding -= len(batch)

@@ -59,3 +59,10 @@ def cost_usd(price: Price | None, prompt_tokens: float, completion_tokens: float
         return None
     uncached = prompt_tokens - cached_tokens
     return (uncached * price.input + cached_tokens * price.cached_input + completion_tokens * price.output) / 1e6
+
+
+def batch_cost_usd(price: Price | None, input_tokens: float, output_tokens: float) -> float | None:
+    """USD for Batch API usage, at the batch columns of the price table; None when the price is unknown."""
+    if price is None:
+        return None
+    return (input_tokens * price.batch_input + output_tokens * price.batch_output) / 1e6

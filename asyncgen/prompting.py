@@ -39,7 +39,32 @@ _STRUCTURED_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-5", "o1", "o3", "o4")
 OUTPUT_TOKENS_PER_PAIR = 60  # a pair of ~12-word sentences as JSON is ~40-50 tokens
 OUTPUT_TOKENS_OVERHEAD = 60
 AVOID_SAMPLE = 20  # already-accepted prompts named in each request
+AVOID_POOL = 200  # the most recent accepted prompts that sample is drawn from
 AVOID_MAX_CHARS = 200  # longer prompts are not named, which bounds a request's size and cost
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    model: str
+    response_format: dict
+    temperature: float | None
+    seed: int | None  # base seed: request i is sent seed + i
+
+
+def request_body(task: Task, settings: GenerationSettings, avoid: Sequence[str] = (), request_number: int = 0) -> dict:
+    """The chat request body that asks for one batch of pairs: what ``run`` posts and what a
+    ``batch`` request file line carries as its ``body``."""
+    body = {
+        "model": settings.model,
+        "messages": build_messages(task, avoid),
+        "response_format": settings.response_format,
+        "max_completion_tokens": max_output_tokens(task),
+    }
+    if settings.temperature is not None:
+        body["temperature"] = settings.temperature
+    if settings.seed is not None:
+        body["seed"] = settings.seed + request_number
+    return body
 
 
 def response_format_for(model: str, choice: str = "auto") -> dict:

@@ -190,7 +190,7 @@ class ScenarioSink:
         # and a crash before the cut below leaves a file longer than it says, which resumes.
         if checkpoint_path is not None:
             try:
-                _atomic_write(checkpoint_path, sink._checkpoint_bytes(kept, found.scenarios))
+                atomic_write(checkpoint_path, sink._checkpoint_bytes(kept, found.scenarios))
             except OSError as exc:
                 raise UsageError(
                     f"--checkpoint {checkpoint_path}: cannot write it ({_reason(exc)}); "
@@ -378,7 +378,7 @@ class ScenarioSink:
 
     def _write_checkpoint(self, payload: bytes) -> None:
         try:
-            _atomic_write(self.checkpoint_path, payload)
+            atomic_write(self.checkpoint_path, payload)
         except OSError as exc:
             self._stopped = (
                 f"cannot write the checkpoint {self.checkpoint_path} ({_reason(exc)}); the run stopped, {self.path} "
@@ -409,8 +409,13 @@ class _Checkpoint:
     run_state: dict
 
 
+class OtherDatasetsCheckpoint(UsageError):
+    """The checkpoint file names another dataset: ``open`` refuses it rather than overwrite it."""
+
+
 def _read_checkpoint(path: Path, sink: Path) -> tuple[_Checkpoint | None, str]:
-    """The checkpoint of ``sink`` at ``path``, or None and why there is none to use."""
+    """The checkpoint of ``sink`` at ``path``, or None and why there is none to use; raises
+    ``OtherDatasetsCheckpoint`` when it belongs to another dataset."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -428,7 +433,7 @@ def _read_checkpoint(path: Path, sink: Path) -> tuple[_Checkpoint | None, str]:
     if not (_is_count(offset) and _is_count(scenarios) and isinstance(fingerprint, dict) and isinstance(run_state, dict)):
         return None, f"checkpoint {path} is malformed"
     if data.get("sink") != str(sink):
-        raise UsageError(
+        raise OtherDatasetsCheckpoint(
             f"--checkpoint {path} belongs to another dataset ({data.get('sink')}), not to {sink}; pass "
             f"--checkpoint with a path of its own for this dataset, or delete {path} if that dataset is gone"
         )
@@ -616,7 +621,7 @@ def _open_for_append(path: Path) -> int:
     return fd
 
 
-def _atomic_write(target: Path, payload: bytes) -> None:
+def atomic_write(target: Path, payload: bytes) -> None:
     """Replace ``target`` with ``payload``: temporary file, fsync, rename, fsync of the folder."""
     temporary = target.with_name(target.name + ".tmp")
     try:
@@ -645,7 +650,7 @@ def _save_cut_bytes(path: Path, tail: bytes) -> Path:
         if not backup.exists():
             break
     try:
-        _atomic_write(backup, tail)
+        atomic_write(backup, tail)
     except OSError as exc:
         raise SinkError(f"cannot save the torn tail of {path} to {backup} before cutting it ({_reason(exc)}); "
                         "nothing was changed: free some space, or pass --overwrite to start over") from exc

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from typing import Sequence
 
 import httpx
@@ -22,7 +21,7 @@ import orjson
 from asyncgen.config import Task
 from asyncgen.errors import ApiError, redact
 from asyncgen.prices import PriceTable, cost_usd, price_for
-from asyncgen.prompting import build_messages, estimate_prompt_tokens, max_output_tokens, parse_answer
+from asyncgen.prompting import GenerationSettings, estimate_prompt_tokens, max_output_tokens, parse_answer, request_body
 from asyncgen.stats import RunStats
 from asyncgen.throttle import RetryPolicy, Throttle
 
@@ -49,14 +48,6 @@ def make_http_client(concurrency: int, timeout: float, *, trust_env: bool = True
         return openai.DefaultAsyncHttpxClient(**options)
 
 
-@dataclass(frozen=True)
-class GenerationSettings:
-    model: str
-    response_format: dict
-    temperature: float | None
-    seed: int | None
-
-
 class Generator:
     def __init__(
         self,
@@ -81,18 +72,8 @@ class Generator:
         return estimate_prompt_tokens(messages) + self.max_output_tokens
 
     async def generate(self, request_number: int, avoid: Sequence[str]) -> list[tuple[str, str]]:
-        messages = build_messages(self.task, avoid)
-        tokens = self.estimate_tokens(messages)
-        params = {
-            "model": self.settings.model,
-            "messages": messages,
-            "response_format": self.settings.response_format,
-            "max_completion_tokens": self.max_output_tokens,
-        }
-        if self.settings.temperature is not None:
-            params["temperature"] = self.settings.temperature
-        if self.settings.seed is not None:
-            params["seed"] = self.settings.seed + request_number
+        params = request_body(self.task, self.settings, avoid, request_number)
+        tokens = self.estimate_tokens(params["messages"])
         stats = self.stats
         for attempt in range(self.policy.max_attempts):
             async with self.throttle.slot(tokens):

@@ -31,6 +31,9 @@ check never overwrites the full figures.
 7. ``baseline``: ``bench/baseline.py`` against a simulator process with the offline default's
    settings, then ``asyncgen run --base-url`` against that same simulator process:
    ``speedup`` = run scenarios/s / baseline scenarios/s, both measured here.
+8. ``batch``: ``asyncgen batch run`` on the offline default in a temporary folder, as many scenarios
+   as (3): wall time, cost at batch prices, the same tokens at real-time prices, and the ratio to
+   what (3) paid for its dataset.
 """
 
 from __future__ import annotations
@@ -303,6 +306,7 @@ def aiohttp_available() -> bool:
 _SUMMARY = re.compile(r"wall time\s+([\d.]+) s(?:, first scenario after ([\d.]+) s)?")
 _FINISHED = re.compile(r"asyncgen run finished: (\d+)/(\d+) scenarios")
 _REQUESTS = re.compile(r"requests\s+(\d+) answered, (\d+) sent, (\d+) given up")
+_COST = re.compile(r"cost\s+\$([\d.]+) this run")
 
 
 def asyncgen_run(scenarios: int, concurrency: int, *, base_url: str | None = None, timeout: float = 240,
@@ -335,6 +339,7 @@ def asyncgen_run(scenarios: int, concurrency: int, *, base_url: str | None = Non
     wall = _SUMMARY.search(text)
     finished = _FINISHED.search(text)
     requests = _REQUESTS.search(text)
+    cost = _COST.search(text)
     if not (wall and finished):
         raise RuntimeError(f"no summary in asyncgen run's output: {text[-2000:]}")
     done, wall_s = int(finished.group(1)), float(wall.group(1))
@@ -347,6 +352,7 @@ def asyncgen_run(scenarios: int, concurrency: int, *, base_url: str | None = Non
         "process_s": round(process_s, 2),
         "requests_ok": int(requests.group(1)) if requests else None,
         "requests_sent": int(requests.group(2)) if requests else None,
+        "cost_usd": float(cost.group(1)) if cost else None,
         "endpoint": base_url and "simulator process (--base-url)" or "offline default (in-process simulator)",
     }
     if watcher:
@@ -356,6 +362,44 @@ def asyncgen_run(scenarios: int, concurrency: int, *, base_url: str | None = Non
 
 def bench_run(quick: bool) -> dict:
     return asyncgen_run(size("run_scenarios", quick), 32)
+
+
+# --- 8. Batch API workflow ---------------------------------------------------------------------
+
+_BATCH_FINISHED = re.compile(r"asyncgen batch run finished: (\d+)/(\d+) scenarios")
+_BATCH_COST = re.compile(r"cost\s+\$([\d.]+) at batch prices; real time would have cost \$([\d.]+)")
+_BATCH_WALL = re.compile(r"wall time\s+([\d.]+) s")
+
+
+def bench_batch(quick: bool, run_result: dict | None) -> dict:
+    """``asyncgen batch run`` on the offline default in a fresh folder: wall time and cost at batch
+    prices, against what the same tokens cost in real time and what ``run`` paid for its dataset."""
+    scenarios = size("run_scenarios", quick)
+    with tempfile.TemporaryDirectory(prefix="asyncgen-bench-batch-") as folder:
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "asyncgen", "batch", "run", "--num-scenarios", str(scenarios),
+                               "--log-level", "WARNING"], cwd=folder, env=child_env(), capture_output=True, timeout=300)
+        process_s = time.perf_counter() - started
+        manifest = json.loads((Path(folder) / "batches" / "manifest.json").read_text())
+    text = done.stderr.decode()
+    finished, cost, wall = _BATCH_FINISHED.search(text), _BATCH_COST.search(text), _BATCH_WALL.search(text)
+    if done.returncode != 0 or not (finished and cost and wall):
+        raise RuntimeError(f"asyncgen batch run exited {done.returncode}: {text[-2000:]}")
+    result = {
+        "scenarios": int(finished.group(1)),
+        "wall_s": float(wall.group(1)),
+        "process_s": round(process_s, 2),
+        "rounds": manifest["rounds"],
+        "requests": sum(e["requests"] for e in manifest["entries"]),
+        "spares": manifest["spares"],
+        "cost_usd_batch": float(cost.group(1)),
+        "cost_usd_same_tokens_real_time": float(cost.group(2)),
+        "endpoint": "offline default (in-process simulator, batch clock 600x)",
+    }
+    if run_result and run_result.get("cost_usd") is not None and run_result["scenarios"] == result["scenarios"]:
+        result["run_cost_usd"] = run_result["cost_usd"]
+        result["cost_ratio_to_run"] = round(result["cost_usd_batch"] / run_result["cost_usd"], 3)
+    return result
 
 
 # --- 5. Memory ----------------------------------------------------------------------------------
@@ -592,6 +636,15 @@ def markdown(results: dict) -> str:
             f"| {b['scenarios_per_s']:.1f} scenarios/s vs run's {same['scenarios_per_s']:.1f} on the same "
             f"simulator settings: **{b['speedup']}× speedup**{extra} | |"
         )
+    b = results.get("batch")
+    if b:
+        against = (f"; `run` (3) paid ${b['run_cost_usd']:.4f} for its {b['scenarios']:,}: **{b['cost_ratio_to_run']:.2f}×**"
+                   if "run_cost_usd" in b else "")
+        lines.append(
+            f"| 8 | `asyncgen batch run`, offline default, {b['scenarios']:,} scenarios ({b['requests']} requests, "
+            f"{b['rounds']} round(s)) | **{b['wall_s']} s** wall; **${b['cost_usd_batch']:.4f}** at batch prices "
+            f"(the same tokens in real time ${b['cost_usd_same_tokens_real_time']:.4f}){against} | |"
+        )
     for name, error in (results.get("errors") or {}).items():
         lines.append(f"| ! | {name} | failed: {error} | |")
     return "\n".join(lines)
@@ -650,7 +703,7 @@ def update_readme(table: str) -> bool:
     return True
 
 
-STEPS = ("rate_limited", "unlimited", "run", "validator", "memory", "sink", "baseline")
+STEPS = ("rate_limited", "unlimited", "run", "validator", "memory", "sink", "baseline", "batch")
 
 
 def main() -> int:
@@ -692,6 +745,8 @@ def main() -> int:
                 results["sink"] = bench_sink(quick)
             elif step == "baseline":
                 results["baseline"] = bench_baseline(quick, results.get("run"))
+            elif step == "batch":
+                results["batch"] = bench_batch(quick, results.get("run"))
         except Exception as exc:  # one failed measurement is reported, the others still run
             results["errors"][step] = f"{type(exc).__name__}: {exc}"[:500]
             log(f"{step} failed: {exc}")

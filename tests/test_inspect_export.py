@@ -71,7 +71,7 @@ def test_inspect_ignores_another_datasets_checkpoint(tmp_path, cli, monkeypatch)
     code, out, _ = cli("inspect", str(path), "--json", "--no-tokens")
     assert code == 0 and json.loads(out)["run"] is None
     code, _, err = cli("inspect", str(path), "--checkpoint", str(tmp_path / "checkpoint.json"))
-    assert code == 2 and "belongs to another sink" in err
+    assert code == 2 and "belongs to another dataset" in err
 
 
 def read_back(fmt, out):

@@ -9,8 +9,9 @@ from typing import Iterator
 
 import orjson
 
-from asyncgen.config import Task, load_task
-from asyncgen.errors import InputFileError
+from asyncgen.config import Task, default_config_dir, load_task, resolve_config_dir
+from asyncgen.errors import InputFileError, UsageError
+from asyncgen.prices import PriceTable, load_prices
 from asyncgen.scenario import Dataset, read_dataset
 from asyncgen.tokenizers import Tokenizer, TokenizerSpec, load_all, resolve_specs
 from asyncgen.validate import check_task
@@ -84,6 +85,17 @@ def load_dataset_and_task(args: argparse.Namespace) -> tuple[Dataset, Task, list
         log.warning("%s: left out an incomplete last scenario (%d bytes): a run that crashed or is still "
                     "writing leaves one; resuming the run cuts it", args.dataset, dataset.torn_bytes)
     return dataset, task, tokenizers
+
+
+def load_price_table(config_dir: str | None, prices_flag: str | None) -> tuple[PriceTable, Path]:
+    """The price table: --prices, else <config-dir>/prices.yaml, else the shipped one."""
+    folder = resolve_config_dir(config_dir)
+    path = Path(prices_flag) if prices_flag else (
+        folder / "prices.yaml" if (folder / "prices.yaml").is_file() else default_config_dir() / "prices.yaml"
+    )
+    if prices_flag and not path.is_file():
+        raise UsageError(f"--prices {path}: no such file")
+    return load_prices(path), path
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:

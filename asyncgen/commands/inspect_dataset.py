@@ -13,7 +13,7 @@ from asyncgen.annotations import annotate, task_answers
 from asyncgen.commands._shared import add_dataset_flags, load_dataset_and_task
 from asyncgen.errors import InputFileError, UsageError
 from asyncgen.inspection import inspect_dataset, lengths_and_positions, render
-from asyncgen.sink import _read_checkpoint  # the checkpoint format has one reader
+from asyncgen.sink import OtherDatasetsCheckpoint, _read_checkpoint  # the checkpoint format has one reader
 
 
 def register(subparsers, common: argparse.ArgumentParser) -> None:
@@ -53,7 +53,10 @@ def find_run_state(dataset: Path, given: str | None) -> tuple[str | None, dict |
             raise InputFileError(f"--checkpoint {given}: {why}")
         return given, stored.run_state
     for candidate in dict.fromkeys(checkpoint_candidates(dataset)):
-        stored, _ = _read_checkpoint(candidate.resolve(), sink)
+        try:
+            stored, _ = _read_checkpoint(candidate.resolve(), sink)
+        except OtherDatasetsCheckpoint:
+            continue
         if stored is not None:
             return str(candidate), stored.run_state
     return None, None

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from asyncgen.commands._shared import add_task_flags, add_tokenizer_flags, load_task_and_tokenizers
+from asyncgen.commands._shared import add_task_flags, add_tokenizer_flags, load_price_table, load_task_and_tokenizers
 from asyncgen.commands.argtypes import base_url, non_negative_float, non_negative_int, positive_float, positive_int
-from asyncgen.config import default_config_dir, resolve_config_dir
 from asyncgen.errors import UsageError
-from asyncgen.prices import cost_usd, load_prices, price_for
+from asyncgen.prices import cost_usd, price_for
 from asyncgen.progress import report_progress, summary
 from asyncgen.eventloop import LOOPBACK_HOSTS, run_event_loop
 from asyncgen.prompting import (
@@ -139,7 +138,6 @@ def _without_flag(argv: list[str], flag: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     if args.no_checkpoint and args.checkpoint is not None:
         raise UsageError("--no-checkpoint and --checkpoint contradict each other; give one of them")
-    config_dir = resolve_config_dir(args.config_dir)
     try:
         log.info("loading the tokenizers (the first run on a machine builds them, about 5 s)")
         task, specs, tokenizers = load_task_and_tokenizers(args.task, args.config_dir, args.tokenizer, args.cache_dir)
@@ -147,12 +145,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"asyncgen run stopped (interrupted) while loading the tokenizers: {args.output} was not touched",
               file=sys.stderr)
         return 130
-    prices_path = Path(args.prices) if args.prices else (
-        config_dir / "prices.yaml" if (config_dir / "prices.yaml").is_file() else default_config_dir() / "prices.yaml"
-    )
-    if args.prices and not prices_path.is_file():
-        raise UsageError(f"--prices {prices_path}: no such file")
-    prices = load_prices(prices_path)
+    prices, prices_path = load_price_table(args.config_dir, args.prices)
     price = price_for(prices, args.model)
     if args.max_cost is not None and price is None:
         raise UsageError(f"--max-cost: model {args.model!r} has no price in {prices_path}; add it there or pass --prices")

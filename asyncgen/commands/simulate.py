@@ -44,7 +44,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     add("--api-key", default=None, help="require exactly this bearer key (default: any non-empty key)")
     add("--rpm", type=int, default=defaults.rpm, help=f"requests per minute (default: {defaults.rpm})")
     add("--tpm", type=int, default=defaults.tpm, help=f"tokens per minute (default: {defaults.tpm})")
-    add("--quota-exhausted", action="store_true", help="answer every chat request with 429 insufficient_quota")
+    add("--quota-exhausted", action="store_true", help="answer every chat request and batch creation with 429 insufficient_quota")
     add("--faults", default="", metavar="KIND=RATE,...",
         help=f"fault rates, any subset of: {', '.join(FAULT_KINDS)} (e.g. 500=0.05,reset=0.02); "
         "500/502/503/timeout/reset per request, the rest per answer")
@@ -61,6 +61,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
         help=f"simulated seconds per real second for batches (default: {defaults.batch_speed:g}; 86400 runs a 24 h window in 1 s)")
     add("--batch-seconds-per-request", type=float, default=defaults.batch_seconds_per_request,
         help=f"simulated seconds each batch request takes (default: {defaults.batch_seconds_per_request:g})")
+    add("--batch-state-dir", default=None, metavar="DIR",
+        help="keep files and batches in DIR across restarts, as a real API does (default: in memory only)")
     add("--imperfect-rate", type=float, default=defaults.imperfect_rate,
         help=f"share of pairs the model gets wrong (default: {defaults.imperfect_rate:g})")
     add("--imperfect-mix", default=None, metavar="KIND=WEIGHT,...",
@@ -90,6 +92,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         hang_s=args.hang_s,
         batch_speed=args.batch_speed,
         batch_seconds_per_request=args.batch_seconds_per_request,
+        batch_state_dir=args.batch_state_dir,
         imperfect_rate=args.imperfect_rate,
         prose_rate=args.prose_rate,
     )

@@ -313,6 +313,10 @@ async def file_content(request: web.Request) -> web.Response:
 
 async def create_batch(request: web.Request) -> web.Response:
     _, body = await _json_body(request)
+    sim = request.app[SIMULATOR]
+    if sim.config.quota_exhausted:
+        sim.stats.rate_limited["quota"] += 1
+        raise wire.ApiFailure(429, wire.INSUFFICIENT_QUOTA, "insufficient_quota", None, "insufficient_quota")
     return _json(request.app[SIMULATOR].batches.create(body))
 
 

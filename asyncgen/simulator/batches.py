@@ -8,6 +8,10 @@ simulated seconds; then each request takes ``batch_seconds_per_request`` in turn
 (in the output and error files) and put every unfinished request in the error file with
 ``batch_expired`` / ``batch_cancelled``; those count as failed in ``request_counts``.
 
+With ``batch_state_dir`` the files and batches persist there (``BatchStore``), and the clock goes on
+from where it was, at wall-clock speed times ``batch_speed``, so a restarted simulator is the
+same server: a client killed mid-batch finds its batches again.
+
 Request results are computed lazily, in input order, the first time a view needs them; they are
 deterministic (seeded by --seed and the input line), so they do not depend on when they are looked at.
 """
@@ -19,10 +23,12 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
 
 from asyncgen.simulator import chat, faults, wire
+from asyncgen.sink import atomic_write
 from asyncgen.simulator.composer import Player
 from asyncgen.simulator.settings import SimulatorConfig
 
@@ -36,12 +42,13 @@ CANCELLED_ERROR = {"code": "batch_cancelled", "message": "This request was not e
 
 
 class SimClock:
-    """Simulated unix time: starts at the real time and runs ``speed`` times faster."""
+    """Simulated unix time: starts at the real time (or ``epoch`` at real time ``start``) and runs
+    ``speed`` times faster."""
 
-    def __init__(self, speed: float, real_now=time.monotonic, epoch: float | None = None) -> None:
+    def __init__(self, speed: float, real_now=time.monotonic, epoch: float | None = None, start: float | None = None) -> None:
         self.speed = speed
         self._real_now = real_now
-        self._start = real_now()
+        self._start = real_now() if start is None else start
         self._epoch = time.time() if epoch is None else epoch
 
     def now(self) -> float:
@@ -269,15 +276,25 @@ class BatchService:
         self.player = player
         self.salt = salt
         self.fingerprint = fingerprint
-        self.clock = clock or SimClock(config.batch_speed)
         self.files: dict[str, StoredFile] = {}
         self.batches: dict[str, Batch] = {}  # in creation order
+        self.store = BatchStore(Path(config.batch_state_dir)) if config.batch_state_dir else None
+        if self.store is not None and clock is None:
+            clock = self.store.load(self) or SimClock(config.batch_speed, time.time)
+        self.clock = clock or SimClock(config.batch_speed)
 
     # Files
     def add_file(self, filename: str, purpose: str, data: bytes) -> StoredFile:
         stored = StoredFile(chat.new_id("file-", self.salt), filename, purpose, int(self.clock.now()), data)
+        if self.store is not None:
+            self.store.write_data(stored)
         self.files[stored.id] = stored
+        self._save()
         return stored
+
+    def _save(self) -> None:
+        if self.store is not None:
+            self.store.save(self)
 
     def file(self, file_id: str) -> StoredFile:
         stored = self.files.get(file_id)
@@ -310,6 +327,7 @@ class BatchService:
         lines, errors, model = parse_input(source.data, endpoint, self.config.batch_enqueued_token_limit)
         batch = Batch(chat.new_id("batch_", self.salt), source.id, endpoint, window, metadata, self.clock.now(), lines, errors, model)
         self.batches[batch.id] = batch
+        self._save()
         return self.view(batch)
 
     def get(self, batch_id: str) -> Batch:
@@ -324,6 +342,7 @@ class BatchService:
         status = status_at(self._timeline(batch), now)
         if status in ("validating", "in_progress"):
             batch.cancel_at = now
+            self._save()
         elif status not in ("cancelling", "cancelled"):
             raise wire.bad_request(f"Cannot cancel a batch with status '{status}'.", None, "invalid_value")
         return self.view(batch, now)
@@ -419,6 +438,7 @@ class BatchService:
             batch.output_file_id = self.add_file(f"{batch.id}_output.jsonl", "batch_output", output).id
         if errors:
             batch.error_file_id = self.add_file(f"{batch.id}_error.jsonl", "batch_output", errors).id
+        self._save()
 
 
 def _valid_metadata(metadata: object) -> bool:
@@ -427,3 +447,51 @@ def _valid_metadata(metadata: object) -> bool:
         and len(metadata) <= 16
         and all(isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512 for k, v in metadata.items())
     )
+
+
+class BatchStore:
+    """Files and batches on disk: ``state.json`` (replaced atomically) and ``files/<id>`` (the bytes).
+
+    A batch's requests and results are not stored: they are worked out again from its input file,
+    deterministically, so a reloaded batch answers as it would have.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.state = root / "state.json"
+        (root / "files").mkdir(parents=True, exist_ok=True)
+
+    def write_data(self, stored: StoredFile) -> None:
+        atomic_write(self.root / "files" / stored.id, stored.data)
+
+    def save(self, service: "BatchService") -> None:
+        state = {
+            "clock": {"wall": time.time(), "sim": service.clock.now()},
+            "files": [{"id": f.id, "filename": f.filename, "purpose": f.purpose, "created_at": f.created_at}
+                      for f in service.files.values()],
+            "batches": [{"id": b.id, "input_file_id": b.input_file_id, "endpoint": b.endpoint,
+                         "completion_window": b.completion_window, "metadata": b.metadata, "created_at": b.created_at,
+                         "cancel_at": b.cancel_at, "output_file_id": b.output_file_id,
+                         "error_file_id": b.error_file_id, "files_written": b.files_written}
+                        for b in service.batches.values()],
+        }
+        atomic_write(self.state, orjson.dumps(state))
+
+    def load(self, service: "BatchService") -> SimClock | None:
+        """Fill ``service`` from disk; the clock that goes on from the saved time (None: nothing saved)."""
+        if not self.state.is_file():
+            return None
+        state = orjson.loads(self.state.read_bytes())
+        for f in state["files"]:
+            data = (self.root / "files" / f["id"]).read_bytes()
+            service.files[f["id"]] = StoredFile(f["id"], f["filename"], f["purpose"], f["created_at"], data)
+        for b in state["batches"]:
+            lines, errors, model = parse_input(service.files[b["input_file_id"]].data, b["endpoint"],
+                                               service.config.batch_enqueued_token_limit)
+            service.batches[b["id"]] = Batch(
+                b["id"], b["input_file_id"], b["endpoint"], b["completion_window"], b["metadata"], b["created_at"],
+                lines, errors, model, cancel_at=b["cancel_at"], output_file_id=b["output_file_id"],
+                error_file_id=b["error_file_id"], files_written=b["files_written"],
+            )
+        clock = state["clock"]
+        return SimClock(service.config.batch_speed, time.time, epoch=clock["sim"], start=clock["wall"])

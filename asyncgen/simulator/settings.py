@@ -70,6 +70,8 @@ class SimulatorConfig:
     batch_finalize_s: float = 30.0
     batch_cancel_s: float = 30.0
     batch_enqueued_token_limit: int | None = None
+    # Where files and batches are kept across restarts (a real API keeps them server-side); None: memory only.
+    batch_state_dir: str | None = None
     # The model player: share of pairs made imperfect on purpose, the mix of kinds among them, and
     # the share of answers wrapped in prose ("Here are the pairs: ..."). Some of the lexicon's short
     # fillers are several tokens under some tokenizer anyway (refusal: about 21 % of perfect pairs fail

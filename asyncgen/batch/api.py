@@ -1,0 +1,75 @@
+"""The Files and Batch API calls ``asyncgen batch`` makes, through the openai SDK, with its errors
+turned into one line each: a refused key or an exhausted quota is an ``ApiError`` (exit 1), an
+unreachable API a ``RunError``; neither touches the batch directory's state."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import openai
+
+from asyncgen.errors import ApiError, RunError, redact
+
+LIST_PAGE = 100
+# A batch created by a killed submit is found by its metadata among the batches created since its
+# intent was written, less this much for clocks that disagree.
+CLOCK_SLACK_S = 600
+
+
+class BatchApi:
+    def __init__(self, client: openai.AsyncOpenAI, api_key: str | None, where: str) -> None:
+        self.client, self.api_key, self.where = client, api_key, where
+
+    @contextlib.contextmanager
+    def _call(self, what: str):
+        try:
+            yield
+        except openai.APIStatusError as exc:
+            code = getattr(exc, "code", None)
+            body = exc.body if isinstance(exc.body, dict) else {}
+            message = body.get("message") or exc.message
+            if exc.status_code in (401, 403):
+                hint = "check OPENAI_API_KEY (or --base-url)"
+            elif code == "insufficient_quota":
+                hint = "add credit or raise the project's quota"
+            else:
+                hint = "see the message; the batch directory is unchanged"
+            raise ApiError(redact(f"{what} at {self.where} refused ({exc.status_code}{' ' + code if code else ''}): "
+                                  f"{message}; {hint}, then run the same command again", self.api_key)) from exc
+        except openai.APIConnectionError as exc:
+            raise RunError(redact(f"{what}: cannot reach {self.where} ({exc.message}); the batch directory is "
+                                  "unchanged: run the same command again when it is reachable", self.api_key)) from exc
+
+    async def upload(self, path: Path) -> str:
+        with self._call(f"uploading {path.name}"):
+            stored = await self.client.files.create(file=(path.name, path.read_bytes()), purpose="batch")
+        return stored.id
+
+    async def create(self, file_id: str, metadata: dict) -> dict:
+        with self._call("creating a batch"):
+            batch = await self.client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                                                     completion_window="24h", metadata=metadata)
+        return batch.model_dump()
+
+    async def retrieve(self, batch_id: str) -> dict:
+        with self._call(f"looking up batch {batch_id}"):
+            return (await self.client.batches.retrieve(batch_id)).model_dump()
+
+    async def cancel(self, batch_id: str) -> dict:
+        with self._call(f"cancelling batch {batch_id}"):
+            return (await self.client.batches.cancel(batch_id)).model_dump()
+
+    async def find(self, token: str, since: float) -> dict | None:
+        """The batch whose metadata carries ``token``, among those created since ``since`` (newest first)."""
+        with self._call("listing batches"):
+            async for batch in self.client.batches.list(limit=LIST_PAGE):
+                if (batch.metadata or {}).get("asyncgen_token") == token:
+                    return batch.model_dump()
+                if batch.created_at < since - CLOCK_SLACK_S:
+                    return None
+        return None
+
+    async def content(self, file_id: str) -> bytes:
+        with self._call(f"downloading file {file_id}"):
+            return (await self.client.files.content(file_id)).content

@@ -1,0 +1,162 @@
+"""The state of a batch directory: one ``manifest.json``, replaced atomically after every change.
+
+It records the setup (task, model, tokenizers), where the batches went, every request file and
+what became of it (``Entry``: submitted? which batch? downloaded? processed?), the processing
+counters, the spares file, and the marker of a processing pass in progress. Whatever is killed
+when, the manifest plus the API's own state (batches listed by their metadata) say what to do next.
+
+Layout of a batch directory::
+
+    manifest.json          this state
+    requests/*.jsonl       request files written by create/topup (OpenAI batch input format)
+    results/*.jsonl        output and error files downloaded
+    spares-N.jsonl         valid pairs beyond the target, used first by the next process
+    simulator/             the offline simulator's files and batches (offline default only)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import orjson
+
+from asyncgen.errors import UsageError
+from asyncgen.sink import atomic_write
+
+MANIFEST = "manifest.json"
+VERSION = 1
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+
+
+@dataclass
+class Entry:
+    """One request file and the batch that runs it (or, ``source="results"``, a result file given to
+    ``process --results``)."""
+
+    name: str  # file name under requests/ (or the results path)
+    round: int
+    requests: int
+    worst_cost_usd: float | None = None
+    source: str = "api"  # "api" or "results"
+    state: str = "created"  # created -> submitting -> submitted; "abandoned" when failed validation
+    token: str | None = None  # written before the batch is created; sent as its metadata
+    intent_at: float | None = None
+    file_id: str | None = None
+    batch_id: str | None = None
+    status: str | None = None  # the API's status of the batch
+    created_at: float | None = None  # the API's clock
+    submitted_at: float | None = None  # this machine's clock (ages are shown from it)
+    request_counts: dict = field(default_factory=dict)
+    usage: dict = field(default_factory=dict)  # {"input": n, "output": n} as the API reports it
+    errors: list = field(default_factory=list)  # validation errors: [{"line", "code", "message"}]
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    output_path: str | None = None  # downloaded, relative to the batch dir
+    error_path: str | None = None
+    downloaded: bool = False
+    processed: bool = False
+    resubmitted: bool = False  # its unfinished requests went into a later file
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+@dataclass
+class Manifest:
+    task: str
+    model: str
+    fingerprint: dict
+    target: int
+    output: str
+    endpoint: dict | None = None  # {"mode": "simulator" | "openai" | "custom", "base_url": ...}
+    next_request: int = 0  # numbers custom_ids and seeds across rounds
+    rounds: int = 0
+    entries: list[Entry] = field(default_factory=list)
+    spares_file: str | None = None
+    spares: int = 0
+    totals: dict = field(default_factory=dict)  # processing counters, summed over passes
+    processing: dict | None = None  # {"entries": [...], "sink_before": n, "spares_file": ...}
+    version: int = VERSION
+    created: float = field(default_factory=time.time)
+
+    # -- I/O -----------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, directory: Path) -> "Manifest | None":
+        path = directory / MANIFEST
+        try:
+            data = orjson.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise UsageError(f"{path}: cannot read it ({exc}); restore it or use another --dir") from exc
+        if not isinstance(data, dict) or data.get("version") != VERSION:
+            raise UsageError(f"{path}: not a version {VERSION} batch manifest; use another --dir")
+        known = {f.name for f in fields(Entry)}
+        data["entries"] = [Entry(**{k: v for k, v in e.items() if k in known}) for e in data.get("entries", [])]
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def save(self, directory: Path) -> None:
+        atomic_write(directory / MANIFEST, orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2))
+
+    # -- questions -----------------------------------------------------------------------------
+
+    def entry(self, name: str) -> Entry:
+        return next(e for e in self.entries if e.name == name)
+
+    def in_flight(self) -> list[Entry]:
+        """Entries sent (or being sent) whose batch has not ended."""
+        return [e for e in self.entries if e.source == "api" and e.state in ("submitting", "submitted") and not e.terminal]
+
+    def unsubmitted(self) -> list[Entry]:
+        return [e for e in self.entries if e.source == "api" and e.state in ("created", "submitting") and e.batch_id is None]
+
+    def cost(self, batch_cost) -> tuple[float | None, float | None]:
+        """(batch-price USD, real-time USD) of the usage recorded so far; ``batch_cost(input, output)``
+        returns both. Each entry's usage is a value set from the API, never added to: no double count."""
+        total_batch, total_real = 0.0, 0.0
+        for entry in self.entries:
+            if not entry.usage:
+                continue
+            at_batch, at_real = batch_cost(entry.usage.get("input", 0), entry.usage.get("output", 0))
+            total_batch = None if at_batch is None or total_batch is None else total_batch + at_batch
+            total_real = None if at_real is None or total_real is None else total_real + at_real
+        return total_batch, total_real
+
+    def committed_worst_cost(self, batch_cost) -> float | None:
+        """What the dataset may cost at most from what is already submitted: the usage of finished
+        batches plus the worst case of batches not finished (or files not yet sent)."""
+        spent, _ = self.cost(batch_cost)
+        if spent is None:
+            return None
+        for entry in self.entries:
+            if entry.source == "api" and not entry.terminal and entry.state != "abandoned":
+                if entry.worst_cost_usd is None:
+                    return None
+                spent += entry.worst_cost_usd
+        return spent
+
+    def yield_per_request(self) -> float | None:
+        """Valid new pairs per answered request, measured over every processing pass; None before any."""
+        answered = self.totals.get("requests_ok", 0)
+        return self.totals.get("useful", 0) / answered if answered else None
+
+
+def check_setup(manifest: Manifest, task: str, model: str | None, fingerprint: dict | None, force: bool, directory: Path) -> None:
+    """Refuse a batch dir made for another task, model or tokenizer set, unless ``force``."""
+    differences = []
+    if task != manifest.task:
+        differences.append(f"task {manifest.task!r} there, {task!r} now")
+    if model is not None and model != manifest.model:
+        differences.append(f"model {manifest.model!r} there, {model!r} now")
+    if fingerprint is not None and fingerprint != manifest.fingerprint and task == manifest.task:
+        differences.append("templates or tokenizers differ")
+    if differences and not force:
+        raise UsageError(
+            f"--dir {directory} holds batches of another setup ({'; '.join(differences)}); "
+            "use another --dir, or pass --force to use it anyway"
+        )

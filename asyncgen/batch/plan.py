@@ -1,0 +1,120 @@
+"""Planning a round of batch requests: how many, in which files, at what cost. Pure functions.
+
+A round asks for ``deficit`` more scenarios: ``ceil(deficit x MARGIN / yield)`` requests, the yield
+being the valid new pairs per request measured by earlier rounds in the same directory, else the
+task's prior (half of ``batch_size``, as ``run`` assumes before its first answer). Requests are
+split into ``num_batches`` files, more if a file would pass the Batch API's limits.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+import orjson
+
+from asyncgen.config import Task
+from asyncgen.prices import Price, batch_cost_usd
+from asyncgen.prompting import (
+    AVOID_SAMPLE,
+    GenerationSettings,
+    estimate_prompt_tokens,
+    max_output_tokens,
+    request_body,
+    worst_case_prompt_tokens,
+)
+
+MAX_REQUESTS_PER_FILE = 50_000  # the Batch API's limits per input file
+MAX_BYTES_PER_FILE = 200 * 1024 * 1024
+PRIOR_YIELD_SHARE = 0.5  # as run's pipeline: before anything is measured, half of a request's pairs
+MARGIN = 1.1  # 10 % more requests than the expected yield needs: a top-up round costs a day
+ENDPOINT = "/v1/chat/completions"
+
+
+@dataclass(frozen=True)
+class Plan:
+    files: list[list[bytes]]  # JSONL lines per file
+    requests: int  # lines in all files
+    new_requests: int  # of which new (the rest resubmitted)
+    expected_tokens: tuple[float, float]  # input, output over all requests
+    worst_cost_usd: float | None
+    capped_by_budget: bool
+
+
+def prior_yield(task: Task) -> float:
+    return PRIOR_YIELD_SHARE * task.batch_size
+
+
+def requests_needed(deficit: int, yield_per_request: float) -> int:
+    if deficit <= 0:
+        return 0
+    return max(1, math.ceil(deficit * MARGIN / max(yield_per_request, 0.01) - 1e-9))
+
+
+def request_cost_bound(task: Task, price: Price | None) -> float | None:
+    """Worst-case batch USD of one request: the output cap is exact; the chars/4 prompt estimate gets
+    a 50 % margin for text that tokenizes worse than English (as run's bound, at batch prices)."""
+    return batch_cost_usd(price, 1.5 * worst_case_prompt_tokens(task), max_output_tokens(task))
+
+
+def custom_id(number: int) -> str:
+    return f"asyncgen-{number:07d}"
+
+
+def request_line(task: Task, settings: GenerationSettings, number: int, avoid_pool: Sequence[str]) -> bytes:
+    """One batch input line; its avoid list is a sample of ``avoid_pool`` seeded by its number."""
+    avoid = random.Random(number).sample(list(avoid_pool), min(AVOID_SAMPLE, len(avoid_pool)))
+    body = request_body(task, settings, avoid, number)
+    return orjson.dumps({"custom_id": custom_id(number), "method": "POST", "url": ENDPOINT, "body": body}) + b"\n"
+
+
+def split(lines: list[bytes], num_batches: int) -> list[list[bytes]]:
+    """``lines`` in ``num_batches`` files of near-equal size, more if one would pass the limits."""
+    if not lines:
+        return []
+    files = max(1, min(num_batches, len(lines)), math.ceil(len(lines) / MAX_REQUESTS_PER_FILE),
+                math.ceil(sum(map(len, lines)) / MAX_BYTES_PER_FILE))
+    while True:
+        size = math.ceil(len(lines) / files)
+        chunks = [lines[i : i + size] for i in range(0, len(lines), size)]
+        if all(sum(map(len, c)) <= MAX_BYTES_PER_FILE for c in chunks):
+            return chunks
+        files += 1
+
+
+def affordable(needed: int, bound: float | None, budget_left: float | None) -> tuple[int, bool]:
+    """How many of ``needed`` requests fit ``budget_left`` USD at worst ``bound`` each; and whether capped."""
+    if budget_left is None or not bound:
+        return needed, False
+    fits = max(0, int(budget_left / bound + 1e-9))
+    return min(needed, fits), fits < needed
+
+
+def plan_round(
+    task: Task,
+    settings: GenerationSettings,
+    price: Price | None,
+    *,
+    count: int,
+    first_number: int,
+    num_batches: int,
+    avoid_pool: Sequence[str] = (),
+    resubmit: Sequence[bytes] = (),
+    measured_tokens: tuple[float, float] | None = None,
+    capped_by_budget: bool = False,
+) -> Plan:
+    """A round of ``resubmit`` lines (first, as they are) and ``count`` new requests numbered from
+    ``first_number``, in files. Expected tokens: ``measured_tokens`` per request (means of earlier
+    rounds) when given, else the prompt estimate and the output cap."""
+    new = [request_line(task, settings, first_number + i, avoid_pool) for i in range(count)]
+    lines = list(resubmit) + new
+    if measured_tokens:
+        expected = (len(lines) * measured_tokens[0], len(lines) * measured_tokens[1])
+    else:
+        prompt = sum(estimate_prompt_tokens(orjson.loads(line)["body"]["messages"]) for line in lines)
+        expected = (prompt, len(lines) * max_output_tokens(task))
+    bound = request_cost_bound(task, price)
+    return Plan(split(lines, num_batches), len(lines), count, expected,
+                None if bound is None else bound * len(lines), capped_by_budget)

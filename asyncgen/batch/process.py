@@ -1,0 +1,198 @@
+"""Processing batch results into the dataset, through the same acceptance path as ``run``.
+
+``read_results`` (pure) reads OpenAI batch-format output and error lines: candidate pairs from
+each answered request, and what went wrong otherwise, counted by cause (error lines by code or
+status, bad answers by kind: refusal, length, bad_json, ...). Nothing in a result file is fatal.
+
+``process_pass`` runs one pass: spares first, then the result files of the given entries, through
+``Acceptance.fresh`` -> the validator pool -> ``Acceptance.take``; valid pairs beyond the target
+become the new spares file. Kill-safety: before the first append the pass writes a marker into the
+manifest (the entries, the spares file it reads, the sink's count); a pass killed midway is
+replayed from the same inputs on the next start: what it had appended is found as duplicates and
+counted back as accepted (the sink grew by exactly that many), so neither the dataset nor the
+counters change twice. The new spares file is written before the manifest that names it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import orjson
+
+from asyncgen.acceptance import Acceptance
+from asyncgen.annotations import Sidecar
+from asyncgen.batch.manifest import Manifest
+from asyncgen.config import Task
+from asyncgen.prompting import parse_answer
+from asyncgen.sink import ScenarioSink, atomic_write
+from asyncgen.stats import RunStats
+from asyncgen.validate import PairValidator, Verdict
+
+log = logging.getLogger("asyncgen.batch")
+VALIDATION_CHUNK = 256
+
+
+@dataclass
+class ResultRead:
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    requests_ok: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    errors: Counter = field(default_factory=Counter)  # failed request lines, by cause
+    answer_failures: Counter = field(default_factory=Counter)  # answered, but no usable pairs: by kind
+
+    def add(self, other: "ResultRead") -> None:
+        self.pairs += other.pairs
+        self.requests_ok += other.requests_ok
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.errors.update(other.errors)
+        self.answer_failures.update(other.answer_failures)
+
+
+def read_results(data: bytes) -> ResultRead:
+    """Candidate pairs and counters from batch output or error file bytes (lines in any order)."""
+    read = ResultRead()
+    for raw in data.splitlines():
+        if not raw.strip():
+            continue
+        try:
+            line = orjson.loads(raw)
+            response, error = line.get("response"), line.get("error")
+        except (orjson.JSONDecodeError, AttributeError):
+            read.errors["malformed result line"] += 1
+            continue
+        if error:
+            read.errors[str(error.get("code") or "error") if isinstance(error, dict) else "error"] += 1
+            continue
+        if not isinstance(response, dict):
+            read.errors["malformed result line"] += 1
+            continue
+        status, body = response.get("status_code"), response.get("body")
+        if status != 200:
+            detail = body.get("error") if isinstance(body, dict) else None
+            code = (detail.get("code") or detail.get("type")) if isinstance(detail, dict) else None
+            read.errors[f"HTTP {status}" + (f" {code}" if code else "")] += 1
+            continue
+        try:
+            usage = body.get("usage") or {}
+            read.input_tokens += int(usage.get("prompt_tokens", 0))
+            read.output_tokens += int(usage.get("completion_tokens", 0))
+            answers = [(c["message"].get("content"), c.get("finish_reason"), c["message"].get("refusal"))
+                       for c in body["choices"]]
+        except (AttributeError, KeyError, TypeError, ValueError):
+            read.requests_ok += 1
+            read.answer_failures["bad_shape"] += 1
+            continue
+        read.requests_ok += 1
+        for content, finish_reason, refusal in answers:
+            answer = parse_answer(content, finish_reason, refusal)
+            if answer.failure:
+                read.answer_failures[answer.failure] += 1
+            read.pairs.extend(answer.pairs)
+    return read
+
+
+def read_spares(path: Path | None) -> list[tuple[str, str]]:
+    if path is None or not path.is_file():
+        return []
+    pairs = []
+    for raw in path.read_bytes().splitlines():
+        if raw.strip():
+            record = orjson.loads(raw)
+            pairs.append((record["prompt"], record["counterfactual"]))
+    return pairs
+
+
+def validate_all(validator: PairValidator, pairs: list[tuple[str, str]], progress: Callable[[int, int], None]) -> list[Verdict]:
+    """Verdicts in input order, through the pool in chunks (inline when it has no workers)."""
+    chunks = [pairs[i : i + VALIDATION_CHUNK] for i in range(0, len(pairs), VALIDATION_CHUNK)]
+    verdicts: list[Verdict] = []
+    if validator.workers > 0:
+        futures = [validator.submit(chunk) for chunk in chunks]
+        for future in futures:
+            verdicts += future.result()
+            progress(len(verdicts), len(pairs))
+    else:
+        for chunk in chunks:
+            verdicts += validator.validate(chunk)
+            progress(len(verdicts), len(pairs))
+    return verdicts
+
+
+@dataclass
+class PassReport:
+    read: ResultRead
+    stats: RunStats
+    accepted: int
+    spares: int
+    replayed: bool
+
+
+def process_pass(
+    directory: Path,
+    manifest: Manifest,
+    task: Task,
+    sink: ScenarioSink,
+    validator: PairValidator,
+    entries: list[str],
+    files_of: Callable[[str], list[Path]],
+    run_state: dict | None = None,
+    progress: Callable[[int, int], None] = lambda done, total: None,
+    annotations: Sidecar | None = None,
+) -> PassReport:
+    """Process the result files of ``entries`` (names in the manifest) and the spares, up to the
+    manifest's target; ``run_state`` goes into the sink's checkpoint. See the module."""
+    stats = RunStats(target=manifest.target, accepted=sink.count)
+    acceptance = Acceptance(task, sink, stats, annotations)
+    replayed = manifest.processing is not None
+    if replayed:
+        marker = manifest.processing
+        entries = marker["entries"]
+        log.info("replaying a processing pass that was cut short (%d result files)", len(entries))
+    else:
+        marker = {"entries": entries, "sink_before": sink.count, "spares_file": manifest.spares_file}
+        manifest.processing = marker
+        manifest.save(directory)
+    spares_in = read_spares(directory / marker["spares_file"] if marker["spares_file"] else None)
+    read = ResultRead(pairs=list(spares_in))
+    for name in entries:
+        for path in files_of(name):
+            read.add(read_results(path.read_bytes()))
+    fresh = acceptance.fresh(read.pairs)
+    taken = acceptance.take(validate_all(validator, fresh, progress))
+    already = sink.count - len(taken.accepted) - marker["sink_before"]  # appended by the pass that was cut short
+    if already > 0:
+        stats.duplicates -= already
+        stats.accepted_this_run += already
+    accepted = len(taken.accepted) + max(0, already)
+
+    generation = int(manifest.totals.get("passes", 0)) + 1
+    spares_name = f"spares-{generation}.jsonl" if taken.surplus else None
+    if spares_name:
+        atomic_write(directory / spares_name, b"".join(
+            orjson.dumps({"prompt": v.prompt, "counterfactual": v.counterfactual}) + b"\n" for v in taken.surplus))
+    sink.sync(run_state)
+
+    totals = manifest.totals
+    for key, value in (("passes", 1), ("accepted", accepted), ("requests_ok", read.requests_ok),
+                       ("candidates", len(read.pairs) - len(spares_in)), ("rejected", stats.rejected),
+                       ("duplicates", stats.duplicates),
+                       ("useful", max(0, accepted + len(taken.surplus) - len(spares_in))),
+                       ("input_tokens", read.input_tokens), ("output_tokens", read.output_tokens)):
+        totals[key] = totals.get(key, 0) + value
+    for key, counter in (("errors", read.errors), ("answer_failures", read.answer_failures), ("rejections", stats.rejections)):
+        totals[key] = dict(Counter(totals.get(key, {})) + counter)
+    for name in entries:
+        manifest.entry(name).processed = True
+    old_spares = marker["spares_file"]
+    manifest.spares_file, manifest.spares = spares_name, len(taken.surplus)
+    manifest.processing = None
+    manifest.save(directory)
+    if old_spares and old_spares != spares_name:
+        (directory / old_spares).unlink(missing_ok=True)
+    return PassReport(read, stats, accepted, len(taken.surplus), replayed)

@@ -1,0 +1,703 @@
+"""``asyncgen batch SUBCOMMAND``: the Batch API workflow, at batch prices (half of real time).
+
+create, submit, status, download, cancel and process are the seed's five scripts (plus cancel);
+topup plans a follow-up round for a deficit; run does all of it, polling, until the dataset holds
+exactly N scenarios. State: one manifest in --dir (see asyncgen/batch/manifest.py); the dataset
+keeps its own checkpoint, as with ``run``. Where requests go: as ``run`` (--base-url, else the
+OpenAI API with OPENAI_API_KEY, else the built-in simulator, whose files and batches live in
+--dir/simulator so that a killed offline run resumes); after the first submit, wherever the
+batch directory's batches went.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import orjson
+
+from asyncgen.batch import lifecycle, plan
+from asyncgen.batch.manifest import Entry, Manifest, check_setup
+from asyncgen.commands._shared import add_tokenizer_flags, load_price_table, load_task_and_tokenizers
+from asyncgen.commands.argtypes import base_url, non_negative_float, non_negative_int, positive_float, positive_int
+from asyncgen.commands.run import OFFLINE_KEY, _endpoint
+from asyncgen.errors import RunError, UsageError
+from asyncgen.eventloop import LOOPBACK_HOSTS, run_event_loop
+from asyncgen.prices import batch_cost_usd, cost_usd, price_for
+from asyncgen.progress import _duration, _money
+from asyncgen.prompting import AVOID_POOL, GenerationSettings, response_format_for
+from asyncgen.scenario import LINES_PER_SCENARIO
+from asyncgen.sink import atomic_write, default_checkpoint_path, fingerprint_of
+from asyncgen.tokenizers import resolve_specs
+
+log = logging.getLogger("asyncgen.batch")
+# The offline simulator's batch clock: 600 simulated seconds per real second (24 h in 2.4 min),
+# so a round of a few hundred requests ends within a second or two.
+OFFLINE_BATCH_SPEED = 600.0
+POLL_SECONDS = {"simulator": 0.25, "custom": 10.0, "openai": 60.0}
+SHOWN_ERRORS = 10
+
+
+# --- flags ------------------------------------------------------------------------------------
+
+
+def register(subparsers, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "batch", parents=[common], help="the Batch API workflow: half the price of run, resumable",
+        description="Generate a dataset through the Batch API (50% cheaper than real time, up to 24 h per "
+        "batch). `batch run` does everything; the other subcommands are its steps, one per script of the "
+        "seed's batch workflow. State lives in --dir; every step can be killed and run again.",
+    )
+    sub = parser.add_subparsers(dest="batch_command", metavar="SUBCOMMAND", required=True)
+
+    def add(name: str, help_text: str, description: str, handler) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=description)
+        p.add_argument("--dir", default="batches", help="batch directory: manifest, request and result files (default: batches)")
+        p.set_defaults(handler=handler)
+        return p
+
+    create = add("create", "write the request files for a dataset and print the plan", "Write request JSONL "
+                 "files (custom_id, method, url, body) for as many requests as the expected yield needs, and print "
+                 "the plan with its worst-case and expected cost at batch prices. Nothing is sent.", cmd_create)
+    _setup_flags(create)
+    create.add_argument("--num-scenarios", type=positive_int, default=1500, help="scenarios the dataset must hold (default: 1500)")
+    _plan_flags(create)
+    _dataset_flags(create)
+
+    submit = add("submit", "upload the request files and create their batches", "Upload every request file "
+                 "not yet sent and create its batch. Killed and run again, it never submits a file twice.", cmd_submit)
+    _endpoint_flags(submit)
+
+    status = add("status", "show each batch's status, request counts, age and cost", "Ask the API about every "
+                 "batch that has not ended and print a table, with the cost so far at batch prices next to what "
+                 "the same tokens cost in real time. Validation errors are listed.", cmd_status)
+    _endpoint_flags(status)
+    status.add_argument("--watch", action="store_true", help="refresh until every batch has ended (Ctrl-C stops watching, not the batches)")
+    status.add_argument("--poll-seconds", type=positive_float, default=None, help="seconds between refreshes with --watch (default: 60 for OpenAI, 0.25 offline)")
+
+    download = add("download", "download the output and error files of ended batches", "Fetch the output and "
+                   "error files of every batch that has ended into --dir/results/.", cmd_download)
+    _endpoint_flags(download)
+
+    cancel = add("cancel", "cancel batches that have not ended", "Cancel the batches given (default: every batch "
+                 "not ended). What finished is kept; a later topup or run resubmits only what did not run.", cmd_cancel)
+    _endpoint_flags(cancel)
+    cancel.add_argument("batch_ids", nargs="*", metavar="BATCH_ID", help="batches to cancel (default: all that have not ended)")
+
+    process = add("process", "validate downloaded results into the dataset", "Run every downloaded result line "
+                  "through the validator pool, dedup and the checkpointed sink, exactly as run accepts scenarios, "
+                  "until the dataset holds --target-scenarios. Valid pairs beyond it are kept in --dir as spares, "
+                  "used first next time.", cmd_process)
+    _setup_flags(process)
+    process.add_argument("--target-scenarios", type=positive_int, default=None, help="scenarios the dataset must hold (default: the batch directory's target)")
+    process.add_argument("--results", nargs="+", default=None, metavar="FILE", help="process these OpenAI batch-format output files instead (e.g. from vLLM's run-batch); each file is processed once")
+    _dataset_flags(process)
+    _validator_flags(process)
+
+    topup = add("topup", "write a follow-up round of requests for the deficit", "When processing ended short of "
+                "the target: write request files for the deficit only, sized by the yield measured so far; "
+                "unfinished requests of expired or cancelled batches go first.", cmd_topup)
+    _setup_flags(topup)
+    _plan_flags(topup)
+    _dataset_flags(topup)
+
+    run = add("run", "all of the above, polling, until the dataset holds exactly N", "Create, submit, poll, "
+              "download, process and top up until --output holds exactly --num-scenarios. Killed at any moment "
+              "and started again, it resumes: nothing is submitted, processed or paid for twice.", cmd_run)
+    _setup_flags(run)
+    run.add_argument("--num-scenarios", type=positive_int, default=None, help="scenarios the dataset must hold (default: the batch directory's target, else 1500)")
+    run.add_argument("--poll-seconds", type=positive_float, default=None, help="seconds between status checks (default: 60 for OpenAI, 10 for --base-url, 0.25 offline)")
+    _plan_flags(run)
+    _dataset_flags(run)
+    _validator_flags(run)
+    _endpoint_flags(run)
+
+
+def _setup_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default=None, help="task name or path to a task YAML (default: the batch directory's task, else refusal)")
+    p.add_argument("--config-dir", default=None, help="folder holding tasks/*.yaml and prices.yaml (default: the configs shipped with asyncgen)")
+    p.add_argument("--model", default=None, help="model of the requests (default: the batch directory's model, else gpt-4o)")
+    p.add_argument("--prices", default=None, help="price table YAML (default: <config-dir>/prices.yaml)")
+    p.add_argument("--force", action="store_true", help="use a batch directory or dataset made for another task, model or tokenizer set")
+    add_tokenizer_flags(p)
+
+
+def _plan_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-batches", type=positive_int, default=1, help="request files (batches) to split a round into (default: 1; more when a file would pass 50,000 requests or 200 MB)")
+    p.add_argument("--max-cost", type=non_negative_float, default=None, help="USD budget at batch prices for everything in --dir: no batch is planned whose worst case could cross it")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    p.add_argument("--seed", type=int, default=None, help="base seed sent with requests (request i gets seed+i); also seeds the offline simulator")
+    p.add_argument("--response-format", choices=("auto", "json_schema", "json_object"), default="auto", help="structured output: strict json_schema where the model supports it, else json_object (default: auto)")
+
+
+def _dataset_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", default=None, help="the dataset JSONL (default: the batch directory's, else dataset.jsonl)")
+    p.add_argument("--checkpoint", default=None, help="the dataset's checkpoint (default: beside it, DATASET.checkpoint.json)")
+    p.add_argument("--annotate", action=argparse.BooleanOptionalAction, default=True, help="keep the token annotations sidecar DATASET.tokens.jsonl in step with the dataset (default: on)")
+
+
+def _validator_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--validator-workers", type=non_negative_int, default=0, help="validator processes (default: 0, validate in this process: results come all at once, and the tokenizers are loaded here already, so a pool pays off only for tens of thousands of pairs)")
+
+
+def _endpoint_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base-url", type=base_url, default=os.environ.get("OPENAI_BASE_URL") or None, help="OpenAI-compatible API base URL for the first submit (default: $OPENAI_BASE_URL, else the OpenAI API if OPENAI_API_KEY is set, else the offline simulator); later steps go where the batches went")
+
+
+# --- set-up shared by the subcommands ---------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    directory: Path
+    manifest: Manifest | None
+    task: object = None
+    specs: list | None = None
+    tokenizers: list | None = None
+    model: str = "gpt-4o"
+    price: object = None
+    fingerprint: dict | None = None
+
+    def costs(self, input_tokens: float, output_tokens: float) -> tuple[float | None, float | None]:
+        return batch_cost_usd(self.price, input_tokens, output_tokens), cost_usd(self.price, input_tokens, output_tokens)
+
+
+def _directory(args) -> Path:
+    directory = Path(args.dir)
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"--dir {directory} is a file; give a folder")
+    return directory
+
+
+def _manifest_or_fail(directory: Path) -> Manifest:
+    manifest = Manifest.load(directory)
+    if manifest is None:
+        raise UsageError(f"--dir {directory} holds no batch manifest; start with `asyncgen batch create` or `batch run`")
+    return manifest
+
+
+def _setup(args, *, load_tokenizers: bool) -> Setup:
+    """The batch directory, its manifest (None if new), the task and price; refuses another setup."""
+    directory = _directory(args)
+    manifest = Manifest.load(directory)
+    task_name = args.task or (manifest.task if manifest else "refusal")
+    model = args.model or (manifest.model if manifest else "gpt-4o")
+    if load_tokenizers:
+        task, specs, tokenizers = load_task_and_tokenizers(task_name, args.config_dir, args.tokenizer, args.cache_dir)
+    else:
+        from asyncgen.config import load_task
+
+        task = load_task(task_name, args.config_dir)
+        specs, tokenizers = resolve_specs(task.tokenizers, args.tokenizer), None
+    fingerprint = orjson.loads(orjson.dumps(fingerprint_of(task, [str(spec) for spec in specs])))
+    if manifest is not None:
+        check_setup(manifest, task_name, model, fingerprint, args.force, directory)
+    prices, prices_path = load_price_table(args.config_dir, args.prices)
+    price = price_for(prices, model)
+    if getattr(args, "max_cost", None) is not None and price is None:
+        raise UsageError(f"--max-cost: model {model!r} has no price in {prices_path}; add it there or pass --prices")
+    return Setup(directory, manifest, task, specs, tokenizers, model, price, fingerprint)
+
+
+def _price_only(args, manifest: Manifest) -> Setup:
+    prices, _ = load_price_table(getattr(args, "config_dir", None), getattr(args, "prices", None))
+    return Setup(Path(args.dir), manifest, model=manifest.model, price=price_for(prices, manifest.model))
+
+
+def _dataset(output: str) -> tuple[int, list[str]]:
+    """Scenarios in the dataset (whole groups) and its most recent prompts, for the avoid lists."""
+    path = Path(output)
+    if not path.is_file():
+        return 0, []
+    lines = path.read_bytes().splitlines()
+    prompts = []
+    for raw in lines[2::LINES_PER_SCENARIO][-AVOID_POOL:]:
+        with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):
+            prompts.append(orjson.loads(raw)["text"])
+    return len(lines) // LINES_PER_SCENARIO, prompts
+
+
+# --- endpoint and client ----------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _api(args, directory: Path, manifest: Manifest):
+    """A ``BatchApi`` for the batch directory's endpoint (the first submit records it)."""
+    import httpx
+    import openai
+
+    from asyncgen.batch.api import BatchApi
+
+    if manifest.endpoint is None:
+        mode, base_url, _ = _endpoint(args)
+        # The offline simulator works batches out from its seed: it must stay the same across restarts.
+        manifest.endpoint = {"mode": mode, "base_url": base_url, "seed": getattr(args, "seed", None) or 0}
+        manifest.save(directory)
+    mode, base_url = manifest.endpoint["mode"], manifest.endpoint["base_url"]
+    api_key = os.environ.get("OPENAI_API_KEY") or None
+    if mode == "openai" and not api_key:
+        raise UsageError(f"the batches in {directory} went to the OpenAI API: set OPENAI_API_KEY")
+    if mode == "custom":
+        api_key = api_key or "sk-no-key-needed"
+    async with contextlib.AsyncExitStack() as stack:
+        if mode == "simulator":
+            from asyncgen.simulator import SimulatorConfig, running_simulator
+
+            api_key = OFFLINE_KEY
+            simulator = await stack.enter_async_context(running_simulator(SimulatorConfig(
+                task=manifest.task, config_dir=getattr(args, "config_dir", None), seed=manifest.endpoint.get("seed", 0),
+                rpm=None, tpm=None, batch_speed=OFFLINE_BATCH_SPEED, batch_state_dir=str(directory / "simulator"),
+            )))
+            base_url = simulator.base_url
+            log.info("offline: batches go to asyncgen's built-in simulator (state in %s); its pairs come from the "
+                     "task's lexicon, not a model", directory / "simulator")
+        loopback = base_url is not None and urlsplit(base_url).hostname in LOOPBACK_HOSTS
+        client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=2,
+                                    http_client=httpx.AsyncClient(trust_env=not loopback, timeout=httpx.Timeout(120, connect=10)))
+        stack.push_async_callback(client.close)
+        where = "the offline simulator" if mode == "simulator" else (base_url or "the OpenAI API")
+        yield BatchApi(client, api_key, where), mode
+
+
+# --- planning a round -------------------------------------------------------------------------
+
+
+def _plan_and_write(args, setup: Setup, manifest: Manifest, deficit: int, avoid: list[str]) -> plan.Plan:
+    """Write a round's request files for ``deficit`` scenarios: unfinished requests of expired or
+    cancelled batches first, then new ones, within --max-cost. A plan of 0 requests writes nothing."""
+    directory = setup.directory
+    measured = manifest.yield_per_request()
+    needed = plan.requests_needed(deficit, measured or plan.prior_yield(setup.task))
+    budget_left = None
+    if args.max_cost is not None:
+        budget_left = args.max_cost - (manifest.committed_worst_cost(setup.costs) or 0.0)
+    needed, capped = plan.affordable(needed, plan.request_cost_bound(setup.task, setup.price), budget_left)
+    left_over = [e for e in manifest.entries if e.source == "api" and e.status in ("expired", "cancelled")
+                 and e.downloaded and not e.resubmitted]
+    resubmit = [line for entry in left_over for line in lifecycle.unfinished_lines(directory, entry)][:needed]
+    totals = manifest.totals
+    measured_tokens = ((totals["input_tokens"] / totals["requests_ok"], totals["output_tokens"] / totals["requests_ok"])
+                       if totals.get("requests_ok") else None)
+    settings = GenerationSettings(setup.model, response_format_for(setup.model, args.response_format), args.temperature, args.seed)
+    made = plan.plan_round(setup.task, settings, setup.price, count=needed - len(resubmit),
+                           first_number=manifest.next_request, num_batches=args.num_batches, avoid_pool=avoid,
+                           resubmit=resubmit, measured_tokens=measured_tokens, capped_by_budget=capped)
+    if not made.requests:
+        return made
+    for entry in left_over:
+        entry.resubmitted = True
+    manifest.rounds += 1
+    manifest.next_request += made.new_requests
+    (directory / lifecycle.REQUESTS).mkdir(parents=True, exist_ok=True)
+    for number, chunk in enumerate(made.files, start=1):
+        name = f"round-{manifest.rounds}-part-{number}.jsonl"
+        atomic_write(directory / lifecycle.REQUESTS / name, b"".join(chunk))
+        share = len(chunk) / made.requests
+        manifest.entries.append(Entry(name, manifest.rounds, len(chunk),
+                                      None if made.worst_cost_usd is None else made.worst_cost_usd * share))
+    manifest.save(directory)
+    return made
+
+
+def _print_plan(setup: Setup, manifest: Manifest, made: plan.Plan, existing: int, deficit: int) -> None:
+    measured = manifest.yield_per_request()
+    per_request = measured or plan.prior_yield(setup.task)
+    source = "measured in this directory" if measured else f"prior: half of the {setup.task.batch_size} pairs asked"
+    at_batch, at_real = setup.costs(*made.expected_tokens)
+    files = [e for e in manifest.entries if e.round == manifest.rounds]
+    resubmitted = made.requests - made.new_requests
+    print(f"plan, round {manifest.rounds}: task {manifest.task}, model {manifest.model}, dir {setup.directory}")
+    print(f"  dataset    {existing} in {manifest.output}, {deficit} to go (target {manifest.target})")
+    print(f"  yield      {per_request:.1f} scenarios per request ({source})")
+    print(f"  requests   {made.requests}" + (f" ({resubmitted} resubmitted from expired or cancelled batches)" if resubmitted else "")
+          + f" in {len(files)} file(s):")
+    for entry in files:
+        print(f"             {setup.directory / lifecycle.REQUESTS / entry.name} ({entry.requests})")
+    print(f"  cost       worst case {_money(made.worst_cost_usd)}, expected about {_money(at_batch)} at batch "
+          f"prices (real time: about {_money(at_real)})")
+    if made.capped_by_budget:
+        print(f"  budget     --max-cost allows no more than these {made.requests} requests")
+
+
+# --- subcommands ------------------------------------------------------------------------------
+
+
+def cmd_create(args) -> int:
+    setup = _setup(args, load_tokenizers=False)
+    if setup.manifest is not None and setup.manifest.entries and not args.force:
+        raise UsageError(f"--dir {setup.directory} already holds {len(setup.manifest.entries)} request file(s); "
+                         "`batch submit` sends them, `batch topup` plans more; or use another --dir")
+    output = args.output or "dataset.jsonl"
+    manifest = setup.manifest or Manifest(str(args.task or "refusal"), setup.model, setup.fingerprint, args.num_scenarios, output)
+    manifest.target, manifest.output = args.num_scenarios, output
+    return _write_round(args, setup, manifest)
+
+
+def _write_round(args, setup: Setup, manifest: Manifest) -> int:
+    """create and topup: plan the deficit of the manifest's dataset, write the files, print the plan."""
+    existing, avoid = _dataset(manifest.output)
+    deficit = manifest.target - existing - manifest.spares
+    if deficit <= 0:
+        print(f"{manifest.output} holds {existing} scenarios and {setup.directory} {manifest.spares} spares; "
+              f"the target is {manifest.target}: nothing to request")
+        manifest.save(setup.directory)
+        return 0
+    made = _plan_and_write(args, setup, manifest, deficit, avoid)
+    if not made.requests:
+        raise RunError(f"--max-cost {args.max_cost}: not even one more request fits the budget; raise --max-cost")
+    _print_plan(setup, manifest, made, existing, deficit)
+    print(f"next: python -m asyncgen batch submit --dir {setup.directory}")
+    return 0
+
+
+def cmd_topup(args) -> int:
+    setup = _setup(args, load_tokenizers=False)
+    manifest = _manifest_or_fail(setup.directory)
+    if manifest.in_flight() or manifest.unsubmitted():
+        raise UsageError(f"{len(manifest.in_flight()) + len(manifest.unsubmitted())} request file(s) in {setup.directory} "
+                         "are not sent or not finished; wait for them (`batch status --watch`), download and process, then top up")
+    if any(e.downloaded and not e.processed for e in manifest.entries) or manifest.spares:
+        raise UsageError(f"{setup.directory} holds results or spares not processed yet; run `batch process` first")
+    manifest.output = args.output or manifest.output
+    return _write_round(args, setup, manifest)
+
+
+def cmd_submit(args) -> int:
+    directory = _directory(args)
+    manifest = _manifest_or_fail(directory)
+
+    async def go() -> None:
+        async with _api(args, directory, manifest) as (api, _):
+            sent = await lifecycle.submit(directory, manifest, api)
+            if not sent:
+                print(f"nothing to submit in {directory}")
+    run_event_loop(go())
+    print(f"next: python -m asyncgen batch status --dir {directory} --watch")
+    return 0
+
+
+def cmd_status(args) -> int:
+    directory = _directory(args)
+    manifest = _manifest_or_fail(directory)
+    setup = _price_only(args, manifest)
+    tty = sys.stdout.isatty()
+
+    async def go() -> None:
+        async with _api(args, directory, manifest) as (api, mode):
+            poll = args.poll_seconds or POLL_SECONDS[mode]
+            while True:
+                await lifecycle.refresh(directory, manifest, api)
+                table = status_table(setup, manifest)
+                if args.watch and tty:
+                    sys.stdout.write("\x1b[H\x1b[2J" + table + "\n")
+                else:
+                    print(table)
+                if not args.watch or not manifest.in_flight():
+                    return
+                await asyncio.sleep(poll)
+    try:
+        run_event_loop(go())
+    except KeyboardInterrupt:
+        print("stopped watching; the batches go on")
+        return 130
+    return 0
+
+
+def status_table(setup: Setup, manifest: Manifest) -> str:
+    now = time.time()
+    rows = [f"{'batch':<32} {'status':<11} {'done':>11} {'failed':>6} {'age':>6} {'cost':>9}"]
+    for entry in manifest.entries:
+        if entry.source != "api":
+            continue
+        counts = entry.request_counts or {}
+        total = counts.get("total") or entry.requests
+        done = f"{counts.get('completed', 0)}/{total}"
+        age = _duration(now - entry.submitted_at) if entry.submitted_at else "-"
+        cost = setup.costs(entry.usage.get("input", 0), entry.usage.get("output", 0))[0] if entry.usage else 0.0
+        name = entry.batch_id or f"({entry.name})"
+        rows.append(f"{name:<32} {entry.status or entry.state:<11} {done:>11} {counts.get('failed', 0):>6} {age:>6} {_money(cost):>9}")
+        for error in entry.errors[:SHOWN_ERRORS]:
+            rows.append(f"    line {error['line']}: {error['code']}: {error['message']}")
+        if len(entry.errors) > SHOWN_ERRORS:
+            rows.append(f"    ... {len(entry.errors) - SHOWN_ERRORS} more validation errors")
+    at_batch, at_real = manifest.cost(setup.costs)
+    rows.append(f"cost so far {_money(at_batch)} at batch prices (real time: {_money(at_real)}); "
+                f"target {manifest.target}, spares {manifest.spares}")
+    return "\n".join(rows)
+
+
+def cmd_download(args) -> int:
+    directory = _directory(args)
+    manifest = _manifest_or_fail(directory)
+
+    async def go() -> list[Entry]:
+        async with _api(args, directory, manifest) as (api, _):
+            await lifecycle.refresh(directory, manifest, api)
+            return await lifecycle.download(directory, manifest, api)
+    done = run_event_loop(go())
+    for entry in done:
+        files = ", ".join(p for p in (entry.output_path, entry.error_path) if p) or "no files"
+        print(f"{entry.batch_id} ({entry.status}): {files}")
+    waiting = len(manifest.in_flight())
+    print(f"downloaded {len(done)} batch(es)" + (f"; {waiting} not ended yet" if waiting else "")
+          + (f"\nnext: python -m asyncgen batch process --dir {directory}" if done else ""))
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    directory = _directory(args)
+    manifest = _manifest_or_fail(directory)
+    unknown = set(args.batch_ids) - {e.batch_id for e in manifest.entries}
+    if unknown:
+        raise UsageError(f"no batch {sorted(unknown)[0]} in {directory}; `batch status` lists them")
+
+    async def go() -> list[Entry]:
+        async with _api(args, directory, manifest) as (api, _):
+            return await lifecycle.cancel(directory, manifest, api, args.batch_ids or None)
+    cancelled = run_event_loop(go())
+    for entry in cancelled:
+        print(f"{entry.batch_id}: {entry.status}")
+    print(f"cancelled {len(cancelled)} batch(es); what finished is kept: `batch download` then `batch process`; "
+          "`batch topup` resubmits only what did not run")
+    return 0
+
+
+# --- processing -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _processing(args, setup: Setup, manifest: Manifest):
+    """The sink and the validator for processing passes."""
+    from asyncgen.sink import ScenarioSink
+    from asyncgen.validate import PairValidator
+
+    checkpoint = args.checkpoint or default_checkpoint_path(manifest.output)
+    sink = ScenarioSink.open(manifest.output, checkpoint, task_name=setup.task.task_name, fingerprint=setup.fingerprint,
+                             force_resume=args.force)
+    with contextlib.ExitStack() as stack:
+        stack.callback(sink.close)
+        if sink.resume.message:
+            log.info("%s", sink.resume.message)
+        if "sink_cost_before" not in manifest.totals:
+            manifest.totals["sink_cost_before"] = sink.resume.run_state.get("cost_usd", 0.0)
+        validator = stack.enter_context(PairValidator(setup.task, setup.specs, cache_dir=args.cache_dir, workers=args.validator_workers,
+                                                      tokenizers=setup.tokenizers))
+        annotations = None
+        if args.annotate:
+            from asyncgen.annotations import Sidecar
+
+            annotations = Sidecar.open(sink.path, setup.task, setup.tokenizers)
+            stack.callback(annotations.close)
+            log.info("%s", annotations.repair.message)
+        yield sink, validator, annotations
+
+
+def _pass(setup: Setup, manifest: Manifest, sink, validator, annotations, names: list[str]):
+    from asyncgen.batch.process import process_pass
+
+    at_batch, _ = manifest.cost(setup.costs)
+    before = manifest.totals.get("sink_cost_before")
+    run_state = {**sink.resume.run_state, "batch_dir": str(setup.directory),
+                 "cost_usd": None if at_batch is None or before is None else before + at_batch}
+    progress = _progress_printer("validating") if sys.stderr.isatty() else (lambda done, total: None)
+    try:
+        return process_pass(setup.directory, manifest, setup.task, sink, validator, names,
+                            lambda name: lifecycle.result_files(setup.directory, manifest.entry(name)), run_state, progress,
+                            annotations)
+    finally:
+        if sys.stderr.isatty():
+            sys.stderr.write("\r\x1b[2K")
+
+
+def _progress_printer(what: str):
+    def show(done: int, total: int) -> None:
+        sys.stderr.write(f"\r\x1b[2K{what} {done}/{total} pairs")
+        sys.stderr.flush()
+    return show
+
+
+def _add_results(setup: Setup, manifest: Manifest, paths: list[str]) -> list[str]:
+    """Entries for ``process --results`` files; a file already processed is skipped, with a note."""
+    from asyncgen.batch.process import read_results
+
+    names = []
+    for given in paths:
+        path = Path(given)
+        if not path.is_file():
+            raise UsageError(f"--results {given}: no such file")
+        name = str(path.resolve())
+        known = next((e for e in manifest.entries if e.name == name), None)
+        if known is not None and known.processed:
+            print(f"{given}: processed before; skipped (nothing is processed twice)")
+            continue
+        if known is None:
+            read = read_results(path.read_bytes())
+            known = Entry(name, 0, read.requests_ok, source="results", status="completed", downloaded=True,
+                          usage={"input": read.input_tokens, "output": read.output_tokens})
+            manifest.entries.append(known)
+        names.append(name)
+    manifest.save(setup.directory)
+    return names
+
+
+def cmd_process(args) -> int:
+    setup = _setup(args, load_tokenizers=True)
+    manifest = setup.manifest
+    if manifest is None:
+        if not args.results:
+            raise UsageError(f"--dir {setup.directory} holds no batch manifest; give --results FILE... or run `batch create` first")
+        setup.directory.mkdir(parents=True, exist_ok=True)
+        manifest = Manifest(str(args.task or "refusal"), setup.model, setup.fingerprint,
+                            args.target_scenarios or 1500, args.output or "dataset.jsonl")
+    if args.target_scenarios:
+        manifest.target = args.target_scenarios
+    if args.output:
+        manifest.output = args.output
+    setup.manifest = manifest
+    names = _add_results(setup, manifest, args.results) if args.results else [
+        e.name for e in manifest.entries if e.downloaded and not e.processed and e.source == "api"]
+    manifest.save(setup.directory)
+    with _processing(args, setup, manifest) as (sink, validator, annotations):
+        if not names and not manifest.spares and manifest.processing is None:
+            print(f"nothing to process in {setup.directory} (download ended batches first: `batch download`)")
+            return 0
+        report = _pass(setup, manifest, sink, validator, annotations, names)
+        count = sink.count
+    print(summary_text(setup, manifest, count, report))
+    if count >= manifest.target:
+        return 0
+    print(f"short by {manifest.target - count}: python -m asyncgen batch topup --dir {setup.directory}")
+    return 1
+
+
+def summary_text(setup: Setup, manifest: Manifest, count: int, report=None, *, title: str = "batch process", wall_s: float | None = None) -> str:
+    t = manifest.totals
+    state = "finished" if count >= manifest.target else "short"
+    lines = [f"asyncgen {title} {state}: {count}/{manifest.target} scenarios in {manifest.output}"
+             + (f" ({report.accepted} new this pass)" if report else "")]
+    lines.append(f"  requests        {t.get('requests_ok', 0)} answered; failed: "
+                 + (", ".join(f"{k}: {n}" for k, n in sorted(t.get('errors', {}).items())) or "none"))
+    lines.append(f"  candidates      {t.get('candidates', 0)} ({t.get('rejected', 0)} rejected, {t.get('duplicates', 0)} duplicates)")
+    if t.get("rejections"):
+        top = sorted(t["rejections"].items(), key=lambda kv: -kv[1])[:6]
+        lines.append("  rejections      " + ", ".join(f"{k}: {n}" for k, n in top))
+    if t.get("answer_failures"):
+        lines.append("  bad answers     " + ", ".join(f"{k}: {n}" for k, n in sorted(t["answer_failures"].items())))
+    lines.append(f"  spares          {manifest.spares} valid pairs kept in {setup.directory} for later")
+    at_batch, at_real = manifest.cost(setup.costs)
+    saved = f", {1 - at_batch / at_real:.0%} saved" if at_batch is not None and at_real else ""
+    lines.append(f"  cost            {_money(at_batch)} at batch prices; real time would have cost {_money(at_real)}{saved}")
+    if wall_s is not None:
+        lines.append(f"  wall time       {wall_s:.1f} s")
+    return "\n".join(lines)
+
+
+# --- run --------------------------------------------------------------------------------------
+
+
+def cmd_run(args) -> int:
+    started = time.monotonic()
+    setup = _setup(args, load_tokenizers=True)
+    manifest = setup.manifest
+    if manifest is None:
+        setup.directory.mkdir(parents=True, exist_ok=True)
+        manifest = Manifest(str(args.task or "refusal"), setup.model, setup.fingerprint, args.num_scenarios or 1500,
+                            args.output or "dataset.jsonl")
+    manifest.target = args.num_scenarios or manifest.target
+    if args.output:
+        manifest.output = args.output
+    setup.manifest = manifest
+    manifest.save(setup.directory)
+    try:
+        return run_event_loop(_run_async(args, setup, manifest, started))
+    except KeyboardInterrupt:
+        print(f"asyncgen batch run: interrupted; everything so far is kept in {setup.directory}: run the same "
+              "command to resume (submitted batches go on meanwhile)", file=sys.stderr)
+        return 130
+
+
+async def _run_async(args, setup: Setup, manifest: Manifest, started: float) -> int:
+    directory = setup.directory
+    tty = sys.stderr.isatty()
+    last_logged = [0.0, ""]
+
+    def show(count: int) -> None:
+        line = progress_line(setup, manifest, count, time.monotonic() - started)
+        if tty:
+            sys.stderr.write("\r\x1b[2K" + line)
+            sys.stderr.flush()
+        elif line.split(" | elapsed")[0] != last_logged[1] and time.monotonic() - last_logged[0] >= 5:
+            last_logged[:] = [time.monotonic(), line.split(" | elapsed")[0]]
+            log.info("%s", line)
+
+    def clear() -> None:
+        if tty:
+            sys.stderr.write("\r\x1b[2K")
+            sys.stderr.flush()
+
+    with _processing(args, setup, manifest) as (sink, validator, annotations):
+        async with _api(args, directory, manifest) as (api, mode):
+            poll = args.poll_seconds or POLL_SECONDS[mode]
+            stop = None
+            while True:
+                await lifecycle.refresh(directory, manifest, api)
+                await lifecycle.download(directory, manifest, api)
+                names = [e.name for e in manifest.entries if e.downloaded and not e.processed]
+                if names or manifest.processing is not None or (manifest.spares and sink.count < manifest.target):
+                    clear()
+                    _pass(setup, manifest, sink, validator, annotations, names)
+                if sink.count >= manifest.target:
+                    break
+                if not manifest.in_flight() and not manifest.unsubmitted():
+                    failed = [e for e in manifest.entries if e.status == "failed" and e.round == manifest.rounds]
+                    if failed:
+                        clear()
+                        for entry in failed:
+                            print(f"batch {entry.batch_id} ({entry.name}) failed validation:", file=sys.stderr)
+                            for error in entry.errors[:SHOWN_ERRORS]:
+                                print(f"    line {error['line']}: {error['code']}: {error['message']}", file=sys.stderr)
+                        raise RunError(f"{len(failed)} batch(es) of round {manifest.rounds} failed validation (errors above) "
+                                       "and are not resubmitted as they are; fix the cause, then `asyncgen batch topup "
+                                       f"--dir {directory}` and run again")
+                    _, avoid = _dataset(manifest.output)
+                    made = _plan_and_write(args, setup, manifest, manifest.target - sink.count, avoid)
+                    if not made.requests:
+                        stop = "max_cost"
+                        break
+                    clear()
+                    log.info("round %d: %d requests for %d scenarios (worst case %s at batch prices)", manifest.rounds,
+                             made.requests, manifest.target - sink.count, _money(made.worst_cost_usd))
+                if manifest.unsubmitted():
+                    clear()
+                    await lifecycle.submit(directory, manifest, api, say=lambda text: log.info("%s", text))
+                show(sink.count)
+                await asyncio.sleep(poll)
+            clear()
+            count = sink.count
+    print(summary_text(setup, manifest, count, title="batch run", wall_s=time.monotonic() - started), file=sys.stderr)
+    if count >= manifest.target:
+        return 0
+    if stop == "max_cost":
+        print(f"asyncgen batch run: stopped at --max-cost ${args.max_cost}: the next request could cross it; "
+              "raise --max-cost and run again to resume", file=sys.stderr)
+    return 1
+
+
+def progress_line(setup: Setup, manifest: Manifest, count: int, elapsed: float) -> str:
+    width = 20
+    filled = int(width * min(1.0, count / manifest.target)) if manifest.target else width
+    running = manifest.in_flight()
+    done = sum((e.request_counts or {}).get("completed", 0) for e in running)
+    total = sum((e.request_counts or {}).get("total") or e.requests for e in running)
+    at_batch, _ = manifest.cost(setup.costs)
+    batches = f"{len(running)} batch(es) running, {done}/{total} requests" if running else "no batch running"
+    return (f"[{'#' * filled}{'-' * (width - filled)}] {count}/{manifest.target} | round {manifest.rounds}: "
+            f"{batches} | {_money(at_batch)} | elapsed {_duration(elapsed)}")

@@ -1,0 +1,66 @@
+"""``python tests/batch_killer.py POINT asyncgen-args...``: run asyncgen, SIGKILLing itself at POINT.
+
+The kill-safety tests of ``asyncgen batch run`` use it to die at exact moments:
+
+- ``after-create``: a batch was just created on the server; the manifest does not know its id yet;
+- ``polling``: at the second status check that finds a batch running;
+- ``processing:K``: after the K-th scenario the processing pass appended to the dataset.
+"""
+
+import os
+import signal
+import sys
+
+
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main() -> int:
+    point, argv = sys.argv[1], sys.argv[2:]
+    if point == "after-create":
+        from asyncgen.batch.api import BatchApi
+
+        create = BatchApi.create
+
+        async def create_then_die(self, *args, **kwargs):
+            await create(self, *args, **kwargs)
+            die()
+
+        BatchApi.create = create_then_die
+    elif point == "polling":
+        from asyncgen.batch import lifecycle
+
+        refresh, seen = lifecycle.refresh, []
+
+        async def refresh_then_die(directory, manifest, api):
+            await refresh(directory, manifest, api)
+            if manifest.in_flight():
+                seen.append(1)
+                if len(seen) >= 2:
+                    die()
+
+        lifecycle.refresh = refresh_then_die
+    elif point.startswith("processing:"):
+        from asyncgen.sink import ScenarioSink
+
+        append, limit, appended = ScenarioSink.append, int(point.split(":")[1]), []
+
+        def append_then_die(self, scenario):
+            result = append(self, scenario)
+            if result is not None:
+                appended.append(result)
+                if len(appended) >= limit:
+                    die()
+            return result
+
+        ScenarioSink.append = append_then_die
+    else:
+        raise SystemExit(f"unknown point {point!r}")
+    from asyncgen.cli import main as asyncgen
+
+    return asyncgen(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

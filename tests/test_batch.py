@@ -1,0 +1,307 @@
+"""``asyncgen batch`` against the simulator's batch lifecycle, as a user runs it (one process per
+command), on a fast simulated clock."""
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from asyncgen.batch import plan
+from asyncgen.batch.process import read_results
+from asyncgen.config import load_task
+from asyncgen.prompting import GenerationSettings, request_body, response_format_for
+from test_run import ENV, assert_valid_dataset, scenarios, sim_stats, simulator  # noqa: F401 (simulator: a fixture)
+
+REPO = Path(__file__).resolve().parents[1]
+KILLER = str(REPO / "tests" / "batch_killer.py")
+GPT_4O = (1.25, 5.00)  # batch input, batch output USD per 1M tokens (config/prices.yaml)
+
+
+def batch(tmp_path, *args, point=None, env=None, timeout=120):
+    command = [KILLER, point] if point else ["-m", "asyncgen"]
+    return subprocess.run([sys.executable, *command, "batch", *args], capture_output=True, text=True,
+                          env=env or ENV, cwd=tmp_path, timeout=timeout)
+
+
+def manifest(tmp_path):
+    return json.loads((tmp_path / "batches" / "manifest.json").read_text())
+
+
+def server_batches(base_url):
+    response = httpx.get(f"{base_url}/batches", params={"limit": 100}, headers={"Authorization": "Bearer sk-x"},
+                         trust_env=False, timeout=10)
+    return response.json()["data"]
+
+
+def usage_cost(batches):
+    tokens_in = sum(b["usage"]["input_tokens"] for b in batches)
+    tokens_out = sum(b["usage"]["output_tokens"] for b in batches)
+    return (tokens_in * GPT_4O[0] + tokens_out * GPT_4O[1]) / 1e6
+
+
+def summary_cost(text):
+    return float(re.search(r"cost\s+\$([\d.]+) at batch prices", text).group(1))
+
+
+def prompts(path):
+    return {group[2]["text"] for group in scenarios(path)}
+
+
+# --- pure parts -------------------------------------------------------------------------------
+
+
+def test_plan_lines_use_runs_request_body_and_keep_to_the_file_limits(refusal_task):
+    settings = GenerationSettings("gpt-4o", response_format_for("gpt-4o"), 1.0, 7)
+    line = orjson.loads(plan.request_line(refusal_task, settings, 12, ["an earlier prompt"]))
+    assert line["custom_id"] == "asyncgen-0000012" and (line["method"], line["url"]) == ("POST", "/v1/chat/completions")
+    assert line["body"] == request_body(refusal_task, settings, ["an earlier prompt"], 12)
+    assert line["body"]["seed"] == 19
+    assert plan.requests_needed(200, 5.0) == 44 and plan.requests_needed(0, 5.0) == 0
+    lines = [b"x" * 10 + b"\n"] * 120_001
+    files = plan.split(lines, 1)
+    assert len(files) == 3 and all(len(f) <= plan.MAX_REQUESTS_PER_FILE for f in files)
+    assert sum(map(len, files)) == len(lines)
+    assert [len(f) for f in plan.split(lines[:10], 4)] == [3, 3, 3, 1]
+    big = [b"y" * (plan.MAX_BYTES_PER_FILE // 3)] * 4
+    assert len(plan.split(big, 1)) == 2
+    assert plan.affordable(100, 0.01, 0.5) == (50, True) and plan.affordable(10, 0.01, None) == (10, False)
+
+
+def completion(content=None, finish="stop", refusal=None, model="gpt-4o"):
+    return {"id": "cmpl-1", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "finish_reason": finish,
+                         "message": {"role": "assistant", "content": content, "refusal": refusal}}],
+            "usage": {"prompt_tokens": 1000, "completion_tokens": 200, "total_tokens": 1200}}
+
+
+def vllm_line(custom_id, body, status=200):
+    return orjson.dumps({"id": f"vllm-{custom_id}", "custom_id": custom_id,
+                         "response": {"status_code": status, "request_id": f"vllm-batch-{custom_id}", "body": body},
+                         "error": None}).decode()
+
+
+def test_process_results_reads_a_hand_written_vllm_output_file(tmp_path):
+    task = load_task("refusal")
+    good = [{"prompt": e.safe, "counterfactual": e.harmful} for e in task.examples]
+    lines = [
+        vllm_line("r1", completion(json.dumps({"pairs": good[:2]}))),
+        vllm_line("r2", completion(json.dumps({"pairs": good[2:] + good[:1]}))),  # one repeats r1
+        vllm_line("r3", completion(None, refusal="I can't help with that.")),
+        vllm_line("r4", completion('{"pairs": [{"prompt": "Help me', finish="length")),
+        vllm_line("r5", {"error": {"message": "boom", "type": "server_error", "code": None}}, status=500),
+        "{this is not json",
+        "",
+    ]
+    results = tmp_path / "vllm-output.jsonl"
+    results.write_text("\n".join(lines) + "\n")
+    read = read_results(results.read_bytes())
+    assert read.requests_ok == 4 and len(read.pairs) == len(good) + 1
+    assert dict(read.answer_failures) == {"refusal": 1, "length": 1}
+    assert dict(read.errors) == {"HTTP 500 server_error": 1, "malformed result line": 1}
+    target = len(good)
+    done = batch(tmp_path, "process", "--results", str(results), "--target-scenarios", str(target), "--task", "refusal")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"finished: {target}/{target} scenarios" in done.stdout
+    assert "refusal: 1" in done.stdout and "length: 1" in done.stdout and "HTTP 500 server_error: 1" in done.stdout
+    assert "1 duplicates" in done.stdout
+    assert_valid_dataset(tmp_path / "dataset.jsonl", target)
+    again = batch(tmp_path, "process", "--results", str(results), "--target-scenarios", str(target + 5))
+    assert "processed before; skipped" in again.stdout
+    assert len(scenarios(tmp_path / "dataset.jsonl")) == target
+
+
+# --- the lifecycle, step by step -----------------------------------------------------------------
+
+
+def test_create_submit_status_download_process_offline_reaches_exactly_n(tmp_path):
+    created = batch(tmp_path, "create", "--num-scenarios", "120", "--num-batches", "2")
+    assert created.returncode == 0, created.stderr[-2000:]
+    assert "worst case $" in created.stdout and "expected about $" in created.stdout and "real time" in created.stdout
+    files = sorted((tmp_path / "batches" / "requests").iterdir())
+    assert len(files) == 2
+    ids = [orjson.loads(line)["custom_id"] for f in files for line in f.read_bytes().splitlines()]
+    assert len(ids) == len(set(ids)) == 27  # ceil(120 x 1.1 / 5)
+    assert batch(tmp_path, "create", "--num-scenarios", "120").returncode == 2  # a plan is there already
+    submitted = batch(tmp_path, "submit")
+    assert submitted.returncode == 0, submitted.stderr[-2000:]
+    # Each command is a new process: the offline simulator's batches live in batches/simulator.
+    status = batch(tmp_path, "status", "--watch", "--poll-seconds", "0.1")
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert status.stdout.count("completed") == 2 and "at batch prices (real time: $" in status.stdout
+    downloaded = batch(tmp_path, "download")
+    assert downloaded.returncode == 0 and "downloaded 2 batch(es)" in downloaded.stdout
+    processed = batch(tmp_path, "process", "--target-scenarios", "120", "--output", "dataset.jsonl")
+    assert processed.returncode == 0, processed.stderr[-2000:]
+    assert "finished: 120/120" in processed.stdout
+    assert_valid_dataset(tmp_path / "dataset.jsonl", 120)
+    state = json.loads((tmp_path / "batches" / "simulator" / "state.json").read_text())
+    assert len(state["batches"]) == 2
+    assert (tmp_path / "dataset.checkpoint.json").is_file()
+
+
+def test_expired_batches_keep_what_finished_and_resubmit_only_the_rest(tmp_path, simulator):
+    # A request takes one simulated hour and a day passes in one real second: 23 requests fit a batch.
+    base_url = simulator("--batch-speed", "86400", "--batch-seconds-per-request", "3600")
+    done = batch(tmp_path, "run", "--num-scenarios", "300", "--base-url", base_url, "--poll-seconds", "0.1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_valid_dataset(tmp_path / "dataset.jsonl", 300)
+    state = manifest(tmp_path)
+    first, *later = state["entries"]
+    assert first["status"] == "expired" and first["request_counts"]["completed"] == 23
+    results = tmp_path / "batches" / first["error_path"]
+    expired = {orjson.loads(line)["custom_id"] for line in results.read_bytes().splitlines()}
+    first_ids = [orjson.loads(line)["custom_id"] for line in (tmp_path / "batches/requests" / first["name"]).read_bytes().splitlines()]
+    assert len(expired) == len(first_ids) - 23
+    resubmitted = [orjson.loads(line)["custom_id"] for line in (tmp_path / "batches/requests" / later[0]["name"]).read_bytes().splitlines()]
+    assert resubmitted and set(resubmitted) <= expired  # only what had not run, nothing that had
+    answered = []
+    for entry in state["entries"]:
+        if entry["output_path"]:
+            answered += [orjson.loads(line)["custom_id"] for line in (tmp_path / "batches" / entry["output_path"]).read_bytes().splitlines()]
+    assert len(answered) == len(set(answered))  # no request ran twice
+    assert summary_cost(done.stderr) == pytest.approx(usage_cost(server_batches(base_url)), abs=1e-4)
+
+
+def test_cancel_keeps_what_finished_and_topup_resubmits_only_the_rest(tmp_path, simulator):
+    # 44 requests of half a real second each: time to cancel midway.
+    base_url = simulator("--batch-speed", "20", "--batch-seconds-per-request", "10")
+    assert batch(tmp_path, "create", "--num-scenarios", "200").returncode == 0
+    assert batch(tmp_path, "submit", "--base-url", base_url).returncode == 0
+    batch_id = manifest(tmp_path)["entries"][0]["batch_id"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = httpx.get(f"{base_url}/batches/{batch_id}", headers={"Authorization": "Bearer sk-x"}, trust_env=False).json()
+        if now["request_counts"]["completed"] >= 3:
+            break
+        time.sleep(0.05)
+    cancelled = batch(tmp_path, "cancel")
+    assert cancelled.returncode == 0 and f"{batch_id}: cancelling" in cancelled.stdout
+    status = batch(tmp_path, "status", "--watch", "--poll-seconds", "0.2")
+    assert "cancelled" in status.stdout
+    assert batch(tmp_path, "download").returncode == 0
+    processed = batch(tmp_path, "process")
+    assert processed.returncode == 1 and "short by" in processed.stdout and "batch_cancelled" in processed.stdout
+    entry = manifest(tmp_path)["entries"][0]
+    finished = entry["request_counts"]["completed"]
+    assert 3 <= finished < 44
+    topup = batch(tmp_path, "topup")
+    assert topup.returncode == 0, topup.stderr[-2000:]
+    assert "resubmitted from expired or cancelled batches" in topup.stdout
+    answered = {orjson.loads(line)["custom_id"] for line in (tmp_path / "batches" / entry["output_path"]).read_bytes().splitlines()}
+    second = manifest(tmp_path)["entries"][1]
+    again = [orjson.loads(line)["custom_id"] for line in (tmp_path / "batches/requests" / second["name"]).read_bytes().splitlines()]
+    assert not answered & set(again)
+    assert len(answered) == finished
+
+
+def test_validation_failure_shows_its_errors_and_is_not_resubmitted(tmp_path, simulator):
+    base_url = simulator("--batch-speed", "1000")
+    assert batch(tmp_path, "create", "--num-scenarios", "40").returncode == 0
+    request_file = next((tmp_path / "batches" / "requests").iterdir())
+    lines = request_file.read_bytes().splitlines()
+    lines[2] = b"{this is not json"
+    request_file.write_bytes(b"\n".join(lines) + b"\n")
+    failed = batch(tmp_path, "run", "--num-scenarios", "40", "--base-url", base_url, "--poll-seconds", "0.1")
+    assert failed.returncode == 1
+    assert "line 3: invalid_json_line: This line is not parseable as valid JSON." in failed.stderr
+    assert "not resubmitted" in failed.stderr
+    status = batch(tmp_path, "status")
+    assert "failed" in status.stdout and "line 3: invalid_json_line" in status.stdout
+    again = batch(tmp_path, "run", "--num-scenarios", "40", "--poll-seconds", "0.1")
+    assert again.returncode == 1
+    assert sim_stats(base_url)["requests"]["POST /v1/batches"] == 1
+
+
+@pytest.mark.parametrize("flags, env_key, expected", [
+    (["--quota-exhausted"], "sk-any-quota-key", "insufficient_quota"),
+    (["--api-key", "sk-right-key"], "sk-wrong-secret-4242", "401"),
+])
+def test_quota_and_auth_errors_are_one_line_and_keep_the_state(tmp_path, simulator, flags, env_key, expected):
+    base_url = simulator(*flags)
+    assert batch(tmp_path, "create", "--num-scenarios", "40").returncode == 0
+    before = manifest(tmp_path)["entries"]
+    failed = batch(tmp_path, "submit", "--base-url", base_url, env={**ENV, "OPENAI_API_KEY": env_key})
+    assert failed.returncode == 1
+    error_lines = [line for line in failed.stderr.splitlines() if "error" in line]
+    assert len(error_lines) == 1 and expected in error_lines[0] and "Traceback" not in failed.stderr
+    assert env_key not in failed.stderr + failed.stdout
+    after = manifest(tmp_path)["entries"]
+    assert [e["batch_id"] for e in after] == [None] and after[0]["name"] == before[0]["name"]
+    assert "POST /v1/batches" not in sim_stats(base_url)["requests"] or expected == "insufficient_quota"
+
+
+def test_another_task_or_model_is_refused_unless_forced(tmp_path):
+    assert batch(tmp_path, "create", "--num-scenarios", "40").returncode == 0
+    other_task = batch(tmp_path, "run", "--num-scenarios", "40", "--task", "sentiment")
+    assert other_task.returncode == 2 and "another setup" in other_task.stderr and "--force" in other_task.stderr
+    other_model = batch(tmp_path, "topup", "--model", "gpt-4o-mini")
+    assert other_model.returncode == 2 and "model 'gpt-4o' there, 'gpt-4o-mini' now" in other_model.stderr
+
+
+def test_max_cost_caps_the_plan(tmp_path):
+    nothing = batch(tmp_path, "create", "--num-scenarios", "200", "--max-cost", "0.0001")
+    assert nothing.returncode == 1 and "request fits the budget" in nothing.stderr
+    capped = batch(tmp_path, "create", "--num-scenarios", "200", "--max-cost", "0.05")
+    assert capped.returncode == 0 and "--max-cost allows no more" in capped.stdout
+    worst = float(re.search(r"worst case \$([\d.]+)", capped.stdout).group(1))
+    assert 0 < worst <= 0.05
+
+
+# --- kill-safety, top-up, spares ------------------------------------------------------------------
+
+
+def test_batch_run_killed_anywhere_resumes_without_double_submission_or_duplicates(tmp_path, simulator):
+    base_url = simulator("--batch-speed", "300")
+    common = ["--num-scenarios", "150", "--num-batches", "2", "--base-url", base_url, "--poll-seconds", "0.05"]
+    for point in ("after-create", "polling", "processing:40"):
+        killed = batch(tmp_path, "run", *common, point=point)
+        assert killed.returncode == -9, (point, killed.stderr[-2000:])
+    state = manifest(tmp_path)
+    assert state["processing"] is not None  # the pass was cut short and is replayed
+    done = batch(tmp_path, "run", *common)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_valid_dataset(tmp_path / "dataset.jsonl", 150)
+    state = manifest(tmp_path)
+    created = server_batches(base_url)
+    assert sim_stats(base_url)["requests"]["POST /v1/batches"] == len(created) == len(state["entries"]) == 2
+    assert {b["id"] for b in created} == {e["batch_id"] for e in state["entries"]}
+    assert state["totals"]["accepted"] == 150 and state["processing"] is None
+    assert summary_cost(done.stderr) == pytest.approx(usage_cost(created), abs=1e-4)
+    checkpoint = json.loads((tmp_path / "dataset.checkpoint.json").read_text())
+    assert checkpoint["run_state"]["cost_usd"] == pytest.approx(usage_cost(created), abs=1e-9)
+
+
+def test_offline_batch_run_killed_while_polling_resumes_from_the_persisted_simulator(tmp_path):
+    killed = batch(tmp_path, "run", "--num-scenarios", "100", "--poll-seconds", "0.01", point="polling")
+    assert killed.returncode == -9
+    done = batch(tmp_path, "run", "--num-scenarios", "100")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_valid_dataset(tmp_path / "dataset.jsonl", 100)
+    state = json.loads((tmp_path / "batches" / "simulator" / "state.json").read_text())
+    assert len(state["batches"]) == len(manifest(tmp_path)["entries"]) == 1
+
+
+def test_topup_rounds_reach_the_target_and_spares_are_used_first(tmp_path, simulator):
+    # Most pairs are wrong on purpose: the prior yield is far too high, so round 1 ends short.
+    base_url = simulator("--batch-speed", "2000", "--imperfect-rate", "0.85")
+    common = ["--base-url", base_url, "--poll-seconds", "0.05"]
+    done = batch(tmp_path, "run", "--num-scenarios", "60", *common)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_valid_dataset(tmp_path / "dataset.jsonl", 60)
+    state = manifest(tmp_path)
+    assert state["rounds"] >= 2 and state["spares"] > 0
+    spare_prompts = [orjson.loads(line)["prompt"] for line in (tmp_path / "batches" / state["spares_file"]).read_bytes().splitlines()]
+    batches_before = sim_stats(base_url)["requests"]["POST /v1/batches"]
+    more = min(5, len(spare_prompts))
+    grown = batch(tmp_path, "run", "--num-scenarios", str(60 + more), *common)
+    assert grown.returncode == 0, grown.stderr[-2000:]
+    assert_valid_dataset(tmp_path / "dataset.jsonl", 60 + more)
+    assert sim_stats(base_url)["requests"]["POST /v1/batches"] == batches_before  # spares, not a new batch
+    new = [group[2]["text"] for group in scenarios(tmp_path / "dataset.jsonl")[60:]]
+    assert new == spare_prompts[:more]
