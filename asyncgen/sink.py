@@ -31,10 +31,18 @@ Contract
   ``asyncio.to_thread``). A lock keeps each write together with the counters and dedup sets; the
   fsync runs outside it, so appends go on meanwhile, and covers at least what the checkpoint says.
 * One writer per sink: ``open`` takes an exclusive ``flock`` on the file where the platform has one.
+* Usage journal: the run's cost and counters (``run_state``) change with every answered request,
+  between checkpoints. ``note_run_state`` appends the whole current ``run_state`` as one line, with
+  a sequence number, to ``CHECKPOINT.journal`` (one ``write(2)``, like ``append``: a killed process
+  loses none of it). The checkpoint records the last sequence number it includes; ``open`` takes
+  the journal's last whole line past that number instead of the checkpoint's ``run_state``, so a
+  SIGKILL between checkpoints forgets no spending. ``sync`` empties the journal when nothing newer
+  was noted meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import logging
@@ -165,6 +173,9 @@ class ScenarioSink:
             data = handle.read()
         found = _Found()
         stored, why = _read_checkpoint(checkpoint_path, path) if checkpoint_path is not None else (None, "")
+        journal_path = _journal_path(checkpoint_path) if checkpoint_path is not None else None
+        if overwrite and journal_path is not None:
+            journal_path.unlink(missing_ok=True)
         if overwrite or not data:
             if data:
                 note = f" (overwrote {len(data)} bytes)"
@@ -181,11 +192,18 @@ class ScenarioSink:
         else:
             report = _resume_from(data, stored, why, found, path, task_name)
             _refuse_other_setup(path, stored, found, task_name, fingerprint, force_resume, report)
+        journal_seq = stored.journal_seq if stored is not None and not overwrite else 0
+        if journal_path is not None and not overwrite:
+            noted = _last_noted(journal_path, path, journal_seq)
+            if noted is not None:
+                journal_seq, report.run_state = noted
+                report.message += "; the usage since its last checkpoint recovered from the journal"
         kept = 0 if overwrite else len(data) - report.dropped_bytes
         sink = cls(
             fd, path, checkpoint_path, task_name=task_name, fingerprint=fingerprint, durability=durability,
             auto_sync=auto_sync, resume=report, offset=kept, found=found,
         )
+        sink._journal_path, sink._journal_seq = journal_path, journal_seq
         # The checkpoint goes first: it proves the location writable before the file is changed,
         # and a crash before the cut below leaves a file longer than it says, which resumes.
         if checkpoint_path is not None:
@@ -196,6 +214,8 @@ class ScenarioSink:
                     f"--checkpoint {checkpoint_path}: cannot write it ({_reason(exc)}); "
                     "choose another --checkpoint, or pass --no-checkpoint"
                 ) from exc
+            if journal_path is not None:  # the checkpoint now holds what the journal had
+                journal_path.unlink(missing_ok=True)
         if kept < len(data):
             if not overwrite:
                 report.message += f", saved in {_save_cut_bytes(path, data[kept:])}"
@@ -226,6 +246,9 @@ class ScenarioSink:
         self._counterfactuals = found.counterfactuals
         self._run_state = dict(resume.run_state)
         self._last_sync = time.monotonic()
+        self._journal_path: Path | None = None
+        self._journal_fd: int | None = None
+        self._journal_seq = 0  # the last run_state noted (or recovered)
         self._stopped: str | None = None  # why appends are refused
         self._sync_broken = False  # fsync failed or the file vanished: no checkpoint may claim durability
         self._lock = threading.Lock()  # one write and its counters
@@ -269,6 +292,23 @@ class ScenarioSink:
             self.sync()
         return scenario_id
 
+    def note_run_state(self, run_state: dict) -> None:
+        """Journal ``run_state`` at once (see the contract); a journal that cannot be written is
+        given up with a warning: the checkpoints still carry the usage."""
+        if self._journal_path is None:
+            return
+        with self._lock:
+            self._journal_seq += 1
+            line = orjson.dumps({"seq": self._journal_seq, "sink": str(self.path), "run_state": run_state}) + b"\n"
+            try:
+                if self._journal_fd is None:
+                    self._journal_fd = os.open(self._journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+                os.write(self._journal_fd, line)
+            except OSError as exc:
+                log.warning("cannot write the usage journal %s (%s); the checkpoints still record the usage",
+                            self._journal_path, _reason(exc))
+                self._journal_path = None
+
     def sync_due(self) -> bool:
         pending = self._count - self._durable_count
         if pending >= self.durability.every_scenarios:
@@ -284,13 +324,19 @@ class ScenarioSink:
                     raise SinkError(f"{self.path}: the sink is closed")
                 if self._sync_broken:
                     raise SinkError(self._stopped or f"{self.path}: the sink stopped")
-                offset, count = self._offset, self._count
+                offset, count, journal_seq = self._offset, self._count, self._journal_seq
                 if run_state is not None:
                     self._run_state = dict(run_state)
                 checkpoint = self._checkpoint_bytes(offset, count)
             self._fsync_sink()
             if self.checkpoint_path is not None:
                 self._write_checkpoint(checkpoint)
+                with self._lock:
+                    if self._journal_fd is not None and self._journal_seq == journal_seq:
+                        try:
+                            os.ftruncate(self._journal_fd, 0)
+                        except OSError:
+                            pass  # the sequence numbers keep a stale journal harmless
             self._durable_count = count
             self._last_sync = time.monotonic()
 
@@ -313,7 +359,14 @@ class ScenarioSink:
                 if self._fd is not None:
                     os.close(self._fd)  # releases the flock
                     self._fd = None
-                    self._stopped = self._stopped or f"{self.path}: the sink is closed"
+                if self._journal_fd is not None:
+                    os.close(self._journal_fd)
+                    self._journal_fd = None
+                    if self._journal_path is not None and not self._sync_broken:
+                        with contextlib.suppress(OSError):
+                            if self._journal_path.stat().st_size == 0:
+                                self._journal_path.unlink()
+                self._stopped = self._stopped or f"{self.path}: the sink is closed"
 
     def __enter__(self) -> "ScenarioSink":
         return self
@@ -371,6 +424,7 @@ class ScenarioSink:
                 "scenarios": count,
                 "fingerprint": self._fingerprint,
                 "run_state": self._run_state,
+                "journal_seq": self._journal_seq,
                 "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             },
             option=orjson.OPT_INDENT_2,
@@ -407,6 +461,7 @@ class _Checkpoint:
     scenarios: int
     fingerprint: dict
     run_state: dict
+    journal_seq: int = 0
 
 
 class OtherDatasetsCheckpoint(UsageError):
@@ -437,7 +492,29 @@ def _read_checkpoint(path: Path, sink: Path) -> tuple[_Checkpoint | None, str]:
             f"--checkpoint {path} belongs to another dataset ({data.get('sink')}), not to {sink}; pass "
             f"--checkpoint with a path of its own for this dataset, or delete {path} if that dataset is gone"
         )
-    return _Checkpoint(offset, scenarios, fingerprint, run_state), ""
+    journal_seq = data.get("journal_seq", 0)
+    return _Checkpoint(offset, scenarios, fingerprint, run_state, journal_seq if _is_count(journal_seq) else 0), ""
+
+
+def _journal_path(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name + ".journal")
+
+
+def _last_noted(journal: Path, sink: Path, after_seq: int) -> tuple[int, dict] | None:
+    """(seq, run_state) of the journal's last whole line for ``sink`` past ``after_seq``, or None."""
+    try:
+        lines = journal.read_bytes().split(b"\n")[:-1]  # what follows the last newline is torn
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if (isinstance(entry, dict) and entry.get("sink") == str(sink) and _is_count(entry.get("seq"))
+                and isinstance(entry.get("run_state"), dict)):
+            return (entry["seq"], entry["run_state"]) if entry["seq"] > after_seq else None
+    return None
 
 
 def _resume_from(data: bytes, stored: _Checkpoint | None, why: str, found: _Found, path: Path,

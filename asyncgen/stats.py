@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 
 
@@ -33,6 +34,7 @@ class RunStats:
     carried: dict = field(default_factory=dict)  # the checkpoint's run_state: earlier runs' totals
     started: float = field(default_factory=time.monotonic)
     first_accepted_s: float | None = None
+    on_usage: Callable[[], None] | None = field(default=None, repr=False, compare=False)  # e.g. journal it
 
     @property
     def elapsed(self) -> float:
@@ -45,7 +47,10 @@ class RunStats:
         return self.cost_before_usd + self.cost_usd
 
     def add_cost(self, usd: float | None) -> None:
+        """One answered request's cost (its tokens are counted first); tells ``on_usage``."""
         self.cost_usd = None if usd is None or self.cost_usd is None else self.cost_usd + usd
+        if self.on_usage is not None:
+            self.on_usage()
 
     def to_run_state(self) -> dict:
         """What the checkpoint keeps: totals over every run that wrote this dataset."""

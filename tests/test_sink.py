@@ -109,7 +109,7 @@ def test_writes_the_seed_format_and_a_checkpoint_that_describes_it(tmp_path):
     assert (checkpoint["offset"], checkpoint["scenarios"]) == (len(data), 3)
     assert checkpoint["fingerprint"] == json.loads(json.dumps(FINGERPRINT))
     assert checkpoint["run_state"] == {"cost_usd": 0.25, "requests": 7}  # close() without run_state keeps it
-    assert set(checkpoint) == {"version", "sink", "offset", "scenarios", "fingerprint", "run_state", "updated_at"}
+    assert set(checkpoint) == {"version", "sink", "offset", "scenarios", "fingerprint", "run_state", "journal_seq", "updated_at"}
     assert not list(folder.glob("*.tmp"))
 
 
@@ -661,3 +661,36 @@ def test_writer_killed_at_random_moments_always_resumes_whole(tmp_path):
         full_scans += not report.used_checkpoint
     print(f"{KILL_TRIALS} trials: {expected} scenarios, {torn_tails} torn tails cut, {full_scans} full scans")
     assert expected > 0 and durable_seen > 0 and power_cuts > 0 and torn_tails > 0, "the trials exercised too little"
+
+
+def test_usage_noted_between_checkpoints_survives_a_kill(tmp_path):
+    """run_state changes with every answered request; a SIGKILL before the next sync loses none of it."""
+    with open_sink(tmp_path, auto_sync=False) as sink:
+        sink.append(make(0))
+        sink.sync({"cost_usd": 1.0, "requests_ok": 1})
+        for n in range(2, 6):
+            sink.note_run_state({"cost_usd": float(n), "requests_ok": n})
+        journal = (tmp_path / "checkpoint.json.journal").read_bytes()
+        checkpoint = (tmp_path / "checkpoint.json").read_bytes()
+    # As if killed: the checkpoint and journal as they were before close, plus a torn journal line.
+    (tmp_path / "checkpoint.json").write_bytes(checkpoint)
+    (tmp_path / "checkpoint.json.journal").write_bytes(journal + b'{"seq": 6, "sink": "')
+    with open_sink(tmp_path) as resumed:
+        assert resumed.resume.run_state == {"cost_usd": 5.0, "requests_ok": 5}
+        assert "recovered from the journal" in resumed.resume.message
+    # The final sync took the usage into the checkpoint and emptied the journal: nothing counts twice.
+    with open_sink(tmp_path) as again:
+        assert again.resume.run_state == {"cost_usd": 5.0, "requests_ok": 5}
+        assert "journal" not in again.resume.message
+    assert not (tmp_path / "checkpoint.json.journal").exists()
+
+
+def test_a_journal_older_than_the_checkpoint_is_ignored(tmp_path):
+    with open_sink(tmp_path, auto_sync=False) as sink:
+        sink.append(make(0))
+        sink.note_run_state({"cost_usd": 1.0})
+        stale = (tmp_path / "checkpoint.json.journal").read_bytes()
+        sink.sync({"cost_usd": 2.0})
+    (tmp_path / "checkpoint.json.journal").write_bytes(stale)  # as if the truncation never happened
+    with open_sink(tmp_path) as resumed:
+        assert resumed.resume.run_state == {"cost_usd": 2.0}

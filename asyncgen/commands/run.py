@@ -229,6 +229,7 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
     stats.accepted, stats.carried = sink.count, dict(sink.resume.run_state or {})
     stats.cost_before_usd = stats.carried.get("cost_usd", 0.0)
     stats.cost_simulated = mode == "simulator"
+    stats.on_usage = lambda: sink.note_run_state(stats.to_run_state())  # spending survives a SIGKILL
 
     def close_refused() -> None:
         """Close the sink of a run refused before its first request: a dataset it created goes."""
