@@ -217,6 +217,9 @@ async def _chat(request: web.Request, sim: Simulator) -> web.StreamResponse:
     usage = answer["usage"]
     stats.prompt_tokens += usage["prompt_tokens"]
     stats.completion_tokens += usage["completion_tokens"]
+    if http_fault in ("reset", "timeout") or request.transport is None or request.transport.is_closing():
+        stats.undelivered_prompt_tokens += usage["prompt_tokens"]
+        stats.undelivered_completion_tokens += usage["completion_tokens"]
     payload = orjson.dumps(answer)
     if http_fault == "reset":
         return await _reset_midway(request, payload, headers)

@@ -18,6 +18,10 @@ class Stats:
         self.faults: dict[str, int] = {}
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        # Of those, what went into answers the client never received (reset, hung past its timeout,
+        # or it had gone): a real API bills them too, but no client can count them.
+        self.undelivered_prompt_tokens = 0
+        self.undelivered_completion_tokens = 0
         self.rate_limited = {"requests": 0, "tokens": 0, "too_large": 0, "quota": 0}
         # (seconds since start at arrival, final status) of chat requests, most recent MAX_LOGGED.
         self.chat_log: deque[tuple[float, int]] = deque(maxlen=MAX_LOGGED)
@@ -36,7 +40,9 @@ class Stats:
             "requests": dict(self.requests),
             "statuses": {str(code): n for code, n in sorted(self.statuses.items())},
             "faults": dict(self.faults),
-            "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
+            "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens,
+                       "undelivered_prompt": self.undelivered_prompt_tokens,
+                       "undelivered_completion": self.undelivered_completion_tokens},
             "rate_limited": dict(self.rate_limited),
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,

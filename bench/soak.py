@@ -1,0 +1,231 @@
+"""Crash loop: ``asyncgen run`` killed again and again against a faulty, rate-limited simulator.
+
+    python bench/soak.py                 # 2,000 scenarios, 30 SIGKILLs and 30 SIGINTs (a few minutes)
+    python bench/soak.py --quick         # 300 scenarios, 3 of each (what CI runs, in tests/test_soak.py)
+    python bench/soak.py --signals KILL --kills 50 --seed 7 --json out.json
+
+For each signal: one simulator process (20% mixed faults, an RPM limit, latency), one dataset.
+``asyncgen run`` starts, is killed a random 0.1-1.5 s after its requests begin (SIGKILL to the process, or SIGINT to
+its process group as a terminal's Ctrl-C), and is started again, ``--kills`` times; then it runs to
+the end. After every kill: the dataset's whole scenarios have contiguous ids and no duplicates, and
+no process of the run is left (the validator worker, the resource tracker). At the end: exactly N
+scenarios, ``asyncgen validate`` passes, and the cost the checkpoint recorded across all runs is
+compared with the simulator's own usage at the same prices. Every delay comes from ``--seed``.
+
+Prints a table (and ``--readme`` puts it in README.md); ``--json FILE`` writes every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+FAULTS = "500=0.05,502=0.03,503=0.03,timeout=0.02,reset=0.03,bad_json=0.01,length=0.01,content_filter=0.01,refusal=0.01"
+GPT_4O = (2.50, 10.00)  # USD per 1M prompt / completion tokens, config/prices.yaml
+ENV = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+ENV.update(NO_PROXY="127.0.0.1,localhost", PYTHONPATH=str(REPO))
+TORN = re.compile(r"cut a torn tail of (\d+) bytes")
+
+
+def start_simulator(rpm: int) -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "asyncgen", "simulate", "--seed", "11", "--faults", FAULTS, "--hang-s", "3",
+         "--rpm", str(rpm), "--latency-ms", "80", "--latency-jitter-ms", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV,
+    )
+    return process, process.stdout.readline().strip()
+
+
+def processes_below(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, of in parents.items() if of == parent]
+        found += children
+        frontier += children
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def check_dataset(path: Path) -> tuple[int, list[str]]:
+    """(whole scenarios, problems): contiguous ids and no duplicates among the whole scenarios."""
+    if not path.exists():
+        return 0, []
+    lines = path.read_bytes().split(b"\n")[:-1]
+    whole = len(lines) // 4
+    problems, prompts, counterfactuals = [], set(), set()
+    for index in range(whole):
+        group = [json.loads(line) for line in lines[4 * index : 4 * index + 4]]
+        if any(record["scenario_id"] != index for record in group):
+            problems.append(f"scenario {index}: ids not contiguous")
+        prompt, counterfactual = (" ".join(group[k]["text"].casefold().split()) for k in (2, 3))
+        if prompt in prompts or counterfactual in counterfactuals:
+            problems.append(f"scenario {index}: duplicate")
+        prompts.add(prompt)
+        counterfactuals.add(counterfactual)
+    return whole, problems
+
+
+def soak(signal_name: str, scenarios: int, kills: int, rng: random.Random, folder: Path, rpm: int) -> dict:
+    simulator, base_url = start_simulator(rpm)
+    dataset = folder / f"soak-{signal_name}.jsonl"
+    command = [sys.executable, "-m", "asyncgen", "run", "--base-url", base_url, "--output", str(dataset),
+               "--num-scenarios", str(scenarios), "--concurrency", "16", "--request-timeout", "2",
+               "--validator-workers", "1", "--prices", str(REPO / "config" / "prices.yaml"), "--grace-period", "5"]
+    result = {"signal": signal_name, "scenarios": scenarios, "kills": 0, "finished_early": 0, "lost": 0,
+              "problems": [], "orphans": 0, "bytes_repaired": 0, "delays_s": []}
+    started = time.monotonic()
+    try:
+        for _ in range(kills):
+            delay = rng.uniform(0.1, 1.5)
+            log = folder / "run.log"
+            with open(log, "w") as stderr:
+                process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=ENV,
+                                           start_new_session=True)
+                # The delay counts from the start of the requests (tokenizer loading before it varies).
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and process.poll() is None and "validator process" not in log.read_text():
+                    time.sleep(0.02)
+                time.sleep(delay)
+                below = processes_below(process.pid)
+                before, _ = check_dataset(dataset)
+                if process.poll() is not None:
+                    result["finished_early"] += 1
+                elif signal_name == "KILL":
+                    process.send_signal(signal.SIGKILL)
+                    result["kills"] += 1
+                else:
+                    os.killpg(process.pid, signal.SIGINT)
+                    result["kills"] += 1
+                process.wait(timeout=120)
+            result.setdefault("exit_codes", []).append(process.returncode)
+            result["delays_s"].append(round(delay, 2))
+            result["bytes_repaired"] += sum(int(n) for n in TORN.findall(log.read_text()))
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and any(alive(pid) for pid in below):
+                time.sleep(0.05)
+            result["orphans"] += sum(alive(pid) for pid in below)
+            for pid in below:  # never leave one behind for the next round
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+            whole, problems = check_dataset(dataset)
+            result["lost"] += max(0, before - whole)
+            result["problems"] += problems
+            if whole >= scenarios:
+                break
+        final = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
+        result["bytes_repaired"] += sum(int(n) for n in TORN.findall(final.stderr))
+        result["final_exit"] = final.returncode
+        whole, problems = check_dataset(dataset)
+        result["problems"] += problems
+        result["final_scenarios"] = whole
+        check = subprocess.run([sys.executable, "-m", "asyncgen", "validate", str(dataset)], capture_output=True,
+                               text=True, env=ENV, timeout=600)
+        result["validate_ok"] = check.returncode == 0
+        stats = httpx.get(base_url.removesuffix("/v1") + "/_stats", trust_env=False, timeout=10).json()
+        checkpoint = json.loads(dataset.with_name(dataset.stem + ".checkpoint.json").read_text())
+        state = checkpoint["run_state"]
+        result["faults"] = stats["faults"]
+        result["rate_limited_429"] = sum(stats["rate_limited"].values())
+        result["runs"] = state.get("runs")
+        result["attempts_recorded"] = state.get("requests_sent")
+        result["answered_recorded"] = state.get("requests_ok")
+        result["answered_by_simulator"] = stats["requests"].get("POST /v1/chat/completions", 0)
+        tokens = stats["tokens"]
+        delivered = (tokens["prompt"] - tokens["undelivered_prompt"], tokens["completion"] - tokens["undelivered_completion"])
+        result["cost_recorded_usd"] = state.get("cost_usd")
+        result["cost_simulator_usd"] = (delivered[0] * GPT_4O[0] + delivered[1] * GPT_4O[1]) / 1e6
+        result["cost_undelivered_usd"] = (tokens["undelivered_prompt"] * GPT_4O[0]
+                                          + tokens["undelivered_completion"] * GPT_4O[1]) / 1e6
+        result["wall_s"] = round(time.monotonic() - started, 1)
+    finally:
+        simulator.kill()
+        simulator.wait()
+    return result
+
+
+def table(results: list[dict], seed: int) -> str:
+    rows = [
+        "| signal | kills survived | faults seen by kind | 429s | retries | bytes repaired | scenarios lost | orphans | "
+        "final | cost recorded / simulator's usage of delivered answers | undelivered (unknowable) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        faults = ", ".join(f"{k} {v}" for k, v in sorted(r["faults"].items()))
+        retries = (r["attempts_recorded"] or 0) - (r["answered_recorded"] or 0)
+        recorded = r["cost_recorded_usd"]
+        ratio = f"${recorded:.4f} / ${r['cost_simulator_usd']:.4f} = {recorded / r['cost_simulator_usd']:.4f}" \
+            if recorded and r["cost_simulator_usd"] else "n/a"
+        final = f"{r['final_scenarios']}/{r['scenarios']}, validate {'OK' if r['validate_ok'] else 'FAILED'}"
+        rows.append(f"| SIG{r['signal']} | {r['kills']} | {faults} | {r['rate_limited_429']} | {retries} | "
+                    f"{r['bytes_repaired']} | {r['lost']} | {r['orphans']} | {final} | {ratio} | "
+                    f"${r['cost_undelivered_usd']:.4f} |")
+    walls = ", ".join(f"SIG{r['signal']} {r['wall_s']} s" for r in results)
+    return "\n".join(rows) + f"\n\nseed {seed}; wall time {walls}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenarios", type=int, default=2000, help="dataset size (default: 2000)")
+    parser.add_argument("--kills", type=int, default=30, help="kills per signal (default: 30)")
+    parser.add_argument("--signals", default="KILL,INT", help="KILL, INT or both (default: KILL,INT)")
+    parser.add_argument("--rpm", type=int, default=400, help="the simulator's request limit (default: 400; slow enough that every kill lands mid-run)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the kill delays (default: random, printed)")
+    parser.add_argument("--quick", action="store_true", help="300 scenarios, 3 kills per signal, 300 RPM")
+    parser.add_argument("--json", default=None, help="write every figure to this file")
+    parser.add_argument("--readme", action="store_true", help="put the table into README.md")
+    args = parser.parse_args()
+    if args.quick:
+        args.scenarios, args.kills, args.rpm = 300, 3, 300
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    rng = random.Random(seed)
+    results = []
+    with tempfile.TemporaryDirectory() as folder:
+        for name in args.signals.split(","):
+            results.append(soak(name.strip().upper(), args.scenarios, args.kills, rng, Path(folder), args.rpm))
+            print(f"SIG{results[-1]['signal']}: {json.dumps({k: v for k, v in results[-1].items() if k != 'delays_s'})}",
+                  file=sys.stderr)
+    text = table(results, seed)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"seed": seed, "results": results}, indent=2))
+    if args.readme:
+        readme = REPO / "README.md"
+        content = readme.read_text()
+        start, end = "<!-- bench/soak.py table -->", "<!-- /bench/soak.py table -->"
+        if start in content and end in content:
+            head, rest = content.split(start, 1)
+            readme.write_text(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
+    bad = any(r["lost"] or r["orphans"] or r["problems"] or not r["validate_ok"] or r["final_scenarios"] != r["scenarios"]
+              for r in results)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
