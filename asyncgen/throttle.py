@@ -10,7 +10,9 @@ hint pauses all workers, not just the one that got it.
 
 ``decide(exc, attempt)`` is the retry policy: permanent errors fail the run, rate limits cool
 everyone down, 5xx/timeouts/connection errors back off exponentially with jitter, and no request
-is tried more than ``max_attempts`` times.
+is tried more than ``max_attempts`` times. An error (4xx or 5xx) whose text names
+``response_format`` or ``json_schema`` is the server refusing the structured-output format: the
+worker decides what to do with it ("format").
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import AsyncIterator, Mapping
 
 import openai
 from aiolimiter import AsyncLimiter
+
+from asyncgen.errors import server_words
 
 PROBE_CONCURRENCY = 4  # requests in flight before the server has told us its limits
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -165,7 +169,8 @@ def _number(value: str | None) -> float | None:
 
 @dataclass(frozen=True)
 class Decision:
-    action: str  # "retry" (after delay), "cooldown" (everyone waits delay), "fail" (stop the run)
+    action: str  # "retry" (after delay), "cooldown" (everyone waits delay), "fail" (stop the run),
+    # "format" (the server refuses the response_format: the worker falls back or fails)
     delay: float
     cause: str  # what is counted: "429", "5xx", "timeout", "connection", "auth", "quota", ...
     message: str = ""
@@ -183,7 +188,7 @@ class RetryPolicy:
         return min(self.base_delay * 2**attempt, self.max_delay) * (1 - 0.25 * random.random())
 
     def decide(self, exc: BaseException, attempt: int) -> Decision:
-        message = _server_message(exc)
+        message = server_words(exc)
         if isinstance(exc, openai.RateLimitError):
             if exc.code == "insufficient_quota" or getattr(exc, "type", None) == "insufficient_quota":
                 return Decision("fail", 0, "quota", "insufficient_quota: the account has no quota left; check billing")
@@ -191,26 +196,32 @@ class RetryPolicy:
             if hint is None and "too large" in message.lower():
                 return Decision("fail", 0, "too_large", f"request too large for the token limit: {message}")
             return Decision("cooldown", hint if hint is not None else self.default_cooldown, "429")
+        if isinstance(exc, openai.APIStatusError) and names_response_format(message):
+            return Decision("format", 0, "response_format", f"{_status(exc)}: {message}")
         if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
-            return Decision("fail", 0, "auth", f"{exc.status_code} {exc.code or ''}: {message}; check the API key")
+            return Decision("fail", 0, "auth", f"{_status(exc)}: {message}; check the API key")
         if isinstance(exc, openai.NotFoundError):
-            return Decision("fail", 0, "not_found", f"404 {exc.code or ''}: {message}; check --model and --base-url")
+            return Decision("fail", 0, "not_found", f"{_status(exc)}: {message}; check --model and --base-url")
         if isinstance(exc, (openai.BadRequestError, openai.UnprocessableEntityError)):
-            return Decision("fail", 0, "bad_request", f"{exc.status_code} {exc.code or ''}: {message}")
+            return Decision("fail", 0, "bad_request", f"{_status(exc)}: {message}")
         if isinstance(exc, openai.APITimeoutError):
-            return Decision("retry", self.backoff(attempt), "timeout")
+            return Decision("retry", self.backoff(attempt), "timeout", "no answer within --request-timeout")
         if isinstance(exc, openai.APIConnectionError):
-            return Decision("retry", self.backoff(attempt), "connection")
+            return Decision("retry", self.backoff(attempt), "connection", message)
         if isinstance(exc, openai.APIStatusError):
             if exc.status_code >= 500 or exc.status_code in (408, 409):
-                return Decision("retry", self.backoff(attempt), f"{exc.status_code}")
+                return Decision("retry", self.backoff(attempt), f"{exc.status_code}", f"{exc.status_code}: {message}")
             return Decision("fail", 0, f"{exc.status_code}", f"{exc.status_code}: {message}")
         raise exc
 
 
-def _server_message(exc: BaseException) -> str:
-    """The server's own error message, without the SDK's "Error code: 404 - {...}" wrapping."""
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"]
-    return str(getattr(exc, "message", exc))
+def names_response_format(text: str) -> bool:
+    """Whether an error's text is about the structured-output format (``response_format``)."""
+    lowered = text.lower()
+    return "response_format" in lowered or "json_schema" in lowered
+
+
+def _status(exc: openai.APIStatusError) -> str:
+    """``401`` or ``401 invalid_api_key``: the status and the error code when the server sent one."""
+    code = exc.code if isinstance(getattr(exc, "code", None), str) and exc.code else None
+    return f"{exc.status_code} {code}" if code else f"{exc.status_code}"

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from asyncgen.commands._shared import add_task_flags, add_tokenizer_flags, load_task_and_tokenizers
 from asyncgen.config import default_config_dir, resolve_config_dir
 from asyncgen.errors import UsageError
-from asyncgen.prices import cost_usd, load_prices, price_for
+from asyncgen.prices import cost_usd, load_prices, price_for, run_price
 from asyncgen.progress import report_progress, summary
 from asyncgen.eventloop import LOOPBACK_HOSTS, run_event_loop
 from asyncgen.prompting import (
@@ -90,7 +90,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--rpm", type=_positive_int, default=None, help="requests per minute limit (default: learned from the API's x-ratelimit headers)")
     parser.add_argument("--tpm", type=_positive_int, default=None, help="tokens per minute limit (default: learned from the API's x-ratelimit headers)")
     parser.add_argument("--max-cost", type=_non_negative_float, default=None, help="USD budget for the dataset (this run plus earlier runs it resumes); no request starts that could cross it")
-    parser.add_argument("--prices", default=None, help="price table YAML (default: <config-dir>/prices.yaml)")
+    parser.add_argument("--prices", default=None, help="price table YAML (default: <config-dir>/prices.yaml); at a --base-url other than OpenAI's, cost is counted only with this flag, by the --model name")
     parser.add_argument("--validator-workers", type=_non_negative_int, default=None, help="validator processes; 0 validates in the main process (default: 1 on 2 cores, cores-1 up to 4)")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
     parser.add_argument("--seed", type=int, default=None, help="base seed sent with requests (request i gets seed+i); also seeds the offline simulator")
@@ -138,8 +138,11 @@ def run(args: argparse.Namespace) -> int:
     if args.prices and not prices_path.is_file():
         raise UsageError(f"--prices {prices_path}: no such file")
     prices = load_prices(prices_path)
-    price = price_for(prices, args.model)
+    price = run_price(prices, args.model, args.base_url, table_given=bool(args.prices))
     if args.max_cost is not None and price is None:
+        if price_for(prices, args.model) is not None:  # a server other than OpenAI's
+            raise UsageError(f"--max-cost: at --base-url {args.base_url} the cost of {args.model!r} is unknown "
+                             "(a local server may answer to any model name); pass --prices FILE with its price")
         raise UsageError(f"--max-cost: model {args.model!r} has no price in {prices_path}; add it there or pass --prices")
     if args.dry_run:
         return _dry_run(args, task, price)
@@ -198,7 +201,8 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
         durability=DurabilityPolicy(args.sync_every, args.sync_seconds),
         auto_sync=False,
     )
-    stats = RunStats(target=args.num_scenarios, accepted=sink.count, carried=dict(sink.resume.run_state or {}))
+    stats = RunStats(target=args.num_scenarios, accepted=sink.count, carried=dict(sink.resume.run_state or {}),
+                     cost_usd=None if price is None else 0.0)
     stats.cost_before_usd = stats.carried.get("cost_usd", 0.0)
     bound = _request_cost_bound(task, price)
     if args.max_cost is not None and sink.count < args.num_scenarios:
@@ -239,10 +243,12 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
         validator = PairValidator(task, specs, cache_dir=args.cache_dir, workers=workers, tokenizers=tokenizers)
         stack.callback(validator.close)
         settings = GenerationSettings(args.model, response_format_for(args.model, args.response_format),
-                                      args.temperature, args.seed)
+                                      args.temperature, args.seed,
+                                      fallback_to_json_object=args.response_format == "auto",
+                                      stop_if_cap_ignored=args.max_cost is not None)
         throttle = Throttle(args.rpm, args.tpm, largest_request_tokens=largest_request_tokens(task))
         generator = Generator(client, task, settings, throttle, RetryPolicy(max_attempts=args.max_attempts),
-                              stats, prices, api_key)
+                              stats, price, api_key)
         pipeline = Pipeline(task, generator, validator, sink, stats, concurrency=args.concurrency,
                             max_cost=args.max_cost, request_cost_bound=bound,
                             grace_period=args.grace_period)
@@ -262,7 +268,7 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
                 await asyncio.to_thread(sink.close, stats.to_run_state())
             except Exception as exc:  # the first write failure wins; report it below
                 close_error = exc
-            print(summary(stats, stop_reason=pipeline.stop_reason or (type(failure).__name__ if failure else None),
+            print(summary(stats, stop_reason=pipeline.stop_reason or ("failed" if failure else None),
                           output=args.output, resume_command=_resume_command(args)), file=sys.stderr)
         if failure is not None:
             raise failure
