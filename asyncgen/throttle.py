@@ -205,9 +205,9 @@ class RetryPolicy:
         if isinstance(exc, (openai.BadRequestError, openai.UnprocessableEntityError)):
             return Decision("fail", 0, "bad_request", f"{_status(exc)}: {message}")
         if isinstance(exc, openai.APITimeoutError):
-            return Decision("retry", self.backoff(attempt), "timeout", "no answer within --request-timeout")
+            return Decision("retry", self.backoff(attempt), "timeout", "timeout: no answer within --request-timeout")
         if isinstance(exc, openai.APIConnectionError):
-            return Decision("retry", self.backoff(attempt), "connection", message)
+            return Decision("retry", self.backoff(attempt), "connection", f"connection error: {message}")
         if isinstance(exc, openai.APIStatusError):
             if exc.status_code >= 500 or exc.status_code in (408, 409):
                 return Decision("retry", self.backoff(attempt), f"{exc.status_code}", f"{exc.status_code}: {message}")

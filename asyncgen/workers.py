@@ -133,8 +133,7 @@ class Generator:
                     return self._read(response.content, request_number)
                 finally:
                     stats.in_flight -= 1
-            stats.last_error = redact(f"{decision.cause}: {decision.message}" if decision.message else decision.cause,
-                                      self.api_key)
+            stats.last_error = redact(decision.message or decision.cause, self.api_key)
             log.debug("request %d attempt %d failed: %s", request_number, attempt + 1, stats.last_error)
             if decision.action == "format":
                 if self._fall_back(params["response_format"], decision.message):
