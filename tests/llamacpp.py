@@ -164,7 +164,7 @@ def llama_server(api_key: str, log_path: Path, start_timeout: float = 120.0) -> 
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
             try:
-                process.wait(10)
+                process.wait(3)  # uvicorn would wait for the answers still being generated
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(10)
