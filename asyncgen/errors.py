@@ -13,6 +13,8 @@ import re
 _SDK_PREFIX = re.compile(r"^Error code: \d+ - ")
 _TRACEBACK_TAIL = re.compile(r"\n\s*File \".*", re.S)  # FastAPI servers (llama.cpp) append one
 SERVER_WORDS_MAX = 400
+# A pydantic validation error as FastAPI servers print it: "{'type': ..., 'loc': ('body', 'x'), 'msg': "..."".
+_PYDANTIC_ITEM = re.compile(r"'loc': \(([^)]*)\), 'msg': (\"[^\"]*\"|'[^']*')")
 
 
 class AsyncgenError(Exception):
@@ -88,4 +90,12 @@ def server_words(exc: BaseException) -> str:
     if text is None:
         text = _SDK_PREFIX.sub("", str(getattr(exc, "message", None) or exc))
     text = " ".join(_TRACEBACK_TAIL.sub("", text).split())
+    items = _PYDANTIC_ITEM.findall(text) if "validation error" in text else []
+    if items:  # the pydantic repr, read: "body.response_format.type: Input should be 'text' or 'json_object'"
+        text = "; ".join(f"{_dotted(loc)}: {msg[1:-1]}" for loc, msg in items)
     return text if len(text) <= SERVER_WORDS_MAX else text[: SERVER_WORDS_MAX - 3] + "..."
+
+
+def _dotted(loc: str) -> str:
+    """``'body', 'response_format', 'type'`` -> ``body.response_format.type``."""
+    return ".".join(part.strip(" '\"") for part in loc.split(",") if part.strip())

@@ -234,6 +234,10 @@ def test_fastapi_errors_read_as_the_servers_words():
     assert RetryPolicy().decide(error, 0).message == "422: Field required"
     error = openai.InternalServerError("Error code: 502 - <html>...", response=httpx.Response(502, request=request), body=None)
     assert server_words(error) == "<html>..."
+    # llama.cpp's 500 for json_schema: pydantic's repr and a traceback tail, read as one plain line.
+    error = openai.InternalServerError("Error code: 500", response=httpx.Response(500, request=request),
+                                       body=schema_error()[1]["error"])
+    assert server_words(error) == "body.response_format.type: Input should be 'text' or 'json_object'"
 
 
 def test_summary_names_no_python_class_and_accounts_for_every_request():
