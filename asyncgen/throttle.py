@@ -6,7 +6,10 @@ its prompt estimate plus its maximum output tokens). Limits come from ``--rpm/--
 them, from the ``x-ratelimit-*`` headers of the first responses; until those arrive only a few
 requests go out at once. Afterwards the ``remaining``/``reset`` headers keep steering: when the
 server says a bucket is empty, every worker pauses until it has refilled enough. A 429 with a retry
-hint pauses all workers, not just the one that got it.
+hint pauses all workers, not just the one that got it. Timeouts mean a server slower than the
+requests sent to it (a local server with one slot, which goes on generating what the client
+abandoned): each one halves how many requests may be in flight at once, and each answer lets that
+number grow again by about one per round of answers (additive increase, multiplicative decrease).
 
 ``decide(exc, attempt)`` is the retry policy: permanent errors fail the run, rate limits cool
 everyone down, 5xx/timeouts/connection errors back off exponentially with jitter, and no request
@@ -85,6 +88,9 @@ class Throttle:
         self._cooldown_until = 0.0
         self.cooldowns = 0
         self.cooldown_seconds = 0.0
+        self.ceiling: float | None = None  # most requests in flight after timeouts; None: no such limit
+        self._sending = 0
+        self._below_ceiling = asyncio.Condition()
 
     @property
     def limits(self) -> tuple[float | None, float | None]:
@@ -97,6 +103,28 @@ class Throttle:
             self.cooldown_seconds += until - max(self._cooldown_until, time.monotonic())
             self._cooldown_until = until
             self.cooldowns += 1
+
+    def on_timeout(self) -> None:
+        """A request timed out: halve the requests in flight (at least one)."""
+        self.ceiling = max(1.0, (self.ceiling or self._sending + 1) / 2)
+
+    def on_answer(self) -> None:
+        """A request was answered: after timeouts, allow about one more in flight per round."""
+        if self.ceiling is not None:
+            self.ceiling += 1.0 / self.ceiling
+            self._wake_below_ceiling()
+
+    def _wake_below_ceiling(self) -> None:
+        async def wake() -> None:
+            async with self._below_ceiling:
+                self._below_ceiling.notify_all()
+
+        self._waking = asyncio.get_running_loop().create_task(wake())  # referenced: tasks are held weakly
+
+    async def _wait_below_ceiling(self) -> None:
+        if self.ceiling is not None and self._sending >= self.ceiling:
+            async with self._below_ceiling:
+                await self._below_ceiling.wait_for(lambda: self.ceiling is None or self._sending < self.ceiling)
 
     async def _wait_cooldown(self) -> None:
         while (remaining := self._cooldown_until - time.monotonic()) > 0:
@@ -118,7 +146,14 @@ class Throttle:
             if self._tokens is not None:
                 await self._tokens.acquire(min(tokens, self._tokens.max_rate))
             await self._wait_cooldown()  # a 429 may have arrived while we queued
-            yield
+            await self._wait_below_ceiling()
+            self._sending += 1
+            try:
+                yield
+            finally:
+                self._sending -= 1
+                if self.ceiling is not None:
+                    self._wake_below_ceiling()
         finally:
             if probing:
                 self._probe.release()

@@ -130,6 +130,7 @@ class Generator:
                     raise
                 else:
                     self.throttle.observe(response.headers)
+                    self.throttle.on_answer()
                     return self._read(response.content, request_number)
                 finally:
                     stats.in_flight -= 1
@@ -153,6 +154,7 @@ class Generator:
             if decision.cause == "timeout":
                 timeouts += 1
                 stats.abandoned_attempts += 1
+                self.throttle.on_timeout()
             attempt += 1
             if attempt >= self.policy.max_attempts:
                 break
