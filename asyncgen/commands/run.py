@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from asyncgen.commands._shared import add_task_flags, add_tokenizer_flags, load_task_and_tokenizers
 from asyncgen.config import default_config_dir, resolve_config_dir
 from asyncgen.errors import UsageError
-from asyncgen.prices import cost_usd, load_prices, price_for, run_price
+from asyncgen.prices import cost_usd, is_openai_endpoint, load_prices, price_for, run_price
 from asyncgen.progress import report_progress, summary
 from asyncgen.eventloop import LOOPBACK_HOSTS, run_event_loop
 from asyncgen.prompting import (
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_cost is not None and price is None:
         if price_for(prices, args.model) is not None:  # a server other than OpenAI's
             raise UsageError(f"--max-cost: at --base-url {args.base_url} the cost of {args.model!r} is unknown "
-                             "(a local server may answer to any model name); pass --prices FILE with its price")
+                             "(a server other than OpenAI's may answer to any model name); pass --prices FILE with its price")
         raise UsageError(f"--max-cost: model {args.model!r} has no price in {prices_path}; add it there or pass --prices")
     if args.dry_run:
         return _dry_run(args, task, price)
@@ -176,7 +176,8 @@ def _dry_run(args, task, price) -> int:
     print(f"  requests        about {requests}, at most {args.concurrency} in flight")
     print(f"  tokens          about {requests * prompt_tokens} prompt + at most {requests * output_tokens} completion "
           f"({prompt_tokens} + {output_tokens} per request)")
-    print(f"  cost            {'unknown (no price for ' + args.model + ')' if cost is None else f'at most about ${cost:.4f}'}")
+    why = f"no price for {args.model}" if args.prices or is_openai_endpoint(args.base_url) else "not OpenAI's server: pass --prices"
+    print(f"  cost            {'unknown (' + why + ')' if cost is None else f'at most about ${cost:.4f}'}")
     return 0
 
 
