@@ -57,21 +57,23 @@ def command(tmp_path, base_url, *flags):
             "--checkpoint", str(tmp_path / "checkpoint.json"), "--validator-workers", "1", *flags]
 
 
-def run_env(key=KEY):
-    return {**ENV, "OPENAI_API_KEY": key}
+def run_env(tmp_path, key=KEY):
+    """The run's environment, marked with the test's folder: its validator workers (spawned, so
+    their command lines do not name it) inherit the mark, and ``leftovers`` finds them by it."""
+    return {**ENV, "OPENAI_API_KEY": key, "ASYNCGEN_TEST_MARK": str(tmp_path)}
 
 
-def leftovers(marker: str) -> list[str]:
-    """Processes whose command line names ``marker`` (a test's own folder): there must be none."""
+def leftovers(tmp_path) -> list[str]:
+    """Processes started for this test that are still running: there must be none."""
+    mark = f"ASYNCGEN_TEST_MARK={tmp_path}".encode()
     found = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit() and int(proc.name) != os.getpid():
             try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                if mark in (proc / "environ").read_bytes().split(b"\0"):
+                    found.append(proc.name + ": " + (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
             except OSError:
                 continue
-            if marker in cmdline:
-                found.append(f"{proc.name}: {cmdline}")
     return found
 
 
@@ -82,13 +84,13 @@ def error_lines(stderr):
 def test_a_wrong_key_stops_at_once_in_the_servers_words(tmp_path, server):
     started = time.monotonic()
     result = subprocess.run(command(tmp_path, server, "--num-scenarios", "5", "--task", str(task_file(tmp_path, 2))),
-                            capture_output=True, text=True, env=run_env("sk-wrong-key-1234"), timeout=120)
+                            capture_output=True, text=True, env=run_env(tmp_path, "sk-wrong-key-1234"), timeout=120)
     assert result.returncode == 1, result.stderr[-3000:]
     assert error_lines(result.stderr) == [
         "asyncgen run: error: the API refused the request permanently: 401: Invalid API key; check the API key"]
     assert "Error code" not in result.stderr and "sk-wrong-key-1234" not in result.stderr
     assert "stopped (failed: see the error below)" in result.stderr
-    assert time.monotonic() - started < 60 and not leftovers(str(tmp_path))
+    assert time.monotonic() - started < 60 and not leftovers(tmp_path)
 
 
 def test_json_schema_asked_for_explicitly_gives_up_at_once_in_the_servers_words(tmp_path, server):
@@ -96,13 +98,13 @@ def test_json_schema_asked_for_explicitly_gives_up_at_once_in_the_servers_words(
     result = subprocess.run(command(tmp_path, server, "--num-scenarios", "5", "--response-format", "json_schema",
                                     "--concurrency", "1",
                                     "--task", str(task_file(tmp_path, 2))),
-                            capture_output=True, text=True, env=run_env(), timeout=120)
+                            capture_output=True, text=True, env=run_env(tmp_path), timeout=120)
     assert result.returncode == 1, result.stderr[-3000:]
     [error] = error_lines(result.stderr)
     assert "refused response_format json_schema" in error and "Input should be 'text' or 'json_object'" in error
     assert "--response-format json_object" in error and "File " not in error
     assert re.search(r"requests +1 sent: 0 answered, 0 retries, 0 given up, 1 refused", result.stderr), result.stderr
-    assert time.monotonic() - started < 60 and not leftovers(str(tmp_path))
+    assert time.monotonic() - started < 60 and not leftovers(tmp_path)
 
 
 def test_a_run_on_llama_cpp_caps_answers_falls_back_and_counts_everything(tmp_path, server):
@@ -110,7 +112,7 @@ def test_a_run_on_llama_cpp_caps_answers_falls_back_and_counts_everything(tmp_pa
     process = subprocess.Popen(
         command(tmp_path, server, "--num-scenarios", "100", "--concurrency", "2", "--seed", "1", "--log-level", "DEBUG",
                 "--task", str(task_file(tmp_path, SMALL_BATCH)), "--grace-period", "30"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=run_env())
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=run_env(tmp_path))
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
     reader.start()
@@ -144,7 +146,7 @@ def test_a_run_on_llama_cpp_caps_answers_falls_back_and_counts_everything(tmp_pa
     assert "cost            unknown this run" in stderr  # a local server: no price without --prices
     state = json.loads((tmp_path / "checkpoint.json").read_text())["run_state"]
     assert state["requests_ok"] == len(answers) and state["completion_tokens"] <= CAP * len(answers)
-    assert elapsed < 150 and not leftovers(str(tmp_path))
+    assert elapsed < 150 and not leftovers(tmp_path)
     assert httpx.get(server + "/models", headers={"Authorization": f"Bearer {KEY}"}, trust_env=False, timeout=10).status_code == 200
 
 
@@ -156,7 +158,7 @@ def test_timeouts_are_retried_with_back_off_and_their_cost_is_stated_unknown(tmp
         command(tmp_path, server, "--num-scenarios", "5", "--concurrency", "1", "--seed", "3", "--request-timeout", "2",
                 "--max-attempts", "2", "--response-format", "json_object", "--log-level", "DEBUG",
                 "--task", str(task_file(tmp_path, 10)), "--grace-period", "0"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=run_env())
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=run_env(tmp_path))
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
     reader.start()
@@ -171,4 +173,4 @@ def test_timeouts_are_retried_with_back_off_and_their_cost_is_stated_unknown(tmp
     assert re.search(r"cost +unknown this run, unknown in all; \d+ abandoned attempts cost unknown", stderr), stderr[-2000:]
     state = json.loads((tmp_path / "checkpoint.json").read_text())["run_state"]
     assert state["abandoned_attempts"] >= 2
-    assert time.monotonic() - started < 90 and not leftovers(str(tmp_path))
+    assert time.monotonic() - started < 90 and not leftovers(tmp_path)
