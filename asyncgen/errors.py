@@ -8,6 +8,14 @@ shown only with ``--log-level DEBUG``. ``UsageError`` and its subclasses are bad
 
 from __future__ import annotations
 
+import re
+
+_SDK_PREFIX = re.compile(r"^Error code: \d+ - ")
+_TRACEBACK_TAIL = re.compile(r"\n\s*File \".*", re.S)  # FastAPI servers (llama.cpp) append one
+SERVER_WORDS_MAX = 400
+# A pydantic validation error as FastAPI servers print it: "{'type': ..., 'loc': ('body', 'x'), 'msg': "..."".
+_PYDANTIC_ITEM = re.compile(r"'loc': \(([^)]*)\), 'msg': (\"[^\"]*\"|'[^']*')")
+
 
 class AsyncgenError(Exception):
     """Base of every error asyncgen reports to a user."""
@@ -57,3 +65,37 @@ def redact(text: str, secret: str | None) -> str:
     if secret and len(secret) >= 4:
         text = text.replace(secret, "sk-...REDACTED")
     return text
+
+
+def server_words(exc: BaseException) -> str:
+    """What the server said, on one line, without the SDK's ``Error code: 401 - {...}`` wrapping.
+
+    Reads the SDK's parsed body: OpenAI's ``{"error": {"message": ...}}``, FastAPI's
+    ``{"detail": "..."}`` or ``{"detail": [{"msg": ...}, ...]}``, or a plain-text body (a proxy's
+    page); otherwise the exception's own message. Whitespace is collapsed, a Python traceback tail
+    that some servers append is cut off, and the text is bounded in length.
+    """
+    body = getattr(exc, "body", None)
+    text = None
+    if isinstance(body, dict):
+        message, detail = body.get("message"), body.get("detail")
+        if isinstance(message, str) and message.strip():
+            text = message
+        elif isinstance(detail, str) and detail.strip():
+            text = detail
+        elif isinstance(detail, list) and detail:
+            text = "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail)
+    elif isinstance(body, str) and body.strip():
+        text = body
+    if text is None:
+        text = _SDK_PREFIX.sub("", str(getattr(exc, "message", None) or exc))
+    text = " ".join(_TRACEBACK_TAIL.sub("", text).split())
+    items = _PYDANTIC_ITEM.findall(text) if "validation error" in text else []
+    if items:  # the pydantic repr, read: "body.response_format.type: Input should be 'text' or 'json_object'"
+        text = "; ".join(f"{_dotted(loc)}: {msg[1:-1]}" for loc, msg in items)
+    return text if len(text) <= SERVER_WORDS_MAX else text[: SERVER_WORDS_MAX - 3] + "..."
+
+
+def _dotted(loc: str) -> str:
+    """``'body', 'response_format', 'type'`` -> ``body.response_format.type``."""
+    return ".".join(part.strip(" '\"") for part in loc.split(",") if part.strip())

@@ -1,7 +1,9 @@
 """Cost in USD from a price table (``<config-dir>/prices.yaml``, USD per 1M tokens).
 
 An unknown model has an unknown cost (``None``), never an error. Dated snapshots such as
-``gpt-4o-2024-08-06`` fall back to their base name.
+``gpt-4o-2024-08-06`` fall back to their base name. A run is priced by the model the user asked
+for; at a server other than OpenAI's (a local server may answer to any model name) only when the
+user passed the price table themselves (``--prices``).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from asyncgen.config import read_yaml
 from asyncgen.errors import ConfigError
@@ -51,6 +54,17 @@ def price_for(table: PriceTable, model: str | None) -> Price | None:
     if not model:
         return None
     return table.get(model) or table.get(_SNAPSHOT_SUFFIX.sub("", model))
+
+
+def is_openai_endpoint(base_url: str | None) -> bool:
+    """No base URL (the OpenAI API, or the offline simulator of it) or OpenAI's own host."""
+    return base_url is None or urlsplit(base_url).hostname == "api.openai.com"
+
+
+def run_price(table: PriceTable, model: str, base_url: str | None, table_given: bool) -> Price | None:
+    """What a run prices its requests at: ``model``'s price, trusted at OpenAI's API, and at any
+    other server only when the user gave the table (``table_given``); otherwise unknown."""
+    return price_for(table, model) if table_given or is_openai_endpoint(base_url) else None
 
 
 def cost_usd(price: Price | None, prompt_tokens: float, completion_tokens: float, cached_tokens: float = 0) -> float | None:

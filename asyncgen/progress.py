@@ -113,9 +113,13 @@ async def report_progress(
             live.update(render(), refresh=True)
 
 
+_STOP_REASONS = {"interrupted": "interrupted", "max_cost": "max_cost", "failed": "failed: see the error below"}
+
+
 def summary(stats: RunStats, *, stop_reason: str | None, output: str, resume_command: str | None) -> str:
     finished = stats.accepted >= stats.target
-    status = "finished" if finished else f"stopped ({stop_reason or 'incomplete'})"
+    reason = _STOP_REASONS.get(stop_reason or "", stop_reason or "incomplete")
+    status = "finished" if finished else f"stopped ({reason})"
     lines = [
         f"asyncgen run {status}: {stats.accepted}/{stats.target} scenarios in {output} "
         f"({stats.accepted_this_run} new this run)",
@@ -125,18 +129,40 @@ def summary(stats: RunStats, *, stop_reason: str | None, output: str, resume_com
         top = ", ".join(f"{kind}: {n}" for kind, n in stats.rejections.most_common(8))
         lines.append(f"  rejections      {top}")
     if stats.answer_failures:
-        lines.append("  bad answers     " + ", ".join(f"{k}: {n}" for k, n in sorted(stats.answer_failures.items())))
-    retries = ", ".join(f"{k}: {n}" for k, n in sorted(stats.retries.items())) or "none"
+        lines.append("  bad answers     " + _counts(stats.answer_failures))
+    if stats.dropped_items:
+        lines.append("  dropped items   " + _counts(stats.dropped_items))
+    lines.append("  requests        " + _requests(stats))
+    if stats.last_error and (stats.requests_given_up or stats.requests_failed or not stats.requests_ok):
+        lines.append(f"  last error      {stats.last_error}")
+    over_cap = f", {stats.over_cap_answers} answers over the output cap" if stats.over_cap_answers else ""
     lines += [
-        f"  requests        {stats.requests_ok} answered, {stats.requests_sent} sent, "
-        f"{stats.requests_given_up} given up; retries {retries}",
         f"  tokens          {stats.prompt_tokens} prompt ({stats.cached_tokens} cached), "
-        f"{stats.completion_tokens} completion",
+        f"{stats.completion_tokens} completion{over_cap}",
         f"  cost            {_money(stats.cost_usd)} this run, {_money(stats.total_cost_usd)} in all"
-        + (" (simulated: the offline simulator's usage at real prices)" if stats.cost_simulated else ""),
+        + (" (simulated: the offline simulator's usage at real prices)" if stats.cost_simulated else "")
+        + (f"; {stats.abandoned_attempts} abandoned attempts cost unknown" if stats.abandoned_attempts else ""),
         f"  wall time       {stats.elapsed:.1f} s"
         + (f", first scenario after {stats.first_accepted_s:.2f} s" if stats.first_accepted_s is not None else ""),
     ]
     if not finished and resume_command:
         lines.append(f"  resume with     {resume_command}")
     return "\n".join(lines)
+
+
+def _counts(counter) -> str:
+    return ", ".join(f"{kind}: {n}" for kind, n in sorted(counter.items()))
+
+
+def _requests(stats: RunStats) -> str:
+    """Every attempt sent, accounted for: answered, retried, given up, failed, cancelled at stop."""
+    retried = sum(stats.retries.values())
+    parts = [f"{stats.requests_ok} answered", f"{retried} retries" + (f" ({_counts(stats.retries)})" if retried else ""),
+             f"{stats.requests_given_up} given up"]
+    if stats.requests_failed:
+        parts.append(f"{stats.requests_failed} refused")
+    if stats.requests_cancelled:
+        parts.append(f"{stats.requests_cancelled} cancelled at stop")
+    if stats.in_flight:
+        parts.append(f"{stats.in_flight} in flight")
+    return f"{stats.requests_sent} sent: " + ", ".join(parts)

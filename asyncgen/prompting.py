@@ -2,13 +2,18 @@
 
 The request asks for ``batch_size`` pairs as ``{"pairs": [{"prompt", "counterfactual"}, ...]}``,
 with a strict JSON schema where the model supports structured outputs and ``json_object``
-otherwise. The answer is parsed defensively: each way it can fail has a name, counted by the run.
+otherwise. The output cap goes as ``max_tokens``, which OpenAI's chat models and every
+OpenAI-compatible server we know honour (llama.cpp, vLLM, Ollama); reasoning models (o1, o3, o4,
+gpt-5) refuse it and get ``max_completion_tokens``. The answer is parsed defensively: every
+well-formed pair is kept, and each way an answer or an item in it can fail has a name, counted by
+the run.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import orjson
@@ -36,6 +41,8 @@ JSON_OBJECT_FORMAT = {"type": "json_object"}
 
 # Models known to support strict structured outputs; others get json_object under "auto".
 _STRUCTURED_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-5", "o1", "o3", "o4")
+# Reasoning models: OpenAI rejects ``max_tokens`` for them ("use 'max_completion_tokens' instead").
+_REASONING_PREFIXES = ("gpt-5", "o1", "o3", "o4")
 OUTPUT_TOKENS_PER_PAIR = 60  # a pair of ~12-word sentences as JSON is ~40-50 tokens
 OUTPUT_TOKENS_OVERHEAD = 60
 AVOID_SAMPLE = 20  # already-accepted prompts named in each request
@@ -49,21 +56,31 @@ class GenerationSettings:
     response_format: dict
     temperature: float | None
     seed: int | None  # base seed: request i is sent seed + i
+    # On a server that refuses json_schema, fall back to json_object (under --response-format auto).
+    fallback_to_json_object: bool = True
+    # Under --max-cost: an answer longer than the output cap means the budget cannot be kept.
+    stop_if_cap_ignored: bool = False
 
 
-def request_body(task: Task, settings: GenerationSettings, avoid: Sequence[str] = (), request_number: int = 0) -> dict:
+RETRY_SEED_STRIDE = 1_000_003  # a retry after a timeout gets seed + request + k * stride
+
+
+def request_body(task: Task, settings: GenerationSettings, avoid: Sequence[str] = (), request_number: int = 0, *,
+                 response_format: dict | None = None, timeouts: int = 0) -> dict:
     """The chat request body that asks for one batch of pairs: what ``run`` posts and what a
-    ``batch`` request file line carries as its ``body``."""
+    ``batch`` request file line carries as its ``body``. ``response_format`` overrides the
+    settings' (after a fallback); ``timeouts`` moves the seed on, since the same seed would replay
+    the answer that ran too long."""
     body = {
         "model": settings.model,
         "messages": build_messages(task, avoid),
-        "response_format": settings.response_format,
-        "max_completion_tokens": max_output_tokens(task),
+        "response_format": response_format or settings.response_format,
+        output_cap_field(settings.model): max_output_tokens(task),
     }
     if settings.temperature is not None:
         body["temperature"] = settings.temperature
     if settings.seed is not None:
-        body["seed"] = settings.seed + request_number
+        body["seed"] = settings.seed + request_number + timeouts * RETRY_SEED_STRIDE
     return body
 
 
@@ -75,6 +92,15 @@ def response_format_for(model: str, choice: str = "auto") -> dict:
 
 def max_output_tokens(task: Task) -> int:
     return task.batch_size * OUTPUT_TOKENS_PER_PAIR + OUTPUT_TOKENS_OVERHEAD
+
+
+def output_cap_field(model: str) -> str:
+    """The request field that caps the answer's length for ``model``.
+
+    ``max_completion_tokens`` only for OpenAI's reasoning models; ``max_tokens`` otherwise, because
+    servers such as llama.cpp ignore ``max_completion_tokens`` and would write to the context limit.
+    """
+    return "max_completion_tokens" if model.startswith(_REASONING_PREFIXES) else "max_tokens"
 
 
 def build_messages(task: Task, avoid: Sequence[str] = ()) -> list[dict]:
@@ -114,11 +140,17 @@ def estimate_prompt_tokens(messages: Sequence[dict]) -> int:
 @dataclass(frozen=True)
 class ParsedAnswer:
     pairs: list[tuple[str, str]]
-    failure: str | None = None  # bad_json, bad_shape, refusal, length, content_filter, empty
+    failure: str | None = None  # bad_json, bad_shape, no_pairs, refusal, length, content_filter, empty
+    dropped: Counter = field(default_factory=Counter)  # items left out, by kind (see _item_problem)
 
 
 def parse_answer(content: str | None, finish_reason: str | None, refusal: str | None) -> ParsedAnswer:
-    """Candidate pairs from one choice. Salvages what it can; names the first failure."""
+    """Candidate pairs from one choice. Salvages every well-formed pair; names what it drops.
+
+    Accepted shapes: ``{"pairs": [...]}``, a bare list of pair objects, ``{"pairs": {one pair}}``
+    and one bare ``{"prompt", "counterfactual"}`` object (small models often write that). An answer
+    that gives no pair has a ``failure``; each item dropped from a list is counted in ``dropped``.
+    """
     if refusal:
         return ParsedAnswer([], "refusal")
     if finish_reason == "content_filter":
@@ -128,17 +160,44 @@ def parse_answer(content: str | None, finish_reason: str | None, refusal: str | 
     data = _loads_lenient(content)
     if data is None:
         return ParsedAnswer([], "length" if finish_reason == "length" else "bad_json")
-    items = data.get("pairs") if isinstance(data, dict) else data if isinstance(data, list) else None
+    if isinstance(data, dict) and "pairs" in data:
+        items = data["pairs"]
+        items = [items] if isinstance(items, dict) else items
+    elif isinstance(data, dict) and ("prompt" in data or "counterfactual" in data):
+        items = [data]
+    else:
+        items = data
     if not isinstance(items, list):
         return ParsedAnswer([], "bad_shape")
-    pairs, bad = [], 0
+    pairs: list[tuple[str, str]] = []
+    dropped: Counter = Counter()
     for item in items:
-        if isinstance(item, dict) and isinstance(item.get("prompt"), str) and isinstance(item.get("counterfactual"), str):
-            pairs.append((item["prompt"].strip(), item["counterfactual"].strip()))
+        problem = _item_problem(item)
+        if problem:
+            dropped[problem] += 1
         else:
-            bad += 1
-    failure = "bad_shape" if bad and not pairs else ("length" if finish_reason == "length" else None)
-    return ParsedAnswer(pairs, failure)
+            pairs.append((item["prompt"].strip(), item["counterfactual"].strip()))
+    if finish_reason == "length":
+        failure = "length"
+    elif pairs:
+        failure = None
+    else:
+        failure = "bad_shape" if dropped else "no_pairs"
+    return ParsedAnswer(pairs, failure, dropped)
+
+
+def _item_problem(item) -> str | None:
+    """Why one item of the pairs list is not a pair: not_object, missing_field, not_text, blank."""
+    if not isinstance(item, dict):
+        return "not_object"
+    prompt, counterfactual = item.get("prompt"), item.get("counterfactual")
+    if prompt is None or counterfactual is None:
+        return "missing_field"
+    if not isinstance(prompt, str) or not isinstance(counterfactual, str):
+        return "not_text"
+    if not prompt.strip() or not counterfactual.strip():
+        return "blank"
+    return None
 
 
 def _loads_lenient(content: str):

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 
-
 @dataclass
 class RunStats:
     target: int
@@ -18,11 +17,21 @@ class RunStats:
     duplicates: int = 0
     rejected: int = 0
     rejections: Counter = field(default_factory=Counter)  # "tokenizer/form: reason kind" or text reason
+    # Every attempt sent ends one way: sent == ok + sum(retries) + given_up + failed + cancelled
+    # (+ in_flight while the run goes on).
     requests_sent: int = 0  # attempts, retries included
-    requests_ok: int = 0
-    requests_given_up: int = 0
-    retries: Counter = field(default_factory=Counter)  # by cause
-    answer_failures: Counter = field(default_factory=Counter)  # bad_json, bad_shape, refusal, length, content_filter, empty
+    requests_ok: int = 0  # answered (HTTP 200), whatever the answer held
+    requests_given_up: int = 0  # requests whose last attempt failed too
+    requests_failed: int = 0  # attempts that ended the run (a permanent error)
+    requests_cancelled: int = 0  # attempts in flight when the run stopped
+    retries: Counter = field(default_factory=Counter)  # failed attempts tried again, by cause
+    # Attempts abandoned while the server may have been generating (timeouts, cancelled at stop):
+    # a server may bill for what it generated, which no answer reports, so their cost is unknown.
+    abandoned_attempts: int = 0
+    answer_failures: Counter = field(default_factory=Counter)  # answers with no pair: bad_json, bad_shape, no_pairs, refusal, length, content_filter, empty
+    dropped_items: Counter = field(default_factory=Counter)  # items of a pairs list that were no pair, by kind
+    over_cap_answers: int = 0  # answers longer than the output cap (the server ignored it)
+    last_error: str | None = None  # the server's words on the latest failed attempt (key-redacted)
     rate_limited: int = 0
     in_flight: int = 0
     prompt_tokens: int = 0
@@ -57,6 +66,7 @@ class RunStats:
         this_run = {
             "requests_ok": self.requests_ok,
             "requests_sent": self.requests_sent,
+            "abandoned_attempts": self.abandoned_attempts,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "candidates": self.candidates,
@@ -68,6 +78,7 @@ class RunStats:
             {k: count_of(v) for k, v in carried_rejections.items()} if isinstance(carried_rejections, dict) else {}
         )
         rejections.update(self.rejections)
+        # cost_usd is what answers reported; abandoned_attempts may have cost more (unknown).
         return {"cost_usd": self.total_cost_usd, **totals, "runs": count_of(self.carried.get("runs")) + 1,
                 "rejected": self.rejected + count_of(self.carried.get("rejected")),
                 "duplicates": self.duplicates + count_of(self.carried.get("duplicates")),

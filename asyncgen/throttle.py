@@ -6,11 +6,16 @@ its prompt estimate plus its maximum output tokens). Limits come from ``--rpm/--
 them, from the ``x-ratelimit-*`` headers of the first responses; until those arrive only a few
 requests go out at once. Afterwards the ``remaining``/``reset`` headers keep steering: when the
 server says a bucket is empty, every worker pauses until it has refilled enough. A 429 with a retry
-hint pauses all workers, not just the one that got it.
+hint pauses all workers, not just the one that got it. Timeouts mean a server slower than the
+requests sent to it (a local server with one slot, which goes on generating what the client
+abandoned): each one halves how many requests may be in flight at once, and each answer lets that
+number grow again by about one per round of answers (additive increase, multiplicative decrease).
 
 ``decide(exc, attempt)`` is the retry policy: permanent errors fail the run, rate limits cool
 everyone down, 5xx/timeouts/connection errors back off exponentially with jitter, and no request
-is tried more than ``max_attempts`` times.
+is tried more than ``max_attempts`` times. An error (4xx or 5xx) whose text names
+``response_format`` or ``json_schema`` is the server refusing the structured-output format: the
+worker decides what to do with it ("format").
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from typing import AsyncIterator, Mapping
 
 import openai
 from aiolimiter import AsyncLimiter
+
+from asyncgen.errors import server_words
 
 PROBE_CONCURRENCY = 4  # requests in flight before the server has told us its limits
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -82,6 +89,9 @@ class Throttle:
         self._cooldown_until = 0.0
         self.cooldowns = 0
         self.cooldown_seconds = 0.0
+        self.ceiling: float | None = None  # most requests in flight after timeouts; None: no such limit
+        self._sending = 0
+        self._below_ceiling = asyncio.Condition()
 
     @property
     def limits(self) -> tuple[float | None, float | None]:
@@ -94,6 +104,28 @@ class Throttle:
             self.cooldown_seconds += until - max(self._cooldown_until, time.monotonic())
             self._cooldown_until = until
             self.cooldowns += 1
+
+    def on_timeout(self) -> None:
+        """A request timed out: halve the requests in flight (at least one)."""
+        self.ceiling = max(1.0, (self.ceiling or self._sending + 1) / 2)
+
+    def on_answer(self) -> None:
+        """A request was answered: after timeouts, allow about one more in flight per round."""
+        if self.ceiling is not None:
+            self.ceiling += 1.0 / self.ceiling
+            self._wake_below_ceiling()
+
+    def _wake_below_ceiling(self) -> None:
+        async def wake() -> None:
+            async with self._below_ceiling:
+                self._below_ceiling.notify_all()
+
+        self._waking = asyncio.get_running_loop().create_task(wake())  # referenced: tasks are held weakly
+
+    async def _wait_below_ceiling(self) -> None:
+        if self.ceiling is not None and self._sending >= self.ceiling:
+            async with self._below_ceiling:
+                await self._below_ceiling.wait_for(lambda: self.ceiling is None or self._sending < self.ceiling)
 
     async def _wait_cooldown(self) -> None:
         while (remaining := self._cooldown_until - time.monotonic()) > 0:
@@ -115,7 +147,14 @@ class Throttle:
             if self._tokens is not None:
                 await self._tokens.acquire(min(tokens, self._tokens.max_rate))
             await self._wait_cooldown()  # a 429 may have arrived while we queued
-            yield
+            await self._wait_below_ceiling()
+            self._sending += 1
+            try:
+                yield
+            finally:
+                self._sending -= 1
+                if self.ceiling is not None:
+                    self._wake_below_ceiling()
         finally:
             if probing:
                 self._probe.release()
@@ -166,7 +205,8 @@ def _number(value: str | None) -> float | None:
 
 @dataclass(frozen=True)
 class Decision:
-    action: str  # "retry" (after delay), "cooldown" (everyone waits delay), "fail" (stop the run)
+    action: str  # "retry" (after delay), "cooldown" (everyone waits delay), "fail" (stop the run),
+    # "format" (the server refuses the response_format: the worker falls back or fails)
     delay: float
     cause: str  # what is counted: "429", "5xx", "timeout", "connection", "auth", "quota", ...
     message: str = ""
@@ -184,7 +224,7 @@ class RetryPolicy:
         return min(self.base_delay * 2**attempt, self.max_delay) * (1 - 0.25 * random.random())
 
     def decide(self, exc: BaseException, attempt: int) -> Decision:
-        message = _server_message(exc)
+        message = server_words(exc)
         if isinstance(exc, openai.RateLimitError):
             if exc.code == "insufficient_quota" or getattr(exc, "type", None) == "insufficient_quota":
                 return Decision("fail", 0, "quota", "insufficient_quota: the account has no quota left; check billing")
@@ -192,22 +232,24 @@ class RetryPolicy:
             if hint is None and "too large" in message.lower():
                 return Decision("fail", 0, "too_large", f"request too large for the token limit: {message}")
             return Decision("cooldown", hint if hint is not None else self.default_cooldown, "429")
+        if isinstance(exc, openai.APIStatusError) and names_response_format(message):
+            return Decision("format", 0, "response_format", f"{_status(exc)}: {message}")
         if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
-            return Decision("fail", 0, "auth", f"{exc.status_code} {exc.code or ''}: {message}; check the API key")
+            return Decision("fail", 0, "auth", f"{_status(exc)}: {message}; check the API key")
         if isinstance(exc, openai.NotFoundError):
-            return Decision("fail", 0, "not_found", f"404 {exc.code or ''}: {message}; check --model and --base-url")
+            return Decision("fail", 0, "not_found", f"{_status(exc)}: {message}; check --model and --base-url")
         if isinstance(exc, (openai.BadRequestError, openai.UnprocessableEntityError)):
-            return Decision("fail", 0, "bad_request", f"{exc.status_code} {exc.code or ''}: {message}")
+            return Decision("fail", 0, "bad_request", f"{_status(exc)}: {message}")
         refused = connect_error_text(exc)
         if refused is not None:
             return Decision("retry", self.backoff(attempt), "connection", refused)
         if isinstance(exc, openai.APITimeoutError):
-            return Decision("retry", self.backoff(attempt), "timeout")
+            return Decision("retry", self.backoff(attempt), "timeout", "timeout: no answer within --request-timeout")
         if isinstance(exc, openai.APIConnectionError):
-            return Decision("retry", self.backoff(attempt), "connection")
+            return Decision("retry", self.backoff(attempt), "connection", f"connection error: {message}")
         if isinstance(exc, openai.APIStatusError):
             if exc.status_code >= 500 or exc.status_code in (408, 409):
-                return Decision("retry", self.backoff(attempt), f"{exc.status_code}")
+                return Decision("retry", self.backoff(attempt), f"{exc.status_code}", f"{exc.status_code}: {message}")
             return Decision("fail", 0, f"{exc.status_code}", f"{exc.status_code}: {message}")
         raise exc
 
@@ -225,9 +267,13 @@ def connect_error_text(exc: BaseException) -> str | None:
     return None
 
 
-def _server_message(exc: BaseException) -> str:
-    """The server's own error message, without the SDK's "Error code: 404 - {...}" wrapping."""
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"]
-    return str(getattr(exc, "message", exc))
+def names_response_format(text: str) -> bool:
+    """Whether an error's text is about the structured-output format (``response_format``)."""
+    lowered = text.lower()
+    return "response_format" in lowered or "json_schema" in lowered
+
+
+def _status(exc: openai.APIStatusError) -> str:
+    """``401`` or ``401 invalid_api_key``: the status and the error code when the server sent one."""
+    code = exc.code if isinstance(getattr(exc, "code", None), str) and exc.code else None
+    return f"{exc.status_code} {code}" if code else f"{exc.status_code}"

@@ -20,8 +20,16 @@ import orjson
 
 from asyncgen.config import Task
 from asyncgen.errors import ApiError, redact
-from asyncgen.prices import PriceTable, cost_usd, price_for
-from asyncgen.prompting import GenerationSettings, estimate_prompt_tokens, max_output_tokens, parse_answer, request_body
+from asyncgen.prices import Price, cost_usd
+from asyncgen.prompting import (
+    JSON_OBJECT_FORMAT,
+    GenerationSettings,
+    estimate_prompt_tokens,
+    max_output_tokens,
+    output_cap_field,
+    parse_answer,
+    request_body,
+)
 from asyncgen.stats import RunStats
 from asyncgen.throttle import RetryPolicy, Throttle
 
@@ -57,15 +65,17 @@ class Generator:
         throttle: Throttle,
         policy: RetryPolicy,
         stats: RunStats,
-        prices: PriceTable,
+        price: Price | None,
         api_key: str | None,
     ) -> None:
         self.client, self.task, self.settings = client, task, settings
         self.throttle, self.policy, self.stats = throttle, policy, stats
-        self.prices, self.api_key = prices, api_key
+        self.price, self.api_key = price, api_key
         self.max_output_tokens = max_output_tokens(task)
         self.reached_server = False  # any HTTP answer at all, error or not
         self.connect_failures = 0  # before the first answer: a server that is not there fails the run fast
+        self.response_format = settings.response_format  # json_object after a fallback
+        self._warned_over_cap = False
 
     def estimate_tokens(self, messages: Sequence[dict]) -> int:
         """What one request counts against the TPM limit: prompt estimate + maximum output."""
@@ -75,7 +85,10 @@ class Generator:
         params = request_body(self.task, self.settings, avoid, request_number)
         tokens = self.estimate_tokens(params["messages"])
         stats = self.stats
-        for attempt in range(self.policy.max_attempts):
+        attempt = timeouts = 0
+        while True:
+            params = request_body(self.task, self.settings, avoid, request_number,
+                                  response_format=self.response_format, timeouts=timeouts)
             async with self.throttle.slot(tokens):
                 stats.requests_sent += 1
                 stats.in_flight += 1
@@ -87,12 +100,19 @@ class Generator:
                         # A proxy's 5xx page says nothing about the API's limits.
                         self.throttle.observe(exc.response.headers, learn=exc.status_code < 500)
                     decision = self.policy.decide(exc, attempt)
+                except asyncio.CancelledError:  # the run stopped with this attempt in flight
+                    stats.requests_cancelled += 1
+                    stats.abandoned_attempts += 1
+                    raise
                 else:
                     self.reached_server = True
                     self.throttle.observe(response.headers)
-                    return self._read(response.content)
+                    self.throttle.on_answer()
+                    return self._read(response.content, request_number)
                 finally:
                     stats.in_flight -= 1
+            stats.last_error = redact(decision.message or decision.cause, self.api_key)
+            log.debug("request %d attempt %d failed: %s", request_number, attempt + 1, stats.last_error)
             if decision.cause == "connection" and decision.message and not self.reached_server:
                 self.connect_failures += 1
                 if self.connect_failures >= CONNECT_FAILURES_BEFORE_STOPPING:
@@ -100,7 +120,17 @@ class Generator:
                         f"cannot connect to {self.client.base_url}: {decision.message} "
                         f"({self.connect_failures} attempts, no answer yet); is the server running there? "
                         "check --base-url", self.api_key))
+            if decision.action == "format":
+                if self._fall_back(params["response_format"], decision.message):
+                    stats.retries[decision.cause] += 1
+                    continue  # at once, and not counted as an attempt: the request was not at fault
+                stats.requests_failed += 1
+                kind = params["response_format"].get("type")
+                hint = "; use --response-format json_object" if kind == "json_schema" else ""
+                raise ApiError(redact(f"the server refused response_format {kind}: {decision.message}{hint}",
+                                      self.api_key))
             if decision.action == "fail":
+                stats.requests_failed += 1
                 if decision.cause == "auth" and self.api_key == NO_KEY_SET:
                     raise ApiError(
                         f"the server at {self.client.base_url} asks for an API key and none was set "
@@ -110,16 +140,31 @@ class Generator:
             if decision.action == "cooldown":
                 stats.rate_limited += 1
                 self.throttle.cooldown(decision.delay)
-            if attempt == self.policy.max_attempts - 1:
+            if decision.cause == "timeout":
+                timeouts += 1
+                stats.abandoned_attempts += 1
+                self.throttle.on_timeout()
+            attempt += 1
+            if attempt >= self.policy.max_attempts:
                 break
             stats.retries[decision.cause] += 1
             if decision.action == "retry":
                 await asyncio.sleep(decision.delay)
         stats.requests_given_up += 1
-        log.debug("request %d given up after %d attempts", request_number, self.policy.max_attempts)
+        log.debug("request %d given up after %d attempts; last error: %s", request_number, attempt, stats.last_error)
         return []
 
-    def _read(self, body: bytes) -> list[tuple[str, str]]:
+    def _fall_back(self, refused: dict, message: str) -> bool:
+        """Switch every later request to json_object after a json_schema refusal. False: cannot."""
+        if refused.get("type") != "json_schema" or not self.settings.fallback_to_json_object:
+            return False
+        if self.response_format is not JSON_OBJECT_FORMAT:
+            self.response_format = JSON_OBJECT_FORMAT
+            log.warning("the server refused response_format json_schema (%s); asking for json_object instead",
+                        redact(message, self.api_key))
+        return True
+
+    def _read(self, body: bytes, request_number: int) -> list[tuple[str, str]]:
         """Count one answered request's usage and cost; return its candidate pairs."""
         stats = self.stats
         stats.requests_ok += 1
@@ -140,13 +185,33 @@ class Generator:
         stats.prompt_tokens += prompt_tokens
         stats.completion_tokens += completion_tokens
         stats.cached_tokens += cached
-        price = price_for(self.prices, completion.get("model")) or price_for(self.prices, self.settings.model)
-        stats.add_cost(cost_usd(price, prompt_tokens, completion_tokens, cached))
+        stats.add_cost(cost_usd(self.price, prompt_tokens, completion_tokens, cached))
         pairs: list[tuple[str, str]] = []
+        failures: list[str] = []
         for content, finish_reason, refusal in answers:
             answer = parse_answer(content, finish_reason, refusal)
             if answer.failure:
                 stats.answer_failures[answer.failure] += 1
+                failures.append(answer.failure)
+            stats.dropped_items.update(answer.dropped)
             pairs.extend(answer.pairs)
         stats.candidates += len(pairs)
+        log.debug("request %d answered: %d prompt + %d completion tokens (cap %d), %d pairs, bad answer %s",
+                  request_number, prompt_tokens, completion_tokens, self.max_output_tokens, len(pairs),
+                  ", ".join(failures) or "none")
+        self._check_cap(completion_tokens, len(answers))
         return pairs
+
+    def _check_cap(self, completion_tokens: int, choices: int) -> None:
+        """An answer over the cap: the server ignored it. Warn once; under --max-cost, stop."""
+        cap = self.max_output_tokens * max(1, choices)
+        if completion_tokens <= cap:
+            return
+        self.stats.over_cap_answers += 1
+        message = (f"the server ignored the output cap: an answer had {completion_tokens} completion tokens, "
+                   f"more than the {cap} asked for with {output_cap_field(self.settings.model)}")
+        if self.settings.stop_if_cap_ignored:
+            raise ApiError(message + "; --max-cost cannot be kept on this server: run without --max-cost")
+        if not self._warned_over_cap:
+            self._warned_over_cap = True
+            log.warning("%s; answers may be slow and cost more than planned", message)

@@ -44,7 +44,7 @@ import orjson  # noqa: E402
 from asyncgen.config import default_config_dir, load_task  # noqa: E402
 from asyncgen.errors import ApiError  # noqa: E402
 from asyncgen.eventloop import run_event_loop  # noqa: E402
-from asyncgen.prices import load_prices  # noqa: E402
+from asyncgen.prices import load_prices, price_for  # noqa: E402
 from asyncgen.prompting import largest_request_tokens, response_format_for  # noqa: E402
 from asyncgen.stats import RunStats  # noqa: E402
 from asyncgen.throttle import RetryPolicy, Throttle  # noqa: E402
@@ -75,7 +75,7 @@ async def load(args: argparse.Namespace) -> dict:
     # seed + i per request: every body differs, as in a run (whose avoid lists differ).
     settings = GenerationSettings("gpt-4o", response_format_for("gpt-4o"), 1.0, args.seed)
     generator = Generator(client, task, settings, throttle, RetryPolicy(max_attempts=args.max_attempts),
-                          stats, prices, "sk-bench")
+                          stats, price_for(prices, "gpt-4o"), "sk-bench")
     issued = 0
     errors: dict[str, int] = {}
     candidates = 0

@@ -125,6 +125,8 @@ def soak(signal_name: str, scenarios: int, kills: int, rng: random.Random, folde
                     result["kills"] += 1
                 process.wait(timeout=120)
             result.setdefault("exit_codes", []).append(process.returncode)
+            if process.returncode not in (-signal.SIGKILL, 130, 0):  # a run that failed by itself: why
+                result.setdefault("unexpected", []).append(log.read_text().strip().splitlines()[-1][:500])
             result["delays_s"].append(round(delay, 2))
             result["bytes_repaired"] += sum(int(n) for n in TORN.findall(log.read_text()))
             deadline = time.monotonic() + 5
@@ -222,7 +224,7 @@ def main() -> int:
         if start in content and end in content:
             head, rest = content.split(start, 1)
             readme.write_text(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
-    bad = any(r["lost"] or r["orphans"] or r["problems"] or not r["validate_ok"] or r["final_scenarios"] != r["scenarios"]
+    bad = any(r["lost"] or r["orphans"] or r["problems"] or r.get("unexpected") or not r["validate_ok"] or r["final_scenarios"] != r["scenarios"]
               for r in results)
     return 1 if bad else 0
 

@@ -17,6 +17,7 @@ from asyncgen.scenario import normalize
 REPO = Path(__file__).resolve().parents[1]
 ENV = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
 ENV.update(PYTHONPATH=str(REPO), NO_PROXY="127.0.0.1,localhost")
+PRICES = str(REPO / "config" / "prices.yaml")
 
 
 @pytest.fixture
@@ -144,7 +145,8 @@ def test_concurrency_is_a_hard_bound(tmp_path, simulator):
 
 def test_cost_equals_simulator_usage_times_price(tmp_path, simulator):
     base_url = simulator("--latency-ms", "5")
-    result = run(tmp_path, "--base-url", base_url, "--num-scenarios", "40", "--concurrency", "1")
+    # At a --base-url other than OpenAI's, only a price table the user passes prices a run.
+    result = run(tmp_path, "--base-url", base_url, "--num-scenarios", "40", "--concurrency", "1", "--prices", PRICES)
     assert result.returncode == 0, result.stderr[-2000:]
     tokens = sim_stats(base_url)["tokens"]
     expected = (tokens["prompt"] * 2.50 + tokens["completion"] * 10.00) / 1e6  # gpt-4o in config/prices.yaml
@@ -293,11 +295,12 @@ def test_ctrl_c_in_a_terminal_reaches_the_pool_workers_too(tmp_path, simulator):
 
 def test_max_cost_is_never_crossed(tmp_path, simulator):
     base_url = simulator("--latency-ms", "20")
-    too_small = run(tmp_path, "--base-url", base_url, "--num-scenarios", "200", "--max-cost", "0.001")
+    too_small = run(tmp_path, "--base-url", base_url, "--num-scenarios", "200", "--max-cost", "0.001", "--prices", PRICES)
     assert too_small.returncode == 2 and "raise --max-cost" in too_small.stderr
     assert sim_stats(base_url)["requests"].get("POST /v1/chat/completions", 0) == 0
     budget = 0.05
-    result = run(tmp_path, "--base-url", base_url, "--num-scenarios", "2000", "--max-cost", str(budget), "--concurrency", "4")
+    result = run(tmp_path, "--base-url", base_url, "--num-scenarios", "2000", "--max-cost", str(budget), "--concurrency", "4",
+                 "--prices", PRICES)
     assert result.returncode == 1 and "stopped (max_cost)" in result.stderr
     state = json.loads((tmp_path / "checkpoint.json").read_text())["run_state"]
     tokens = sim_stats(base_url)["tokens"]

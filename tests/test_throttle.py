@@ -61,7 +61,7 @@ def _generator(sim, throttle, stats, key="sk-test"):
         http_client=openai.DefaultAsyncHttpxClient(trust_env=False, timeout=httpx.Timeout(10.0)),
     )
     settings = GenerationSettings("gpt-4o", JSON_SCHEMA_FORMAT, 1.0, None)
-    return client, Generator(client, load_task("refusal"), settings, throttle, RetryPolicy(max_attempts=20), stats, {}, key)
+    return client, Generator(client, load_task("refusal"), settings, throttle, RetryPolicy(max_attempts=20), stats, None, key)
 
 
 async def _drive(generator, workers, requests):

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from asyncgen.commands._shared import add_task_flags, add_tokenizer_flags, load_price_table, load_task_and_tokenizers
 from asyncgen.commands.argtypes import base_url, non_negative_float, non_negative_int, positive_float, positive_int
 from asyncgen.errors import UsageError
-from asyncgen.prices import cost_usd, price_for
+from asyncgen.prices import cost_usd, is_openai_endpoint, price_for, run_price
 from asyncgen.progress import report_progress, summary
 from asyncgen.eventloop import LOOPBACK_HOSTS, run_event_loop
 from asyncgen.prompting import (
@@ -64,7 +64,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--rpm", type=positive_int, default=None, help="requests per minute limit (default: learned from the API's x-ratelimit headers)")
     parser.add_argument("--tpm", type=positive_int, default=None, help="tokens per minute limit (default: learned from the API's x-ratelimit headers)")
     parser.add_argument("--max-cost", type=non_negative_float, default=None, help="USD budget for the dataset (this run plus earlier runs it resumes); no request starts that could cross it")
-    parser.add_argument("--prices", default=None, help="price table YAML (default: <config-dir>/prices.yaml)")
+    parser.add_argument("--prices", default=None, help="price table YAML (default: <config-dir>/prices.yaml); at a --base-url other than OpenAI's, cost is counted only with this flag, by the --model name")
     parser.add_argument("--validator-workers", type=non_negative_int, default=None, help="validator processes; 0 validates in the main process (default: 1 on 2 cores, cores-1 up to 4)")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
     parser.add_argument("--seed", type=int, default=None, help="base seed sent with requests (request i gets seed+i); also seeds the offline simulator")
@@ -146,8 +146,11 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     prices, prices_path = load_price_table(args.config_dir, args.prices)
-    price = price_for(prices, args.model)
+    price = run_price(prices, args.model, args.base_url, table_given=bool(args.prices))
     if args.max_cost is not None and price is None:
+        if price_for(prices, args.model) is not None:  # a server other than OpenAI's
+            raise UsageError(f"--max-cost: at --base-url {args.base_url} the cost of {args.model!r} is unknown "
+                             "(a server other than OpenAI's may answer to any model name); pass --prices FILE with its price")
         raise UsageError(f"--max-cost: model {args.model!r} has no price in {prices_path}; add it there or pass --prices")
     if args.dry_run:
         return _dry_run(args, task, price)
@@ -198,7 +201,8 @@ def _dry_run(args, task, price) -> int:
     print(f"  requests        about {plan.requests}, at most {args.concurrency} in flight")
     print(f"  tokens          about {plan.requests * plan.prompt_tokens} prompt + at most {plan.requests * plan.output_tokens} "
           f"completion ({plan.prompt_tokens} + {plan.output_tokens} per request)")
-    shown = 'unknown (no price for ' + args.model + ')' if cost is None else f'at most about ${cost:.4f}'
+    why = f"no price for {args.model}" if args.prices or is_openai_endpoint(args.base_url) else "not OpenAI's server: pass --prices"
+    shown = f"unknown ({why})" if cost is None else f"at most about ${cost:.4f}"
     print(f"  cost            {shown}{' (simulated)' if mode == 'simulator' and cost is not None else ''}")
     return 0
 
@@ -227,6 +231,7 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
         auto_sync=False,
     )
     stats.accepted, stats.carried = sink.count, dict(sink.resume.run_state or {})
+    stats.cost_usd = None if price is None else 0.0
     stats.cost_before_usd = stats.carried.get("cost_usd", 0.0)
     stats.cost_simulated = mode == "simulator"
     stats.on_usage = lambda: sink.note_run_state(stats.to_run_state())  # spending survives a SIGKILL
@@ -285,10 +290,12 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
         validator = PairValidator(task, specs, cache_dir=args.cache_dir, workers=workers, tokenizers=tokenizers)
         stack.callback(validator.close)
         settings = GenerationSettings(args.model, response_format_for(args.model, args.response_format),
-                                      args.temperature, args.seed)
+                                      args.temperature, args.seed,
+                                      fallback_to_json_object=args.response_format == "auto",
+                                      stop_if_cap_ignored=args.max_cost is not None)
         throttle = Throttle(args.rpm, args.tpm, largest_request_tokens=largest_request_tokens(task))
         generator = Generator(client, task, settings, throttle, RetryPolicy(max_attempts=args.max_attempts),
-                              stats, prices, api_key)
+                              stats, price, api_key)
         annotations = None
         if args.annotate:
             from asyncgen.annotations import Sidecar
