@@ -12,6 +12,10 @@ no process of the run is left (the validator worker, the resource tracker). At t
 scenarios, ``asyncgen validate`` passes, and the cost the checkpoint recorded across all runs is
 compared with the simulator's own usage at the same prices. Every delay comes from ``--seed``.
 
+Then the same for ``asyncgen batch run`` (``--batch-kills`` SIGKILLs at random moments of its
+rounds): besides the dataset checks, the simulator must hold exactly the batches the manifest
+knows (none submitted twice), and the recorded cost must equal the batches' usage at batch prices.
+
 Prints a table (and ``--readme`` puts it in README.md); ``--json FILE`` writes every figure.
 """
 
@@ -34,6 +38,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 FAULTS = "500=0.05,502=0.03,503=0.03,timeout=0.02,reset=0.03,bad_json=0.01,length=0.01,content_filter=0.01,refusal=0.01"
 GPT_4O = (2.50, 10.00)  # USD per 1M prompt / completion tokens, config/prices.yaml
+GPT_4O_BATCH = (1.25, 5.00)
 ENV = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
 ENV.update(NO_PROXY="127.0.0.1,localhost", PYTHONPATH=str(REPO))
 TORN = re.compile(r"cut a torn tail of (\d+) bytes")
@@ -42,7 +47,7 @@ TORN = re.compile(r"cut a torn tail of (\d+) bytes")
 def start_simulator(rpm: int) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "asyncgen", "simulate", "--seed", "11", "--faults", FAULTS, "--hang-s", "3",
-         "--rpm", str(rpm), "--latency-ms", "80", "--latency-jitter-ms", "60"],
+         "--rpm", str(rpm), "--latency-ms", "80", "--latency-jitter-ms", "60", "--batch-speed", "600"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV,
     )
     return process, process.stdout.readline().strip()
@@ -92,13 +97,20 @@ def check_dataset(path: Path) -> tuple[int, list[str]]:
     return whole, problems
 
 
-def soak(signal_name: str, scenarios: int, kills: int, rng: random.Random, folder: Path, rpm: int) -> dict:
+def soak(signal_name: str, scenarios: int, kills: int, rng: random.Random, folder: Path, rpm: int,
+         batch: bool = False) -> dict:
     simulator, base_url = start_simulator(rpm)
-    dataset = folder / f"soak-{signal_name}.jsonl"
-    command = [sys.executable, "-m", "asyncgen", "run", "--base-url", base_url, "--output", str(dataset),
-               "--num-scenarios", str(scenarios), "--concurrency", "16", "--request-timeout", "2",
-               "--validator-workers", "1", "--prices", str(REPO / "config" / "prices.yaml"), "--grace-period", "5"]
-    result = {"signal": signal_name, "scenarios": scenarios, "kills": 0, "finished_early": 0, "lost": 0,
+    dataset = folder / f"soak-{signal_name}{'-batch' if batch else ''}.jsonl"
+    prices = ["--prices", str(REPO / "config" / "prices.yaml")]
+    if batch:
+        command = [sys.executable, "-m", "asyncgen", "batch", "run", "--base-url", base_url, "--output", str(dataset),
+                   "--dir", str(folder / f"batches-{signal_name}"), "--num-scenarios", str(scenarios),
+                   "--poll-seconds", "0.2", *prices]
+    else:
+        command = [sys.executable, "-m", "asyncgen", "run", "--base-url", base_url, "--output", str(dataset),
+                   "--num-scenarios", str(scenarios), "--concurrency", "16", "--request-timeout", "2",
+                   "--validator-workers", "1", *prices, "--grace-period", "5"]
+    result = {"signal": signal_name, "command": "batch run" if batch else "run", "scenarios": scenarios, "kills": 0, "finished_early": 0, "lost": 0,
               "problems": [], "orphans": 0, "bytes_repaired": 0, "delays_s": []}
     started = time.monotonic()
     try:
@@ -110,9 +122,10 @@ def soak(signal_name: str, scenarios: int, kills: int, rng: random.Random, folde
                                            start_new_session=True)
                 # The delay counts from the start of the requests (tokenizer loading before it varies).
                 deadline = time.monotonic() + 60
-                while time.monotonic() < deadline and process.poll() is None and "validator process" not in log.read_text():
+                while (not batch and time.monotonic() < deadline and process.poll() is None
+                       and "validator process" not in log.read_text()):
                     time.sleep(0.02)
-                time.sleep(delay)
+                time.sleep(delay * (3 if batch else 1))  # a batch round takes longer
                 below = processes_below(process.pid)
                 before, _ = check_dataset(dataset)
                 if process.poll() is not None:
@@ -159,12 +172,23 @@ def soak(signal_name: str, scenarios: int, kills: int, rng: random.Random, folde
         result["attempts_recorded"] = state.get("requests_sent")
         result["answered_recorded"] = state.get("requests_ok")
         result["answered_by_simulator"] = stats["requests"].get("POST /v1/chat/completions", 0)
-        tokens = stats["tokens"]
-        delivered = (tokens["prompt"] - tokens["undelivered_prompt"], tokens["completion"] - tokens["undelivered_completion"])
         result["cost_recorded_usd"] = state.get("cost_usd")
-        result["cost_simulator_usd"] = (delivered[0] * GPT_4O[0] + delivered[1] * GPT_4O[1]) / 1e6
-        result["cost_undelivered_usd"] = (tokens["undelivered_prompt"] * GPT_4O[0]
-                                          + tokens["undelivered_completion"] * GPT_4O[1]) / 1e6
+        if batch:  # batches are priced at batch prices from their own usage; none is lost on the wire
+            batches = httpx.get(f"{base_url}/batches", params={"limit": 100}, trust_env=False, timeout=10,
+                                headers={"Authorization": "Bearer sk-soak"}).json()["data"]
+            manifest = json.loads((folder / f"batches-{signal_name}" / "manifest.json").read_text())
+            result["batches_created"] = len(batches)
+            result["batches_in_manifest"] = len(manifest["entries"])
+            used = [sum(b["usage"][k] for b in batches if b.get("usage")) for k in ("input_tokens", "output_tokens")]
+            result["cost_simulator_usd"] = (used[0] * GPT_4O_BATCH[0] + used[1] * GPT_4O_BATCH[1]) / 1e6
+            result["cost_undelivered_usd"] = 0.0
+        else:
+            tokens = stats["tokens"]
+            delivered = (tokens["prompt"] - tokens["undelivered_prompt"],
+                         tokens["completion"] - tokens["undelivered_completion"])
+            result["cost_simulator_usd"] = (delivered[0] * GPT_4O[0] + delivered[1] * GPT_4O[1]) / 1e6
+            result["cost_undelivered_usd"] = (tokens["undelivered_prompt"] * GPT_4O[0]
+                                              + tokens["undelivered_completion"] * GPT_4O[1]) / 1e6
         result["wall_s"] = round(time.monotonic() - started, 1)
     finally:
         simulator.kill()
@@ -174,7 +198,7 @@ def soak(signal_name: str, scenarios: int, kills: int, rng: random.Random, folde
 
 def table(results: list[dict], seed: int) -> str:
     rows = [
-        "| signal | kills survived | faults seen by kind | 429s | retries | bytes repaired | scenarios lost | orphans | "
+        "| command, signal | kills survived | faults seen by kind | 429s | retries | bytes repaired | scenarios lost | orphans | "
         "final | cost recorded / simulator's usage of delivered answers | undelivered (unknowable) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -185,7 +209,7 @@ def table(results: list[dict], seed: int) -> str:
         ratio = f"${recorded:.4f} / ${r['cost_simulator_usd']:.4f} = {recorded / r['cost_simulator_usd']:.4f}" \
             if recorded and r["cost_simulator_usd"] else "n/a"
         final = f"{r['final_scenarios']}/{r['scenarios']}, validate {'OK' if r['validate_ok'] else 'FAILED'}"
-        rows.append(f"| SIG{r['signal']} | {r['kills']} | {faults} | {r['rate_limited_429']} | {retries} | "
+        rows.append(f"| {r['command']}, SIG{r['signal']} | {r['kills']} | {faults} | {r['rate_limited_429']} | {retries} | "
                     f"{r['bytes_repaired']} | {r['lost']} | {r['orphans']} | {final} | {ratio} | "
                     f"${r['cost_undelivered_usd']:.4f} |")
     walls = ", ".join(f"SIG{r['signal']} {r['wall_s']} s" for r in results)
@@ -197,6 +221,7 @@ def main() -> int:
     parser.add_argument("--scenarios", type=int, default=2000, help="dataset size (default: 2000)")
     parser.add_argument("--kills", type=int, default=30, help="kills per signal (default: 30)")
     parser.add_argument("--signals", default="KILL,INT", help="KILL, INT or both (default: KILL,INT)")
+    parser.add_argument("--batch-kills", type=int, default=10, help="SIGKILLs of `batch run` (default: 10; 0: none)")
     parser.add_argument("--rpm", type=int, default=400, help="the simulator's request limit (default: 400; slow enough that every kill lands mid-run)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the kill delays (default: random, printed)")
     parser.add_argument("--quick", action="store_true", help="300 scenarios, 3 kills per signal, 300 RPM")
@@ -204,7 +229,7 @@ def main() -> int:
     parser.add_argument("--readme", action="store_true", help="put the table into README.md")
     args = parser.parse_args()
     if args.quick:
-        args.scenarios, args.kills, args.rpm = 300, 3, 300
+        args.scenarios, args.kills, args.rpm, args.batch_kills = 300, 3, 300, 2
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
     results = []
@@ -212,6 +237,10 @@ def main() -> int:
         for name in args.signals.split(","):
             results.append(soak(name.strip().upper(), args.scenarios, args.kills, rng, Path(folder), args.rpm))
             print(f"SIG{results[-1]['signal']}: {json.dumps({k: v for k, v in results[-1].items() if k != 'delays_s'})}",
+                  file=sys.stderr)
+        if args.batch_kills:
+            results.append(soak("KILL", args.scenarios, args.batch_kills, rng, Path(folder), args.rpm, batch=True))
+            print(f"batch SIGKILL: {json.dumps({k: v for k, v in results[-1].items() if k != 'delays_s'})}",
                   file=sys.stderr)
     text = table(results, seed)
     print(text)
@@ -224,7 +253,8 @@ def main() -> int:
         if start in content and end in content:
             head, rest = content.split(start, 1)
             readme.write_text(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
-    bad = any(r["lost"] or r["orphans"] or r["problems"] or r.get("unexpected") or not r["validate_ok"] or r["final_scenarios"] != r["scenarios"]
+    bad = any(r["lost"] or r["orphans"] or r["problems"] or r.get("unexpected")
+              or r.get("batches_created", 0) != r.get("batches_in_manifest", 0) or not r["validate_ok"] or r["final_scenarios"] != r["scenarios"]
               for r in results)
     return 1 if bad else 0
 

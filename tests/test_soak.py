@@ -15,14 +15,21 @@ def test_killed_and_interrupted_runs_lose_nothing_and_count_every_cent(tmp_path)
     result = subprocess.run([sys.executable, str(REPO / "bench" / "soak.py"), "--quick", "--seed", "5", "--json", str(out)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    for run in json.loads(out.read_text())["results"]:
-        where = f"SIG{run['signal']}: {run}"
-        assert run["kills"] == 3, where  # every signal landed on a running run
+    results = json.loads(out.read_text())["results"]
+    assert [(r["command"], r["signal"]) for r in results] == [("run", "KILL"), ("run", "INT"), ("batch run", "KILL")]
+    for run in results:
+        where = f"{run['command']} SIG{run['signal']}: {run}"
+        assert run["kills"] == (2 if run["command"] == "batch run" else 3), where  # every signal landed mid-run
+        assert not run.get("unexpected"), where
         assert run["lost"] == 0 and run["orphans"] == 0 and run["problems"] == [], where
         assert run["final_scenarios"] == 300 and run["validate_ok"], where
-        assert sum(run["faults"].values()) > 0, where
         recorded, served = run["cost_recorded_usd"], run["cost_simulator_usd"]
         assert recorded <= served * (1 + 1e-9), where  # never counted twice
+        if run["command"] == "batch run":  # no batch submitted twice, every batch's usage counted once
+            assert run["batches_created"] == run["batches_in_manifest"], where
+            assert recorded == pytest.approx(served, rel=1e-6), where
+            continue
+        assert sum(run["faults"].values()) > 0, where
         if run["signal"] == "INT":  # in-flight requests finish in the grace period: every answer is counted
             assert recorded == pytest.approx(served, rel=1e-9), where
         else:  # only answers in transit at the moment of a SIGKILL can be missed
