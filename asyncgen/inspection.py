@@ -142,6 +142,7 @@ def run_figures(state: dict) -> dict:
         "prompt_tokens": count("prompt_tokens"),
         "completion_tokens": count("completion_tokens"),
         "cost_usd": state.get("cost_usd") if isinstance(state.get("cost_usd"), (int, float)) else None,
+        "batch_dir": state.get("batch_dir") if isinstance(state.get("batch_dir"), str) else None,
     }
 
 
@@ -196,10 +197,16 @@ def render(report: dict, *, path: str, task: str | None, checkpoint: str | None)
         lines.append("  run            no checkpoint of this dataset found (give --checkpoint PATH)")
     else:
         share = "n/a" if run["yield"] is None else f"{100 * run['yield']:.1f}%"
+        cost = "unknown" if run["cost_usd"] is None else f"${run['cost_usd']:.4f}"
+        if run["runs"] is None:  # a checkpoint written by `batch process`: its batch dir has the details
+            where = f", batch directory {run['batch_dir']}" if run.get("batch_dir") else ""
+            lines += wrap("run", f"from {checkpoint}: made by `asyncgen batch`{where} (asyncgen batch status "
+                                 "shows its requests)")
+            lines += wrap("cost", cost)
+            return "\n".join(lines)
         lines += wrap("run", f"from {checkpoint}: {run['runs']} run(s), {run['requests_ok']} requests answered, "
                              f"{run['candidates']} candidates, {run['accepted']} accepted (yield {share}, "
                              f"{run['accepted_per_request']} per request)")
-        cost = "unknown" if run["cost_usd"] is None else f"${run['cost_usd']:.4f}"
         lines += wrap("cost", f"{cost}; {run['prompt_tokens']} prompt + {run['completion_tokens']} completion tokens")
         if run["rejections"] is None:
             lines += wrap("rejections", f"{run['rejected'] if run['rejected'] is not None else 'unknown'} "

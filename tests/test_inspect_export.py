@@ -158,3 +158,13 @@ def test_export_bad_split_exit_2(tmp_path, cli, share):
     with pytest.raises(SystemExit) as exit_info:
         cli("export", str(crafted(tmp_path)), "--format", "csv", "--split", share)
     assert exit_info.value.code == 2
+
+
+def test_inspect_of_a_batch_made_dataset_says_where_its_details_are(tmp_path, cli):
+    path = crafted(tmp_path)
+    (tmp_path / "checkpoint.json").write_text(json.dumps({
+        "version": 1, "sink": str(path.resolve()), "offset": 0, "scenarios": 0, "fingerprint": {},
+        "run_state": {"cost_usd": 0.25, "batch_dir": "batches"}}))
+    code, out, _ = cli("inspect", str(path), "--checkpoint", str(tmp_path / "checkpoint.json"), "--no-tokens")
+    assert code == 0 and "None" not in out and "made by `asyncgen batch`, batch directory batches" in " ".join(out.split())
+    assert "$0.2500" in out
