@@ -226,8 +226,10 @@ def _exit_with_parent(parent: int) -> None:
 @contextlib.contextmanager
 def _sigint_ignored() -> Iterator[None]:
     """Start processes with SIGINT ignored: an ignored signal stays ignored across exec, so a Ctrl-C
-    while a worker is still importing cannot kill it (a handler set later comes too late). Only the
-    main thread may change signal handlers; elsewhere this does nothing."""
+    while a worker is still importing cannot kill it (a handler set later comes too late). The price:
+    a Ctrl-C in the few milliseconds of the spawn itself is lost (blocking SIGINT meanwhile does not
+    keep it, since the tokenizers' native threads take it); the next one is not. Only the main
+    thread may change signal handlers; elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -72,6 +72,7 @@ class Generator:
         self.throttle, self.policy, self.stats = throttle, policy, stats
         self.price, self.api_key = price, api_key
         self.max_output_tokens = max_output_tokens(task)
+        self.stopped = False  # set when the run stops: requests not yet sent are not sent
         self.reached_server = False  # any HTTP answer at all, error or not
         self.connect_failures = 0  # before the first answer: a server that is not there fails the run fast
         self.response_format = settings.response_format  # json_object after a fallback
@@ -90,6 +91,8 @@ class Generator:
             params = request_body(self.task, self.settings, avoid, request_number,
                                   response_format=self.response_format, timeouts=timeouts)
             async with self.throttle.slot(tokens):
+                if self.stopped:  # the run stopped while this request waited for the rate limits
+                    return []
                 stats.requests_sent += 1
                 stats.in_flight += 1
                 try:
@@ -132,10 +135,9 @@ class Generator:
             if decision.action == "fail":
                 stats.requests_failed += 1
                 if decision.cause == "auth" and self.api_key == NO_KEY_SET:
-                    raise ApiError(
-                        f"the server at {self.client.base_url} asks for an API key and none was set "
-                        "(OPENAI_API_KEY is empty); export OPENAI_API_KEY=<the key it expects> and run again"
-                    )
+                    words = decision.message.removesuffix("; check the API key")
+                    raise ApiError(f"the API refused the request permanently: {words}; no API key was set "
+                                   "(OPENAI_API_KEY is empty): export OPENAI_API_KEY=<the key the server expects>")
                 raise ApiError(redact(f"the API refused the request permanently: {decision.message}", self.api_key))
             if decision.action == "cooldown":
                 stats.rate_limited += 1

@@ -120,10 +120,11 @@ def soak(signal_name: str, scenarios: int, kills: int, rng: random.Random, folde
             with open(log, "w") as stderr:
                 process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=ENV,
                                            start_new_session=True)
-                # The delay counts from the start of the requests (tokenizer loading before it varies).
+                # The delay counts from the end of the start-up (tokenizer loading, the validator
+                # process and the annotations sidecar before it take a varying time).
                 deadline = time.monotonic() + 60
                 while (not batch and time.monotonic() < deadline and process.poll() is None
-                       and "validator process" not in log.read_text()):
+                       and "token annotations" not in log.read_text()):
                     time.sleep(0.02)
                 time.sleep(delay * (3 if batch else 1))  # a batch round takes longer
                 below = processes_below(process.pid)
@@ -220,21 +221,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenarios", type=int, default=2000, help="dataset size (default: 2000)")
     parser.add_argument("--kills", type=int, default=30, help="kills per signal (default: 30)")
-    parser.add_argument("--signals", default="KILL,INT", help="KILL, INT or both (default: KILL,INT)")
+    parser.add_argument("--signals", default="KILL,INT", help="KILL, INT, both or none (default: KILL,INT)")
     parser.add_argument("--batch-kills", type=int, default=10, help="SIGKILLs of `batch run` (default: 10; 0: none)")
     parser.add_argument("--rpm", type=int, default=400, help="the simulator's request limit (default: 400; slow enough that every kill lands mid-run)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the kill delays (default: random, printed)")
-    parser.add_argument("--quick", action="store_true", help="300 scenarios, 3 kills per signal, 300 RPM")
+    parser.add_argument("--quick", action="store_true", help="300 scenarios, 3 kills per signal, 200 RPM")
     parser.add_argument("--json", default=None, help="write every figure to this file")
     parser.add_argument("--readme", action="store_true", help="put the table into README.md")
     args = parser.parse_args()
     if args.quick:
-        args.scenarios, args.kills, args.rpm, args.batch_kills = 300, 3, 300, 2
+        args.scenarios, args.kills, args.rpm, args.batch_kills = 300, 3, 200, 2
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
     results = []
     with tempfile.TemporaryDirectory() as folder:
-        for name in args.signals.split(","):
+        for name in [n for n in args.signals.split(",") if n.strip() and n.strip().upper() != "NONE"]:
             results.append(soak(name.strip().upper(), args.scenarios, args.kills, rng, Path(folder), args.rpm))
             print(f"SIG{results[-1]['signal']}: {json.dumps({k: v for k, v in results[-1].items() if k != 'delays_s'})}",
                   file=sys.stderr)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -14,6 +15,8 @@ import pytest
 from test_run import ENV, assert_valid_dataset, run, run_args, scenarios, sim_stats, simulator  # noqa: F401
 
 from asyncgen.commands.run import _resume_command, _validator_workers
+
+PRICES = Path(__file__).resolve().parents[1] / "config" / "prices.yaml"
 from asyncgen.stats import RunStats
 
 
@@ -122,7 +125,8 @@ def test_give_up_names_duplicates_as_the_cause(tmp_path):
     result = run(tmp_path, "--num-scenarios", "5", "--concurrency", "2", "--config-dir", str(tmp_path))
     assert result.returncode == 1
     error = [line for line in result.stderr.splitlines() if line.startswith("asyncgen run: error:")]
-    assert len(error) == 1 and "candidates were duplicates of the dataset (1 scenarios)" in error[0], result.stderr[-1500:]
+    assert len(error) == 1, result.stderr[-1500:]
+    assert re.search(r"(\d+) of the last \1 candidates were duplicates of the dataset \(\d scenarios\)", error[0]), error[0]
     assert "check --model, --base-url" not in error[0]
 
 
@@ -161,7 +165,7 @@ def test_a_closed_port_fails_fast_and_says_connection_refused(tmp_path):
     assert result.returncode == 1
     error = [line for line in result.stderr.splitlines() if line.startswith("asyncgen run: error:")]
     assert len(error) == 1 and "connection refused" in error[0] and f"127.0.0.1:{port}" in error[0]
-    assert "retries connection: 2" in result.stderr  # three attempts, not six per request and then a give-up
+    assert "(3 attempts, no answer yet)" in error[0]  # not six per request and then a give-up
 
 
 # 4. Ctrl-C while the validator workers start --------------------------------------------------------
@@ -194,7 +198,7 @@ def test_two_datasets_in_one_folder_keep_their_own_checkpoints(tmp_path, simulat
     base_url = simulator()
     for name in ("a.jsonl", "b.jsonl"):
         result = asyncgen("run", "--base-url", base_url, "--output", name, "--num-scenarios", "8",
-                          "--validator-workers", "0", cwd=tmp_path)
+                          "--validator-workers", "0", "--prices", str(PRICES), cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-2000:]
     checkpoints = {name: json.loads((tmp_path / name).read_text()) for name in ("a.checkpoint.json", "b.checkpoint.json")}
     assert checkpoints["a.checkpoint.json"]["sink"].endswith("a.jsonl")
@@ -277,7 +281,8 @@ def test_no_key_set_is_said_plainly(tmp_path, simulator):
     base_url = simulator("--api-key", "sk-the-servers-key")
     result = run(tmp_path, "--base-url", base_url, "--num-scenarios", "5")
     assert result.returncode == 1
-    assert "asks for an API key and none was set" in result.stderr and "sk-no" not in result.stderr
+    assert "no API key was set (OPENAI_API_KEY is empty)" in result.stderr and "sk-no" not in result.stderr
+    assert "401" in result.stderr  # the server's own words stay
 
 
 def test_max_cost_too_small_leaves_no_files(tmp_path):
@@ -364,3 +369,24 @@ def test_the_simulator_binds_to_loopback_by_default():
     finally:
         process.kill()
         process.wait()
+
+
+def test_ctrl_c_sends_no_request_that_was_waiting_for_the_rate_limit(tmp_path, simulator):
+    """Found by the soak: after Ctrl-C ("no new requests"), requests queued at the rate limiter still
+    went out one by one through the grace period, and a run could even finish its target."""
+    base_url = simulator("--rpm", "60", "--latency-ms", "50")
+    process = subprocess.Popen(run_args(tmp_path, "--base-url", base_url, "--num-scenarios", "500", "--concurrency", "16",
+                                        "--rpm", "60", "--grace-period", "5"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path,
+                               start_new_session=True)
+    for line in process.stderr:
+        if "token annotations" in line:  # start-up is over; requests now wait for the 1-per-second limit
+            break
+    time.sleep(2.5)
+    sent_before = sim_stats(base_url)["requests"].get("POST /v1/chat/completions", 0)
+    os.killpg(process.pid, signal.SIGINT)
+    rest = process.stderr.read()
+    process.wait(timeout=60)
+    assert process.returncode == 130, rest[-2000:]
+    sent_after = sim_stats(base_url)["requests"].get("POST /v1/chat/completions", 0)
+    assert sent_before >= 1 and sent_after - sent_before <= 1, (sent_before, sent_after)

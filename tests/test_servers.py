@@ -292,7 +292,8 @@ def test_a_failed_run_says_failed_not_a_class_name_and_an_unpriced_cost_is_unkno
     assert "stopped (failed: see the error below)" in result.stderr
     assert "unknown this run" in result.stderr and "$0.0000" not in result.stderr
     error = [line for line in result.stderr.splitlines() if line.startswith("asyncgen run: error:")]
-    assert error == ["asyncgen run: error: the API refused the request permanently: 401: Invalid API key; check the API key"]
+    assert error == ["asyncgen run: error: the API refused the request permanently: 401: Invalid API key; no API key "
+                     "was set (OPENAI_API_KEY is empty): export OPENAI_API_KEY=<the key the server expects>"]
 
 
 def test_a_local_server_that_echoes_the_model_name_is_priced_only_with_prices(tmp_path):

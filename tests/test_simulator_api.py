@@ -372,5 +372,20 @@ async def test_stats_count_routes_statuses_and_tokens():
     assert stats["requests"]["GET /v1/models"] == 1
     assert stats["requests"]["GET /v1/files/{file_id}"] == 1
     assert stats["statuses"] == {"200": 2, "404": 1}
-    assert stats["tokens"] == {"prompt": completion.usage.prompt_tokens, "completion": completion.usage.completion_tokens}
+    assert stats["tokens"] == {"prompt": completion.usage.prompt_tokens, "completion": completion.usage.completion_tokens,
+                               "undelivered_prompt": 0, "undelivered_completion": 0}
     assert [status for _, status in stats["chat"]["arrivals"]] == [200]
+
+
+async def test_stats_count_answers_never_delivered_apart(tmp_path):
+    """A reset answer is billed (a real API bills it) but no client can count it: /_stats says so."""
+    from asyncgen.simulator import SimulatorConfig, running_simulator
+
+    async with running_simulator(SimulatorConfig(faults={"reset": 1.0})) as sim:
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+            with pytest.raises(httpx.HTTPError):
+                await client.post(f"{sim.base_url}/chat/completions", headers={"Authorization": "Bearer sk-x"},
+                                  json={"model": "gpt-4o", "messages": [{"role": "user", "content": "Write exactly 2 pairs."}]})
+            tokens = (await client.get(sim.base_url.removesuffix("/v1") + "/_stats")).json()["tokens"]
+    assert tokens["prompt"] > 0 and tokens["undelivered_prompt"] == tokens["prompt"]
+    assert tokens["undelivered_completion"] == tokens["completion"] > 0

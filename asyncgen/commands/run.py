@@ -354,13 +354,7 @@ def _stop_reason_of(failure: BaseException | None) -> str | None:
         return None
     if isinstance(failure, (asyncio.CancelledError, KeyboardInterrupt)):
         return "interrupted"
-    from asyncgen.errors import ApiError, SinkError
-
-    if isinstance(failure, ApiError):
-        return "the API refused"
-    if isinstance(failure, SinkError):
-        return "the dataset could not be written"
-    return "failed"
+    return "failed: see the error below"
 
 
 def _validator_workers(requested: int | None) -> int:
