@@ -116,6 +116,21 @@ async def report_progress(
 _STOP_REASONS = {"interrupted": "interrupted", "max_cost": "max_cost", "failed": "failed: see the error below"}
 
 
+def fit_summary(text: str, width: int) -> str:
+    """The summary with each long line wrapped at ``width`` under its value column (a terminal
+    would otherwise break it mid-word). The resume command stays whole, to be copied. Pure."""
+    import textwrap
+
+    fitted = []
+    for line in text.splitlines():
+        if len(line) <= width or "resume with" in line:
+            fitted.append(line)
+            continue
+        indent = " " * (len(line) - len(line.lstrip()) + 16) if line.startswith("  ") else "  "
+        fitted.extend(textwrap.wrap(line, width, subsequent_indent=indent, break_on_hyphens=False))
+    return "\n".join(fitted)
+
+
 def summary(stats: RunStats, *, stop_reason: str | None, output: str, resume_command: str | None) -> str:
     finished = stats.accepted >= stats.target
     reason = _STOP_REASONS.get(stop_reason or "", stop_reason or "incomplete")

@@ -390,3 +390,15 @@ def test_ctrl_c_sends_no_request_that_was_waiting_for_the_rate_limit(tmp_path, s
     assert process.returncode == 130, rest[-2000:]
     sent_after = sim_stats(base_url)["requests"].get("POST /v1/chat/completions", 0)
     assert sent_before >= 1 and sent_after - sent_before <= 1, (sent_before, sent_after)
+
+
+def test_the_summary_wraps_under_its_value_column_and_keeps_the_resume_command_whole():
+    from asyncgen.progress import fit_summary
+
+    text = ("asyncgen run stopped (interrupted): 5/9 scenarios in d.jsonl (5 new this run)\n"
+            "  rejections      " + ", ".join(f"solar single_token reason{i}: {i}" for i in range(12)) + "\n"
+            "  resume with     python -m asyncgen run " + "--flag value " * 12)
+    lines = fit_summary(text, 79).splitlines()
+    assert all(len(line) <= 79 for line in lines if "resume with" not in line)
+    assert lines[2].startswith(" " * 18) and lines[-1].startswith("  resume with     python -m asyncgen run --flag")
+    assert " ".join(" ".join(lines).split()) == " ".join(text.split())  # nothing lost

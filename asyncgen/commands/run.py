@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import shlex
+import shutil
 import sys
 import zlib
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from asyncgen.commands._shared import add_task_flags, add_tokenizer_flags, load_
 from asyncgen.commands.argtypes import base_url, non_negative_float, non_negative_int, positive_float, positive_int
 from asyncgen.errors import UsageError
 from asyncgen.prices import cost_usd, is_openai_endpoint, price_for, run_price
-from asyncgen.progress import report_progress, summary
+from asyncgen.progress import fit_summary, report_progress, summary
 from asyncgen.eventloop import LOOPBACK_HOSTS, run_event_loop
 from asyncgen.prompting import (
     AVOID_SAMPLE,
@@ -331,8 +332,11 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
                 close_error = exc
             stop_reason = (pipeline.stop_reason if pipeline is not None and pipeline.stop_reason
                            else _stop_reason_of(failure))
-            print(summary(stats, stop_reason=stop_reason, output=args.output,
-                          resume_command=_resume_command(args, stats, stop_reason)), file=sys.stderr)
+            text = summary(stats, stop_reason=stop_reason, output=args.output,
+                           resume_command=_resume_command(args, stats, stop_reason))
+            if sys.stderr.isatty():
+                text = fit_summary(text, shutil.get_terminal_size().columns - 1)
+            print(text, file=sys.stderr)
         if isinstance(failure, (asyncio.CancelledError, KeyboardInterrupt)):
             return 130
         if failure is not None:
