@@ -4,7 +4,8 @@ OpenAI counts a request against its TPM limit as its prompt estimate plus its ou
 far above what answers use wastes the limit: the task's bound (``max_output_tokens``, 60 tokens a
 pair) reserves 660 tokens for a 10-pair answer of about 380. The cap starts at that bound; once
 ``MIN_ANSWERS`` answers have come back it is the ``PERCENTILE`` of the last ``WINDOW`` answers'
-completion tokens plus ``MARGIN``. An answer cut at its cap (``finish_reason`` ``length`` at
+completion tokens plus ``MARGIN`` (``EARLY_MARGIN`` while fewer than ``EARLY_ANSWERS`` are known:
+at a tier-1 limit the first requests at the task's bound cost a good part of a short run). An answer cut at its cap (``finish_reason`` ``length`` at
 ``CUT_SHARE`` of the cap it was sent with or more) raises the cap at once by ``RAISE``, and the cap
 stays at least there for the next ``WINDOW`` answers. The cap never exceeds ``CEILING_FACTOR``
 times the task's bound, nor falls under ``FLOOR`` tokens.
@@ -15,7 +16,9 @@ from __future__ import annotations
 import math
 from collections import deque
 
-MIN_ANSWERS = 16
+MIN_ANSWERS = 4
+EARLY_ANSWERS = 50
+EARLY_MARGIN = 0.25
 WINDOW = 200
 PERCENTILE = 0.99
 MARGIN = 0.10  # a share of the percentile ...
@@ -57,5 +60,6 @@ class OutputCap:
             return max(self.value, held)
         ordered = sorted(self._recent)
         high = ordered[min(len(ordered) - 1, math.ceil(PERCENTILE * len(ordered)) - 1)]
-        learned = math.ceil(high * (1 + MARGIN)) + MARGIN_TOKENS
+        margin = MARGIN if len(self._recent) >= EARLY_ANSWERS else EARLY_MARGIN
+        learned = math.ceil(high * (1 + margin)) + MARGIN_TOKENS
         return max(FLOOR, min(self.ceiling, max(learned, held)))

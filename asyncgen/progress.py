@@ -141,8 +141,8 @@ def summary(stats: RunStats, *, stop_reason: str | None, output: str, resume_com
         f"{stats.completion_tokens} completion{over_cap}",
     ]
     if stats.output_cap is not None:
-        lines.append(f"  output cap      {stats.output_cap} tokens at the end (learned from the answers); "
-                     f"{stats.cut_at_cap} answers cut at the cap")
+        lines.append(f"  output cap      {stats.output_cap} tokens at the end (learned); "
+                     f"{stats.cut_at_cap} answers cut at it")
     lines += [
         f"  cost            {_money(stats.cost_usd)} this run, {_money(stats.total_cost_usd)} in all"
         + (" (simulated: the offline simulator's usage at real prices)" if stats.cost_simulated else "")

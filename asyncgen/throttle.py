@@ -169,8 +169,12 @@ class Throttle:
             if probing:
                 self._probe.release()
 
-    def observe(self, headers: Mapping[str, str], *, learn: bool = True) -> None:
+    def observe(self, headers: Mapping[str, str], *, learn: bool = True, sent_at: float | None = None) -> None:
         """Learn limits from the first answer's headers; follow ``remaining``/``reset`` after.
+
+        ``remaining`` describes the bucket when the server admitted the request, up to a whole
+        latency ago (``sent_at``, monotonic): the bucket has refilled since, so a pause for it is
+        counted from then, not from now.
 
         ``learn=False`` for answers that may not come from the API itself (a proxy's 5xx page): they
         neither set the limits nor end the cautious start. An API answer without limit headers
@@ -191,13 +195,18 @@ class Throttle:
             self.adopt_lower(limit_requests, limit_tokens, "its x-ratelimit headers")
         # An empty bucket pauses everyone until one request (or one request's tokens) has refilled,
         # or until the server's reset time if that comes sooner.
+        elapsed = time.monotonic() - sent_at if sent_at is not None else 0.0
         remaining_requests = _number(headers.get("x-ratelimit-remaining-requests"))
         if remaining_requests is not None and remaining_requests < 1 and limit_requests:
-            self.cooldown(_sooner(60.0 / limit_requests, parse_duration(headers.get("x-ratelimit-reset-requests"))))
+            pause = _sooner(60.0 / limit_requests, parse_duration(headers.get("x-ratelimit-reset-requests")))
+            if pause > elapsed:
+                self.cooldown(pause - elapsed)
         remaining_tokens = _number(headers.get("x-ratelimit-remaining-tokens"))
         if remaining_tokens is not None and limit_tokens and remaining_tokens < self.request_tokens:
             refill = (self.request_tokens - remaining_tokens) * 60.0 / limit_tokens
-            self.cooldown(_sooner(refill, parse_duration(headers.get("x-ratelimit-reset-tokens"))))
+            pause = _sooner(refill, parse_duration(headers.get("x-ratelimit-reset-tokens")))
+            if pause > elapsed:
+                self.cooldown(pause - elapsed)
 
     def observe_rate_limit_text(self, text: str) -> None:
         """A 429's words: OpenAI names the limit it hit ("on tokens per min (TPM): Limit 30000")."""

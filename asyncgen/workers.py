@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Sequence
 
 import httpx
@@ -96,13 +97,14 @@ class Generator:
             async with self.throttle.slot(tokens):
                 stats.requests_sent += 1
                 stats.in_flight += 1
+                sent_at = time.monotonic()
                 try:
                     response = await self.client.post("/chat/completions", cast_to=httpx.Response, body=params)
                 except openai.APIError as exc:
                     if isinstance(exc, openai.APIStatusError):
                         self.reached_server = True
                         # A proxy's 5xx page says nothing about the API's limits.
-                        self.throttle.observe(exc.response.headers, learn=exc.status_code < 500)
+                        self.throttle.observe(exc.response.headers, learn=exc.status_code < 500, sent_at=sent_at)
                     decision = self.policy.decide(exc, attempt)
                 except asyncio.CancelledError:  # the run stopped with this attempt in flight
                     stats.requests_cancelled += 1
@@ -110,7 +112,7 @@ class Generator:
                     raise
                 else:
                     self.reached_server = True
-                    self.throttle.observe(response.headers)
+                    self.throttle.observe(response.headers, sent_at=sent_at)
                     self.throttle.on_answer()
                     return self._read(response.content, request_number, cap)
                 finally:

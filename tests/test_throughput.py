@@ -10,7 +10,10 @@ import openai
 import orjson
 
 from asyncgen.config import load_task
-from asyncgen.outputcap import FLOOR, MIN_ANSWERS, OutputCap
+import math
+import time
+
+from asyncgen.outputcap import EARLY_ANSWERS, EARLY_MARGIN, FLOOR, MARGIN, MARGIN_TOKENS, MIN_ANSWERS, OutputCap
 from asyncgen.prompting import (
     JSON_SCHEMA_FORMAT,
     avoid_list,
@@ -32,10 +35,13 @@ BOUND = max_output_tokens(TASK)
 def test_output_cap_learns_a_high_percentile_and_rises_at_once_on_a_cut():
     cap = OutputCap(660)
     for i in range(MIN_ANSWERS - 1):
-        cap.observe(370 + i % 20, "stop", 660)
+        cap.observe(370 + i, "stop", 660)
     assert cap.value == 660  # too few answers to learn from
-    cap.observe(375, "stop", 660)
-    assert 389 <= cap.value <= 389 * 1.1 + 10  # the largest seen plus a margin
+    cap.observe(390, "stop", 660)
+    assert cap.value == math.ceil(390 * (1 + EARLY_MARGIN)) + MARGIN_TOKENS  # the largest seen, a wide margin
+    for i in range(EARLY_ANSWERS):
+        cap.observe(370 + i % 20, "stop", 660)
+    assert cap.value == math.ceil(390 * (1 + MARGIN)) + MARGIN_TOKENS  # enough answers: the usual margin
     learned = cap.value
     cap.observe(120, "length", learned)  # a server fault far below the cap: not the cap's doing
     assert cap.value == learned and cap.cuts == 0
@@ -150,6 +156,19 @@ def test_a_429_naming_a_lower_limit_is_adopted():
     assert throttle.limits == (500, 30_000)
     throttle.observe_rate_limit_text("on requests per min (RPM): Limit 600, Used 600, Requested 1.")
     assert throttle.limits == (500, 30_000)  # higher than told: told stays
+
+
+def test_a_pause_for_an_empty_bucket_counts_from_when_the_request_was_sent():
+    """The headers describe the bucket when the request was admitted, a latency ago: it has
+    refilled since, and the client must not pause again for that."""
+    headers = {"x-ratelimit-limit-requests": "500", "x-ratelimit-limit-tokens": "30000",
+               "x-ratelimit-remaining-requests": "100", "x-ratelimit-remaining-tokens": "0"}
+    throttle = Throttle(rpm=500, tpm=30_000, learn_from_headers=False, largest_request_tokens=1000)
+    throttle.request_tokens = 800  # 800 tokens at 500/s: 1.6 s to refill
+    throttle.observe(headers, sent_at=time.monotonic() - 2.0)  # answered after 2 s: refilled meanwhile
+    assert throttle.cooldowns == 0
+    throttle.observe(headers, sent_at=time.monotonic() - 0.5)
+    assert throttle.cooldowns == 1 and 1.0 <= throttle.cooldown_seconds <= 1.1
 
 
 def test_simulator_buckets_can_start_drained():

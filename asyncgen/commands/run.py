@@ -203,8 +203,8 @@ def _dry_run(args, task, price) -> int:
     print(f"  requests        about {plan.requests}, at most {args.concurrency} in flight")
     print(f"  tokens          about {plan.requests * plan.prompt_tokens} prompt + at most {plan.requests * plan.output_tokens} "
           f"completion ({plan.prompt_tokens} + {plan.output_tokens} per request)")
-    print(f"  output cap      {plan.output_tokens} tokens to start ({task.batch_size} pairs x {OUTPUT_TOKENS_PER_PAIR} + "
-          f"{OUTPUT_TOKENS_OVERHEAD}); then learned from the answers, usually lower")
+    print(f"  output cap      {plan.output_tokens} tokens to start ({task.batch_size} x {OUTPUT_TOKENS_PER_PAIR} + "
+          f"{OUTPUT_TOKENS_OVERHEAD}), then learned")
     why = f"no price for {args.model}" if args.prices or is_openai_endpoint(args.base_url) else "not OpenAI's server: pass --prices"
     shown = f"unknown ({why})" if cost is None else f"at most about ${cost:.4f}"
     print(f"  cost            {shown}{' (simulated)' if mode == 'simulator' and cost is not None else ''}")
