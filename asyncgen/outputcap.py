@@ -17,11 +17,11 @@ import math
 from collections import deque
 
 MIN_ANSWERS = 4
-EARLY_ANSWERS = 50
-EARLY_MARGIN = 0.25
+EARLY_ANSWERS = 20
+EARLY_MARGIN = 0.15
 WINDOW = 200
 PERCENTILE = 0.99
-MARGIN = 0.10  # a share of the percentile ...
+MARGIN = 0.05  # a share of the percentile ...
 MARGIN_TOKENS = 8  # ... plus a few tokens
 CUT_SHARE = 0.9  # a "length" finish this close to the cap was cut by it (not a server fault)
 RAISE = 1.5

@@ -662,8 +662,9 @@ def limits_rows(limits: dict | None) -> list[str]:
             f"| 9 | tier-1 limits: simulator {t['rpm']} RPM / {t['tpm']:,} TPM (drained at start), {t['latency_ms']} ms "
             f"latency, `run --concurrency {t['concurrency']}`, {t['scenarios']} scenarios, limits learned "
             f"| {t['scenarios_per_min']} scenarios/min; ideal {t['ideal_per_min']} (TPM / {t['tokens_per_scenario']} "
-            f"tokens per accepted scenario): **{t['ratio_to_ideal']:.3f}** of ideal; output cap {t['output_cap_end']} at "
-            f"the end, {t['cut_at_cap']} answers cut | ≥ 0.9: {_aim(t['ratio_to_ideal'] >= 0.9)} |"
+            f"tokens per accepted scenario): **{t['ratio_to_ideal']:.3f}** of ideal over the whole run, "
+            f"**{t['steady_ratio_to_ideal']:.3f}** steady (from {t['steady_from_s']:g} s); output cap {t['output_cap_end']} "
+            f"at the end, {t['cut_at_cap']} answers cut | ≥ 0.9: {_aim(t['ratio_to_ideal'] >= 0.9)} |"
         )
     for chars, row in ((limits or {}).get("tokens", {}).get("avoid_chars") or {}).items():
         lines.append(
