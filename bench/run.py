@@ -660,7 +660,8 @@ def limits_rows(limits: dict | None) -> list[str]:
     if t:
         lines.append(
             f"| 9 | tier-1 limits: simulator {t['rpm']} RPM / {t['tpm']:,} TPM (drained at start), {t['latency_ms']} ms "
-            f"latency, `run --concurrency {t['concurrency']}`, {t['scenarios']} scenarios, limits learned "
+            f"latency, `run --concurrency {t['concurrency']}`, {t['scenarios']} scenarios, limits learned"
+            + (f" (rows 9-12 measured {limits['date']})" if limits.get("date") else "") + " "
             f"| {t['scenarios_per_min']} scenarios/min; ideal {t['ideal_per_min']} (TPM / {t['tokens_per_scenario']} "
             f"tokens per accepted scenario): **{t['ratio_to_ideal']:.3f}** of ideal over the whole run, "
             f"**{t['steady_ratio_to_ideal']:.3f}** steady (from {t['steady_from_s']:g} s); output cap {t['output_cap_end']} "
