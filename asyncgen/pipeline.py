@@ -20,12 +20,13 @@ import random
 import signal
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 from asyncgen.acceptance import Acceptance
 from asyncgen.annotations import Sidecar
 from asyncgen.config import Task
 from asyncgen.errors import RunError
-from asyncgen.prompting import AVOID_MAX_CHARS, AVOID_POOL, AVOID_SAMPLE
+from asyncgen.prompting import AVOID_CHARS, AVOID_MAX_CHARS, AVOID_POOL, avoid_list
 from asyncgen.sink import ScenarioSink
 from asyncgen.stats import RunStats
 from asyncgen.validate import PairValidator, Verdict
@@ -105,7 +106,8 @@ class Pipeline:
         *,
         concurrency: int,
         max_cost: float | None = None,
-        request_cost_bound: float = 0.0,
+        request_cost_bound: Callable[[], float] = lambda: 0.0,
+        avoid_chars: int = AVOID_CHARS,
         grace_period: float = 10.0,
         first_request_number: int = 0,
         annotations: Sidecar | None = None,
@@ -113,7 +115,11 @@ class Pipeline:
         self.task, self.generator, self.validator, self.sink, self.stats = task, generator, validator, sink, stats
         self.acceptance = Acceptance(task, sink, stats, annotations)
         self.concurrency = concurrency
+        # The worst-case USD of the next request, at the output cap in force: read just before the
+        # request starts, which reads the same cap before its first await.
         self.max_cost, self.request_cost_bound = max_cost, request_cost_bound
+        self.avoid_chars = avoid_chars
+        self._random = random.Random()
         self.grace_period = grace_period
         self.candidates: asyncio.Queue[_Candidates] = asyncio.Queue(maxsize=2 * concurrency)
         self.verdicts: asyncio.Queue[tuple[list[_Candidates], list[Verdict]]] = asyncio.Queue()
@@ -151,7 +157,7 @@ class Pipeline:
         if self.max_cost is None:
             return True
         spent = self.stats.total_cost_usd or 0.0
-        return spent + self.reserved_cost + self.request_cost_bound <= self.max_cost
+        return spent + self.reserved_cost + self.request_cost_bound() <= self.max_cost
 
     def _may_issue(self) -> bool:
         return (
@@ -177,15 +183,16 @@ class Pipeline:
             self.issued += 1
             number = self.issued
             self.outstanding += 1
-            self.reserved_cost += self.request_cost_bound
-            avoid = random.sample(list(self.recent_prompts), min(AVOID_SAMPLE, len(self.recent_prompts)))
+            bound = self.request_cost_bound()
+            self.reserved_cost += bound
+            avoid = avoid_list(self.recent_prompts, self.avoid_chars, self._random) if self.recent_prompts else []
             try:
                 pairs = await self.generator.generate(number, avoid)
             except BaseException:
                 self.outstanding -= 1
-                self.reserved_cost -= self.request_cost_bound
+                self.reserved_cost -= bound
                 raise
-            self.reserved_cost -= self.request_cost_bound
+            self.reserved_cost -= bound
             await self.candidates.put(_Candidates(number, pairs))
 
     async def _validate(self) -> None:

@@ -154,6 +154,11 @@ def summary(stats: RunStats, *, stop_reason: str | None, output: str, resume_com
     lines += [
         f"  tokens          {stats.prompt_tokens} prompt ({stats.cached_tokens} cached), "
         f"{stats.completion_tokens} completion{over_cap}",
+    ]
+    if stats.output_cap is not None:
+        lines.append(f"  output cap      {stats.output_cap} tokens at the end (learned); "
+                     f"{stats.cut_at_cap} answers cut at it")
+    lines += [
         f"  cost            {_money(stats.cost_usd)} this run, {_money(stats.total_cost_usd)} in all"
         + (" (simulated: the offline simulator's usage at real prices)" if stats.cost_simulated else "")
         + (f"; {stats.abandoned_attempts} abandoned attempts cost unknown" if stats.abandoned_attempts else ""),

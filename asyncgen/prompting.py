@@ -12,6 +12,7 @@ the run.
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -45,9 +46,16 @@ _STRUCTURED_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-5", "o1", "o3", "o4")
 _REASONING_PREFIXES = ("gpt-5", "o1", "o3", "o4")
 OUTPUT_TOKENS_PER_PAIR = 60  # a pair of ~12-word sentences as JSON is ~40-50 tokens
 OUTPUT_TOKENS_OVERHEAD = 60
-AVOID_SAMPLE = 20  # already-accepted prompts named in each request
-AVOID_POOL = 200  # the most recent accepted prompts that sample is drawn from
-AVOID_MAX_CHARS = 200  # longer prompts are not named, which bounds a request's size and cost
+# Each request names already-accepted prompts to avoid, as many as fit in a fixed budget of
+# characters: the request's size stays steady through a run instead of growing as the pool fills.
+AVOID_CHARS = 800  # the default budget (--avoid-chars), about 200 tokens
+AVOID_POOL = 200  # the most recent accepted prompts the names are drawn from
+AVOID_DRAWS = 64  # prompts drawn from the pool to fill the budget
+AVOID_MAX_CHARS = 200  # longer prompts are not named
+# Batch files name a sample of the dataset instead (their requests are all built at once, so they
+# do not grow during a run): this many prompts, at most this many characters in all.
+AVOID_SAMPLE = 20
+AVOID_SAMPLE_CHARS = AVOID_SAMPLE * (AVOID_MAX_CHARS + 3)
 
 
 @dataclass(frozen=True)
@@ -66,16 +74,16 @@ RETRY_SEED_STRIDE = 1_000_003  # a retry after a timeout gets seed + request + k
 
 
 def request_body(task: Task, settings: GenerationSettings, avoid: Sequence[str] = (), request_number: int = 0, *,
-                 response_format: dict | None = None, timeouts: int = 0) -> dict:
+                 response_format: dict | None = None, timeouts: int = 0, output_cap: int | None = None) -> dict:
     """The chat request body that asks for one batch of pairs: what ``run`` posts and what a
     ``batch`` request file line carries as its ``body``. ``response_format`` overrides the
     settings' (after a fallback); ``timeouts`` moves the seed on, since the same seed would replay
-    the answer that ran too long."""
+    the answer that ran too long; ``output_cap`` is the cap in force (default: the task's bound)."""
     body = {
         "model": settings.model,
         "messages": build_messages(task, avoid),
         "response_format": response_format or settings.response_format,
-        output_cap_field(settings.model): max_output_tokens(task),
+        output_cap_field(settings.model): output_cap or max_output_tokens(task),
     }
     if settings.temperature is not None:
         body["temperature"] = settings.temperature
@@ -122,14 +130,27 @@ def build_messages(task: Task, avoid: Sequence[str] = ()) -> list[dict]:
     ]
 
 
-def worst_case_prompt_tokens(task: Task) -> int:
-    """The prompt estimate of the largest request: every avoid slot filled with the longest prompt."""
-    return estimate_prompt_tokens(build_messages(task, ["x" * AVOID_MAX_CHARS] * AVOID_SAMPLE))
+def avoid_list(pool: Sequence[str], budget: int, rng: random.Random) -> list[str]:
+    """Prompts drawn at random from ``pool`` whose lines ("- prompt") fill at most ``budget`` characters."""
+    chosen: list[str] = []
+    left = budget
+    for prompt in rng.sample(pool, min(AVOID_DRAWS, len(pool))):
+        if len(prompt) + 3 <= left:  # "- " and the newline
+            chosen.append(prompt)
+            left -= len(prompt) + 3
+            if left < 8:
+                break
+    return chosen
 
 
-def largest_request_tokens(task: Task) -> int:
+def worst_case_prompt_tokens(task: Task, avoid_chars: int = AVOID_CHARS) -> int:
+    """The prompt estimate of the largest request: its avoid list filling the whole budget."""
+    return estimate_prompt_tokens(build_messages(task, ["x" * (avoid_chars - 2)] if avoid_chars > 2 else []))
+
+
+def largest_request_tokens(task: Task, avoid_chars: int = AVOID_CHARS, output_cap: int | None = None) -> int:
     """What the largest request counts against a TPM limit: its prompt estimate plus the output cap."""
-    return worst_case_prompt_tokens(task) + max_output_tokens(task)
+    return worst_case_prompt_tokens(task, avoid_chars) + (output_cap or max_output_tokens(task))
 
 
 def estimate_prompt_tokens(messages: Sequence[dict]) -> int:

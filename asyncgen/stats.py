@@ -31,6 +31,8 @@ class RunStats:
     answer_failures: Counter = field(default_factory=Counter)  # answers with no pair: bad_json, bad_shape, no_pairs, refusal, length, content_filter, empty
     dropped_items: Counter = field(default_factory=Counter)  # items of a pairs list that were no pair, by kind
     over_cap_answers: int = 0  # answers longer than the output cap (the server ignored it)
+    output_cap: int | None = None  # the output cap in force (learned from the answers; None: none answered yet)
+    cut_at_cap: int = 0  # answers cut at their output cap (finish_reason length): the cap was too low
     last_error: str | None = None  # the server's words on the latest failed attempt (key-redacted)
     rate_limited: int = 0
     in_flight: int = 0

@@ -6,7 +6,10 @@ its prompt estimate plus its maximum output tokens). Limits come from ``--rpm/--
 them, from the ``x-ratelimit-*`` headers of the first responses; until those arrive only a few
 requests go out at once. Afterwards the ``remaining``/``reset`` headers keep steering: when the
 server says a bucket is empty, every worker pauses until it has refilled enough. A 429 with a retry
-hint pauses all workers, not just the one that got it. Timeouts mean a server slower than the
+hint pauses all workers, not just the one that got it. Limits told by ``--rpm/--tpm`` that are
+higher than the server's (its ``x-ratelimit-limit-*`` headers, or the "Limit N" of a 429's text)
+give way to the server's figure: honouring each retry hint alone would draw 429s for the whole run.
+Timeouts mean a server slower than the
 requests sent to it (a local server with one slot, which goes on generating what the client
 abandoned): each one halves how many requests may be in flight at once, and each answer lets that
 number grow again by about one per round of answers (additive increase, multiplicative decrease).
@@ -29,14 +32,19 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import AsyncIterator, Mapping
 
+import logging
+
 import openai
 from aiolimiter import AsyncLimiter
 
 from asyncgen.errors import server_words
 
+log = logging.getLogger("asyncgen.throttle")
 PROBE_CONCURRENCY = 4  # requests in flight before the server has told us its limits
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# OpenAI's 429 text: "... on requests per min (RPM): Limit 1200, Used 1200, Requested 1. ..."
+_LIMIT_IN_TEXT = re.compile(r"per min \((RPM|TPM)\): Limit (\d+)")
 
 
 def parse_duration(text: str | None) -> float | None:
@@ -90,6 +98,7 @@ class Throttle:
         self.cooldowns = 0
         self.cooldown_seconds = 0.0
         self.ceiling: float | None = None  # most requests in flight after timeouts; None: no such limit
+        self.request_tokens = largest_request_tokens  # the latest request's estimate
         self._sending = 0
         self._below_ceiling = asyncio.Condition()
 
@@ -148,6 +157,7 @@ class Throttle:
                 await self._tokens.acquire(min(tokens, self._tokens.max_rate))
             await self._wait_cooldown()  # a 429 may have arrived while we queued
             await self._wait_below_ceiling()
+            self.request_tokens = tokens
             self._sending += 1
             try:
                 yield
@@ -159,8 +169,12 @@ class Throttle:
             if probing:
                 self._probe.release()
 
-    def observe(self, headers: Mapping[str, str], *, learn: bool = True) -> None:
+    def observe(self, headers: Mapping[str, str], *, learn: bool = True, sent_at: float | None = None) -> None:
         """Learn limits from the first answer's headers; follow ``remaining``/``reset`` after.
+
+        ``remaining`` describes the bucket when the server admitted the request, up to a whole
+        latency ago (``sent_at``, monotonic): the bucket has refilled since, so a pause for it is
+        counted from then, not from now.
 
         ``learn=False`` for answers that may not come from the API itself (a proxy's 5xx page): they
         neither set the limits nor end the cautious start. An API answer without limit headers
@@ -174,19 +188,50 @@ class Throttle:
             self._learning = False
             self._probe.release()
             if limit_requests and not self.rpm:
-                self.rpm, self._requests = limit_requests, _limiter(limit_requests)
+                self._set_rpm(limit_requests)
             if limit_tokens and not self.tpm:
-                self.tpm = limit_tokens
-                self._tokens = _limiter(limit_tokens, min(self.largest_request_tokens, limit_tokens))
+                self._set_tpm(limit_tokens)
+        if learn:
+            self.adopt_lower(limit_requests, limit_tokens, "its x-ratelimit headers")
         # An empty bucket pauses everyone until one request (or one request's tokens) has refilled,
         # or until the server's reset time if that comes sooner.
+        elapsed = time.monotonic() - sent_at if sent_at is not None else 0.0
         remaining_requests = _number(headers.get("x-ratelimit-remaining-requests"))
         if remaining_requests is not None and remaining_requests < 1 and limit_requests:
-            self.cooldown(_sooner(60.0 / limit_requests, parse_duration(headers.get("x-ratelimit-reset-requests"))))
+            pause = _sooner(60.0 / limit_requests, parse_duration(headers.get("x-ratelimit-reset-requests")))
+            if pause > elapsed:
+                self.cooldown(pause - elapsed)
         remaining_tokens = _number(headers.get("x-ratelimit-remaining-tokens"))
-        if remaining_tokens is not None and limit_tokens and remaining_tokens < self.largest_request_tokens:
-            refill = (self.largest_request_tokens - remaining_tokens) * 60.0 / limit_tokens
-            self.cooldown(_sooner(refill, parse_duration(headers.get("x-ratelimit-reset-tokens"))))
+        if remaining_tokens is not None and limit_tokens and remaining_tokens < self.request_tokens:
+            refill = (self.request_tokens - remaining_tokens) * 60.0 / limit_tokens
+            pause = _sooner(refill, parse_duration(headers.get("x-ratelimit-reset-tokens")))
+            if pause > elapsed:
+                self.cooldown(pause - elapsed)
+
+    def observe_rate_limit_text(self, text: str) -> None:
+        """A 429's words: OpenAI names the limit it hit ("on tokens per min (TPM): Limit 30000")."""
+        found = _LIMIT_IN_TEXT.search(text)
+        if found:
+            limit = float(found.group(2))
+            self.adopt_lower(limit if found.group(1) == "RPM" else None, limit if found.group(1) == "TPM" else None,
+                             "a 429")
+
+    def adopt_lower(self, rpm: float | None, tpm: float | None, source: str) -> None:
+        """Limits the server names that are lower than those kept: keep the server's (one log line)."""
+        if rpm and self.rpm and rpm < self.rpm:
+            log.warning("the server allows %g requests per minute (%s), not %g: keeping to %g", rpm, source,
+                        self.rpm, rpm)
+            self._set_rpm(rpm)
+        if tpm and self.tpm and tpm < self.tpm:
+            log.warning("the server allows %g tokens per minute (%s), not %g: keeping to %g", tpm, source,
+                        self.tpm, tpm)
+            self._set_tpm(tpm)
+
+    def _set_rpm(self, rpm: float) -> None:
+        self.rpm, self._requests = rpm, _limiter(rpm)
+
+    def _set_tpm(self, tpm: float) -> None:
+        self.tpm, self._tokens = tpm, _limiter(tpm, min(self.largest_request_tokens, tpm))
 
 
 def _sooner(seconds: float, reset: float | None) -> float:
@@ -231,7 +276,7 @@ class RetryPolicy:
             hint = retry_hint(exc.response.headers)
             if hint is None and "too large" in message.lower():
                 return Decision("fail", 0, "too_large", f"request too large for the token limit: {message}")
-            return Decision("cooldown", hint if hint is not None else self.default_cooldown, "429")
+            return Decision("cooldown", hint if hint is not None else self.default_cooldown, "429", message)
         if isinstance(exc, openai.APIStatusError) and names_response_format(message):
             return Decision("format", 0, "response_format", f"{_status(exc)}: {message}")
         if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):

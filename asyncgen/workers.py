@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Sequence
 
 import httpx
@@ -20,6 +21,7 @@ import orjson
 
 from asyncgen.config import Task
 from asyncgen.errors import ApiError, redact
+from asyncgen.outputcap import OutputCap
 from asyncgen.prices import Price, cost_usd
 from asyncgen.prompting import (
     JSON_OBJECT_FORMAT,
@@ -71,37 +73,41 @@ class Generator:
         self.client, self.task, self.settings = client, task, settings
         self.throttle, self.policy, self.stats = throttle, policy, stats
         self.price, self.api_key = price, api_key
-        self.max_output_tokens = max_output_tokens(task)
+        self.output_cap = OutputCap(max_output_tokens(task))  # learned from the answers
         self.stopped = False  # set when the run stops: requests not yet sent are not sent
         self.reached_server = False  # any HTTP answer at all, error or not
         self.connect_failures = 0  # before the first answer: a server that is not there fails the run fast
         self.response_format = settings.response_format  # json_object after a fallback
         self._warned_over_cap = False
 
-    def estimate_tokens(self, messages: Sequence[dict]) -> int:
-        """What one request counts against the TPM limit: prompt estimate + maximum output."""
-        return estimate_prompt_tokens(messages) + self.max_output_tokens
+    def estimate_tokens(self, messages: Sequence[dict], cap: int) -> int:
+        """What one request counts against the TPM limit: prompt estimate + its output cap."""
+        return estimate_prompt_tokens(messages) + cap
 
     async def generate(self, request_number: int, avoid: Sequence[str]) -> list[tuple[str, str]]:
-        params = request_body(self.task, self.settings, avoid, request_number)
-        tokens = self.estimate_tokens(params["messages"])
+        # The cap in force now (read before any await: the pipeline reserved its cost at this cap),
+        # for every attempt of this request; exactly that is reserved against the TPM limit.
+        cap = self.output_cap.value
+        params = request_body(self.task, self.settings, avoid, request_number, output_cap=cap)
+        tokens = self.estimate_tokens(params["messages"], cap)
         stats = self.stats
         attempt = timeouts = 0
         while True:
             params = request_body(self.task, self.settings, avoid, request_number,
-                                  response_format=self.response_format, timeouts=timeouts)
+                                  response_format=self.response_format, timeouts=timeouts, output_cap=cap)
             async with self.throttle.slot(tokens):
                 if self.stopped:  # the run stopped while this request waited for the rate limits
                     return []
                 stats.requests_sent += 1
                 stats.in_flight += 1
+                sent_at = time.monotonic()
                 try:
                     response = await self.client.post("/chat/completions", cast_to=httpx.Response, body=params)
                 except openai.APIError as exc:
                     if isinstance(exc, openai.APIStatusError):
                         self.reached_server = True
                         # A proxy's 5xx page says nothing about the API's limits.
-                        self.throttle.observe(exc.response.headers, learn=exc.status_code < 500)
+                        self.throttle.observe(exc.response.headers, learn=exc.status_code < 500, sent_at=sent_at)
                     decision = self.policy.decide(exc, attempt)
                 except asyncio.CancelledError:  # the run stopped with this attempt in flight
                     stats.requests_cancelled += 1
@@ -109,9 +115,9 @@ class Generator:
                     raise
                 else:
                     self.reached_server = True
-                    self.throttle.observe(response.headers)
+                    self.throttle.observe(response.headers, sent_at=sent_at)
                     self.throttle.on_answer()
-                    return self._read(response.content, request_number)
+                    return self._read(response.content, request_number, cap)
                 finally:
                     stats.in_flight -= 1
             stats.last_error = redact(decision.message or decision.cause, self.api_key)
@@ -141,6 +147,7 @@ class Generator:
                 raise ApiError(redact(f"the API refused the request permanently: {decision.message}", self.api_key))
             if decision.action == "cooldown":
                 stats.rate_limited += 1
+                self.throttle.observe_rate_limit_text(decision.message)
                 self.throttle.cooldown(decision.delay)
             if decision.cause == "timeout":
                 timeouts += 1
@@ -166,7 +173,7 @@ class Generator:
                         redact(message, self.api_key))
         return True
 
-    def _read(self, body: bytes, request_number: int) -> list[tuple[str, str]]:
+    def _read(self, body: bytes, request_number: int, cap: int) -> list[tuple[str, str]]:
         """Count one answered request's usage and cost; return its candidate pairs."""
         stats = self.stats
         stats.requests_ok += 1
@@ -190,7 +197,10 @@ class Generator:
         stats.add_cost(cost_usd(self.price, prompt_tokens, completion_tokens, cached))
         pairs: list[tuple[str, str]] = []
         failures: list[str] = []
+        per_choice = completion_tokens // max(1, len(answers))
         for content, finish_reason, refusal in answers:
+            if self.output_cap.observe(per_choice, finish_reason, cap):
+                stats.cut_at_cap += 1
             answer = parse_answer(content, finish_reason, refusal)
             if answer.failure:
                 stats.answer_failures[answer.failure] += 1
@@ -199,14 +209,15 @@ class Generator:
             pairs.extend(answer.pairs)
         stats.candidates += len(pairs)
         log.debug("request %d answered: %d prompt + %d completion tokens (cap %d), %d pairs, bad answer %s",
-                  request_number, prompt_tokens, completion_tokens, self.max_output_tokens, len(pairs),
+                  request_number, prompt_tokens, completion_tokens, cap, len(pairs),
                   ", ".join(failures) or "none")
-        self._check_cap(completion_tokens, len(answers))
+        stats.output_cap = self.output_cap.value
+        self._check_cap(completion_tokens, len(answers), cap)
         return pairs
 
-    def _check_cap(self, completion_tokens: int, choices: int) -> None:
-        """An answer over the cap: the server ignored it. Warn once; under --max-cost, stop."""
-        cap = self.max_output_tokens * max(1, choices)
+    def _check_cap(self, completion_tokens: int, choices: int, sent_cap: int) -> None:
+        """An answer over the cap it was sent with: the server ignored it. Warn once; under --max-cost, stop."""
+        cap = sent_cap * max(1, choices)
         if completion_tokens <= cap:
             return
         self.stats.over_cap_answers += 1

@@ -34,7 +34,7 @@ import orjson  # noqa: E402
 
 from asyncgen.commands._shared import load_task_and_tokenizers  # noqa: E402
 from asyncgen.pipeline import AVOID_POOL  # noqa: E402
-from asyncgen.prompting import AVOID_SAMPLE  # noqa: E402
+from asyncgen.prompting import AVOID_CHARS, avoid_list  # noqa: E402
 from asyncgen.prompting import build_messages, max_output_tokens, parse_answer, response_format_for  # noqa: E402
 from asyncgen.scenario import Scenario, encode_lines  # noqa: E402
 from asyncgen.validate import validate_pairs  # noqa: E402
@@ -57,7 +57,7 @@ def run(base_url: str, scenarios: int = 200, *, task_name: str = "refusal", mode
         with open(path, "wb") as sink:
             started = time.perf_counter()
             while written < scenarios and time.perf_counter() - started < max_seconds:
-                avoid = rng.sample(list(recent), min(AVOID_SAMPLE, len(recent)))
+                avoid = avoid_list(list(recent), AVOID_CHARS, rng)
                 requests += 1
                 try:
                     completion = client.chat.completions.create(

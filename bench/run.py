@@ -310,7 +310,7 @@ _COST = re.compile(r"cost\s+\$([\d.]+) this run")
 
 
 def asyncgen_run(scenarios: int, concurrency: int, *, base_url: str | None = None, timeout: float = 240,
-                 watch: bool = False, extra: tuple[str, ...] = ()) -> dict:
+                 watch: bool = False, extra: tuple[str, ...] = (), keep_summary: bool = False) -> dict:
     """``python -m asyncgen run`` in a temporary folder; its summary, and with ``watch`` its memory."""
     with tempfile.TemporaryDirectory(prefix="asyncgen-bench-run-") as folder:
         argv = [sys.executable, "-m", "asyncgen", "run", "--concurrency", str(concurrency),
@@ -357,6 +357,8 @@ def asyncgen_run(scenarios: int, concurrency: int, *, base_url: str | None = Non
     }
     if watcher:
         result["memory"] = watcher.report()
+    if keep_summary:
+        result["summary"] = text
     return result
 
 
@@ -645,9 +647,49 @@ def markdown(results: dict) -> str:
             f"{b['rounds']} round(s)) | **{b['wall_s']} s** wall; **${b['cost_usd_batch']:.4f}** at batch prices "
             f"(the same tokens in real time ${b['cost_usd_same_tokens_real_time']:.4f}){against} | |"
         )
+    lines += limits_rows(results.get("limits"))
     for name, error in (results.get("errors") or {}).items():
         lines.append(f"| ! | {name} | failed: {error} | |")
     return "\n".join(lines)
+
+
+def limits_rows(limits: dict | None) -> list[str]:
+    """Rows 9-11: bench/limits.py (tier-1 limits, tokens and dollars per scenario, limits told too high)."""
+    lines = []
+    t = (limits or {}).get("tier1")
+    if t:
+        lines.append(
+            f"| 9 | tier-1 limits: simulator {t['rpm']} RPM / {t['tpm']:,} TPM (drained at start), {t['latency_ms']} ms "
+            f"latency, `run --concurrency {t['concurrency']}`, {t['scenarios']} scenarios, limits learned"
+            + (f" (rows 9-12 measured {limits['date']})" if limits.get("date") else "") + " "
+            f"| {t['scenarios_per_min']} scenarios/min; ideal {t['ideal_per_min']} (TPM / {t['tokens_per_scenario']} "
+            f"tokens per accepted scenario): **{t['ratio_to_ideal']:.3f}** of ideal over the whole run, "
+            f"**{t['steady_ratio_to_ideal']:.3f}** steady (from {t['steady_from_s']:g} s); output cap {t['output_cap_end']} "
+            f"at the end, {t['cut_at_cap']} answers cut | ≥ 0.9: {_aim(t['ratio_to_ideal'] >= 0.9)} |"
+        )
+    for chars, row in ((limits or {}).get("tokens", {}).get("avoid_chars") or {}).items():
+        lines.append(
+            f"| 10 | tokens per accepted scenario, offline default, {row['scenarios']:,} scenarios, `--avoid-chars {chars}` "
+            f"| {row['prompt_per_scenario']} prompt + {row['completion_per_scenario']} completion, "
+            f"{row['duplicates_per_scenario']:.3f} duplicates per scenario; gpt-4o: ${row['usd_per_scenario']:.5f} "
+            f"per scenario, 1,500 scenarios **${row['usd_1500_real_time']:.2f}** real time, "
+            f"${row['usd_1500_batch_same_tokens']:.2f} batch | |"
+        )
+    w = (limits or {}).get("told_too_high")
+    if w:
+        lines.append(
+            f"| 11 | limits told 20% too high: simulator {w['limit_rpm']:,} RPM (drained), client `--rpm {w['told_rpm']}`, "
+            f"{w['load_s']} s | **{w['fraction_of_limit']:.3f}** of the true limit (steady from {w['warmup_s']:g} s); "
+            f"**{w['429_per_600']}** 429s per 600 requests ({w['429_per_600_steady']} in the steady window) "
+            f"| ≥ 0.98 and ≤ 20: {_aim(w['fraction_of_limit'] >= 0.98 and w['429_per_600'] <= 20)} |"
+        )
+    for concurrency, row in ((limits or {}).get("cpu_floor") or {}).items():
+        lines.append(
+            f"| 12 | client CPU per request against a bare aiohttp client (`bench/raw_floor.py`), 50 ms latency, "
+            f"concurrency {concurrency}, {row['requests']:,} requests, best of 2 each | asyncgen {row['asyncgen_ms']:.2f} ms, "
+            f"floor {row['raw_aiohttp_ms']:.2f} ms: **{row['ratio']:.2f}×** | ≤ 1.2×: {_aim(row['ratio'] <= 1.2)} |"
+        )
+    return lines
 
 
 def plot(results: dict, path: Path) -> str:
@@ -703,7 +745,7 @@ def update_readme(table: str) -> bool:
     return True
 
 
-STEPS = ("rate_limited", "unlimited", "run", "validator", "memory", "sink", "baseline", "batch")
+STEPS = ("rate_limited", "unlimited", "run", "validator", "memory", "sink", "baseline", "batch", "limits")
 
 
 def main() -> int:
@@ -747,6 +789,8 @@ def main() -> int:
                 results["baseline"] = bench_baseline(quick, results.get("run"))
             elif step == "batch":
                 results["batch"] = bench_batch(quick, results.get("run"))
+            elif step == "limits":
+                results["limits"] = run_json([str(BENCH / "limits.py"), *(["--quick"] if quick else [])], timeout=1800)
         except Exception as exc:  # one failed measurement is reported, the others still run
             results["errors"][step] = f"{type(exc).__name__}: {exc}"[:500]
             log(f"{step} failed: {exc}")

@@ -14,7 +14,7 @@ from openai.types.chat import ChatCompletion
 
 from asyncgen.config import load_task
 from asyncgen.prompting import JSON_SCHEMA_FORMAT
-from asyncgen.simulator import SimulatorConfig, running_simulator
+from asyncgen.simulator import SimulatorConfig, chat, running_simulator
 
 PAIRS_SCHEMA = JSON_SCHEMA_FORMAT  # exactly what asyncgen run sends
 TASK = load_task("refusal")
@@ -73,8 +73,8 @@ async def test_generation_parses_into_sdk_types_with_usage_and_headers():
         assert raw.request_id == headers["x-request-id"] and headers["x-request-id"].startswith("req_")
         assert headers["x-ratelimit-limit-requests"] == "5000" and headers["x-ratelimit-remaining-requests"] == "4999"
         # Charge: max(prompt estimate, n * max_completion_tokens) = 2000.
-        assert headers["x-ratelimit-remaining-tokens"] == str(2_000_000 - 2000)
-        assert headers["x-ratelimit-reset-tokens"] == "60ms" and headers["x-ratelimit-reset-requests"] == "12ms"
+        assert headers["x-ratelimit-remaining-tokens"] == str(2_000_000 - expected_prompt - 2000)  # the prompt estimate plus max_tokens
+        assert headers["x-ratelimit-reset-tokens"] == f"{math.ceil((expected_prompt + 2000) * 60_000 / 2_000_000)}ms" and headers["x-ratelimit-reset-requests"] == "12ms"
 
 
 async def test_parse_with_a_pydantic_model_uses_its_property_names():
@@ -232,20 +232,24 @@ async def test_rpm_is_enforced_over_a_window():
 
 
 async def test_tpm_limit_too_large_and_quota():
-    async with running_simulator(SimulatorConfig(tpm=1000, **CLEAN)) as sim, client(sim) as api:
+    # Each request counts its prompt estimate plus max_completion_tokens: 2 fit, 200 tokens are left.
+    charge = chat.parse_chat_request({"model": "gpt-4o-mini", "messages": messages(1)}).prompt_tokens + 400
+    limit = 2 * charge + 200
+    async with running_simulator(SimulatorConfig(tpm=limit, **CLEAN)) as sim, client(sim) as api:
         for _ in range(2):
             await generate(api, 1, max_completion_tokens=400)
         with pytest.raises(openai.RateLimitError) as caught:
             await generate(api, 1, max_completion_tokens=400)
         error = caught.value
         assert (error.type, error.code) == ("tokens", "rate_limit_exceeded")
-        assert "tokens per min (TPM): Limit 1000, Used 800, Requested 400" in error.message
-        # 200 tokens missing at 1000/60 per second: 12 s.
-        assert int(error.response.headers["retry-after-ms"]) == pytest.approx(12_000, abs=50)
-        assert error.response.headers["retry-after"] == "12"
+        assert f"tokens per min (TPM): Limit {limit}, Used {2 * charge}, Requested {charge}" in error.message
+        # charge - 200 tokens missing at limit/60 per second.
+        wait_ms = (charge - 200) * 60_000 / limit
+        assert int(error.response.headers["retry-after-ms"]) == pytest.approx(wait_ms, abs=50)
+        assert error.response.headers["retry-after"] == str(math.ceil(wait_ms / 1000))
         assert error.response.headers["x-ratelimit-remaining-tokens"] == "200"
         with pytest.raises(openai.RateLimitError) as too_large:
-            await generate(api, 1, max_completion_tokens=1001)
+            await generate(api, 1, max_completion_tokens=limit - charge + 401)
         assert too_large.value.body["message"].startswith("Request too large for gpt-4o-mini")
         assert "retry-after" not in too_large.value.response.headers
         stats = await sim.stats()

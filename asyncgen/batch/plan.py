@@ -19,6 +19,7 @@ from asyncgen.config import Task
 from asyncgen.prices import Price, batch_cost_usd
 from asyncgen.prompting import (
     AVOID_SAMPLE,
+    AVOID_SAMPLE_CHARS,
     GenerationSettings,
     estimate_prompt_tokens,
     max_output_tokens,
@@ -56,7 +57,7 @@ def requests_needed(deficit: int, yield_per_request: float) -> int:
 def request_cost_bound(task: Task, price: Price | None) -> float | None:
     """Worst-case batch USD of one request: the output cap is exact; the chars/4 prompt estimate gets
     a 50 % margin for text that tokenizes worse than English (as run's bound, at batch prices)."""
-    return batch_cost_usd(price, 1.5 * worst_case_prompt_tokens(task), max_output_tokens(task))
+    return batch_cost_usd(price, 1.5 * worst_case_prompt_tokens(task, AVOID_SAMPLE_CHARS), max_output_tokens(task))
 
 
 def custom_id(number: int) -> str:

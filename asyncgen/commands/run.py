@@ -28,9 +28,9 @@ from asyncgen.prices import cost_usd, is_openai_endpoint, price_for, run_price
 from asyncgen.progress import fit_summary, report_progress, summary
 from asyncgen.eventloop import LOOPBACK_HOSTS, run_event_loop
 from asyncgen.prompting import (
-    AVOID_SAMPLE,
-    build_messages,
-    estimate_prompt_tokens,
+    AVOID_CHARS,
+    OUTPUT_TOKENS_OVERHEAD,
+    OUTPUT_TOKENS_PER_PAIR,
     largest_request_tokens,
     max_output_tokens,
     response_format_for,
@@ -66,6 +66,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--tpm", type=positive_int, default=None, help="tokens per minute limit (default: learned from the API's x-ratelimit headers)")
     parser.add_argument("--max-cost", type=non_negative_float, default=None, help="USD budget for the dataset (this run plus earlier runs it resumes); no request starts that could cross it")
     parser.add_argument("--prices", default=None, help="price table YAML (default: <config-dir>/prices.yaml); at a --base-url other than OpenAI's, cost is counted only with this flag, by the --model name")
+    parser.add_argument("--avoid-chars", type=non_negative_int, default=AVOID_CHARS, help=f"characters of already-accepted prompts each request names as 'do not repeat', drawn at random from the latest (default: {AVOID_CHARS}, about {AVOID_CHARS // 4} tokens; 0 names none)")
     parser.add_argument("--validator-workers", type=non_negative_int, default=None, help="validator processes; 0 validates in the main process (default: 1 on 2 cores, cores-1 up to 4)")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
     parser.add_argument("--seed", type=int, default=None, help="base seed sent with requests (request i gets seed+i); also seeds the offline simulator")
@@ -160,10 +161,10 @@ def run(args: argparse.Namespace) -> int:
     return run_event_loop(_run_async(args, task, specs, tokenizers, prices, price, mode, base_url, api_key, stats))
 
 
-def _request_cost_bound(task, price) -> float:
-    """Worst-case USD of one request: the output cap is exact; the chars/4 prompt estimate gets a
-    50% margin for text that tokenizes worse than English."""
-    return cost_usd(price, 1.5 * worst_case_prompt_tokens(task), max_output_tokens(task)) or 0.0
+def _request_cost_bound(task, price, output_cap: int, avoid_chars: int = AVOID_CHARS) -> float:
+    """Worst-case USD of one request sent with ``output_cap``: the cap is exact; the chars/4 prompt
+    estimate gets a 50% margin for text that tokenizes worse than English."""
+    return cost_usd(price, 1.5 * worst_case_prompt_tokens(task, avoid_chars), output_cap) or 0.0
 
 
 @dataclass(frozen=True)
@@ -175,13 +176,14 @@ class Plan:
     cost_usd: float | None  # at most about, for all requests
 
 
-def _plan(task, price, remaining: int) -> Plan:
-    """What ``remaining`` scenarios take at the prior yield estimate. Pure."""
+def _plan(task, price, remaining: int, avoid_chars: int = AVOID_CHARS) -> Plan:
+    """What ``remaining`` scenarios take at the prior yield estimate, at the starting output cap
+    (the task's bound; the run lowers it to what answers use). Pure."""
     from asyncgen.pipeline import PRIOR_YIELD_SHARE
 
     yield_per_request = PRIOR_YIELD_SHARE * task.batch_size
     requests = math.ceil(remaining / yield_per_request) if remaining else 0
-    prompt_tokens = estimate_prompt_tokens(build_messages(task, ["x" * 60] * AVOID_SAMPLE))  # a typical request
+    prompt_tokens = worst_case_prompt_tokens(task, avoid_chars)  # the avoid list fills its budget soon
     output_tokens = max_output_tokens(task)
     cost = cost_usd(price, requests * prompt_tokens, requests * output_tokens)
     return Plan(requests, yield_per_request, prompt_tokens, output_tokens, cost)
@@ -193,7 +195,7 @@ def _dry_run(args, task, price) -> int:
         with open(args.output, "rb") as handle:
             existing = sum(1 for _ in handle) // LINES_PER_SCENARIO
     remaining = max(0, args.num_scenarios - existing)
-    plan = _plan(task, price, remaining)
+    plan = _plan(task, price, remaining, args.avoid_chars)
     mode, base_url, _ = _endpoint(args)
     cost = plan.cost_usd
     print(f"plan for task {task.task_name} with {args.model} ({mode}{' ' + base_url if base_url else ''}):")
@@ -202,6 +204,8 @@ def _dry_run(args, task, price) -> int:
     print(f"  requests        about {plan.requests}, at most {args.concurrency} in flight")
     print(f"  tokens          about {plan.requests * plan.prompt_tokens} prompt + at most {plan.requests * plan.output_tokens} "
           f"completion ({plan.prompt_tokens} + {plan.output_tokens} per request)")
+    print(f"  output cap      {plan.output_tokens} tokens to start ({task.batch_size} x {OUTPUT_TOKENS_PER_PAIR} + "
+          f"{OUTPUT_TOKENS_OVERHEAD}), then learned")
     why = f"no price for {args.model}" if args.prices or is_openai_endpoint(args.base_url) else "not OpenAI's server: pass --prices"
     shown = f"unknown ({why})" if cost is None else f"at most about ${cost:.4f}"
     print(f"  cost            {shown}{' (simulated)' if mode == 'simulator' and cost is not None else ''}")
@@ -245,7 +249,7 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
                 if path is not None:
                     Path(path).unlink(missing_ok=True)
 
-    bound = _request_cost_bound(task, price)
+    bound = _request_cost_bound(task, price, max_output_tokens(task), args.avoid_chars)  # the first requests' cap
     if args.max_cost is not None and sink.count < args.num_scenarios:
         refusal = None
         if stats.cost_before_usd is None:
@@ -294,7 +298,7 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
                                       args.temperature, args.seed,
                                       fallback_to_json_object=args.response_format == "auto",
                                       stop_if_cap_ignored=args.max_cost is not None)
-        throttle = Throttle(args.rpm, args.tpm, largest_request_tokens=largest_request_tokens(task))
+        throttle = Throttle(args.rpm, args.tpm, largest_request_tokens=largest_request_tokens(task, args.avoid_chars))
         generator = Generator(client, task, settings, throttle, RetryPolicy(max_attempts=args.max_attempts),
                               stats, price, api_key)
         annotations = None
@@ -305,7 +309,9 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
             stack.callback(annotations.close)
             log.info("%s", annotations.repair.message)
         return Pipeline(task, generator, validator, sink, stats, concurrency=args.concurrency,
-                        max_cost=args.max_cost, request_cost_bound=bound, grace_period=args.grace_period,
+                        max_cost=args.max_cost, avoid_chars=args.avoid_chars, grace_period=args.grace_period,
+                        request_cost_bound=lambda: _request_cost_bound(task, price, generator.output_cap.value,
+                                                                       args.avoid_chars),
                         first_request_number=count_of(stats.carried.get("requests_sent")), annotations=annotations)
 
     pipeline: Pipeline | None = None
@@ -380,7 +386,7 @@ ABSURD_USD = 1_000.0
 
 def _warn_if_absurd(args, task, price, remaining: int) -> None:
     """One warning when the plan is far beyond what anyone means: millions of requests or dollars."""
-    plan = _plan(task, price, remaining)
+    plan = _plan(task, price, remaining, args.avoid_chars)
     if plan.requests < ABSURD_REQUESTS and (plan.cost_usd or 0.0) < ABSURD_USD:
         return
     cost = "" if plan.cost_usd is None else f", about ${plan.cost_usd:,.0f} at {args.model} prices"

@@ -44,6 +44,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     add("--api-key", default=None, help="require exactly this bearer key (default: any non-empty key)")
     add("--rpm", type=int, default=defaults.rpm, help=f"requests per minute (default: {defaults.rpm})")
     add("--tpm", type=int, default=defaults.tpm, help=f"tokens per minute (default: {defaults.tpm})")
+    add("--start-drained", action="store_true", help="start both rate-limit buckets empty, as after a minute at the limit (default: full, which admits a first burst of a whole minute's worth)")
     add("--quota-exhausted", action="store_true", help="answer every chat request and batch creation with 429 insufficient_quota")
     add("--faults", default="", metavar="KIND=RATE,...",
         help=f"fault rates, any subset of: {', '.join(FAULT_KINDS)} (e.g. 500=0.05,reset=0.02); "
@@ -82,6 +83,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         api_key=args.api_key,
         rpm=args.rpm,
         tpm=args.tpm,
+        start_drained=args.start_drained,
         quota_exhausted=args.quota_exhausted,
         faults=parse_faults(args.faults),
         fail_first=args.fail_first,

@@ -45,7 +45,7 @@ class Simulator:
         self.config = config
         self.player = Player.from_task(load_task(config.task, config.config_dir), config.long_filler_chars)
         self.now = time.monotonic
-        self.limiter = RateLimiter(config.rpm, config.tpm, self.now())
+        self.limiter = RateLimiter(config.rpm, config.tpm, self.now(), drained=config.start_drained)
         self.salt = os.urandom(4).hex()
         self.fingerprint = "fp_" + hashlib.blake2b(str(config.seed).encode(), digest_size=5).hexdigest()
         self.batches = BatchService(config, self.player, self.salt, self.fingerprint)

@@ -5,9 +5,11 @@ Usage estimate (no tokenizer): ``prompt_tokens`` = sum over messages of ``ceil(c
 ``completion_tokens`` = sum over choices of ``ceil(len(content or refusal) / 4)``, capped at the
 output limit of the request.
 
-TPM charge of a request (as the protocol doc says: the larger of the output limit and the
-estimate from the request's characters): ``max(prompt_tokens, n * max_output)`` where
-``max_output`` is ``max_completion_tokens`` (or ``max_tokens``), 0 when the request sets neither.
+TPM charge of a request, as OpenAI's limiter counts it (and its cookbook's parallel processor):
+the estimate from the request's characters plus the output limit, ``prompt_tokens + n *
+max_output``, where ``max_output`` is ``max_completion_tokens`` (or ``max_tokens``), 0 when the
+request sets neither. (OpenAI's guide words it as "the larger of" the two; counting both is the
+stricter reading, and the one that makes a client's ``max_tokens`` matter.)
 It is taken on admission and never refunded; requests that then fail by a fault are charged too.
 
 Everything here is pure but ``new_id``; the HTTP handler (app.py) and the batch runner
@@ -48,7 +50,7 @@ class ChatRequest:
 
     @property
     def charge(self) -> int:
-        return max(self.prompt_tokens, self.n * (self.max_output or 0))
+        return self.prompt_tokens + self.n * (self.max_output or 0)
 
 
 def new_id(prefix: str, salt: str) -> str:

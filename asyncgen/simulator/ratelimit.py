@@ -84,9 +84,11 @@ class Decision:
 class RateLimiter:
     """Both buckets of one model (the simulator serves one organisation and pools all models)."""
 
-    def __init__(self, rpm: int | None, tpm: int | None, now: float) -> None:
+    def __init__(self, rpm: int | None, tpm: int | None, now: float, *, drained: bool = False) -> None:
         self.requests = TokenBucket.full(rpm or UNLIMITED, now)
         self.tokens = TokenBucket.full(tpm or UNLIMITED, now)
+        if drained:  # as after a minute at the limit: no first burst hides the steady rate
+            self.requests.level = self.tokens.level = 0.0
 
     def admit(self, charge: int, now: float) -> Decision:
         requests, tokens = self.requests, self.tokens

@@ -49,6 +49,7 @@ class SimulatorConfig:
     # Token buckets, refilled continuously over a minute. None: unlimited (headers still sent).
     rpm: int | None = 5_000
     tpm: int | None = 2_000_000
+    start_drained: bool = False  # both buckets start empty (a steady state), not full (a first burst)
     quota_exhausted: bool = False
     # Rates per kind (FAULT_KINDS); HTTP kinds per request, content kinds per choice.
     faults: dict[str, float] = field(default_factory=dict)

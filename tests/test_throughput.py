@@ -1,0 +1,179 @@
+"""Throughput at real keys' limits (issue 13): the output cap learned from the answers, requests
+that do not grow, and limits told higher than the server's giving way to the server's."""
+
+import asyncio
+import logging
+import random
+
+import httpx
+import openai
+import orjson
+
+from asyncgen.config import load_task
+import math
+import time
+
+from asyncgen.outputcap import EARLY_ANSWERS, EARLY_MARGIN, FLOOR, MARGIN, MARGIN_TOKENS, MIN_ANSWERS, OutputCap
+from asyncgen.prompting import (
+    JSON_SCHEMA_FORMAT,
+    avoid_list,
+    build_messages,
+    estimate_prompt_tokens,
+    max_output_tokens,
+    worst_case_prompt_tokens,
+)
+from asyncgen.simulator import SimulatorConfig, running_simulator
+from asyncgen.simulator.ratelimit import RateLimiter
+from asyncgen.stats import RunStats
+from asyncgen.throttle import RetryPolicy, Throttle
+from asyncgen.workers import GenerationSettings, Generator
+
+TASK = load_task("refusal")
+BOUND = max_output_tokens(TASK)
+
+
+def test_output_cap_learns_a_high_percentile_and_rises_at_once_on_a_cut():
+    cap = OutputCap(660)
+    for i in range(MIN_ANSWERS - 1):
+        cap.observe(370 + i, "stop", 660)
+    assert cap.value == 660  # too few answers to learn from
+    cap.observe(390, "stop", 660)
+    assert cap.value == math.ceil(390 * (1 + EARLY_MARGIN)) + MARGIN_TOKENS  # the largest seen, a wide margin
+    for i in range(EARLY_ANSWERS):
+        cap.observe(370 + i % 20, "stop", 660)
+    assert cap.value == math.ceil(390 * (1 + MARGIN)) + MARGIN_TOKENS  # enough answers: the usual margin
+    learned = cap.value
+    cap.observe(120, "length", learned)  # a server fault far below the cap: not the cap's doing
+    assert cap.value == learned and cap.cuts == 0
+    assert cap.observe(learned, "length", learned)  # cut at the cap: raised at once, by half
+    assert cap.value >= 1.5 * learned and cap.cuts == 1
+    for _ in range(50):
+        cap.observe(380, "stop", cap.value)
+    assert cap.value >= 1.5 * learned  # held for a while after a cut
+    assert OutputCap(660).ceiling == 4 * 660 and FLOOR > 0
+
+
+def _generator(sim, stats, sent: list, cap: OutputCap | None = None):
+    async def record(request: httpx.Request) -> None:
+        sent.append(orjson.loads(request.content))
+
+    client = openai.AsyncOpenAI(
+        api_key="sk-test", base_url=sim.base_url, max_retries=0,
+        http_client=openai.DefaultAsyncHttpxClient(trust_env=False, timeout=httpx.Timeout(10.0),
+                                                   event_hooks={"request": [record]}),
+    )
+    throttle = Throttle(rpm=100_000, tpm=100_000_000, learn_from_headers=False)
+    reserved: list[int] = []
+    slot = throttle.slot
+
+    def recording_slot(tokens):
+        reserved.append(tokens)
+        return slot(tokens)
+
+    throttle.slot = recording_slot
+    generator = Generator(client, TASK, GenerationSettings("gpt-4o", JSON_SCHEMA_FORMAT, 1.0, 7), throttle,
+                          RetryPolicy(max_attempts=3), stats, None, "sk-test")
+    if cap is not None:
+        generator.output_cap = cap
+    return client, generator, reserved
+
+
+async def test_requests_reserve_the_learned_cap_and_no_answer_is_cut():
+    """The simulator's 10-pair answers use about 380 tokens: after a few answers the requests ask
+    for (and reserve against TPM) about that, not the 660 of the task's bound, and none is cut."""
+    async with running_simulator(SimulatorConfig(seed=3)) as sim:
+        stats, sent = RunStats(target=0), []
+        client, generator, reserved = _generator(sim, stats, sent)
+        async with client:
+            for number in range(60):
+                await generator.generate(number, [])
+    caps = [body["max_tokens"] for body in sent]
+    assert caps[0] == BOUND
+    assert max(caps[MIN_ANSWERS:]) < 0.8 * BOUND
+    for body, tokens in zip(sent, reserved):  # exactly the prompt estimate plus the cap sent
+        assert tokens == estimate_prompt_tokens(body["messages"]) + body["max_tokens"]
+    assert stats.cut_at_cap == 0 and stats.answer_failures["length"] == 0
+    assert stats.output_cap == generator.output_cap.value < 0.8 * BOUND
+
+
+async def test_a_cap_too_low_is_raised_at_the_first_cut():
+    """Started far below what answers use, the cap rises at the first answer cut by it, and the
+    cuts stop within a few requests."""
+    async with running_simulator(SimulatorConfig(seed=4)) as sim:
+        stats, sent = RunStats(target=0), []
+        client, generator, _ = _generator(sim, stats, sent, OutputCap(150))
+        async with client:
+            for number in range(30):
+                await generator.generate(number, [])
+    caps = [body["max_tokens"] for body in sent]
+    assert caps[0] == 150 and caps[1] == 225  # raised at once, by half
+    assert 1 <= stats.cut_at_cap <= 4
+    assert stats.answer_failures["length"] == stats.cut_at_cap
+    assert caps[-1] > 380
+
+
+def test_avoid_list_fills_a_fixed_budget_so_requests_do_not_grow():
+    rng = random.Random(5)
+    pool = [" ".join("word" for _ in range(rng.randint(3, 30))) + "." for _ in range(200)]
+    worst = worst_case_prompt_tokens(TASK, 800)
+    sizes = []
+    for seed in range(50):
+        avoid = avoid_list(pool, 800, random.Random(seed))
+        rendered = "\n".join(f"- {p}" for p in avoid)
+        assert len(rendered) <= 800
+        sizes.append(estimate_prompt_tokens(build_messages(TASK, avoid)))
+    assert max(sizes) <= worst and min(sizes) >= worst - 60  # steady: the budget is filled each time
+    assert avoid_list(pool, 0, random.Random(1)) == [] and avoid_list([], 800, random.Random(1)) == []
+
+
+async def test_limits_told_higher_than_the_servers_give_way_to_the_servers(caplog):
+    """Told 1,440 RPM where the server allows 1,200: the client keeps to 1,200 from the first
+    answer's headers on, and says so once."""
+    async with running_simulator(SimulatorConfig(rpm=1200, tpm=100_000_000, seed=5)) as sim:
+        stats = RunStats(target=0)
+        client, generator, _ = _generator(sim, stats, [])
+        throttle = Throttle(rpm=1440, tpm=100_000_000, learn_from_headers=False, largest_request_tokens=1500)
+        generator.throttle = throttle
+        counter = iter(range(40))
+
+        async def worker():
+            for number in counter:
+                await generator.generate(number, [])
+
+        with caplog.at_level(logging.WARNING, logger="asyncgen.throttle"):
+            async with client:
+                await asyncio.gather(*(worker() for _ in range(8)))
+    assert throttle.limits == (1200, 100_000_000)
+    lines = [r.getMessage() for r in caplog.records if r.name == "asyncgen.throttle"]
+    assert lines == ["the server allows 1200 requests per minute (its x-ratelimit headers), not 1440: keeping to 1200"]
+
+
+def test_a_429_naming_a_lower_limit_is_adopted():
+    throttle = Throttle(rpm=500, tpm=36_000, learn_from_headers=False)
+    throttle.observe_rate_limit_text(
+        "Rate limit reached for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Used 29500, "
+        "Requested 900. Please try again in 1.8s.")
+    assert throttle.limits == (500, 30_000)
+    throttle.observe_rate_limit_text("on requests per min (RPM): Limit 600, Used 600, Requested 1.")
+    assert throttle.limits == (500, 30_000)  # higher than told: told stays
+
+
+def test_a_pause_for_an_empty_bucket_counts_from_when_the_request_was_sent():
+    """The headers describe the bucket when the request was admitted, a latency ago: it has
+    refilled since, and the client must not pause again for that."""
+    headers = {"x-ratelimit-limit-requests": "500", "x-ratelimit-limit-tokens": "30000",
+               "x-ratelimit-remaining-requests": "100", "x-ratelimit-remaining-tokens": "0"}
+    throttle = Throttle(rpm=500, tpm=30_000, learn_from_headers=False, largest_request_tokens=1000)
+    throttle.request_tokens = 800  # 800 tokens at 500/s: 1.6 s to refill
+    throttle.observe(headers, sent_at=time.monotonic() - 2.0)  # answered after 2 s: refilled meanwhile
+    assert throttle.cooldowns == 0
+    throttle.observe(headers, sent_at=time.monotonic() - 0.5)
+    assert throttle.cooldowns == 1 and 1.0 <= throttle.cooldown_seconds <= 1.1
+
+
+def test_simulator_buckets_can_start_drained():
+    full, drained = RateLimiter(1200, 30_000, 0.0), RateLimiter(1200, 30_000, 0.0, drained=True)
+    assert full.admit(700, 0.0).rejected_by is None
+    assert drained.admit(700, 0.0).rejected_by == "requests"
+    assert drained.admit(700, 1.0).rejected_by == "tokens"  # 20 requests but only 500 tokens refilled
+    assert drained.admit(700, 1.5).rejected_by is None
