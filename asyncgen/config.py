@@ -29,6 +29,12 @@ class Template(_Strict):
     def render(self, text: str) -> str:
         return f"{self.prefix}{text}{self.suffix}"
 
+    def unrender(self, text: str) -> str | None:
+        """The text ``render`` was given, or None when ``text`` is not one of this template's."""
+        if text.startswith(self.prefix) and text.endswith(self.suffix) and len(text) >= len(self.prefix) + len(self.suffix):
+            return text[len(self.prefix) : len(text) - len(self.suffix)]
+        return None
+
 
 class Templates(_Strict):
     single_token: Template

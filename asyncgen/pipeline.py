@@ -46,14 +46,6 @@ class _Candidates:
     pairs: list[tuple[str, str]]
 
 
-def _unrendered(task: Task, text: str) -> str:
-    """The prompt inside a multi-token text (the template's prefix and suffix taken off)."""
-    prefix, suffix = task.templates.multi_token.prefix, task.templates.multi_token.suffix
-    if text.startswith(prefix) and text.endswith(suffix) and len(text) >= len(prefix) + len(suffix):
-        return text[len(prefix) : len(text) - len(suffix)]
-    return text
-
-
 @dataclass
 class _Window:
     """Counters at one moment; ``since`` gives what happened after it."""
@@ -132,7 +124,8 @@ class Pipeline:
         self.unproductive = 0  # requests in a row that brought no new scenario
         self.give_up_after = max(GIVE_UP_AFTER, 2 * concurrency)
         self.recent_prompts: deque[str] = deque(
-            (p for p in (_unrendered(task, text) for text in sink.resumed_prompts) if len(p) <= AVOID_MAX_CHARS),
+            (p for p in (task.templates.multi_token.unrender(text) or text for text in sink.resumed_prompts)
+             if len(p) <= AVOID_MAX_CHARS),
             maxlen=AVOID_POOL,
         )
         self.window = _Window()  # what the requests since the last new scenario brought

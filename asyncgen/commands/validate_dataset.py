@@ -122,12 +122,6 @@ def check_structure(lines: list[_Line], report: DatasetReport) -> list[tuple[int
     return sound
 
 
-def _strip_template(text: str, prefix: str, suffix: str) -> str | None:
-    if text.startswith(prefix) and text.endswith(suffix) and len(text) >= len(prefix) + len(suffix):
-        return text[len(prefix) : len(text) - len(suffix)]
-    return None
-
-
 def check_rule(
     sound: list[tuple[int, dict[str, str]]], task: Task, tokenizers: list[Tokenizer], report: DatasetReport
 ) -> None:
@@ -135,8 +129,8 @@ def check_rule(
     single, multi = task.templates.single_token, task.templates.multi_token
     pairs: list[tuple[int, str, str]] = []
     for scenario_id, texts in sound:
-        prompt = _strip_template(texts["multi_token_prompt"], multi.prefix, multi.suffix)
-        counterfactual = _strip_template(texts["multi_token_counterfactual"], multi.prefix, multi.suffix)
+        prompt = multi.unrender(texts["multi_token_prompt"])
+        counterfactual = multi.unrender(texts["multi_token_counterfactual"])
         if (
             prompt is None
             or counterfactual is None
