@@ -149,10 +149,16 @@ def test_cost_equals_simulator_usage_times_price(tmp_path, simulator):
     result = run(tmp_path, "--base-url", base_url, "--num-scenarios", "40", "--concurrency", "1", "--prices", PRICES)
     assert result.returncode == 0, result.stderr[-2000:]
     tokens = sim_stats(base_url)["tokens"]
-    expected = (tokens["prompt"] * 2.50 + tokens["completion"] * 10.00) / 1e6  # gpt-4o in config/prices.yaml
+    # A request still in flight when the target is reached is abandoned: the simulator bills its
+    # answer but never delivers it, and the client can only say that its cost is unknown.
+    delivered_prompt = tokens["prompt"] - tokens["undelivered_prompt"]
+    delivered_completion = tokens["completion"] - tokens["undelivered_completion"]
+    expected = (delivered_prompt * 2.50 + delivered_completion * 10.00) / 1e6  # gpt-4o in config/prices.yaml
     state = json.loads((tmp_path / "checkpoint.json").read_text())["run_state"]
     assert state["cost_usd"] == pytest.approx(expected, rel=1e-9)
     assert f"${expected:.4f} this run" in result.stderr
+    if tokens["undelivered_prompt"]:
+        assert "abandoned attempts cost unknown" in result.stderr
 
 
 def test_unknown_model_cost_is_unknown_not_a_crash(tmp_path, simulator):
