@@ -13,6 +13,7 @@ times the task's bound, nor falls under ``FLOOR`` tokens.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 
@@ -36,7 +37,8 @@ class OutputCap:
         self.value = start  # the cap in force: what the next request is sent with
         self.answers = 0  # answers observed
         self.cuts = 0  # answers cut at their cap
-        self._recent: deque[int] = deque(maxlen=WINDOW)
+        self._recent: deque[int] = deque()  # the last WINDOW answers' lengths, oldest first ...
+        self._ordered: list[int] = []  # ... and the same, sorted (kept so, not sorted per answer)
         self._held = 0  # after a cut: the cap stays at least this ...
         self._held_until = 0  # ... until this many answers have been observed
 
@@ -48,17 +50,23 @@ class OutputCap:
             self.cuts += 1
             self._held = min(self.ceiling, max(self.value, math.ceil(RAISE * sent_cap)))
             self._held_until = self.answers + WINDOW
-            self._recent.append(self._held)  # the answer it would have been is longer than we saw
+            self._remember(self._held)  # the answer it would have been is longer than we saw
         else:
-            self._recent.append(completion_tokens)
+            self._remember(completion_tokens)
         self.value = self._learned()
         return cut
+
+    def _remember(self, tokens: int) -> None:
+        self._recent.append(tokens)
+        bisect.insort(self._ordered, tokens)
+        if len(self._recent) > WINDOW:
+            del self._ordered[bisect.bisect_left(self._ordered, self._recent.popleft())]
 
     def _learned(self) -> int:
         held = self._held if self.answers < self._held_until else 0
         if len(self._recent) < MIN_ANSWERS:
             return max(self.value, held)
-        ordered = sorted(self._recent)
+        ordered = self._ordered
         high = ordered[min(len(ordered) - 1, math.ceil(PERCENTILE * len(ordered)) - 1)]
         margin = MARGIN if len(self._recent) >= EARLY_ANSWERS else EARLY_MARGIN
         learned = math.ceil(high * (1 + margin)) + MARGIN_TOKENS

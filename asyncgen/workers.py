@@ -3,9 +3,8 @@
 ``Generator.generate`` returns the candidate pairs of one request (possibly none) and keeps the run's
 counters; a permanent error raises ``ApiError`` with a one-line, key-redacted message.
 
-The request goes through the SDK's transport and error mapping (``client.post``), but its body is
-built here and its answer read with orjson: the SDK's per-request type checks of the parameters and
-its pydantic models of the answer cost more client CPU than everything else asyncgen does.
+The request body is built by ``prompting.request_body``, sent by ``transport.ChatTransport`` (one
+POST, failures raised as the SDK's typed exceptions) and its answer read here with orjson.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import logging
 import time
 from typing import Sequence
 
-import httpx
 import openai
 import orjson
 
@@ -34,34 +32,17 @@ from asyncgen.prompting import (
 )
 from asyncgen.stats import RunStats
 from asyncgen.throttle import RetryPolicy, Throttle
+from asyncgen.transport import ChatTransport
 
 log = logging.getLogger("asyncgen.workers")
 CONNECT_FAILURES_BEFORE_STOPPING = 3
 NO_KEY_SET = "sk-no-key-set"  # sent to a --base-url server when the user set no key (the SDK needs one)
 
 
-def make_http_client(concurrency: int, timeout: float, *, trust_env: bool = True) -> httpx.AsyncClient:
-    """The SDK's aiohttp transport where installed (``openai[aiohttp]``), else its httpx client.
-
-    httpx's connection pool spends several ms of CPU per request at 64+ connections; the aiohttp
-    transport about 1 ms (bench/results). ``trust_env=False`` for loopback servers: a proxy in the
-    environment must not swallow those calls.
-    """
-    options = dict(
-        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-        timeout=httpx.Timeout(timeout, connect=5.0),
-        trust_env=trust_env,
-    )
-    try:
-        return openai.DefaultAioHttpClient(**options)
-    except RuntimeError:  # httpx-aiohttp is not installed
-        return openai.DefaultAsyncHttpxClient(**options)
-
-
 class Generator:
     def __init__(
         self,
-        client: openai.AsyncOpenAI,
+        transport: ChatTransport,
         task: Task,
         settings: GenerationSettings,
         throttle: Throttle,
@@ -70,7 +51,7 @@ class Generator:
         price: Price | None,
         api_key: str | None,
     ) -> None:
-        self.client, self.task, self.settings = client, task, settings
+        self.transport, self.task, self.settings = transport, task, settings
         self.throttle, self.policy, self.stats = throttle, policy, stats
         self.price, self.api_key = price, api_key
         self.output_cap = OutputCap(max_output_tokens(task))  # learned from the answers
@@ -88,13 +69,14 @@ class Generator:
         # The cap in force now (read before any await: the pipeline reserved its cost at this cap),
         # for every attempt of this request; exactly that is reserved against the TPM limit.
         cap = self.output_cap.value
-        params = request_body(self.task, self.settings, avoid, request_number, output_cap=cap)
-        tokens = self.estimate_tokens(params["messages"], cap)
         stats = self.stats
         attempt = timeouts = 0
+        tokens = None
         while True:
             params = request_body(self.task, self.settings, avoid, request_number,
                                   response_format=self.response_format, timeouts=timeouts, output_cap=cap)
+            if tokens is None:  # the same for every attempt (the prompt does not change, nor the cap)
+                tokens = self.estimate_tokens(params["messages"], cap)
             async with self.throttle.slot(tokens):
                 if self.stopped:  # the run stopped while this request waited for the rate limits
                     return []
@@ -102,7 +84,7 @@ class Generator:
                 stats.in_flight += 1
                 sent_at = time.monotonic()
                 try:
-                    response = await self.client.post("/chat/completions", cast_to=httpx.Response, body=params)
+                    headers, content = await self.transport.post(params)
                 except openai.APIError as exc:
                     if isinstance(exc, openai.APIStatusError):
                         self.reached_server = True
@@ -115,9 +97,9 @@ class Generator:
                     raise
                 else:
                     self.reached_server = True
-                    self.throttle.observe(response.headers, sent_at=sent_at)
+                    self.throttle.observe(headers, sent_at=sent_at)
                     self.throttle.on_answer()
-                    return self._read(response.content, request_number, cap)
+                    return self._read(content, request_number, cap)
                 finally:
                     stats.in_flight -= 1
             stats.last_error = redact(decision.message or decision.cause, self.api_key)
@@ -126,7 +108,7 @@ class Generator:
                 self.connect_failures += 1
                 if self.connect_failures >= CONNECT_FAILURES_BEFORE_STOPPING:
                     raise ApiError(redact(
-                        f"cannot connect to {self.client.base_url}: {decision.message} "
+                        f"cannot connect to {self.transport.base_url}: {decision.message} "
                         f"({self.connect_failures} attempts, no answer yet); is the server running there? "
                         "check --base-url", self.api_key))
             if decision.action == "format":
@@ -208,9 +190,10 @@ class Generator:
             stats.dropped_items.update(answer.dropped)
             pairs.extend(answer.pairs)
         stats.candidates += len(pairs)
-        log.debug("request %d answered: %d prompt + %d completion tokens (cap %d), %d pairs, bad answer %s",
-                  request_number, prompt_tokens, completion_tokens, cap, len(pairs),
-                  ", ".join(failures) or "none")
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("request %d answered: %d prompt + %d completion tokens (cap %d), %d pairs, bad answer %s",
+                      request_number, prompt_tokens, completion_tokens, cap, len(pairs),
+                      ", ".join(failures) or "none")
         stats.output_cap = self.output_cap.value
         self._check_cap(completion_tokens, len(answers), cap)
         return pairs

@@ -20,8 +20,9 @@ Prints one JSON object on stdout:
 - ``peak_rss_mb`` of this process (``ru_maxrss``), imports included;
 - ``limits_learned``: the RPM/TPM the throttle ended with (from ``--rpm/--tpm`` or the headers).
 
-``--http httpx`` swaps in the SDK's default httpx client, everything else unchanged: a comparison,
-not what a run uses (``make_http_client``: the SDK's aiohttp transport where installed).
+``--via sdk`` sends each request through the SDK's own request path instead (``client.post`` over
+the SDK's aiohttp transport, as asyncgen did before issue 13), everything else unchanged: a
+comparison, not what a run uses (``asyncgen.transport.ChatTransport``).
 """
 
 from __future__ import annotations
@@ -48,7 +49,22 @@ from asyncgen.prices import load_prices, price_for  # noqa: E402
 from asyncgen.prompting import largest_request_tokens, response_format_for  # noqa: E402
 from asyncgen.stats import RunStats  # noqa: E402
 from asyncgen.throttle import RetryPolicy, Throttle  # noqa: E402
-from asyncgen.workers import GenerationSettings, Generator, make_http_client  # noqa: E402
+from asyncgen.transport import ChatTransport  # noqa: E402
+from asyncgen.workers import GenerationSettings, Generator  # noqa: E402
+
+
+class SdkTransport:
+    """The SDK's own request path with ``ChatTransport``'s contract: the comparison of ``--via sdk``."""
+
+    def __init__(self, client: openai.AsyncOpenAI) -> None:
+        self.client, self.base_url = client, str(client.base_url)
+
+    async def post(self, body: dict):
+        response = await self.client.post("/chat/completions", cast_to=httpx.Response, body=body)
+        return response.headers, response.content
+
+    async def close(self) -> None:
+        pass
 
 
 def _cpu_seconds() -> float:
@@ -59,22 +75,23 @@ def _cpu_seconds() -> float:
 async def load(args: argparse.Namespace) -> dict:
     task = load_task("refusal")
     prices = load_prices(default_config_dir() / "prices.yaml")
-    timeout = httpx.Timeout(args.request_timeout, connect=5.0)
-    if args.http == "httpx":
-        http_client = openai.DefaultAsyncHttpxClient(
-            limits=httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency),
-            timeout=timeout,
-            trust_env=False,  # loopback: a proxy in the environment must not see these
-        )
-    else:  # what asyncgen run uses
-        http_client = make_http_client(args.concurrency, args.request_timeout, trust_env=False)
-    client = openai.AsyncOpenAI(api_key="sk-bench", base_url=args.base_url, max_retries=0,
-                                http_client=http_client, timeout=timeout)
+    if args.via == "sdk":
+        client = openai.AsyncOpenAI(api_key="sk-bench", base_url=args.base_url, max_retries=0,
+                                    timeout=httpx.Timeout(args.request_timeout, connect=5.0),
+                                    http_client=openai.DefaultAioHttpClient(
+                                        limits=httpx.Limits(max_connections=args.concurrency,
+                                                            max_keepalive_connections=args.concurrency),
+                                        trust_env=False))
+        transport = SdkTransport(client)
+    else:  # what asyncgen run sends through; trust_env=False: a proxy must not see loopback calls
+        client = openai.AsyncOpenAI(api_key="sk-bench", base_url=args.base_url, max_retries=0)
+        transport = ChatTransport(client, concurrency=args.concurrency, timeout=args.request_timeout,
+                                  trust_env=False)
     stats = RunStats(target=args.requests)
     throttle = Throttle(args.rpm, args.tpm, largest_request_tokens=largest_request_tokens(task))
     # seed + i per request: every body differs, as in a run (whose avoid lists differ).
     settings = GenerationSettings("gpt-4o", response_format_for("gpt-4o"), 1.0, args.seed)
-    generator = Generator(client, task, settings, throttle, RetryPolicy(max_attempts=args.max_attempts),
+    generator = Generator(transport, task, settings, throttle, RetryPolicy(max_attempts=args.max_attempts),
                           stats, price_for(prices, "gpt-4o"), "sk-bench")
     issued = 0
     errors: dict[str, int] = {}
@@ -111,6 +128,7 @@ async def load(args: argparse.Namespace) -> dict:
             profiler.disable()
     ended = time.monotonic()
     cpu = _cpu_seconds() - cpu_before
+    await transport.close()
     await client.close()
     if profiler is not None:
         profiler.dump_stats(args.profile)
@@ -137,7 +155,7 @@ async def load(args: argparse.Namespace) -> dict:
         "cooldown_s": round(throttle.cooldown_seconds, 3),
         "limits_learned": {"rpm": rpm, "tpm": tpm},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "http": args.http,
+        "via": args.via,
         "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
         "pid": os.getpid(),
     }
@@ -154,9 +172,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="request i is sent with seed+i (default: 0)")
     parser.add_argument("--max-attempts", type=int, default=6, help="attempts per request (default: 6, as run)")
     parser.add_argument("--request-timeout", type=float, default=60.0, help="seconds per attempt (default: 60, as run)")
-    parser.add_argument("--http", choices=("run", "httpx"), default="run",
-                        help="run: the HTTP client asyncgen run uses (asyncgen.workers.make_http_client: the SDK's "
-                        "aiohttp transport where installed); httpx: the SDK's default httpx client, for comparison")
+    parser.add_argument("--via", choices=("run", "sdk"), default="run",
+                        help="run: the transport asyncgen run uses (asyncgen.transport.ChatTransport); sdk: the "
+                        "SDK's own client.post over its aiohttp transport, for comparison")
     parser.add_argument("--profile", default=None, help="write a cProfile of the load to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

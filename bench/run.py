@@ -20,8 +20,9 @@ check never overwrites the full figures.
 2. ``unlimited``: 10,000 requests (2,000 quick) at 50 ms latency, limits out of reach, at
    concurrency 32, 64, 128, 256, each also capped at ``UNLIMITED_CAP_S`` seconds of load: req/s and
    the client process's CPU ms per answered request, with the HTTP client ``asyncgen run`` uses
-   (the SDK's aiohttp transport). ``unlimited_httpx``: the same client over the SDK's default httpx
-   client, for comparison.
+   (``asyncgen.transport.ChatTransport``). ``unlimited_sdk``: the same load through the SDK's own
+   request path (``client.post`` over its aiohttp transport, what run used before issue 13), for
+   comparison.
 3. ``run``: ``asyncgen run --concurrency 32`` on the offline default (simulator in-process) in a
    temporary folder: scenarios/s over the run's own wall time, time to the first accepted scenario.
 4. ``validator``: ``bench/validator.py``. 6. ``sink``: ``bench/sink.py``.
@@ -200,9 +201,9 @@ def run_json(argv: list[str], timeout: float) -> dict:
 
 
 def client_load(base_url: str, requests: int, concurrency: int, *, duration: float | None = None,
-                rpm: int | None = None, seed: int = 0, http: str = "run") -> dict:
+                rpm: int | None = None, seed: int = 0, via: str = "run") -> dict:
     argv = [str(BENCH / "client_load.py"), "--base-url", base_url, "--requests", str(requests),
-            "--concurrency", str(concurrency), "--seed", str(seed), "--http", http]
+            "--concurrency", str(concurrency), "--seed", str(seed), "--via", via]
     if duration:
         argv += ["--duration", str(duration)]
     if rpm:
@@ -265,7 +266,7 @@ def bench_rate_limited(quick: bool) -> dict:
 # --- 2. Unlimited throughput and client cost --------------------------------------------------
 
 
-def bench_unlimited(quick: bool, http: str = "run", requests: int | None = None,
+def bench_unlimited(quick: bool, via: str = "run", requests: int | None = None,
                     concurrencies=UNLIMITED_CONCURRENCY) -> list[dict]:
     requests = requests or size("unlimited_requests", quick)
     rows = []
@@ -273,9 +274,9 @@ def bench_unlimited(quick: bool, http: str = "run", requests: int | None = None,
         for concurrency in concurrencies:
             server_before = sim.cpu_seconds()
             load = client_load(sim.base_url, requests, concurrency, duration=UNLIMITED_CAP_S[quick],
-                               seed=1_000_000 * concurrency, http=http)
+                               seed=1_000_000 * concurrency, via=via)
             server_cpu = sim.cpu_seconds() - server_before
-            log(f"  {http} concurrency {concurrency}: {load['requests_ok']} requests, {load['requests_per_s']} req/s, "
+            log(f"  {via} concurrency {concurrency}: {load['requests_ok']} requests, {load['requests_per_s']} req/s, "
                 f"{load['cpu_ms_per_request']} ms CPU/request")
             rows.append({
                 "concurrency": concurrency,
@@ -287,18 +288,9 @@ def bench_unlimited(quick: bool, http: str = "run", requests: int | None = None,
                 "time_capped": load["requests_started"] < requests,
                 "lost": load["lost"],
                 "peak_rss_mb": load["peak_rss_mb"],
-                "http": http,
+                "via": via,
             })
     return rows
-
-
-def aiohttp_available() -> bool:
-    """Whether ``asyncgen run`` gets the aiohttp transport (``openai[aiohttp]``), so httpx is a comparison."""
-    try:
-        importlib.metadata.version("httpx-aiohttp")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
 
 
 # --- 3. End-to-end run --------------------------------------------------------------------------
@@ -593,10 +585,10 @@ def markdown(results: dict) -> str:
             f"| {_n(row['requests_per_s'])} req/s, **{row['cpu_ms_per_request']:.2f} ms** client CPU/request, "
             f"{row['lost']} lost | ≤ {CPU_AIM_MS} ms: {_aim(row['cpu_ms_per_request'] <= CPU_AIM_MS)} |"
         )
-    for row in results.get("unlimited_httpx") or []:
+    for row in results.get("unlimited_sdk") or []:
         capped = " (time cap)" if row["time_capped"] else ""
         lines.append(
-            f"| 2x | for comparison, not what run uses: the SDK's default httpx client, concurrency {row['concurrency']}, "
+            f"| 2x | for comparison, not what run uses: the SDK's own request path, concurrency {row['concurrency']}, "
             f"{row['requests']:,} requests{capped} | {_n(row['requests_per_s'])} req/s, "
             f"{row['cpu_ms_per_request']:.2f} ms client CPU/request | |"
         )
@@ -705,9 +697,9 @@ def plot(results: dict, path: Path) -> str:
     if not rows:
         return "skipped: no unlimited-throughput results to plot"
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    series = [("aiohttp transport (asyncgen run)", rows, "o-")]
-    if results.get("unlimited_httpx"):
-        series.append(("httpx client (comparison)", results["unlimited_httpx"], "s--"))
+    series = [("asyncgen run's transport", rows, "o-")]
+    if results.get("unlimited_sdk"):
+        series.append(("the SDK's client.post (comparison)", results["unlimited_sdk"], "s--"))
     for label, data, style in series:
         x = [row["concurrency"] for row in data]
         left.plot(x, [row["requests_per_s"] for row in data], style, label=label)
@@ -753,7 +745,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smaller loads: under a minute on 2 cores")
     parser.add_argument("--only", default=None, help=f"comma-separated subset of: {', '.join(STEPS)}")
     parser.add_argument("--output-dir", default=str(RESULTS), help="where results go (default: bench/results)")
-    parser.add_argument("--no-comparison", action="store_true", help="skip the httpx client comparison")
+    parser.add_argument("--no-comparison", action="store_true", help="skip the comparison with the SDK's own request path (row 2x)")
     parser.add_argument("--readme", action="store_true",
                         help="also put the table into README.md's Performance section (between its markers)")
     args = parser.parse_args()
@@ -775,8 +767,8 @@ def main() -> int:
                 results["rate_limited"] = bench_rate_limited(quick)
             elif step == "unlimited":
                 results["unlimited"] = bench_unlimited(quick)
-                if aiohttp_available() and not args.no_comparison and not quick:
-                    results["unlimited_httpx"] = bench_unlimited(quick, "httpx", size("comparison_requests", quick), (32, 256))
+                if not args.no_comparison and not quick:
+                    results["unlimited_sdk"] = bench_unlimited(quick, "sdk", size("comparison_requests", quick), (32, 256))
             elif step == "run":
                 results["run"] = bench_run(quick)
             elif step == "validator":

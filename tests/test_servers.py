@@ -20,6 +20,7 @@ from asyncgen.progress import summary
 from asyncgen.prompting import JSON_OBJECT_FORMAT, JSON_SCHEMA_FORMAT, max_output_tokens, output_cap_field, parse_answer
 from asyncgen.stats import RunStats
 from asyncgen.throttle import RetryPolicy, Throttle
+from asyncgen.transport import ChatTransport
 from asyncgen.workers import GenerationSettings, Generator
 from fake_server import PAIR, FakeServer, completion, schema_error
 from test_run import ENV, run
@@ -30,14 +31,12 @@ CAP = max_output_tokens(TASK)
 
 def generator(server, stats, *, model="gpt-4o", response_format=JSON_SCHEMA_FORMAT, timeout=10.0, attempts=3,
               seed=None, **settings):
-    client = openai.AsyncOpenAI(
-        api_key="sk-test", base_url=server.base_url, max_retries=0,
-        http_client=openai.DefaultAsyncHttpxClient(trust_env=False, timeout=httpx.Timeout(timeout)),
-    )
+    client = openai.AsyncOpenAI(api_key="sk-test", base_url=server.base_url, max_retries=0)
+    transport = ChatTransport(client, concurrency=8, timeout=timeout, trust_env=False)
     throttle = Throttle(rpm=60_000, tpm=10**9, learn_from_headers=False)
     policy = RetryPolicy(max_attempts=attempts, base_delay=0.05, max_delay=0.1)
     generation = GenerationSettings(model, response_format, 1.0, seed, **settings)
-    return client, Generator(client, TASK, generation, throttle, policy, stats, None, "sk-test")
+    return transport, Generator(transport, TASK, generation, throttle, policy, stats, None, "sk-test")
 
 
 # --- 1. the output cap --------------------------------------------------------------------------

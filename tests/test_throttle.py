@@ -13,6 +13,7 @@ from asyncgen.simulator import SimulatorConfig, running_simulator
 from asyncgen.stats import RunStats
 from asyncgen.throttle import PROBE_CONCURRENCY, RetryPolicy, Throttle, parse_duration, retry_hint
 from asyncgen.errors import redact
+from asyncgen.transport import ChatTransport
 from asyncgen.workers import GenerationSettings, Generator
 
 
@@ -56,12 +57,11 @@ def test_redact():
 
 
 def _generator(sim, throttle, stats, key="sk-test"):
-    client = openai.AsyncOpenAI(
-        api_key=key, base_url=sim.base_url, max_retries=0,
-        http_client=openai.DefaultAsyncHttpxClient(trust_env=False, timeout=httpx.Timeout(10.0)),
-    )
+    client = openai.AsyncOpenAI(api_key=key, base_url=sim.base_url, max_retries=0)
+    transport = ChatTransport(client, concurrency=64, timeout=10.0, trust_env=False)
     settings = GenerationSettings("gpt-4o", JSON_SCHEMA_FORMAT, 1.0, None)
-    return client, Generator(client, load_task("refusal"), settings, throttle, RetryPolicy(max_attempts=20), stats, None, key)
+    return transport, Generator(transport, load_task("refusal"), settings, throttle, RetryPolicy(max_attempts=20),
+                                stats, None, key)
 
 
 async def _drive(generator, workers, requests):

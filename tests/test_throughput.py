@@ -5,7 +5,6 @@ import asyncio
 import logging
 import random
 
-import httpx
 import openai
 import orjson
 
@@ -26,6 +25,7 @@ from asyncgen.simulator import SimulatorConfig, running_simulator
 from asyncgen.simulator.ratelimit import RateLimiter
 from asyncgen.stats import RunStats
 from asyncgen.throttle import RetryPolicy, Throttle
+from asyncgen.transport import ChatTransport
 from asyncgen.workers import GenerationSettings, Generator
 
 TASK = load_task("refusal")
@@ -54,14 +54,15 @@ def test_output_cap_learns_a_high_percentile_and_rises_at_once_on_a_cut():
 
 
 def _generator(sim, stats, sent: list, cap: OutputCap | None = None):
-    async def record(request: httpx.Request) -> None:
-        sent.append(orjson.loads(request.content))
+    client = ChatTransport(openai.AsyncOpenAI(api_key="sk-test", base_url=sim.base_url, max_retries=0),
+                           concurrency=64, timeout=10.0, trust_env=False)
+    post = client.post
 
-    client = openai.AsyncOpenAI(
-        api_key="sk-test", base_url=sim.base_url, max_retries=0,
-        http_client=openai.DefaultAsyncHttpxClient(trust_env=False, timeout=httpx.Timeout(10.0),
-                                                   event_hooks={"request": [record]}),
-    )
+    async def recording_post(body: dict):
+        sent.append(orjson.loads(orjson.dumps(body)))  # as sent, not as later changed
+        return await post(body)
+
+    client.post = recording_post
     throttle = Throttle(rpm=100_000, tpm=100_000_000, learn_from_headers=False)
     reserved: list[int] = []
     slot = throttle.slot

@@ -213,14 +213,14 @@ def _dry_run(args, task, price) -> int:
 
 
 async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_url, api_key, stats: RunStats) -> int:
-    import httpx
     import openai
 
     from asyncgen.pipeline import Pipeline
     from asyncgen.sink import DurabilityPolicy, ScenarioSink, default_checkpoint_path, fingerprint_of
     from asyncgen.throttle import RetryPolicy, Throttle
     from asyncgen.validate import PairValidator
-    from asyncgen.workers import GenerationSettings, Generator, make_http_client
+    from asyncgen.transport import ChatTransport
+    from asyncgen.workers import GenerationSettings, Generator
 
     # The sink first: an unwritable output or a mismatched resume fails before any API call.
     output_existed = Path(args.output).exists()
@@ -286,10 +286,13 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
                 "simulated. To use GPT-4o: export OPENAI_API_KEY=sk-... and run again.", url, task.task_name,
             )
         loopback = url is not None and urlsplit(url).hostname in LOOPBACK_HOSTS
-        http_client = make_http_client(args.concurrency, args.request_timeout, trust_env=not loopback)
-        client = openai.AsyncOpenAI(api_key=api_key, base_url=url, max_retries=0, http_client=http_client,
-                                    timeout=httpx.Timeout(args.request_timeout, connect=5.0))
+        # The SDK client resolves the configuration (key, base URL, organization, headers); requests
+        # go through the leaner transport, which raises the SDK's exceptions (asyncgen/transport.py).
+        client = openai.AsyncOpenAI(api_key=api_key, base_url=url, max_retries=0)
         stack.push_async_callback(client.close)
+        transport = ChatTransport(client, concurrency=args.concurrency, timeout=args.request_timeout,
+                                  trust_env=not loopback)
+        stack.push_async_callback(transport.close)
         if workers:
             log.info("starting %d validator process%s", workers, "es" if workers > 1 else "")
         validator = PairValidator(task, specs, cache_dir=args.cache_dir, workers=workers, tokenizers=tokenizers)
@@ -299,7 +302,7 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
                                       fallback_to_json_object=args.response_format == "auto",
                                       stop_if_cap_ignored=args.max_cost is not None)
         throttle = Throttle(args.rpm, args.tpm, largest_request_tokens=largest_request_tokens(task, args.avoid_chars))
-        generator = Generator(client, task, settings, throttle, RetryPolicy(max_attempts=args.max_attempts),
+        generator = Generator(transport, task, settings, throttle, RetryPolicy(max_attempts=args.max_attempts),
                               stats, price, api_key)
         annotations = None
         if args.annotate:
