@@ -289,7 +289,10 @@ def test_offline_batch_run_killed_while_polling_resumes_from_the_persisted_simul
 
 def test_topup_rounds_reach_the_target_and_spares_are_used_first(tmp_path, simulator):
     # Most pairs are wrong on purpose: the prior yield is far too high, so round 1 ends short.
-    base_url = simulator("--batch-speed", "2000", "--imperfect-rate", "0.85")
+    # Whether the last round leaves spares is a draw (its 10 % margin over a small deficit): with
+    # the simulator's seed 3, and the avoid lists batch files carry since they follow run's rule,
+    # it left none; seed 1 leaves some (so do 4 and 5; 2 does not).
+    base_url = simulator("--batch-speed", "2000", "--imperfect-rate", "0.85", "--seed", "1")
     common = ["--base-url", base_url, "--poll-seconds", "0.05"]
     done = batch(tmp_path, "run", "--num-scenarios", "60", *common)
     assert done.returncode == 0, done.stderr[-2000:]
