@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import signal
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from asyncgen.acceptance import Acceptance
 from asyncgen.annotations import Sidecar
 from asyncgen.config import Task
 from asyncgen.errors import RunError
-from asyncgen.prompting import AVOID_CHARS, AVOID_MAX_CHARS, AVOID_POOL, avoid_list
+from asyncgen.prompting import AVOID_CHARS, AVOID_MAX_CHARS, AVOID_POOL, avoid_pool, request_avoid_list
 from asyncgen.sink import ScenarioSink
 from asyncgen.stats import RunStats
 from asyncgen.validate import PairValidator, Verdict
@@ -111,7 +110,6 @@ class Pipeline:
         # request starts, which reads the same cap before its first await.
         self.max_cost, self.request_cost_bound = max_cost, request_cost_bound
         self.avoid_chars = avoid_chars
-        self._random = random.Random()
         self.grace_period = grace_period
         self.candidates: asyncio.Queue[_Candidates] = asyncio.Queue(maxsize=2 * concurrency)
         self.verdicts: asyncio.Queue[tuple[list[_Candidates], list[Verdict]]] = asyncio.Queue()
@@ -123,11 +121,7 @@ class Pipeline:
         self.reserved_cost = 0.0
         self.unproductive = 0  # requests in a row that brought no new scenario
         self.give_up_after = max(GIVE_UP_AFTER, 2 * concurrency)
-        self.recent_prompts: deque[str] = deque(
-            (p for p in (task.templates.multi_token.unrender(text) or text for text in sink.resumed_prompts)
-             if len(p) <= AVOID_MAX_CHARS),
-            maxlen=AVOID_POOL,
-        )
+        self.recent_prompts: deque[str] = deque(avoid_pool(task, sink.resumed_prompts), maxlen=AVOID_POOL)
         self.window = _Window()  # what the requests since the last new scenario brought
         self.stopping = False  # no new requests
         self.stop_reason: str | None = None  # why the run ended early (interrupt, budget)
@@ -178,7 +172,7 @@ class Pipeline:
             self.outstanding += 1
             bound = self.request_cost_bound()
             self.reserved_cost += bound
-            avoid = avoid_list(self.recent_prompts, self.avoid_chars, self._random) if self.recent_prompts else []
+            avoid = request_avoid_list(self.recent_prompts, self.avoid_chars, number)
             try:
                 pairs = await self.generator.generate(number, avoid)
             except BaseException:

@@ -15,11 +15,12 @@ import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import orjson
 
 from asyncgen.config import Task
+from asyncgen.prices import Price, batch_cost_usd, cost_usd
 
 PAIR_SCHEMA = {
     "type": "object",
@@ -52,10 +53,9 @@ AVOID_CHARS = 800  # the default budget (--avoid-chars), about 200 tokens
 AVOID_POOL = 200  # the most recent accepted prompts the names are drawn from
 AVOID_DRAWS = 64  # prompts drawn from the pool to fill the budget
 AVOID_MAX_CHARS = 200  # longer prompts are not named
-# Batch files name a sample of the dataset instead (their requests are all built at once, so they
-# do not grow during a run): this many prompts, at most this many characters in all.
-AVOID_SAMPLE = 20
-AVOID_SAMPLE_CHARS = AVOID_SAMPLE * (AVOID_MAX_CHARS + 3)
+# The chars/4 prompt estimate gets this margin in a request's worst-case cost, for text that
+# tokenizes worse than English.
+PROMPT_ESTIMATE_MARGIN = 1.5
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,23 @@ def build_messages(task: Task, avoid: Sequence[str] = ()) -> list[dict]:
     ]
 
 
+def avoid_pool(task: Task, texts: Iterable[str]) -> list[str]:
+    """The prompts avoid lists are drawn from, given a dataset's multi-token texts in order (or the
+    last of them): each text's prompt (the template taken off), those of at most
+    ``AVOID_MAX_CHARS`` characters, the last ``AVOID_POOL``. ``run`` then adds each prompt it
+    accepts; a batch round draws from the dataset as it stands."""
+    template = task.templates.multi_token
+    prompts = (template.unrender(text) or text for text in texts)
+    return [p for p in prompts if len(p) <= AVOID_MAX_CHARS][-AVOID_POOL:]
+
+
+def request_avoid_list(pool: Sequence[str], budget: int, request_number: int) -> list[str]:
+    """What request ``request_number`` names as already collected: ``avoid_list`` drawn by the
+    request's number, so that ``run`` and a batch request file name the same prompts for the same
+    pool, and a request sent again names what it named before."""
+    return avoid_list(pool, budget, random.Random(request_number)) if pool and budget > 0 else []
+
+
 def avoid_list(pool: Sequence[str], budget: int, rng: random.Random) -> list[str]:
     """Prompts drawn at random from ``pool`` whose lines ("- prompt") fill at most ``budget`` characters."""
     chosen: list[str] = []
@@ -151,6 +168,15 @@ def worst_case_prompt_tokens(task: Task, avoid_chars: int = AVOID_CHARS) -> int:
 def largest_request_tokens(task: Task, avoid_chars: int = AVOID_CHARS, output_cap: int | None = None) -> int:
     """What the largest request counts against a TPM limit: its prompt estimate plus the output cap."""
     return worst_case_prompt_tokens(task, avoid_chars) + (output_cap or max_output_tokens(task))
+
+
+def request_cost_bound(task: Task, price: Price | None, avoid_chars: int = AVOID_CHARS, output_cap: int | None = None,
+                       *, batch: bool = False) -> float | None:
+    """Worst-case USD of one request sent with ``output_cap`` (default: the task's bound), in real
+    time or at ``batch`` prices: the cap is exact (a server that honours it never bills more); the
+    chars/4 prompt estimate of the largest request gets ``PROMPT_ESTIMATE_MARGIN``."""
+    prompt = PROMPT_ESTIMATE_MARGIN * worst_case_prompt_tokens(task, avoid_chars)
+    return (batch_cost_usd if batch else cost_usd)(price, prompt, output_cap or max_output_tokens(task))
 
 
 def estimate_prompt_tokens(messages: Sequence[dict]) -> int:

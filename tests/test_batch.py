@@ -289,7 +289,10 @@ def test_offline_batch_run_killed_while_polling_resumes_from_the_persisted_simul
 
 def test_topup_rounds_reach_the_target_and_spares_are_used_first(tmp_path, simulator):
     # Most pairs are wrong on purpose: the prior yield is far too high, so round 1 ends short.
-    base_url = simulator("--batch-speed", "2000", "--imperfect-rate", "0.85")
+    # Whether the last round leaves spares is a draw (its 10 % margin over a small deficit): with
+    # the simulator's seed 3, and the avoid lists batch files carry since they follow run's rule,
+    # it left none; seed 1 leaves some (so do 4 and 5; 2 does not).
+    base_url = simulator("--batch-speed", "2000", "--imperfect-rate", "0.85", "--seed", "1")
     common = ["--base-url", base_url, "--poll-seconds", "0.05"]
     done = batch(tmp_path, "run", "--num-scenarios", "60", *common)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -305,3 +308,105 @@ def test_topup_rounds_reach_the_target_and_spares_are_used_first(tmp_path, simul
     assert sim_stats(base_url)["requests"]["POST /v1/batches"] == batches_before  # spares, not a new batch
     new = [group[2]["text"] for group in scenarios(tmp_path / "dataset.jsonl")[60:]]
     assert new == spare_prompts[:more]
+
+
+# --- the avoid list: batch files and run name the dataset's prompts by one rule -------------------
+
+
+def _write_dataset(path, task, size):
+    """A dataset of ``size`` scenarios whose prompts are 50-130 characters long (checkpoint beside it)."""
+    import random
+
+    from asyncgen.scenario import Scenario
+    from asyncgen.sink import ScenarioSink, fingerprint_of
+
+    rng = random.Random(size)
+    sink = ScenarioSink.open(path, str(path) + ".checkpoint.json", task_name=task.task_name,
+                             fingerprint=fingerprint_of(task, ["builtin"]))
+    for i in range(size):
+        words = " ".join(rng.choice(("cake", "kite", "boat", "garden", "letter", "song")) for _ in range(rng.randint(6, 20)))
+        sink.append(Scenario.render(task, f"Help me with request {i}: {words}.", f"Harm request {i}: {words}."))
+    sink.close()
+    return sink
+
+
+def _named(body) -> list[str]:
+    """The prompts a request body names as already collected."""
+    user = body["messages"][-1]["content"]
+    part = next((p for p in user.split("\n\n") if p.startswith("Already collected")), "")
+    return [line[2:] for line in part.splitlines()[1:]]
+
+
+def _request_bodies(tmp_path) -> dict[int, dict]:
+    bodies = {}
+    for path in sorted((tmp_path / "batches" / "requests").glob("*.jsonl")):
+        for line in path.read_bytes().splitlines():
+            record = orjson.loads(line)
+            bodies[int(record["custom_id"].rsplit("-", 1)[1])] = record["body"]
+    return bodies
+
+
+@pytest.mark.parametrize("avoid_chars", [None, 400])
+def test_batch_request_files_name_the_dataset_within_runs_avoid_budget(tmp_path, refusal_task, avoid_chars):
+    """As the dataset grows, a batch request's avoid list stays within --avoid-chars (default 800,
+    as run's): its prompt estimate does not grow past the one run budgets for."""
+    from asyncgen.prompting import AVOID_CHARS, estimate_prompt_tokens, worst_case_prompt_tokens
+
+    budget = avoid_chars or AVOID_CHARS
+    flags = [] if avoid_chars is None else ["--avoid-chars", str(avoid_chars)]
+    largest = []
+    for size in (8, 60, 400):
+        folder = tmp_path / str(size)
+        folder.mkdir()
+        _write_dataset(folder / "dataset.jsonl", refusal_task, size)
+        made = batch(folder, "create", "--num-scenarios", str(size + 200), *flags)
+        assert made.returncode == 0, made.stderr[-2000:]
+        bodies = _request_bodies(folder)
+        assert bodies
+        for body in bodies.values():
+            named = _named(body)
+            assert named and len("\n".join(f"- {p}" for p in named)) <= budget
+            assert estimate_prompt_tokens(body["messages"]) <= worst_case_prompt_tokens(refusal_task, budget)
+        largest.append(max(estimate_prompt_tokens(b["messages"]) for b in bodies.values()))
+    assert largest[2] <= worst_case_prompt_tokens(refusal_task, budget)  # not 20 prompts' worth, whatever their length
+
+
+def test_batch_and_run_name_the_same_prompts_for_the_same_dataset_and_request(tmp_path, refusal_task):
+    """One avoid rule: for the same dataset, request number and --avoid-chars, a batch request
+    file names exactly the prompts run's request of that number names."""
+    import asyncio
+
+    from asyncgen.pipeline import Pipeline
+    from asyncgen.sink import ScenarioSink, fingerprint_of
+    from asyncgen.stats import RunStats
+
+    dataset = tmp_path / "dataset.jsonl"
+    _write_dataset(dataset, refusal_task, 300)
+    made = batch(tmp_path, "create", "--num-scenarios", "400", "--avoid-chars", "600")
+    assert made.returncode == 0, made.stderr[-2000:]
+    in_batch = _request_bodies(tmp_path)
+
+    in_run = {}
+
+    class Generator:
+        async def generate(self, number, avoid):
+            in_run[number] = list(avoid)
+            raise asyncio.CancelledError
+
+    sink = ScenarioSink.open(dataset, str(dataset) + ".checkpoint.json", task_name="refusal",
+                             fingerprint=fingerprint_of(refusal_task, ["builtin"]))
+    try:
+        pipeline = Pipeline(refusal_task, Generator(), None, sink, RunStats(target=400), concurrency=1,
+                            avoid_chars=600, first_request_number=0)
+
+        async def requests(count):
+            for _ in range(count):
+                with pytest.raises(asyncio.CancelledError):
+                    await pipeline._worker()
+
+        asyncio.run(requests(5))
+    finally:
+        sink.close()
+    assert sorted(in_run) == [1, 2, 3, 4, 5]
+    for number, avoid in in_run.items():
+        assert avoid and avoid == _named(in_batch[number])

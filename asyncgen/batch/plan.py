@@ -9,22 +9,21 @@ split into ``num_batches`` files, more if a file would pass the Batch API's limi
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
 from typing import Sequence
 
 import orjson
 
 from asyncgen.config import Task
-from asyncgen.prices import Price, batch_cost_usd
+from asyncgen.prices import Price
 from asyncgen.prompting import (
-    AVOID_SAMPLE,
-    AVOID_SAMPLE_CHARS,
+    AVOID_CHARS,
     GenerationSettings,
     estimate_prompt_tokens,
     max_output_tokens,
+    request_avoid_list,
     request_body,
-    worst_case_prompt_tokens,
+    request_cost_bound as one_request_cost_bound,
 )
 
 MAX_REQUESTS_PER_FILE = 50_000  # the Batch API's limits per input file
@@ -54,20 +53,25 @@ def requests_needed(deficit: int, yield_per_request: float) -> int:
     return max(1, math.ceil(deficit * MARGIN / max(yield_per_request, 0.01) - 1e-9))
 
 
-def request_cost_bound(task: Task, price: Price | None) -> float | None:
-    """Worst-case batch USD of one request: the output cap is exact; the chars/4 prompt estimate gets
-    a 50 % margin for text that tokenizes worse than English (as run's bound, at batch prices)."""
-    return batch_cost_usd(price, 1.5 * worst_case_prompt_tokens(task, AVOID_SAMPLE_CHARS), max_output_tokens(task))
+def request_cost_bound(task: Task, price: Price | None, avoid_chars: int = AVOID_CHARS) -> float | None:
+    """Worst-case batch USD of one request: run's bound at batch prices, at the task's output bound
+    (the cap every batch request is sent with; see ``request_line``)."""
+    return one_request_cost_bound(task, price, avoid_chars, batch=True)
 
 
 def custom_id(number: int) -> str:
     return f"asyncgen-{number:07d}"
 
 
-def request_line(task: Task, settings: GenerationSettings, number: int, avoid_pool: Sequence[str]) -> bytes:
-    """One batch input line; its avoid list is a sample of ``avoid_pool`` seeded by its number."""
-    avoid = random.Random(number).sample(list(avoid_pool), min(AVOID_SAMPLE, len(avoid_pool)))
-    body = request_body(task, settings, avoid, number)
+def request_line(task: Task, settings: GenerationSettings, number: int, avoid_pool: Sequence[str],
+                 avoid_chars: int = AVOID_CHARS) -> bytes:
+    """One batch input line, with run's request body and avoid list (``avoid_chars`` characters of
+    ``avoid_pool``, drawn by the request's number).
+
+    Its output cap is the task's bound, not a cap learned from earlier rounds' answers: a batch is
+    billed for the tokens its answers use, not for the cap, so a lower cap would save nothing and
+    risk answers cut short, found only when the batch ends (up to 24 h later) and paid for again."""
+    body = request_body(task, settings, request_avoid_list(avoid_pool, avoid_chars, number), number)
     return orjson.dumps({"custom_id": custom_id(number), "method": "POST", "url": ENDPOINT, "body": body}) + b"\n"
 
 
@@ -102,6 +106,7 @@ def plan_round(
     first_number: int,
     num_batches: int,
     avoid_pool: Sequence[str] = (),
+    avoid_chars: int = AVOID_CHARS,
     resubmit: Sequence[bytes] = (),
     measured_tokens: tuple[float, float] | None = None,
     capped_by_budget: bool = False,
@@ -109,13 +114,13 @@ def plan_round(
     """A round of ``resubmit`` lines (first, as they are) and ``count`` new requests numbered from
     ``first_number``, in files. Expected tokens: ``measured_tokens`` per request (means of earlier
     rounds) when given, else the prompt estimate and the output cap."""
-    new = [request_line(task, settings, first_number + i, avoid_pool) for i in range(count)]
+    new = [request_line(task, settings, first_number + i, avoid_pool, avoid_chars) for i in range(count)]
     lines = list(resubmit) + new
     if measured_tokens:
         expected = (len(lines) * measured_tokens[0], len(lines) * measured_tokens[1])
     else:
         prompt = sum(estimate_prompt_tokens(orjson.loads(line)["body"]["messages"]) for line in lines)
         expected = (prompt, len(lines) * max_output_tokens(task))
-    bound = request_cost_bound(task, price)
+    bound = request_cost_bound(task, price, avoid_chars)
     return Plan(split(lines, num_batches), len(lines), count, expected,
                 None if bound is None else bound * len(lines), capped_by_budget)

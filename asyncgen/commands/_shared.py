@@ -9,14 +9,27 @@ from typing import Iterator
 
 import orjson
 
+from asyncgen.commands.argtypes import non_negative_int
 from asyncgen.config import Task, default_config_dir, load_task, resolve_config_dir
 from asyncgen.errors import InputFileError, UsageError
 from asyncgen.prices import PriceTable, load_prices
+from asyncgen.prompting import AVOID_CHARS, AVOID_POOL
 from asyncgen.scenario import Dataset, read_dataset
 from asyncgen.tokenizers import Tokenizer, TokenizerSpec, load_all, resolve_specs
 from asyncgen.validate import check_task
 
 log = logging.getLogger("asyncgen")
+
+
+def add_avoid_chars_flag(parser: argparse.ArgumentParser) -> None:
+    """--avoid-chars, for every command that builds generation requests (run, batch create/topup/run)."""
+    parser.add_argument(
+        "--avoid-chars", type=non_negative_int, default=AVOID_CHARS,
+        help=f"characters of already-accepted prompts each request names as 'do not repeat', drawn at random "
+        f"from the latest {AVOID_POOL} (default: {AVOID_CHARS}, about {AVOID_CHARS // 4} prompt tokens per request; "
+        "more asks the model to steer clear of more of the dataset, at that many more input tokens per "
+        "request, paid for and counted against TPM; 0 names none)",
+    )
 
 
 def add_tokenizer_flags(parser: argparse.ArgumentParser) -> None:

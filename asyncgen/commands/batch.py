@@ -26,14 +26,14 @@ import orjson
 
 from asyncgen.batch import lifecycle, plan
 from asyncgen.batch.manifest import Entry, Manifest, check_setup
-from asyncgen.commands._shared import add_tokenizer_flags, load_price_table, load_task_and_tokenizers
+from asyncgen.commands._shared import add_avoid_chars_flag, add_tokenizer_flags, load_price_table, load_task_and_tokenizers
 from asyncgen.commands.argtypes import base_url, non_negative_float, non_negative_int, positive_float, positive_int
 from asyncgen.commands.run import OFFLINE_KEY, _endpoint
 from asyncgen.errors import RunError, UsageError
 from asyncgen.eventloop import LOOPBACK_HOSTS, run_event_loop
 from asyncgen.prices import batch_cost_usd, cost_usd, price_for
 from asyncgen.progress import _duration, _money
-from asyncgen.prompting import AVOID_POOL, GenerationSettings, response_format_for
+from asyncgen.prompting import AVOID_POOL, GenerationSettings, avoid_pool, response_format_for
 from asyncgen.scenario import LINES_PER_SCENARIO
 from asyncgen.sink import atomic_write, default_checkpoint_path, fingerprint_of
 from asyncgen.tokenizers import resolve_specs
@@ -136,6 +136,7 @@ def _plan_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
     p.add_argument("--seed", type=int, default=None, help="base seed sent with requests (request i gets seed+i); also seeds the offline simulator")
     p.add_argument("--response-format", choices=("auto", "json_schema", "json_object"), default="auto", help="structured output: strict json_schema where the model supports it, else json_object (default: auto)")
+    add_avoid_chars_flag(p)
 
 
 def _dataset_flags(p: argparse.ArgumentParser) -> None:
@@ -212,17 +213,18 @@ def _price_only(args, manifest: Manifest) -> Setup:
     return Setup(Path(args.dir), manifest, model=manifest.model, price=price_for(prices, manifest.model))
 
 
-def _dataset(output: str) -> tuple[int, list[str]]:
-    """Scenarios in the dataset (whole groups) and its most recent prompts, for the avoid lists."""
+def _dataset(output: str, task) -> tuple[int, list[str]]:
+    """Scenarios in the dataset (whole groups) and the pool of its latest prompts the avoid lists
+    are drawn from: the last ``AVOID_POOL`` multi-token texts, as a resumed ``run`` takes them."""
     path = Path(output)
     if not path.is_file():
         return 0, []
     lines = path.read_bytes().splitlines()
-    prompts = []
+    texts = []
     for raw in lines[2::LINES_PER_SCENARIO][-AVOID_POOL:]:
         with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):
-            prompts.append(orjson.loads(raw)["text"])
-    return len(lines) // LINES_PER_SCENARIO, prompts
+            texts.append(orjson.loads(raw)["text"])
+    return len(lines) // LINES_PER_SCENARIO, avoid_pool(task, texts)
 
 
 # --- endpoint and client ----------------------------------------------------------------------
@@ -279,7 +281,8 @@ def _plan_and_write(args, setup: Setup, manifest: Manifest, deficit: int, avoid:
     budget_left = None
     if args.max_cost is not None:
         budget_left = args.max_cost - (manifest.committed_worst_cost(setup.costs) or 0.0)
-    needed, capped = plan.affordable(needed, plan.request_cost_bound(setup.task, setup.price), budget_left)
+    needed, capped = plan.affordable(needed, plan.request_cost_bound(setup.task, setup.price, args.avoid_chars),
+                                     budget_left)
     left_over = [e for e in manifest.entries if e.source == "api" and e.status in ("expired", "cancelled")
                  and e.downloaded and not e.resubmitted]
     resubmit = [line for entry in left_over for line in lifecycle.unfinished_lines(directory, entry)][:needed]
@@ -289,6 +292,7 @@ def _plan_and_write(args, setup: Setup, manifest: Manifest, deficit: int, avoid:
     settings = GenerationSettings(setup.model, response_format_for(setup.model, args.response_format), args.temperature, args.seed)
     made = plan.plan_round(setup.task, settings, setup.price, count=needed - len(resubmit),
                            first_number=manifest.next_request, num_batches=args.num_batches, avoid_pool=avoid,
+                           avoid_chars=args.avoid_chars,
                            resubmit=resubmit, measured_tokens=measured_tokens, capped_by_budget=capped)
     if not made.requests:
         return made
@@ -343,7 +347,7 @@ def cmd_create(args) -> int:
 
 def _write_round(args, setup: Setup, manifest: Manifest) -> int:
     """create and topup: plan the deficit of the manifest's dataset, write the files, print the plan."""
-    existing, avoid = _dataset(manifest.output)
+    existing, avoid = _dataset(manifest.output, setup.task)
     deficit = manifest.target - existing - manifest.spares
     if deficit <= 0:
         print(f"{manifest.output} holds {existing} scenarios and {setup.directory} {manifest.spares} spares; "
@@ -667,7 +671,7 @@ async def _run_async(args, setup: Setup, manifest: Manifest, started: float) -> 
                         raise RunError(f"{len(failed)} batch(es) of round {manifest.rounds} failed validation (errors above) "
                                        "and are not resubmitted as they are; fix the cause, then `asyncgen batch topup "
                                        f"--dir {directory}` and run again")
-                    _, avoid = _dataset(manifest.output)
+                    _, avoid = _dataset(manifest.output, setup.task)
                     made = _plan_and_write(args, setup, manifest, manifest.target - sink.count, avoid)
                     if not made.requests:
                         stop = "max_cost"

@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from asyncgen.commands._shared import add_task_flags, add_tokenizer_flags, load_price_table, load_task_and_tokenizers
+from asyncgen.commands._shared import (
+    add_avoid_chars_flag,
+    add_task_flags,
+    add_tokenizer_flags,
+    load_price_table,
+    load_task_and_tokenizers,
+)
 from asyncgen.commands.argtypes import base_url, non_negative_float, non_negative_int, positive_float, positive_int
 from asyncgen.errors import UsageError
 from asyncgen.prices import cost_usd, is_openai_endpoint, price_for, run_price
@@ -33,6 +39,7 @@ from asyncgen.prompting import (
     OUTPUT_TOKENS_PER_PAIR,
     largest_request_tokens,
     max_output_tokens,
+    request_cost_bound,
     response_format_for,
     worst_case_prompt_tokens,
 )
@@ -66,7 +73,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--tpm", type=positive_int, default=None, help="tokens per minute limit (default: learned from the API's x-ratelimit headers)")
     parser.add_argument("--max-cost", type=non_negative_float, default=None, help="USD budget for the dataset (this run plus earlier runs it resumes); no request starts that could cross it")
     parser.add_argument("--prices", default=None, help="price table YAML (default: <config-dir>/prices.yaml); at a --base-url other than OpenAI's, cost is counted only with this flag, by the --model name")
-    parser.add_argument("--avoid-chars", type=non_negative_int, default=AVOID_CHARS, help=f"characters of already-accepted prompts each request names as 'do not repeat', drawn at random from the latest (default: {AVOID_CHARS}, about {AVOID_CHARS // 4} tokens; 0 names none)")
+    add_avoid_chars_flag(parser)
     parser.add_argument("--validator-workers", type=non_negative_int, default=None, help="validator processes; 0 validates in the main process (default: 1 on 2 cores, cores-1 up to 4)")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
     parser.add_argument("--seed", type=int, default=None, help="base seed sent with requests (request i gets seed+i); also seeds the offline simulator")
@@ -162,9 +169,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _request_cost_bound(task, price, output_cap: int, avoid_chars: int = AVOID_CHARS) -> float:
-    """Worst-case USD of one request sent with ``output_cap``: the cap is exact; the chars/4 prompt
-    estimate gets a 50% margin for text that tokenizes worse than English."""
-    return cost_usd(price, 1.5 * worst_case_prompt_tokens(task, avoid_chars), output_cap) or 0.0
+    """Worst-case USD of one request sent with ``output_cap`` (see ``prompting.request_cost_bound``)."""
+    return request_cost_bound(task, price, avoid_chars, output_cap) or 0.0
 
 
 @dataclass(frozen=True)
