@@ -143,7 +143,7 @@ class Pipeline:
     def _budget_allows(self) -> bool:
         if self.max_cost is None:
             return True
-        spent = self.stats.total_cost_usd or 0.0
+        spent = self.stats.budget_spent_usd or 0.0
         return spent + self.reserved_cost + self.request_cost_bound() <= self.max_cost
 
     def _may_issue(self) -> bool:
@@ -174,7 +174,7 @@ class Pipeline:
             self.reserved_cost += bound
             avoid = request_avoid_list(self.recent_prompts, self.avoid_chars, number)
             try:
-                pairs = await self.generator.generate(number, avoid)
+                pairs = await self.generator.generate(number, avoid, cost_bound=bound)
             except BaseException:
                 self.outstanding -= 1
                 self.reserved_cost -= bound

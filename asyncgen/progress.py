@@ -161,7 +161,9 @@ def summary(stats: RunStats, *, stop_reason: str | None, output: str, resume_com
     lines += [
         f"  cost            {_money(stats.cost_usd)} this run, {_money(stats.total_cost_usd)} in all"
         + (" (simulated: the offline simulator's usage at real prices)" if stats.cost_simulated else "")
-        + (f"; {stats.abandoned_attempts} abandoned attempts cost unknown" if stats.abandoned_attempts else ""),
+        + (f"; {stats.abandoned_attempts} abandoned attempts cost unknown"
+           + (f" (at most ${stats.abandoned_cost_bound_usd:.4f})" if stats.abandoned_cost_bound_usd else "")
+           if stats.abandoned_attempts else ""),
         f"  wall time       {stats.elapsed:.1f} s"
         + (f", first scenario after {stats.first_accepted_s:.2f} s" if stats.first_accepted_s is not None else ""),
     ]

@@ -28,6 +28,8 @@ class RunStats:
     # Attempts abandoned while the server may have been generating (timeouts, cancelled at stop):
     # a server may bill for what it generated, which no answer reports, so their cost is unknown.
     abandoned_attempts: int = 0
+    # The most they may have cost: each at the cost bound of its request (what --max-cost counts).
+    abandoned_cost_bound_usd: float = 0.0
     answer_failures: Counter = field(default_factory=Counter)  # answers with no pair: bad_json, bad_shape, no_pairs, refusal, length, content_filter, empty
     dropped_items: Counter = field(default_factory=Counter)  # items of a pairs list that were no pair, by kind
     over_cap_answers: int = 0  # answers longer than the output cap (the server ignored it)
@@ -57,6 +59,26 @@ class RunStats:
             return None
         return self.cost_before_usd + self.cost_usd
 
+    @property
+    def abandoned_bound_in_all_usd(self) -> float:
+        """The abandoned attempts' cost bound, this run's and the earlier runs' of the dataset."""
+        carried = self.carried.get("abandoned_cost_bound_usd")
+        return self.abandoned_cost_bound_usd + (carried if isinstance(carried, (int, float)) else 0.0)
+
+    @property
+    def budget_spent_usd(self) -> float | None:
+        """What --max-cost counts as spent: the answers' cost, plus the abandoned attempts at their bound
+        (a server bills what it generated for an attempt whose answer never arrived)."""
+        total = self.total_cost_usd
+        return None if total is None else total + self.abandoned_bound_in_all_usd
+
+    def add_abandoned(self, cost_bound: float | None) -> None:
+        """One attempt abandoned (timed out, or in flight at the stop) of a request whose cost bound is ``cost_bound``."""
+        self.abandoned_attempts += 1
+        self.abandoned_cost_bound_usd += cost_bound or 0.0
+        if self.on_usage is not None:
+            self.on_usage()
+
     def add_cost(self, usd: float | None) -> None:
         """One answered request's cost (its tokens are counted first); tells ``on_usage``."""
         self.cost_usd = None if usd is None or self.cost_usd is None else self.cost_usd + usd
@@ -82,6 +104,7 @@ class RunStats:
         rejections.update(self.rejections)
         # cost_usd is what answers reported; abandoned_attempts may have cost more (unknown).
         return {"cost_usd": self.total_cost_usd, **totals, "runs": count_of(self.carried.get("runs")) + 1,
+                "abandoned_cost_bound_usd": self.abandoned_bound_in_all_usd,
                 "rejected": self.rejected + count_of(self.carried.get("rejected")),
                 "duplicates": self.duplicates + count_of(self.carried.get("duplicates")),
                 "rejections": dict(rejections.most_common())}

@@ -65,7 +65,10 @@ class Generator:
         """What one request counts against the TPM limit: prompt estimate + its output cap."""
         return estimate_prompt_tokens(messages) + cap
 
-    async def generate(self, request_number: int, avoid: Sequence[str]) -> list[tuple[str, str]]:
+    async def generate(self, request_number: int, avoid: Sequence[str], cost_bound: float | None = None
+                       ) -> list[tuple[str, str]]:
+        """``cost_bound``: the most one attempt of this request can cost; an abandoned attempt counts
+        at it (``RunStats.add_abandoned``), since a server bills what it generated for it."""
         # The cap in force now (read before any await: the pipeline reserved its cost at this cap),
         # for every attempt of this request; exactly that is reserved against the TPM limit.
         cap = self.output_cap.value
@@ -93,7 +96,7 @@ class Generator:
                     decision = self.policy.decide(exc, attempt)
                 except asyncio.CancelledError:  # the run stopped with this attempt in flight
                     stats.requests_cancelled += 1
-                    stats.abandoned_attempts += 1
+                    stats.add_abandoned(cost_bound)
                     raise
                 else:
                     self.reached_server = True
@@ -133,7 +136,7 @@ class Generator:
                 self.throttle.cooldown(decision.delay)
             if decision.cause == "timeout":
                 timeouts += 1
-                stats.abandoned_attempts += 1
+                stats.add_abandoned(cost_bound)
                 self.throttle.on_timeout()
             attempt += 1
             if attempt >= self.policy.max_attempts:

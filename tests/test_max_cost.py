@@ -71,7 +71,7 @@ def test_pipeline_reserves_the_cap_each_request_is_sent_with_while_it_moves():
         def __init__(self):
             self.output_cap = OutputCap(BOUND)
 
-        async def generate(self, number, avoid):
+        async def generate(self, number, avoid, cost_bound=None):
             cap = self.output_cap.value  # as workers.Generator: the cap in force when the request starts
             sent.append(cap)
             await asyncio.sleep(0.001 * (number % 4))  # answers come back out of order
@@ -142,3 +142,60 @@ def test_max_cost_holds_against_the_simulator_while_the_cap_falls_and_rises(tmp_
     # had fallen to, one more would still have fitted.
     assert spent + request_cost_bound(TASK, GPT_4O, 0, final_cap) > budget
     assert spent + request_cost_bound(TASK, GPT_4O, 0, min(caps)) <= budget
+
+
+async def test_attempts_abandoned_on_timeout_count_against_the_budget_at_their_bound():
+    """Every request's first attempt runs past --request-timeout and is abandoned; the server still
+    bills it (it generated the answer nobody received). Counted at the request's cost bound, what the
+    server billed for every attempt it received stays within --max-cost; the summary says the most
+    the abandoned attempts cost."""
+    from asyncgen.progress import summary
+    from asyncgen.transport import ChatTransport
+    from asyncgen.throttle import RetryPolicy, Throttle
+    from asyncgen.workers import Generator as RealGenerator
+    import openai
+    from fake_server import FakeServer, completion
+
+    async def first_attempt_runs_away(body, seen):
+        if seen % 2 == 1:
+            await asyncio.sleep(1.0)  # past the client's timeout: abandoned, but generated and billed
+        return 200, completion(body, content='{"pairs": []}')
+
+    budget = 0.05
+    stats = RunStats(target=10_000)
+    stats.cost_usd, stats.cost_before_usd = 0.0, 0.0
+
+    class Sink:
+        count, resumed_prompts = 0, []
+
+        def sync_due(self):
+            return False
+
+    with FakeServer(first_attempt_runs_away) as server:
+        async with ChatTransport(openai.AsyncOpenAI(api_key="sk-test", base_url=server.base_url, max_retries=0),
+                                 concurrency=1, timeout=0.3, trust_env=False) as transport:
+            generator = RealGenerator(transport, TASK, GenerationSettings("gpt-4o", JSON_SCHEMA_FORMAT, 1.0, 7),
+                                      Throttle(rpm=60_000, tpm=10**9, learn_from_headers=False),
+                                      RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.02), stats, GPT_4O,
+                                      "sk-test")
+            pipeline = Pipeline(TASK, generator, SimpleNamespace(workers=0), Sink(), stats, concurrency=1,
+                                max_cost=budget, avoid_chars=0,
+                                request_cost_bound=lambda: request_cost_bound(TASK, GPT_4O, 0, generator.output_cap.value))
+            await pipeline.run()
+        billed = sum(cost_usd(GPT_4O, 270, min(body["max_tokens"], 1773)) for body in server.bodies)
+    assert pipeline.stop_reason == "max_cost"
+    assert stats.abandoned_attempts >= 2 and len(server.bodies) == stats.requests_sent
+    assert billed <= budget, (billed, stats.cost_usd)
+    assert stats.cost_usd < billed  # the answers report only half of what was billed
+    assert stats.to_run_state()["abandoned_cost_bound_usd"] == pytest.approx(stats.abandoned_cost_bound_usd)
+    text = summary(stats, stop_reason="max_cost", output="d.jsonl", resume_command=None)
+    assert f"abandoned attempts cost unknown (at most ${stats.abandoned_cost_bound_usd:.4f})" in text
+
+
+def test_a_resumed_run_counts_the_earlier_runs_abandoned_attempts_against_its_budget():
+    stats = RunStats(target=10, carried={"cost_usd": 0.01, "abandoned_cost_bound_usd": 0.02, "abandoned_attempts": 3})
+    stats.cost_before_usd, stats.cost_usd = 0.01, 0.0
+    stats.add_abandoned(0.005)
+    assert stats.budget_spent_usd == pytest.approx(0.035)
+    assert stats.to_run_state()["abandoned_cost_bound_usd"] == pytest.approx(0.025)
+    assert stats.to_run_state()["abandoned_attempts"] == 4

@@ -121,7 +121,7 @@ def _resume_command(args, stats: RunStats | None = None, stop_reason: str | None
     argv = [a for a in argv if a not in ("--overwrite", "--no-checkpoint")]
     if stop_reason == "max_cost" and stats is not None:
         argv = _without_flag(argv, "--max-cost")
-        spent = stats.total_cost_usd or 0.0
+        spent = stats.budget_spent_usd or 0.0
         per_scenario = (stats.cost_usd or 0.0) / stats.accepted_this_run if stats.accepted_this_run else None
         if per_scenario:
             needed = spent + 1.2 * per_scenario * max(0, stats.target - stats.accepted)
@@ -261,8 +261,11 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
         if stats.cost_before_usd is None:
             refusal = ("--max-cost: the earlier runs of this dataset have an unknown cost, so a budget "
                        "cannot be kept; run without --max-cost or start a new dataset")
-        elif stats.cost_before_usd + bound > args.max_cost:
-            refusal = (f"--max-cost {args.max_cost:g}: the dataset has cost ${stats.cost_before_usd:.4f} so far and "
+        elif stats.budget_spent_usd + bound > args.max_cost:
+            abandoned = stats.abandoned_bound_in_all_usd
+            so_far = f"${stats.cost_before_usd:.4f}" + (f" (up to ${abandoned:.4f} more for abandoned attempts)"
+                                                         if abandoned else "")
+            refusal = (f"--max-cost {args.max_cost:g}: the dataset has cost {so_far} so far and "
                        f"one more request may cost up to ${bound:.4f}; raise --max-cost")
         if refusal:
             close_refused()
