@@ -2,15 +2,17 @@
 
 ``Throttle`` is shared by all workers. Before each request a worker waits, in order, for any
 cooldown, the request limiter and the token limiter (``aiolimiter.AsyncLimiter``; a request costs
-its prompt estimate plus its maximum output tokens). Limits come from ``--rpm/--tpm`` or, without
-them, from the ``x-ratelimit-*`` headers of the first responses; until those arrive only a few
-requests go out at once. Afterwards the ``remaining``/``reset`` headers keep steering: when the
-server says a bucket is empty, every worker pauses until it has refilled enough. A 429 with a retry
-hint pauses all workers, not just the one that got it. Limits told by ``--rpm/--tpm`` that are
-higher than the server's (its ``x-ratelimit-limit-*`` headers, or the "Limit N" of a 429's text)
-give way to the server's figure: honouring each retry hint alone would draw 429s for the whole run.
-Timeouts mean a server slower than the
-requests sent to it (a local server with one slot, which goes on generating what the client
+its prompt estimate plus its maximum output tokens). Requests pass the token limiter one at a time,
+in order, and a request's output cap is read when it is next in line, not when it began to wait:
+at a token limit most requests wait there for many seconds, while answers keep teaching the cap.
+Limits come from ``--rpm/--tpm`` or, without them, from the ``x-ratelimit-*`` headers of the first
+responses; until those arrive only a few requests go out at once. Afterwards the
+``remaining``/``reset`` headers keep steering: when the server says a bucket is empty, every worker
+pauses until it has refilled enough. A 429 with a retry hint pauses all workers, not just the one
+that got it. Limits told by ``--rpm/--tpm`` that are higher than the server's (its
+``x-ratelimit-limit-*`` headers, or the "Limit N" of a 429's text) give way to the server's figure:
+honouring each retry hint alone would draw 429s for the whole run. Timeouts mean a server slower
+than the requests sent to it (a local server with one slot, which goes on generating what the client
 abandoned): each one halves how many requests may be in flight at once, and each answer lets that
 number grow again by about one per round of answers (additive increase, multiplicative decrease).
 
@@ -30,7 +32,7 @@ import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator, Mapping
+from typing import AsyncIterator, Callable, Mapping
 
 import logging
 
@@ -101,6 +103,7 @@ class Throttle:
         self.request_tokens = largest_request_tokens  # the latest request's estimate
         self._sending = 0
         self._below_ceiling = asyncio.Condition()
+        self._next_in_line = asyncio.Lock()  # FIFO: one request at a time waits in the token limiter
 
     @property
     def limits(self) -> tuple[float | None, float | None]:
@@ -141,8 +144,12 @@ class Throttle:
             await asyncio.sleep(remaining)
 
     @asynccontextmanager
-    async def slot(self, tokens: int) -> AsyncIterator[None]:
-        """Hold a right to send one request of ``tokens`` estimated tokens."""
+    async def slot(self, tokens: int, output_cap: Callable[[], int] | None = None) -> AsyncIterator[int | None]:
+        """Hold a right to send one request of ``tokens`` estimated tokens plus ``output_cap()``.
+
+        ``output_cap`` is called once, when the request is next in line for the token limiter (or
+        when it passes, without one); the slot yields what it returned: the cap to send.
+        """
         probing = self._learning
         if probing:
             await self._probe.acquire()
@@ -153,14 +160,17 @@ class Throttle:
             await self._wait_cooldown()
             if self._requests is not None:
                 await self._requests.acquire()
-            if self._tokens is not None:
-                await self._tokens.acquire(min(tokens, self._tokens.max_rate))
+            async with self._next_in_line:
+                cap = output_cap() if output_cap is not None else None
+                tokens += cap or 0
+                if self._tokens is not None:
+                    await self._tokens.acquire(min(tokens, self._tokens.max_rate))
             await self._wait_cooldown()  # a 429 may have arrived while we queued
             await self._wait_below_ceiling()
             self.request_tokens = tokens
             self._sending += 1
             try:
-                yield
+                yield cap
             finally:
                 self._sending -= 1
                 if self.ceiling is not None:

@@ -26,6 +26,7 @@ from asyncgen.prices import Price, cost_usd
 from asyncgen.prompting import (
     JSON_OBJECT_FORMAT,
     GenerationSettings,
+    build_messages,
     estimate_prompt_tokens,
     max_output_tokens,
     output_cap_field,
@@ -80,24 +81,26 @@ class Generator:
         self.response_format = settings.response_format  # json_object after a fallback
         self._warned_over_cap = False
 
-    def estimate_tokens(self, messages: Sequence[dict], cap: int) -> int:
-        """What one request counts against the TPM limit: prompt estimate + its output cap."""
-        return estimate_prompt_tokens(messages) + cap
+    def cap_to_send(self, reserved: int) -> int:
+        """The output cap of a request about to pass the TPM limiter: the one in force then, learned
+        from the answers that came back while the request waited. Under --max-cost not above
+        ``reserved``, the cap the pipeline reserved its cost at."""
+        return min(reserved, self.output_cap.value) if self.settings.stop_if_cap_ignored else self.output_cap.value
 
     async def generate(self, request_number: int, avoid: Sequence[str]) -> list[tuple[str, str]]:
-        # The cap in force now (read before any await: the pipeline reserved its cost at this cap),
-        # for every attempt of this request; exactly that is reserved against the TPM limit.
-        cap = self.output_cap.value
-        params = request_body(self.task, self.settings, avoid, request_number, output_cap=cap)
-        tokens = self.estimate_tokens(params["messages"], cap)
+        # What counts against the TPM limit: the prompt estimate plus the cap, read when the request
+        # is next in line (Throttle.slot) and reserved exactly. The pipeline reserved this request's
+        # cost at the cap in force now (read before any await).
+        reserved = self.output_cap.value
+        prompt_tokens = estimate_prompt_tokens(build_messages(self.task, avoid))
         stats = self.stats
         attempt = timeouts = 0
         while True:
-            params = request_body(self.task, self.settings, avoid, request_number,
-                                  response_format=self.response_format, timeouts=timeouts, output_cap=cap)
-            async with self.throttle.slot(tokens):
+            async with self.throttle.slot(prompt_tokens, lambda: self.cap_to_send(reserved)) as cap:
                 if self.stopped:  # the run stopped while this request waited for the rate limits
                     return []
+                params = request_body(self.task, self.settings, avoid, request_number,
+                                      response_format=self.response_format, timeouts=timeouts, output_cap=cap)
                 stats.requests_sent += 1
                 stats.in_flight += 1
                 sent_at = time.monotonic()

@@ -4,6 +4,7 @@ that do not grow, and limits told higher than the server's giving way to the ser
 import asyncio
 import logging
 import random
+from contextlib import asynccontextmanager
 
 import httpx
 import openai
@@ -53,7 +54,7 @@ def test_output_cap_learns_a_high_percentile_and_rises_at_once_on_a_cut():
     assert OutputCap(660).ceiling == 4 * 660 and FLOOR > 0
 
 
-def _generator(sim, stats, sent: list, cap: OutputCap | None = None):
+def _generator(sim, stats, sent: list, cap: OutputCap | None = None, throttle: Throttle | None = None):
     async def record(request: httpx.Request) -> None:
         sent.append(orjson.loads(request.content))
 
@@ -62,13 +63,15 @@ def _generator(sim, stats, sent: list, cap: OutputCap | None = None):
         http_client=openai.DefaultAsyncHttpxClient(trust_env=False, timeout=httpx.Timeout(10.0),
                                                    event_hooks={"request": [record]}),
     )
-    throttle = Throttle(rpm=100_000, tpm=100_000_000, learn_from_headers=False)
+    throttle = throttle or Throttle(rpm=100_000, tpm=100_000_000, learn_from_headers=False)
     reserved: list[int] = []
     slot = throttle.slot
 
-    def recording_slot(tokens):
-        reserved.append(tokens)
-        return slot(tokens)
+    @asynccontextmanager
+    async def recording_slot(tokens, output_cap=None):
+        async with slot(tokens, output_cap) as cap:
+            reserved.append(throttle.request_tokens)  # what the token limiter took for this request
+            yield cap
 
     throttle.slot = recording_slot
     generator = Generator(client, TASK, GenerationSettings("gpt-4o", JSON_SCHEMA_FORMAT, 1.0, 7), throttle,
@@ -94,6 +97,51 @@ async def test_requests_reserve_the_learned_cap_and_no_answer_is_cut():
         assert tokens == estimate_prompt_tokens(body["messages"]) + body["max_tokens"]
     assert stats.cut_at_cap == 0 and stats.answer_failures["length"] == 0
     assert stats.output_cap == generator.output_cap.value < 0.8 * BOUND
+
+
+async def test_requests_queued_at_the_tpm_limit_are_sent_with_the_cap_learned_while_they_waited():
+    """At a token limit most requests wait in the throttle; the cap each is sent with (and reserved
+    at) is the one in force when it passes, not the task's bound it began waiting with. Was: all 8
+    workers' first requests went at the bound (at tier 1, 32 of a 400-scenario run's 57)."""
+    async with running_simulator(SimulatorConfig(seed=6)) as sim:
+        stats, sent = RunStats(target=0), []
+        # 2,000 tokens a second in a bucket of 4,000: four requests at the bound pass at once, the
+        # fifth a third of a second later, after their answers (the simulator answers at once).
+        throttle = Throttle(rpm=100_000, tpm=120_000, learn_from_headers=False, largest_request_tokens=4000)
+        client, generator, reserved = _generator(sim, stats, sent, throttle=throttle)
+        numbers = iter(range(12))
+
+        async def worker():
+            for number in numbers:
+                await generator.generate(number, [])
+
+        async with client:
+            await asyncio.gather(*(worker() for _ in range(8)))
+    caps = [body["max_tokens"] for body in sent]
+    assert len(caps) == 12 and caps[:MIN_ANSWERS] == [BOUND] * MIN_ANSWERS
+    assert caps.count(BOUND) <= MIN_ANSWERS + 1 and max(caps[MIN_ANSWERS + 1:]) < 0.8 * BOUND
+    for body, tokens in zip(sent, reserved):  # exactly the prompt estimate plus the cap sent
+        assert tokens == estimate_prompt_tokens(body["messages"]) + body["max_tokens"]
+    assert stats.cut_at_cap == 0
+
+
+async def test_the_token_limiter_reads_each_cap_when_the_request_is_next_in_line():
+    throttle = Throttle(rpm=10**6, tpm=600_000, learn_from_headers=False, largest_request_tokens=10_000)
+    cap, order = 9_900, []
+
+    async def request(number):
+        nonlocal cap
+        async with throttle.slot(100, lambda: cap) as sent_cap:
+            order.append((number, sent_cap, throttle.request_tokens))
+            cap = 900  # an answer came back: later requests may ask for less
+
+    await asyncio.gather(*(request(number) for number in range(4)))
+    # All four asked while the cap was 9,900. The first took the whole bucket (10,000 tokens); the
+    # others waited for it to refill, one at a time and in order, each with the cap in force when
+    # it was next in line.
+    assert order == [(0, 9_900, 10_000), (1, 900, 1_000), (2, 900, 1_000), (3, 900, 1_000)]
+    async with throttle.slot(100) as no_cap:
+        assert no_cap is None and throttle.request_tokens == 100
 
 
 async def test_a_cap_too_low_is_raised_at_the_first_cut():
