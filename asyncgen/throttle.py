@@ -1,10 +1,11 @@
 """How fast workers may send, and what to do when a request fails: asyncgen's one retry policy.
 
 ``Throttle`` is shared by all workers. Before each request a worker waits, in order, for any
-cooldown, the request limiter and the token limiter (``aiolimiter.AsyncLimiter``; a request costs
-its prompt estimate plus its maximum output tokens). Requests pass the token limiter one at a time,
-in order, and a request's output cap is read when it is next in line, not when it began to wait:
-at a token limit most requests wait there for many seconds, while answers keep teaching the cap.
+cooldown, the request limiter (``aiolimiter.AsyncLimiter``) and the token limiter (``TokenBucket``;
+a request costs its prompt estimate plus its output cap). Requests pass the token limiter one at a
+time, in order, and a request's output cap is read when it is next in line and again after each
+wait there, not when it began to wait: at a token limit most requests wait for many seconds while
+answers keep teaching the cap, and each request is sent and reserved at the cap in force as it goes.
 Limits come from ``--rpm/--tpm`` or, without them, from the ``x-ratelimit-*`` headers of the first
 responses; until those arrive only a few requests go out at once. Afterwards the
 ``remaining``/``reset`` headers keep steering: when the server says a bucket is empty, every worker
@@ -81,6 +82,32 @@ def _limiter(per_minute: float, largest_request: float = 1.0) -> AsyncLimiter:
     return AsyncLimiter(per_minute * period / 60.0, period)
 
 
+class TokenBucket:
+    """The TPM limiter: ``per_minute`` tokens refilled continuously into a bucket of about one
+    second's worth (at least ``largest_request``), full at first. Unlike aiolimiter's, it says how
+    long until it holds an amount without taking it, so that a request waiting for it can be sized
+    again when it has waited: its output cap may have fallen meanwhile."""
+
+    def __init__(self, per_minute: float, largest_request: float = 1.0, now: float | None = None) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(self.rate, largest_request)
+        self.level = self.capacity
+        self.updated = time.monotonic() if now is None else now
+
+    def _refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + max(0.0, now - self.updated) * self.rate)
+        self.updated = max(self.updated, now)
+
+    def wait_for(self, amount: float, now: float) -> float:
+        """Seconds until the bucket holds ``amount`` (at most its capacity); 0: it does now."""
+        self._refill(now)
+        return max(0.0, (min(amount, self.capacity) - self.level) / self.rate)
+
+    def take(self, amount: float, now: float) -> None:
+        self._refill(now)
+        self.level -= min(amount, self.capacity)
+
+
 class Throttle:
     def __init__(
         self,
@@ -93,7 +120,7 @@ class Throttle:
         self.rpm, self.tpm = rpm, tpm
         self.largest_request_tokens = largest_request_tokens
         self._requests = _limiter(rpm) if rpm else None
-        self._tokens = _limiter(tpm, largest_request_tokens) if tpm else None
+        self._tokens = TokenBucket(tpm, largest_request_tokens) if tpm else None
         self._learning = learn_from_headers and not (rpm and tpm)
         self._probe = asyncio.Semaphore(PROBE_CONCURRENCY)
         self._cooldown_until = 0.0
@@ -147,8 +174,8 @@ class Throttle:
     async def slot(self, tokens: int, output_cap: Callable[[], int] | None = None) -> AsyncIterator[int | None]:
         """Hold a right to send one request of ``tokens`` estimated tokens plus ``output_cap()``.
 
-        ``output_cap`` is called once, when the request is next in line for the token limiter (or
-        when it passes, without one); the slot yields what it returned: the cap to send.
+        ``output_cap`` is called when the request is next in line for the token limiter and again
+        after each wait there; the slot yields what it returned last: the cap to send, reserved.
         """
         probing = self._learning
         if probing:
@@ -161,10 +188,16 @@ class Throttle:
             if self._requests is not None:
                 await self._requests.acquire()
             async with self._next_in_line:
-                cap = output_cap() if output_cap is not None else None
-                tokens += cap or 0
-                if self._tokens is not None:
-                    await self._tokens.acquire(min(tokens, self._tokens.max_rate))
+                while True:  # sized again after each wait: answers that came meanwhile may lower the cap
+                    cap = output_cap() if output_cap is not None else None
+                    size, bucket = tokens + (cap or 0), self._tokens  # a lower limit may have been adopted
+                    wait = bucket.wait_for(size, time.monotonic()) if bucket is not None else 0.0
+                    if wait <= 0:
+                        break
+                    await asyncio.sleep(wait)
+                if bucket is not None:
+                    bucket.take(size, time.monotonic())
+                tokens = size
             await self._wait_cooldown()  # a 429 may have arrived while we queued
             await self._wait_below_ceiling()
             self.request_tokens = tokens
@@ -241,7 +274,7 @@ class Throttle:
         self.rpm, self._requests = rpm, _limiter(rpm)
 
     def _set_tpm(self, tpm: float) -> None:
-        self.tpm, self._tokens = tpm, _limiter(tpm, min(self.largest_request_tokens, tpm))
+        self.tpm, self._tokens = tpm, TokenBucket(tpm, min(self.largest_request_tokens, tpm))
 
 
 def _sooner(seconds: float, reset: float | None) -> float:

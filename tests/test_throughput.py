@@ -14,7 +14,17 @@ from asyncgen.config import load_task
 import math
 import time
 
-from asyncgen.outputcap import EARLY_ANSWERS, EARLY_MARGIN, FLOOR, MARGIN, MARGIN_TOKENS, MIN_ANSWERS, OutputCap
+from asyncgen.outputcap import (
+    EARLY_ANSWERS,
+    EARLY_MARGIN,
+    FEW_ANSWERS,
+    FEW_MARGIN,
+    FLOOR,
+    MARGIN,
+    MARGIN_TOKENS,
+    MIN_ANSWERS,
+    OutputCap,
+)
 from asyncgen.prompting import (
     JSON_SCHEMA_FORMAT,
     avoid_list,
@@ -35,11 +45,13 @@ BOUND = max_output_tokens(TASK)
 
 def test_output_cap_learns_a_high_percentile_and_rises_at_once_on_a_cut():
     cap = OutputCap(660)
-    for i in range(MIN_ANSWERS - 1):
-        cap.observe(370 + i, "stop", 660)
-    assert cap.value == 660  # too few answers to learn from
+    cap.observe(20, "stop", 660)  # one answer (a short refusal, say) does not set the cap
+    assert cap.value == 660 and MIN_ANSWERS == 2
     cap.observe(390, "stop", 660)
-    assert cap.value == math.ceil(390 * (1 + EARLY_MARGIN)) + MARGIN_TOKENS  # the largest seen, a wide margin
+    assert cap.value == math.ceil(390 * (1 + FEW_MARGIN)) + MARGIN_TOKENS  # the largest seen, the widest margin
+    for i in range(FEW_ANSWERS - MIN_ANSWERS):
+        cap.observe(370 + i, "stop", 660)
+    assert cap.value == math.ceil(390 * (1 + EARLY_MARGIN)) + MARGIN_TOKENS  # a few more known: a narrower one
     for i in range(EARLY_ANSWERS):
         cap.observe(370 + i % 20, "stop", 660)
     assert cap.value == math.ceil(390 * (1 + MARGIN)) + MARGIN_TOKENS  # enough answers: the usual margin
@@ -54,9 +66,12 @@ def test_output_cap_learns_a_high_percentile_and_rises_at_once_on_a_cut():
     assert OutputCap(660).ceiling == 4 * 660 and FLOOR > 0
 
 
-def _generator(sim, stats, sent: list, cap: OutputCap | None = None, throttle: Throttle | None = None):
+def _generator(sim, stats, sent: list, cap: OutputCap | None = None, throttle: Throttle | None = None,
+               answers_known: list | None = None):
     async def record(request: httpx.Request) -> None:
         sent.append(orjson.loads(request.content))
+        if answers_known is not None:  # how many answers the cap had learned from when this one went
+            answers_known.append(generator.output_cap.answers)
 
     client = openai.AsyncOpenAI(
         api_key="sk-test", base_url=sim.base_url, max_retries=0,
@@ -102,13 +117,13 @@ async def test_requests_reserve_the_learned_cap_and_no_answer_is_cut():
 async def test_requests_queued_at_the_tpm_limit_are_sent_with_the_cap_learned_while_they_waited():
     """At a token limit most requests wait in the throttle; the cap each is sent with (and reserved
     at) is the one in force when it passes, not the task's bound it began waiting with. Was: all 8
-    workers' first requests went at the bound (at tier 1, 32 of a 400-scenario run's 57)."""
+    workers' first requests went at the bound (at tier 1, 33 of a 400-scenario run's 57)."""
     async with running_simulator(SimulatorConfig(seed=6)) as sim:
-        stats, sent = RunStats(target=0), []
+        stats, sent, known = RunStats(target=0), [], []
         # 2,000 tokens a second in a bucket of 4,000: four requests at the bound pass at once, the
-        # fifth a third of a second later, after their answers (the simulator answers at once).
+        # others one by one, a third of a second apart, while the answers come back.
         throttle = Throttle(rpm=100_000, tpm=120_000, learn_from_headers=False, largest_request_tokens=4000)
-        client, generator, reserved = _generator(sim, stats, sent, throttle=throttle)
+        client, generator, reserved = _generator(sim, stats, sent, throttle=throttle, answers_known=known)
         numbers = iter(range(12))
 
         async def worker():
@@ -118,8 +133,10 @@ async def test_requests_queued_at_the_tpm_limit_are_sent_with_the_cap_learned_wh
         async with client:
             await asyncio.gather(*(worker() for _ in range(8)))
     caps = [body["max_tokens"] for body in sent]
-    assert len(caps) == 12 and caps[:MIN_ANSWERS] == [BOUND] * MIN_ANSWERS
-    assert caps.count(BOUND) <= MIN_ANSWERS + 1 and max(caps[MIN_ANSWERS + 1:]) < 0.8 * BOUND
+    assert len(caps) == 12 and caps[0] == BOUND and max(known) >= MIN_ANSWERS
+    for cap, answers in zip(caps, known):  # every request sent once the cap was learned carries it
+        assert (cap == BOUND) == (answers < MIN_ANSWERS), (caps, known)
+    assert max(cap for cap, answers in zip(caps, known) if answers >= MIN_ANSWERS) < 0.8 * BOUND
     for body, tokens in zip(sent, reserved):  # exactly the prompt estimate plus the cap sent
         assert tokens == estimate_prompt_tokens(body["messages"]) + body["max_tokens"]
     assert stats.cut_at_cap == 0
@@ -142,6 +159,21 @@ async def test_the_token_limiter_reads_each_cap_when_the_request_is_next_in_line
     assert order == [(0, 9_900, 10_000), (1, 900, 1_000), (2, 900, 1_000), (3, 900, 1_000)]
     async with throttle.slot(100) as no_cap:
         assert no_cap is None and throttle.request_tokens == 100
+
+
+async def test_a_request_waiting_for_the_token_bucket_is_sized_again_when_it_has_waited():
+    throttle = Throttle(rpm=10**6, tpm=6_000_000, learn_from_headers=False, largest_request_tokens=100_000)
+    caps, order = iter([99_900, 9_900, 900]), []
+
+    async def request(number):
+        async with throttle.slot(100, lambda: next(caps)) as sent_cap:
+            order.append((number, sent_cap, throttle.request_tokens))
+
+    await asyncio.gather(request(0), request(1))
+    # The first emptied the bucket; the second, sized at 10,000 tokens, waited for them, and by
+    # then its cap had fallen to 900: it is sent with that, and only 1,000 tokens are taken.
+    assert order == [(0, 99_900, 100_000), (1, 900, 1_000)] and next(caps, None) is None
+    assert throttle._tokens.level >= 8_900  # what the second did not take stays in the bucket
 
 
 async def test_a_cap_too_low_is_raised_at_the_first_cut():
