@@ -27,6 +27,7 @@ worker decides what to do with it ("format").
 from __future__ import annotations
 
 import asyncio
+import bisect
 import os
 import random
 import re
@@ -44,6 +45,7 @@ from asyncgen.errors import server_words
 
 log = logging.getLogger("asyncgen.throttle")
 PROBE_CONCURRENCY = 4  # requests in flight before the server has told us its limits
+TAKES_KEPT = 1024  # requests the token bucket remembers, to follow the server's count (see follow)
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # OpenAI's 429 text: "... on requests per min (RPM): Limit 1200, Used 1200, Requested 1. ..."
@@ -86,13 +88,16 @@ class TokenBucket:
     """The TPM limiter: ``per_minute`` tokens refilled continuously into a bucket of about one
     second's worth (at least ``largest_request``), full at first. Unlike aiolimiter's, it says how
     long until it holds an amount without taking it, so that a request waiting for it can be sized
-    again when it has waited: its output cap may have fallen meanwhile."""
+    again when it has waited: its output cap may have fallen meanwhile. ``follow`` keeps it at or
+    under the server's own count (its ``remaining`` header)."""
 
     def __init__(self, per_minute: float, largest_request: float = 1.0, now: float | None = None) -> None:
         self.rate = per_minute / 60.0
         self.capacity = max(self.rate, largest_request)
         self.level = self.capacity
         self.updated = time.monotonic() if now is None else now
+        self._taken_at: list[float] = []  # when each recent request was taken (ascending) ...
+        self._taken_total: list[float] = []  # ... and the tokens taken by then, all requests included
 
     def _refill(self, now: float) -> None:
         self.level = min(self.capacity, self.level + max(0.0, now - self.updated) * self.rate)
@@ -105,7 +110,26 @@ class TokenBucket:
 
     def take(self, amount: float, now: float) -> None:
         self._refill(now)
-        self.level -= min(amount, self.capacity)
+        amount = min(amount, self.capacity)
+        self.level -= amount
+        if len(self._taken_at) >= 2 * TAKES_KEPT:
+            del self._taken_at[:TAKES_KEPT], self._taken_total[:TAKES_KEPT]
+        self._taken_at.append(now)
+        self._taken_total.append((self._taken_total[-1] if self._taken_total else 0.0) + amount)
+
+    def follow(self, remaining: float, per_minute: float, admitted_at: float, now: float) -> None:
+        """The server held ``remaining`` tokens (refilling at ``per_minute``) just after admitting a
+        request sent at ``admitted_at``; since then it has refilled and taken the requests sent after
+        that one. Hold no more than that: never more than the server will admit (after a drained
+        start, a 429's pause or another client's requests on the same key), but never less than
+        this bucket's own count either."""
+        self._refill(now)
+        if not self._taken_total:
+            since = 0.0
+        else:
+            before = bisect.bisect_right(self._taken_at, admitted_at) - 1
+            since = self._taken_total[-1] - (self._taken_total[before] if before >= 0 else 0.0)
+        self.level = min(self.level, remaining + (now - admitted_at) * per_minute / 60.0 - since)
 
 
 class Throttle:
@@ -217,7 +241,7 @@ class Throttle:
 
         ``remaining`` describes the bucket when the server admitted the request, up to a whole
         latency ago (``sent_at``, monotonic): the bucket has refilled since, so a pause for it is
-        counted from then, not from now.
+        counted from then, not from now. The token bucket follows the server's count from it.
 
         ``learn=False`` for answers that may not come from the API itself (a proxy's 5xx page): they
         neither set the limits nor end the cautious start. An API answer without limit headers
@@ -245,6 +269,8 @@ class Throttle:
             if pause > elapsed:
                 self.cooldown(pause - elapsed)
         remaining_tokens = _number(headers.get("x-ratelimit-remaining-tokens"))
+        if learn and remaining_tokens is not None and limit_tokens and sent_at is not None and self._tokens is not None:
+            self._tokens.follow(remaining_tokens, limit_tokens, sent_at, time.monotonic())
         if remaining_tokens is not None and limit_tokens and remaining_tokens < self.request_tokens:
             refill = (self.request_tokens - remaining_tokens) * 60.0 / limit_tokens
             pause = _sooner(refill, parse_duration(headers.get("x-ratelimit-reset-tokens")))

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import httpx
 import openai
 import orjson
+import pytest
 
 from asyncgen.config import load_task
 import math
@@ -36,7 +37,7 @@ from asyncgen.prompting import (
 from asyncgen.simulator import SimulatorConfig, running_simulator
 from asyncgen.simulator.ratelimit import RateLimiter
 from asyncgen.stats import RunStats
-from asyncgen.throttle import RetryPolicy, Throttle
+from asyncgen.throttle import PROBE_CONCURRENCY, RetryPolicy, Throttle, TokenBucket
 from asyncgen.workers import GenerationSettings, Generator
 
 TASK = load_task("refusal")
@@ -174,6 +175,42 @@ async def test_a_request_waiting_for_the_token_bucket_is_sized_again_when_it_has
     # then its cap had fallen to 900: it is sent with that, and only 1,000 tokens are taken.
     assert order == [(0, 99_900, 100_000), (1, 900, 1_000)] and next(caps, None) is None
     assert throttle._tokens.level >= 8_900  # what the second did not take stays in the bucket
+
+
+def test_the_token_bucket_follows_the_servers_count_and_never_rises_above_its_own():
+    bucket = TokenBucket(30_000, 1_200, now=0.0)  # 500 tokens a second, in a bucket of 1,200, full
+    assert bucket.wait_for(929, 0.0) == 0
+    bucket.follow(127, 30_000, admitted_at=0.0, now=0.0)  # a drained server: 127 left
+    assert bucket.wait_for(929, 0.0) == pytest.approx((929 - 127) / 500)
+    bucket.take(929, 1.604)  # sent at 1.604 s, admitted with nothing left
+    bucket.take(929, 3.5)  # another, sent before the first's answer came back
+    bucket.follow(0, 30_000, admitted_at=1.604, now=3.6)  # the first's answer: 0 left at its admission
+    assert bucket.level == pytest.approx(0 + (3.6 - 1.604) * 500 - 929)  # refilled since, less the second
+    own = bucket.level
+    bucket.follow(20_000, 30_000, admitted_at=3.5, now=3.6)  # a server with more: our own count stays
+    assert bucket.level == pytest.approx(own)
+
+
+async def test_a_drained_server_draws_no_429_once_its_limits_are_known():
+    """Limits learned from the headers: the client's token bucket starts where the server's is
+    (its remaining tokens), not full. Was: a full bucket at a drained server sent a burst into 429s."""
+    config = SimulatorConfig(rpm=100_000, tpm=600_000, start_drained=True, seed=8)
+    async with running_simulator(config) as sim:
+        stats, sent = RunStats(target=0), []
+        throttle = Throttle(largest_request_tokens=1_500)  # limits from the headers
+        client, generator, _ = _generator(sim, stats, sent, throttle=throttle)
+        numbers = iter(range(16))
+
+        async def worker():
+            for number in numbers:
+                await generator.generate(number, [])
+
+        async with client:
+            await asyncio.gather(*(worker() for _ in range(8)))
+        arrivals = sim.stats_snapshot()["chat"]["arrivals"]
+    assert throttle.limits == (100_000, 600_000) and stats.requests_ok == 16
+    rejected = [i for i, (_, status) in enumerate(arrivals) if status == 429]
+    assert all(i < PROBE_CONCURRENCY for i in rejected), arrivals  # only the probes sent before the limits were known
 
 
 async def test_a_cap_too_low_is_raised_at_the_first_cut():
