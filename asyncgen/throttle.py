@@ -89,7 +89,8 @@ class TokenBucket:
     second's worth (at least ``largest_request``), full at first. Unlike aiolimiter's, it says how
     long until it holds an amount without taking it, so that a request waiting for it can be sized
     again when it has waited: its output cap may have fallen meanwhile. ``follow`` keeps it at or
-    under the server's own count (its ``remaining`` header)."""
+    under the server's own count (its ``remaining`` header); ``refund`` gives back what a request
+    the server turned away took, as far as the server's count allows."""
 
     def __init__(self, per_minute: float, largest_request: float = 1.0, now: float | None = None) -> None:
         self.rate = per_minute / 60.0
@@ -98,10 +99,17 @@ class TokenBucket:
         self.updated = time.monotonic() if now is None else now
         self._taken_at: list[float] = []  # when each recent request was taken (ascending) ...
         self._taken_total: list[float] = []  # ... and the tokens taken by then, all requests included
+        self._server: tuple[float, float, float] | None = None  # its count at a time, refilling at a rate
 
     def _refill(self, now: float) -> None:
         self.level = min(self.capacity, self.level + max(0.0, now - self.updated) * self.rate)
         self.updated = max(self.updated, now)
+
+    def _taken_since(self, moment: float) -> float:
+        if not self._taken_total:
+            return 0.0
+        before = bisect.bisect_right(self._taken_at, moment) - 1
+        return self._taken_total[-1] - (self._taken_total[before] if before >= 0 else 0.0)
 
     def wait_for(self, amount: float, now: float) -> float:
         """Seconds until the bucket holds ``amount`` (at most its capacity); 0: it does now."""
@@ -117,19 +125,31 @@ class TokenBucket:
         self._taken_at.append(now)
         self._taken_total.append((self._taken_total[-1] if self._taken_total else 0.0) + amount)
 
+    def server_count(self, now: float) -> float | None:
+        """What the server holds now, from its last count (None: it has given none)."""
+        if self._server is None:
+            return None
+        count, at, per_minute = self._server
+        return count + (now - at) * per_minute / 60.0 - self._taken_since(at)
+
     def follow(self, remaining: float, per_minute: float, admitted_at: float, now: float) -> None:
-        """The server held ``remaining`` tokens (refilling at ``per_minute``) just after admitting a
-        request sent at ``admitted_at``; since then it has refilled and taken the requests sent after
-        that one. Hold no more than that: never more than the server will admit (after a drained
-        start, a 429's pause or another client's requests on the same key), but never less than
-        this bucket's own count either."""
+        """The server held ``remaining`` tokens (refilling at ``per_minute``) just after admitting (or
+        turning away) a request sent at ``admitted_at``; since then it has refilled and taken the
+        requests sent after that one. Hold no more than that: never more than the server will admit
+        (after a drained start, a 429's pause or another client's requests on the same key). This
+        only ever lowers the bucket."""
         self._refill(now)
-        if not self._taken_total:
-            since = 0.0
-        else:
-            before = bisect.bisect_right(self._taken_at, admitted_at) - 1
-            since = self._taken_total[-1] - (self._taken_total[before] if before >= 0 else 0.0)
-        self.level = min(self.level, remaining + (now - admitted_at) * per_minute / 60.0 - since)
+        self._server = (remaining, admitted_at, per_minute)
+        self.level = min(self.level, self.server_count(now))
+
+    def refund(self, amount: float, now: float) -> None:
+        """A request the server turned away (429) took ``amount`` here: give it back, but hold no more
+        than the server's count (a server that charges turned-away requests says so in it). Without
+        a count from the server, nothing is given back."""
+        self._refill(now)
+        server = self.server_count(now)
+        if server is not None:
+            self.level = min(self.capacity, max(self.level, min(self.level + min(amount, self.capacity), server)))
 
 
 class Throttle:
@@ -276,6 +296,11 @@ class Throttle:
             pause = _sooner(refill, parse_duration(headers.get("x-ratelimit-reset-tokens")))
             if pause > elapsed:
                 self.cooldown(pause - elapsed)
+
+    def turned_away(self, tokens: int) -> None:
+        """The server answered a request of ``tokens`` with a 429: it admitted nothing (see refund)."""
+        if self._tokens is not None:
+            self._tokens.refund(tokens, time.monotonic())
 
     def observe_rate_limit_text(self, text: str) -> None:
         """A 429's words: OpenAI names the limit it hit ("on tokens per min (TPM): Limit 30000")."""

@@ -150,6 +150,7 @@ class Generator:
                 raise ApiError(redact(f"the API refused the request permanently: {decision.message}", self.api_key))
             if decision.action == "cooldown":
                 stats.rate_limited += 1
+                self.throttle.turned_away(prompt_tokens + cap)
                 self.throttle.observe_rate_limit_text(decision.message)
                 self.throttle.cooldown(decision.delay)
             if decision.cause == "timeout":

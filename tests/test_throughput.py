@@ -191,6 +191,20 @@ def test_the_token_bucket_follows_the_servers_count_and_never_rises_above_its_ow
     assert bucket.level == pytest.approx(own)
 
 
+def test_a_request_turned_away_gives_back_what_it_took_as_far_as_the_servers_count_allows():
+    bucket = TokenBucket(30_000, 1_200, now=0.0)
+    bucket.take(929, 0.0)
+    bucket.refund(929, 0.0)  # no count from the server yet: it may have charged the 429
+    assert bucket.level == pytest.approx(271)
+    bucket.follow(900, 30_000, admitted_at=0.0, now=0.0)  # its 429 said 900 left: it charged nothing
+    bucket.refund(929, 0.0)
+    assert bucket.level == pytest.approx(900)  # given back, up to the server's count
+    bucket.take(929, 1.0)
+    bucket.follow(0, 30_000, admitted_at=1.0, now=1.0)  # a server that charges turned-away requests
+    bucket.refund(929, 1.0)
+    assert bucket.level == pytest.approx(0)
+
+
 async def test_a_drained_server_draws_no_429_once_its_limits_are_known():
     """Limits learned from the headers: the client's token bucket starts where the server's is
     (its remaining tokens), not full. Was: a full bucket at a drained server sent a burst into 429s."""
