@@ -32,7 +32,7 @@ import os
 import random
 import re
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Mapping
 
@@ -175,6 +175,7 @@ class Throttle:
         self._sending = 0
         self._below_ceiling = asyncio.Condition()
         self._next_in_line = asyncio.Lock()  # FIFO: one request at a time waits in the token limiter
+        self._refunded = asyncio.Event()
 
     @property
     def limits(self) -> tuple[float | None, float | None]:
@@ -238,7 +239,9 @@ class Throttle:
                     wait = bucket.wait_for(size, time.monotonic()) if bucket is not None else 0.0
                     if wait <= 0:
                         break
-                    await asyncio.sleep(wait)
+                    self._refunded.clear()  # a 429's refund may fill the bucket sooner: wake then
+                    with suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._refunded.wait(), wait)
                 if bucket is not None:
                     bucket.take(size, time.monotonic())
                 tokens = size
@@ -301,6 +304,7 @@ class Throttle:
         """The server answered a request of ``tokens`` with a 429: it admitted nothing (see refund)."""
         if self._tokens is not None:
             self._tokens.refund(tokens, time.monotonic())
+            self._refunded.set()
 
     def observe_rate_limit_text(self, text: str) -> None:
         """A 429's words: OpenAI names the limit it hit ("on tokens per min (TPM): Limit 30000")."""

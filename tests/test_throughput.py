@@ -205,6 +205,26 @@ def test_a_request_turned_away_gives_back_what_it_took_as_far_as_the_servers_cou
     assert bucket.level == pytest.approx(0)
 
 
+async def test_the_request_waiting_for_the_token_bucket_goes_as_soon_as_a_429_refunds_it():
+    throttle = Throttle(rpm=10**6, tpm=60_000, learn_from_headers=False, largest_request_tokens=30_000)
+    async with throttle.slot(30_000):  # the whole bucket: the next waits 30 s for it to refill
+        sent_at = time.monotonic()
+    # ... and the server turned that request away, charging nothing (its count says 30,000 left).
+    throttle.observe({"x-ratelimit-limit-requests": "1000000", "x-ratelimit-limit-tokens": "60000",
+                      "x-ratelimit-remaining-requests": "999999", "x-ratelimit-remaining-tokens": "30000"},
+                     sent_at=sent_at)
+
+    async def waiting():
+        async with throttle.slot(30_000):
+            pass
+
+    task = asyncio.create_task(waiting())
+    await asyncio.sleep(0.05)
+    assert not task.done()
+    throttle.turned_away(30_000)
+    await asyncio.wait_for(task, 10)  # not the 30 s the bucket alone would take
+
+
 async def test_a_drained_server_draws_no_429_once_its_limits_are_known():
     """Limits learned from the headers: the client's token bucket starts where the server's is
     (its remaining tokens), not full. Was: a full bucket at a drained server sent a burst into 429s."""
