@@ -132,14 +132,14 @@ class TokenBucket:
         count, at, per_minute = self._server
         return count + (now - at) * per_minute / 60.0 - self._taken_since(at)
 
-    def follow(self, remaining: float, per_minute: float, admitted_at: float, now: float) -> None:
+    def follow(self, remaining: float, per_minute: float, sent_at: float, now: float, delay: float = 0.0) -> None:
         """The server held ``remaining`` tokens (refilling at ``per_minute``) just after admitting (or
-        turning away) a request sent at ``admitted_at``; since then it has refilled and taken the
-        requests sent after that one. Hold no more than that: never more than the server will admit
-        (after a drained start, a 429's pause or another client's requests on the same key). This
-        only ever lowers the bucket."""
+        turning away) a request sent at ``sent_at``, ``delay`` seconds after it was sent at most;
+        since then it has refilled and taken the requests sent after that one. Hold no more than
+        that: never more than the server will admit (after a drained start, a 429's pause or
+        another client's requests on the same key). This only ever lowers the bucket."""
         self._refill(now)
-        self._server = (remaining, admitted_at, per_minute)
+        self._server = (remaining - delay * per_minute / 60.0, sent_at, per_minute)
         self.level = min(self.level, self.server_count(now))
 
     def refund(self, amount: float, now: float) -> None:
@@ -176,6 +176,7 @@ class Throttle:
         self._below_ceiling = asyncio.Condition()
         self._next_in_line = asyncio.Lock()  # FIFO: one request at a time waits in the token limiter
         self._refunded = asyncio.Event()
+        self._fastest = float("inf")  # the fastest round trip seen: bounds how long admission takes
 
     @property
     def limits(self) -> tuple[float | None, float | None]:
@@ -292,8 +293,10 @@ class Throttle:
             if pause > elapsed:
                 self.cooldown(pause - elapsed)
         remaining_tokens = _number(headers.get("x-ratelimit-remaining-tokens"))
+        if sent_at is not None:
+            self._fastest = min(self._fastest, elapsed)  # admission comes no later after sending
         if learn and remaining_tokens is not None and limit_tokens and sent_at is not None and self._tokens is not None:
-            self._tokens.follow(remaining_tokens, limit_tokens, sent_at, time.monotonic())
+            self._tokens.follow(remaining_tokens, limit_tokens, sent_at, time.monotonic(), self._fastest)
         if remaining_tokens is not None and limit_tokens and remaining_tokens < self.request_tokens:
             refill = (self.request_tokens - remaining_tokens) * 60.0 / limit_tokens
             pause = _sooner(refill, parse_duration(headers.get("x-ratelimit-reset-tokens")))

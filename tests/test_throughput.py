@@ -180,15 +180,19 @@ async def test_a_request_waiting_for_the_token_bucket_is_sized_again_when_it_has
 def test_the_token_bucket_follows_the_servers_count_and_never_rises_above_its_own():
     bucket = TokenBucket(30_000, 1_200, now=0.0)  # 500 tokens a second, in a bucket of 1,200, full
     assert bucket.wait_for(929, 0.0) == 0
-    bucket.follow(127, 30_000, admitted_at=0.0, now=0.0)  # a drained server: 127 left
+    bucket.follow(127, 30_000, sent_at=0.0, now=0.0)  # a drained server: 127 left
     assert bucket.wait_for(929, 0.0) == pytest.approx((929 - 127) / 500)
     bucket.take(929, 1.604)  # sent at 1.604 s, admitted with nothing left
     bucket.take(929, 3.5)  # another, sent before the first's answer came back
-    bucket.follow(0, 30_000, admitted_at=1.604, now=3.6)  # the first's answer: 0 left at its admission
+    bucket.follow(0, 30_000, sent_at=1.604, now=3.6)  # the first's answer: 0 left at its admission
     assert bucket.level == pytest.approx(0 + (3.6 - 1.604) * 500 - 929)  # refilled since, less the second
     own = bucket.level
-    bucket.follow(20_000, 30_000, admitted_at=3.5, now=3.6)  # a server with more: our own count stays
+    bucket.follow(20_000, 30_000, sent_at=3.5, now=3.6)  # a server with more: our own count stays
     assert bucket.level == pytest.approx(own)
+    # Admitted up to 20 ms after it was sent (the fastest round trip): refilled since then at least.
+    late = TokenBucket(30_000, 1_200, now=0.0)
+    late.follow(100, 30_000, sent_at=0.0, now=0.5, delay=0.02)
+    assert late.level == pytest.approx(100 + (0.5 - 0.02) * 500)
 
 
 def test_a_request_turned_away_gives_back_what_it_took_as_far_as_the_servers_count_allows():
@@ -196,11 +200,11 @@ def test_a_request_turned_away_gives_back_what_it_took_as_far_as_the_servers_cou
     bucket.take(929, 0.0)
     bucket.refund(929, 0.0)  # no count from the server yet: it may have charged the 429
     assert bucket.level == pytest.approx(271)
-    bucket.follow(900, 30_000, admitted_at=0.0, now=0.0)  # its 429 said 900 left: it charged nothing
+    bucket.follow(900, 30_000, sent_at=0.0, now=0.0)  # its 429 said 900 left: it charged nothing
     bucket.refund(929, 0.0)
     assert bucket.level == pytest.approx(900)  # given back, up to the server's count
     bucket.take(929, 1.0)
-    bucket.follow(0, 30_000, admitted_at=1.0, now=1.0)  # a server that charges turned-away requests
+    bucket.follow(0, 30_000, sent_at=1.0, now=1.0)  # a server that charges turned-away requests
     bucket.refund(929, 1.0)
     assert bucket.level == pytest.approx(0)
 
