@@ -293,10 +293,10 @@ class Throttle:
             if pause > elapsed:
                 self.cooldown(pause - elapsed)
         remaining_tokens = _number(headers.get("x-ratelimit-remaining-tokens"))
-        if sent_at is not None:
+        if learn and sent_at is not None:
             self._fastest = min(self._fastest, elapsed)  # admission comes no later after sending
-        if learn and remaining_tokens is not None and limit_tokens and sent_at is not None and self._tokens is not None:
-            self._tokens.follow(remaining_tokens, limit_tokens, sent_at, time.monotonic(), self._fastest)
+            if remaining_tokens is not None and limit_tokens and self._tokens is not None:
+                self._tokens.follow(remaining_tokens, limit_tokens, sent_at, time.monotonic(), self._fastest)
         if remaining_tokens is not None and limit_tokens and remaining_tokens < self.request_tokens:
             refill = (self.request_tokens - remaining_tokens) * 60.0 / limit_tokens
             pause = _sooner(refill, parse_duration(headers.get("x-ratelimit-reset-tokens")))
