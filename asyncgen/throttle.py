@@ -175,7 +175,8 @@ class Throttle:
         self._sending = 0
         self._below_ceiling = asyncio.Condition()
         self._next_in_line = asyncio.Lock()  # FIFO: one request at a time waits in the token limiter
-        self._refunded = asyncio.Event()
+        self._wake = asyncio.Event()  # wakes the request waiting for the token bucket
+        self.released = False  # the run stopped: waiting requests pass at once, and are not sent
         self._fastest = float("inf")  # the fastest round trip seen: bounds how long admission takes
 
     @property
@@ -213,8 +214,15 @@ class Throttle:
                 await self._below_ceiling.wait_for(lambda: self.ceiling is None or self._sending < self.ceiling)
 
     async def _wait_cooldown(self) -> None:
-        while (remaining := self._cooldown_until - time.monotonic()) > 0:
+        while (remaining := self._cooldown_until - time.monotonic()) > 0 and not self.released:
             await asyncio.sleep(remaining)
+
+    def release(self) -> None:
+        """The run stopped: the requests waiting here pass at once, taking nothing from the limits;
+        the caller does not send them. (They used to pass the token bucket one by one, at the
+        limit's pace, and hold the stop for its whole grace period.)"""
+        self.released = True
+        self._wake.set()
 
     @asynccontextmanager
     async def slot(self, tokens: int, output_cap: Callable[[], int] | None = None) -> AsyncIterator[int | None]:
@@ -231,18 +239,20 @@ class Throttle:
                 probing = False
         try:
             await self._wait_cooldown()
-            if self._requests is not None:
+            if self._requests is not None and not self.released:
                 await self._requests.acquire()
             async with self._next_in_line:
                 while True:  # sized again after each wait: answers that came meanwhile may lower the cap
                     cap = output_cap() if output_cap is not None else None
                     size, bucket = tokens + (cap or 0), self._tokens  # a lower limit may have been adopted
+                    if self.released:
+                        bucket = None
                     wait = bucket.wait_for(size, time.monotonic()) if bucket is not None else 0.0
                     if wait <= 0:
                         break
-                    self._refunded.clear()  # a 429's refund may fill the bucket sooner: wake then
+                    self._wake.clear()  # a 429's refund may fill the bucket sooner, or the run stop: wake then
                     with suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._refunded.wait(), wait)
+                        await asyncio.wait_for(self._wake.wait(), wait)
                 if bucket is not None:
                     bucket.take(size, time.monotonic())
                 tokens = size
@@ -307,7 +317,7 @@ class Throttle:
         """The server answered a request of ``tokens`` with a 429: it admitted nothing (see refund)."""
         if self._tokens is not None:
             self._tokens.refund(tokens, time.monotonic())
-            self._refunded.set()
+            self._wake.set()
 
     def observe_rate_limit_text(self, text: str) -> None:
         """A 429's words: OpenAI names the limit it hit ("on tokens per min (TPM): Limit 30000")."""

@@ -81,6 +81,12 @@ class Generator:
         self.response_format = settings.response_format  # json_object after a fallback
         self._warned_over_cap = False
 
+    def stop(self) -> None:
+        """The run stopped: requests not yet sent are not sent, and those waiting for the rate limits
+        stop waiting."""
+        self.stopped = True
+        self.throttle.release()
+
     def cap_to_send(self, reserved: int) -> int:
         """The output cap of a request about to pass the TPM limiter: the one in force then, learned
         from the answers that came back while the request waited. Under --max-cost not above

@@ -250,6 +250,24 @@ async def test_a_drained_server_draws_no_429_once_its_limits_are_known():
     assert all(i < PROBE_CONCURRENCY for i in rejected), arrivals  # only the probes sent before the limits were known
 
 
+async def test_a_stopped_run_does_not_keep_its_requests_waiting_for_the_token_bucket():
+    """Ctrl-C at a token limit: requests queued for the bucket return at once, unsent. Was: they
+    passed it one by one at the limit's pace, only to be dropped, and held the stop for its whole
+    grace period (10 s with nothing in flight)."""
+    async with running_simulator(SimulatorConfig(seed=9)) as sim:
+        stats, sent = RunStats(target=0), []
+        # 1,000 tokens a second: each request of about 930 tokens waits about a second for the last.
+        throttle = Throttle(rpm=100_000, tpm=60_000, learn_from_headers=False, largest_request_tokens=1_500)
+        client, generator, _ = _generator(sim, stats, sent, throttle=throttle)
+        async with client:
+            requests = [asyncio.create_task(generator.generate(number, [])) for number in range(20)]
+            while not sent:
+                await asyncio.sleep(0.01)
+            generator.stop()
+            results = await asyncio.wait_for(asyncio.gather(*requests), 10)  # the bucket alone: about 18 s
+    assert len(sent) <= 2 and results.count([]) >= 18 and stats.requests_sent == len(sent)
+
+
 async def test_a_cap_too_low_is_raised_at_the_first_cut():
     """Started far below what answers use, the cap rises at the first answer cut by it, and the
     cuts stop within a few requests."""
