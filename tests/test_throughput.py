@@ -268,6 +268,19 @@ async def test_a_stopped_run_does_not_keep_its_requests_waiting_for_the_token_bu
     assert len(sent) <= 2 and results.count([]) >= 18 and stats.requests_sent == len(sent)
 
 
+def test_under_a_budget_the_cap_sent_never_exceeds_the_one_its_cost_was_reserved_at():
+    def generator(budget):
+        settings = GenerationSettings("gpt-4o", JSON_SCHEMA_FORMAT, 1.0, 7, stop_if_cap_ignored=budget)
+        made = Generator(None, TASK, settings, Throttle(learn_from_headers=False), RetryPolicy(), RunStats(target=0),
+                         None, None)
+        made.output_cap = OutputCap(500)  # raised (after a cut, say) since the request was issued at 400
+        return made
+
+    assert generator(budget=True).cap_to_send(400) == 400  # --max-cost: the pipeline reserved its cost at 400
+    assert generator(budget=False).cap_to_send(400) == 500  # otherwise the cap in force when it goes
+    assert generator(budget=True).cap_to_send(600) == 500
+
+
 async def test_a_cap_too_low_is_raised_at_the_first_cut():
     """Started far below what answers use, the cap rises at the first answer cut by it, and the
     cuts stop within a few requests."""
