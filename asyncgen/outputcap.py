@@ -3,12 +3,15 @@
 OpenAI counts a request against its TPM limit as its prompt estimate plus its output cap, so a cap
 far above what answers use wastes the limit: the task's bound (``max_output_tokens``, 60 tokens a
 pair) reserves 660 tokens for a 10-pair answer of about 380. The cap starts at that bound; once
-``MIN_ANSWERS`` answers have come back it is the ``PERCENTILE`` of the last ``WINDOW`` answers'
-completion tokens plus ``MARGIN`` (``EARLY_MARGIN`` while fewer than ``EARLY_ANSWERS`` are known:
-at a tier-1 limit the first requests at the task's bound cost a good part of a short run). An answer cut at its cap (``finish_reason`` ``length`` at
-``CUT_SHARE`` of the cap it was sent with or more) raises the cap at once by ``RAISE``, and the cap
-stays at least there for the next ``WINDOW`` answers. The cap never exceeds ``CEILING_FACTOR``
-times the task's bound, nor falls under ``FLOOR`` tokens.
+``MIN_ANSWERS`` answers are known (two: one odd short answer, a refusal, must not set it) it is the
+``PERCENTILE`` of the last ``WINDOW`` answers' completion tokens plus a margin that narrows as
+answers are known: ``FEW_MARGIN`` while fewer than ``FEW_ANSWERS``, ``EARLY_MARGIN`` while fewer
+than ``EARLY_ANSWERS``, then ``MARGIN``; plus ``MARGIN_TOKENS``. (At a tier-1 limit each request
+sent at the task's bound costs about a request and a half of the limit: waiting for four answers
+sent the first six of a short run there.) An answer cut at its cap
+(``finish_reason`` ``length`` at ``CUT_SHARE`` of the cap it was sent with or more) raises the cap
+at once by ``RAISE``, and the cap stays at least there for the next ``WINDOW`` answers. The cap
+never exceeds ``CEILING_FACTOR`` times the task's bound, nor falls under ``FLOOR`` tokens.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import bisect
 import math
 from collections import deque
 
-MIN_ANSWERS = 4
+MIN_ANSWERS = 2  # answers known before the cap is learned
+FEW_ANSWERS = 4
+FEW_MARGIN = 0.30  # two answers of at most 380 tokens: a cap of 502
 EARLY_ANSWERS = 20
 EARLY_MARGIN = 0.15
 WINDOW = 200
@@ -68,6 +73,7 @@ class OutputCap:
             return max(self.value, held)
         ordered = self._ordered
         high = ordered[min(len(ordered) - 1, math.ceil(PERCENTILE * len(ordered)) - 1)]
-        margin = MARGIN if len(self._recent) >= EARLY_ANSWERS else EARLY_MARGIN
+        known = len(self._recent)
+        margin = FEW_MARGIN if known < FEW_ANSWERS else EARLY_MARGIN if known < EARLY_ANSWERS else MARGIN
         learned = math.ceil(high * (1 + margin)) + MARGIN_TOKENS
         return max(FLOOR, min(self.ceiling, max(learned, held)))

@@ -174,7 +174,7 @@ class Pipeline:
             self.reserved_cost += bound
             avoid = request_avoid_list(self.recent_prompts, self.avoid_chars, number)
             try:
-                pairs = await self.generator.generate(number, avoid, cost_bound=bound)
+                pairs = await self.generator.generate(number, avoid)
             except BaseException:
                 self.outstanding -= 1
                 self.reserved_cost -= bound
@@ -236,7 +236,7 @@ class Pipeline:
         if not self.stopping:
             self.stopping = True
             self.stop_reason = reason
-            self.generator.stopped = True  # "no new requests" includes those waiting for the rate limits
+            self.generator.stop()  # "no new requests" includes those waiting for the rate limits
             # Keep a reference: the loop holds tasks only weakly.
             self._wake_task = asyncio.get_running_loop().create_task(self._notify())
             if self.outstanding == 0:

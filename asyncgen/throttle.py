@@ -1,16 +1,19 @@
 """How fast workers may send, and what to do when a request fails: asyncgen's one retry policy.
 
 ``Throttle`` is shared by all workers. Before each request a worker waits, in order, for any
-cooldown, the request limiter and the token limiter (``aiolimiter.AsyncLimiter``; a request costs
-its prompt estimate plus its maximum output tokens). Limits come from ``--rpm/--tpm`` or, without
-them, from the ``x-ratelimit-*`` headers of the first responses; until those arrive only a few
-requests go out at once. Afterwards the ``remaining``/``reset`` headers keep steering: when the
-server says a bucket is empty, every worker pauses until it has refilled enough. A 429 with a retry
-hint pauses all workers, not just the one that got it. Limits told by ``--rpm/--tpm`` that are
-higher than the server's (its ``x-ratelimit-limit-*`` headers, or the "Limit N" of a 429's text)
-give way to the server's figure: honouring each retry hint alone would draw 429s for the whole run.
-Timeouts mean a server slower than the
-requests sent to it (a local server with one slot, which goes on generating what the client
+cooldown, the request limiter (``aiolimiter.AsyncLimiter``) and the token limiter (``TokenBucket``;
+a request costs its prompt estimate plus its output cap). Requests pass the token limiter one at a
+time, in order, and a request's output cap is read when it is next in line and again after each
+wait there, not when it began to wait: at a token limit most requests wait for many seconds while
+answers keep teaching the cap, and each request is sent and reserved at the cap in force as it goes.
+Limits come from ``--rpm/--tpm`` or, without them, from the ``x-ratelimit-*`` headers of the first
+responses; until those arrive only a few requests go out at once. Afterwards the
+``remaining``/``reset`` headers keep steering: when the server says a bucket is empty, every worker
+pauses until it has refilled enough. A 429 with a retry hint pauses all workers, not just the one
+that got it. Limits told by ``--rpm/--tpm`` that are higher than the server's (its
+``x-ratelimit-limit-*`` headers, or the "Limit N" of a 429's text) give way to the server's figure:
+honouring each retry hint alone would draw 429s for the whole run. Timeouts mean a server slower
+than the requests sent to it (a local server with one slot, which goes on generating what the client
 abandoned): each one halves how many requests may be in flight at once, and each answer lets that
 number grow again by about one per round of answers (additive increase, multiplicative decrease).
 
@@ -24,13 +27,14 @@ worker decides what to do with it ("format").
 from __future__ import annotations
 
 import asyncio
+import bisect
 import os
 import random
 import re
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import AsyncIterator, Mapping
+from typing import AsyncIterator, Callable, Mapping
 
 import logging
 
@@ -41,6 +45,7 @@ from asyncgen.errors import server_words
 
 log = logging.getLogger("asyncgen.throttle")
 PROBE_CONCURRENCY = 4  # requests in flight before the server has told us its limits
+TAKES_KEPT = 1024  # requests the token bucket remembers, to follow the server's count (see follow)
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # OpenAI's 429 text: "... on requests per min (RPM): Limit 1200, Used 1200, Requested 1. ..."
@@ -79,6 +84,74 @@ def _limiter(per_minute: float, largest_request: float = 1.0) -> AsyncLimiter:
     return AsyncLimiter(per_minute * period / 60.0, period)
 
 
+class TokenBucket:
+    """The TPM limiter: ``per_minute`` tokens refilled continuously into a bucket of about one
+    second's worth (at least ``largest_request``), full at first. Unlike aiolimiter's, it says how
+    long until it holds an amount without taking it, so that a request waiting for it can be sized
+    again when it has waited: its output cap may have fallen meanwhile. ``follow`` keeps it at or
+    under the server's own count (its ``remaining`` header); ``refund`` gives back what a request
+    the server turned away took, as far as the server's count allows."""
+
+    def __init__(self, per_minute: float, largest_request: float = 1.0, now: float | None = None) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(self.rate, largest_request)
+        self.level = self.capacity
+        self.updated = time.monotonic() if now is None else now
+        self._taken_at: list[float] = []  # when each recent request was taken (ascending) ...
+        self._taken_total: list[float] = []  # ... and the tokens taken by then, all requests included
+        self._server: tuple[float, float, float] | None = None  # its count at a time, refilling at a rate
+
+    def _refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + max(0.0, now - self.updated) * self.rate)
+        self.updated = max(self.updated, now)
+
+    def _taken_since(self, moment: float) -> float:
+        if not self._taken_total:
+            return 0.0
+        before = bisect.bisect_right(self._taken_at, moment) - 1
+        return self._taken_total[-1] - (self._taken_total[before] if before >= 0 else 0.0)
+
+    def wait_for(self, amount: float, now: float) -> float:
+        """Seconds until the bucket holds ``amount`` (at most its capacity); 0: it does now."""
+        self._refill(now)
+        return max(0.0, (min(amount, self.capacity) - self.level) / self.rate)
+
+    def take(self, amount: float, now: float) -> None:
+        self._refill(now)
+        amount = min(amount, self.capacity)
+        self.level -= amount
+        if len(self._taken_at) >= 2 * TAKES_KEPT:
+            del self._taken_at[:TAKES_KEPT], self._taken_total[:TAKES_KEPT]
+        self._taken_at.append(now)
+        self._taken_total.append((self._taken_total[-1] if self._taken_total else 0.0) + amount)
+
+    def server_count(self, now: float) -> float | None:
+        """What the server holds now, from its last count (None: it has given none)."""
+        if self._server is None:
+            return None
+        count, at, per_minute = self._server
+        return count + (now - at) * per_minute / 60.0 - self._taken_since(at)
+
+    def follow(self, remaining: float, per_minute: float, sent_at: float, now: float, delay: float = 0.0) -> None:
+        """The server held ``remaining`` tokens (refilling at ``per_minute``) just after admitting (or
+        turning away) a request sent at ``sent_at``, ``delay`` seconds after it was sent at most;
+        since then it has refilled and taken the requests sent after that one. Hold no more than
+        that: never more than the server will admit (after a drained start, a 429's pause or
+        another client's requests on the same key). This only ever lowers the bucket."""
+        self._refill(now)
+        self._server = (remaining - delay * per_minute / 60.0, sent_at, per_minute)
+        self.level = min(self.level, self.server_count(now))
+
+    def refund(self, amount: float, now: float) -> None:
+        """A request the server turned away (429) took ``amount`` here: give it back, but hold no more
+        than the server's count (a server that charges turned-away requests says so in it). Without
+        a count from the server, nothing is given back."""
+        self._refill(now)
+        server = self.server_count(now)
+        if server is not None:
+            self.level = min(self.capacity, max(self.level, min(self.level + min(amount, self.capacity), server)))
+
+
 class Throttle:
     def __init__(
         self,
@@ -91,7 +164,7 @@ class Throttle:
         self.rpm, self.tpm = rpm, tpm
         self.largest_request_tokens = largest_request_tokens
         self._requests = _limiter(rpm) if rpm else None
-        self._tokens = _limiter(tpm, largest_request_tokens) if tpm else None
+        self._tokens = TokenBucket(tpm, largest_request_tokens) if tpm else None
         self._learning = learn_from_headers and not (rpm and tpm)
         self._probe = asyncio.Semaphore(PROBE_CONCURRENCY)
         self._cooldown_until = 0.0
@@ -101,6 +174,10 @@ class Throttle:
         self.request_tokens = largest_request_tokens  # the latest request's estimate
         self._sending = 0
         self._below_ceiling = asyncio.Condition()
+        self._next_in_line = asyncio.Lock()  # FIFO: one request at a time waits in the token limiter
+        self._wake = asyncio.Event()  # wakes the request waiting for the token bucket
+        self.released = False  # the run stopped: waiting requests pass at once, and are not sent
+        self._fastest = float("inf")  # the fastest round trip seen: bounds how long admission takes
 
     @property
     def limits(self) -> tuple[float | None, float | None]:
@@ -137,12 +214,23 @@ class Throttle:
                 await self._below_ceiling.wait_for(lambda: self.ceiling is None or self._sending < self.ceiling)
 
     async def _wait_cooldown(self) -> None:
-        while (remaining := self._cooldown_until - time.monotonic()) > 0:
+        while (remaining := self._cooldown_until - time.monotonic()) > 0 and not self.released:
             await asyncio.sleep(remaining)
 
+    def release(self) -> None:
+        """The run stopped: the requests waiting here pass at once, taking nothing from the limits;
+        the caller does not send them. (They used to pass the token bucket one by one, at the
+        limit's pace, and hold the stop for its whole grace period.)"""
+        self.released = True
+        self._wake.set()
+
     @asynccontextmanager
-    async def slot(self, tokens: int) -> AsyncIterator[None]:
-        """Hold a right to send one request of ``tokens`` estimated tokens."""
+    async def slot(self, tokens: int, output_cap: Callable[[], int] | None = None) -> AsyncIterator[int | None]:
+        """Hold a right to send one request of ``tokens`` estimated tokens plus ``output_cap()``.
+
+        ``output_cap`` is called when the request is next in line for the token limiter and again
+        after each wait there; the slot yields what it returned last: the cap to send, reserved.
+        """
         probing = self._learning
         if probing:
             await self._probe.acquire()
@@ -151,16 +239,29 @@ class Throttle:
                 probing = False
         try:
             await self._wait_cooldown()
-            if self._requests is not None:
+            if self._requests is not None and not self.released:
                 await self._requests.acquire()
-            if self._tokens is not None:
-                await self._tokens.acquire(min(tokens, self._tokens.max_rate))
+            async with self._next_in_line:
+                while True:  # sized again after each wait: answers that came meanwhile may lower the cap
+                    cap = output_cap() if output_cap is not None else None
+                    size, bucket = tokens + (cap or 0), self._tokens  # a lower limit may have been adopted
+                    if self.released:
+                        bucket = None
+                    wait = bucket.wait_for(size, time.monotonic()) if bucket is not None else 0.0
+                    if wait <= 0:
+                        break
+                    self._wake.clear()  # a 429's refund may fill the bucket sooner, or the run stop: wake then
+                    with suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), wait)
+                if bucket is not None:
+                    bucket.take(size, time.monotonic())
+                tokens = size
             await self._wait_cooldown()  # a 429 may have arrived while we queued
             await self._wait_below_ceiling()
             self.request_tokens = tokens
             self._sending += 1
             try:
-                yield
+                yield cap
             finally:
                 self._sending -= 1
                 if self.ceiling is not None:
@@ -174,7 +275,7 @@ class Throttle:
 
         ``remaining`` describes the bucket when the server admitted the request, up to a whole
         latency ago (``sent_at``, monotonic): the bucket has refilled since, so a pause for it is
-        counted from then, not from now.
+        counted from then, not from now. The token bucket follows the server's count from it.
 
         ``learn=False`` for answers that may not come from the API itself (a proxy's 5xx page): they
         neither set the limits nor end the cautious start. An API answer without limit headers
@@ -202,11 +303,21 @@ class Throttle:
             if pause > elapsed:
                 self.cooldown(pause - elapsed)
         remaining_tokens = _number(headers.get("x-ratelimit-remaining-tokens"))
+        if learn and sent_at is not None:
+            self._fastest = min(self._fastest, elapsed)  # admission comes no later after sending
+            if remaining_tokens is not None and limit_tokens and self._tokens is not None:
+                self._tokens.follow(remaining_tokens, limit_tokens, sent_at, time.monotonic(), self._fastest)
         if remaining_tokens is not None and limit_tokens and remaining_tokens < self.request_tokens:
             refill = (self.request_tokens - remaining_tokens) * 60.0 / limit_tokens
             pause = _sooner(refill, parse_duration(headers.get("x-ratelimit-reset-tokens")))
             if pause > elapsed:
                 self.cooldown(pause - elapsed)
+
+    def turned_away(self, tokens: int) -> None:
+        """The server answered a request of ``tokens`` with a 429: it admitted nothing (see refund)."""
+        if self._tokens is not None:
+            self._tokens.refund(tokens, time.monotonic())
+            self._wake.set()
 
     def observe_rate_limit_text(self, text: str) -> None:
         """A 429's words: OpenAI names the limit it hit ("on tokens per min (TPM): Limit 30000")."""
@@ -231,7 +342,7 @@ class Throttle:
         self.rpm, self._requests = rpm, _limiter(rpm)
 
     def _set_tpm(self, tpm: float) -> None:
-        self.tpm, self._tokens = tpm, _limiter(tpm, min(self.largest_request_tokens, tpm))
+        self.tpm, self._tokens = tpm, TokenBucket(tpm, min(self.largest_request_tokens, tpm))
 
 
 def _sooner(seconds: float, reset: float | None) -> float:

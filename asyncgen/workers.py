@@ -23,7 +23,9 @@ from asyncgen.outputcap import OutputCap
 from asyncgen.prices import Price, cost_usd
 from asyncgen.prompting import (
     JSON_OBJECT_FORMAT,
+    PROMPT_ESTIMATE_MARGIN,
     GenerationSettings,
+    build_messages,
     estimate_prompt_tokens,
     max_output_tokens,
     output_cap_field,
@@ -61,28 +63,32 @@ class Generator:
         self.response_format = settings.response_format  # json_object after a fallback
         self._warned_over_cap = False
 
-    def estimate_tokens(self, messages: Sequence[dict], cap: int) -> int:
-        """What one request counts against the TPM limit: prompt estimate + its output cap."""
-        return estimate_prompt_tokens(messages) + cap
+    def stop(self) -> None:
+        """The run stopped: requests not yet sent are not sent, and those waiting for the rate limits
+        stop waiting."""
+        self.stopped = True
+        self.throttle.release()
 
-    async def generate(self, request_number: int, avoid: Sequence[str], cost_bound: float | None = None
-                       ) -> list[tuple[str, str]]:
-        """``cost_bound``: the most one attempt of this request can cost; an abandoned attempt counts
-        at it (``RunStats.add_abandoned``), since a server bills what it generated for it."""
-        # The cap in force now (read before any await: the pipeline reserved its cost at this cap),
-        # for every attempt of this request; exactly that is reserved against the TPM limit.
-        cap = self.output_cap.value
+    def cap_to_send(self, reserved: int) -> int:
+        """The output cap of a request about to pass the TPM limiter: the one in force then, learned
+        from the answers that came back while the request waited. Under --max-cost not above
+        ``reserved``, the cap the pipeline reserved its cost at."""
+        return min(reserved, self.output_cap.value) if self.settings.stop_if_cap_ignored else self.output_cap.value
+
+    async def generate(self, request_number: int, avoid: Sequence[str]) -> list[tuple[str, str]]:
+        # What counts against the TPM limit: the prompt estimate plus the cap, read when the request
+        # is next in line (Throttle.slot) and reserved exactly. The pipeline reserved this request's
+        # cost at the cap in force now (read before any await).
+        reserved = self.output_cap.value
+        prompt_tokens = estimate_prompt_tokens(build_messages(self.task, avoid))
         stats = self.stats
         attempt = timeouts = 0
-        tokens = None
         while True:
-            params = request_body(self.task, self.settings, avoid, request_number,
-                                  response_format=self.response_format, timeouts=timeouts, output_cap=cap)
-            if tokens is None:  # the same for every attempt (the prompt does not change, nor the cap)
-                tokens = self.estimate_tokens(params["messages"], cap)
-            async with self.throttle.slot(tokens):
+            async with self.throttle.slot(prompt_tokens, lambda: self.cap_to_send(reserved)) as cap:
                 if self.stopped:  # the run stopped while this request waited for the rate limits
                     return []
+                params = request_body(self.task, self.settings, avoid, request_number,
+                                      response_format=self.response_format, timeouts=timeouts, output_cap=cap)
                 stats.requests_sent += 1
                 stats.in_flight += 1
                 sent_at = time.monotonic()
@@ -96,7 +102,7 @@ class Generator:
                     decision = self.policy.decide(exc, attempt)
                 except asyncio.CancelledError:  # the run stopped with this attempt in flight
                     stats.requests_cancelled += 1
-                    stats.add_abandoned(cost_bound)
+                    stats.add_abandoned(self._attempt_cost_bound(prompt_tokens, cap))
                     raise
                 else:
                     self.reached_server = True
@@ -132,11 +138,12 @@ class Generator:
                 raise ApiError(redact(f"the API refused the request permanently: {decision.message}", self.api_key))
             if decision.action == "cooldown":
                 stats.rate_limited += 1
+                self.throttle.turned_away(prompt_tokens + cap)
                 self.throttle.observe_rate_limit_text(decision.message)
                 self.throttle.cooldown(decision.delay)
             if decision.cause == "timeout":
                 timeouts += 1
-                stats.add_abandoned(cost_bound)
+                stats.add_abandoned(self._attempt_cost_bound(prompt_tokens, cap))
                 self.throttle.on_timeout()
             attempt += 1
             if attempt >= self.policy.max_attempts:
@@ -147,6 +154,11 @@ class Generator:
         stats.requests_given_up += 1
         log.debug("request %d given up after %d attempts; last error: %s", request_number, attempt, stats.last_error)
         return []
+
+    def _attempt_cost_bound(self, prompt_tokens: int, cap: int) -> float | None:
+        """The most an attempt can cost (as ``prompting.request_cost_bound``, for this request's own
+        prompt): a server bills what it generated for an attempt abandoned before its answer came."""
+        return cost_usd(self.price, PROMPT_ESTIMATE_MARGIN * prompt_tokens, cap)
 
     def _fall_back(self, refused: dict, message: str) -> bool:
         """Switch every later request to json_object after a json_schema refusal. False: cannot."""

@@ -389,7 +389,7 @@ def test_batch_and_run_name_the_same_prompts_for_the_same_dataset_and_request(tm
     in_run = {}
 
     class Generator:
-        async def generate(self, number, avoid, cost_bound=None):
+        async def generate(self, number, avoid):
             in_run[number] = list(avoid)
             raise asyncio.CancelledError
 

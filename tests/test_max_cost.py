@@ -71,7 +71,10 @@ def test_pipeline_reserves_the_cap_each_request_is_sent_with_while_it_moves():
         def __init__(self):
             self.output_cap = OutputCap(BOUND)
 
-        async def generate(self, number, avoid, cost_bound=None):
+        def stop(self):
+            self.stopped = True
+
+        async def generate(self, number, avoid):
             cap = self.output_cap.value  # as workers.Generator: the cap in force when the request starts
             sent.append(cap)
             await asyncio.sleep(0.001 * (number % 4))  # answers come back out of order

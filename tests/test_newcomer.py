@@ -94,7 +94,7 @@ def test_request_numbers_go_on_across_resumes(refusal_task):
     numbers = []
 
     class Generator:
-        async def generate(self, number, avoid, cost_bound=None):
+        async def generate(self, number, avoid):
             numbers.append(number)
             raise asyncio.CancelledError
 

@@ -85,7 +85,10 @@ async def test_an_answer_over_the_cap_stops_a_run_with_a_budget(caplog):
         async with client:
             for number in range(3):
                 assert await gen.generate(number, [])
-    assert stats.over_cap_answers == 3
+    # Each answer longer than the cap its request was sent with is counted (once the cap has been
+    # learned from two such answers it is above them).
+    over = [body for body in server.bodies[1:] if body["max_tokens"] < 1773]
+    assert len(over) >= 2 and stats.over_cap_answers == len(over)
     assert len([r for r in caplog.records if "ignored the output cap" in r.getMessage()]) == 1
 
 
