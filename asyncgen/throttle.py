@@ -7,7 +7,9 @@ time, in order, and a request's output cap is read when it is next in line and a
 wait there, not when it began to wait: at a token limit most requests wait for many seconds while
 answers keep teaching the cap, and each request is sent and reserved at the cap in force as it goes.
 Limits come from ``--rpm/--tpm`` or, without them, from the ``x-ratelimit-*`` headers of the first
-responses; until those arrive only a few requests go out at once. Afterwards the
+responses. Until the first answer arrives only a few requests go out at once, limits told or not:
+its ``remaining`` counts may say the buckets are empty (a drained start, another client on the same
+key), and a first burst at told limits would be turned away whole. Afterwards the
 ``remaining``/``reset`` headers keep steering: when the server says a bucket is empty, every worker
 pauses until it has refilled enough. A 429 with a retry hint pauses all workers, not just the one
 that got it. Limits told by ``--rpm/--tpm`` that are higher than the server's (its
@@ -165,7 +167,7 @@ class Throttle:
         self.largest_request_tokens = largest_request_tokens
         self._requests = _limiter(rpm) if rpm else None
         self._tokens = TokenBucket(tpm, largest_request_tokens) if tpm else None
-        self._learning = learn_from_headers and not (rpm and tpm)
+        self._learning = learn_from_headers  # until the first answer: a few probes only
         self._probe = asyncio.Semaphore(PROBE_CONCURRENCY)
         self._cooldown_until = 0.0
         self.cooldowns = 0

@@ -328,6 +328,31 @@ async def test_limits_told_higher_than_the_servers_give_way_to_the_servers(caplo
     assert lines == ["the server allows 1200 requests per minute (its x-ratelimit headers), not 1440: keeping to 1200"]
 
 
+async def test_told_limits_still_start_with_a_few_probes_at_a_drained_server():
+    """Told 1,440 RPM where a drained server allows 1,200: until the first answer (a 429 is one)
+    only the probes go; its headers then say the buckets are empty. Was: a first burst of all 32
+    workers at the told rate, turned away whole."""
+    async with running_simulator(SimulatorConfig(rpm=1200, tpm=100_000_000, start_drained=True, seed=5)) as sim:
+        stats = RunStats(target=0)
+        client, generator, _ = _generator(sim, stats, [])
+        generator.throttle = Throttle(rpm=1440, tpm=100_000_000, largest_request_tokens=1500)
+        generator.policy = RetryPolicy(max_attempts=20)
+        post, started, answered = client.post, [], []
+
+        async def post_counting(body):
+            started.append(len(answered))  # answers back when this request went
+            try:
+                return await post(body)
+            finally:
+                answered.append(1)
+
+        client.post = post_counting
+        async with client:
+            await _generate_all(generator, 48, workers=32)
+    assert stats.requests_ok == 48
+    assert started.count(0) <= PROBE_CONCURRENCY, started.count(0)
+
+
 def test_a_429_naming_a_lower_limit_is_adopted():
     throttle = Throttle(rpm=500, tpm=36_000, learn_from_headers=False)
     throttle.observe_rate_limit_text(
