@@ -3,8 +3,8 @@ asyncgen's simulator (which copies OpenAI) does not: it honours ``max_tokens`` o
 ``json_schema`` with a FastAPI 500, answers errors as ``{"detail": ...}``, echoes any model name.
 
 ``FakeServer(behaviour)`` runs on 127.0.0.1 in a thread of its own (so a subprocess can reach it
-too); ``behaviour(body, seen)`` returns ``(status, json)`` or awaits before it. Every request body
-is kept in ``bodies``.
+too); ``behaviour(body, seen)`` returns ``(status, json)`` or a whole ``web.Response``, or awaits
+before it. Every request body is kept in ``bodies``, and its raw bytes and headers in ``requests``.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ class FakeServer:
     def __init__(self, behaviour=llama_like) -> None:
         self.behaviour = behaviour
         self.bodies: list[dict] = []
+        self.requests: list[tuple[dict, bytes]] = []
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -72,9 +73,14 @@ class FakeServer:
         self.base_url = f"http://127.0.0.1:{port}/v1"
 
     async def _chat(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        self.requests.append((dict(request.headers), raw))
         body = await request.json()
         self.bodies.append(body)
-        status, payload = await self.behaviour(body, len(self.bodies))
+        answer = await self.behaviour(body, len(self.bodies))
+        if isinstance(answer, web.Response):
+            return answer
+        status, payload = answer
         return web.json_response(payload, status=status)
 
     def __enter__(self) -> "FakeServer":

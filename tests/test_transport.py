@@ -15,6 +15,7 @@ from aiohttp import web
 from asyncgen.errors import server_words
 from asyncgen.throttle import RetryPolicy, connect_error_text
 from asyncgen.transport import ChatTransport
+from fake_server import FakeServer
 
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Pairs, as json."}], "max_tokens": 5}
 ANSWERS = [  # status, content type, body: what servers send when they refuse
@@ -37,34 +38,13 @@ ANSWERS = [  # status, content type, body: what servers send when they refuse
 ]
 
 
-class Server:
-    """An aiohttp server on the test's loop: answers ``(status, content_type, body)``, keeps requests."""
-
-    def __init__(self, status=200, content_type="application/json", body=b'{"choices": []}', delay=0.0,
-                 headers=None):
-        self.answer = (status, content_type, body)
-        self.delay, self.headers = delay, headers or {}
-        self.requests: list[tuple[dict, bytes]] = []
-
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        self.requests.append((dict(request.headers), await request.read()))
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        status, content_type, body = self.answer
-        return web.Response(status=status, body=body, content_type=content_type, headers=self.headers)
-
-    async def __aenter__(self) -> "Server":
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
-        self.runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.base_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
-        return self
-
-    async def __aexit__(self, *exc_info) -> None:
-        await self.runner.cleanup()
+def server_answering(status=200, content_type="application/json", body=b'{"choices": []}', delay=0.0, headers=None):
+    """A server that answers every request ``(status, content_type, body)`` with ``headers``."""
+    async def answer(request_body, seen):
+        if delay:
+            await asyncio.sleep(delay)
+        return web.Response(status=status, body=body, content_type=content_type, headers=headers or {})
+    return FakeServer(answer)
 
 
 def sdk_client(base_url: str, **options) -> openai.AsyncOpenAI:
@@ -78,7 +58,7 @@ async def sdk_post(client: openai.AsyncOpenAI) -> httpx.Response:
 
 @pytest.mark.parametrize("status,content_type,body", ANSWERS)
 async def test_each_refusal_raises_what_the_sdk_raises(status, content_type, body):
-    async with Server(status, content_type, body, headers={"retry-after-ms": "120"}) as server:
+    with server_answering(status, content_type, body, headers={"retry-after-ms": "120"}) as server:
         client = sdk_client(server.base_url)
         with pytest.raises(openai.APIStatusError) as sdk:
             await sdk_post(client)
@@ -100,7 +80,7 @@ async def test_each_refusal_raises_what_the_sdk_raises(status, content_type, bod
 
 async def test_a_2xx_returns_its_headers_and_bytes_and_sends_what_the_sdk_sends():
     answer = b'{"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}'
-    async with Server(body=answer, headers={"x-ratelimit-remaining-requests": "499"}) as server:
+    with server_answering(body=answer, headers={"x-ratelimit-remaining-requests": "499"}) as server:
         client = sdk_client(server.base_url, organization="org-asyncgen", project="proj-asyncgen")
         await sdk_post(client)
         async with ChatTransport(client, concurrency=2, timeout=5.0, trust_env=False) as transport:
@@ -132,7 +112,7 @@ async def test_a_refused_connection_is_a_connection_error_in_the_os_words():
 
 
 async def test_no_answer_in_time_is_a_timeout():
-    async with Server(delay=2.0) as server:
+    with server_answering(delay=2.0) as server:
         async with ChatTransport(sdk_client(server.base_url), concurrency=2, timeout=0.2, trust_env=False) as transport:
             with pytest.raises(openai.APITimeoutError):
                 await transport.post(BODY)
@@ -160,7 +140,7 @@ async def test_a_connection_closed_before_the_answer_is_a_connection_error():
 
 
 async def test_a_proxy_in_the_environment_is_used_unless_told_not_to(monkeypatch):
-    async with Server() as server:
+    with server_answering() as server:
         monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{_closed_port()}")
         monkeypatch.delenv("NO_PROXY", raising=False)
         monkeypatch.delenv("no_proxy", raising=False)
