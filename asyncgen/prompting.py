@@ -74,14 +74,16 @@ RETRY_SEED_STRIDE = 1_000_003  # a retry after a timeout gets seed + request + k
 
 
 def request_body(task: Task, settings: GenerationSettings, avoid: Sequence[str] = (), request_number: int = 0, *,
-                 response_format: dict | None = None, timeouts: int = 0, output_cap: int | None = None) -> dict:
+                 response_format: dict | None = None, timeouts: int = 0, output_cap: int | None = None,
+                 messages: list[dict] | None = None) -> dict:
     """The chat request body that asks for one batch of pairs: what ``run`` posts and what a
     ``batch`` request file line carries as its ``body``. ``response_format`` overrides the
     settings' (after a fallback); ``timeouts`` moves the seed on, since the same seed would replay
-    the answer that ran too long; ``output_cap`` is the cap in force (default: the task's bound)."""
+    the answer that ran too long; ``output_cap`` is the cap in force (default: the task's bound);
+    ``messages``: ``build_messages(task, avoid)`` when the caller has built them already."""
     body = {
         "model": settings.model,
-        "messages": build_messages(task, avoid),
+        "messages": messages if messages is not None else build_messages(task, avoid),
         "response_format": response_format or settings.response_format,
         output_cap_field(settings.model): output_cap or max_output_tokens(task),
     }

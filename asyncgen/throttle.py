@@ -226,6 +226,20 @@ class Throttle:
         self.released = True
         self._wake.set()
 
+    def _take_tokens(self, tokens: int, output_cap: Callable[[], int] | None) -> tuple[int | None, float]:
+        """Size the request with the cap in force now (a lower limit may have been adopted too) and
+        take it from the token bucket if it holds that much: ``(cap, 0)``; else ``(cap, seconds to
+        wait)`` and nothing taken."""
+        cap = output_cap() if output_cap is not None else None
+        bucket = None if self.released else self._tokens
+        if bucket is None:
+            return cap, 0.0
+        size, now = tokens + (cap or 0), time.monotonic()
+        wait = bucket.wait_for(size, now)
+        if wait <= 0:
+            bucket.take(size, now)
+        return cap, wait
+
     @asynccontextmanager
     async def slot(self, tokens: int, output_cap: Callable[[], int] | None = None) -> AsyncIterator[int | None]:
         """Hold a right to send one request of ``tokens`` estimated tokens plus ``output_cap()``.
@@ -240,26 +254,27 @@ class Throttle:
                 self._probe.release()  # and the next waiter does the same: the queue drains at once
                 probing = False
         try:
-            await self._wait_cooldown()
+            if self._cooldown_until > time.monotonic():
+                await self._wait_cooldown()
             if self._requests is not None and not self.released:
                 await self._requests.acquire()
-            async with self._next_in_line:
-                while True:  # sized again after each wait: answers that came meanwhile may lower the cap
-                    cap = output_cap() if output_cap is not None else None
-                    size, bucket = tokens + (cap or 0), self._tokens  # a lower limit may have been adopted
-                    if self.released:
-                        bucket = None
-                    wait = bucket.wait_for(size, time.monotonic()) if bucket is not None else 0.0
-                    if wait <= 0:
-                        break
-                    self._wake.clear()  # a 429's refund may fill the bucket sooner, or the run stop: wake then
-                    with suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), wait)
-                if bucket is not None:
-                    bucket.take(size, time.monotonic())
-                tokens = size
-            await self._wait_cooldown()  # a 429 may have arrived while we queued
-            await self._wait_below_ceiling()
+            # Nobody in line and room in the bucket: pass at once (no await between the look and the
+            # take, so the order holds); else queue, and be sized again after each wait there.
+            cap, wait = self._take_tokens(tokens, output_cap) if not self._next_in_line.locked() else (None, None)
+            if wait is None or wait > 0:
+                async with self._next_in_line:
+                    if wait is None:  # others were in line: this request is next now
+                        cap, wait = self._take_tokens(tokens, output_cap)
+                    while wait > 0:
+                        self._wake.clear()  # a 429's refund may fill the bucket sooner, or the run stop
+                        with suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(self._wake.wait(), wait)
+                        cap, wait = self._take_tokens(tokens, output_cap)
+            tokens += cap or 0
+            if self._cooldown_until > time.monotonic():  # a 429 may have arrived while we queued
+                await self._wait_cooldown()
+            if self.ceiling is not None:
+                await self._wait_below_ceiling()
             self.request_tokens = tokens
             self._sending += 1
             try:

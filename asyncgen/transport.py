@@ -70,8 +70,10 @@ class ChatTransport:
                  trust_env: bool = True) -> None:
         self.base_url = str(client.base_url)
         self.url = self.base_url.rstrip("/") + "/chat/completions"
+        # The SDK's headers but its platform telemetry (X-Stainless-*): each header costs client CPU
+        # on every request, and those say nothing the server needs.
         self.headers = {name: value for name, value in {**client.default_headers, **client.auth_headers}.items()
-                        if isinstance(value, str)}
+                        if isinstance(value, str) and not name.lower().startswith("x-stainless-")}
         self.concurrency, self.trust_env = concurrency, trust_env
         self.timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=CONNECT_TIMEOUT)
         self._session: aiohttp.ClientSession | None = None

@@ -80,14 +80,15 @@ class Generator:
         # is next in line (Throttle.slot) and reserved exactly. The pipeline reserved this request's
         # cost at the cap in force now (read before any await).
         reserved = self.output_cap.value
-        prompt_tokens = estimate_prompt_tokens(build_messages(self.task, avoid))
+        messages = build_messages(self.task, avoid)  # the same for every attempt
+        prompt_tokens = estimate_prompt_tokens(messages)
         stats = self.stats
         attempt = timeouts = 0
         while True:
             async with self.throttle.slot(prompt_tokens, lambda: self.cap_to_send(reserved)) as cap:
                 if self.stopped:  # the run stopped while this request waited for the rate limits
                     return []
-                params = request_body(self.task, self.settings, avoid, request_number,
+                params = request_body(self.task, self.settings, avoid, request_number, messages=messages,
                                       response_format=self.response_format, timeouts=timeouts, output_cap=cap)
                 stats.requests_sent += 1
                 stats.in_flight += 1
@@ -202,7 +203,8 @@ class Generator:
             if answer.failure:
                 stats.answer_failures[answer.failure] += 1
                 failures.append(answer.failure)
-            stats.dropped_items.update(answer.dropped)
+            if answer.dropped:
+                stats.dropped_items.update(answer.dropped)
             pairs.extend(answer.pairs)
         stats.candidates += len(pairs)
         if log.isEnabledFor(logging.DEBUG):
