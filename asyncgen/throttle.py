@@ -175,6 +175,7 @@ class Throttle:
         self.ceiling: float | None = None  # most requests in flight after timeouts; None: no such limit
         self.request_tokens = largest_request_tokens  # the latest request's estimate
         self._sending = 0
+        self._in_line = 0  # requests queued for the token bucket (or holding its turn)
         self._below_ceiling = asyncio.Condition()
         self._next_in_line = asyncio.Lock()  # FIFO: one request at a time waits in the token limiter
         self._wake = asyncio.Event()  # wakes the request waiting for the token bucket
@@ -260,16 +261,20 @@ class Throttle:
                 await self._requests.acquire()
             # Nobody in line and room in the bucket: pass at once (no await between the look and the
             # take, so the order holds); else queue, and be sized again after each wait there.
-            cap, wait = self._take_tokens(tokens, output_cap) if not self._next_in_line.locked() else (None, None)
+            cap, wait = self._take_tokens(tokens, output_cap) if not self._in_line else (None, None)
             if wait is None or wait > 0:
-                async with self._next_in_line:
-                    if wait is None:  # others were in line: this request is next now
-                        cap, wait = self._take_tokens(tokens, output_cap)
-                    while wait > 0:
-                        self._wake.clear()  # a 429's refund may fill the bucket sooner, or the run stop
-                        with suppress(asyncio.TimeoutError):
-                            await asyncio.wait_for(self._wake.wait(), wait)
-                        cap, wait = self._take_tokens(tokens, output_cap)
+                self._in_line += 1
+                try:
+                    async with self._next_in_line:
+                        if wait is None:  # others were in line: this request is next now
+                            cap, wait = self._take_tokens(tokens, output_cap)
+                        while wait > 0:
+                            self._wake.clear()  # a 429's refund may fill the bucket sooner, or the run stop
+                            with suppress(asyncio.TimeoutError):
+                                await asyncio.wait_for(self._wake.wait(), wait)
+                            cap, wait = self._take_tokens(tokens, output_cap)
+                finally:
+                    self._in_line -= 1
             tokens += cap or 0
             if self._cooldown_until > time.monotonic():  # a 429 may have arrived while we queued
                 await self._wait_cooldown()
