@@ -64,11 +64,12 @@ def _generator(sim, throttle, stats, key="sk-test"):
                                 stats, None, key)
 
 
-async def _drive(generator, workers, requests):
-    counter = iter(range(requests))
+async def drive(generator, requests: int, workers: int = 8) -> None:
+    """``requests`` requests through ``workers`` concurrent workers, as the pipeline sends them."""
+    numbers = iter(range(requests))
 
     async def worker():
-        for number in counter:
+        for number in numbers:
             await generator.generate(number, [])
 
     await asyncio.gather(*(worker() for _ in range(workers)))
@@ -81,7 +82,7 @@ async def test_limits_learned_from_headers_spread_requests():
         throttle = Throttle(largest_request_tokens=1500)
         client, generator = _generator(sim, throttle, stats)
         async with client:
-            await _drive(generator, workers=16, requests=40)
+            await drive(generator, requests=40, workers=16)
         snapshot = await sim.stats()
     assert throttle.rpm == 600
     arrivals = sorted(t for t, status in snapshot["chat"]["arrivals"])
@@ -111,7 +112,7 @@ async def test_a_429_pauses_every_worker_until_its_hint_has_passed():
         throttle.cooldown = record
         client, generator = _generator(sim, throttle, stats)
         async with client:
-            await _drive(generator, workers=8, requests=64)
+            await drive(generator, requests=64, workers=8)
         snapshot = sim.stats_snapshot()
         started = sim.simulator.stats.started  # the same monotonic clock: the simulator is in-process
     assert stats.requests_ok == 64 and stats.requests_given_up == 0

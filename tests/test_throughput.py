@@ -39,6 +39,7 @@ from asyncgen.stats import RunStats
 from asyncgen.throttle import PROBE_CONCURRENCY, RetryPolicy, Throttle, TokenBucket
 from asyncgen.transport import ChatTransport
 from asyncgen.workers import GenerationSettings, Generator
+from test_throttle import drive
 
 TASK = load_task("refusal")
 BOUND = max_output_tokens(TASK)
@@ -98,17 +99,6 @@ def _generator(sim, stats, sent: list, cap: OutputCap | None = None, throttle: T
     return client, generator, reserved
 
 
-async def _generate_all(generator, requests: int, workers: int = 8) -> None:
-    """``requests`` requests through ``workers`` concurrent workers, as the pipeline sends them."""
-    numbers = iter(range(requests))
-
-    async def worker():
-        for number in numbers:
-            await generator.generate(number, [])
-
-    await asyncio.gather(*(worker() for _ in range(workers)))
-
-
 async def test_requests_reserve_the_learned_cap_and_no_answer_is_cut():
     """The simulator's 10-pair answers use about 380 tokens: after a few answers the requests ask
     for (and reserve against TPM) about that, not the 660 of the task's bound, and none is cut."""
@@ -138,7 +128,7 @@ async def test_requests_queued_at_the_tpm_limit_are_sent_with_the_cap_learned_wh
         throttle = Throttle(rpm=100_000, tpm=120_000, learn_from_headers=False, largest_request_tokens=4000)
         client, generator, reserved = _generator(sim, stats, sent, throttle=throttle, answers_known=known)
         async with client:
-            await _generate_all(generator, 12)
+            await drive(generator, 12)
     caps = [body["max_tokens"] for body in sent]
     assert len(caps) == 12 and caps[0] == BOUND and max(known) >= MIN_ANSWERS
     for cap, answers in zip(caps, known):  # every request sent once the cap was learned carries it
@@ -244,7 +234,7 @@ async def test_a_drained_server_draws_no_429_once_its_limits_are_known():
         throttle = Throttle(largest_request_tokens=1_500)  # limits from the headers
         client, generator, _ = _generator(sim, stats, sent, throttle=throttle)
         async with client:
-            await _generate_all(generator, 16)
+            await drive(generator, 16)
         arrivals = sim.stats_snapshot()["chat"]["arrivals"]
     assert throttle.limits == (100_000, 600_000) and stats.requests_ok == 16
     rejected = [i for i, (_, status) in enumerate(arrivals) if status == 429]
@@ -322,7 +312,7 @@ async def test_limits_told_higher_than_the_servers_give_way_to_the_servers(caplo
         generator.throttle = throttle
         with caplog.at_level(logging.WARNING, logger="asyncgen.throttle"):
             async with client:
-                await _generate_all(generator, 40)
+                await drive(generator, 40)
     assert throttle.limits == (1200, 100_000_000)
     lines = [r.getMessage() for r in caplog.records if r.name == "asyncgen.throttle"]
     assert lines == ["the server allows 1200 requests per minute (its x-ratelimit headers), not 1440: keeping to 1200"]
@@ -348,7 +338,7 @@ async def test_told_limits_still_start_with_a_few_probes_at_a_drained_server():
 
         client.post = post_counting
         async with client:
-            await _generate_all(generator, 48, workers=32)
+            await drive(generator, 48, workers=32)
     assert stats.requests_ok == 48
     assert started.count(0) <= PROBE_CONCURRENCY, started.count(0)
 
