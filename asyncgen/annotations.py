@@ -50,7 +50,7 @@ from typing import Sequence
 import orjson
 
 from asyncgen.answers import TaskTokens, task_tokens
-from asyncgen.config import FORMS, Task
+from asyncgen.config import Task
 from asyncgen.errors import UsageError
 from asyncgen.scenario import Scenario, read_dataset
 from asyncgen.tokenizers import Tokenizer

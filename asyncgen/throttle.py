@@ -80,9 +80,9 @@ def retry_hint(headers: Mapping[str, str] | None) -> float | None:
     return None
 
 
-def _limiter(per_minute: float, largest_request: float = 1.0) -> AsyncLimiter:
-    # A bucket of about one second's worth (at least one request's size): smooth, few bursts.
-    period = max(1.0, 60.0 * largest_request / per_minute)
+def _request_limiter(per_minute: float) -> AsyncLimiter:
+    # A bucket of about one second's worth (at least one request): smooth, few bursts.
+    period = max(1.0, 60.0 / per_minute)
     return AsyncLimiter(per_minute * period / 60.0, period)
 
 
@@ -165,7 +165,7 @@ class Throttle:
     ) -> None:
         self.rpm, self.tpm = rpm, tpm
         self.largest_request_tokens = largest_request_tokens
-        self._requests = _limiter(rpm) if rpm else None
+        self._requests = _request_limiter(rpm) if rpm else None
         self._tokens = TokenBucket(tpm, largest_request_tokens) if tpm else None
         self._learning = learn_from_headers  # until the first answer: a few probes only
         self._probe = asyncio.Semaphore(PROBE_CONCURRENCY)
@@ -361,7 +361,7 @@ class Throttle:
             self._set_tpm(tpm)
 
     def _set_rpm(self, rpm: float) -> None:
-        self.rpm, self._requests = rpm, _limiter(rpm)
+        self.rpm, self._requests = rpm, _request_limiter(rpm)
 
     def _set_tpm(self, tpm: float) -> None:
         self.tpm, self._tokens = tpm, TokenBucket(tpm, min(self.largest_request_tokens, tpm))
