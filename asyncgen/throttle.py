@@ -181,6 +181,9 @@ class Throttle:
         self._wake = asyncio.Event()  # wakes the request waiting for the token bucket
         self.released = False  # the run stopped: waiting requests pass at once, and are not sent
         self._fastest = float("inf")  # the fastest round trip seen: bounds how long admission takes
+        # (when, tokens) of the probes sent before the token limit was known: the bucket made when it
+        # is learned counts them as taken (see _set_tpm)
+        self._unmetered: list[tuple[float, int]] = []
 
     @property
     def limits(self) -> tuple[float | None, float | None]:
@@ -233,9 +236,11 @@ class Throttle:
         wait)`` and nothing taken."""
         cap = output_cap() if output_cap is not None else None
         bucket = None if self.released else self._tokens
-        if bucket is None:
-            return cap, 0.0
         size, now = tokens + (cap or 0), time.monotonic()
+        if bucket is None:
+            if self._learning and not self.released and len(self._unmetered) < TAKES_KEPT:
+                self._unmetered.append((now, size))
+            return cap, 0.0
         wait = bucket.wait_for(size, now)
         if wait <= 0:
             bucket.take(size, now)
@@ -314,6 +319,7 @@ class Throttle:
                 self._set_rpm(limit_requests)
             if limit_tokens and not self.tpm:
                 self._set_tpm(limit_tokens)
+            self._unmetered.clear()
         if learn:
             self.adopt_lower(limit_requests, limit_tokens, "its x-ratelimit headers")
         # An empty bucket pauses everyone until one request (or one request's tokens) has refilled,
@@ -365,6 +371,10 @@ class Throttle:
 
     def _set_tpm(self, tpm: float) -> None:
         self.tpm, self._tokens = tpm, TokenBucket(tpm, min(self.largest_request_tokens, tpm))
+        # The probes already sent count: the first answer's ``remaining`` may predate their admission,
+        # and follow() subtracts only what the bucket took after that answer's request was sent.
+        for taken_at, size in self._unmetered:
+            self._tokens.take(size, taken_at)
 
 
 def _sooner(seconds: float, reset: float | None) -> float:
