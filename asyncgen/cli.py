@@ -1,7 +1,9 @@
 """The command line: ``python -m asyncgen COMMAND`` (or ``asyncgen COMMAND``).
 
-Each command lives in ``asyncgen/commands/<name>.py`` with ``register(subparsers, common)``,
-which adds its parser and sets ``handler``. Errors: an ``AsyncgenError`` prints one line and
+Each command lives in a module of ``asyncgen/commands/`` with ``register(subparsers, common)``,
+which adds its parser and sets ``handler``; ``COMMANDS`` lists them. Only the module of the command
+asked for is imported: ``asyncgen --help`` imports none, and no command pays for another's
+dependencies (the simulator's aiohttp, transformers, pyarrow). Errors: an ``AsyncgenError`` prints one line and
 exits with its code (2 for bad input, 1 for a failed run); a traceback only with
 ``--log-level DEBUG``.
 """
@@ -9,6 +11,7 @@ exits with its code (2 for bad input, 1 for a failed run); a traceback only with
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -39,11 +42,24 @@ def _common_parser() -> argparse.ArgumentParser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from asyncgen.commands import (
-        annotate, batch, check_pairs, export, inspect_dataset, run, simulate, tokenize, validate_dataset,
-    )
+# (command, its module in asyncgen/commands/, its line in `asyncgen --help`), in that listing's order.
+COMMANDS = (
+    ("run", "run", "generate a dataset of validated minimal pairs"),
+    ("batch", "batch", "the Batch API workflow: half the price of run, resumable"),
+    ("tokenize", "tokenize", "print the token ids and tokens of texts under each tokenizer"),
+    ("check-pairs", "check_pairs", "check hand-written pairs against the minimal-pair rule"),
+    ("validate", "validate_dataset", "re-check a generated dataset (format and the minimal-pair rule)"),
+    ("simulate", "simulate", "serve an OpenAI-compatible simulator (chat, files, batches) for offline runs and tests"),
+    ("annotate", "annotate", "build or repair DATASET.tokens.jsonl, the token annotations of a dataset"),
+    ("inspect", "inspect_dataset", "counts, duplicates, differing words, lengths, diversity and run figures of a dataset"),
+    ("export", "export", "write a dataset with positions and answer ids per tokenizer as JSONL, CSV, Parquet, HF or EAP-IG CSV"),
+)
 
+
+def build_parser(command: str | None) -> argparse.ArgumentParser:
+    """The parser with ``command``'s own parser registered; the other commands (all of them when
+    ``command`` is None or none of theirs) are listed by name and help line only, their modules not
+    imported."""
     parser = ArgumentParser(
         prog="asyncgen",
         description="Generate and validate minimal-pair prompt datasets for LLM interpretability research.",
@@ -51,9 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"asyncgen {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = _common_parser()
-    for module in (run, batch, tokenize, check_pairs, validate_dataset, simulate, annotate, inspect_dataset, export):
-        module.register(subparsers, common)
+    for name, module, help_line in COMMANDS:
+        if name == command:
+            importlib.import_module(f"asyncgen.commands.{module}").register(subparsers, common)
+        else:
+            subparsers.add_parser(name, help=help_line, add_help=False)
     return parser
+
+
+def _command_word(argv: list[str]) -> str | None:
+    """The command asked for: the first word that is no option (the top level has only --help and
+    --version, which take no value); None when there is none."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 class RedactingFormatter(logging.Formatter):
@@ -93,9 +118,10 @@ def setup_logging(level: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    parser = build_parser()
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    parser = build_parser(_command_word(argv))
     args = parser.parse_args(argv)
-    args.argv = list(argv) if argv is not None else sys.argv[1:]
+    args.argv = argv
     setup_logging(args.log_level)
     try:
         return args.handler(args) or 0

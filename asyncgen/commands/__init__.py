@@ -1,1 +1,2 @@
-"""One module per command: each has ``register(subparsers, common)``."""
+"""One module per command: each has ``register(subparsers, common)`` and is listed, with its line in
+``asyncgen --help``, in ``asyncgen.cli.COMMANDS``."""

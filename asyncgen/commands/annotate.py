@@ -19,7 +19,6 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
         "annotate",
         parents=[common],
-        help="build or repair DATASET.tokens.jsonl, the token annotations of a dataset",
         description="Write DATASET.tokens.jsonl beside DATASET.jsonl: one JSON line per scenario with, per "
         "tokenizer and form, the prompt's length in ids, the position where the pair differs, the two ids and "
         "tokens there, whether the ids start with BOS, and the answers' ids under both readings (see the "

@@ -51,7 +51,7 @@ SHOWN_ERRORS = 10
 
 def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
-        "batch", parents=[common], help="the Batch API workflow: half the price of run, resumable",
+        "batch", parents=[common],
         description="Generate a dataset through the Batch API (50% cheaper than real time, up to 24 h per "
         "batch). `batch run` does everything; the other subcommands are its steps, one per script of the "
         "seed's batch workflow. State lives in --dir; every step can be killed and run again.",

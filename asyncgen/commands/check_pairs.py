@@ -20,7 +20,6 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
         "check-pairs",
         parents=[common],
-        help="check hand-written pairs against the minimal-pair rule",
         description='FILE has JSON lines {"prompt", "counterfactual"}. For each pair print one JSON line '
         '{"prompt", "counterfactual", "valid", "verdicts": {TOKENIZER: {"single_token": {"ok", "reason", '
         '"positions"}, "multi_token": {...}}}}; positions are indices into the ids as `asyncgen tokenize` '

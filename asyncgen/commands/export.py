@@ -33,7 +33,6 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
         "export",
         parents=[common],
-        help="write a dataset with positions and answer ids per tokenizer as JSONL, CSV, Parquet, HF or EAP-IG CSV",
         description="One row per scenario: the clean and corrupt texts of both forms, the answers, and per tokenizer "
         "the length, the differing position and ids of both forms, and the answers' ids under both readings "
         "(columns in the README). --format eap writes one EAP-IG CSV per tokenizer (clean, corrupted, "

@@ -20,7 +20,6 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
         "inspect",
         parents=[common],
-        help="counts, duplicates, differing words, lengths, diversity and run figures of a dataset",
         description="Summarise DATASET.jsonl: scenarios, duplicates, the distinct words at the differing position "
         "(safe and harmful side) with counts, text lengths, token lengths and differing positions per "
         "tokenizer, the share of prompts that share a sentence frame, and, when the run's checkpoint is "

@@ -54,7 +54,6 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
         "run",
         parents=[common],
-        help="generate a dataset of validated minimal pairs",
         description="Generate exactly --num-scenarios validated scenarios into --output, as fast as the "
         "API's rate limits allow. Without OPENAI_API_KEY and --base-url it runs offline against the "
         "built-in simulator. A killed or interrupted run resumes where the output ends.",

@@ -31,7 +31,6 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
         "simulate",
         parents=[common],
-        help="serve an OpenAI-compatible simulator (chat, files, batches) for offline runs and tests",
         description="Serve the parts of the OpenAI API asyncgen uses, answering generation requests with "
         "pairs composed from the task's lexicon. Prints the base URL as its first line; stops on Ctrl-C.",
     )

@@ -21,7 +21,6 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
         "tokenize",
         parents=[common],
-        help="print the token ids and tokens of texts under each tokenizer",
         description="For each text and tokenizer, print one JSON line "
         '{"text", "tokenizer", "ids", "tokens", "trailing_space"}, with ids exactly as encode(text) returns '
         "them (BOS included where the model adds one). trailing_space lists the positions of the tokens at "

@@ -23,7 +23,6 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
         "validate",
         parents=[common],
-        help="re-check a generated dataset (format and the minimal-pair rule)",
         description="Check DATASET.jsonl: four lines per scenario in the order "
         f"{', '.join(TYPES)}; contiguous scenario ids from 0; one task; texts that match the task's "
         "templates; and the token rule for both forms under every tokenizer. Prints a summary and each "
