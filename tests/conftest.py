@@ -52,3 +52,4 @@ def cli(capfd, tokenizer_cache):
         return code, out, err
 
     return invoke
+

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from asyncgen.scenario import normalize
+from inprocess import asyncgen_here
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
@@ -54,6 +55,11 @@ def run(tmp_path, *flags, env=None, timeout=180):
                           timeout=timeout, cwd=tmp_path)
 
 
+def run_here(tmp_path, *flags, env=None):
+    """``run`` in this process (tests/inprocess.py): for a test that needs no process of its own."""
+    return asyncgen_here(*run_args(tmp_path, *flags)[3:], env=env or ENV, cwd=tmp_path)
+
+
 def scenarios(path):
     lines = [json.loads(line) for line in open(path)]
     assert len(lines) % 4 == 0
@@ -67,7 +73,7 @@ def assert_valid_dataset(path, n):
     prompts = [normalize(g[2]["text"]) for g in groups]
     counterfactuals = [normalize(g[3]["text"]) for g in groups]
     assert len(set(prompts)) == n and len(set(counterfactuals)) == n
-    check = subprocess.run([sys.executable, "-m", "asyncgen", "validate", str(path)], capture_output=True, text=True, env=ENV)
+    check = asyncgen_here("validate", str(path), env=ENV)
     assert check.returncode == 0, check.stdout[-2000:]
 
 
@@ -105,7 +111,7 @@ def test_resume_after_sigkill_reaches_exactly_n(tmp_path, simulator):
 def test_mixed_faults_still_reach_n(tmp_path, simulator):
     faults = "500=0.04,502=0.03,503=0.03,timeout=0.02,reset=0.03,bad_json=0.04,length=0.03,content_filter=0.02,refusal=0.02,bad_shape=0.03"
     base_url = simulator("--faults", faults, "--hang-s", "30", "--latency-ms", "20")
-    result = run(tmp_path, "--base-url", base_url, "--num-scenarios", "150", "--concurrency", "16", "--request-timeout", "1")
+    result = run_here(tmp_path, "--base-url", base_url, "--num-scenarios", "150", "--concurrency", "16", "--request-timeout", "1")
     assert result.returncode == 0, result.stderr[-2000:]
     assert_valid_dataset(tmp_path / "dataset.jsonl", 150)
     stats = sim_stats(base_url)
@@ -121,7 +127,7 @@ def test_mixed_faults_still_reach_n(tmp_path, simulator):
 ])
 def test_permanent_errors_stop_fast_and_clean(tmp_path, simulator, flags, env_key, expected, log_level):
     base_url = simulator(*flags)
-    result = run(tmp_path, "--base-url", base_url, "--num-scenarios", "50", "--concurrency", "8",
+    result = run_here(tmp_path, "--base-url", base_url, "--num-scenarios", "50", "--concurrency", "8",
                  "--log-level", log_level, env={**ENV, "OPENAI_API_KEY": env_key})
     assert result.returncode == 1
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("asyncgen run: error:")]
@@ -137,7 +143,7 @@ def test_permanent_errors_stop_fast_and_clean(tmp_path, simulator, flags, env_ke
 
 def test_concurrency_is_a_hard_bound(tmp_path, simulator):
     base_url = simulator("--latency-ms", "100")
-    result = run(tmp_path, "--base-url", base_url, "--num-scenarios", "80", "--concurrency", "3")
+    result = run_here(tmp_path, "--base-url", base_url, "--num-scenarios", "80", "--concurrency", "3")
     assert result.returncode == 0, result.stderr[-2000:]
     stats = sim_stats(base_url)
     assert 1 <= stats["max_in_flight"] <= 3
@@ -146,7 +152,7 @@ def test_concurrency_is_a_hard_bound(tmp_path, simulator):
 def test_cost_equals_simulator_usage_times_price(tmp_path, simulator):
     base_url = simulator("--latency-ms", "5")
     # At a --base-url other than OpenAI's, only a price table the user passes prices a run.
-    result = run(tmp_path, "--base-url", base_url, "--num-scenarios", "40", "--concurrency", "1", "--prices", PRICES)
+    result = run_here(tmp_path, "--base-url", base_url, "--num-scenarios", "40", "--concurrency", "1", "--prices", PRICES)
     assert result.returncode == 0, result.stderr[-2000:]
     tokens = sim_stats(base_url)["tokens"]
     # A request still in flight when the target is reached is abandoned: the simulator bills its
@@ -166,7 +172,7 @@ def test_unknown_model_cost_is_unknown_not_a_crash(tmp_path, simulator):
     (tmp_path / "prices.yaml").write_text(
         "models:\n  gpt-4.1: {input: 2, cached_input: 0.5, output: 8, batch_input: 1, batch_output: 4}\n"
     )
-    result = run(tmp_path, "--base-url", base_url, "--num-scenarios", "20", "--prices", str(tmp_path / "prices.yaml"))
+    result = run_here(tmp_path, "--base-url", base_url, "--num-scenarios", "20", "--prices", str(tmp_path / "prices.yaml"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "unknown this run" in result.stderr
 
@@ -195,20 +201,19 @@ def test_sigint_flushes_summarises_and_the_printed_command_resumes(tmp_path, sim
 
 
 def test_dry_run_prints_a_plan_and_calls_nothing(tmp_path):
-    result = run(tmp_path, "--dry-run", "--num-scenarios", "1000")
+    result = run_here(tmp_path, "--dry-run", "--num-scenarios", "1000")
     assert result.returncode == 0
     assert "requests        about 200" in result.stdout and "cost" in result.stdout
     assert not (tmp_path / "dataset.jsonl").exists()
 
 
 def test_bad_flags_exit_2(tmp_path):
-    result = run(tmp_path, "--concurrency", "0")
+    result = run_here(tmp_path, "--concurrency", "0")
     assert result.returncode == 2 and "--concurrency" in result.stderr
-    result = run(tmp_path, "--max-cost", "1", "--model", "my-local-llama")
+    result = run_here(tmp_path, "--max-cost", "1", "--model", "my-local-llama")
     assert result.returncode == 2 and "has no price" in result.stderr
     (tmp_path / "blocker").write_text("")
-    result = subprocess.run([*run_args(tmp_path, "--num-scenarios", "5")[:4], "--output", str(tmp_path / "blocker" / "x.jsonl")],
-                            capture_output=True, text=True, env=ENV)
+    result = asyncgen_here("run", "--output", tmp_path / "blocker" / "x.jsonl", env=ENV)
     assert result.returncode == 2 and "Traceback" not in result.stderr
 
 
@@ -262,20 +267,20 @@ def test_progress_line_and_summary():
 
 
 def test_resume_guards_from_the_command_line(tmp_path):
-    first = run(tmp_path, "--num-scenarios", "12", "--concurrency", "4")
+    first = run_here(tmp_path, "--num-scenarios", "12", "--concurrency", "4")
     assert first.returncode == 0, first.stderr[-2000:]
     before = (tmp_path / "dataset.jsonl").read_bytes()
     # Another task on the same dataset: refused before any request, nothing written.
-    other = run(tmp_path, "--num-scenarios", "20", "--task", "sentiment")
+    other = run_here(tmp_path, "--num-scenarios", "20", "--task", "sentiment")
     assert other.returncode == 2 and "--force-resume" in other.stderr and "Traceback" not in other.stderr
     assert (tmp_path / "dataset.jsonl").read_bytes() == before
     # --no-checkpoint never overwrites a non-empty output silently ...
-    refused = run(tmp_path, "--num-scenarios", "12", "--no-checkpoint")
+    refused = run_here(tmp_path, "--num-scenarios", "12", "--no-checkpoint")
     assert refused.returncode == 2 and "--overwrite" in refused.stderr
     assert (tmp_path / "dataset.jsonl").read_bytes() == before
     # ... and with --overwrite starts over.
     (tmp_path / "checkpoint.json").unlink()
-    fresh = run(tmp_path, "--num-scenarios", "8", "--no-checkpoint", "--overwrite")
+    fresh = run_here(tmp_path, "--num-scenarios", "8", "--no-checkpoint", "--overwrite")
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert_valid_dataset(tmp_path / "dataset.jsonl", 8)
     assert not (tmp_path / "checkpoint.json").exists()
@@ -301,11 +306,11 @@ def test_ctrl_c_in_a_terminal_reaches_the_pool_workers_too(tmp_path, simulator):
 
 def test_max_cost_is_never_crossed(tmp_path, simulator):
     base_url = simulator("--latency-ms", "20")
-    too_small = run(tmp_path, "--base-url", base_url, "--num-scenarios", "200", "--max-cost", "0.001", "--prices", PRICES)
+    too_small = run_here(tmp_path, "--base-url", base_url, "--num-scenarios", "200", "--max-cost", "0.001", "--prices", PRICES)
     assert too_small.returncode == 2 and "raise --max-cost" in too_small.stderr
     assert sim_stats(base_url)["requests"].get("POST /v1/chat/completions", 0) == 0
     budget = 0.05
-    result = run(tmp_path, "--base-url", base_url, "--num-scenarios", "2000", "--max-cost", str(budget), "--concurrency", "4",
+    result = run_here(tmp_path, "--base-url", base_url, "--num-scenarios", "2000", "--max-cost", str(budget), "--concurrency", "4",
                  "--prices", PRICES)
     assert result.returncode == 1 and "stopped (max_cost)" in result.stderr
     state = json.loads((tmp_path / "checkpoint.json").read_text())["run_state"]
@@ -317,7 +322,7 @@ def test_max_cost_is_never_crossed(tmp_path, simulator):
 
 def test_a_run_that_gets_no_usable_answers_gives_up(tmp_path, simulator):
     base_url = simulator("--faults", "503=1.0")
-    result = run(tmp_path, "--base-url", base_url, "--num-scenarios", "20", "--concurrency", "2", "--max-attempts", "2")
+    result = run_here(tmp_path, "--base-url", base_url, "--num-scenarios", "20", "--concurrency", "2", "--max-attempts", "2")
     assert result.returncode == 1
     assert "gave no new scenario" in result.stderr and "Traceback" not in result.stderr
     assert sim_stats(base_url)["requests"]["POST /v1/chat/completions"] <= 2 * (25 + 2)
@@ -331,8 +336,7 @@ def test_task_from_a_yaml_path_runs_offline_and_validates(tmp_path):
     task_file = tmp_path / "mytask.yaml"
     shutil.copy(default_config_dir() / "tasks" / "refusal.yaml", task_file)
     task_file.write_text(task_file.read_text().replace("task_name: refusal", "task_name: mytask"))
-    result = run(tmp_path, "--task", str(task_file), "--num-scenarios", "15")
+    result = run_here(tmp_path, "--task", str(task_file), "--num-scenarios", "15")
     assert result.returncode == 0, result.stderr[-2000:]
-    check = subprocess.run([sys.executable, "-m", "asyncgen", "validate", str(tmp_path / "dataset.jsonl"), "--task", str(task_file)],
-                           capture_output=True, text=True, env=ENV)
+    check = asyncgen_here("validate", tmp_path / "dataset.jsonl", "--task", task_file, env=ENV)
     assert check.returncode == 0 and "15 valid" in check.stdout, check.stdout + check.stderr
