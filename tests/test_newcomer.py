@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from test_run import ENV, assert_valid_dataset, run, run_args, scenarios, sim_stats, simulator  # noqa: F401
+from inprocess import asyncgen_here
+from test_run import ENV, assert_valid_dataset, run, run_args, run_here, scenarios, sim_stats, simulator  # noqa: F401
 
 from asyncgen.commands.run import _resume_command, _validator_workers
 
@@ -122,7 +123,7 @@ def test_give_up_names_duplicates_as_the_cause(tmp_path):
     )
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "refusal.yaml").write_text(tiny)
-    result = run(tmp_path, "--num-scenarios", "5", "--concurrency", "2", "--config-dir", str(tmp_path))
+    result = run_here(tmp_path, "--num-scenarios", "5", "--concurrency", "2", "--config-dir", str(tmp_path))
     assert result.returncode == 1
     error = [line for line in result.stderr.splitlines() if line.startswith("asyncgen run: error:")]
     assert len(error) == 1, result.stderr[-1500:]
@@ -137,7 +138,7 @@ def test_give_up_names_duplicates_as_the_cause(tmp_path):
 def test_a_users_file_is_refused_not_replaced(tmp_path, content):
     notes = tmp_path / "notes.txt"
     notes.write_text(content)
-    result = asyncgen("run", "--output", str(notes), "--num-scenarios", "5", cwd=tmp_path)
+    result = asyncgen_here("run", "--output", str(notes), "--num-scenarios", "5", cwd=tmp_path)
     assert result.returncode == 2 and "not a dataset asyncgen wrote" in result.stderr and "--overwrite" in result.stderr
     assert notes.read_text() == content
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()[-1]) < 400
@@ -148,7 +149,7 @@ def test_a_users_file_is_refused_not_replaced(tmp_path, content):
 
 @pytest.mark.parametrize("url", ["ftp://x", "notaurl", "http://"])
 def test_a_bad_url_is_bad_input(tmp_path, url):
-    result = asyncgen("run", "--base-url", url, cwd=tmp_path)
+    result = asyncgen_here("run", "--base-url", url, cwd=tmp_path)
     assert result.returncode == 2 and "--base-url" in result.stderr and url in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1  # one line, not the whole usage
     assert not any(tmp_path.iterdir())
@@ -161,7 +162,7 @@ def test_a_closed_port_fails_fast_and_says_connection_refused(tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}/v1"
-    result = run(tmp_path, "--base-url", url, "--num-scenarios", "5", timeout=90)
+    result = run_here(tmp_path, "--base-url", url, "--num-scenarios", "5")
     assert result.returncode == 1
     error = [line for line in result.stderr.splitlines() if line.startswith("asyncgen run: error:")]
     assert len(error) == 1 and "connection refused" in error[0] and f"127.0.0.1:{port}" in error[0]
@@ -197,7 +198,7 @@ def test_ctrl_c_while_workers_start_exits_130_with_the_summary(tmp_path, simulat
 def test_two_datasets_in_one_folder_keep_their_own_checkpoints(tmp_path, simulator):
     base_url = simulator()
     for name in ("a.jsonl", "b.jsonl"):
-        result = asyncgen("run", "--base-url", base_url, "--output", name, "--num-scenarios", "8",
+        result = asyncgen_here("run", "--base-url", base_url, "--output", name, "--num-scenarios", "8",
                           "--validator-workers", "0", "--prices", str(PRICES), cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-2000:]
     checkpoints = {name: json.loads((tmp_path / name).read_text()) for name in ("a.checkpoint.json", "b.checkpoint.json")}
@@ -207,7 +208,7 @@ def test_two_datasets_in_one_folder_keep_their_own_checkpoints(tmp_path, simulat
     assert not (tmp_path / "checkpoint.json").exists()
     # Another dataset's checkpoint is refused, not overwritten.
     before = (tmp_path / "a.checkpoint.json").read_bytes()
-    result = asyncgen("run", "--base-url", base_url, "--output", "b.jsonl", "--checkpoint", "a.checkpoint.json",
+    result = asyncgen_here("run", "--base-url", base_url, "--output", "b.jsonl", "--checkpoint", "a.checkpoint.json",
                       "--num-scenarios", "9", "--validator-workers", "0", cwd=tmp_path)
     assert result.returncode == 2 and "belongs to another dataset" in result.stderr
     assert (tmp_path / "a.checkpoint.json").read_bytes() == before
@@ -258,7 +259,7 @@ def test_validator_workers_are_capped_at_the_cores(caplog):
 
 
 def test_argparse_errors_are_one_line_without_internal_names(tmp_path):
-    result = asyncgen("run", "--concurrency", "x", cwd=tmp_path)
+    result = asyncgen_here("run", "--concurrency", "x", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "asyncgen run: error: argument --concurrency: expected a whole number >= 1, got 'x' (see 'asyncgen run --help')"
@@ -279,37 +280,37 @@ def test_resume_command_after_max_cost_proposes_a_larger_budget():
 
 def test_no_key_set_is_said_plainly(tmp_path, simulator):
     base_url = simulator("--api-key", "sk-the-servers-key")
-    result = run(tmp_path, "--base-url", base_url, "--num-scenarios", "5")
+    result = run_here(tmp_path, "--base-url", base_url, "--num-scenarios", "5")
     assert result.returncode == 1
     assert "no API key was set (OPENAI_API_KEY is empty)" in result.stderr and "sk-no" not in result.stderr
     assert "401" in result.stderr  # the server's own words stay
 
 
 def test_max_cost_too_small_leaves_no_files(tmp_path):
-    result = asyncgen("run", "--num-scenarios", "5", "--max-cost", "1e-07", cwd=tmp_path)
+    result = asyncgen_here("run", "--num-scenarios", "5", "--max-cost", "1e-07", cwd=tmp_path)
     assert result.returncode == 2 and "--max-cost" in result.stderr
     assert list(tmp_path.iterdir()) == []
 
 
 def test_offline_cost_is_marked_simulated(tmp_path):
-    result = asyncgen("run", "--num-scenarios", "5", "--validator-workers", "0", cwd=tmp_path)
+    result = asyncgen_here("run", "--num-scenarios", "5", "--validator-workers", "0", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     cost_line = next(line for line in result.stderr.splitlines() if line.strip().startswith("cost "))
     assert "simulated" in cost_line
 
 
 def test_validate_fails_a_dataset_with_a_duplicated_scenario(tmp_path):
-    result = asyncgen("run", "--num-scenarios", "3", "--validator-workers", "0", cwd=tmp_path)
+    result = asyncgen_here("run", "--num-scenarios", "3", "--validator-workers", "0", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = (tmp_path / "dataset.jsonl").read_text().splitlines()
     copy = [json.dumps({**json.loads(line), "scenario_id": 3}) for line in lines[:4]]
     (tmp_path / "dataset.jsonl").write_text("\n".join(lines + copy) + "\n")
-    check = asyncgen("validate", str(tmp_path / "dataset.jsonl"))
+    check = asyncgen_here("validate", str(tmp_path / "dataset.jsonl"))
     assert check.returncode == 1 and "scenario 3: its prompt duplicates scenario 0's" in check.stdout
 
 
 def test_an_absurd_target_gets_a_warning(tmp_path):
-    result = asyncgen("run", "--num-scenarios", str(10**12), "--max-cost", "0.02", cwd=tmp_path)
+    result = asyncgen_here("run", "--num-scenarios", str(10**12), "--max-cost", "0.02", cwd=tmp_path)
     assert "is that what you meant?" in result.stderr and "requests" in result.stderr
 
 
@@ -337,11 +338,11 @@ def test_the_api_key_reaches_no_file_and_no_log(tmp_path, simulator):
     key = "sk-proj-RECOGNISABLE-9f8e7d6c5b4a"
     base_url = simulator("--api-key", key, "--faults", "500=0.1,timeout=0.05", "--hang-s", "5")
     env = {**ENV, "OPENAI_API_KEY": key}
-    ok = run(tmp_path, "--base-url", base_url, "--num-scenarios", "20", "--concurrency", "4",
+    ok = run_here(tmp_path, "--base-url", base_url, "--num-scenarios", "20", "--concurrency", "4",
              "--request-timeout", "1", "--log-level", "DEBUG", env=env)
     assert ok.returncode == 0, ok.stderr[-2000:]
     (tmp_path / "refused").mkdir()
-    refused = run(tmp_path / "refused", "--base-url", base_url, "--num-scenarios", "5", "--log-level", "DEBUG",
+    refused = run_here(tmp_path / "refused", "--base-url", base_url, "--num-scenarios", "5", "--log-level", "DEBUG",
                   env={**ENV, "OPENAI_API_KEY": key + "-wrong"})
     assert refused.returncode == 1
     for text in (ok.stdout, ok.stderr, refused.stdout, refused.stderr):

@@ -23,7 +23,7 @@ from asyncgen.throttle import RetryPolicy, Throttle
 from asyncgen.transport import ChatTransport
 from asyncgen.workers import GenerationSettings, Generator
 from fake_server import PAIR, FakeServer, completion, schema_error
-from test_run import ENV, run
+from test_run import ENV, run_here
 
 TASK = load_task("refusal")
 CAP = max_output_tokens(TASK)
@@ -287,8 +287,8 @@ def _echoing(status=200, payload=None):
 
 def test_a_failed_run_says_failed_not_a_class_name_and_an_unpriced_cost_is_unknown(tmp_path):
     with FakeServer(_echoing(401, {"detail": "Invalid API key"})) as server:
-        result = run(tmp_path, "--base-url", server.base_url, "--num-scenarios", "5", "--concurrency", "1",
-                     "--model", "my-local-llama")
+        result = run_here(tmp_path, "--base-url", server.base_url, "--num-scenarios", "5", "--concurrency", "1",
+                          "--model", "my-local-llama")
     assert result.returncode == 1
     assert "RunError" not in result.stderr and "ApiError" not in result.stderr
     assert "stopped (failed: see the error below)" in result.stderr
@@ -301,18 +301,18 @@ def test_a_failed_run_says_failed_not_a_class_name_and_an_unpriced_cost_is_unkno
 def test_a_local_server_that_echoes_the_model_name_is_priced_only_with_prices(tmp_path):
     with FakeServer(_echoing()) as server:
         # asked for gpt-4o, answered "gpt-4o": a local server, so not OpenAI's price ...
-        result = run(tmp_path, "--base-url", server.base_url, "--num-scenarios", "1", "--concurrency", "1",
+        result = run_here(tmp_path, "--base-url", server.base_url, "--num-scenarios", "1", "--concurrency", "1",
                      "--response-format", "json_object")
         assert result.returncode == 0, result.stderr[-2000:]
         assert "cost            unknown this run" in result.stderr
         assert json.loads((tmp_path / "checkpoint.json").read_text())["run_state"]["cost_usd"] is None
-        budget = run(tmp_path, "--base-url", server.base_url, "--num-scenarios", "1", "--max-cost", "1")
+        budget = run_here(tmp_path, "--base-url", server.base_url, "--num-scenarios", "1", "--max-cost", "1")
         assert budget.returncode == 2 and "--prices" in budget.stderr
         # ... unless the user's own table prices the name they asked for.
         (tmp_path / "prices.yaml").write_text(
             "models:\n  my-llama: {input: 1, cached_input: 1, output: 2, batch_input: 1, batch_output: 1}\n")
         (tmp_path / "priced").mkdir()
-        priced = run(tmp_path / "priced", "--base-url", server.base_url, "--num-scenarios", "1", "--concurrency", "1",
+        priced = run_here(tmp_path / "priced", "--base-url", server.base_url, "--num-scenarios", "1", "--concurrency", "1",
                      "--response-format", "json_object", "--model", "my-llama", "--prices", str(tmp_path / "prices.yaml"))
     assert priced.returncode == 0, priced.stderr[-2000:]
     assert f"${(270 * 1 + 40 * 2) / 1e6:.4f} this run" in priced.stderr
