@@ -86,7 +86,7 @@ def test_offline_default_writes_exactly_n_valid_scenarios(tmp_path):
     checkpoint = json.loads((tmp_path / "checkpoint.json").read_text())
     assert checkpoint["scenarios"] == 60 and checkpoint["offset"] == (tmp_path / "dataset.jsonl").stat().st_size
     # Run again: nothing to do, nothing added.
-    again = run(tmp_path, "--num-scenarios", "60")
+    again = run_here(tmp_path, "--num-scenarios", "60")
     assert again.returncode == 0 and "nothing to do" in again.stdout
     assert len(scenarios(tmp_path / "dataset.jsonl")) == 60
 
@@ -103,7 +103,7 @@ def test_resume_after_sigkill_reaches_exactly_n(tmp_path, simulator):
     process.wait()
     killed_at = len(open(dataset).read().splitlines()) // 4
     assert 0 < killed_at < 120
-    result = run(tmp_path, "--base-url", base_url, "--num-scenarios", "120")
+    result = run_here(tmp_path, "--base-url", base_url, "--num-scenarios", "120")
     assert result.returncode == 0, result.stderr[-2000:]
     assert_valid_dataset(dataset, 120)
 
@@ -179,7 +179,7 @@ def test_unknown_model_cost_is_unknown_not_a_crash(tmp_path, simulator):
 
 def test_sigint_flushes_summarises_and_the_printed_command_resumes(tmp_path, simulator):
     base_url = simulator("--latency-ms", "300")
-    process = subprocess.Popen(run_args(tmp_path, "--base-url", base_url, "--num-scenarios", "400", "--concurrency", "2"),
+    process = subprocess.Popen(run_args(tmp_path, "--base-url", base_url, "--num-scenarios", "200", "--concurrency", "2"),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path)
     dataset = tmp_path / "dataset.jsonl"
     deadline = time.monotonic() + 60
@@ -190,14 +190,13 @@ def test_sigint_flushes_summarises_and_the_printed_command_resumes(tmp_path, sim
     assert process.returncode == 130, stderr[-2000:]
     assert "stopped (interrupted)" in stderr and "resume with" in stderr
     written = len(scenarios(dataset))
-    assert 0 < written < 400
+    assert 0 < written < 200
     assert json.loads((tmp_path / "checkpoint.json").read_text())["scenarios"] == written
     command = next(line for line in stderr.splitlines() if "resume with" in line).split("resume with", 1)[1].strip()
     assert command.startswith("python -m asyncgen run ")
-    resumed = subprocess.run([sys.executable, *shlex.split(command)[1:]],
-                             capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=180)
+    resumed = asyncgen_here(*shlex.split(command)[3:], env=ENV, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert_valid_dataset(dataset, 400)
+    assert_valid_dataset(dataset, 200)
 
 
 def test_dry_run_prints_a_plan_and_calls_nothing(tmp_path):
