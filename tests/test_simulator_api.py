@@ -15,6 +15,7 @@ from openai.types.chat import ChatCompletion
 from asyncgen.config import load_task
 from asyncgen.prompting import JSON_SCHEMA_FORMAT
 from asyncgen.simulator import SimulatorConfig, chat, running_simulator
+from asyncgen.simulator.app import SIMULATOR
 
 PAIRS_SCHEMA = JSON_SCHEMA_FORMAT  # exactly what asyncgen run sends
 TASK = load_task("refusal")
@@ -238,6 +239,10 @@ async def test_tpm_limit_too_large_and_quota():
     charge = chat.parse_chat_request({"model": "gpt-4o-mini", "messages": messages(1)}).prompt_tokens + 400
     limit = 2 * charge + 200
     async with running_simulator(SimulatorConfig(tpm=limit, **CLEAN)) as sim, client(sim) as api:
+        # The buckets' clock stands still: the figures below are exact, however slowly the requests go
+        # (the bucket refills limit/60 tokens a second; a busy machine saw "Used" fall by a few).
+        state = sim.app[SIMULATOR]
+        state.now = lambda at=state.now(): at
         for _ in range(2):
             await generate(api, 1, max_completion_tokens=400)
         with pytest.raises(openai.RateLimitError) as caught:
