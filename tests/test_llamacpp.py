@@ -149,7 +149,8 @@ def test_a_run_on_llama_cpp_caps_answers_falls_back_and_counts_everything(tmp_pa
     state = json.loads((tmp_path / "checkpoint.json").read_text())["run_state"]
     assert state["requests_ok"] == len(answers) and state["completion_tokens"] <= CAP * len(answers)
     assert elapsed < 150 and not leftovers(tmp_path)
-    assert httpx.get(server + "/models", headers={"Authorization": f"Bearer {KEY}"}, trust_env=False, timeout=10).status_code == 200
+    # Still serving; its one slot may first finish the answers abandoned at the stop (slow on a busy machine).
+    assert httpx.get(server + "/models", headers={"Authorization": f"Bearer {KEY}"}, trust_env=False, timeout=90).status_code == 200
 
 
 def test_timeouts_are_retried_with_back_off_and_their_cost_is_stated_unknown(tmp_path, server):
