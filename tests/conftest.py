@@ -52,4 +52,3 @@ def cli(capfd, tokenizer_cache):
         return code, out, err
 
     return invoke
-
