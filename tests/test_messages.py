@@ -54,3 +54,15 @@ def test_annotate_offers_its_own_flags_not_runs(tmp_path, cli, builtin_tokenizer
     code, _, err = cli("annotate", str(crafted(tmp_path)), "--out", str(a_folder))
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "--no-annotate" not in err and "pass --out PATH in a writable folder" in err
+
+
+def test_the_tokenizer_build_is_announced_only_when_the_cache_is_cold(tmp_path, cli, builtin_tokenizers, capfd):
+    from asyncgen.cli import main
+
+    plan = ["run", "--dry-run", "--output", str(tmp_path / "dataset.jsonl"), "--num-scenarios", "10"]
+    code, _, err = cli(*plan)  # the session's cache holds all three
+    assert code == 0 and "building the tokenizer" not in err and "builds them" not in err
+    cold = tmp_path / "cold-cache"
+    assert main([*plan, "--tokenizer", "solar", "--cache-dir", str(cold)]) == 0
+    err = capfd.readouterr().err
+    assert f"building the tokenizer solar into the cache {cold}: once per cache" in err
