@@ -16,7 +16,9 @@ Contract
   one in one ``renameat2(RENAME_EXCHANGE)`` where the kernel and file system have it; elsewhere
   the old folder is renamed aside, then the new one in, so a crash between the two leaves the old
   export whole under ``.NAME.old-PID`` and no mix of the two. A failure or Ctrl-C while building
-  removes the temporary; a SIGKILL leaves it, hidden, beside ``--out``.
+  removes the temporary; a SIGKILL leaves it, hidden, beside ``--out``, and the next export to that
+  ``--out`` removes it (once the process it names is gone), or renames an old export left aside
+  back to ``--out`` when ``--out`` is missing.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import glob
 import io
 import os
 import shutil
@@ -39,6 +42,28 @@ MADE_BY = "asyncgen export"
 BASE_COLUMNS = ("scenario_id", "task", "single_token_clean", "single_token_corrupt", "multi_token_clean",
                 "multi_token_corrupt", "answer_clean", "answer_corrupt")
 _FIRST_LINE_MAX = 1 << 20
+
+
+def recover_leftovers(out: Path) -> None:
+    """Clean up after an export to ``out`` that was killed: see the contract."""
+    for leftover in sorted(out.parent.glob(f".{glob.escape(out.name)}.*-*")):
+        kind, _, pid = leftover.name[len(out.name) + 2 :].rpartition("-")
+        if kind not in ("partial", "old") or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if kind == "old" and not os.path.lexists(out):
+            os.replace(leftover, out)
+        else:
+            _remove(leftover)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def refuse_unless_replaceable(out: Path, folder: bool, overwrite: bool) -> None:

@@ -1,6 +1,7 @@
 """inspect and export as a user runs them: counts on a crafted file, round trips, bad input."""
 
 import json
+import os
 import sys
 
 import pytest
@@ -249,3 +250,23 @@ def test_a_split_that_leaves_one_side_empty_is_refused(tmp_path, cli, share):
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "of 5 scenarios in train" in err and "a share from 0.2 to 0.8" in err
     assert not (tmp_path / "crafted.csv").exists()
+
+
+def test_what_a_killed_export_left_is_cleaned_up_or_put_back(tmp_path):
+    import subprocess
+
+    from asyncgen.export_files import recover_leftovers
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    out = tmp_path / "data.eap"
+    old = tmp_path / f".data.eap.old-{gone.pid}"  # killed between renaming the old export aside and the new one in
+    old.mkdir()
+    (old / "solar.csv").write_text("old export\n")
+    partial = tmp_path / f".data.eap.partial-{gone.pid}"  # killed while building
+    partial.mkdir()
+    running = tmp_path / f".data.eap.partial-{os.getpid()}"  # an export still at work
+    running.mkdir()
+    recover_leftovers(out)
+    assert (out / "solar.csv").read_text() == "old export\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "data.eap"]

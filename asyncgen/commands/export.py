@@ -11,7 +11,9 @@ import orjson
 from asyncgen.annotations import annotate, task_answers
 from asyncgen.commands._shared import add_dataset_flags, load_dataset_and_task
 from asyncgen.errors import UsageError
-from asyncgen.export_files import MARKER, marker_bytes, refuse_unless_replaceable, replace_file, replace_folder
+from asyncgen.export_files import (
+    MARKER, marker_bytes, recover_leftovers, refuse_unless_replaceable, replace_file, replace_folder,
+)
 from asyncgen.exports import (
     EAP_COLUMNS, FORMATS, _require, eap_rows, rows, split_of, write_csv, write_hf, write_jsonl, write_parquet,
 )
@@ -68,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if out.resolve() == Path(args.dataset).resolve():
         raise UsageError(f"--out {out} is the dataset itself; choose another path")
     folder = args.format in FOLDER_FORMATS
+    recover_leftovers(out)
     refuse_unless_replaceable(out, folder, args.overwrite)
     dataset, task, tokenizers = load_dataset_and_task(args)
     splits = split_of(len(dataset.scenarios), args.split, args.seed) if args.split is not None else None
