@@ -36,6 +36,7 @@ from pathlib import Path
 import orjson
 
 from asyncgen.errors import UsageError
+from asyncgen.sink import _fsync_dir
 
 MARKER = "asyncgen-export.json"
 MADE_BY = "asyncgen export"
@@ -213,10 +214,8 @@ def _remove(path: Path) -> None:
 
 
 def _fsync(path: Path) -> None:
-    if os.name == "nt" and path.is_dir():
+    if path.is_dir():
+        _fsync_dir(path)
         return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
