@@ -147,22 +147,24 @@ def describe_validation_error(exc: ValidationError) -> str:
     if not unknown:
         error = errors[0]
         if error["type"] == "missing":
-            return f"missing key '{_dotted(error)}'"
-        return f"key '{_dotted(error)}': {error['msg'].lower()}, got {_kind(error.get('input'))}"
+            return f"missing key {_dotted(error)!r}"
+        return f"key {_dotted(error)!r}: {error['msg'].lower()}, got {_kind(error.get('input'))}"
     missing = [_dotted(error) for error in errors if error["type"] == "missing"]
     parts = []
     for key in unknown:
         meant = difflib.get_close_matches(key, missing, n=1)
         if meant:
             missing.remove(meant[0])
-            parts.append(f"unknown key '{key}' (did you mean '{meant[0]}'? it is missing)")
+            parts.append(f"unknown key {key!r} (did you mean {meant[0]!r}? it is missing)")
         else:
-            parts.append(f"unknown key '{key}' (check its spelling; unknown keys are not allowed)")
-    parts += [f"missing key '{key}'" for key in missing]
-    return "; ".join(parts)
+            parts.append(f"unknown key {key!r} (check its spelling; unknown keys are not allowed)")
+    parts += [f"missing key {key!r}" for key in missing]
+    shown = 4
+    return "; ".join(parts[:shown] + ([f"{len(parts) - shown} more"] if len(parts) > shown else []))
 
 
 def _dotted(error: dict) -> str:
+    """The key's path, ``templates.single_token``; shown with ``!r``, so a key with a newline stays on one line."""
     return ".".join(str(part) for part in error["loc"]) or "(top level)"
 
 
