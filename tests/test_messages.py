@@ -2,16 +2,10 @@
 
 import errno
 import os
-import pty
-import signal
-import subprocess
-import threading
 
 import pytest
 
 from test_inspect_export import crafted
-from test_newcomer import pool_run_args, wait_for_scenarios
-from test_run import ENV, simulator  # noqa: F401
 
 from asyncgen.errors import RunError, UsageError, from_os_error
 
@@ -73,38 +67,3 @@ def test_the_tokenizer_build_is_announced_only_when_the_cache_is_cold(tmp_path, 
     err = capfd.readouterr().err
     assert f"building the tokenizer solar into the cache {cold}: once per cache" in err
 
-
-def test_a_sigkilled_run_leaves_the_cursor_on_and_warns_of_no_leaked_semaphores(tmp_path, simulator):
-    """On a terminal: the progress line hid the cursor (the killed run could not show it again), and
-    the validator pool's resource tracker warned of "5 leaked semaphore objects" once it was gone."""
-    base_url = simulator("--latency-ms", "100")
-    terminal, its_end = pty.openpty()
-    process = subprocess.Popen(pool_run_args(tmp_path, "--base-url", base_url, "--num-scenarios", "2000",
-                                             "--concurrency", "4"),
-                               stdin=subprocess.DEVNULL, stdout=its_end, stderr=its_end, env=ENV, cwd=tmp_path)
-    os.close(its_end)
-    shown = bytearray()
-
-    def read_until_all_writers_are_gone() -> None:
-        while True:
-            try:
-                chunk = os.read(terminal, 65536)
-            except OSError:  # EIO: nobody holds the terminal's other end any more
-                return
-            if not chunk:
-                return
-            shown.extend(chunk)
-
-    reader = threading.Thread(target=read_until_all_writers_are_gone, daemon=True)
-    reader.start()
-    try:
-        wait_for_scenarios(tmp_path / "dataset.jsonl", 10, process)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        reader.join(timeout=30)  # the worker and the resource tracker end after the run
-    finally:
-        os.close(terminal)
-    assert not reader.is_alive()
-    assert b"scenarios" in shown  # the progress line was drawn
-    assert b"\x1b[?25l" not in shown  # no "hide the cursor"
-    assert b"leaked semaphore" not in shown, shown.decode(errors="replace")[-400:]
