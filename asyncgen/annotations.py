@@ -135,10 +135,11 @@ class Sidecar:
         tokenizers: Sequence[Tokenizer],
         path: str | os.PathLike | None = None,
         scenarios: Sequence[Scenario] | None = None,
+        remedy: str = "pass --no-annotate",
     ) -> "Sidecar":
         """Open the sidecar of ``dataset`` (default path: ``sidecar_path``) and bring it in line with
         the dataset's scenarios (read from ``dataset`` unless given). Raises UsageError if it cannot
-        be written."""
+        be written; its message offers ``remedy``, the caller's way around the sidecar."""
         path = Path(path) if path is not None else sidecar_path(dataset)
         if scenarios is None:
             scenarios = read_dataset(dataset).scenarios
@@ -148,13 +149,13 @@ class Sidecar:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         except OSError as exc:
             raise UsageError(f"{path}: cannot open the token annotations for writing ({exc.strerror}); "
-                             "pass --no-annotate, or make its folder writable") from exc
+                             f"{remedy}, or make its folder writable") from exc
         try:
             repair = _bring_in_line(fd, path, expected)
         except OSError as exc:
             os.close(fd)
             raise UsageError(f"{path}: cannot write the token annotations ({exc.strerror}); "
-                             "pass --no-annotate, or free space and run again") from exc
+                             f"{remedy}, or free space and run again") from exc
         repair.non_pairs = sum(b'"position":null' in line for line in expected)
         return cls(fd, path, len(scenarios), answers, repair)
 

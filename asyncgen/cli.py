@@ -17,7 +17,7 @@ import os
 import sys
 
 from asyncgen import __version__
-from asyncgen.errors import AsyncgenError, redact
+from asyncgen.errors import AsyncgenError, from_os_error, redact
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 log = logging.getLogger("asyncgen")
@@ -124,7 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     setup_logging(args.log_level)
     try:
-        return args.handler(args) or 0
+        try:
+            return args.handler(args) or 0
+        except OSError as exc:  # one about a path no command explained: still one line, in the OS's words
+            error = from_os_error(exc)
+            if error is None:
+                raise
+            raise error from exc
     except AsyncgenError as exc:
         if args.log_level == "DEBUG":
             log.exception("%s", exc)

@@ -6,6 +6,7 @@ names the file, the key and what was expected. Adding a task is adding a YAML fi
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Annotated
@@ -139,16 +140,32 @@ def parse_task(data: object, path: Path) -> Task:
 
 
 def describe_validation_error(exc: ValidationError) -> str:
-    """The first error of a pydantic validation as 'key: what was expected'."""
-    error = exc.errors()[0]
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-    kind = error["type"]
-    if kind == "missing":
-        return f"missing key '{key}'"
-    if kind == "extra_forbidden":
-        return f"unknown key '{key}' (check its spelling; unknown keys are not allowed)"
-    got = _kind(error.get("input"))
-    return f"key '{key}': {error['msg'].lower()}, got {got}"
+    """A pydantic validation's first error as 'key: what was expected'. Unknown keys come first and
+    each missing key after them: a misspelt key is both, and naming only the missing one hides the typo."""
+    errors = exc.errors()
+    unknown = [_dotted(error) for error in errors if error["type"] == "extra_forbidden"]
+    if not unknown:
+        error = errors[0]
+        if error["type"] == "missing":
+            return f"missing key {_dotted(error)!r}"
+        return f"key {_dotted(error)!r}: {error['msg'].lower()}, got {_kind(error.get('input'))}"
+    missing = [_dotted(error) for error in errors if error["type"] == "missing"]
+    parts = []
+    for key in unknown:
+        meant = difflib.get_close_matches(key, missing, n=1)
+        if meant:
+            missing.remove(meant[0])
+            parts.append(f"unknown key {key!r} (did you mean {meant[0]!r}? it is missing)")
+        else:
+            parts.append(f"unknown key {key!r} (check its spelling; unknown keys are not allowed)")
+    parts += [f"missing key {key!r}" for key in missing]
+    shown = 4
+    return "; ".join(parts[:shown] + ([f"{len(parts) - shown} more"] if len(parts) > shown else []))
+
+
+def _dotted(error: dict) -> str:
+    """The key's path, ``templates.single_token``; shown with ``!r``, so a key with a newline stays on one line."""
+    return ".".join(str(part) for part in error["loc"]) or "(top level)"
 
 
 def _kind(value: object) -> str:

@@ -8,6 +8,7 @@ shown only with ``--log-level DEBUG``. ``UsageError`` and its subclasses are bad
 
 from __future__ import annotations
 
+import errno
 import re
 
 _SDK_PREFIX = re.compile(r"^Error code: \d+ - ")
@@ -58,6 +59,25 @@ class SinkError(RunError):
 
 class ApiError(RunError):
     """The API answered with a permanent error (bad key, no quota, unknown model, ...)."""
+
+
+# What the OS says about a path that the user can fix by choosing another or changing it.
+_PATH_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EISDIR,
+                          errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP})
+
+
+def from_os_error(exc: OSError) -> AsyncgenError | None:
+    """An ``OSError`` about a path that no command turned into its own message, as one line naming
+    the path in the OS's words: bad input (exit 2) when the path is the user's to fix (permissions,
+    a read-only file system, a missing folder, a file where a folder should be), else a failed run
+    (exit 1: a full disk, an I/O error). None when it names no path: that is not the user's input."""
+    if exc.filename is None:
+        return None
+    where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else str(exc.filename)
+    words = exc.strerror or str(exc)
+    if exc.errno in _PATH_ERRNOS:
+        return UsageError(f"{where}: {words}; check that path (its folder, its permissions) or give another")
+    return RunError(f"{where}: {words}")
 
 
 def redact(text: str, secret: str | None) -> str:

@@ -25,10 +25,17 @@ EAP_COLUMNS = ("clean", "corrupted", "correct_idx", "incorrect_idx")
 
 
 def split_of(count: int, train_share: float, seed: int) -> list[str]:
-    """``train`` or ``test`` per scenario id: a seeded shuffle, the first ``round(share x count)`` train."""
+    """``train`` or ``test`` per scenario id: a seeded shuffle, the first ``round(share x count)`` train.
+    A share that leaves either split empty is refused: an empty split is no split."""
+    train_count = round(train_share * count)
+    if not 0 < train_count < count:
+        fits = (f"with {count} scenarios a share from {1 / count:.3g} to {(count - 1) / count:.3g} does"
+                if count > 1 else "a split needs at least 2 scenarios")
+        raise UsageError(f"--split {train_share:g} puts {train_count} of {count} scenarios in train and "
+                         f"{count - train_count} in test; each split needs one at least: {fits}")
     order = list(range(count))
     random.Random(seed).shuffle(order)
-    train = set(order[: round(train_share * count)])
+    train = set(order[:train_count])
     return ["train" if i in train else "test" for i in range(count)]
 
 

@@ -100,7 +100,14 @@ async def report_progress(
     from rich.live import Live
     from rich.text import Text
 
-    console = Console(file=stream, force_terminal=True)
+    class CursorKeepingConsole(Console):
+        """Never hides the cursor (rich's Live does, to stop it flickering): a run killed with SIGKILL
+        cannot show it again, and would leave the user's terminal without one."""
+
+        def show_cursor(self, show: bool = True) -> bool:
+            return super().show_cursor(True) if show else False
+
+    console = CursorKeepingConsole(file=stream, force_terminal=True)
 
     def render() -> Text:
         # One column short of the width: some terminals wrap a line that fills the last column.

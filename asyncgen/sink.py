@@ -539,10 +539,10 @@ def _resume_from(data: bytes, stored: _Checkpoint | None, why: str, found: _Foun
         )
     dropped = len(data) - end
     if dropped and not _is_torn_scenario(data[end:], found.scenarios, task_name):
-        what = (f"{len(data)} bytes and no scenario" if found.scenarios == 0
-                else f"{found.scenarios} scenarios and then {dropped} bytes")
+        what = (f"{len(data)} bytes that do not start a scenario" if found.scenarios == 0 else
+                f"{found.scenarios} scenarios and then {dropped} bytes that are not the start of scenario {found.scenarios}")
         raise UsageError(
-            f"--output {path} holds {what} that are not the start of scenario {found.scenarios}: it is not a "
+            f"--output {path} holds {what}: it is not a "
             "dataset asyncgen wrote, or it was edited; nothing was changed: choose another --output, or pass "
             "--overwrite to replace it"
         )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
 from asyncgen.errors import TokenizerError
+
+log = logging.getLogger(__name__)
 
 # Bump when the way a builtin tokenizer is built changes, so stale cache entries are not reused.
 BUILD_VERSION = 1
@@ -266,8 +269,12 @@ def default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("asyncgen"))
 
 
+def _cache_of(cache_dir: str | os.PathLike | None) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+
+
 def load(spec: TokenizerSpec, cache_dir: str | os.PathLike | None = None) -> Tokenizer:
-    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    cache = _cache_of(cache_dir)
     if spec.source == "builtin":
         return FastTokenizer(spec.name, _load_builtin(BUILTINS[spec.ref], cache))
     if spec.source == "hub":
@@ -289,6 +296,15 @@ def load(spec: TokenizerSpec, cache_dir: str | os.PathLike | None = None) -> Tok
 
 
 def load_all(specs: Iterable[TokenizerSpec], cache_dir: str | os.PathLike | None = None) -> list[Tokenizer]:
+    """The tokenizers of ``specs``; says so first when builtin ones are not in the cache yet (building
+    them takes seconds, loading them from the cache does not)."""
+    specs = list(specs)
+    cache = _cache_of(cache_dir)
+    cold = [spec.name for spec in specs
+            if spec.source == "builtin" and not builtin_cache_path(BUILTINS[spec.ref], cache).is_file()]
+    if cold:
+        log.info("building the tokenizer%s %s into the cache %s: once per cache, a few seconds",
+                 "s" if len(cold) > 1 else "", ", ".join(cold), cache)
     return [load(spec, cache_dir) for spec in specs]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import logging
 import multiprocessing
 import os
 import signal
@@ -198,9 +199,11 @@ _worker_state: tuple[Task, list[Tokenizer], dict[str, TaskTokens]] | None = None
 PARENT_CHECK_SECONDS = 0.5
 
 
-def _init_worker(task: Task, specs: list[TokenizerSpec], cache_dir: str | None, parent: int) -> None:
+def _init_worker(task: Task, specs: list[TokenizerSpec], cache_dir: str | None, parent: int, started) -> None:
     global _worker_state
     _exit_with_parent(parent)
+    started.send(os.getpid())  # the pool's queues, and so their semaphores, are open by now
+    started.close()
     # A terminal's Ctrl-C reaches the whole process group; the parent decides how to stop, and a
     # worker that died of it would break the pool under the run's grace period. (SIGINT is ignored
     # from the start: see _sigint_ignored.)
@@ -240,6 +243,39 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+def _forget_semaphore_names(pool: concurrent.futures.ProcessPoolExecutor, started, workers: int) -> None:
+    """Unlink the names of the pool's semaphores once every worker has opened them.
+
+    A spawned worker opens the semaphores of the pool's queues by name, so multiprocessing keeps the
+    names (files in /dev/shm) until the pool is gone and registers them with its resource tracker,
+    which unlinks them if the parent dies first, warning of "leaked semaphore objects": after every
+    SIGKILL. Once every worker has the semaphores open, the names serve nobody; unlinked (and
+    unregistered, and their unlinking at exit cancelled) they cannot leak, whoever dies first.
+    Runs in a thread. ``workers`` starts mean the pool is full: it spawns no more, so no process
+    needs the names later. A worker that dies before it starts leaves them to the usual cleanup."""
+    try:
+        for _ in range(workers):
+            started.recv()
+    except (EOFError, OSError):
+        return
+    finally:
+        started.close()
+    try:
+        from multiprocessing import resource_tracker, synchronize, util
+
+        names = [value._semlock.name for holder in vars(pool).values()
+                 for value in list(getattr(holder, "__dict__", {}).values())
+                 if isinstance(value, synchronize.SemLock) and value._semlock.name]
+        for finalizer in list(util._finalizer_registry.values()):
+            name = (getattr(finalizer, "_args", None) or [None])[0]
+            if getattr(finalizer, "_callback", None) is synchronize.SemLock._cleanup and name in names:
+                finalizer.cancel()
+                synchronize.sem_unlink(name)
+                resource_tracker.unregister(name, "semaphore")
+    except Exception:  # multiprocessing's internals changed: the names stay, as without this
+        logging.getLogger(__name__).debug("could not unlink the validator pool's semaphore names", exc_info=True)
+
+
 def _validate_in_worker(pairs: list[tuple[str, str]]) -> list[Verdict]:
     assert _worker_state is not None, "worker not initialised"
     task, tokenizers, answers = _worker_state
@@ -269,18 +305,26 @@ class PairValidator:
         self.tokenizers = list(tokenizers) if tokenizers is not None else load_all(self.specs, cache_dir)
         self.answers = {t.name: task_tokens(task, t) for t in self.tokenizers}
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._forgetting: threading.Thread | None = None
         if workers > 0:
+            context = multiprocessing.get_context("spawn")
+            started, started_writer = context.Pipe(duplex=False)
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=workers,
-                mp_context=multiprocessing.get_context("spawn"),
+                mp_context=context,
                 initializer=_init_worker,
-                initargs=(task, self.specs, cache_dir, os.getpid()),
+                initargs=(task, self.specs, cache_dir, os.getpid(), started_writer),
             )
             # Start the workers (and load their tokenizers) now, while the first requests are out,
             # rather than on the first batch.
             with _sigint_ignored():
                 for _ in range(workers):
                     self._pool.submit(_validate_in_worker, [])
+            # Kept until close(): a worker spawned later (the pool spawns on demand) gets a copy too.
+            self._started_writer = started_writer
+            self._forgetting = threading.Thread(target=_forget_semaphore_names, args=(self._pool, started, workers),
+                                                name="forget-semaphore-names", daemon=True)
+            self._forgetting.start()
 
     def validate(self, pairs: Sequence[tuple[str, str]]) -> list[Verdict]:
         return self.submit(pairs).result()
@@ -298,6 +342,9 @@ class PairValidator:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+            if self._forgetting is not None:  # ends when every worker started, or all are gone
+                self._started_writer.close()
+                self._forgetting.join()
             self._pool = None
 
     def __enter__(self) -> "PairValidator":

@@ -33,6 +33,8 @@ def _write(tmp_path, mutate):
     "mutate, expected",
     [
         (lambda d: d.update(batchsize=3), r"unknown key 'batchsize'"),
+        (lambda d: d.update(batch_sise=d.pop("batch_size")), r"unknown key 'batch_sise' \(did you mean 'batch_size'\? it is missing\)"),
+        (lambda d: d.update(colour=d.pop("batch_size")), r"unknown key 'colour' \(check its spelling.*\); missing key 'batch_size'"),
         (lambda d: d.pop("generation_instructions"), r"missing key 'generation_instructions'"),
         (lambda d: d["templates"]["single_token"].update(prefix=3), r"key 'templates.single_token.prefix': input should be a valid string, got int 3"),
         (lambda d: d.update(batch_size="ten"), r"key 'batch_size': .*integer"),

@@ -1,6 +1,7 @@
 """inspect and export as a user runs them: counts on a crafted file, round trips, bad input."""
 
 import json
+import os
 import sys
 
 import pytest
@@ -121,7 +122,7 @@ def test_export_eap_one_csv_per_tokenizer(tmp_path, cli, builtin_tokenizers):
 
     code, _, err = cli("export", str(crafted(tmp_path)), "--format", "eap", "--tokenizer", "llama3", "--tokenizer", "solar")
     assert code == 0, err
-    assert sorted(p.name for p in (tmp_path / "crafted.eap").iterdir()) == ["llama3.csv", "solar.csv"]
+    assert sorted(p.name for p in (tmp_path / "crafted.eap").iterdir()) == ["asyncgen-export.json", "llama3.csv", "solar.csv"]
     table = pd.read_csv(tmp_path / "crafted.eap" / "solar.csv")
     assert list(table.columns) == ["clean", "corrupted", "correct_idx", "incorrect_idx"]
     assert table["clean"][0] == Scenario.render(TASK, *PAIRS[0]).single_token_prompt
@@ -168,3 +169,104 @@ def test_inspect_of_a_batch_made_dataset_says_where_its_details_are(tmp_path, cl
     code, out, _ = cli("inspect", str(path), "--checkpoint", str(tmp_path / "checkpoint.json"), "--no-tokens")
     assert code == 0 and "None" not in out and "made by `asyncgen batch`, batch directory batches" in " ".join(out.split())
     assert "$0.2500" in out
+
+
+# Export replaces only an export, and whole (issue 17, item 14) -------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["csv", "eap"])
+def test_export_refuses_what_it_did_not_write(tmp_path, cli, fmt):
+    notes = tmp_path / "mynotes.txt"
+    notes.write_text("first note\nsecond note\n")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "keep.csv").write_text("clean,corrupted,correct_idx,incorrect_idx\n")  # EAP's layout, not our export
+    for target in (notes, folder):
+        code, _, err = cli("export", str(crafted(tmp_path)), "--format", fmt, "--out", str(target), "--tokenizer", "solar")
+        assert code == 2 and f"--out {target} is a " in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert notes.read_text() == "first note\nsecond note\n" and [p.name for p in folder.iterdir()] == ["keep.csv"]
+    code, _, err = cli("export", str(crafted(tmp_path)), "--format", fmt, "--out", str(notes), "--overwrite",
+                       "--tokenizer", "solar")
+    assert code == 0, err
+    assert "first note" not in (notes.read_text() if fmt == "csv" else (notes / "solar.csv").read_text())
+
+
+def test_export_replaces_its_own_files_whatever_their_name_or_format(tmp_path, cli, builtin_tokenizers):
+    out = tmp_path / "renamed.txt"
+    assert cli("export", str(crafted(tmp_path)), "--format", "jsonl", "--out", str(out), "--tokenizer", "solar")[0] == 0
+    for fmt in ("csv", "parquet", "jsonl"):  # each recognises the one before by its columns
+        code, _, err = cli("export", str(crafted(tmp_path)), "--format", fmt, "--out", str(out), "--tokenizer", "solar")
+        assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crafted.jsonl", "renamed.txt"]  # no temporary left
+
+
+def test_a_re_export_into_a_folder_leaves_no_stale_split_files(tmp_path, cli):
+    dataset = crafted(tmp_path)
+    assert cli("export", str(dataset), "--format", "eap", "--tokenizer", "solar", "--split", "0.8")[0] == 0
+    assert sorted(p.name for p in (tmp_path / "crafted.eap").iterdir()) == [
+        "asyncgen-export.json", "solar.test.csv", "solar.train.csv"]
+    code, _, err = cli("export", str(dataset), "--format", "eap", "--tokenizer", "solar")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "crafted.eap").iterdir()) == ["asyncgen-export.json", "solar.csv"]
+    marker = json.loads((tmp_path / "crafted.eap" / "asyncgen-export.json").read_text())
+    assert (marker["format"], marker["files"], marker["dataset"]) == ("eap", ["solar.csv"], str(dataset.resolve()))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crafted.eap", "crafted.jsonl"]
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "rename-aside"])
+def test_an_export_that_fails_midway_leaves_the_old_one_whole(tmp_path, cli, monkeypatch, exchange):
+    import asyncgen.commands.export as export_command
+    import asyncgen.export_files as export_files
+
+    if not exchange:
+        monkeypatch.setattr(export_files, "_exchange", lambda a, b: False)
+    dataset = crafted(tmp_path)
+    assert cli("export", str(dataset), "--format", "eap", "--tokenizer", "solar", "--tokenizer", "qwen2")[0] == 0
+    folder = tmp_path / "crafted.eap"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    real_write_csv, calls = export_command.write_csv, []
+
+    def write_csv_then_fail(table, path, columns=None):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_write_csv(table, path, columns)
+
+    monkeypatch.setattr(export_command, "write_csv", write_csv_then_fail)
+    code, _, err = cli("export", str(dataset), "--format", "eap", "--tokenizer", "solar", "--tokenizer", "qwen2",
+                       "--split", "0.6")
+    assert code == 2 and "No space left on device" in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crafted.eap", "crafted.jsonl"]  # no temporary left
+    monkeypatch.setattr(export_command, "write_csv", real_write_csv)
+    assert cli("export", str(dataset), "--format", "eap", "--tokenizer", "solar", "--split", "0.6")[0] == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["asyncgen-export.json", "solar.test.csv", "solar.train.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crafted.eap", "crafted.jsonl"]
+
+
+@pytest.mark.parametrize("share", ["0.0001", "0.9999"])
+def test_a_split_that_leaves_one_side_empty_is_refused(tmp_path, cli, share):
+    code, _, err = cli("export", str(crafted(tmp_path)), "--format", "csv", "--split", share, "--tokenizer", "solar")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "of 5 scenarios in train" in err and "a share from 0.2 to 0.8" in err
+    assert not (tmp_path / "crafted.csv").exists()
+
+
+def test_what_a_killed_export_left_is_cleaned_up_or_put_back(tmp_path):
+    import subprocess
+
+    from asyncgen.export_files import recover_leftovers
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    out = tmp_path / "data.eap"
+    old = tmp_path / f".data.eap.old-{gone.pid}"  # killed between renaming the old export aside and the new one in
+    old.mkdir()
+    (old / "solar.csv").write_text("old export\n")
+    partial = tmp_path / f".data.eap.partial-{gone.pid}"  # killed while building
+    partial.mkdir()
+    running = tmp_path / f".data.eap.partial-{os.getpid()}"  # an export still at work
+    running.mkdir()
+    recover_leftovers(out)
+    assert (out / "solar.csv").read_text() == "old export\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "data.eap"]

@@ -2,11 +2,13 @@
 
 import json
 import os
+import pty
 import re
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -218,19 +220,44 @@ def test_two_datasets_in_one_folder_keep_their_own_checkpoints(tmp_path, simulat
 
 
 def test_sigkill_leaves_no_validator_worker_behind(tmp_path, simulator):
+    """On a terminal, also (issue 17): the progress line hid the cursor, which the killed run could not
+    show again, and the pool's resource tracker warned of "5 leaked semaphore objects" after it."""
     base_url = simulator("--latency-ms", "100")
+    terminal, its_end = pty.openpty()
     process = subprocess.Popen(pool_run_args(tmp_path, "--base-url", base_url, "--num-scenarios", "2000",
                                              "--concurrency", "4"),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=tmp_path)
-    wait_for_scenarios(tmp_path / "dataset.jsonl", 10, process)
-    children = children_of(process.pid)
-    assert children, "the run should have a validator worker (and a resource tracker)"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and any(alive(pid) for pid in children):
-        time.sleep(0.1)
-    assert [pid for pid in children if alive(pid)] == []
+                               stdin=subprocess.DEVNULL, stdout=its_end, stderr=its_end, env=ENV, cwd=tmp_path)
+    os.close(its_end)
+    shown = bytearray()
+
+    def read_until_nobody_writes() -> None:
+        while True:
+            try:
+                chunk = os.read(terminal, 65536)
+            except OSError:  # EIO: nobody holds the terminal's other end any more
+                return
+            if not chunk:
+                return
+            shown.extend(chunk)
+
+    reader = threading.Thread(target=read_until_nobody_writes, daemon=True)
+    reader.start()
+    try:
+        wait_for_scenarios(tmp_path / "dataset.jsonl", 10, process)
+        children = children_of(process.pid)
+        assert children, "the run should have a validator worker (and a resource tracker)"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(alive(pid) for pid in children):
+            time.sleep(0.1)
+        assert [pid for pid in children if alive(pid)] == []
+        reader.join(timeout=15)  # the worker and the resource tracker end after the run
+    finally:
+        os.close(terminal)
+    assert not reader.is_alive() and b"scenarios" in shown  # the progress line was drawn
+    assert b"\x1b[?25l" not in shown  # no "hide the cursor"
+    assert b"leaked semaphore" not in shown, shown.decode(errors="replace")[-400:]
 
 
 # 7. A FIFO as --output or --checkpoint ---------------------------------------------------------------

@@ -272,7 +272,7 @@ def test_default_checkpoint_sits_beside_its_dataset():
 def test_a_file_that_is_not_a_dataset_is_refused_not_cut(tmp_path, content, with_checkpoint):
     output = tmp_path / "out.jsonl"
     output.write_bytes(content)
-    with pytest.raises(UsageError, match="not the start of scenario 0: it is not a dataset asyncgen wrote.*--overwrite"):
+    with pytest.raises(UsageError, match=rf"holds {len(content)} bytes that do not start a scenario: it is not a dataset asyncgen wrote.*--overwrite"):
         open_sink(tmp_path, checkpoint="checkpoint.json" if with_checkpoint else "fresh.json")
     assert output.read_bytes() == content
     with open_sink(tmp_path, overwrite=True) as sink:  # --overwrite replaces it, as asked

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -12,6 +11,9 @@ import orjson
 from asyncgen.annotations import annotate, task_answers
 from asyncgen.commands._shared import add_dataset_flags, load_dataset_and_task
 from asyncgen.errors import UsageError
+from asyncgen.export_files import (
+    MARKER, marker_bytes, recover_leftovers, refuse_unless_replaceable, replace_file, replace_folder,
+)
 from asyncgen.exports import (
     EAP_COLUMNS, FORMATS, _require, eap_rows, rows, split_of, write_csv, write_hf, write_jsonl, write_parquet,
 )
@@ -47,7 +49,9 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the split's shuffle (default: 0)")
     parser.add_argument("--out", default=None, metavar="PATH",
                         help="file or folder to write (default: beside the dataset: DATASET.export.jsonl, DATASET.csv, "
-                        "DATASET.parquet, DATASET.hf/ or DATASET.eap/)")
+                        "DATASET.parquet, DATASET.hf/ or DATASET.eap/); replaces only an earlier export, whole")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out even if it is not an export asyncgen wrote")
     parser.set_defaults(handler=run)
 
 
@@ -64,17 +68,27 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out(Path(args.dataset), args.format)
     if out.resolve() == Path(args.dataset).resolve():
         raise UsageError(f"--out {out} is the dataset itself; choose another path")
+    folder = args.format in FOLDER_FORMATS
+    recover_leftovers(out)
+    refuse_unless_replaceable(out, folder, args.overwrite)
     dataset, task, tokenizers = load_dataset_and_task(args)
+    splits = split_of(len(dataset.scenarios), args.split, args.seed) if args.split is not None else None
     answers = task_answers(task, tokenizers)
     annotations = [orjson.loads(line) for line in annotate(dataset.scenarios, tokenizers, answers)]
-    splits = split_of(len(dataset.scenarios), args.split, args.seed) if args.split is not None else None
     table = rows(dataset.scenarios, annotations, task.task_name, (task.answers.safe, task.answers.harmful), splits)
     try:
-        if args.format in ("hf", "eap"):
-            out.mkdir(parents=True, exist_ok=True)
+        if folder:
+            names: list[str] = []
+
+            def write_folder(path: Path) -> None:
+                names.extend(_write_folder(args.format, table, path, [t.name for t in tokenizers]))
+                (path / MARKER).write_bytes(marker_bytes(Path(args.dataset), args.format, names, len(table)))
+
+            replace_folder(out, write_folder)
+            written = [str(out / name) for name in names] if args.format == "eap" else [str(out)]
         else:
-            out.parent.mkdir(parents=True, exist_ok=True)
-        written = _write(args.format, table, out, [t.name for t in tokenizers])
+            replace_file(out, lambda path: WRITERS[args.format](table, path))
+            written = [str(out)]
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot write it ({exc.strerror or exc}); choose another --out") from exc
     counts = f"{len(table)} scenarios" + (
@@ -83,25 +97,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write(fmt: str, table: list[dict], out: Path, tokenizer_names: list[str]) -> list[str]:
-    if fmt in ("jsonl", "csv", "parquet"):
-        # A whole file or none: written beside, then renamed over --out.
-        partial = out.with_name(out.name + ".partial")
-        try:
-            {"jsonl": write_jsonl, "csv": write_csv, "parquet": write_parquet}[fmt](table, partial)
-            os.replace(partial, out)
-        finally:
-            partial.unlink(missing_ok=True)
-    elif fmt == "hf":
-        write_hf(table, out)
-    else:
-        written = []
-        for name in tokenizer_names:
-            parts = {"": table} if "split" not in table[0] else {
-                f".{s}": [row for row in table if row["split"] == s] for s in ("train", "test")}
-            for suffix, part in parts.items():
-                path = out / f"{name}{suffix}.csv"
-                write_csv(eap_rows(part, name), path, EAP_COLUMNS)
-                written.append(str(path))
-        return written
-    return [str(out)]
+WRITERS = {"jsonl": write_jsonl, "csv": write_csv, "parquet": write_parquet}
+FOLDER_FORMATS = ("hf", "eap")
+
+
+def _write_folder(fmt: str, table: list[dict], folder: Path, tokenizer_names: list[str]) -> list[str]:
+    """Write a folder export's files into ``folder``; their names, relative to it."""
+    if fmt == "hf":
+        write_hf(table, folder)
+        return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+    names = []
+    parts = {"": table} if "split" not in table[0] else {
+        f".{s}": [row for row in table if row["split"] == s] for s in ("train", "test")}
+    for name in tokenizer_names:
+        for suffix, part in parts.items():
+            write_csv(eap_rows(part, name), folder / f"{name}{suffix}.csv", EAP_COLUMNS)
+            names.append(f"{name}{suffix}.csv")
+    return names

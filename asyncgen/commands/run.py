@@ -147,7 +147,6 @@ def run(args: argparse.Namespace) -> int:
     if args.no_checkpoint and args.checkpoint is not None:
         raise UsageError("--no-checkpoint and --checkpoint contradict each other; give one of them")
     try:
-        log.info("loading the tokenizers (the first run on a machine builds them, about 5 s)")
         task, specs, tokenizers = load_task_and_tokenizers(args.task, args.config_dir, args.tokenizer, args.cache_dir)
     except KeyboardInterrupt:
         print(f"asyncgen run stopped (interrupted) while loading the tokenizers: {args.output} was not touched",
