@@ -41,7 +41,7 @@ def _common_parser() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     from asyncgen.commands import (
-        annotate, batch, check_pairs, export, inspect_dataset, run, simulate, tokenize, validate_dataset,
+        annotate, batch, check_pairs, export, inspect_dataset, run, score, simulate, tokenize, validate_dataset,
     )
 
     parser = ArgumentParser(
@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"asyncgen {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = _common_parser()
-    for module in (run, batch, tokenize, check_pairs, validate_dataset, simulate, annotate, inspect_dataset, export):
+    for module in (run, batch, score, tokenize, check_pairs, validate_dataset, simulate, annotate, inspect_dataset,
+                   export):
         module.register(subparsers, common)
     return parser
 
