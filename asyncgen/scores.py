@@ -22,6 +22,7 @@ Contract
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -40,7 +41,8 @@ except ImportError:  # Windows: no advisory lock
     fcntl = None  # type: ignore[assignment]
 
 FORMAT = "asyncgen-scores/1"
-IDENTITY_KEYS = ("dataset_id", "task", "model", "endpoint", "readings")
+log = logging.getLogger(__name__)
+IDENTITY_KEYS = ("dataset_id", "task", "model", "readings", "forms")  # the endpoint is recorded, and warned about
 
 
 def file_safe(model: str) -> str:
@@ -69,9 +71,9 @@ def dataset_id(task_name: str, first: Scenario) -> str:
 
 
 def header_for(dataset: str | os.PathLike, task_name: str, first: Scenario, model: str, endpoint: str,
-               readings: dict[str, list[str]]) -> dict:
+               readings: dict[str, list[str]], forms: list[str] | tuple[str, ...] = ("single", "multi")) -> dict:
     return {"format": FORMAT, "dataset": Path(dataset).name, "dataset_id": dataset_id(task_name, first),
-            "task": task_name, "model": model, "endpoint": endpoint, "readings": readings,
+            "task": task_name, "model": model, "endpoint": endpoint, "readings": readings, "forms": list(forms),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -130,13 +132,16 @@ def refuse_mismatch(path: Path, stored: dict, wanted: dict, scenarios: list[Scen
         if stored.get(key) != wanted.get(key):
             what = {"dataset_id": f"another dataset ({stored.get('dataset')!r}: its first scenario differs)",
                     "task": f"task {stored.get('task')!r}", "model": f"model {stored.get('model')!r}",
-                    "endpoint": f"the server at {stored.get('endpoint')}",
-                    "readings": f"the readings {stored.get('readings')}"}[key]
+                    "readings": f"the answers read as {stored.get('readings')}",
+                    "forms": f"the forms {stored.get('forms')}"}[key]
             now = {"dataset_id": "this dataset", "task": f"task {wanted.get('task')!r}",
-                   "model": f"--model {wanted.get('model')!r}", "endpoint": f"{wanted.get('endpoint')}",
-                   "readings": f"the readings {wanted.get('readings')}"}[key]
+                   "model": f"--model {wanted.get('model')!r}", "readings": f"{wanted.get('readings')} (--tokenizer)",
+                   "forms": f"--form {'both' if len(wanted.get('forms') or ()) == 2 else (wanted.get('forms') or ['?'])[0]}"}[key]
             raise UsageError(f"{path} holds the scores of {what}, not of {now}; move it away to score again, "
                              "or run with what made it")
+    if stored.get("endpoint") != wanted.get("endpoint"):
+        log.warning("%s was scored at %s; the scenarios still unscored are asked at %s", path,
+                    stored.get("endpoint"), wanted.get("endpoint"))
 
 
 class ScoresFile:

@@ -52,8 +52,7 @@ def score(args: argparse.Namespace) -> int:
     if args.results:
         endpoint = args.base_url or "batch"
     path = scores_path(args.dataset, args.model)
-    header = header_for(args.dataset, task.task_name, scenarios[0], args.model, endpoint, readings)
-    header["forms"] = list(settings.forms)
+    header = header_for(args.dataset, task.task_name, scenarios[0], args.model, endpoint, readings, settings.forms)
     prices, prices_path = load_price_table(args.config_dir, args.prices)
     price = run_price(prices, args.model, args.base_url, table_given=bool(args.prices))
     if args.max_cost is not None and price is None:
