@@ -146,7 +146,7 @@ class SimulatorConfig:
                 raise UsageError(f"{name} {getattr(self, name)}: expected 0 or more")
         for name in ("imperfect_rate", "prose_rate", "non_flip_share", "outside_top_k_share"):
             if not 0 <= getattr(self, name) <= 1:
-                raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected a share in [0, 1]")
+                raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name):g}: expected a share in [0, 1]")
         unknown = set(self.imperfect_mix) - set(IMPERFECTION_KINDS)
         if unknown:
             raise UsageError(
