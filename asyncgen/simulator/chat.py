@@ -12,6 +12,12 @@ request sets neither. (OpenAI's guide words it as "the larger of" the two; count
 stricter reading, and the one that makes a client's ``max_tokens`` matter.)
 It is taken on admission and never refunded; requests that then fail by a fault are charged too.
 
+Generation or question. A request is a generation request (answered with pairs, as ``run``
+expects) when it asks for no log-probabilities and either asks for JSON (``response_format``
+json_object or json_schema) or mentions "pairs" in a message. Any other request is a question to
+the model under study (scoring.py), asked in its last message: its answer is greedy, with
+``logprobs: {"content": [...]}`` in OpenAI's shape when ``logprobs`` is true.
+
 Everything here is pure but ``new_id``; the HTTP handler (app.py) and the batch runner
 (batches.py) share it.
 """
@@ -26,13 +32,14 @@ from itertools import count
 
 import orjson
 
-from asyncgen.simulator import composer, faults, wire
+from asyncgen.simulator import composer, faults, scoring, wire
 from asyncgen.simulator.composer import AnswerShape, Player
-from asyncgen.simulator.settings import MODELS, SimulatorConfig
+from asyncgen.simulator.settings import MAX_TOP_LOGPROBS, MODELS, SimulatorConfig, serves_chat
 
 _SCHEMA_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _ROLES = frozenset(("system", "developer", "user", "assistant", "tool"))
 _FORMATS = ("text", "json_object", "json_schema")
+_PAIRS = re.compile(r"\bpairs\b", re.IGNORECASE)
 _ids = count(1)
 
 
@@ -47,6 +54,9 @@ class ChatRequest:
     shape: AnswerShape
     strict: bool
     prompt_tokens: int
+    generation: bool = True  # False: a question to the model under study
+    logprobs: bool = False
+    top_logprobs: int = 0
 
     @property
     def charge(self) -> int:
@@ -70,6 +80,8 @@ def parse_chat_request(body: object) -> ChatRequest:
         raise wire.missing_parameter("model")
     if not isinstance(model, str) or model not in MODELS:
         raise wire.model_not_found(str(model))
+    if not serves_chat(model):
+        raise wire.not_a_chat_model()
     resolved, context_window, output_limit = MODELS[model]
     texts = _message_texts(body.get("messages"))
     n = _integer(body, "n", 1, 1, 128)
@@ -95,7 +107,23 @@ def parse_chat_request(body: object) -> ChatRequest:
             "context_length_exceeded",
         )
     format_, shape, strict = _response_format(body.get("response_format"), texts)
-    return ChatRequest(model, resolved, texts, n, max_output, format_, shape, strict, prompt_tokens)
+    logprobs, top_logprobs = _logprobs(body)
+    generation = not logprobs and (format_ != "text" or any(_PAIRS.search(text) for text in texts))
+    return ChatRequest(model, resolved, texts, n, max_output, format_, shape, strict, prompt_tokens, generation,
+                       logprobs, top_logprobs or 0)
+
+
+def _logprobs(body: dict) -> tuple[bool, int | None]:
+    logprobs = body.get("logprobs")
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise wire.bad_request(f"Invalid type for 'logprobs': expected a boolean, but got {_kind(logprobs)} instead.",
+                               "logprobs", "invalid_type")
+    top_logprobs = _integer(body, "top_logprobs", None, 0, MAX_TOP_LOGPROBS)
+    if top_logprobs is not None and not logprobs:
+        # [U]: OpenAI's wording is not on record; its rule (top_logprobs needs logprobs) is documented.
+        raise wire.bad_request("Invalid value for 'top_logprobs': 'logprobs' must be set to true when "
+                               "'top_logprobs' is specified.", "top_logprobs", "invalid_value")
+    return bool(logprobs), top_logprobs
 
 
 def _message_texts(messages: object) -> tuple[str, ...]:
@@ -250,6 +278,7 @@ class Choice:
     refusal: str | None
     finish_reason: str
     fault: str | None
+    steps: tuple[scoring.Step, ...] | None = None  # a question's answer, token by token
 
 
 def compose_choice(request: ChatRequest, player: Player, config: SimulatorConfig, rng: random.Random) -> Choice:
@@ -280,8 +309,53 @@ def compose_choice(request: ChatRequest, player: Player, config: SimulatorConfig
     return Choice(text, None, finish_reason, fault)
 
 
+def question_steps(text: str, player: Player, config: SimulatorConfig) -> list[scoring.Step]:
+    """The model under study's whole answer to ``text`` (shared by chat and completions)."""
+    question = scoring.read_question(player, text, config.seed, config.non_flip_share, config.outside_top_k_share)
+    return scoring.answer_steps(player, question, text, config.seed)
+
+
+def answer_question(steps: list[scoring.Step], max_output: int | None, config: SimulatorConfig,
+                    rng: random.Random) -> tuple[list[scoring.Step], str, str | None]:
+    """A question's answer as delivered: the output limit and the content faults that apply to a
+    plain answer (``length`` cuts it short, ``content_filter`` withholds it); the others fire only
+    on generation answers."""
+    fault = faults.draw_content_fault(config.faults, rng)
+    steps, finish_reason = scoring.cut(steps, max_output)
+    if fault == "length" and steps:
+        steps, finish_reason = steps[: max(1, len(steps) // 2)], "length"
+    elif fault == "content_filter":
+        steps, finish_reason = [], "content_filter"
+    else:
+        fault = None
+    return steps, finish_reason, fault
+
+
+def compose_answer(request: ChatRequest, player: Player, config: SimulatorConfig, rng: random.Random) -> Choice:
+    """The model under study's answer to the request's last message."""
+    text = request.texts[-1] if request.texts else ""
+    steps, finish_reason, fault = answer_question(question_steps(text, player, config), request.max_output, config, rng)
+    return Choice("".join(step.token for step in steps), None, finish_reason, fault, tuple(steps))
+
+
+def _choice_logprobs(choice: Choice, top_logprobs: int) -> dict:
+    def entry(token: str, logprob: float) -> dict:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    return {
+        "content": [
+            {**entry(step.token, step.logprob), "top_logprobs": [entry(t, lp) for t, lp in step.top[:top_logprobs]]}
+            for step in choice.steps or ()
+        ],
+        "refusal": None,
+    }
+
+
 def completion(request: ChatRequest, choices: list[Choice], completion_id: str, fingerprint: str) -> dict:
-    completion_tokens = sum(estimate_tokens(c.content if c.content is not None else c.refusal or "") for c in choices)
+    completion_tokens = sum(
+        len(c.steps) if c.steps is not None else estimate_tokens(c.content if c.content is not None else c.refusal or "")
+        for c in choices
+    )
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -291,7 +365,7 @@ def completion(request: ChatRequest, choices: list[Choice], completion_id: str, 
             {
                 "index": index,
                 "message": {"role": "assistant", "content": c.content, "refusal": c.refusal, "annotations": []},
-                "logprobs": None,
+                "logprobs": _choice_logprobs(c, request.top_logprobs) if request.logprobs else None,
                 "finish_reason": c.finish_reason,
             }
             for index, c in enumerate(choices)
@@ -313,7 +387,10 @@ def completion(request: ChatRequest, choices: list[Choice], completion_id: str, 
     }
 
 
-def answer(request: ChatRequest, player: Player, config: SimulatorConfig, key: str, completion_id: str, fingerprint: str) -> dict:
-    """The whole completion for a request; ``key`` seeds every draw (one stream per choice)."""
-    choices = [compose_choice(request, player, config, random.Random(f"{key}:choice{i}")) for i in range(request.n)]
-    return completion(request, choices, completion_id, fingerprint)
+def respond(request: ChatRequest, player: Player, config: SimulatorConfig, key: str, completion_id: str,
+            fingerprint: str) -> tuple[dict, list[str]]:
+    """The whole completion for a request and the content faults that fired; ``key`` seeds every
+    draw (one stream per choice)."""
+    compose = compose_choice if request.generation else compose_answer
+    choices = [compose(request, player, config, random.Random(f"{key}:choice{i}")) for i in range(request.n)]
+    return completion(request, choices, completion_id, fingerprint), [c.fault for c in choices if c.fault]
