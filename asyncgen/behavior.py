@@ -13,7 +13,7 @@ Contract
 * **Bounds.** An answer whose readings are both absent from the top-k is less likely than every
   returned token: its log-probability is at most the lowest one returned, recorded with
   ``bound=True``. Never a number it is not.
-* **Unknown.** When a top-k token is the answer spelled another way (``▁Yes``, ``ĠYes``, ``yes``:
+* **Unknown.** When a top-k token is the answer spelled another way (``▁Yes``, ``ĠYes``, ``\nYes``:
   a served model whose tokenizer differs from ``--tokenizer``), neither reading may be the answer as
   this server spells it: the answer is ``unknown`` (no log-probability, no bound) and the spelling
   seen is kept, so the caller warns once with both.
@@ -94,8 +94,9 @@ _MARKS = re.compile(r"^[\s\u2581\u0120\u010a]+")  # whitespace, SentencePiece's 
 
 
 def _spelled_as(token: str) -> str:
-    """A token's text with its word-start marks and surrounding whitespace removed, casefolded."""
-    return _MARKS.sub("", token).strip().casefold()
+    """A token's text with its word-start marks and surrounding whitespace removed (case kept:
+    ``yes`` is another token than ``Yes``, not another spelling of it)."""
+    return _MARKS.sub("", token).strip()
 
 
 @dataclass(frozen=True)

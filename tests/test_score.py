@@ -47,6 +47,8 @@ def test_an_answer_the_server_spells_otherwise_is_unknown_never_a_number():
     score = B.score_answer({"\u2581Yes": -0.1, "No": -3.0}, "Yes")
     assert score.unknown and score.logprob is None and not score.bound and score.other_spelling == "\u2581Yes"
     assert B.logit_difference(score, B.score_answer({"No": -3.0}, "No")) == B.Difference(None, None)
+    other_case = B.score_answer({"yes": -0.1, " yes": -0.5, "No": -3.0}, "Yes")  # another token, not a spelling
+    assert (other_case.logprob, other_case.bound) == (-3.0, True)
 
 
 def test_logit_difference_exact_and_bounded():
