@@ -128,6 +128,14 @@ class Scorer:
     def _recover(self, decision: Decision, params: dict) -> bool:
         """Completions refused for this model (OpenAI's chat models, a server without the endpoint):
         ask chat completions instead, saying so once. True: send again at once."""
+        if decision.action == "fail" and "logprob" in decision.message.lower():
+            self.stats.requests_failed += 1
+            via = "/v1/completions" if "prompt" in params else "chat completions"
+            hint = ("pass --chat to ask chat completions with logprobs instead, or --form multi to score the free "
+                    "answers only" if "prompt" in params else "pass --form multi to score the free answers only")
+            raise ApiError(redact(f"the server refused log-probabilities on {via} for {self.settings.model}: "
+                                  f"{decision.message.removesuffix('; check --model and --base-url')}; {hint}",
+                                  self.api_key))
         if decision.cause != "not_found" or "prompt" not in params:
             return False
         if "does not exist" in decision.message:

@@ -228,6 +228,23 @@ def test_no_logprobs_is_one_line_with_the_servers_words_and_what_to_pass(tmp_pat
     assert "no log-probabilities" in line and "pass --chat" in line and '"logprobs":null' in line
 
 
+def test_a_server_refusing_logprobs_is_one_line_with_its_words_and_what_to_pass(tmp_path, pairs, cli):
+    dataset = tmp_path / "d.jsonl"
+    write_dataset(dataset, pairs[:2])
+
+    async def refuses_logprobs(body, seen):
+        if body.get("logprobs"):
+            return 400, {"detail": "logprobs is not supported for this model"}
+        return await model_under_study(body, seen)
+
+    with FakeServer(refuses_logprobs) as server:
+        code, _out, err = cli("score", str(dataset), "--model", "m", "--base-url", server.base_url, "--chat")
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (
+        "asyncgen score: error: the server refused log-probabilities on chat completions for m: 400: logprobs is "
+        "not supported for this model; pass --form multi to score the free answers only")
+
+
 def test_an_unknown_model_fails_in_the_servers_words(tmp_path, pairs, cli):
     dataset = tmp_path / "d.jsonl"
     write_dataset(dataset, pairs[:2])
@@ -303,3 +320,59 @@ def test_sigkilled_at_random_points_and_resumed_scores_every_scenario_exactly_on
     assert kills == 2
     records = [json.loads(line) for line in path.read_bytes().splitlines()[1:]]
     assert sorted(r["scenario_id"] for r in records) == list(range(60))  # each exactly once
+
+
+# --- export and inspect of the scores -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def scored_offline(pairs, tmp_path_factory, tokenizer_cache):
+    """A 60-scenario dataset scored on the offline default (the simulator's model under study: a
+    share of pairs that do not flip, answers outside the top-k, gpt-4o refused on completions)."""
+    from asyncgen.cli import main
+
+    dataset = tmp_path_factory.mktemp("offline") / "d.jsonl"
+    write_dataset(dataset, pairs[:60])
+    env = {k: os.environ.pop(k) for k in ("OPENAI_API_KEY", "OPENAI_BASE_URL") if k in os.environ}
+    try:
+        assert main(["score", str(dataset), "--model", "gpt-4o", "--cache-dir", tokenizer_cache]) == 0
+    finally:
+        os.environ.update(env)
+    return dataset
+
+
+def test_offline_default_exercises_the_chat_fallback_bounds_and_both_verdicts(scored_offline):
+    records = scored(scores_path(scored_offline, "gpt-4o"))
+    assert sorted(records) == list(range(60))
+    assert {r["single"]["via"] for r in records.values()} == {"chat"}
+    single = [r["single"]["flips"] for r in records.values()]
+    assert True in single and False in single
+    assert any(side["answers"][answer]["bound"] for r in records.values()
+               for side in (r["single"]["prompt"], r["single"]["counterfactual"]) for answer in ("Yes", "No"))
+    assert {r["multi"]["counterfactual"]["refuses"] for r in records.values()} == {True, False}
+
+
+@pytest.mark.parametrize("form", ["single", "multi", "both"])
+def test_export_only_flipping_keeps_exactly_the_scenarios_the_sidecar_marks_as_flipping(scored_offline, cli, tmp_path, form):
+    records = scored(scores_path(scored_offline, "gpt-4o"))
+    forms = ("single", "multi") if form == "both" else (form,)
+    flipping = sorted(i for i, r in records.items() if all(r[f]["flips"] is True for f in forms))
+    out = tmp_path / "out.jsonl"
+    code, _out, err = cli("export", str(scored_offline), "--format", "jsonl", "--scores", "gpt-4o",
+                          "--only-flipping", form, "--out", str(out))
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["scenario_id"] for row in rows] == flipping and 0 < len(flipping) < 60
+    assert all(row["score.gpt-4o.single_flips"] is records[row["scenario_id"]]["single"]["flips"] for row in rows)
+
+
+def test_export_scores_of_a_model_not_scored_is_one_line_exit_2(scored_offline, cli, tmp_path):
+    code, _out, err = cli("export", str(scored_offline), "--format", "csv", "--scores", "llama", "--out",
+                          str(tmp_path / "x.csv"))
+    assert code == 2 and "no scores of 'llama'" in err and "asyncgen score" in err
+
+
+def test_inspect_shows_per_scored_model_flip_shares_spread_and_disagreement(scored_offline, cli):
+    code, out, err = cli("inspect", str(scored_offline), "--no-tokens")
+    assert code == 0, err
+    assert "scores under gpt-4o: 60/60 scenarios scored" in out
+    assert "single-token flips" in out and "logit diff clean" in out and "forms disagree" in out
