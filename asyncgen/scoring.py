@@ -72,29 +72,31 @@ def requests_of(scenario: Scenario, forms: tuple[str, ...]) -> list[tuple[str, s
     return [(form, side, texts[form, side]) for form in forms for side in SIDES]
 
 
+def request_body(settings: ScoreSettings, form: str, text: str, via: str) -> dict:
+    """One request body: the single-token form's (``via`` completions or chat) or the free answer's."""
+    model = settings.model
+    if form == "single" and via == "completions":
+        return {"model": model, "prompt": text, "max_tokens": 1, "temperature": 0, "logprobs": settings.completions_top_k}
+    messages = [{"role": "user", "content": text}]
+    if form == "single":
+        return {"model": model, "messages": messages, output_cap_field(model): 1, "temperature": 0,
+                "logprobs": True, "top_logprobs": TOP_K}
+    return {"model": model, "messages": messages, output_cap_field(model): settings.max_answer_tokens, "temperature": 0}
+
+
 class Scorer:
-    def __init__(self, sender: Sender, settings: ScoreSettings, stats: RunStats, counts: ScoreCounts,
+    def __init__(self, sender: Sender | None, settings: ScoreSettings, stats: RunStats, counts: ScoreCounts,
                  price: Price | None, api_key: str | None) -> None:
         self.sender, self.settings, self.stats, self.counts = sender, settings, stats, counts
         self.price, self.api_key = price, api_key
         self.single_via = "chat" if settings.chat else "completions"
-        self.completions_url = sender.transport.url_of("completions")
+        self.completions_url = sender.transport.url_of("completions") if sender is not None else None
         self._warned_spellings: set[str] = set()
 
     # --- requests -----------------------------------------------------------------------------
 
     def body(self, form: str, text: str, via: str) -> dict:
-        """One request body: the single-token form's (``via`` completions or chat) or the free answer's."""
-        model = self.settings.model
-        if form == "single" and via == "completions":
-            return {"model": model, "prompt": text, "max_tokens": 1, "temperature": 0,
-                    "logprobs": self.settings.completions_top_k}
-        messages = [{"role": "user", "content": text}]
-        if form == "single":
-            return {"model": model, "messages": messages, output_cap_field(model): 1, "temperature": 0,
-                    "logprobs": True, "top_logprobs": TOP_K}
-        return {"model": model, "messages": messages, output_cap_field(model): self.settings.max_answer_tokens,
-                "temperature": 0}
+        return request_body(self.settings, form, text, via)
 
     def output_tokens(self, form: str) -> int:
         return 1 if form == "single" else self.settings.max_answer_tokens

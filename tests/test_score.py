@@ -376,3 +376,47 @@ def test_inspect_shows_per_scored_model_flip_shares_spread_and_disagreement(scor
     assert code == 0, err
     assert "scores under gpt-4o: 60/60 scenarios scored" in out
     assert "single-token flips" in out and "logit diff clean" in out and "forms disagree" in out
+
+
+# --- other engines: batch input out, batch output in ----------------------------------------------
+
+def run_batch(requests: Path, out: Path, fail: set[str] = frozenset()) -> None:
+    """What `vllm run-batch` does with the requests, with the model under study answering."""
+    import asyncio
+
+    lines = []
+    for raw in requests.read_text().splitlines():
+        request = json.loads(raw)
+        assert request["url"] in ("/v1/completions", "/v1/chat/completions")
+        if request["custom_id"] in fail:
+            lines.append({"id": "x", "custom_id": request["custom_id"], "response": None,
+                          "error": {"message": "engine crashed"}})
+            continue
+        _status, body = asyncio.run(model_under_study(request["body"], 0))
+        lines.append({"id": "x", "custom_id": request["custom_id"], "response": {"status_code": 200, "body": body},
+                      "error": None})
+    out.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_write_requests_then_results_scores_as_real_time_does(tmp_path, pairs, cli):
+    dataset = tmp_path / "d.jsonl"
+    write_dataset(dataset, pairs[:5])
+    requests, out = tmp_path / "requests.jsonl", tmp_path / "out.jsonl"
+    code, _out, err = cli("score", str(dataset), "--model", "m", "--write-requests", str(requests))
+    assert code == 0, err
+    assert len(requests.read_text().splitlines()) == 20 and not scores_path(dataset, "m").exists()
+    first = requests.read_text().splitlines()[0]
+    run_batch(requests, out, fail={json.loads(first)["custom_id"]})
+    code, _out, err = cli("score", str(dataset), "--model", "m", "--results", str(out))
+    assert code == 1 and "1 scenarios are still unscored" in err
+    records = scored(scores_path(dataset, "m"))
+    assert sorted(records) == [1, 2, 3, 4] and all(r["single"]["flips"] and r["multi"]["flips"] for r in records.values())
+    run_batch(requests, out)
+    code, _out, err = cli("score", str(dataset), "--model", "m", "--results", str(out))
+    assert code == 0, err
+    assert sorted(r["scenario_id"] for r in
+                  (json.loads(line) for line in scores_path(dataset, "m").read_text().splitlines()[1:])) == [0, 1, 2, 3, 4]
+    other = tmp_path / "e.jsonl"
+    write_dataset(other, pairs[5:10])
+    code, _out, err = cli("score", str(other), "--model", "m", "--results", str(out))
+    assert code == 2 and "belong to another dataset" in err
