@@ -39,7 +39,8 @@ def score(args: argparse.Namespace) -> int:
     settings = ScoreSettings(
         model=args.model, safe_answer=task.answers.safe, harmful_answer=task.answers.harmful, readings=readings,
         forms=FORMS if args.form == "both" else (args.form,), chat=args.chat,
-        completions_top_k=TOP_K_OPENAI_COMPLETIONS if mode == "openai" or (url and is_openai_endpoint(url)) else TOP_K,
+        completions_top_k=TOP_K_OPENAI_COMPLETIONS if mode in ("openai", "simulator") or (url and is_openai_endpoint(url))
+        else TOP_K,
         max_answer_tokens=args.max_answer_tokens, behavior=task.behavior)
     if settings.behavior is None and "multi" in settings.forms:
         log.warning("task %s has no behavior block: free answers are recorded without a refusal verdict "
