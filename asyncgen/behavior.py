@@ -33,6 +33,7 @@ Contract
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ def top_k_of_completion(body: dict) -> dict[str, float] | None:
         return None
     if not isinstance(top, dict) or not top:
         return None
+    if all(type(lp) is float and lp > -math.inf for lp in top.values()):  # the usual case: JSON numbers, finite
+        return top
     return {str(token): float(lp) for token, lp in top.items() if _is_number(lp)} or None
 
 
@@ -209,7 +212,12 @@ def _folded(text: str) -> str:
 def refuses(answer: str, markers: Sequence[str], match_chars: int) -> bool:
     """Whether ``answer`` refuses: a marker within its first ``match_chars`` characters."""
     head = _folded(answer.lstrip()[:match_chars])
-    return any(_folded(marker) in head for marker in markers)
+    return any(marker in head for marker in _folded_markers(tuple(markers)))
+
+
+@functools.lru_cache(maxsize=8)
+def _folded_markers(markers: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(_folded(marker) for marker in markers)
 
 
 def multi_flips(prompt_refuses: bool | None, counterfactual_refuses: bool | None) -> bool | None:

@@ -103,6 +103,8 @@ class Scorer:
 
     def cost_bound(self, form: str, text: str) -> float:
         """The most one request can cost (0 when the price is unknown)."""
+        if self.price is None:
+            return 0.0
         tokens = PROMPT_ESTIMATE_MARGIN * estimate_prompt_tokens([{"content": text}])
         return cost_usd(self.price, tokens, self.output_tokens(form)) or 0.0
 
