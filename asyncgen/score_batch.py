@@ -97,6 +97,9 @@ def read_results(args, scenarios: list[Scenario], settings: ScoreSettings, score
                 result = scorer.read(orjson.dumps(body), form, via)
             except ApiError as exc:
                 raise InputFileError(f"{where}: {exc}") from exc
+            if result is None:  # a bad answer (counted): its scenario stays unscored
+                failed.add(scenario_id)
+                continue
             sides = parts.setdefault(scenario_id, {})
             if (form, side) in sides:
                 raise InputFileError(f"{where}: a second answer to scenario {scenario_id}'s {form} {side} request; "

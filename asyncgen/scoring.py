@@ -92,6 +92,8 @@ class Scorer:
         self.single_via = "chat" if settings.chat else "completions"
         self.completions_url = sender.transport.url_of("completions") if sender is not None else None
         self._warned_spellings: set[str] = set()
+        self.seen_logprobs = False  # some answer carried log-probabilities
+        self.answered = False  # some answer was usable
 
     # --- requests -----------------------------------------------------------------------------
 
@@ -122,12 +124,17 @@ class Scorer:
             return self.completions_url if form == "single" and self.single_via == "completions" else None
 
         cap = self.output_tokens(form)
-        answer = await self.sender.send(
-            number, body, prompt_tokens, lambda: cap, url=url, recover=self._recover,
-            abandoned_bound=lambda _cap: cost_usd(self.price, PROMPT_ESTIMATE_MARGIN * prompt_tokens, cap))
-        if answer is None:
-            return None
-        return self.read(answer[0], form, used[-1])
+        for attempt in range(self.sender.policy.max_attempts):
+            answer = await self.sender.send(
+                number, body, prompt_tokens, lambda: cap, url=url, recover=self._recover,
+                abandoned_bound=lambda _cap: cost_usd(self.price, PROMPT_ESTIMATE_MARGIN * prompt_tokens, cap))
+            if answer is None:
+                return None
+            result = self.read(answer[0], form, used[-1])
+            if result is not None:
+                return result
+            # A 200 with no log-probabilities or no completion: counted in answer_failures, asked again.
+        return None
 
     def _recover(self, decision: Decision, params: dict) -> bool:
         """Completions refused for this model (OpenAI's chat models, a server without the endpoint):
@@ -154,7 +161,9 @@ class Scorer:
 
     # --- answers ------------------------------------------------------------------------------
 
-    def read(self, content: bytes, form: str, via: str) -> dict:
+    def read(self, content: bytes, form: str, via: str) -> dict | None:
+        """The score of one answer; None for a bad answer (asked again), an ApiError when the server
+        has given no usable answer yet (it cannot score this way)."""
         stats = self.stats
         stats.requests_ok += 1
         try:
@@ -166,13 +175,23 @@ class Scorer:
         stats.prompt_tokens += prompt_tokens
         stats.completion_tokens += completion_tokens
         stats.add_cost(cost_usd(self.price, prompt_tokens, completion_tokens))
-        if not isinstance(body, dict):
-            raise ApiError(f"the server answered with no JSON completion ({content[:120]!r}); check --base-url")
+        if not isinstance(body, dict) or not isinstance(body.get("choices"), list) or not body["choices"]:
+            if not self.answered:
+                raise ApiError(f"the server answered with no completion ({content[:120]!r}); check --base-url")
+            stats.answer_failures["bad_shape"] += 1
+            return None
         if form == "multi":
+            self.answered = True
             return self._free_answer(body)
         top_k = top_k_of_completion(body) if via == "completions" else top_k_of_chat(body)
         if top_k is None:
-            raise ApiError(self._no_logprobs(body, via))
+            # A server that never gives them stops the run; one answer without them (a content
+            # filter, a refusal) among answers that had them is a bad answer, asked again.
+            if not self.seen_logprobs:
+                raise ApiError(self._no_logprobs(body, via))
+            stats.answer_failures["no_logprobs"] += 1
+            return None
+        self.seen_logprobs = self.answered = True
         s = self.settings
         record, sign, answers = side_record(top_k, s.safe_answer, s.harmful_answer, s.readings)
         for answer in answers:

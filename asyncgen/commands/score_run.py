@@ -199,6 +199,9 @@ def score_summary(stats: RunStats, counts: ScoreCounts, *, path: str, stop_reaso
     if counts.scenarios_given_up:
         lines.append(f"  left unscored   {counts.scenarios_given_up} scenarios whose request was given up "
                      "(the next run asks again)")
+    if stats.answer_failures:
+        lines.append("  bad answers     " + ", ".join(f"{kind}: {n}" for kind, n in sorted(stats.answer_failures.items()))
+                     + " (asked again)")
     lines.append("  requests        " + _requests(stats))
     if stats.last_error and (stats.requests_given_up or stats.requests_failed or not stats.requests_ok):
         lines.append(f"  last error      {stats.last_error}")
