@@ -228,6 +228,23 @@ def test_no_logprobs_is_one_line_with_the_servers_words_and_what_to_pass(tmp_pat
     assert "no log-probabilities" in line and "pass --chat" in line and '"logprobs":null' in line
 
 
+def test_an_answer_without_logprobs_among_good_ones_is_asked_again_not_the_end(tmp_path, pairs, cli):
+    dataset = tmp_path / "d.jsonl"
+    write_dataset(dataset, pairs[:6])
+
+    async def sometimes_filtered(body, seen):
+        if "prompt" in body and seen % 4 == 3:  # a content filter's answer: no logprobs
+            return 200, {"choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": "content_filter"}]}
+        return await model_under_study(body, seen)
+
+    with FakeServer(sometimes_filtered) as server:
+        code, _out, err = cli("score", str(dataset), "--model", "m", "--base-url", server.base_url, "--form", "single",
+                              "--concurrency", "1")
+    assert code == 0, err
+    assert "bad answers     no_logprobs: 3 (asked again)" in err and "15 sent: 15 answered" in err
+    assert sorted(scored(scores_path(dataset, "m"))) == list(range(6))
+
+
 def test_a_server_refusing_logprobs_is_one_line_with_its_words_and_what_to_pass(tmp_path, pairs, cli):
     dataset = tmp_path / "d.jsonl"
     write_dataset(dataset, pairs[:2])
