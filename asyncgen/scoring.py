@@ -20,6 +20,7 @@ import logging
 import signal
 from collections import Counter, deque
 from dataclasses import dataclass, field
+
 import orjson
 
 from asyncgen.behavior import chat_text, flips, multi_flips, refuses, side_record, top_k_of_chat, top_k_of_completion

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import shlex
-import shutil
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -18,7 +17,7 @@ from asyncgen.config import Task, load_task
 from asyncgen.errors import InputFileError, UsageError
 from asyncgen.eventloop import LOOPBACK_HOSTS, run_event_loop
 from asyncgen.prices import is_openai_endpoint, price_for, run_price
-from asyncgen.progress import _money, _requests, fit_summary, report_progress
+from asyncgen.progress import _money, _requests, exit_code, print_summary, report_progress
 from asyncgen.scenario import Scenario, read_dataset
 from asyncgen.scores import ScoresFile, header_for, scores_path
 from asyncgen.scoring import (
@@ -161,22 +160,9 @@ async def _score_async(args, scenarios, settings, scores, stats, counts, price, 
             stop_reason = pipeline.stop_reason if pipeline is not None else None
             if failure is not None and stop_reason in (None, "failed"):
                 stop_reason = "interrupted" if isinstance(failure, (asyncio.CancelledError, KeyboardInterrupt)) else "failed"
-            text = score_summary(stats, counts, path=str(path), stop_reason=stop_reason,
-                                 resume_command=resume_command(args))
-            if sys.stderr.isatty():
-                text = fit_summary(text, shutil.get_terminal_size().columns - 1)
-            print(text, file=sys.stderr)
-    if isinstance(failure, (asyncio.CancelledError, KeyboardInterrupt)):
-        return 130
-    if failure is not None:
-        raise failure
-    if stats.accepted >= stats.target:
-        return 0
-    if stop_reason == "max_cost":
-        print(f"asyncgen score: stopped at --max-cost ${args.max_cost:g}: the next request could cross it; "
-              "raise --max-cost and run again to resume", file=sys.stderr)
-        return 1
-    return 130 if stop_reason == "interrupted" else 1
+            print_summary(score_summary(stats, counts, path=str(path), stop_reason=stop_reason,
+                                        resume_command=resume_command(args)))
+    return exit_code("score", failure, stats.accepted >= stats.target, stop_reason, args.max_cost)
 
 
 def resume_command(args) -> str:
