@@ -274,7 +274,8 @@ class ScorePipeline:
         self.parts = len(forms) * len(SIDES)
         self.pending: dict[int, dict[tuple[str, str], dict]] = {}
         self.given_up: set[int] = set()
-        self.reserved_cost = 0.0
+        self.reserved_cost = 0.0  # the cost bounds of the requests in flight
+        self.asking = 0  # requests in flight
         self.issued = 0
         self.stopping = False
         self.stop_reason: str | None = None
@@ -294,7 +295,7 @@ class ScorePipeline:
             scenario_id, form, side, text = self.jobs[0]
             bound = self.scorer.cost_bound(form, text)
             if not self._budget_allows(bound):
-                if self.reserved_cost == 0:
+                if not self.asking:  # nothing in flight will give budget back: stop here
                     self._stop("max_cost")
                     return
                 await asyncio.sleep(0.05)  # answers in flight settle what they cost
@@ -303,11 +304,13 @@ class ScorePipeline:
             if scenario_id in self.given_up:
                 continue
             self.issued += 1
+            self.asking += 1
             self.reserved_cost += bound
             try:
                 result = await self.scorer.ask(self.issued, form, side, text)
             finally:
-                self.reserved_cost -= bound
+                self.asking -= 1
+                self.reserved_cost = self.reserved_cost - bound if self.asking else 0.0
             self._settle(scenario_id, form, side, result)
 
     def _settle(self, scenario_id: int, form: str, side: str, result: dict | None) -> None:

@@ -368,6 +368,21 @@ def test_offline_default_exercises_the_chat_fallback_bounds_and_both_verdicts(sc
     assert {r["multi"]["counterfactual"]["refuses"] for r in records.values()} == {True, False}
 
 
+def test_max_cost_stops_before_a_request_could_cross_it_and_resumes(pairs, cli, tmp_path):
+    dataset = tmp_path / "d.jsonl"
+    write_dataset(dataset, pairs[:20])
+    env = {k: os.environ.pop(k) for k in ("OPENAI_API_KEY", "OPENAI_BASE_URL") if k in os.environ}
+    try:
+        code, _out, err = cli("score", str(dataset), "--model", "gpt-4o", "--max-cost", "0.004", "--concurrency", "4")
+    finally:
+        os.environ.update(env)
+    assert code == 1, err
+    assert "stopped at --max-cost $0.004" in err and "resume with" in err
+    cost = float(err.split("  cost            $")[1].split(" ")[0])
+    assert 0 < cost <= 0.004
+    assert 0 < len(scored(scores_path(dataset, "gpt-4o"))) < 20
+
+
 @pytest.mark.parametrize("form", ["single", "multi", "both"])
 def test_export_only_flipping_keeps_exactly_the_scenarios_the_sidecar_marks_as_flipping(scored_offline, cli, tmp_path, form):
     records = scored(scores_path(scored_offline, "gpt-4o"))
