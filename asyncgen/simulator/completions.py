@@ -8,7 +8,7 @@ Fields: ``model``, ``prompt`` (a string, or an array of strings: one choice per 
 ``max_tokens`` (default 16, as on OpenAI), ``temperature`` (0-2), ``n`` (1-128), ``logprobs``;
 ``echo: true`` is refused (not simulated). The text is raw: no chat template. The answer is the
 model under study's (scoring.py): a single-token question gets its answer token; any other prompt
-a sentence, after a blank line (``"\n\n"``), as an instruct model continues a raw prompt.
+a sentence, after a blank line (``"\\n\\n"``), as an instruct model continues a raw prompt.
 
 Usage: ``prompt_tokens`` = sum over prompts of ``ceil(chars / 4)``; ``completion_tokens`` = the
 tokens generated. TPM charge: ``prompt_tokens + choices * max_tokens``.
