@@ -71,9 +71,9 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
         help=f"relative weights of the kinds of wrong pair: {', '.join(IMPERFECTION_KINDS)} (default: equal)")
     add("--prose-rate", type=float, default=defaults.prose_rate,
         help=f"share of answers wrapped in prose around the JSON (default: {defaults.prose_rate:g})")
-    add("--non-flip-share", type=float, default=defaults.non_flip_share,
+    add("--non-flip-share", type=float, default=defaults.non_flip_share, metavar="SHARE",
         help=f"share of scenarios whose answer does not flip between prompt and counterfactual when scored (default: {defaults.non_flip_share:g})")
-    add("--outside-top-k-share", type=float, default=defaults.outside_top_k_share,
+    add("--outside-top-k-share", type=float, default=defaults.outside_top_k_share, metavar="SHARE",
         help=f"share of scored answers whose other answer falls outside any top-k (default: {defaults.outside_top_k_share:g})")
     parser.set_defaults(handler=run)
 

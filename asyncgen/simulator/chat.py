@@ -29,6 +29,7 @@ import re
 import time
 from dataclasses import dataclass
 from itertools import count
+from typing import Callable
 
 import orjson
 
@@ -71,8 +72,9 @@ def estimate_tokens(text: str) -> int:
     return (len(text) + 3) // 4
 
 
-def parse_chat_request(body: object) -> ChatRequest:
-    """The fields asyncgen uses, checked as the API checks them; ApiFailure (400/404) otherwise."""
+def served_model(body: object, serves: Callable[[str], bool], refusal: Callable[[], wire.ApiFailure]) -> str:
+    """The request's model, once the body is an object naming a known model this endpoint ``serves``
+    (``refusal()`` otherwise, as OpenAI refuses a model on the wrong endpoint)."""
     if not isinstance(body, dict):
         raise wire.unparseable_body()
     model = body.get("model")
@@ -80,16 +82,22 @@ def parse_chat_request(body: object) -> ChatRequest:
         raise wire.missing_parameter("model")
     if not isinstance(model, str) or model not in MODELS:
         raise wire.model_not_found(str(model))
-    if not serves_chat(model):
-        raise wire.not_a_chat_model()
+    if not serves(model):
+        raise refusal()
+    return model
+
+
+def parse_chat_request(body: object) -> ChatRequest:
+    """The fields asyncgen uses, checked as the API checks them; ApiFailure (400/404) otherwise."""
+    model = served_model(body, serves_chat, wire.not_a_chat_model)
     resolved, context_window, output_limit = MODELS[model]
     texts = _message_texts(body.get("messages"))
-    n = _integer(body, "n", 1, 1, 128)
-    _number(body, "temperature", 0.0, 2.0)
+    n = integer_field(body, "n", 1, 1, 128)
+    number_field(body, "temperature", 0.0, 2.0)
     if body.get("seed") is not None and (not isinstance(body["seed"], int) or isinstance(body["seed"], bool)):
-        raise wire.bad_request(f"Invalid type for 'seed': expected an integer, but got {_kind(body['seed'])} instead.", "seed", "invalid_type")
+        raise wire.bad_request(f"Invalid type for 'seed': expected an integer, but got {json_kind(body['seed'])} instead.", "seed", "invalid_type")
     limit_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    max_output = _integer(body, limit_name, None, 1, None)
+    max_output = integer_field(body, limit_name, None, 1, None)
     if max_output is not None and max_output > output_limit:
         raise wire.bad_request(
             f"{limit_name} is too large: {max_output}. This model supports at most {output_limit} completion "
@@ -116,9 +124,9 @@ def parse_chat_request(body: object) -> ChatRequest:
 def _logprobs(body: dict) -> tuple[bool, int | None]:
     logprobs = body.get("logprobs")
     if logprobs is not None and not isinstance(logprobs, bool):
-        raise wire.bad_request(f"Invalid type for 'logprobs': expected a boolean, but got {_kind(logprobs)} instead.",
+        raise wire.bad_request(f"Invalid type for 'logprobs': expected a boolean, but got {json_kind(logprobs)} instead.",
                                "logprobs", "invalid_type")
-    top_logprobs = _integer(body, "top_logprobs", None, 0, MAX_TOP_LOGPROBS)
+    top_logprobs = integer_field(body, "top_logprobs", None, 0, MAX_TOP_LOGPROBS)
     if top_logprobs is not None and not logprobs:
         # [U]: OpenAI's wording is not on record; its rule (top_logprobs needs logprobs) is documented.
         raise wire.bad_request("Invalid value for 'top_logprobs': 'logprobs' must be set to true when "
@@ -130,14 +138,14 @@ def _message_texts(messages: object) -> tuple[str, ...]:
     if messages is None:
         raise wire.missing_parameter("messages")
     if not isinstance(messages, list):
-        raise wire.bad_request(f"Invalid type for 'messages': expected an array, but got {_kind(messages)} instead.", "messages", "invalid_type")
+        raise wire.bad_request(f"Invalid type for 'messages': expected an array, but got {json_kind(messages)} instead.", "messages", "invalid_type")
     if not messages:
         raise wire.bad_request("Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.", "messages", "empty_array")
     texts = []
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
-            raise wire.bad_request(f"Invalid type for '{where}': expected an object, but got {_kind(message)} instead.", where, "invalid_type")
+            raise wire.bad_request(f"Invalid type for '{where}': expected an object, but got {json_kind(message)} instead.", where, "invalid_type")
         role = message.get("role")
         if role is None:
             raise wire.missing_parameter(f"{where}.role")
@@ -156,7 +164,7 @@ def _message_texts(messages: object) -> tuple[str, ...]:
             texts.append("")
         else:
             raise wire.bad_request(
-                f"Invalid type for '{where}.content': expected one of a string or array of objects, but got {_kind(content)} instead.",
+                f"Invalid type for '{where}.content': expected one of a string or array of objects, but got {json_kind(content)} instead.",
                 f"{where}.content",
                 "invalid_type",
             )
@@ -241,12 +249,12 @@ def strict_schema_problem(schema: object, context: tuple = ()) -> str | None:
     return None
 
 
-def _integer(body: dict, name: str, default: int | None, least: int, most: int | None) -> int | None:
+def integer_field(body: dict, name: str, default: int | None, least: int, most: int | None) -> int | None:
     value = body.get(name)
     if value is None:
         return default
     if not isinstance(value, int) or isinstance(value, bool):
-        raise wire.bad_request(f"Invalid type for '{name}': expected an integer, but got {_kind(value)} instead.", name, "invalid_type")
+        raise wire.bad_request(f"Invalid type for '{name}': expected an integer, but got {json_kind(value)} instead.", name, "invalid_type")
     if value < least:
         raise wire.bad_request(f"Invalid '{name}': integer below minimum value. Expected a value >= {least}, but got {value} instead.", name, "integer_below_min_value")
     if most is not None and value > most:
@@ -254,19 +262,19 @@ def _integer(body: dict, name: str, default: int | None, least: int, most: int |
     return value
 
 
-def _number(body: dict, name: str, least: float, most: float) -> None:
+def number_field(body: dict, name: str, least: float, most: float) -> None:
     value = body.get(name)
     if value is None:
         return
     if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise wire.bad_request(f"Invalid type for '{name}': expected a decimal, but got {_kind(value)} instead.", name, "invalid_type")
+        raise wire.bad_request(f"Invalid type for '{name}': expected a decimal, but got {json_kind(value)} instead.", name, "invalid_type")
     if value < least:
         raise wire.bad_request(f"Invalid '{name}': decimal below minimum value. Expected a value >= {least:g}, but got {value} instead.", name, "decimal_below_min_value")
     if value > most:
         raise wire.bad_request(f"Invalid '{name}': decimal above maximum value. Expected a value <= {most:g}, but got {value} instead.", name, "decimal_above_max_value")
 
 
-def _kind(value: object) -> str:
+def json_kind(value: object) -> str:
     return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "an integer", float: "a decimal"}.get(
         type(value), "null"
     )

@@ -8,7 +8,7 @@ Fields: ``model``, ``prompt`` (a string, or an array of strings: one choice per 
 ``max_tokens`` (default 16, as on OpenAI), ``temperature`` (0-2), ``n`` (1-128), ``logprobs``;
 ``echo: true`` is refused (not simulated). The text is raw: no chat template. The answer is the
 model under study's (scoring.py): a single-token question gets its answer token; any other prompt
-a sentence, after a blank line (``"\n\n"``), as an instruct model continues a raw prompt.
+a sentence, after a blank line (``"\\n\\n"``), as an instruct model continues a raw prompt.
 
 Usage: ``prompt_tokens`` = sum over prompts of ``ceil(chars / 4)``; ``completion_tokens`` = the
 tokens generated. TPM charge: ``prompt_tokens + choices * max_tokens``.
@@ -46,21 +46,13 @@ class CompletionRequest:
 
 def parse_completion_request(body: object) -> CompletionRequest:
     """The fields a scoring client uses, checked as the API checks them; ApiFailure (400/404) otherwise."""
-    if not isinstance(body, dict):
-        raise wire.unparseable_body()
-    model = body.get("model")
-    if model is None:
-        raise wire.missing_parameter("model")
-    if not isinstance(model, str) or model not in MODELS:
-        raise wire.model_not_found(str(model))
-    if not serves_completions(model):
-        raise wire.chat_model_on_completions()
+    model = chat.served_model(body, serves_completions, wire.chat_model_on_completions)
     resolved, context_window, _ = MODELS[model]
     prompts = _prompts(body.get("prompt"))
-    n = chat._integer(body, "n", 1, 1, 128)
-    chat._number(body, "temperature", 0.0, 2.0)
-    max_output = chat._integer(body, "max_tokens", DEFAULT_MAX_TOKENS, 0, None)
-    logprobs = chat._integer(body, "logprobs", None, 0, completions_max_logprobs(model))
+    n = chat.integer_field(body, "n", 1, 1, 128)
+    chat.number_field(body, "temperature", 0.0, 2.0)
+    max_output = chat.integer_field(body, "max_tokens", DEFAULT_MAX_TOKENS, 0, None)
+    logprobs = chat.integer_field(body, "logprobs", None, 0, completions_max_logprobs(model))
     if body.get("echo"):
         raise wire.bad_request("'echo' is not supported by this simulator.", "echo", "unsupported_value")  # [U]
     prompt_tokens = sum(chat.estimate_tokens(prompt) for prompt in prompts)
@@ -84,7 +76,7 @@ def _prompts(prompt: object) -> tuple[str, ...]:
     if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
         return tuple(prompt)
     raise wire.bad_request(
-        f"Invalid type for 'prompt': expected a string or a non-empty array of strings, but got {chat._kind(prompt)} instead.",
+        f"Invalid type for 'prompt': expected a string or a non-empty array of strings, but got {chat.json_kind(prompt)} instead.",
         "prompt",
         "invalid_type",
     )
