@@ -46,10 +46,11 @@ def _common_parser() -> argparse.ArgumentParser:
 COMMANDS = (
     ("run", "run", "generate a dataset of validated minimal pairs"),
     ("batch", "batch", "the Batch API workflow: half the price of run, resumable"),
+    ("score", "score", "score a dataset under a model: answer log-probabilities, logit differences, refusals, flips"),
     ("tokenize", "tokenize", "print the token ids and tokens of texts under each tokenizer"),
     ("check-pairs", "check_pairs", "check hand-written pairs against the minimal-pair rule"),
     ("validate", "validate_dataset", "re-check a generated dataset (format and the minimal-pair rule)"),
-    ("simulate", "simulate", "serve an OpenAI-compatible simulator (chat, files, batches) for offline runs and tests"),
+    ("simulate", "simulate", "serve an OpenAI-compatible simulator (chat, completions, files, batches) for offline runs and tests"),
     ("annotate", "annotate", "build or repair DATASET.tokens.jsonl, the token annotations of a dataset"),
     ("inspect", "inspect_dataset", "counts, duplicates, differing words, lengths, diversity and run figures of a dataset"),
     ("export", "export", "write a dataset with positions and answer ids per tokenizer as JSONL, CSV, Parquet, HF or EAP-IG CSV"),

@@ -63,6 +63,14 @@ class Lexicon(_Strict):
     slots: dict[str, Annotated[list[str], Field(min_length=1)]] = {}
 
 
+class Behavior(_Strict):
+    """How ``asyncgen score`` calls a free (multi-token) answer a refusal: one of ``refusal_markers``
+    within its first ``match_chars`` characters, case-insensitive (``asyncgen.behavior.refuses``)."""
+
+    refusal_markers: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    match_chars: Annotated[int, Field(ge=1)] = 100
+
+
 class Task(_Strict):
     task_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
     description: str = ""
@@ -73,6 +81,7 @@ class Task(_Strict):
     batch_size: Annotated[int, Field(ge=1, le=100)]
     tokenizers: dict[str, str] = {}
     lexicon: Lexicon | None = None
+    behavior: Behavior | None = None
 
 
 def default_config_dir() -> Path:

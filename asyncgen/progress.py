@@ -179,6 +179,32 @@ def summary(stats: RunStats, *, stop_reason: str | None, output: str, resume_com
     return "\n".join(lines)
 
 
+def print_summary(text: str) -> None:
+    """The closing summary on stderr, fitted to a terminal's width when it is one."""
+    if sys.stderr.isatty():
+        import shutil
+
+        text = fit_summary(text, shutil.get_terminal_size().columns - 1)
+    print(text, file=sys.stderr)
+
+
+def exit_code(command: str, failure: BaseException | None, finished: bool, stop_reason: str | None,
+              max_cost: float | None, budget_hint: str = "") -> int:
+    """How a run or a scoring ends: 130 interrupted, the failure re-raised, 0 finished, 1 stopped
+    at --max-cost (said in one line) or otherwise."""
+    if isinstance(failure, (asyncio.CancelledError, KeyboardInterrupt)):
+        return 130
+    if failure is not None:
+        raise failure
+    if finished:
+        return 0
+    if stop_reason == "max_cost":
+        print(f"asyncgen {command}: stopped at --max-cost ${max_cost:g}: the next request could cross it; "
+              f"raise --max-cost and run again to resume{budget_hint}", file=sys.stderr)
+        return 1
+    return 130 if stop_reason == "interrupted" else 1
+
+
 def _counts(counter) -> str:
     return ", ".join(f"{kind}: {n}" for kind, n in sorted(counter.items()))
 

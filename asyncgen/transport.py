@@ -85,20 +85,26 @@ class ChatTransport:
                                               trust_env=self.trust_env)
         return self._session
 
-    async def post(self, body: dict) -> tuple[Mapping[str, str], bytes]:
+    def url_of(self, path: str) -> str:
+        """The URL of another endpoint of the same API (``completions`` for scoring)."""
+        return self.base_url.rstrip("/") + "/" + path
+
+    async def post(self, body: dict, url: str | None = None) -> tuple[Mapping[str, str], bytes]:
+        """POST ``body`` to ``url`` (default: chat completions); see the module's contract."""
+        url = url or self.url
         session = self._session or self._open()
         try:
-            async with session.post(self.url, data=orjson.dumps(body)) as response:
+            async with session.post(url, data=orjson.dumps(body)) as response:
                 content = await response.read()
                 status, headers = response.status, response.headers
         except asyncio.TimeoutError as exc:  # aiohttp's ServerTimeoutError and ConnectionTimeoutError too
-            raise openai.APITimeoutError(request=httpx.Request("POST", self.url)) from exc
+            raise openai.APITimeoutError(request=httpx.Request("POST", url)) from exc
         except aiohttp.ClientError as exc:  # refused, reset, "Server disconnected", a broken body
             raise openai.APIConnectionError(message=str(exc) or "the connection broke",
-                                            request=httpx.Request("POST", self.url)) from exc
+                                            request=httpx.Request("POST", url)) from exc
         if 200 <= status < 300:
             return headers, content
-        raise status_error(status, headers, content, self.url)
+        raise status_error(status, headers, content, url)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import openai
 import orjson
@@ -33,12 +33,115 @@ from asyncgen.prompting import (
     request_body,
 )
 from asyncgen.stats import RunStats
-from asyncgen.throttle import RetryPolicy, Throttle
+from asyncgen.throttle import Decision, RetryPolicy, Throttle
 from asyncgen.transport import ChatTransport
 
 log = logging.getLogger("asyncgen.workers")
 CONNECT_FAILURES_BEFORE_STOPPING = 3
 NO_KEY_SET = "sk-no-key-set"  # sent to a --base-url server when the user set no key (the SDK needs one)
+
+
+class Sender:
+    """One request, start to finish, under the one retry policy: wait for the rate limits, send,
+    retry, count every attempt in ``stats``. Shared by generation (``Generator``) and scoring.
+
+    ``send`` returns ``(content, cap)`` of the answer, or None when the request was given up (its
+    retries exhausted) or the run stopped before it was sent. A permanent error raises ``ApiError``
+    in one line; ``recover(decision, body)`` is asked first and may make it a retry at once (True:
+    the request was not at fault, e.g. a format or endpoint the server refuses) or raise its own.
+    """
+
+    def __init__(self, transport: ChatTransport, throttle: Throttle, policy: RetryPolicy, stats: RunStats,
+                 api_key: str | None) -> None:
+        self.transport, self.throttle, self.policy, self.stats, self.api_key = transport, throttle, policy, stats, api_key
+        self.stopped = False  # set when the run stops: requests not yet sent are not sent
+        self.reached_server = False  # any HTTP answer at all, error or not
+        self.connect_failures = 0  # before the first answer: a server that is not there fails the run fast
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.throttle.release()
+
+    async def send(
+        self,
+        request_number: int,
+        body: Callable[[int, int], dict],
+        prompt_tokens: int,
+        cap: Callable[[], int] | None,
+        *,
+        abandoned_bound: Callable[[int], float | None] = lambda cap: None,
+        recover: Callable[[Decision, dict], bool] = lambda decision, body: False,
+        url: Callable[[], str | None] = lambda: None,
+    ) -> tuple[bytes, int] | None:
+        """``body(cap, timeouts)`` builds each attempt's body; ``url()`` its URL (None: chat completions)."""
+        stats = self.stats
+        attempt = timeouts = 0
+        while True:
+            async with self.throttle.slot(prompt_tokens, cap) as sent_cap:
+                if self.stopped:  # the run stopped while this request waited for the rate limits
+                    return None
+                params = body(sent_cap, timeouts)
+                stats.requests_sent += 1
+                stats.in_flight += 1
+                sent_at = time.monotonic()
+                try:
+                    where = url()
+                    headers, content = await (self.transport.post(params) if where is None
+                                              else self.transport.post(params, where))
+                except openai.APIError as exc:
+                    if isinstance(exc, openai.APIStatusError):
+                        self.reached_server = True
+                        # A proxy's 5xx page says nothing about the API's limits.
+                        self.throttle.observe(exc.response.headers, learn=exc.status_code < 500, sent_at=sent_at)
+                    decision = self.policy.decide(exc, attempt)
+                except asyncio.CancelledError:  # the run stopped with this attempt in flight
+                    stats.requests_cancelled += 1
+                    stats.add_abandoned(abandoned_bound(sent_cap))
+                    raise
+                else:
+                    self.reached_server = True
+                    self.throttle.observe(headers, sent_at=sent_at)
+                    self.throttle.on_answer()
+                    return content, sent_cap
+                finally:
+                    stats.in_flight -= 1
+            stats.last_error = redact(decision.message or decision.cause, self.api_key)
+            log.debug("request %d attempt %d failed: %s", request_number, attempt + 1, stats.last_error)
+            if decision.cause == "connection" and decision.message and not self.reached_server:
+                self.connect_failures += 1
+                if self.connect_failures >= CONNECT_FAILURES_BEFORE_STOPPING:
+                    raise ApiError(redact(
+                        f"cannot connect to {self.transport.base_url}: {decision.message} "
+                        f"({self.connect_failures} attempts, no answer yet); is the server running there? "
+                        "check --base-url", self.api_key))
+            if decision.action in ("format", "fail") and recover(decision, params):
+                stats.retries[decision.cause] += 1
+                continue  # at once, and not counted as an attempt: the request was not at fault
+            if decision.action in ("format", "fail"):
+                stats.requests_failed += 1
+                if decision.cause == "auth" and self.api_key == NO_KEY_SET:
+                    words = decision.message.removesuffix("; check the API key")
+                    raise ApiError(f"the API refused the request permanently: {words}; no API key was set "
+                                   "(OPENAI_API_KEY is empty): export OPENAI_API_KEY=<the key the server expects>")
+                raise ApiError(redact(f"the API refused the request permanently: {decision.message}", self.api_key))
+            if decision.action == "cooldown":
+                stats.rate_limited += 1
+                self.throttle.turned_away(prompt_tokens + (sent_cap or 0))
+                self.throttle.observe_rate_limit_text(decision.message)
+                self.throttle.cooldown(decision.delay)
+            if decision.cause == "timeout":
+                timeouts += 1
+                stats.add_abandoned(abandoned_bound(sent_cap))
+                self.throttle.on_timeout()
+            attempt += 1
+            if attempt >= self.policy.max_attempts:
+                break
+            stats.retries[decision.cause] += 1
+            if decision.action == "retry":
+                await asyncio.sleep(decision.delay)
+        stats.requests_given_up += 1
+        log.debug("request %d given up after %d attempts; last error: %s", request_number, attempt, stats.last_error)
+        return None
 
 
 class Generator:
@@ -54,20 +157,24 @@ class Generator:
         api_key: str | None,
     ) -> None:
         self.transport, self.task, self.settings = transport, task, settings
-        self.throttle, self.policy, self.stats = throttle, policy, stats
-        self.price, self.api_key = price, api_key
+        self.stats, self.price, self.api_key = stats, price, api_key
         self.output_cap = OutputCap(max_output_tokens(task))  # learned from the answers
-        self.stopped = False  # set when the run stops: requests not yet sent are not sent
-        self.reached_server = False  # any HTTP answer at all, error or not
-        self.connect_failures = 0  # before the first answer: a server that is not there fails the run fast
+        self.sender = Sender(transport, throttle, policy, stats, api_key)
         self.response_format = settings.response_format  # json_object after a fallback
         self._warned_over_cap = False
 
     def stop(self) -> None:
         """The run stopped: requests not yet sent are not sent, and those waiting for the rate limits
         stop waiting."""
-        self.stopped = True
-        self.throttle.release()
+        self.sender.stop()
+
+    @property
+    def stopped(self) -> bool:
+        return self.sender.stopped
+
+    # The sender's limits and policy, replaceable on the generator (the tests and benchmarks do).
+    throttle = property(lambda self: self.sender.throttle, lambda self, value: setattr(self.sender, "throttle", value))
+    policy = property(lambda self: self.sender.policy, lambda self, value: setattr(self.sender, "policy", value))
 
     def cap_to_send(self, reserved: int) -> int:
         """The output cap of a request about to pass the TPM limiter: the one in force then, learned
@@ -82,79 +189,29 @@ class Generator:
         reserved = self.output_cap.value
         messages = build_messages(self.task, avoid)  # the same for every attempt
         prompt_tokens = estimate_prompt_tokens(messages)
-        stats = self.stats
-        attempt = timeouts = 0
-        while True:
-            async with self.throttle.slot(prompt_tokens, lambda: self.cap_to_send(reserved)) as cap:
-                if self.stopped:  # the run stopped while this request waited for the rate limits
-                    return []
-                params = request_body(self.task, self.settings, avoid, request_number, messages=messages,
-                                      response_format=self.response_format, timeouts=timeouts, output_cap=cap)
-                stats.requests_sent += 1
-                stats.in_flight += 1
-                sent_at = time.monotonic()
-                try:
-                    headers, content = await self.transport.post(params)
-                except openai.APIError as exc:
-                    if isinstance(exc, openai.APIStatusError):
-                        self.reached_server = True
-                        # A proxy's 5xx page says nothing about the API's limits.
-                        self.throttle.observe(exc.response.headers, learn=exc.status_code < 500, sent_at=sent_at)
-                    decision = self.policy.decide(exc, attempt)
-                except asyncio.CancelledError:  # the run stopped with this attempt in flight
-                    stats.requests_cancelled += 1
-                    stats.add_abandoned(self._attempt_cost_bound(prompt_tokens, cap))
-                    raise
-                else:
-                    self.reached_server = True
-                    self.throttle.observe(headers, sent_at=sent_at)
-                    self.throttle.on_answer()
-                    return self._read(content, request_number, cap)
-                finally:
-                    stats.in_flight -= 1
-            stats.last_error = redact(decision.message or decision.cause, self.api_key)
-            log.debug("request %d attempt %d failed: %s", request_number, attempt + 1, stats.last_error)
-            if decision.cause == "connection" and decision.message and not self.reached_server:
-                self.connect_failures += 1
-                if self.connect_failures >= CONNECT_FAILURES_BEFORE_STOPPING:
-                    raise ApiError(redact(
-                        f"cannot connect to {self.transport.base_url}: {decision.message} "
-                        f"({self.connect_failures} attempts, no answer yet); is the server running there? "
-                        "check --base-url", self.api_key))
-            if decision.action == "format":
-                if self._fall_back(params["response_format"], decision.message):
-                    stats.retries[decision.cause] += 1
-                    continue  # at once, and not counted as an attempt: the request was not at fault
-                stats.requests_failed += 1
-                kind = params["response_format"].get("type")
-                hint = "; use --response-format json_object" if kind == "json_schema" else ""
-                raise ApiError(redact(f"the server refused response_format {kind}: {decision.message}{hint}",
-                                      self.api_key))
-            if decision.action == "fail":
-                stats.requests_failed += 1
-                if decision.cause == "auth" and self.api_key == NO_KEY_SET:
-                    words = decision.message.removesuffix("; check the API key")
-                    raise ApiError(f"the API refused the request permanently: {words}; no API key was set "
-                                   "(OPENAI_API_KEY is empty): export OPENAI_API_KEY=<the key the server expects>")
-                raise ApiError(redact(f"the API refused the request permanently: {decision.message}", self.api_key))
-            if decision.action == "cooldown":
-                stats.rate_limited += 1
-                self.throttle.turned_away(prompt_tokens + cap)
-                self.throttle.observe_rate_limit_text(decision.message)
-                self.throttle.cooldown(decision.delay)
-            if decision.cause == "timeout":
-                timeouts += 1
-                stats.add_abandoned(self._attempt_cost_bound(prompt_tokens, cap))
-                self.throttle.on_timeout()
-            attempt += 1
-            if attempt >= self.policy.max_attempts:
-                break
-            stats.retries[decision.cause] += 1
-            if decision.action == "retry":
-                await asyncio.sleep(decision.delay)
-        stats.requests_given_up += 1
-        log.debug("request %d given up after %d attempts; last error: %s", request_number, attempt, stats.last_error)
-        return []
+
+        def body(cap: int, timeouts: int) -> dict:
+            return request_body(self.task, self.settings, avoid, request_number, messages=messages,
+                                response_format=self.response_format, timeouts=timeouts, output_cap=cap)
+
+        answer = await self.sender.send(
+            request_number, body, prompt_tokens, lambda: self.cap_to_send(reserved),
+            abandoned_bound=lambda cap: self._attempt_cost_bound(prompt_tokens, cap), recover=self._recover)
+        if answer is None:
+            return []
+        content, cap = answer
+        return self._read(content, request_number, cap)
+
+    def _recover(self, decision: Decision, params: dict) -> bool:
+        """A refused response_format: fall back to json_object (True: send again at once) or fail."""
+        if decision.action != "format":
+            return False
+        if self._fall_back(params["response_format"], decision.message):
+            return True
+        self.stats.requests_failed += 1
+        kind = params["response_format"].get("type")
+        hint = "; use --response-format json_object" if kind == "json_schema" else ""
+        raise ApiError(redact(f"the server refused response_format {kind}: {decision.message}{hint}", self.api_key))
 
     def _attempt_cost_bound(self, prompt_tokens: int, cap: int) -> float | None:
         """The most an attempt can cost (as ``prompting.request_cost_bound``, for this request's own

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aiohttp  # noqa: E402
 import orjson  # noqa: E402
@@ -35,7 +36,46 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+async def score_load(args: argparse.Namespace) -> dict:
+    """The floor of ``asyncgen score``'s requests: the same bodies (both sides of both forms of each
+    scenario, as ``bench/score_load.py`` sends them), each answer read with orjson and its top-k or
+    text taken out; nothing else."""
+    from asyncgen.behavior import chat_text, top_k_of_completion
+    from asyncgen.scoring import TOP_K, ScoreSettings, request_body as score_body, requests_of
+    from score_load import MODEL, scenarios
+
+    task = load_task("refusal")
+    settings = ScoreSettings(MODEL, task.answers.safe, task.answers.harmful, {}, completions_top_k=TOP_K)
+    jobs = iter([(form, text) for scenario in scenarios(args.requests // 4)
+                 for form, _side, text in requests_of(scenario, settings.forms)])
+    urls = {"single": args.base_url.rstrip("/") + "/completions", "multi": args.base_url.rstrip("/") + "/chat/completions"}
+    headers = {"Authorization": "Bearer sk-bench", "Content-Type": "application/json"}
+    ok = errors = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.concurrency), trust_env=False) as session:
+        async def worker() -> None:
+            nonlocal ok, errors
+            for form, text in jobs:
+                body = orjson.dumps(score_body(settings, form, text, "completions" if form == "single" else "chat"))
+                async with session.post(urls[form], data=body, headers=headers) as response:
+                    content = await response.read()
+                if response.status != 200:
+                    errors += 1
+                    continue
+                answer = orjson.loads(content)
+                top_k_of_completion(answer) if form == "single" else chat_text(answer)
+                ok += 1
+
+        cpu_before, started = _cpu_seconds(), time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        cpu, wall = _cpu_seconds() - cpu_before, time.monotonic() - started
+    return {"client": "raw aiohttp (score requests)", "concurrency": args.concurrency, "requests_ok": ok,
+            "errors": errors, "wall_s": round(wall, 3), "requests_per_s": round(ok / wall, 1) if wall else None,
+            "cpu_ms_per_request": round(1000 * cpu / ok, 4) if ok else None}
+
+
 async def load(args: argparse.Namespace) -> dict:
+    if args.score:
+        return await score_load(args)
     task = load_task("refusal")
     settings = GenerationSettings("gpt-4o", response_format_for("gpt-4o"), 1.0, 0)
     url = args.base_url.rstrip("/") + "/chat/completions"
@@ -72,6 +112,7 @@ def main() -> None:
     parser.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:PORT/v1 (loopback)")
     parser.add_argument("--requests", type=int, required=True, help="requests to answer")
     parser.add_argument("--concurrency", type=int, default=32, help="worker coroutines, one request each in flight")
+    parser.add_argument("--score", action="store_true", help="send asyncgen score's requests instead of run's")
     args = parser.parse_args()
     sys.stdout.write(orjson.dumps(run_event_loop(load(args))).decode() + "\n")
 

@@ -32,6 +32,8 @@ check never overwrites the full figures.
 7. ``baseline``: ``bench/baseline.py`` against a simulator process with the offline default's
    settings, then ``asyncgen run --base-url`` against that same simulator process:
    ``speedup`` = run scenarios/s / baseline scenarios/s, both measured here.
+13-14. ``score``: ``bench_score``: scoring at the rate-limited simulator, and its client CPU per
+   request against the bare aiohttp floor.
 8. ``batch``: ``asyncgen batch run`` on the offline default in a temporary folder, as many scenarios
    as (3): wall time, cost at batch prices, the same tokens at real-time prices, and the ratio to
    what (3) paid for its dataset.
@@ -214,15 +216,10 @@ def client_load(base_url: str, requests: int, concurrency: int, *, duration: flo
 # --- 1. Throughput against the rate limit -----------------------------------------------------
 
 
-def _rate_limited_once(quick: bool, seconds: float, rpm_given: bool) -> dict:
-    limit_per_s = RATE_RPM / 60
-    with Simulator("--rpm", RATE_RPM, "--latency-ms", RATE_LATENCY_MS) as sim:
-        # Enough requests to fill the window even at the bucket's burst: the duration ends the load.
-        requests = int(limit_per_s * seconds * 2 + RATE_RPM)
-        load = client_load(sim.base_url, requests, 32, duration=seconds, rpm=RATE_RPM if rpm_given else None)
-        stats = sim.stats()
-    arrivals = stats["chat"]["arrivals"]  # [seconds since simulator start, status]
-    admitted = [t for t, status in arrivals if status == 200]
+def steady_rate(stats: dict, quick: bool) -> tuple[float | None, list[int]]:
+    """Admitted requests per second in the steady window (from WARMUP s after the first arrival to the
+    last), and admitted per second over the whole load, from the simulator's arrivals."""
+    admitted = [t for t, status in stats["chat"]["arrivals"] if status == 200]  # [seconds since start, status]
     first, last = admitted[0], admitted[-1]
     window_start = first + WARMUP[quick]
     in_window = [t for t in admitted if t >= window_start]
@@ -230,6 +227,17 @@ def _rate_limited_once(quick: bool, seconds: float, rpm_given: bool) -> dict:
     per_second = [0] * (int(last - first) + 1)
     for t in admitted:
         per_second[int(t - first)] += 1
+    return steady, per_second
+
+
+def _rate_limited_once(quick: bool, seconds: float, rpm_given: bool) -> dict:
+    limit_per_s = RATE_RPM / 60
+    with Simulator("--rpm", RATE_RPM, "--latency-ms", RATE_LATENCY_MS) as sim:
+        # Enough requests to fill the window even at the bucket's burst: the duration ends the load.
+        requests = int(limit_per_s * seconds * 2 + RATE_RPM)
+        load = client_load(sim.base_url, requests, 32, duration=seconds, rpm=RATE_RPM if rpm_given else None)
+        stats = sim.stats()
+    steady, per_second = steady_rate(stats, quick)
     whole = load["requests_per_s"]
     return {
         "limit_rpm": RATE_RPM,
@@ -291,6 +299,53 @@ def bench_unlimited(quick: bool, via: str = "run", requests: int | None = None,
                 "via": via,
             })
     return rows
+
+
+# --- 13-14. Scoring ----------------------------------------------------------------------------
+
+
+def bench_score(quick: bool) -> dict:
+    """13: ``asyncgen score``'s request path (bench/score_load.py) at the rate-limited simulator of
+    row 1, limits learned: the steady admitted rate as a fraction of the limit. 14: its client CPU
+    per request against the bare aiohttp floor sending the same requests (raw_floor.py --score),
+    alternately on one unlimited simulator, best of 2 each."""
+    seconds = size("rate_limited_s", quick)
+    limit_per_s = RATE_RPM / 60
+    with Simulator("--rpm", RATE_RPM, "--latency-ms", RATE_LATENCY_MS) as sim:
+        scenarios = int(limit_per_s * seconds * 2 + RATE_RPM) // 4 + 1
+        load = run_json([str(BENCH / "score_load.py"), "--base-url", sim.base_url, "--scenarios", str(scenarios),
+                         "--duration", str(seconds)], timeout=seconds + 180)
+        steady, _ = steady_rate(sim.stats(), quick)
+    rate = {"limit_rpm": RATE_RPM, "latency_ms": RATE_LATENCY_MS, "load_s": seconds, "concurrency": 32,
+            "fraction_of_limit": None if steady is None else round(steady / limit_per_s, 4),
+            "requests_per_s_steady": None if steady is None else round(steady, 3),
+            "requests_ok": load["requests_ok"], "lost": load["lost"], "client_saw_429": load["rate_limited"]}
+    requests = 1000 if quick else 4000
+    raw, ours = [], []
+    with Simulator("--rpm", UNLIMITED, "--tpm", UNLIMITED, "--latency-ms", 50) as sim:
+        for _ in range(2):  # alternately, so that a noisy neighbour weighs on both
+            raw.append(run_json([str(BENCH / "raw_floor.py"), "--score", "--base-url", sim.base_url, "--requests",
+                                 str(requests), "--concurrency", "32"], timeout=300)["cpu_ms_per_request"])
+            ours.append(run_json([str(BENCH / "score_load.py"), "--base-url", sim.base_url, "--scenarios",
+                                  str(requests // 4), "--concurrency", "32"], timeout=300)["cpu_ms_per_request"])
+    cpu = {"requests": requests, "concurrency": 32, "raw_aiohttp_ms": min(raw), "asyncgen_ms": min(ours),
+           "ratio": round(min(ours) / min(raw), 2), "raw_runs": raw, "asyncgen_runs": ours}
+    return {"rate_limited": rate, "cpu": cpu}
+
+
+def score_rows(score: dict | None) -> list[str]:
+    if not score:
+        return []
+    r, c = score["rate_limited"], score["cpu"]
+    return [
+        f"| 13 | `score`'s requests at the simulator of row 1 ({r['limit_rpm']:,} RPM, {r['latency_ms']} ms), "
+        f"{r['load_s']} s, concurrency {r['concurrency']}, limits learned | **{r['fraction_of_limit']:.3f}** of the limit "
+        f"steady ({r['requests_per_s_steady']:.2f} req/s), {r['client_saw_429']} 429s, {r['lost']} lost "
+        f"| ≥ {FRACTION_AIM}: {_aim(r['fraction_of_limit'] >= FRACTION_AIM and r['lost'] == 0)} |",
+        f"| 14 | `score`'s client CPU per request vs the bare aiohttp floor sending the same requests, concurrency "
+        f"{c['concurrency']}, {c['requests']:,} requests, best of 2 each | score {c['asyncgen_ms']:.2f} ms, floor "
+        f"{c['raw_aiohttp_ms']:.2f} ms: **{c['ratio']:.2f}×** | ≤ 1.2×: {_aim(c['ratio'] <= 1.2)} |",
+    ]
 
 
 # --- 3. End-to-end run --------------------------------------------------------------------------
@@ -640,6 +695,7 @@ def markdown(results: dict) -> str:
             f"(the same tokens in real time ${b['cost_usd_same_tokens_real_time']:.4f}){against} | |"
         )
     lines += limits_rows(results.get("limits"))
+    lines += score_rows(results.get("score"))
     for name, error in (results.get("errors") or {}).items():
         lines.append(f"| ! | {name} | failed: {error} | |")
     return "\n".join(lines)
@@ -737,7 +793,7 @@ def update_readme(table: str) -> bool:
     return True
 
 
-STEPS = ("rate_limited", "unlimited", "run", "validator", "memory", "sink", "baseline", "batch", "limits")
+STEPS = ("rate_limited", "unlimited", "run", "validator", "memory", "sink", "baseline", "batch", "limits", "score")
 
 
 def main() -> int:
@@ -781,6 +837,8 @@ def main() -> int:
                 results["baseline"] = bench_baseline(quick, results.get("run"))
             elif step == "batch":
                 results["batch"] = bench_batch(quick, results.get("run"))
+            elif step == "score":
+                results["score"] = bench_score(quick)
             elif step == "limits":
                 results["limits"] = run_json([str(BENCH / "limits.py"), *(["--quick"] if quick else [])], timeout=1800)
         except Exception as exc:  # one failed measurement is reported, the others still run

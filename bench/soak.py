@@ -12,7 +12,9 @@ no process of the run is left (the validator worker, the resource tracker). At t
 scenarios, ``asyncgen validate`` passes, and the cost the checkpoint recorded across all runs is
 compared with the simulator's own usage at the same prices. Every delay comes from ``--seed``.
 
-Then the same for ``asyncgen batch run`` (``--batch-kills`` SIGKILLs at random moments of its
+Then ``asyncgen score`` of the SIGKILLed run's dataset (``--score-kills`` SIGKILLs at random moments,
+against the same faulty simulator at 20 times the RPM: four requests a scenario): every scenario scored exactly once, none
+lost between kills, no process left. Then the same for ``asyncgen batch run`` (``--batch-kills`` SIGKILLs at random moments of its
 rounds): besides the dataset checks, the simulator must hold exactly the batches the manifest
 knows (none submitted twice), and the recorded cost must equal the batches' usage at batch prices.
 
@@ -197,6 +199,77 @@ def soak(signal_name: str, scenarios: int, kills: int, rng: random.Random, folde
     return result
 
 
+def scored_ids(path: Path) -> list[int]:
+    """The scenario ids of a scores file's whole lines (a torn last line left out)."""
+    if not path.exists():
+        return []
+    lines = path.read_bytes().split(b"\n")[1:-1]
+    ids = []
+    for line in lines:
+        try:
+            ids.append(json.loads(line)["scenario_id"])
+        except (ValueError, KeyError):
+            pass
+    return ids
+
+
+def soak_score(dataset: Path, kills: int, rng: random.Random, folder: Path, rpm: int) -> dict:
+    """``asyncgen score`` of the soaked dataset, SIGKILLed ``kills`` times at random moments, then run
+    to the end: every scenario scored exactly once, none lost between kills, no process left."""
+    simulator, base_url = start_simulator(rpm)
+    scores = dataset.with_name(dataset.stem + ".scores") / "gpt-4o.jsonl"
+    command = [sys.executable, "-m", "asyncgen", "score", str(dataset), "--base-url", base_url, "--model", "gpt-4o",
+               "--concurrency", "16", "--request-timeout", "2"]
+    whole, _ = check_dataset(dataset)
+    result = {"signal": "KILL", "command": "score", "scenarios": whole, "kills": 0, "lost": 0, "problems": [],
+              "orphans": 0, "bytes_repaired": 0, "delays_s": []}
+    started = time.monotonic()
+    try:
+        for _ in range(kills):
+            delay = rng.uniform(0.1, 1.5)
+            log = folder / "score.log"
+            with open(log, "w") as stderr:
+                process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=ENV,
+                                           start_new_session=True)
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and process.poll() is None and "simulator" not in log.read_text() \
+                        and "refused /v1/completions" not in log.read_text() and "resuming" not in log.read_text():
+                    time.sleep(0.02)
+                time.sleep(delay)
+                below = processes_below(process.pid)
+                before = len(scored_ids(scores))
+                if process.poll() is None:
+                    process.send_signal(signal.SIGKILL)
+                    result["kills"] += 1
+                process.wait(timeout=120)
+            if process.returncode not in (-signal.SIGKILL, 0):
+                result.setdefault("unexpected", []).append(log.read_text().strip().splitlines()[-1][:500])
+            result["delays_s"].append(round(delay, 2))
+            result["bytes_repaired"] = len(list(scores.parent.glob(scores.name + ".torn-*")))  # torn lines cut and kept
+            result["orphans"] += sum(alive(pid) for pid in below)
+            ids = scored_ids(scores)
+            result["lost"] += max(0, before - len(ids))
+            if len(ids) != len(set(ids)):
+                result["problems"].append("a scenario scored twice")
+            if len(ids) >= whole:
+                break
+        final = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
+        result["final_exit"] = final.returncode
+        ids = scored_ids(scores)
+        if sorted(ids) != list(range(whole)):
+            result["problems"].append(f"scored {len(ids)} lines, {len(set(ids))} distinct, of {whole}")
+        result["final_scenarios"] = len(set(ids))
+        result["validate_ok"] = final.returncode == 0
+        stats = httpx.get(base_url.removesuffix("/v1") + "/_stats", trust_env=False, timeout=10).json()
+        result["faults"] = stats["faults"]
+        result["rate_limited_429"] = sum(stats["rate_limited"].values())
+        result["wall_s"] = round(time.monotonic() - started, 1)
+    finally:
+        simulator.kill()
+        simulator.wait()
+    return result
+
+
 def table(results: list[dict], seed: int) -> str:
     rows = [
         "| command, signal | kills survived | faults seen by kind | 429s | retries | bytes repaired | scenarios lost | orphans | "
@@ -205,6 +278,11 @@ def table(results: list[dict], seed: int) -> str:
     ]
     for r in results:
         faults = ", ".join(f"{k} {v}" for k, v in sorted(r["faults"].items()))
+        if r["command"] == "score":
+            final = f"{r['final_scenarios']}/{r['scenarios']} scored, each once" if not r["problems"] else "; ".join(r["problems"])
+            rows.append(f"| score, SIGKILL | {r['kills']} | {faults} | {r['rate_limited_429']} | n/a | "
+                        f"{r['bytes_repaired']} torn lines kept | {r['lost']} | {r['orphans']} | {final} | n/a | n/a |")
+            continue
         retries = (r["attempts_recorded"] or 0) - (r["answered_recorded"] or 0)
         recorded = r["cost_recorded_usd"]
         ratio = f"${recorded:.4f} / ${r['cost_simulator_usd']:.4f} = {recorded / r['cost_simulator_usd']:.4f}" \
@@ -226,11 +304,12 @@ def main() -> int:
     parser.add_argument("--rpm", type=int, default=400, help="the simulator's request limit (default: 400; slow enough that every kill lands mid-run)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the kill delays (default: random, printed)")
     parser.add_argument("--quick", action="store_true", help="300 scenarios, 3 kills per signal, 200 RPM")
+    parser.add_argument("--score-kills", type=int, default=10, help="SIGKILLs of `score` of the SIGKILL run's dataset (default: 10; 0: none)")
     parser.add_argument("--json", default=None, help="write every figure to this file")
     parser.add_argument("--readme", action="store_true", help="put the table into README.md")
     args = parser.parse_args()
     if args.quick:
-        args.scenarios, args.kills, args.rpm, args.batch_kills = 300, 3, 200, 2
+        args.scenarios, args.kills, args.rpm, args.batch_kills, args.score_kills = 300, 3, 200, 2, 2
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
     results = []
@@ -238,6 +317,11 @@ def main() -> int:
         for name in [n for n in args.signals.split(",") if n.strip() and n.strip().upper() != "NONE"]:
             results.append(soak(name.strip().upper(), args.scenarios, args.kills, rng, Path(folder), args.rpm))
             print(f"SIG{results[-1]['signal']}: {json.dumps({k: v for k, v in results[-1].items() if k != 'delays_s'})}",
+                  file=sys.stderr)
+        soaked = Path(folder) / "soak-KILL.jsonl"
+        if args.score_kills and soaked.exists():
+            results.append(soak_score(soaked, args.score_kills, rng, Path(folder), args.rpm * 20))
+            print(f"score SIGKILL: {json.dumps({k: v for k, v in results[-1].items() if k != 'delays_s'})}",
                   file=sys.stderr)
         if args.batch_kills:
             results.append(soak("KILL", args.scenarios, args.batch_kills, rng, Path(folder), args.rpm, batch=True))

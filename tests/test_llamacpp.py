@@ -177,3 +177,38 @@ def test_timeouts_are_retried_with_back_off_and_their_cost_is_stated_unknown(tmp
     state = json.loads((tmp_path / "checkpoint.json").read_text())["run_state"]
     assert state["abandoned_attempts"] >= 2
     assert time.monotonic() - started < 90 and not leftovers(tmp_path)
+
+
+def test_score_20_scenarios_through_completions_and_chat_logprobs(server, tmp_path, builtin_tokenizers, tokenizer_cache):
+    """``asyncgen score`` at llama.cpp: the single-token form through /v1/completions with logprobs (the
+    text as it is) and, with --chat, through chat completions with top_logprobs; free answers with a
+    refusal verdict. Every scenario scored once, every answer's log-probability a number (exact or a
+    bound), never unknown: its tokens spell the answers as the readings do."""
+    from asyncgen.scores import read_scores, scores_path
+    from test_score import valid_pairs, write_dataset
+
+    pairs = valid_pairs(builtin_tokenizers, 20)
+    # 20 scenarios in both forms through completions; 8 more through chat logprobs (time: the server
+    # answers one request at a time).
+    for count, model, flags in ((20, "smollm2", ["--max-answer-tokens", "4"]),
+                                (8, "smollm2-chat", ["--chat", "--form", "single"])):
+        dataset = tmp_path / f"d{count}.jsonl"
+        write_dataset(dataset, pairs[:count])
+        result = subprocess.run(
+            [sys.executable, "-m", "asyncgen", "score", str(dataset), "--model", model, "--base-url", server,
+             "--concurrency", "2", "--cache-dir", tokenizer_cache, *flags],
+            env=run_env(tmp_path), capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        records = read_scores(scores_path(dataset, model)).records
+        assert sorted(records) == list(range(count))
+        via = "chat" if "--chat" in flags else "completions"
+        for record in records.values():
+            single = record["single"]
+            assert single["via"] == via and single["flips"] in (True, False, None)
+            for side in ("prompt", "counterfactual"):
+                for answer in single[side]["answers"].values():
+                    assert isinstance(answer["logprob"], float), answer
+        if "--chat" not in flags:
+            assert all(isinstance(record["multi"]["prompt"]["answer"], str) and
+                       record["multi"]["prompt"]["refuses"] in (True, False) for record in records.values())
+        assert "refused /v1/completions" not in result.stderr

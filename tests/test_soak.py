@@ -16,9 +16,15 @@ def test_killed_and_interrupted_runs_lose_nothing_and_count_every_cent(tmp_path)
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     results = json.loads(out.read_text())["results"]
-    assert [(r["command"], r["signal"]) for r in results] == [("run", "KILL"), ("run", "INT"), ("batch run", "KILL")]
+    assert [(r["command"], r["signal"]) for r in results] == [
+        ("run", "KILL"), ("run", "INT"), ("score", "KILL"), ("batch run", "KILL")]
     for run in results:
         where = f"{run['command']} SIG{run['signal']}: {run}"
+        if run["command"] == "score":  # the SIGKILLed run's dataset, scored under kills: each scenario once
+            assert run["kills"] == 2 and not run.get("unexpected"), where
+            assert run["lost"] == 0 and run["orphans"] == 0 and run["problems"] == [], where
+            assert run["final_scenarios"] == 300 and run["final_exit"] == 0, where
+            continue
         assert run["kills"] == (2 if run["command"] == "batch run" else 3), where  # every signal landed mid-run
         assert not run.get("unexpected"), where
         assert run["lost"] == 0 and run["orphans"] == 0 and run["problems"] == [], where

@@ -52,6 +52,12 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
                         "DATASET.parquet, DATASET.hf/ or DATASET.eap/); replaces only an earlier export, whole")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --out even if it is not an export asyncgen wrote")
+    parser.add_argument("--scores", action="append", default=[], metavar="MODEL",
+                        help="add MODEL's scores (from `asyncgen score`) as columns score.MODEL.*: answer "
+                        "log-probabilities, logit differences, refusal verdicts, flip flags (repeatable)")
+    parser.add_argument("--only-flipping", nargs="?", const="both", default=None, choices=("single", "multi", "both"),
+                        help="keep only the scenarios that flip under every --scores model, in the single-token "
+                        "form, the multi-token form, or both (the default when given bare)")
     parser.set_defaults(handler=run)
 
 
@@ -61,6 +67,8 @@ def default_out(dataset: Path, fmt: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from asyncgen.score_table import columns, flips_in
+
     if args.format == "parquet":
         _require("pyarrow.parquet", "parquet")
     elif args.format == "hf":
@@ -71,11 +79,27 @@ def run(args: argparse.Namespace) -> int:
     folder = args.format in FOLDER_FORMATS
     recover_leftovers(out)
     refuse_unless_replaceable(out, folder, args.overwrite)
+    if args.only_flipping and not args.scores:
+        raise UsageError("--only-flipping keeps the scenarios that flip under the --scores models: name at least one")
     dataset, task, tokenizers = load_dataset_and_task(args)
-    splits = split_of(len(dataset.scenarios), args.split, args.seed) if args.split is not None else None
+    scored = _scores(args, dataset, task)
+    scenarios = dataset.scenarios
+    kept = [i for i in range(len(scenarios)) if all(flips_in(records.get(i), args.only_flipping)
+                                                    for records in scored.values())] \
+        if args.only_flipping else list(range(len(scenarios)))
+    if not kept:
+        raise UsageError(f"--only-flipping {args.only_flipping}: no scenario flips under "
+                         f"{', '.join(args.scores)}; nothing to write")
+    splits = split_of(len(kept), args.split, args.seed) if args.split is not None else None
     answers = task_answers(task, tokenizers)
-    annotations = [orjson.loads(line) for line in annotate(dataset.scenarios, tokenizers, answers)]
-    table = rows(dataset.scenarios, annotations, task.task_name, (task.answers.safe, task.answers.harmful), splits)
+    annotations = [orjson.loads(line) for line in annotate([scenarios[i] for i in kept], tokenizers, answers)]
+    for number, note in zip(kept, annotations):
+        note["scenario_id"] = number  # the dataset's id, not the position among those kept
+    table = rows([scenarios[i] for i in kept], annotations, task.task_name, (task.answers.safe, task.answers.harmful),
+                 splits)
+    for row in table:
+        for model, records in scored.items():
+            row.update(columns(model, records.get(row["scenario_id"]), task.answers.safe, task.answers.harmful))
     try:
         if folder:
             names: list[str] = []
@@ -91,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
             written = [str(out)]
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot write it ({exc.strerror or exc}); choose another --out") from exc
-    counts = f"{len(table)} scenarios" + (
+    counts = f"{len(table)} scenarios" + (f" (of {len(scenarios)}: those that flip under every --scores model)"
+                                          if args.only_flipping else "") + (
         f" ({sum(s == 'train' for s in splits)} train, {sum(s == 'test' for s in splits)} test)" if splits else "")
     print(f"wrote {counts} to {', '.join(written)}", file=sys.stderr)
     return 0
@@ -114,3 +139,22 @@ def _write_folder(fmt: str, table: list[dict], folder: Path, tokenizer_names: li
             write_csv(eap_rows(part, name), folder / f"{name}{suffix}.csv", EAP_COLUMNS)
             names.append(f"{name}{suffix}.csv")
     return names
+
+
+def _scores(args, dataset, task) -> dict[str, dict[int, dict]]:
+    """Each --scores model's records, checked against the dataset; a warning for scenarios it has not scored."""
+    import logging
+
+    from asyncgen.score_table import load_scores
+
+    out = {}
+    for model in dict.fromkeys(args.scores):
+        out[model] = load_scores(args.dataset, task.task_name, dataset.scenarios, model)
+        missing = len(dataset.scenarios) - len(out[model])
+        if missing:
+            logging.getLogger("asyncgen.export").warning(
+                "%d of %d scenarios are not scored under %s (their columns are empty%s); "
+                "run `asyncgen score` again to finish", missing, len(dataset.scenarios), model,
+                ", and --only-flipping leaves them out" if args.only_flipping else "")
+    return out
+

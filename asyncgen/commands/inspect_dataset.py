@@ -72,16 +72,36 @@ def run(args: argparse.Namespace) -> int:
     report = inspect_dataset(dataset.scenarios, annotations, run_state)
     report["dataset"] = {"path": args.dataset, "task": dataset.task_name, "checkpoint": checkpoint,
                          "torn_bytes": dataset.torn_bytes}
+    report["scores"] = _score_figures(args.dataset, task.task_name, dataset.scenarios)
     if args.json:
         sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
     else:
         print(render(report, path=args.dataset, task=dataset.task_name, checkpoint=checkpoint))
+        from asyncgen.score_table import render_figures
+
+        for model, figures in report["scores"].items():
+            print("\n".join(render_figures(model, figures)))
     if plt is not None:
         if annotations is None:
             raise UsageError("--plot draws the token figures: drop --no-tokens")
         _plot(plt, lengths_and_positions(annotations), args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0
+
+
+def _score_figures(dataset: str, task_name: str, scenarios) -> dict:
+    """Per scored model (DATASET.scores/*.jsonl of this dataset): flip shares, logit spread, disagreement."""
+    from asyncgen.score_table import figures, load_scores, scored_models
+
+    out = {}
+    for model, path in scored_models(dataset):
+        try:
+            records = load_scores(dataset, task_name, scenarios, model)
+        except UsageError as exc:  # another dataset's scores beside this one: said, not shown as this one's
+            logging.getLogger("asyncgen.inspect").warning("%s: left out: %s", path, exc)
+            continue
+        out[model] = figures(records, len(scenarios))
+    return out
 
 
 def _pyplot():

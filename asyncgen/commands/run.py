@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import shlex
-import shutil
 import sys
 import zlib
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from asyncgen.commands._shared import (
 from asyncgen.commands.argtypes import base_url, non_negative_float, non_negative_int, positive_float, positive_int
 from asyncgen.errors import UsageError
 from asyncgen.prices import cost_usd, is_openai_endpoint, price_for, run_price
-from asyncgen.progress import fit_summary, report_progress, summary
+from asyncgen.progress import exit_code, print_summary, report_progress, summary
 from asyncgen.eventloop import LOOPBACK_HOSTS, run_event_loop
 from asyncgen.prompting import (
     AVOID_CHARS,
@@ -348,24 +347,12 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
                 close_error = exc
             stop_reason = (pipeline.stop_reason if pipeline is not None and pipeline.stop_reason
                            else _stop_reason_of(failure))
-            text = summary(stats, stop_reason=stop_reason, output=args.output,
-                           resume_command=_resume_command(args, stats, stop_reason))
-            if sys.stderr.isatty():
-                text = fit_summary(text, shutil.get_terminal_size().columns - 1)
-            print(text, file=sys.stderr)
-        if isinstance(failure, (asyncio.CancelledError, KeyboardInterrupt)):
-            return 130
-        if failure is not None:
-            raise failure
-        if close_error is not None:
+            print_summary(summary(stats, stop_reason=stop_reason, output=args.output,
+                                  resume_command=_resume_command(args, stats, stop_reason)))
+        if close_error is not None and failure is None:
             raise close_error
-    if stats.accepted >= stats.target:
-        return 0
-    if stop_reason == "max_cost":
-        print(f"asyncgen run: stopped at --max-cost ${args.max_cost:g}: the next request could cross it; "
-              "raise --max-cost and run again to resume (the summary suggests a budget)", file=sys.stderr)
-        return 1
-    return 130 if stop_reason == "interrupted" else 1
+    return exit_code("run", failure, stats.accepted >= stats.target, stop_reason, args.max_cost,
+                     " (the summary suggests a budget)")
 
 
 def _stop_reason_of(failure: BaseException | None) -> str | None:

@@ -32,7 +32,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
         "simulate",
         parents=[common],
         description="Serve the parts of the OpenAI API asyncgen uses, answering generation requests with "
-        "pairs composed from the task's lexicon. Prints the base URL as its first line; stops on Ctrl-C.",
+        "pairs composed from the task's lexicon and other questions as a model under study (with log-probabilities). "
+        "Prints the base URL as its first line; stops on Ctrl-C.",
     )
     add = parser.add_argument
     add("--host", default=defaults.host, help=f"address to bind (default: {defaults.host}; loopback unless told otherwise)")
@@ -69,6 +70,10 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
         help=f"relative weights of the kinds of wrong pair: {', '.join(IMPERFECTION_KINDS)} (default: equal)")
     add("--prose-rate", type=float, default=defaults.prose_rate,
         help=f"share of answers wrapped in prose around the JSON (default: {defaults.prose_rate:g})")
+    add("--non-flip-share", type=float, default=defaults.non_flip_share, metavar="SHARE",
+        help=f"share of scenarios whose answer does not flip between prompt and counterfactual when scored (default: {defaults.non_flip_share:g})")
+    add("--outside-top-k-share", type=float, default=defaults.outside_top_k_share, metavar="SHARE",
+        help=f"share of scored answers whose other answer falls outside any top-k (default: {defaults.outside_top_k_share:g})")
     parser.set_defaults(handler=run)
 
 
@@ -96,6 +101,8 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         batch_state_dir=args.batch_state_dir,
         imperfect_rate=args.imperfect_rate,
         prose_rate=args.prose_rate,
+        non_flip_share=args.non_flip_share,
+        outside_top_k_share=args.outside_top_k_share,
     )
     if args.imperfect_mix is not None:
         config.imperfect_mix = parse_rates(args.imperfect_mix, IMPERFECTION_KINDS, "--imperfect-mix")

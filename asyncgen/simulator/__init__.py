@@ -5,9 +5,11 @@ Modules, each importing only those above it:
 - ``settings``: ``SimulatorConfig`` (every knob) and ``parse_faults``;
 - ``ratelimit``: RPM/TPM token buckets and the x-ratelimit-* headers (Go-style durations);
 - ``composer``: the model player, which writes candidate pairs from a task's lexicon;
+- ``scoring``: the model under study, which answers a task's questions (sides, preference, log-probs);
 - ``wire``: error bodies and texts, as shared/docs/openai-protocol.md gives them;
 - ``faults``: fault draws and what they do to an answer;
 - ``chat``: chat request validation, usage estimate, TPM charge, the completion object;
+- ``completions``: the same for legacy ``/v1/completions``; ``endpoints``: both, by path;
 - ``batches``: files and the batch lifecycle on a scalable clock;
 - ``stats``: the counters behind GET /_stats;
 - ``app``: the aiohttp routes; ``runner``: in-process and foreground serving.

@@ -1,6 +1,6 @@
 """The aiohttp application: routes, auth, error bodies, rate limits and HTTP faults.
 
-Order on POST /v1/chat/completions: auth (401), body and fields (400/404, not charged),
+Order on POST /v1/chat/completions and POST /v1/completions (one path, endpoints.py): auth (401), body and fields (400/404, not charged),
 quota (429 insufficient_quota), rate limits (429, nothing taken), then the request is charged and
 the faults apply: fail-first, latency, one HTTP fault (500, 502, 503, timeout, reset), content
 faults per choice. Every response has an ``x-request-id``; chat responses also the x-ratelimit-*
@@ -25,10 +25,11 @@ from aiohttp import web
 
 from asyncgen.config import load_task
 from asyncgen.simulator import batches, chat, faults, wire
+from asyncgen.simulator.endpoints import CHAT, COMPLETIONS, ENDPOINTS, Endpoint
 from asyncgen.simulator.batches import BatchService
 from asyncgen.simulator.composer import Player
 from asyncgen.simulator.ratelimit import RateLimiter, retry_headers
-from asyncgen.simulator.settings import MODELS, SimulatorConfig
+from asyncgen.simulator.settings import MODELS, OPEN_WEIGHTS_MODELS, SimulatorConfig
 from asyncgen.simulator.stats import Stats
 
 log = logging.getLogger("asyncgen.simulator")
@@ -62,7 +63,8 @@ def make_app(config: SimulatorConfig) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_guard])
     app[SIMULATOR] = Simulator(config)
     app.on_shutdown.append(_release_hanging)
-    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post(CHAT, chat_completions)
+    app.router.add_post(COMPLETIONS, completions)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", get_model)
     app.router.add_post("/v1/files", upload_file)
@@ -133,16 +135,24 @@ async def _json_body(request: web.Request) -> tuple[bytes, object]:
         raise wire.unparseable_body() from None
 
 
-# Chat
+# Chat and completions
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _model_request(request, ENDPOINTS[CHAT])
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _model_request(request, ENDPOINTS[COMPLETIONS])
+
+
+async def _model_request(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     sim = request.app[SIMULATOR]
     stats = sim.stats
     arrival = stats.since_start()
     status = 500
     try:
-        response = await _chat(request, sim)
+        response = await _answer(request, sim, endpoint)
         status = response.status
         return response
     except wire.ApiFailure as failure:
@@ -152,25 +162,25 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         stats.chat_log.append((arrival, status))
 
 
-async def _chat(request: web.Request, sim: Simulator) -> web.StreamResponse:
+async def _answer(request: web.Request, sim: Simulator, endpoint: Endpoint) -> web.StreamResponse:
     stats, config = sim.stats, sim.config
     raw, body = await _json_body(request)
     try:
-        chat_request = chat.parse_chat_request(body)
+        model_request = endpoint.parse(body)
     except wire.ApiFailure as failure:
         failure.headers.update(sim.limiter.headers())
         raise
-    model = chat_request.model
+    model = model_request.model
     if config.quota_exhausted:
         sim.stats.rate_limited["quota"] += 1
         raise wire.ApiFailure(429, wire.INSUFFICIENT_QUOTA, "insufficient_quota", None, "insufficient_quota", sim.limiter.headers())
-    decision = sim.limiter.admit(chat_request.charge, sim.now())
+    decision = sim.limiter.admit(model_request.charge, sim.now())
     if decision.rejected_by is not None:
         stats.rate_limited[decision.rejected_by] += 1
         if decision.rejected_by == "too_large":
-            message = wire.request_too_large(model, decision.limit, chat_request.charge)
+            message = wire.request_too_large(model, decision.limit, model_request.charge)
             raise wire.ApiFailure(429, message, "tokens", None, "rate_limit_exceeded", decision.headers)
-        requested = 1 if decision.rejected_by == "requests" else chat_request.charge
+        requested = 1 if decision.rejected_by == "requests" else model_request.charge
         message = wire.rate_limited(model, decision.rejected_by, decision.limit, decision.used, requested, decision.retry_after_s)
         headers = {**decision.headers, **retry_headers(decision.retry_after_s)}
         raise wire.ApiFailure(429, message, decision.rejected_by, None, "rate_limit_exceeded", headers)
@@ -206,14 +216,10 @@ async def _chat(request: web.Request, sim: Simulator) -> web.StreamResponse:
         except asyncio.TimeoutError:
             pass
 
-    choices = [
-        chat.compose_choice(chat_request, sim.player, config, random.Random(f"{key}:choice{i}"))
-        for i in range(chat_request.n)
-    ]
-    for choice in choices:
-        if choice.fault:
-            stats.count(stats.faults, choice.fault)
-    answer = chat.completion(chat_request, choices, chat.new_id("chatcmpl-", sim.salt), sim.fingerprint)
+    answer, fired = endpoint.respond(model_request, sim.player, config, key, chat.new_id(endpoint.id_prefix, sim.salt),
+                                     sim.fingerprint)
+    for fault in fired:
+        stats.count(stats.faults, fault)
     usage = answer["usage"]
     stats.prompt_tokens += usage["prompt_tokens"]
     stats.completion_tokens += usage["completion_tokens"]
@@ -256,7 +262,8 @@ async def _reset_midway(request: web.Request, payload: bytes, headers: dict) -> 
 
 
 def _model_object(model_id: str) -> dict:
-    return {"id": model_id, "object": "model", "created": 1_721_172_741, "owned_by": "system"}
+    owner = "vllm" if model_id in OPEN_WEIGHTS_MODELS else "system"
+    return {"id": model_id, "object": "model", "created": 1_721_172_741, "owned_by": owner}
 
 
 async def list_models(request: web.Request) -> web.Response:

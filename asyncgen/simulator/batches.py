@@ -30,12 +30,13 @@ import orjson
 from asyncgen.simulator import chat, faults, wire
 from asyncgen.sink import atomic_write
 from asyncgen.simulator.composer import Player
+from asyncgen.simulator.endpoints import ENDPOINTS as MODEL_ENDPOINTS
 from asyncgen.simulator.settings import SimulatorConfig
 
 COMPLETION_WINDOW_S = 86_400
 MAX_REQUESTS = 50_000
 MAX_LISTED_ERRORS = 1_000
-ENDPOINTS = ("/v1/chat/completions",)
+ENDPOINTS = tuple(MODEL_ENDPOINTS)  # /v1/chat/completions, /v1/completions
 FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 EXPIRED_ERROR = {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}
 CANCELLED_ERROR = {"code": "batch_cancelled", "message": "This request was not executed because the batch was cancelled."}
@@ -216,7 +217,7 @@ def parse_input(data: bytes, endpoint: str, enqueued_token_limit: int | None) ->
             seen.add(custom_id)
             model = body["model"]
             lines.append(BatchLine(number, custom_id, body, raw))
-            enqueued += _estimate_charge(body)
+            enqueued += _estimate_charge(body, endpoint)
     if not lines and not errors:
         error("empty_file", "The input file is empty: it has no requests.", None)
     elif len(lines) > MAX_REQUESTS:
@@ -228,20 +229,21 @@ def parse_input(data: bytes, endpoint: str, enqueued_token_limit: int | None) ->
     return lines, errors, model
 
 
-def _estimate_charge(body: dict) -> int:
+def _estimate_charge(body: dict, endpoint: str) -> int:
     try:
-        return chat.parse_chat_request(body).charge
+        return MODEL_ENDPOINTS[endpoint].parse(body).charge
     except wire.ApiFailure:
         return 0
 
 
-def run_line(line: BatchLine, player: Player, config: SimulatorConfig, salt: str, fingerprint: str) -> LineResult:
-    """One batch request, answered like a chat request (content faults and 500/503 apply; transport
-    faults do not: the batch runner has no connection to break)."""
+def run_line(line: BatchLine, endpoint: str, player: Player, config: SimulatorConfig, salt: str, fingerprint: str) -> LineResult:
+    """One batch request, answered as its endpoint answers a request (content faults and 500/503
+    apply; transport faults do not: the batch runner has no connection to break)."""
     key = f"{config.seed}:batch:{hashlib.blake2b(line.raw, digest_size=12).hexdigest()}"
     request_id = chat.new_id("req_", salt)
+    handler = MODEL_ENDPOINTS[endpoint]
     try:
-        request = chat.parse_chat_request(line.body)
+        request = handler.parse(line.body)
         http_fault = faults.draw_http_fault(config.faults, random.Random(key + ":http"))
         if http_fault == "500" or http_fault == "502":
             raise wire.server_error()
@@ -249,7 +251,7 @@ def run_line(line: BatchLine, player: Player, config: SimulatorConfig, salt: str
             raise wire.overloaded()
     except wire.ApiFailure as failure:
         return LineResult(False, _result_line(line.custom_id, failure.status, request_id, failure.as_dict(), salt))
-    body = chat.answer(request, player, config, key, chat.new_id("chatcmpl-", salt), fingerprint)
+    body, _ = handler.respond(request, player, config, key, chat.new_id(handler.id_prefix, salt), fingerprint)
     usage = body["usage"]
     return LineResult(True, _result_line(line.custom_id, 200, request_id, body, salt), usage["prompt_tokens"], usage["completion_tokens"])
 
@@ -423,7 +425,7 @@ class BatchService:
 
     def _run_until(self, batch: Batch, finished: int) -> None:
         for line in batch.lines[len(batch.results) : finished]:
-            batch.results.append(run_line(line, self.player, self.config, self.salt, self.fingerprint))
+            batch.results.append(run_line(line, batch.endpoint, self.player, self.config, self.salt, self.fingerprint))
 
     def _write_files(self, batch: Batch, finished: int, status: str) -> None:
         if batch.files_written:

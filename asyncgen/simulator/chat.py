@@ -12,6 +12,12 @@ request sets neither. (OpenAI's guide words it as "the larger of" the two; count
 stricter reading, and the one that makes a client's ``max_tokens`` matter.)
 It is taken on admission and never refunded; requests that then fail by a fault are charged too.
 
+Generation or question. A request is a generation request (answered with pairs, as ``run``
+expects) when it asks for no log-probabilities and either asks for JSON (``response_format``
+json_object or json_schema) or mentions "pairs" in a message. Any other request is a question to
+the model under study (scoring.py), asked in its last message: its answer is greedy, with
+``logprobs: {"content": [...]}`` in OpenAI's shape when ``logprobs`` is true.
+
 Everything here is pure but ``new_id``; the HTTP handler (app.py) and the batch runner
 (batches.py) share it.
 """
@@ -23,16 +29,18 @@ import re
 import time
 from dataclasses import dataclass
 from itertools import count
+from typing import Callable
 
 import orjson
 
-from asyncgen.simulator import composer, faults, wire
+from asyncgen.simulator import composer, faults, scoring, wire
 from asyncgen.simulator.composer import AnswerShape, Player
-from asyncgen.simulator.settings import MODELS, SimulatorConfig
+from asyncgen.simulator.settings import MAX_TOP_LOGPROBS, MODELS, SimulatorConfig, serves_chat
 
 _SCHEMA_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _ROLES = frozenset(("system", "developer", "user", "assistant", "tool"))
 _FORMATS = ("text", "json_object", "json_schema")
+_PAIRS = re.compile(r"\bpairs\b", re.IGNORECASE)
 _ids = count(1)
 
 
@@ -47,6 +55,9 @@ class ChatRequest:
     shape: AnswerShape
     strict: bool
     prompt_tokens: int
+    generation: bool = True  # False: a question to the model under study
+    logprobs: bool = False
+    top_logprobs: int = 0
 
     @property
     def charge(self) -> int:
@@ -61,8 +72,9 @@ def estimate_tokens(text: str) -> int:
     return (len(text) + 3) // 4
 
 
-def parse_chat_request(body: object) -> ChatRequest:
-    """The fields asyncgen uses, checked as the API checks them; ApiFailure (400/404) otherwise."""
+def served_model(body: object, serves: Callable[[str], bool], refusal: Callable[[], wire.ApiFailure]) -> str:
+    """The request's model, once the body is an object naming a known model this endpoint ``serves``
+    (``refusal()`` otherwise, as OpenAI refuses a model on the wrong endpoint)."""
     if not isinstance(body, dict):
         raise wire.unparseable_body()
     model = body.get("model")
@@ -70,14 +82,22 @@ def parse_chat_request(body: object) -> ChatRequest:
         raise wire.missing_parameter("model")
     if not isinstance(model, str) or model not in MODELS:
         raise wire.model_not_found(str(model))
+    if not serves(model):
+        raise refusal()
+    return model
+
+
+def parse_chat_request(body: object) -> ChatRequest:
+    """The fields asyncgen uses, checked as the API checks them; ApiFailure (400/404) otherwise."""
+    model = served_model(body, serves_chat, wire.not_a_chat_model)
     resolved, context_window, output_limit = MODELS[model]
     texts = _message_texts(body.get("messages"))
-    n = _integer(body, "n", 1, 1, 128)
-    _number(body, "temperature", 0.0, 2.0)
+    n = integer_field(body, "n", 1, 1, 128)
+    number_field(body, "temperature", 0.0, 2.0)
     if body.get("seed") is not None and (not isinstance(body["seed"], int) or isinstance(body["seed"], bool)):
-        raise wire.bad_request(f"Invalid type for 'seed': expected an integer, but got {_kind(body['seed'])} instead.", "seed", "invalid_type")
+        raise wire.bad_request(f"Invalid type for 'seed': expected an integer, but got {json_kind(body['seed'])} instead.", "seed", "invalid_type")
     limit_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    max_output = _integer(body, limit_name, None, 1, None)
+    max_output = integer_field(body, limit_name, None, 1, None)
     if max_output is not None and max_output > output_limit:
         raise wire.bad_request(
             f"{limit_name} is too large: {max_output}. This model supports at most {output_limit} completion "
@@ -95,21 +115,37 @@ def parse_chat_request(body: object) -> ChatRequest:
             "context_length_exceeded",
         )
     format_, shape, strict = _response_format(body.get("response_format"), texts)
-    return ChatRequest(model, resolved, texts, n, max_output, format_, shape, strict, prompt_tokens)
+    logprobs, top_logprobs = _logprobs(body)
+    generation = not logprobs and (format_ != "text" or any(_PAIRS.search(text) for text in texts))
+    return ChatRequest(model, resolved, texts, n, max_output, format_, shape, strict, prompt_tokens, generation,
+                       logprobs, top_logprobs or 0)
+
+
+def _logprobs(body: dict) -> tuple[bool, int | None]:
+    logprobs = body.get("logprobs")
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise wire.bad_request(f"Invalid type for 'logprobs': expected a boolean, but got {json_kind(logprobs)} instead.",
+                               "logprobs", "invalid_type")
+    top_logprobs = integer_field(body, "top_logprobs", None, 0, MAX_TOP_LOGPROBS)
+    if top_logprobs is not None and not logprobs:
+        # [U]: OpenAI's wording is not on record; its rule (top_logprobs needs logprobs) is documented.
+        raise wire.bad_request("Invalid value for 'top_logprobs': 'logprobs' must be set to true when "
+                               "'top_logprobs' is specified.", "top_logprobs", "invalid_value")
+    return bool(logprobs), top_logprobs
 
 
 def _message_texts(messages: object) -> tuple[str, ...]:
     if messages is None:
         raise wire.missing_parameter("messages")
     if not isinstance(messages, list):
-        raise wire.bad_request(f"Invalid type for 'messages': expected an array, but got {_kind(messages)} instead.", "messages", "invalid_type")
+        raise wire.bad_request(f"Invalid type for 'messages': expected an array, but got {json_kind(messages)} instead.", "messages", "invalid_type")
     if not messages:
         raise wire.bad_request("Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.", "messages", "empty_array")
     texts = []
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
-            raise wire.bad_request(f"Invalid type for '{where}': expected an object, but got {_kind(message)} instead.", where, "invalid_type")
+            raise wire.bad_request(f"Invalid type for '{where}': expected an object, but got {json_kind(message)} instead.", where, "invalid_type")
         role = message.get("role")
         if role is None:
             raise wire.missing_parameter(f"{where}.role")
@@ -128,7 +164,7 @@ def _message_texts(messages: object) -> tuple[str, ...]:
             texts.append("")
         else:
             raise wire.bad_request(
-                f"Invalid type for '{where}.content': expected one of a string or array of objects, but got {_kind(content)} instead.",
+                f"Invalid type for '{where}.content': expected one of a string or array of objects, but got {json_kind(content)} instead.",
                 f"{where}.content",
                 "invalid_type",
             )
@@ -213,12 +249,12 @@ def strict_schema_problem(schema: object, context: tuple = ()) -> str | None:
     return None
 
 
-def _integer(body: dict, name: str, default: int | None, least: int, most: int | None) -> int | None:
+def integer_field(body: dict, name: str, default: int | None, least: int, most: int | None) -> int | None:
     value = body.get(name)
     if value is None:
         return default
     if not isinstance(value, int) or isinstance(value, bool):
-        raise wire.bad_request(f"Invalid type for '{name}': expected an integer, but got {_kind(value)} instead.", name, "invalid_type")
+        raise wire.bad_request(f"Invalid type for '{name}': expected an integer, but got {json_kind(value)} instead.", name, "invalid_type")
     if value < least:
         raise wire.bad_request(f"Invalid '{name}': integer below minimum value. Expected a value >= {least}, but got {value} instead.", name, "integer_below_min_value")
     if most is not None and value > most:
@@ -226,19 +262,19 @@ def _integer(body: dict, name: str, default: int | None, least: int, most: int |
     return value
 
 
-def _number(body: dict, name: str, least: float, most: float) -> None:
+def number_field(body: dict, name: str, least: float, most: float) -> None:
     value = body.get(name)
     if value is None:
         return
     if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise wire.bad_request(f"Invalid type for '{name}': expected a decimal, but got {_kind(value)} instead.", name, "invalid_type")
+        raise wire.bad_request(f"Invalid type for '{name}': expected a decimal, but got {json_kind(value)} instead.", name, "invalid_type")
     if value < least:
         raise wire.bad_request(f"Invalid '{name}': decimal below minimum value. Expected a value >= {least:g}, but got {value} instead.", name, "decimal_below_min_value")
     if value > most:
         raise wire.bad_request(f"Invalid '{name}': decimal above maximum value. Expected a value <= {most:g}, but got {value} instead.", name, "decimal_above_max_value")
 
 
-def _kind(value: object) -> str:
+def json_kind(value: object) -> str:
     return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "an integer", float: "a decimal"}.get(
         type(value), "null"
     )
@@ -250,6 +286,7 @@ class Choice:
     refusal: str | None
     finish_reason: str
     fault: str | None
+    steps: tuple[scoring.Step, ...] | None = None  # a question's answer, token by token
 
 
 def compose_choice(request: ChatRequest, player: Player, config: SimulatorConfig, rng: random.Random) -> Choice:
@@ -280,8 +317,53 @@ def compose_choice(request: ChatRequest, player: Player, config: SimulatorConfig
     return Choice(text, None, finish_reason, fault)
 
 
+def question_steps(text: str, player: Player, config: SimulatorConfig) -> list[scoring.Step]:
+    """The model under study's whole answer to ``text`` (shared by chat and completions)."""
+    question = scoring.read_question(player, text, config.seed, config.non_flip_share, config.outside_top_k_share)
+    return scoring.answer_steps(player, question, text, config.seed)
+
+
+def answer_question(steps: list[scoring.Step], max_output: int | None, config: SimulatorConfig,
+                    rng: random.Random) -> tuple[list[scoring.Step], str, str | None]:
+    """A question's answer as delivered: the output limit and the content faults that apply to a
+    plain answer (``length`` cuts it short, ``content_filter`` withholds it); the others fire only
+    on generation answers."""
+    fault = faults.draw_content_fault(config.faults, rng)
+    steps, finish_reason = scoring.cut(steps, max_output)
+    if fault == "length" and steps:
+        steps, finish_reason = steps[: max(1, len(steps) // 2)], "length"
+    elif fault == "content_filter":
+        steps, finish_reason = [], "content_filter"
+    else:
+        fault = None
+    return steps, finish_reason, fault
+
+
+def compose_answer(request: ChatRequest, player: Player, config: SimulatorConfig, rng: random.Random) -> Choice:
+    """The model under study's answer to the request's last message."""
+    text = request.texts[-1] if request.texts else ""
+    steps, finish_reason, fault = answer_question(question_steps(text, player, config), request.max_output, config, rng)
+    return Choice("".join(step.token for step in steps), None, finish_reason, fault, tuple(steps))
+
+
+def _choice_logprobs(choice: Choice, top_logprobs: int) -> dict:
+    def entry(token: str, logprob: float) -> dict:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    return {
+        "content": [
+            {**entry(step.token, step.logprob), "top_logprobs": [entry(t, lp) for t, lp in step.top[:top_logprobs]]}
+            for step in choice.steps or ()
+        ],
+        "refusal": None,
+    }
+
+
 def completion(request: ChatRequest, choices: list[Choice], completion_id: str, fingerprint: str) -> dict:
-    completion_tokens = sum(estimate_tokens(c.content if c.content is not None else c.refusal or "") for c in choices)
+    completion_tokens = sum(
+        len(c.steps) if c.steps is not None else estimate_tokens(c.content if c.content is not None else c.refusal or "")
+        for c in choices
+    )
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -291,7 +373,7 @@ def completion(request: ChatRequest, choices: list[Choice], completion_id: str, 
             {
                 "index": index,
                 "message": {"role": "assistant", "content": c.content, "refusal": c.refusal, "annotations": []},
-                "logprobs": None,
+                "logprobs": _choice_logprobs(c, request.top_logprobs) if request.logprobs else None,
                 "finish_reason": c.finish_reason,
             }
             for index, c in enumerate(choices)
@@ -313,7 +395,10 @@ def completion(request: ChatRequest, choices: list[Choice], completion_id: str, 
     }
 
 
-def answer(request: ChatRequest, player: Player, config: SimulatorConfig, key: str, completion_id: str, fingerprint: str) -> dict:
-    """The whole completion for a request; ``key`` seeds every draw (one stream per choice)."""
-    choices = [compose_choice(request, player, config, random.Random(f"{key}:choice{i}")) for i in range(request.n)]
-    return completion(request, choices, completion_id, fingerprint)
+def respond(request: ChatRequest, player: Player, config: SimulatorConfig, key: str, completion_id: str,
+            fingerprint: str) -> tuple[dict, list[str]]:
+    """The whole completion for a request and the content faults that fired; ``key`` seeds every
+    draw (one stream per choice)."""
+    compose = compose_choice if request.generation else compose_answer
+    choices = [compose(request, player, config, random.Random(f"{key}:choice{i}")) for i in range(request.n)]
+    return completion(request, choices, completion_id, fingerprint), [c.fault for c in choices if c.fault]

@@ -55,6 +55,13 @@ class Player:
     long_harmful: tuple[str, ...]
     examples: tuple[tuple[str, str], ...]
     batch_size: int
+    # For the model under study (scoring.py): the task's (safe, harmful) answers, its single-token
+    # template, and every lexicon filler as a whole word (a text's side is in its fillers).
+    answers: tuple[str, str] = ("Yes", "No")
+    question_prefix: str = ""
+    question_suffix: str = ""
+    fillers: re.Pattern | None = None
+    harmful_words: frozenset[str] = frozenset()
 
     @classmethod
     def from_task(cls, task: Task, long_filler_chars: int = 7) -> "Player":
@@ -79,7 +86,17 @@ class Player:
             long_harmful=long_harmful,
             examples=tuple((pair.safe, pair.harmful) for pair in task.examples),
             batch_size=task.batch_size,
+            answers=(task.answers.safe, task.answers.harmful),
+            question_prefix=task.templates.single_token.prefix,
+            question_suffix=task.templates.single_token.suffix,
+            fillers=_word_pattern([*lexicon.safe, *lexicon.harmful]),
+            harmful_words=frozenset(word.lower() for word in lexicon.harmful),
         )
+
+
+def _word_pattern(words: list[str]) -> re.Pattern:
+    alternatives = "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True))
+    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
 
 
 def _split(words: list[str], long_chars: int) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -32,7 +32,32 @@ MODELS: dict[str, tuple[str, int, int]] = {
     "gpt-4.1-mini-2025-04-14": ("gpt-4.1-mini-2025-04-14", 1_047_576, 32_768),
     "gpt-4.1-nano": ("gpt-4.1-nano-2025-04-14", 1_047_576, 32_768),
     "gpt-4.1-nano-2025-04-14": ("gpt-4.1-nano-2025-04-14", 1_047_576, 32_768),
+    # OpenAI's instruct and base models: /v1/completions only.
+    "gpt-3.5-turbo-instruct": ("gpt-3.5-turbo-instruct", 4_096, 4_096),
+    "davinci-002": ("davinci-002", 16_384, 16_384),
+    # An open-weights name, as a vLLM server serves it: both endpoints.
+    "Qwen/Qwen2.5-0.5B-Instruct": ("Qwen/Qwen2.5-0.5B-Instruct", 32_768, 8_192),
 }
+# Which endpoints serve which model, as on OpenAI: its chat models (the rest of MODELS) refuse
+# /v1/completions, its instruct and base models refuse chat; a vLLM-style server serves both.
+COMPLETIONS_ONLY_MODELS = frozenset({"gpt-3.5-turbo-instruct", "davinci-002"})
+OPEN_WEIGHTS_MODELS = frozenset({"Qwen/Qwen2.5-0.5B-Instruct"})
+# Most log-probabilities per position: OpenAI's /v1/completions ``logprobs``, and chat
+# ``top_logprobs`` (OpenAI and vLLM alike; vLLM's --max-logprobs default also bounds its completions).
+OPENAI_COMPLETIONS_MAX_LOGPROBS = 5
+MAX_TOP_LOGPROBS = 20
+
+
+def serves_chat(model: str) -> bool:
+    return model not in COMPLETIONS_ONLY_MODELS
+
+
+def serves_completions(model: str) -> bool:
+    return model in COMPLETIONS_ONLY_MODELS or model in OPEN_WEIGHTS_MODELS
+
+
+def completions_max_logprobs(model: str) -> int:
+    return OPENAI_COMPLETIONS_MAX_LOGPROBS if model in COMPLETIONS_ONLY_MODELS else MAX_TOP_LOGPROBS
 
 
 @dataclass
@@ -86,6 +111,10 @@ class SimulatorConfig:
     long_filler_chars: int = 7
     # Most pairs one answer may hold (a guard against absurd "exactly 100000 pairs").
     max_pairs: int = 200
+    # The model under study (scoring.py): the share of scenarios whose preference does not flip
+    # between a pair's sides, and the share of answers whose other answer falls outside any top-k.
+    non_flip_share: float = 0.15
+    outside_top_k_share: float = 0.10
 
     def validate(self) -> "SimulatorConfig":
         """Raise UsageError on the first bad knob; return self."""
@@ -115,9 +144,9 @@ class SimulatorConfig:
         for name in ("batch_validate_s", "batch_seconds_per_request", "batch_finalize_s", "batch_cancel_s"):
             if getattr(self, name) < 0:
                 raise UsageError(f"{name} {getattr(self, name)}: expected 0 or more")
-        for name in ("imperfect_rate", "prose_rate"):
+        for name in ("imperfect_rate", "prose_rate", "non_flip_share", "outside_top_k_share"):
             if not 0 <= getattr(self, name) <= 1:
-                raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected a share in [0, 1]")
+                raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name):g}: expected a share in [0, 1]")
         unknown = set(self.imperfect_mix) - set(IMPERFECTION_KINDS)
         if unknown:
             raise UsageError(

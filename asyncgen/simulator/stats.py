@@ -1,5 +1,5 @@
 """What the simulator saw, for GET /_stats: counts by route, status and fault, tokens served,
-rate-limit rejections, and the arrival time and status of recent chat requests."""
+rate-limit rejections, and the arrival time and status of recent model requests (chat and completions)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class Stats:
         self.undelivered_prompt_tokens = 0
         self.undelivered_completion_tokens = 0
         self.rate_limited = {"requests": 0, "tokens": 0, "too_large": 0, "quota": 0}
-        # (seconds since start at arrival, final status) of chat requests, most recent MAX_LOGGED.
+        # (seconds since start at arrival, final status) of chat and completions requests, most recent MAX_LOGGED.
         self.chat_log: deque[tuple[float, int]] = deque(maxlen=MAX_LOGGED)
         self.in_flight = 0
         self.max_in_flight = 0

@@ -96,6 +96,28 @@ def model_not_found(model: str) -> ApiFailure:
     )
 
 
+def chat_model_on_completions() -> ApiFailure:
+    """OpenAI's answer to a chat model (gpt-4o, ...) on /v1/completions [O]."""
+    return ApiFailure(
+        404,
+        "This is a chat model and not supported in the v1/completions endpoint. Did you mean to use v1/chat/completions?",
+        "invalid_request_error",
+        "model",
+        None,
+    )
+
+
+def not_a_chat_model() -> ApiFailure:
+    """OpenAI's answer to an instruct or base model (gpt-3.5-turbo-instruct, ...) on chat [O]."""
+    return ApiFailure(
+        404,
+        "This is not a chat model and thus not supported in the v1/chat/completions endpoint. Did you mean to use v1/completions?",
+        "invalid_request_error",
+        "model",
+        None,
+    )
+
+
 def no_such_object(kind: str, object_id: str, param: str = "id") -> ApiFailure:
     return ApiFailure(404, f"No such {kind} object: {object_id}", "invalid_request_error", param, None)
 

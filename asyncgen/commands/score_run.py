@@ -1,0 +1,202 @@
+"""The implementation of ``asyncgen score`` (its flags are in ``commands/score.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import shlex
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from asyncgen.commands._shared import load_price_table
+from asyncgen.commands.run import OFFLINE_KEY, _endpoint
+from asyncgen.config import Task, load_task
+from asyncgen.errors import InputFileError, UsageError
+from asyncgen.eventloop import LOOPBACK_HOSTS, run_event_loop
+from asyncgen.prices import is_openai_endpoint, price_for, run_price
+from asyncgen.progress import _money, _requests, exit_code, print_summary, report_progress
+from asyncgen.scenario import Scenario, read_dataset
+from asyncgen.scores import ScoresFile, header_for, scores_path
+from asyncgen.scoring import (
+    FORMS, TOP_K, TOP_K_OPENAI_COMPLETIONS, ScoreCounts, ScorePipeline, ScoreSettings, Scorer,
+)
+from asyncgen.stats import RunStats
+
+log = logging.getLogger("asyncgen.score")
+
+
+def score(args: argparse.Namespace) -> int:
+    if args.write_requests and args.results:
+        raise UsageError("--write-requests and --results are two halves of one round trip; give one of them")
+    scenarios, task, readings = _checked_dataset(args)
+    mode, url, api_key = _endpoint(args)
+    if args.results and args.base_url is None:
+        mode, url = "batch", None  # the answers are in the file; the header names where they came from below
+    settings = ScoreSettings(
+        model=args.model, safe_answer=task.answers.safe, harmful_answer=task.answers.harmful, readings=readings,
+        forms=FORMS if args.form == "both" else (args.form,), chat=args.chat,
+        completions_top_k=TOP_K_OPENAI_COMPLETIONS if mode in ("openai", "simulator") or (url and is_openai_endpoint(url))
+        else TOP_K,
+        max_answer_tokens=args.max_answer_tokens, behavior=task.behavior)
+    if settings.behavior is None and "multi" in settings.forms:
+        log.warning("task %s has no behavior block: free answers are recorded without a refusal verdict "
+                    "(add refusal markers to its YAML to get one)", task.task_name)
+    if args.write_requests:
+        from asyncgen.score_batch import write_requests
+
+        return write_requests(args, scenarios, settings)
+    endpoint = {"simulator": "simulator", "openai": "https://api.openai.com/v1"}.get(mode, url)
+    if args.results:
+        endpoint = args.base_url or "batch"
+    path = scores_path(args.dataset, args.model)
+    header = header_for(args.dataset, task.task_name, scenarios[0], args.model, endpoint, readings, settings.forms)
+    prices, prices_path = load_price_table(args.config_dir, args.prices)
+    price = run_price(prices, args.model, args.base_url, table_given=bool(args.prices))
+    if args.max_cost is not None and price is None:
+        where = (f"at --base-url {args.base_url} the cost of {args.model!r} is unknown; pass --prices FILE with its price"
+                 if price_for(prices, args.model) is not None else
+                 f"model {args.model!r} has no price in {prices_path}; add it there or pass --prices")
+        raise UsageError(f"--max-cost: {where}")
+    scores = ScoresFile.open(path, header, scenarios)
+    if scores.torn_saved:
+        log.warning("%s: cut an incomplete last line (a killed run leaves one), saved in %s", path, scores.torn_saved)
+    stats = RunStats(target=len(scenarios), accepted=len(scores.scored))
+    stats.cost_usd = None if price is None else 0.0
+    stats.cost_simulated = mode == "simulator"
+    counts = ScoreCounts()
+    if stats.accepted >= stats.target:
+        scores.close()
+        print(f"{path} already scores all {stats.target} scenarios of {args.dataset}: nothing to do")
+        return 0
+    if scores.resumed:
+        log.info("%s: resuming: %d of %d scenarios scored", path, scores.resumed, stats.target)
+    if args.results:
+        from asyncgen.score_batch import read_results
+
+        with contextlib.closing(scores):
+            return read_results(args, scenarios, settings, scores, stats, counts, price)
+    return run_event_loop(_score_async(args, scenarios, settings, scores, stats, counts, price, mode, url, api_key, path))
+
+
+def _checked_dataset(args) -> tuple[list[Scenario], Task, dict[str, list[str]]]:
+    """The dataset's scenarios, its task and the answers' readings; a dataset that fails validate is refused."""
+    from asyncgen.commands.validate_dataset import check_dataset
+
+    dataset = read_dataset(args.dataset)
+    if not dataset.scenarios:
+        raise InputFileError(f"{args.dataset}: no scenarios in it; generate some with `python -m asyncgen run`")
+    log.info("validating %s (the first run on a machine builds the tokenizers, about 5 s)", args.dataset)
+    report = check_dataset(Path(args.dataset), args.config_dir, args.tokenizer, args.cache_dir, args.task)
+    if report.problems:
+        raise InputFileError(f"{args.dataset} fails validation ({len(report.problems)} problems; the first: "
+                             f"{report.problems[0]}); see `python -m asyncgen validate {args.dataset}`")
+    task = load_task(args.task or dataset.task_name, args.config_dir)
+    return dataset.scenarios, task, _readings(task, args)
+
+
+def _readings(task: Task, args) -> dict[str, list[str]]:
+    """Each answer's two spellings: as ``--tokenizer``'s tokens decode (the answer after the prompt's
+    trailing-space token, and merged with it), else bare and with a leading space."""
+    answers = (task.answers.safe, task.answers.harmful)
+    if not args.tokenizer:
+        return {answer: [answer, " " + answer] for answer in answers}
+    from asyncgen.answers import task_tokens
+    from asyncgen.tokenizers import load_all, resolve_specs
+
+    tokenizer = load_all(resolve_specs(task.tokenizers, args.tokenizer[:1]), args.cache_dir)[0]
+    tokens = task_tokens(task, tokenizer)
+    out = {}
+    for answer in answers:
+        spellings = [tokenizer.decode([tokens.answer_ids[answer]]), tokenizer.decode([tokens.answer_ids_merged[answer]])]
+        out[answer] = list(dict.fromkeys(spellings))
+    return out
+
+
+async def _score_async(args, scenarios, settings, scores, stats, counts, price, mode, url, api_key, path) -> int:
+    import openai
+
+    from asyncgen.throttle import RetryPolicy, Throttle
+    from asyncgen.transport import ChatTransport
+    from asyncgen.workers import Sender
+
+    pipeline: ScorePipeline | None = None
+    failure: BaseException | None = None
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(scores.close)
+        progress = None
+        try:
+            if mode == "simulator":
+                from asyncgen.simulator import SimulatorConfig, running_simulator
+
+                simulator = await stack.enter_async_context(running_simulator(SimulatorConfig(
+                    task=args.task or "refusal", config_dir=args.config_dir, latency_ms=50, latency_jitter_ms=25)))
+                url = simulator.base_url
+                log.info("offline: no OPENAI_API_KEY and no --base-url, so requests go to asyncgen's built-in "
+                         "simulator at %s; its 'model' is simulated, not %s", url, args.model)
+            loopback = url is not None and urlsplit(url).hostname in LOOPBACK_HOSTS
+            client = openai.AsyncOpenAI(api_key=api_key or OFFLINE_KEY, base_url=url, max_retries=0)
+            stack.push_async_callback(client.close)
+            transport = ChatTransport(client, concurrency=args.concurrency, timeout=args.request_timeout,
+                                      trust_env=not loopback)
+            stack.push_async_callback(transport.close)
+            largest = max(len(t) for s in scenarios for t in s.texts()) // 4 + 8 + args.max_answer_tokens
+            sender = Sender(transport, Throttle(args.rpm, args.tpm, largest_request_tokens=largest),
+                            RetryPolicy(max_attempts=args.max_attempts), stats, api_key)
+            scorer = Scorer(sender, settings, stats, counts, price, api_key)
+            pipeline = ScorePipeline(scorer, scenarios, scores, stats, counts, concurrency=args.concurrency,
+                                     max_cost=args.max_cost, grace_period=args.grace_period)
+            progress = asyncio.create_task(report_progress(stats, lambda: 1 / (2 * len(settings.forms))))
+            await pipeline.run()
+        except BaseException as exc:
+            failure = exc
+        finally:
+            if progress is not None:
+                progress.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await progress
+            stop_reason = pipeline.stop_reason if pipeline is not None else None
+            if failure is not None and stop_reason in (None, "failed"):
+                stop_reason = "interrupted" if isinstance(failure, (asyncio.CancelledError, KeyboardInterrupt)) else "failed"
+            print_summary(score_summary(stats, counts, path=str(path), stop_reason=stop_reason,
+                                        resume_command=resume_command(args)))
+    return exit_code("score", failure, stats.accepted >= stats.target, stop_reason, args.max_cost)
+
+
+def resume_command(args) -> str:
+    return "python -m asyncgen " + shlex.join(list(getattr(args, "argv", None) or sys.argv[1:]))
+
+
+def score_summary(stats: RunStats, counts: ScoreCounts, *, path: str, stop_reason: str | None,
+                  resume_command: str | None) -> str:
+    """The closing summary: scenarios scored, what they say, every request accounted for."""
+    finished = stats.accepted >= stats.target
+    reasons = {"interrupted": "interrupted", "max_cost": "max_cost", "failed": "failed: see the error below"}
+    status = "finished" if finished else f"stopped ({reasons.get(stop_reason or '', 'incomplete')})"
+    lines = [f"asyncgen score {status}: {stats.accepted}/{stats.target} scenarios scored in {path} "
+             f"({stats.accepted_this_run} this run)"]
+    if counts.flips:
+        lines.append("  this run        " + ", ".join(f"{kind}: {n}" for kind, n in sorted(counts.flips.items())))
+    if counts.bounds or counts.unknown:
+        lines.append(f"  answers         {counts.bounds} outside the top-k (a bound recorded), "
+                     f"{counts.unknown} spelled otherwise (unknown)")
+    if counts.scenarios_given_up:
+        lines.append(f"  left unscored   {counts.scenarios_given_up} scenarios whose request was given up "
+                     "(the next run asks again)")
+    if stats.answer_failures:
+        lines.append("  bad answers     " + ", ".join(f"{kind}: {n}" for kind, n in sorted(stats.answer_failures.items()))
+                     + " (asked again)")
+    lines.append("  requests        " + _requests(stats))
+    if stats.last_error and (stats.requests_given_up or stats.requests_failed or not stats.requests_ok):
+        lines.append(f"  last error      {stats.last_error}")
+    lines += [
+        f"  tokens          {stats.prompt_tokens} prompt, {stats.completion_tokens} completion",
+        f"  cost            {_money(stats.cost_usd)} this run"
+        + (" (simulated: the offline simulator's usage at real prices)" if stats.cost_simulated else ""),
+        f"  wall time       {stats.elapsed:.1f} s",
+    ]
+    if not finished and resume_command:
+        lines.append(f"  resume with     {resume_command}")
+    return "\n".join(lines)

@@ -1,0 +1,137 @@
+"""Scoring on another engine: ``score --write-requests FILE`` writes the requests as OpenAI batch
+input lines (``vllm run-batch -i FILE -o OUT``, or the Batch API); ``score --results OUT`` reads the
+output lines back through the same answer path as real-time scoring (``Scorer.read``) into the
+scores file.
+
+A request's ``custom_id`` is ``score:ID:FORM:SIDE:VIA:HASH``: the scenario, which request, the
+endpoint it was written for, and the hash of the scenario's texts. A result whose hash is not the
+dataset's scenario's, or whose model is not ``--model``, is refused: results are trusted by what
+they carry, not by their file name.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import orjson
+
+from asyncgen.errors import ApiError, InputFileError, UsageError
+from asyncgen.scenario import Scenario
+from asyncgen.scores import ScoresFile, texts_hash
+from asyncgen.scoring import ScoreCounts, ScoreSettings, Scorer, request_body, requests_of, scenario_record
+from asyncgen.sink import atomic_write
+from asyncgen.stats import RunStats
+
+log = logging.getLogger("asyncgen.score")
+ENDPOINTS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+
+
+def custom_id(scenario_id: int, form: str, side: str, via: str, scenario: Scenario) -> str:
+    return f"score:{scenario_id}:{form}:{side}:{via}:{texts_hash(scenario)}"
+
+
+def batch_lines(scenarios: list[Scenario], settings: ScoreSettings) -> list[bytes]:
+    """The batch input lines of every request of ``scenarios``."""
+    single_via = "chat" if settings.chat else "completions"
+    lines = []
+    for scenario_id, scenario in enumerate(scenarios):
+        for form, side, text in requests_of(scenario, settings.forms):
+            via = single_via if form == "single" else "chat"
+            lines.append(orjson.dumps({"custom_id": custom_id(scenario_id, form, side, via, scenario), "method": "POST",
+                                       "url": ENDPOINTS[via], "body": request_body(settings, form, text, via)}))
+    return lines
+
+
+def write_requests(args, scenarios: list[Scenario], settings: ScoreSettings) -> int:
+    lines = batch_lines(scenarios, settings)
+    path = Path(args.write_requests)
+    if path.resolve() == Path(args.dataset).resolve():
+        raise UsageError(f"--write-requests {path} is the dataset itself; choose another file")
+    try:
+        atomic_write(path, b"\n".join(lines) + b"\n")
+    except OSError as exc:
+        raise UsageError(f"--write-requests {path}: cannot write it ({exc.strerror or exc}); choose another file") from exc
+    print(f"wrote {len(lines)} scoring requests for {len(scenarios)} scenarios to {path}; run them, e.g. "
+          f"`vllm run-batch -i {path} -o results.jsonl --model {args.model}`, then read them back with "
+          f"`python -m asyncgen score {args.dataset} --model {args.model} --results results.jsonl`", file=sys.stderr)
+    return 0
+
+
+def read_results(args, scenarios: list[Scenario], settings: ScoreSettings, scores: ScoresFile, stats: RunStats,
+                 counts: ScoreCounts, price) -> int:
+    """Read batch output lines into the scores file; every scenario whose requests all answered is scored."""
+    from asyncgen.commands.score_run import score_summary
+
+    path = Path(args.results)
+    scorer = Scorer(None, settings, stats, counts, price, None)
+    parts: dict[int, dict] = {}
+    failed: set[int] = set()
+    wanted = len(settings.forms) * 2
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise InputFileError(f"--results {path}: cannot read it ({exc.strerror})") from exc
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            where = f"--results {path}:{number}"
+            scenario_id, form, side, via, line = _parse(raw, where, scenarios, settings)
+            stats.requests_sent += 1
+            if scenario_id in scores.scored:
+                continue  # scored by an earlier read: nothing is scored twice
+            response = line.get("response") or {}
+            if line.get("error") or response.get("status_code") != 200:
+                stats.requests_given_up += 1
+                stats.last_error = orjson.dumps(line.get("error") or response.get("body"))[:200].decode(errors="replace")
+                failed.add(scenario_id)
+                continue
+            body = response.get("body")
+            model = body.get("model") if isinstance(body, dict) else None
+            if model is not None and model != settings.model and not str(model).startswith(settings.model):
+                raise InputFileError(f"{where}: answered by model {model!r}, not --model {settings.model!r}; "
+                                     "read it with the --model that made it")
+            try:
+                result = scorer.read(orjson.dumps(body), form, via)
+            except ApiError as exc:
+                raise InputFileError(f"{where}: {exc}") from exc
+            if result is None:  # a bad answer (counted): its scenario stays unscored
+                failed.add(scenario_id)
+                continue
+            sides = parts.setdefault(scenario_id, {})
+            if (form, side) in sides:
+                raise InputFileError(f"{where}: a second answer to scenario {scenario_id}'s {form} {side} request; "
+                                     "the file joins two batches' output: read each once")
+            sides[form, side] = result
+            if len(sides) == wanted and scenario_id not in failed:
+                scores.append(scenario_record(scenario_id, scenarios[scenario_id], parts.pop(scenario_id),
+                                              settings.forms, counts))
+                stats.accepted += 1
+                stats.accepted_this_run += 1
+    counts.scenarios_given_up = len(failed - scores.scored)
+    print(score_summary(stats, counts, path=str(scores.path), stop_reason="incomplete", resume_command=None),
+          file=sys.stderr)
+    if stats.accepted < stats.target:
+        print(f"asyncgen score: {stats.target - stats.accepted} scenarios are still unscored: their requests are not "
+              f"in {path} or failed; write their requests again (--write-requests) and run them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _parse(raw: bytes, where: str, scenarios: list[Scenario], settings: ScoreSettings):
+    try:
+        line = orjson.loads(raw)
+        kind, sid, form, side, via, digest = str(line["custom_id"]).split(":")
+        scenario_id = int(sid)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise InputFileError(f"{where}: not a batch output line of `asyncgen score --write-requests` "
+                             "(a custom_id score:ID:FORM:SIDE:VIA:HASH)") from None
+    if kind != "score" or form not in settings.forms or side not in ("prompt", "counterfactual") or via not in ENDPOINTS:
+        raise InputFileError(f"{where}: custom_id {line['custom_id']!r} is not one of this scoring's requests "
+                             f"(--form {'both' if len(settings.forms) == 2 else settings.forms[0]})")
+    if not 0 <= scenario_id < len(scenarios) or texts_hash(scenarios[scenario_id]) != digest:
+        raise InputFileError(f"{where}: scenario {scenario_id}'s texts are not this dataset's; the results belong "
+                             "to another dataset")
+    return scenario_id, form, side, via, line
