@@ -19,6 +19,8 @@ Contract
   removes the temporary; a SIGKILL leaves it, hidden, beside ``--out``, and the next export to that
   ``--out`` removes it (once the process it names is gone), or renames an old export left aside
   back to ``--out`` when ``--out`` is missing.
+* One export at a time per ``--out``: ``one_writer`` holds ``.NAME.lock`` beside it while it writes
+  (see ``asyncgen.locks``); a second export to the same ``--out`` is refused, naming the first's pid.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pathlib import Path
 
 import orjson
 
+from asyncgen import locks
 from asyncgen.errors import UsageError
 from asyncgen.sink import _fsync_dir
 
@@ -43,6 +46,17 @@ MADE_BY = "asyncgen export"
 BASE_COLUMNS = ("scenario_id", "task", "single_token_clean", "single_token_corrupt", "multi_token_clean",
                 "multi_token_corrupt", "answer_clean", "answer_corrupt")
 _FIRST_LINE_MAX = 1 << 20
+
+
+@contextlib.contextmanager
+def one_writer(out: Path) -> Iterator[None]:
+    """Hold ``out`` as the one export writing it (its folder is made if missing)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot create its folder ({exc.strerror or exc}); choose another --out") from exc
+    with locks.held(out.with_name(f".{out.name}.lock"), f"--out {out}", "export", remove=True):
+        yield
 
 
 def recover_leftovers(out: Path) -> None:

@@ -31,14 +31,11 @@ from pathlib import Path
 
 import orjson
 
+from asyncgen import locks
 from asyncgen.errors import SinkError, UsageError
 from asyncgen.scenario import Scenario
 from asyncgen.sink import _fsync_dir, _reason, _save_cut_bytes, _truncate
 
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory lock
-    fcntl = None  # type: ignore[assignment]
 
 FORMAT = "asyncgen-scores/1"
 log = logging.getLogger(__name__)
@@ -154,7 +151,7 @@ class ScoresFile:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"{path.parent}: cannot create it ({_reason(exc)}); check the dataset's folder") from exc
-        lock_fd = _lock(path)
+        lock_fd = locks.hold(path.with_name(path.name + ".lock"), str(path), "score")
         try:
             return cls._open_locked(path, header, scenarios, lock_fd)
         except BaseException:
@@ -162,7 +159,7 @@ class ScoresFile:
             raise
 
     @classmethod
-    def _open_locked(cls, path: Path, header: dict, scenarios: list[Scenario], lock_fd: int) -> "ScoresFile":
+    def _open_locked(cls, path: Path, header: dict, scenarios: list[Scenario], lock_fd: int | None) -> "ScoresFile":
         read = read_scores(path)
         if read.header is not None:
             refuse_mismatch(path, read.header, header, scenarios)
@@ -192,13 +189,13 @@ class ScoresFile:
             raise
         return cls(path, fd, lock_fd, read.header or header, read.records, saved)
 
-    def __init__(self, path: Path, fd: int, lock_fd: int, header: dict, records: dict[int, dict],
+    def __init__(self, path: Path, fd: int, lock_fd: int | None, header: dict, records: dict[int, dict],
                  torn_saved: Path | None) -> None:
         self.path, self.header, self.torn_saved = path, header, torn_saved
         self.scored: set[int] = set(records)
         self.resumed = len(records)
         self._fd: int | None = fd
-        self._lock_fd: int | None = lock_fd
+        self._lock_fd = lock_fd
 
     def append(self, record: dict) -> None:
         scenario_id = record["scenario_id"]
@@ -235,23 +232,3 @@ def _write_all(fd: int, path: Path, data: bytes) -> None:
             raise OSError(28, os.strerror(28))
     except OSError as exc:
         raise SinkError(f"cannot write {path} ({_reason(exc)}); free some space, then run again to resume") from exc
-
-
-def _lock(path: Path) -> int:
-    """Hold ``PATH.lock`` exclusively, with this process's pid in it; refuse when another holds it."""
-    lock_path = path.with_name(path.name + ".lock")
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
-    except OSError as exc:
-        raise UsageError(f"{lock_path}: cannot open it ({_reason(exc)}); check the dataset's folder") from exc
-    if fcntl is not None:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise UsageError(f"{path}: another asyncgen score (pid {holder}) is writing it; wait for it to end, "
-                             "or stop it") from exc
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return fd

@@ -270,3 +270,16 @@ def test_what_a_killed_export_left_is_cleaned_up_or_put_back(tmp_path):
     recover_leftovers(out)
     assert (out / "solar.csv").read_text() == "old export\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "data.eap"]
+
+
+def test_a_second_export_to_the_same_out_is_refused_naming_the_first(tmp_path, cli):
+    from asyncgen import locks
+
+    out = tmp_path / "rows.csv"
+    with locks.held(tmp_path / ".rows.csv.lock", f"--out {out}", "export", remove=True):
+        code, _, err = cli("export", str(crafted(tmp_path)), "--format", "csv", "--out", str(out), "--tokenizer", "solar")
+    assert code == 2 and f"pid {os.getpid()}" in err and "`asyncgen export`" in err, err
+    assert not out.exists() and len(err.strip().splitlines()) == 1
+    code, _, err = cli("export", str(crafted(tmp_path)), "--format", "csv", "--out", str(out), "--tokenizer", "solar")
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crafted.jsonl", "rows.csv"]  # the lock went with it

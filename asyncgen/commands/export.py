@@ -12,7 +12,7 @@ from asyncgen.annotations import annotate, task_answers
 from asyncgen.commands._shared import add_dataset_flags, load_dataset_and_task
 from asyncgen.errors import UsageError
 from asyncgen.export_files import (
-    MARKER, marker_bytes, recover_leftovers, refuse_unless_replaceable, replace_file, replace_folder,
+    MARKER, marker_bytes, one_writer, recover_leftovers, refuse_unless_replaceable, replace_file, replace_folder,
 )
 from asyncgen.exports import (
     EAP_COLUMNS, FORMATS, _require, eap_rows, rows, split_of, write_csv, write_hf, write_jsonl, write_parquet,
@@ -67,8 +67,8 @@ def default_out(dataset: Path, fmt: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from asyncgen.score_table import columns, flips_in
-
+    if args.only_flipping and not args.scores:
+        raise UsageError("--only-flipping keeps the scenarios that flip under the --scores models: name at least one")
     if args.format == "parquet":
         _require("pyarrow.parquet", "parquet")
     elif args.format == "hf":
@@ -76,11 +76,16 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out(Path(args.dataset), args.format)
     if out.resolve() == Path(args.dataset).resolve():
         raise UsageError(f"--out {out} is the dataset itself; choose another path")
+    with one_writer(out):
+        return _export(args, out)
+
+
+def _export(args: argparse.Namespace, out: Path) -> int:
     folder = args.format in FOLDER_FORMATS
     recover_leftovers(out)
     refuse_unless_replaceable(out, folder, args.overwrite)
-    if args.only_flipping and not args.scores:
-        raise UsageError("--only-flipping keeps the scenarios that flip under the --scores models: name at least one")
+    from asyncgen.score_table import columns, flips_in
+
     dataset, task, tokenizers = load_dataset_and_task(args)
     scored = _scores(args, dataset, task)
     scenarios = dataset.scenarios
