@@ -1,15 +1,18 @@
 """Planning a round of batch requests: how many, in which files, at what cost. Pure functions.
 
-A round asks for ``deficit`` more scenarios: ``ceil(deficit x MARGIN / yield)`` requests, the yield
-being the valid new pairs per request measured by earlier rounds in the same directory, else the
-task's prior (half of ``batch_size``, as ``run`` assumes before its first answer). Requests are
-split into ``num_batches`` files, more if a file would pass the Batch API's limits.
+A round asks for ``deficit`` more scenarios. A round of the Batch API takes up to a day, so it is
+sized to reach the target by itself in at least ``ONE_ROUND_PROBABILITY`` of cases, from the
+measured yield (valid new pairs per request: a pilot of a few real-time requests, or earlier rounds
+in the same directory) and its spread: see ``requests_to_reach``. Before anything is measured, the
+task's prior (half of ``batch_size``, as ``run`` assumes before its first answer) with a ``MARGIN``.
+Requests are split into ``num_batches`` files, more if a file would pass the Batch API's limits.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist, fmean, stdev
 from typing import Sequence
 
 import orjson
@@ -48,9 +51,77 @@ def prior_yield(task: Task) -> float:
 
 
 def requests_needed(deficit: int, yield_per_request: float) -> int:
+    """At the prior yield (nothing measured): ``MARGIN`` more than the yield needs."""
     if deficit <= 0:
         return 0
     return max(1, math.ceil(deficit * MARGIN / max(yield_per_request, 0.01) - 1e-9))
+
+
+ONE_ROUND_PROBABILITY = 0.9  # a round sized from a measured yield reaches the target alone this often
+# The spread of one request's yield relative to its mean, assumed only to size a pilot (what it
+# measures is used for the round); the offline simulator's is about 0.25.
+PRIOR_SPREAD = 0.3
+PILOT_MIN, PILOT_MAX = 4, 40
+
+
+@dataclass(frozen=True)
+class YieldEstimate:
+    """Valid new pairs per request: the mean, the spread (standard deviation) of one request's
+    yield, and how many requests the mean was measured on."""
+
+    mean: float
+    spread: float
+    requests: int
+
+    @classmethod
+    def of(cls, yields: Sequence[float]) -> "YieldEstimate":
+        """From the yields of single requests (at least two)."""
+        return cls(fmean(yields), stdev(yields), len(yields))
+
+
+def requests_to_reach(deficit: int, estimate: YieldEstimate, probability: float = ONE_ROUND_PROBABILITY) -> int:
+    """The fewest requests whose pairs reach ``deficit`` with ``probability``. Pure.
+
+    The sum of n requests' yields is taken as normal, with mean ``n x mean`` and variance
+    ``n x spread^2`` (requests differ) ``+ n^2 x spread^2 / measured`` (the mean itself is known
+    from ``measured`` requests only): the one-sided bound ``n x mean - z x sd`` must reach the deficit.
+    A mean too uncertain for any n (a pilot of one or two wild requests) is taken at half its value."""
+    if deficit <= 0:
+        return 0
+    mean = max(estimate.mean, 0.01)
+    z = NormalDist().inv_cdf(probability)
+    measured = max(estimate.requests, 1)
+
+    def reaches(n: int) -> bool:
+        return n * mean - z * estimate.spread * math.sqrt(n + n * n / measured) >= deficit
+
+    if mean - z * estimate.spread / math.sqrt(measured) <= mean / 2:
+        return max(1, math.ceil(deficit / (mean / 2) - 1e-9))
+    low, high = max(1, math.floor(deficit / mean)), max(1, math.ceil(deficit / mean))
+    while not reaches(high):
+        low, high = high, high * 2
+    while low < high:  # the bound grows with n: the smallest n that reaches
+        middle = (low + high) // 2
+        if reaches(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return high
+
+
+def pilot_size(deficit: int, prior: float, batch_size: int) -> int:
+    """Real-time requests to measure the yield before sizing a first round: 0 when the deficit is too
+    small to be worth it. Each costs twice a batch request, and the mean they measure sets the
+    round's margin (about ``z x spread / sqrt(k)``); k = (R x z x spread / 4)^(2/3), R the round's
+    requests at the prior, makes the two costs' sum least. At most as many pairs as the deficit
+    asks, so the pilot never leaves a surplus. Pure."""
+    room = deficit // max(batch_size, 1)
+    if room < PILOT_MIN:
+        return 0
+    round_requests = deficit / max(prior, 0.01)
+    z = NormalDist().inv_cdf(ONE_ROUND_PROBABILITY)
+    best = round((round_requests * z * PRIOR_SPREAD / 4) ** (2 / 3))
+    return min(max(best, PILOT_MIN), PILOT_MAX, room)
 
 
 def request_cost_bound(task: Task, price: Price | None, avoid_chars: int = AVOID_CHARS) -> float | None:

@@ -115,6 +115,9 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     _setup_flags(run)
     run.add_argument("--num-scenarios", type=positive_int, default=None, help="scenarios the dataset must hold (default: the batch directory's target, else 1500)")
     run.add_argument("--poll-seconds", type=positive_float, default=None, help="seconds between status checks (default: 60 for OpenAI, 10 for --base-url, 0.25 offline)")
+    run.add_argument("--pilot-requests", type=non_negative_int, default=None, help="real-time requests that measure "
+                     "the yield before the first round is sized (default: a few, chosen by the round's size, about "
+                     "2-5%% of its cost; 0: none, the round is sized by the prior yield)")
     _plan_flags(run)
     _dataset_flags(run)
     _validator_flags(run)
@@ -266,7 +269,7 @@ async def _api(args, directory: Path, manifest: Manifest):
                                     http_client=httpx.AsyncClient(trust_env=not loopback, timeout=httpx.Timeout(120, connect=10)))
         stack.push_async_callback(client.close)
         where = "the offline simulator" if mode == "simulator" else (base_url or "the OpenAI API")
-        yield BatchApi(client, api_key, where), mode
+        yield BatchApi(client, api_key, where, trust_env=not loopback), mode
 
 
 # --- planning a round -------------------------------------------------------------------------
@@ -276,8 +279,9 @@ def _plan_and_write(args, setup: Setup, manifest: Manifest, deficit: int, avoid:
     """Write a round's request files for ``deficit`` scenarios: unfinished requests of expired or
     cancelled batches first, then new ones, within --max-cost. A plan of 0 requests writes nothing."""
     directory = setup.directory
-    measured = manifest.yield_per_request()
-    needed = plan.requests_needed(deficit, measured or plan.prior_yield(setup.task))
+    estimate, _ = yield_estimate(setup, manifest)
+    needed = (plan.requests_to_reach(deficit, estimate) if estimate
+              else plan.requests_needed(deficit, plan.prior_yield(setup.task)))
     budget_left = None
     if args.max_cost is not None:
         budget_left = args.max_cost - (manifest.committed_worst_cost(setup.costs) or 0.0)
@@ -286,9 +290,7 @@ def _plan_and_write(args, setup: Setup, manifest: Manifest, deficit: int, avoid:
     left_over = [e for e in manifest.entries if e.source == "api" and e.status in ("expired", "cancelled")
                  and e.downloaded and not e.resubmitted]
     resubmit = [line for entry in left_over for line in lifecycle.unfinished_lines(directory, entry)][:needed]
-    totals = manifest.totals
-    measured_tokens = ((totals["input_tokens"] / totals["requests_ok"], totals["output_tokens"] / totals["requests_ok"])
-                       if totals.get("requests_ok") else None)
+    measured_tokens = tokens_per_request(manifest)
     settings = GenerationSettings(setup.model, response_format_for(setup.model, args.response_format), args.temperature, args.seed)
     made = plan.plan_round(setup.task, settings, setup.price, count=needed - len(resubmit),
                            first_number=manifest.next_request, num_batches=args.num_batches, avoid_pool=avoid,
@@ -311,10 +313,42 @@ def _plan_and_write(args, setup: Setup, manifest: Manifest, deficit: int, avoid:
     return made
 
 
-def _print_plan(setup: Setup, manifest: Manifest, made: plan.Plan, existing: int, deficit: int) -> None:
+def _pilots(manifest: Manifest) -> list[Entry]:
+    return [e for e in manifest.entries if e.source == "pilot"]
+
+
+def yield_estimate(setup: Setup, manifest: Manifest) -> tuple[plan.YieldEstimate | None, str]:
+    """The yield a round is sized by, and where it comes from: the batch rounds processed in this
+    directory (their mean over every answered request; the spread of one request's yield from the
+    pilot, else ``PRIOR_SPREAD`` of the mean), else the pilot alone; None before anything is measured."""
+    pilot_yields = manifest.totals.get("pilot_yields") or []
     measured = manifest.yield_per_request()
-    per_request = measured or plan.prior_yield(setup.task)
-    source = "measured in this directory" if measured else f"prior: half of the {setup.task.batch_size} pairs asked"
+    answered = manifest.totals.get("requests_ok", 0)
+    if measured is not None:
+        spread = plan.YieldEstimate.of(pilot_yields).spread if len(pilot_yields) >= 2 else measured * plan.PRIOR_SPREAD
+        return (plan.YieldEstimate(measured, spread, answered),
+                f"measured over the {answered} requests processed in this directory")
+    if len(pilot_yields) >= 2:
+        estimate = plan.YieldEstimate.of(pilot_yields)
+        return estimate, f"measured by a pilot of {len(pilot_yields)} real-time requests (spread {estimate.spread:.1f})"
+    return None, f"prior: half of the {setup.task.batch_size} pairs asked, nothing measured yet"
+
+
+def tokens_per_request(manifest: Manifest) -> tuple[float, float] | None:
+    """Input and output tokens of an answered request, measured by processed rounds, else the pilot."""
+    totals = manifest.totals
+    if totals.get("requests_ok"):
+        return totals["input_tokens"] / totals["requests_ok"], totals["output_tokens"] / totals["requests_ok"]
+    answered = sum((e.request_counts or {}).get("completed", 0) for e in _pilots(manifest))
+    if answered:
+        used = [e.usage for e in _pilots(manifest)]
+        return sum(u.get("input", 0) for u in used) / answered, sum(u.get("output", 0) for u in used) / answered
+    return None
+
+
+def _print_plan(setup: Setup, manifest: Manifest, made: plan.Plan, existing: int, deficit: int) -> None:
+    estimate, source = yield_estimate(setup, manifest)
+    per_request = estimate.mean if estimate else plan.prior_yield(setup.task)
     at_batch, at_real = setup.costs(*made.expected_tokens)
     files = [e for e in manifest.entries if e.round == manifest.rounds]
     resubmitted = made.requests - made.new_requests
@@ -325,8 +359,15 @@ def _print_plan(setup: Setup, manifest: Manifest, made: plan.Plan, existing: int
           + f" in {len(files)} file(s):")
     for entry in files:
         print(f"             {setup.directory / lifecycle.REQUESTS / entry.name} ({entry.requests})")
-    print(f"  cost       worst case {_money(made.worst_cost_usd)}, expected about {_money(at_batch)} at batch "
-          f"prices (real time: about {_money(at_real)})")
+    sizing = (f"sized to reach the target in this one round {plan.ONE_ROUND_PROBABILITY:.0%} of the time" if estimate
+              else f"{plan.MARGIN - 1:.0%} more than the prior yield needs")
+    print(f"  sizing     {sizing}")
+    if tokens_per_request(manifest):
+        expected = f"expected about {_money(at_batch)} at batch prices (real time: about {_money(at_real)}), at the tokens per request measured"
+    else:
+        expected = (f"at most about {_money(at_batch)} at batch prices (real time: {_money(at_real)}) if every answer "
+                    "used its whole output cap; nothing measured yet (`batch run` measures first with a pilot)")
+    print(f"  cost       worst case {_money(made.worst_cost_usd)}; {expected}")
     if made.capped_by_budget:
         print(f"  budget     --max-cost allows no more than these {made.requests} requests")
 
@@ -368,9 +409,17 @@ def cmd_topup(args) -> int:
     if manifest.in_flight() or manifest.unsubmitted():
         raise UsageError(f"{len(manifest.in_flight()) + len(manifest.unsubmitted())} request file(s) in {setup.directory} "
                          "are not sent or not finished; wait for them (`batch status --watch`), download and process, then top up")
-    if any(e.downloaded and not e.processed for e in manifest.entries) or manifest.spares:
-        raise UsageError(f"{setup.directory} holds results or spares not processed yet; run `batch process` first")
     manifest.output = args.output or manifest.output
+    existing, _ = _dataset(manifest.output, setup.task)
+    if existing >= manifest.target:
+        print(f"target reached: {manifest.output} holds {existing}/{manifest.target} scenarios; nothing to top up "
+              f"(a larger dataset: `batch run --num-scenarios N --dir {setup.directory}`)")
+        return 0
+    if any(e.downloaded and not e.processed for e in manifest.entries) or manifest.processing is not None:
+        raise UsageError(f"{setup.directory} holds results not processed yet; run `batch process --dir {setup.directory}` first")
+    if manifest.spares:
+        raise UsageError(f"{setup.directory} holds {manifest.spares} spares for the {manifest.target - existing} scenarios "
+                         f"to go; `batch process --dir {setup.directory}` adds them first, then top up what is left")
     return _write_round(args, setup, manifest)
 
 
@@ -507,10 +556,7 @@ def _processing(args, setup: Setup, manifest: Manifest):
 def _pass(setup: Setup, manifest: Manifest, sink, validator, annotations, names: list[str]):
     from asyncgen.batch.process import process_pass
 
-    at_batch, _ = manifest.cost(setup.costs)
-    before = manifest.totals.get("sink_cost_before")
-    run_state = {**sink.resume.run_state, "batch_dir": str(setup.directory),
-                 "cost_usd": None if at_batch is None or before is None else before + at_batch}
+    run_state = _run_state(setup, manifest, sink)
     progress = _progress_printer("validating") if sys.stderr.isatty() else (lambda done, total: None)
     try:
         return process_pass(setup.directory, manifest, setup.task, sink, validator, names,
@@ -519,6 +565,14 @@ def _pass(setup: Setup, manifest: Manifest, sink, validator, annotations, names:
     finally:
         if sys.stderr.isatty():
             sys.stderr.write("\r\x1b[2K")
+
+
+def _run_state(setup: Setup, manifest: Manifest, sink) -> dict:
+    """What the dataset's checkpoint records: the batch dir, and the cost of the dataset so far."""
+    at_batch, _ = manifest.cost(setup.costs)
+    before = manifest.totals.get("sink_cost_before")
+    return {**sink.resume.run_state, "batch_dir": str(setup.directory),
+            "cost_usd": None if at_batch is None or before is None else before + at_batch}
 
 
 def _progress_printer(what: str):
@@ -595,7 +649,12 @@ def summary_text(setup: Setup, manifest: Manifest, count: int, report=None, *, t
         lines.append("  rejections      " + ", ".join(f"{k}: {n}" for k, n in top))
     if t.get("answer_failures"):
         lines.append("  bad answers     " + ", ".join(f"{k}: {n}" for k, n in sorted(t["answer_failures"].items())))
-    lines.append(f"  spares          {manifest.spares} valid pairs kept in {setup.directory} for later")
+    for pilot in _pilots(manifest):
+        cost = setup.costs(pilot.usage.get("input", 0), pilot.usage.get("output", 0))[1]
+        lines.append(f"  pilot           {pilot.requests} real-time requests measured the yield first "
+                     f"({_money(cost)} at real-time prices, in the cost below)")
+    lines.append(f"  spares          {manifest.spares} valid pairs kept in {setup.directory} for later "
+                 "(none repeats the dataset or another)")
     at_batch, at_real = manifest.cost(setup.costs)
     saved = f", {1 - at_batch / at_real:.0%} saved" if at_batch is not None and at_real else ""
     lines.append(f"  cost            {_money(at_batch)} at batch prices; real time would have cost {_money(at_real)}{saved}")
@@ -605,6 +664,49 @@ def summary_text(setup: Setup, manifest: Manifest, count: int, report=None, *, t
 
 
 # --- run --------------------------------------------------------------------------------------
+
+
+async def _pilot(args, setup: Setup, manifest: Manifest, api, mode: str, sink, validator, annotations) -> None:
+    """Before the first round: a pilot of a few real-time requests measures the yield (see
+    asyncgen/batch/pilot.py), unless something is measured already or --pilot-requests 0."""
+    from asyncgen.batch.pilot import run_pilot
+
+    deficit = manifest.target - sink.count - manifest.spares
+    if manifest.rounds or _pilots(manifest) or manifest.yield_per_request() is not None or deficit <= 0:
+        return
+    if args.pilot_requests is None:
+        count = plan.pilot_size(deficit, plan.prior_yield(setup.task), setup.task.batch_size)
+    else:
+        count = min(args.pilot_requests, max(1, deficit // max(setup.task.batch_size, 1)))
+    if count <= 0:
+        return
+    _, avoid = _dataset(manifest.output, setup.task)
+    numbers = range(manifest.next_request, manifest.next_request + count)
+    settings = GenerationSettings(setup.model, response_format_for(setup.model, args.response_format), args.temperature, args.seed)
+    log.info("pilot: %d real-time requests measure the yield before round 1 is sized (their pairs go into the dataset)", count)
+    result = await run_pilot(api.client, api.api_key, setup.task, settings, setup.price, numbers, avoid, args.avoid_chars,
+                             trust_env=api.trust_env, sink=sink, validator=validator, annotations=annotations,
+                             target=manifest.target, simulated=mode == "simulator")
+    stats = result.stats
+    manifest.next_request += count
+    manifest.entries.append(Entry(f"pilot-{manifest.next_request - count}", 0, count, source="pilot", state="submitted",
+                                  status="completed", downloaded=True, processed=True,
+                                  request_counts={"total": count, "completed": stats.requests_ok,
+                                                  "failed": count - stats.requests_ok},
+                                  usage={"input": stats.prompt_tokens, "output": stats.completion_tokens}))
+    manifest.totals["pilot_yields"] = result.yields
+    if result.surplus:
+        name = f"spares-pilot-{manifest.next_request}.jsonl"
+        atomic_write(setup.directory / name, b"".join(
+            orjson.dumps({"prompt": v.prompt, "counterfactual": v.counterfactual}) + b"\n" for v in result.surplus))
+        manifest.spares_file, manifest.spares = name, len(result.surplus)
+    manifest.save(setup.directory)
+    sink.sync(_run_state(setup, manifest, sink))
+    estimate, _ = yield_estimate(setup, manifest)
+    cost = setup.costs(stats.prompt_tokens, stats.completion_tokens)[1]
+    log.info("pilot: %d answered, %d scenarios accepted, %s valid new pairs per request%s; %s at real-time prices",
+             stats.requests_ok, result.accepted, f"{estimate.mean:.2f} ± {estimate.spread:.2f}" if estimate else "?",
+             "" if estimate else " (too few answers to size by: the prior is used)", _money(cost))
 
 
 def cmd_run(args) -> int:
@@ -671,6 +773,9 @@ async def _run_async(args, setup: Setup, manifest: Manifest, started: float) -> 
                         raise RunError(f"{len(failed)} batch(es) of round {manifest.rounds} failed validation (errors above) "
                                        "and are not resubmitted as they are; fix the cause, then `asyncgen batch topup "
                                        f"--dir {directory}` and run again")
+                    await _pilot(args, setup, manifest, api, mode, sink, validator, annotations)
+                    if sink.count >= manifest.target:
+                        break
                     _, avoid = _dataset(manifest.output, setup.task)
                     made = _plan_and_write(args, setup, manifest, manifest.target - sink.count, avoid)
                     if not made.requests:
