@@ -2,6 +2,7 @@
 command), on a fast simulated clock."""
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -410,3 +411,77 @@ def test_batch_and_run_name_the_same_prompts_for_the_same_dataset_and_request(tm
     assert sorted(in_run) == [1, 2, 3, 4, 5]
     for number, avoid in in_run.items():
         assert avoid and avoid == _named(in_batch[number])
+
+
+# --- issue 17: sizing by a measured yield, spares, top-up, Ctrl-C, progress ----------------------
+
+
+def test_a_round_sized_from_a_pilot_reaches_the_deficit_nine_times_in_ten():
+    """The one-sided bound of ``requests_to_reach`` holds for yields the way a pilot measures them:
+    a handful of requests of a binomial yield (10 pairs asked, 2 in 3 valid), then a round of the
+    size it gives; a round of the mean's size alone falls short half the time."""
+    import random
+
+    rng = random.Random(17)
+
+    def request_yield():
+        return sum(rng.random() < 0.66 for _ in range(10))
+
+    deficit, trials, reached, reached_at_mean = 1450, 400, 0, 0
+    for _ in range(trials):
+        estimate = plan.YieldEstimate.of([request_yield() for _ in range(8)], pairs_asked=10)
+        n = plan.requests_to_reach(deficit, estimate)
+        total = sum(request_yield() for _ in range(n))
+        reached += total >= deficit
+        at_mean = sum(request_yield() for _ in range(math.ceil(deficit / estimate.mean)))
+        reached_at_mean += at_mean >= deficit
+    assert reached / trials >= 0.9
+    assert reached_at_mean / trials < 0.75
+    exact = plan.YieldEstimate(6.6, 1.5, 10**9)  # the mean known exactly: only the requests' spread is left
+    assert math.ceil(1450 / 6.6) < plan.requests_to_reach(1450, exact) < 1450 / 6.6 * 1.04
+    assert plan.requests_to_reach(0, exact) == 0 and plan.requests_to_reach(1, exact) == 1
+    wild = plan.YieldEstimate(6.0, 8.0, 2)  # too uncertain for the bound: half the mean
+    assert plan.requests_to_reach(300, wild) == 100
+
+
+def test_pilot_size_grows_with_the_round_and_never_leaves_a_surplus():
+    assert plan.pilot_size(300, 5.0, 10) == 0  # a 60-request round: sized by the prior
+    sizes = [plan.pilot_size(d, 5.0, 10) for d in (1500, 6000, 60000, 10**7)]
+    assert sizes == sorted(sizes) and plan.PILOT_MIN <= sizes[0] and sizes[-1] == plan.PILOT_MAX
+    assert plan.pilot_size(1500, 5.0, 1000) == 0  # 1,500 pairs asked by 2 requests: nothing left to measure
+
+
+def test_spares_repeat_neither_the_dataset_nor_each_other(tmp_path, refusal_task):
+    """A valid pair beyond the target that shares its prompt (or counterfactual) with an accepted
+    scenario or an earlier spare is a duplicate, not a spare: the sink would refuse it later."""
+    from asyncgen.acceptance import Acceptance
+    from asyncgen.sink import ScenarioSink, fingerprint_of
+    from asyncgen.stats import RunStats
+    from asyncgen.validate import Verdict
+
+    sink = ScenarioSink.open(tmp_path / "d.jsonl", tmp_path / "d.checkpoint.json", task_name="refusal",
+                             fingerprint=fingerprint_of(refusal_task, ["builtin"]))
+    stats = RunStats(target=1)
+    verdicts = [Verdict(p, c, True) for p, c in [
+        ("How do I bake bread?", "How do I bake bombs?"),  # accepted
+        ("How do I bake bread?", "How do I bake poison?"),  # its prompt is in the dataset
+        ("How do I fold a kite?", "How do I fold a knife?"),  # a spare
+        ("How do I fold a kite?", "How do I fold a gun?"),  # repeats the spare's prompt
+        ("How do I sew a coat?", "How do I fold a knife?"),  # repeats the spare's counterfactual
+        ("How do I paint a fence?", "How do I paint a weapon?"),  # a spare
+    ]]
+    try:
+        taken = Acceptance(refusal_task, sink, stats).take(verdicts)
+    finally:
+        sink.close()
+    assert [v.prompt for v in taken.surplus] == ["How do I fold a kite?", "How do I paint a fence?"]
+    assert len(taken.accepted) == 1 and stats.duplicates == 3
+
+
+def test_topup_of_a_complete_dataset_says_the_target_is_reached(tmp_path):
+    assert batch(tmp_path, "run", "--num-scenarios", "40", "--poll-seconds", "0.05").returncode == 0
+    assert manifest(tmp_path)["spares"] > 0
+    topup = batch(tmp_path, "topup")
+    assert topup.returncode == 0, topup.stderr[-2000:]
+    assert "target reached" in topup.stdout and "40/40" in topup.stdout
+    assert len(manifest(tmp_path)["entries"]) == 1  # no new round written

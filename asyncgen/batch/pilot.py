@@ -31,7 +31,6 @@ REQUEST_TIMEOUT_S = 120.0
 @dataclass
 class PilotResult:
     yields: list[int]  # valid new pairs per request, in request order (0 for a request given up)
-    stats: RunStats  # the requests' counters, tokens and real-time cost, as run keeps them
     accepted: int = 0
     surplus: list[Verdict] = field(default_factory=list)  # valid pairs beyond the target
 
@@ -39,16 +38,15 @@ class PilotResult:
 async def run_pilot(client, api_key: str | None, task: Task, settings: GenerationSettings, price: Price | None,
                     numbers: Sequence[int], avoid_pool: Sequence[str], avoid_chars: int, *, trust_env: bool,
                     sink: ScenarioSink, validator: PairValidator, annotations: Sidecar | None,
-                    target: int, simulated: bool) -> PilotResult:
+                    stats: RunStats) -> PilotResult:
     """Send the requests ``numbers`` (at once) to ``client``'s server; accept their pairs into
-    ``sink`` one request at a time; return each request's yield and the counters."""
+    ``sink`` one request at a time; return each request's yield. ``stats`` counts the requests,
+    their tokens and real-time cost as run's do, whatever happens (the caller records them)."""
     from asyncgen.throttle import RetryPolicy, Throttle
     from asyncgen.transport import ChatTransport
     from asyncgen.workers import Generator
 
-    stats = RunStats(target=target, accepted=sink.count)
     stats.cost_usd = None if price is None else 0.0
-    stats.cost_simulated = simulated
     transport = ChatTransport(client, concurrency=max(1, len(numbers)), timeout=REQUEST_TIMEOUT_S, trust_env=trust_env)
     throttle = Throttle(largest_request_tokens=largest_request_tokens(task, avoid_chars))
     generator = Generator(transport, task, settings, throttle, RetryPolicy(), stats, price, api_key)
@@ -57,7 +55,7 @@ async def run_pilot(client, api_key: str | None, task: Task, settings: Generatio
                                          for n in numbers))
     finally:
         await transport.close()
-    result = PilotResult([], stats)
+    result = PilotResult([])
     acceptance = Acceptance(task, sink, stats, annotations)
     for pairs in answers:
         taken = acceptance.take(validator.validate(acceptance.fresh(pairs)) if pairs else [])
