@@ -4,6 +4,7 @@ command), on a fast simulated clock."""
 import json
 import math
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -485,3 +486,101 @@ def test_topup_of_a_complete_dataset_says_the_target_is_reached(tmp_path):
     assert topup.returncode == 0, topup.stderr[-2000:]
     assert "target reached" in topup.stdout and "40/40" in topup.stdout
     assert len(manifest(tmp_path)["entries"]) == 1  # no new round written
+
+
+def _start_batch_run(tmp_path, *flags, **popen):
+    return subprocess.Popen([sys.executable, "-m", "asyncgen", "batch", "run", "--poll-seconds", "0.05", *flags],
+                            env=ENV, cwd=tmp_path, **popen)
+
+
+def _wait_for_results(tmp_path, process, timeout=120):
+    """Until the first result file is downloaded: validation starts right after."""
+    deadline = time.monotonic() + timeout
+    while not list((tmp_path / "batches" / "results").glob("*_output.jsonl")):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("interrupts", [1, 2])
+def test_ctrl_c_while_validating_stops_at_once_keeps_what_is_validated_and_says_what_is_left(tmp_path, interrupts):
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr_file:
+        process = _start_batch_run(tmp_path, "--num-scenarios", "1500", "--pilot-requests", "0",
+                                   stdout=subprocess.DEVNULL, stderr=stderr_file)
+        _wait_for_results(tmp_path, process)
+        deadline = time.monotonic() + 5
+        while "validating" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.3)  # a few chunks into the validation of about 3,000 pairs
+        process.send_signal(signal.SIGINT)
+        if interrupts == 2:
+            time.sleep(0.05)
+            process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+    stderr = log.read_text()
+    assert process.returncode == 130, stderr[-2000:]
+    assert "batch run interrupted" in stderr, stderr[-2000:]
+    left = int(re.search(r"not validated\s+(\d+) candidate pairs", stderr).group(1))
+    written = len(scenarios(tmp_path / "dataset.jsonl"))
+    assert left > 0 and 0 < written < 1500
+    done = batch(tmp_path, "run", "--num-scenarios", "1500", "--poll-seconds", "0.05")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_valid_dataset(tmp_path / "dataset.jsonl", 1500)
+    state = manifest(tmp_path)
+    assert state["totals"]["accepted"] == 1500 and len(state["entries"]) == 1  # replayed, not a new round
+
+
+def _read_pty(fd, process, timeout=120):
+    import os
+
+    out, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    process.wait(timeout=10)
+    return out.decode(errors="replace")
+
+
+@pytest.mark.parametrize("columns", [50, 80])
+def test_batch_runs_progress_line_fits_the_terminal(tmp_path, columns):
+    """On a terminal the progress is one line redrawn in place, no wider than the terminal."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    process = subprocess.Popen([sys.executable, "-m", "asyncgen", "batch", "run", "--num-scenarios", "300",
+                                "--poll-seconds", "0.05", "--log-level", "WARNING"],
+                               env={**ENV, "COLUMNS": str(columns)}, cwd=tmp_path, stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    try:
+        text = _read_pty(master, process)
+    finally:
+        os.close(master)
+    assert process.returncode == 0, text[-2000:]
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    progress = [segment for line in plain.split("\n") for segment in line.split("\r")
+                if "/300 scenarios" in segment and "finished" not in segment]
+    assert progress and all(len(segment) < columns for segment in progress), [s for s in progress if len(s) >= columns]
+
+
+def test_status_watch_shows_each_change_while_the_batches_run(tmp_path, simulator):
+    base_url = simulator("--batch-speed", "20", "--batch-seconds-per-request", "2")
+    assert batch(tmp_path, "create", "--num-scenarios", "200").returncode == 0
+    assert batch(tmp_path, "submit", "--base-url", base_url).returncode == 0
+    process = subprocess.Popen([sys.executable, "-m", "asyncgen", "batch", "status", "--watch", "--poll-seconds", "0.1"],
+                               env=ENV, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        first = process.stdout.readline()  # before the batch ends (44 requests of 0.1 s each)
+        assert first.startswith("batch") and process.poll() is None
+    finally:
+        process.kill()
+        process.wait()
