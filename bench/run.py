@@ -365,7 +365,7 @@ def bench_run(quick: bool) -> dict:
 # --- 8. Batch API workflow ---------------------------------------------------------------------
 
 _BATCH_FINISHED = re.compile(r"asyncgen batch run finished: (\d+)/(\d+) scenarios")
-_BATCH_COST = re.compile(r"cost\s+\$([\d.]+) at batch prices; real time would have cost \$([\d.]+)")
+_BATCH_COST = re.compile(r"cost\s+\$([\d.]+) at batch prices(?: \([^)]*\))?; real time would have cost \$([\d.]+)")
 _BATCH_WALL = re.compile(r"wall time\s+([\d.]+) s")
 
 

@@ -582,7 +582,9 @@ def _processing(args, setup: Setup, manifest: Manifest):
 class Interrupts:
     """Ctrl-C while results are validated (synchronous work that the event loop's own handler
     would only see when it ends): the first is acknowledged at once and stops the pass after the
-    chunk in hand, keeping what is validated; a second stops at once. Main thread only."""
+    chunk in hand, keeping what is validated; a second stops the validation at once (elsewhere in
+    the pass, appending to the dataset, it waits for the few milliseconds left: a scenario is
+    never cut in two). Main thread only."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -595,11 +597,17 @@ class Interrupts:
         signal.signal(signal.SIGINT, self._previous)
 
     def _on_sigint(self, signum, frame) -> None:
+        from asyncgen.batch.process import validate_all
+
         self.count += 1
-        if self.count > 1:
-            raise KeyboardInterrupt
-        os.write(2, b"\ninterrupted: stopping after the chunk being validated; what is validated is kept "
-                    b"(Ctrl-C again to stop now)\n")
+        if self.count == 1:
+            os.write(2, b"\ninterrupted: stopping after the chunk being validated; what is validated is kept "
+                        b"(Ctrl-C again to stop now)\n")
+            return
+        while frame is not None:
+            if frame.f_code is validate_all.__code__:  # it ends with the verdicts so far
+                raise KeyboardInterrupt
+            frame = frame.f_back
 
     def stop(self) -> bool:
         return self.count > 0
@@ -754,12 +762,13 @@ def summary_text(setup: Setup, manifest: Manifest, count: int, report=None, *, t
     for pilot in _pilots(manifest):
         cost = setup.costs(pilot.usage.get("input", 0), pilot.usage.get("output", 0))[1]
         lines.append(f"  pilot           {pilot.requests} real-time requests measured the yield first "
-                     f"({_money(cost)} at real-time prices, in the cost below)")
+                     f"({_money(cost)}, in the cost below)")
     lines.append(f"  spares          {manifest.spares} valid pairs kept in {setup.directory} for later "
                  "(none repeats the dataset or another)")
     at_batch, at_real = manifest.cost(setup.costs)
     saved = f", {1 - at_batch / at_real:.0%} saved" if at_batch is not None and at_real else ""
-    lines.append(f"  cost            {_money(at_batch)} at batch prices; real time would have cost {_money(at_real)}{saved}")
+    pilot = " (the pilot's at real-time prices)" if _pilots(manifest) else ""
+    lines.append(f"  cost            {_money(at_batch)} at batch prices{pilot}; real time would have cost {_money(at_real)}{saved}")
     if wall_s is not None:
         lines.append(f"  wall time       {wall_s:.1f} s")
     return "\n".join(lines)
