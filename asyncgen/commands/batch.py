@@ -282,7 +282,7 @@ def _plan_and_write(args, setup: Setup, manifest: Manifest, deficit: int, avoid:
     """Write a round's request files for ``deficit`` scenarios: unfinished requests of expired or
     cancelled batches first, then new ones, within --max-cost. A plan of 0 requests writes nothing."""
     directory = setup.directory
-    estimate, _ = yield_estimate(setup, manifest)
+    estimate, _ = yield_estimate(setup, manifest, deficit)
     needed = (plan.requests_to_reach(deficit, estimate) if estimate
               else plan.requests_needed(deficit, plan.prior_yield(setup.task)))
     budget_left = None
@@ -320,11 +320,11 @@ def _pilots(manifest: Manifest) -> list[Entry]:
     return [e for e in manifest.entries if e.source == "pilot"]
 
 
-def yield_estimate(setup: Setup, manifest: Manifest) -> tuple[plan.YieldEstimate | None, str]:
+def yield_estimate(setup: Setup, manifest: Manifest, deficit: int = 0) -> tuple[plan.YieldEstimate | None, str]:
     """The yield a round is sized by, and where it comes from: the batch rounds processed in this
     directory (their mean over every answered request; the spread of one request's yield from the
-    pilot, else the binomial one of the pairs asked), else the pilot alone; None before anything
-    is measured."""
+    pilot, else the binomial one of the pairs asked), else the pilot alone, less the duplicates a
+    round for ``deficit`` will have among its own candidates; None before anything is measured."""
     pilot_yields = manifest.totals.get("pilot_yields") or []
     measured = manifest.yield_per_request()
     answered = manifest.totals.get("requests_ok", 0)
@@ -336,7 +336,9 @@ def yield_estimate(setup: Setup, manifest: Manifest) -> tuple[plan.YieldEstimate
                 f"measured over the {answered} requests processed in this directory")
     if len(pilot_yields) >= 2:
         estimate = plan.YieldEstimate.of(pilot_yields, asked)
-        return estimate, f"measured by a pilot of {len(pilot_yields)} real-time requests (spread {estimate.spread:.1f})"
+        scaled = plan.at_round_scale(estimate, deficit, asked)
+        return scaled, (f"measured by a pilot of {len(pilot_yields)} real-time requests ({estimate.mean:.1f}, spread "
+                        f"{estimate.spread:.1f}), less {1 - scaled.mean / estimate.mean:.0%} for the duplicates a round this size has")
     return None, f"prior: half of the {setup.task.batch_size} pairs asked, nothing measured yet"
 
 
@@ -353,7 +355,7 @@ def tokens_per_request(manifest: Manifest) -> tuple[float, float] | None:
 
 
 def _print_plan(setup: Setup, manifest: Manifest, made: plan.Plan, existing: int, deficit: int) -> None:
-    estimate, source = yield_estimate(setup, manifest)
+    estimate, source = yield_estimate(setup, manifest, deficit)
     per_request = estimate.mean if estimate else plan.prior_yield(setup.task)
     at_batch, at_real = setup.costs(*made.expected_tokens)
     files = [e for e in manifest.entries if e.round == manifest.rounds]
@@ -816,7 +818,7 @@ async def _pilot(args, setup: Setup, manifest: Manifest, api, sink, validator, a
         manifest.spares_file, manifest.spares = name, len(result.surplus)
     manifest.save(setup.directory)
     sink.sync(_run_state(setup, manifest, sink))
-    estimate, _ = yield_estimate(setup, manifest)
+    estimate, _ = yield_estimate(setup, manifest)  # as measured: no round's duplicates
     cost = setup.costs(stats.prompt_tokens, stats.completion_tokens)[1]
     log.info("pilot: %d answered, %d scenarios accepted, %s valid new pairs per request%s; %s at real-time prices",
              stats.requests_ok, result.accepted, f"{estimate.mean:.2f} ± {estimate.spread:.2f}" if estimate else "?",
