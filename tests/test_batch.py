@@ -447,6 +447,16 @@ def test_a_round_sized_from_a_pilot_reaches_the_deficit_nine_times_in_ten():
     assert plan.requests_to_reach(300, wild) == 100
 
 
+def test_a_pilots_yield_is_scaled_down_by_the_duplicates_of_a_round_its_size():
+    measured = plan.YieldEstimate(7.0, 1.5, 9)
+    small, large = plan.at_round_scale(measured, 100, 10), plan.at_round_scale(measured, 10_000, 10)
+    assert large.mean < small.mean < measured.mean and large.spread == measured.spread
+    candidates = plan.requests_to_reach(10_000, large) * 10
+    assert large.mean == pytest.approx(7.0 * (1 - plan.duplicate_share(candidates)), rel=0.01)
+    assert plan.duplicate_share(2430) == pytest.approx(0.076, abs=0.003)  # what the simulator shows
+    assert plan.duplicate_share(13_200) == pytest.approx(0.172, abs=0.01)
+
+
 def test_pilot_size_grows_with_the_round_and_never_leaves_a_surplus():
     assert plan.pilot_size(300, 5.0, 10) == 0  # a 60-request round: sized by the prior
     sizes = [plan.pilot_size(d, 5.0, 10) for d in (1500, 6000, 60000, 10**7)]

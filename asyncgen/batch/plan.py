@@ -122,23 +122,28 @@ def requests_to_reach(deficit: int, estimate: YieldEstimate, probability: float 
 
 
 # A round's candidates repeat one another more the more of them there are (a model, like the
-# simulator's lexicon, has favourite pairs): the duplicate share among the last of C candidates is
-# about DUPLICATE_GROWTH x C, so a round loses about DUPLICATE_GROWTH x C / 2 of its candidates. A
-# pilot's few dozen candidates cannot measure it; this is what the offline simulator shows (`run`
-# and `batch run` of 1,500: 7.1-7.6 % of 2,260-2,430 candidates repeat). Top-ups are sized by the
-# yield the rounds measured, duplicates included, instead.
-DUPLICATE_GROWTH = 6.3e-5
+# simulator's lexicon, has favourite pairs): of a round of C candidates, about
+# DUPLICATES_AT_1000 x sqrt(C / 1000) repeat. A pilot's few dozen candidates cannot measure it; this
+# is what the offline simulator shows (`run` and `batch run` of 1,500: 7.1-7.6 % of 2,260-2,430
+# candidates; `batch run` of 6,000: 17.2 % of 13,200). Top-ups are sized by the yield the rounds
+# measured, duplicates included, instead.
+DUPLICATES_AT_1000 = 0.049
 
 
 def at_round_scale(estimate: YieldEstimate, deficit: int, pairs_asked: int) -> YieldEstimate:
     """A pilot's yield estimate for a round that reaches ``deficit``: its mean less the duplicates
-    the round's own candidates will have among themselves (``DUPLICATE_GROWTH``). Pure."""
+    the round's own candidates will have among themselves (``DUPLICATES_AT_1000``). Pure."""
     scaled = estimate
     for _ in range(3):  # the round's size depends on the yield, which depends on the size: converges at once
         candidates = requests_to_reach(deficit, scaled) * pairs_asked
-        share = min(0.5, DUPLICATE_GROWTH * candidates / 2)
+        share = duplicate_share(candidates)
         scaled = YieldEstimate(estimate.mean * (1 - share), estimate.spread, estimate.requests)
     return scaled
+
+
+def duplicate_share(candidates: int) -> float:
+    """The share of a round's ``candidates`` expected to repeat one another (see ``DUPLICATES_AT_1000``)."""
+    return min(0.5, DUPLICATES_AT_1000 * math.sqrt(candidates / 1000))
 
 
 def t_quantile(probability: float, degrees_of_freedom: int) -> float:
