@@ -791,6 +791,11 @@ async def _pilot(args, setup: Setup, manifest: Manifest, api, sink, validator, a
         count = plan.pilot_size(deficit, plan.prior_yield(setup.task), setup.task.batch_size)
     else:
         count = min(args.pilot_requests, max(1, deficit // max(setup.task.batch_size, 1)))
+    if args.max_cost is not None:  # the pilot's worst case, at real-time prices, within the budget too
+        from asyncgen.prompting import request_cost_bound
+
+        budget_left = args.max_cost - (manifest.committed_worst_cost(setup.costs) or 0.0)
+        count, _ = plan.affordable(count, request_cost_bound(setup.task, setup.price, args.avoid_chars), budget_left)
     if count <= 0:
         return
     _, avoid = _dataset(manifest.output, setup.task)
