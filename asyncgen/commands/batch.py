@@ -926,6 +926,8 @@ def batch_progress_fields(setup: Setup, manifest: Manifest, count: int, elapsed:
         doing = f"validating {validating[0]}/{validating[1]} pairs"
     elif running:
         doing = f"round {manifest.rounds}: {len(running)} batch(es), {done}/{total} requests done"
+    elif manifest.rounds == 0:
+        doing = "planning round 1"
     else:
         doing = f"round {manifest.rounds}: no batch running"
     return [(5, f"[{'#' * filled}{'-' * (width - filled)}]"), (0, f"{count}/{manifest.target} scenarios"), (1, doing),
