@@ -802,19 +802,24 @@ async def _pilot(args, setup: Setup, manifest: Manifest, api, sink, validator, a
     numbers = range(manifest.next_request, manifest.next_request + count)
     settings = GenerationSettings(setup.model, response_format_for(setup.model, args.response_format), args.temperature, args.seed)
     log.info("pilot: %d real-time requests measure the yield before round 1 is sized (their pairs go into the dataset)", count)
+    # The entry first, its usage saved with every answer: killed at any moment, the pilot is not
+    # sent again and what it was paid is counted (the pairs of answers not yet accepted are lost).
+    entry = Entry(f"pilot-{manifest.next_request}", 0, count, source="pilot", state="submitted", status="completed",
+                  downloaded=True, processed=True)
+    manifest.next_request += count
+    manifest.entries.append(entry)
     stats = RunStats(target=manifest.target, accepted=sink.count)
-    try:
-        result = await run_pilot(api.client, api.api_key, setup.task, settings, setup.price, numbers, avoid,
-                                 args.avoid_chars, trust_env=api.trust_env, sink=sink, validator=validator,
-                                 annotations=annotations, stats=stats)
-    finally:  # recorded however it ended: what was answered is paid for
-        manifest.next_request += count
-        manifest.entries.append(Entry(f"pilot-{manifest.next_request - count}", 0, count, source="pilot", state="submitted",
-                                      status="completed", downloaded=True, processed=True,
-                                      request_counts={"total": count, "completed": stats.requests_ok,
-                                                      "failed": count - stats.requests_ok},
-                                      usage={"input": stats.prompt_tokens, "output": stats.completion_tokens}))
+
+    def record() -> None:
+        entry.request_counts = {"total": count, "completed": stats.requests_ok, "failed": count - stats.requests_ok}
+        entry.usage = {"input": stats.prompt_tokens, "output": stats.completion_tokens}
         manifest.save(setup.directory)
+
+    record()
+    stats.on_usage = record
+    result = await run_pilot(api.client, api.api_key, setup.task, settings, setup.price, numbers, avoid,
+                             args.avoid_chars, trust_env=api.trust_env, sink=sink, validator=validator,
+                             annotations=annotations, stats=stats)
     manifest.totals["pilot_yields"] = result.yields
     if result.surplus:
         name = f"spares-pilot-{manifest.next_request}.jsonl"
