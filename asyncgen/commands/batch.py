@@ -737,7 +737,7 @@ def cmd_process(args) -> int:
     if count >= manifest.target:
         return 0
     if report.unvalidated:
-        print(f"interrupted: run the same command to validate the rest", file=sys.stderr)
+        print("interrupted: run the same command to validate the rest", file=sys.stderr)
         return 130
     print(f"short by {manifest.target - count}: python -m asyncgen batch topup --dir {setup.directory}")
     return 1
