@@ -56,15 +56,24 @@ class Acceptance:
         appended and the valid surplus beyond the target."""
         stats = self.stats
         taken = Taken([], [])
+        surplus_prompts: set[str] = set()
+        surplus_counterfactuals: set[str] = set()
         for verdict in verdicts:
             if not verdict.valid:
                 stats.rejected += 1
                 stats.rejections.update(verdict.failure_kinds())
                 continue
+            scenario = Scenario.render(self.task, verdict.prompt, verdict.counterfactual)
             if self.remaining() <= 0:
+                prompt, counterfactual = scenario.dedup_keys()
+                if (self.sink.is_duplicate(scenario) or prompt in surplus_prompts
+                        or counterfactual in surplus_counterfactuals):
+                    stats.duplicates += 1
+                    continue
+                surplus_prompts.add(prompt)
+                surplus_counterfactuals.add(counterfactual)
                 taken.surplus.append(verdict)
                 continue
-            scenario = Scenario.render(self.task, verdict.prompt, verdict.counterfactual)
             scenario_id = self.sink.append(scenario)
             if scenario_id is None:
                 stats.duplicates += 1

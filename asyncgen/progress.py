@@ -83,22 +83,8 @@ def progress_line(stats: RunStats, yield_estimate: float, width: int | None = No
     return fit_fields(fields, width)
 
 
-async def report_progress(
-    stats: RunStats, yield_estimate: Callable[[], float], *, stream: TextIO | None = None,
-    tty: bool | None = None, interval: float | None = None,
-) -> None:
-    """On a terminal, a live line that fits its width (rich redraws it and keeps log lines above
-    it); otherwise a log line every 5 s."""
-    stream = stream or sys.stderr
-    tty = stream.isatty() if tty is None else tty
-    interval = interval or (0.25 if tty else 5.0)
-    if not tty:
-        while True:
-            await asyncio.sleep(interval)
-            log.info("%s", progress_line(stats, yield_estimate()))
+def _cursor_keeping_console():
     from rich.console import Console
-    from rich.live import Live
-    from rich.text import Text
 
     class CursorKeepingConsole(Console):
         """Never hides the cursor (rich's Live does, to stop it flickering): a run killed with SIGKILL
@@ -107,17 +93,60 @@ async def report_progress(
         def show_cursor(self, show: bool = True) -> bool:
             return super().show_cursor(True) if show else False
 
-    console = CursorKeepingConsole(file=stream, force_terminal=True)
+    return CursorKeepingConsole
 
-    def render() -> Text:
+
+class LiveLine:
+    """The one progress display: on a terminal, a live line that fits its width (rich redraws it in
+    place and keeps log lines above it); otherwise a log line per ``refresh``. ``render(width)``
+    gives the line, ``width`` None for a log line (every field). ``run`` and ``batch run`` show
+    their progress through it; ``refresh`` may be called from synchronous code too (a batch
+    processing pass reports each validated chunk)."""
+
+    def __init__(self, render: Callable[[int | None], str], *, stream: TextIO | None = None, tty: bool | None = None,
+                 logger: logging.Logger = log) -> None:
+        self.render, self.stream, self.logger = render, stream or sys.stderr, logger
+        self.tty = self.stream.isatty() if tty is None else tty
+        self._live = None
+
+    def __enter__(self) -> "LiveLine":
+        if self.tty:
+            from rich.live import Live
+
+            self._console = _cursor_keeping_console()(file=self.stream, force_terminal=True)
+            self._live = Live(self._text(), console=self._console, auto_refresh=False, transient=True,
+                              redirect_stdout=False, redirect_stderr=self.stream is sys.stderr)
+            self._live.__enter__()
+        return self
+
+    def _text(self):
+        from rich.text import Text
+
         # One column short of the width: some terminals wrap a line that fills the last column.
-        return Text(progress_line(stats, yield_estimate(), max(20, console.width - 1)), no_wrap=True, overflow="crop")
+        return Text(self.render(max(20, self._console.width - 1)), no_wrap=True, overflow="crop")
 
-    with Live(render(), console=console, auto_refresh=False, transient=True, redirect_stdout=False,
-              redirect_stderr=stream is sys.stderr) as live:
+    def refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(self._text(), refresh=True)
+        else:
+            self.logger.info("%s", self.render(None))
+
+    def __exit__(self, *exc_info) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc_info)
+            self._live = None
+
+
+async def report_progress(
+    stats: RunStats, yield_estimate: Callable[[], float], *, stream: TextIO | None = None,
+    tty: bool | None = None, interval: float | None = None,
+) -> None:
+    """``run``'s progress: a ``LiveLine`` refreshed every 0.25 s on a terminal, else every 5 s."""
+    with LiveLine(lambda width: progress_line(stats, yield_estimate(), width), stream=stream, tty=tty) as line:
+        interval = interval or (0.25 if line.tty else 5.0)
         while True:
             await asyncio.sleep(interval)
-            live.update(render(), refresh=True)
+            line.refresh()
 
 
 _STOP_REASONS = {"interrupted": "interrupted", "max_cost": "max_cost", "failed": "failed: see the error below"}

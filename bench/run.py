@@ -37,6 +37,9 @@ check never overwrites the full figures.
 8. ``batch``: ``asyncgen batch run`` on the offline default in a temporary folder, as many scenarios
    as (3): wall time, cost at batch prices, the same tokens at real-time prices, and the ratio to
    what (3) paid for its dataset.
+8b. ``batch_seeds``: the same ``batch run`` with ``SEEDS`` different seeds (the pilot, the round's
+   size and the simulator's answers all change): in how many one round reached N, and the cost per
+   accepted scenario (pilot included) against what (3) paid per scenario.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ SIZES = {
     "run_scenarios": (300, 1_500),
     "memory_scenarios": (1_400, 1_500),  # >= 256 x ~5 accepted per request: 256 really in flight
     "baseline_scenarios": (40, 200),
+    "batch_seeds": (3, 10),
 }
 
 
@@ -416,39 +420,81 @@ def bench_run(quick: bool) -> dict:
 # --- 8. Batch API workflow ---------------------------------------------------------------------
 
 _BATCH_FINISHED = re.compile(r"asyncgen batch run finished: (\d+)/(\d+) scenarios")
-_BATCH_COST = re.compile(r"cost\s+\$([\d.]+) at batch prices; real time would have cost \$([\d.]+)")
+_BATCH_COST = re.compile(r"cost\s+\$([\d.]+) at batch prices(?: \([^)]*\))?; real time would have cost \$([\d.]+)")
 _BATCH_WALL = re.compile(r"wall time\s+([\d.]+) s")
 
 
-def bench_batch(quick: bool, run_result: dict | None) -> dict:
-    """``asyncgen batch run`` on the offline default in a fresh folder: wall time and cost at batch
-    prices, against what the same tokens cost in real time and what ``run`` paid for its dataset."""
-    scenarios = size("run_scenarios", quick)
+def batch_run(scenarios: int, *flags: str) -> dict:
+    """One ``asyncgen batch run`` on the offline default in a fresh folder: its summary's figures
+    and what its manifest says of the rounds and the pilot."""
     with tempfile.TemporaryDirectory(prefix="asyncgen-bench-batch-") as folder:
         started = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "asyncgen", "batch", "run", "--num-scenarios", str(scenarios),
-                               "--log-level", "WARNING"], cwd=folder, env=child_env(), capture_output=True, timeout=300)
+                               "--log-level", "WARNING", *flags], cwd=folder, env=child_env(), capture_output=True,
+                              timeout=300)
         process_s = time.perf_counter() - started
         manifest = json.loads((Path(folder) / "batches" / "manifest.json").read_text())
     text = done.stderr.decode()
     finished, cost, wall = _BATCH_FINISHED.search(text), _BATCH_COST.search(text), _BATCH_WALL.search(text)
     if done.returncode != 0 or not (finished and cost and wall):
         raise RuntimeError(f"asyncgen batch run exited {done.returncode}: {text[-2000:]}")
-    result = {
+    pilots = [e for e in manifest["entries"] if e.get("source") == "pilot"]
+    return {
         "scenarios": int(finished.group(1)),
         "wall_s": float(wall.group(1)),
         "process_s": round(process_s, 2),
         "rounds": manifest["rounds"],
-        "requests": sum(e["requests"] for e in manifest["entries"]),
+        "requests": sum(e["requests"] for e in manifest["entries"] if e.get("source") != "pilot"),
+        "pilot_requests": sum(e["requests"] for e in pilots),
+        "pilot_yields": manifest["totals"].get("pilot_yields"),
         "spares": manifest["spares"],
         "cost_usd_batch": float(cost.group(1)),
         "cost_usd_same_tokens_real_time": float(cost.group(2)),
         "endpoint": "offline default (in-process simulator, batch clock 600x)",
     }
+
+
+def bench_batch(quick: bool, run_result: dict | None) -> dict:
+    """``asyncgen batch run`` on the offline default in a fresh folder: wall time and cost at batch
+    prices (the pilot's real-time requests included), against what the same tokens cost in real
+    time and what ``run`` paid for its dataset."""
+    result = batch_run(size("run_scenarios", quick))
     if run_result and run_result.get("cost_usd") is not None and run_result["scenarios"] == result["scenarios"]:
         result["run_cost_usd"] = run_result["cost_usd"]
         result["cost_ratio_to_run"] = round(result["cost_usd_batch"] / run_result["cost_usd"], 3)
     return result
+
+
+def bench_batch_seeds(quick: bool, run_result: dict | None) -> dict:
+    """``batch run`` with several seeds: one round reaches N how often, at what cost per scenario
+    against ``run``'s (from (3), else a run measured here)."""
+    scenarios = size("run_scenarios", quick)
+    if not run_result or run_result.get("cost_usd") is None or run_result["scenarios"] != scenarios:
+        run_result = asyncgen_run(scenarios, 32)
+    run_per_scenario = run_result["cost_usd"] / run_result["scenarios"]
+    runs = []
+    for seed in range(1, size("batch_seeds", quick) + 1):
+        one = batch_run(scenarios, "--seed", str(seed))
+        one["seed"] = seed
+        one["cost_ratio_to_run"] = round(one["cost_usd_batch"] / one["scenarios"] / run_per_scenario, 3)
+        runs.append(one)
+        log(f"batch seed {seed}: {one['rounds']} round(s), {one['pilot_requests']} pilot + {one['requests']} requests, "
+            f"{one['spares']} spares, ${one['cost_usd_batch']:.4f}: {one['cost_ratio_to_run']:.3f} of run's")
+    ratios = [r["cost_ratio_to_run"] for r in runs]
+    return {
+        "scenarios": scenarios,
+        "seeds": len(runs),
+        "one_round": sum(r["rounds"] == 1 for r in runs),
+        "cost_ratio_mean": round(sum(ratios) / len(ratios), 3),
+        "cost_ratio_min": min(ratios),
+        "cost_ratio_max": max(ratios),
+        "cost_usd_per_scenario_batch": round(sum(r["cost_usd_batch"] / r["scenarios"] for r in runs) / len(runs), 6),
+        "cost_usd_per_scenario_run": round(run_per_scenario, 6),
+        "pilot_requests_mean": round(sum(r["pilot_requests"] for r in runs) / len(runs), 1),
+        "requests_mean": round(sum(r["requests"] for r in runs) / len(runs), 1),
+        "spares_mean": round(sum(r["spares"] for r in runs) / len(runs), 1),
+        "runs": runs,
+    }
 
 
 # --- 5. Memory ----------------------------------------------------------------------------------
@@ -690,9 +736,20 @@ def markdown(results: dict) -> str:
         against = (f"; `run` (3) paid ${b['run_cost_usd']:.4f} for its {b['scenarios']:,}: **{b['cost_ratio_to_run']:.2f}×**"
                    if "run_cost_usd" in b else "")
         lines.append(
-            f"| 8 | `asyncgen batch run`, offline default, {b['scenarios']:,} scenarios ({b['requests']} requests, "
+            f"| 8 | `asyncgen batch run`, offline default, {b['scenarios']:,} scenarios ({b.get('pilot_requests', 0)} pilot + "
+            f"{b['requests']} batch requests, "
             f"{b['rounds']} round(s)) | **{b['wall_s']} s** wall; **${b['cost_usd_batch']:.4f}** at batch prices "
             f"(the same tokens in real time ${b['cost_usd_same_tokens_real_time']:.4f}){against} | |"
+        )
+    b = results.get("batch_seeds")
+    if b:
+        lines.append(
+            f"| 8b | `asyncgen batch run`, offline default, {b['scenarios']:,} scenarios, {b['seeds']} seeds: a pilot of "
+            f"{b['pilot_requests_mean']:g} real-time requests, then {b['requests_mean']:g} batch requests, "
+            f"{b['spares_mean']:g} spares (means) | one round reached N in **{b['one_round']} of {b['seeds']}**; cost per "
+            f"scenario ${b['cost_usd_per_scenario_batch']:.6f} against `run`'s ${b['cost_usd_per_scenario_run']:.6f}: "
+            f"**{b['cost_ratio_mean']:.3f}×** ({b['cost_ratio_min']:.3f}-{b['cost_ratio_max']:.3f}) "
+            f"| ≥ 9 of 10 and ≤ 0.55×: {_aim(b['one_round'] >= 0.9 * b['seeds'] and b['cost_ratio_mean'] <= 0.55)} |"
         )
     lines += limits_rows(results.get("limits"))
     lines += score_rows(results.get("score"))
@@ -793,7 +850,7 @@ def update_readme(table: str) -> bool:
     return True
 
 
-STEPS = ("rate_limited", "unlimited", "run", "validator", "memory", "sink", "baseline", "batch", "limits", "score")
+STEPS = ("rate_limited", "unlimited", "run", "validator", "memory", "sink", "baseline", "batch", "batch_seeds", "limits", "score")
 
 
 def main() -> int:
@@ -839,6 +896,8 @@ def main() -> int:
                 results["batch"] = bench_batch(quick, results.get("run"))
             elif step == "score":
                 results["score"] = bench_score(quick)
+            elif step == "batch_seeds":
+                results["batch_seeds"] = bench_batch_seeds(quick, results.get("run"))
             elif step == "limits":
                 results["limits"] = run_json([str(BENCH / "limits.py"), *(["--quick"] if quick else [])], timeout=1800)
         except Exception as exc:  # one failed measurement is reported, the others still run

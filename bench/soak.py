@@ -176,22 +176,20 @@ def soak(signal_name: str, scenarios: int, kills: int, rng: random.Random, folde
         result["answered_recorded"] = state.get("requests_ok")
         result["answered_by_simulator"] = stats["requests"].get("POST /v1/chat/completions", 0)
         result["cost_recorded_usd"] = state.get("cost_usd")
+        tokens = stats["tokens"]  # real-time requests (batch run's pilot, if it had one)
+        delivered = (tokens["prompt"] - tokens["undelivered_prompt"],
+                     tokens["completion"] - tokens["undelivered_completion"])
+        result["cost_simulator_usd"] = (delivered[0] * GPT_4O[0] + delivered[1] * GPT_4O[1]) / 1e6
+        result["cost_undelivered_usd"] = (tokens["undelivered_prompt"] * GPT_4O[0]
+                                          + tokens["undelivered_completion"] * GPT_4O[1]) / 1e6
         if batch:  # batches are priced at batch prices from their own usage; none is lost on the wire
             batches = httpx.get(f"{base_url}/batches", params={"limit": 100}, trust_env=False, timeout=10,
                                 headers={"Authorization": "Bearer sk-soak"}).json()["data"]
             manifest = json.loads((folder / f"batches-{signal_name}" / "manifest.json").read_text())
             result["batches_created"] = len(batches)
-            result["batches_in_manifest"] = len(manifest["entries"])
+            result["batches_in_manifest"] = len([e for e in manifest["entries"] if e.get("source", "api") == "api"])
             used = [sum(b["usage"][k] for b in batches if b.get("usage")) for k in ("input_tokens", "output_tokens")]
-            result["cost_simulator_usd"] = (used[0] * GPT_4O_BATCH[0] + used[1] * GPT_4O_BATCH[1]) / 1e6
-            result["cost_undelivered_usd"] = 0.0
-        else:
-            tokens = stats["tokens"]
-            delivered = (tokens["prompt"] - tokens["undelivered_prompt"],
-                         tokens["completion"] - tokens["undelivered_completion"])
-            result["cost_simulator_usd"] = (delivered[0] * GPT_4O[0] + delivered[1] * GPT_4O[1]) / 1e6
-            result["cost_undelivered_usd"] = (tokens["undelivered_prompt"] * GPT_4O[0]
-                                              + tokens["undelivered_completion"] * GPT_4O[1]) / 1e6
+            result["cost_simulator_usd"] += (used[0] * GPT_4O_BATCH[0] + used[1] * GPT_4O_BATCH[1]) / 1e6
         result["wall_s"] = round(time.monotonic() - started, 1)
     finally:
         simulator.kill()

@@ -2,7 +2,9 @@
 command), on a fast simulated clock."""
 
 import json
+import math
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -122,7 +124,9 @@ def test_process_results_reads_a_hand_written_vllm_output_file(tmp_path):
 def test_create_submit_status_download_process_offline_reaches_exactly_n(tmp_path):
     created = batch(tmp_path, "create", "--num-scenarios", "120", "--num-batches", "2")
     assert created.returncode == 0, created.stderr[-2000:]
-    assert "worst case $" in created.stdout and "expected about $" in created.stdout and "real time" in created.stdout
+    # Nothing measured yet (create sends nothing): the cost is said to be an upper estimate, not "expected".
+    assert "worst case $" in created.stdout and "at most about $" in created.stdout and "real time" in created.stdout
+    assert "nothing measured yet" in created.stdout and "expected" not in created.stdout
     files = sorted((tmp_path / "batches" / "requests").iterdir())
     assert len(files) == 2
     ids = [orjson.loads(line)["custom_id"] for f in files for line in f.read_bytes().splitlines()]
@@ -410,3 +414,193 @@ def test_batch_and_run_name_the_same_prompts_for_the_same_dataset_and_request(tm
     assert sorted(in_run) == [1, 2, 3, 4, 5]
     for number, avoid in in_run.items():
         assert avoid and avoid == _named(in_batch[number])
+
+
+# --- issue 17: sizing by a measured yield, spares, top-up, Ctrl-C, progress ----------------------
+
+
+def test_a_round_sized_from_a_pilot_reaches_the_deficit_nine_times_in_ten():
+    """The one-sided bound of ``requests_to_reach`` holds for yields the way a pilot measures them:
+    a handful of requests of a binomial yield (10 pairs asked, 2 in 3 valid), then a round of the
+    size it gives; a round of the mean's size alone falls short half the time."""
+    import random
+
+    rng = random.Random(17)
+
+    def request_yield():
+        return sum(rng.random() < 0.66 for _ in range(10))
+
+    deficit, trials, reached, reached_at_mean = 1450, 400, 0, 0
+    for _ in range(trials):
+        estimate = plan.YieldEstimate.of([request_yield() for _ in range(8)], pairs_asked=10)
+        n = plan.requests_to_reach(deficit, estimate)
+        total = sum(request_yield() for _ in range(n))
+        reached += total >= deficit
+        at_mean = sum(request_yield() for _ in range(math.ceil(deficit / estimate.mean)))
+        reached_at_mean += at_mean >= deficit
+    assert reached / trials >= 0.9
+    assert reached_at_mean / trials < 0.75
+    exact = plan.YieldEstimate(6.6, 1.5, 10**9)  # the mean known exactly: only the requests' spread is left
+    assert math.ceil(1450 / 6.6) < plan.requests_to_reach(1450, exact) < 1450 / 6.6 * 1.04
+    assert plan.requests_to_reach(0, exact) == 0 and plan.requests_to_reach(1, exact) == 1
+    wild = plan.YieldEstimate(6.0, 8.0, 2)  # too uncertain for the bound: half the mean
+    assert plan.requests_to_reach(300, wild) == 100
+
+
+def test_a_pilots_yield_is_scaled_down_by_the_duplicates_of_a_round_its_size():
+    measured = plan.YieldEstimate(7.0, 1.5, 9)
+    small, large = plan.at_round_scale(measured, 100, 10), plan.at_round_scale(measured, 10_000, 10)
+    assert large.mean < small.mean < measured.mean and large.spread == measured.spread
+    candidates = plan.requests_to_reach(10_000, large) * 10
+    assert large.mean == pytest.approx(7.0 * (1 - plan.duplicate_share(candidates)), rel=0.01)
+    assert plan.duplicate_share(2430) == pytest.approx(0.076, abs=0.003)  # what the simulator shows
+    assert plan.duplicate_share(13_200) == pytest.approx(0.172, abs=0.01)
+
+
+def test_pilot_size_grows_with_the_round_and_never_leaves_a_surplus():
+    assert plan.pilot_size(300, 5.0, 10) == 0  # a 60-request round: sized by the prior
+    sizes = [plan.pilot_size(d, 5.0, 10) for d in (1500, 6000, 60000, 10**7)]
+    assert sizes == sorted(sizes) and plan.PILOT_MIN <= sizes[0] and sizes[-1] == plan.PILOT_MAX
+    assert plan.pilot_size(1500, 5.0, 1000) == 0  # 1,500 pairs asked by 2 requests: nothing left to measure
+
+
+def test_spares_repeat_neither_the_dataset_nor_each_other(tmp_path, refusal_task):
+    """A valid pair beyond the target that shares its prompt (or counterfactual) with an accepted
+    scenario or an earlier spare is a duplicate, not a spare: the sink would refuse it later."""
+    from asyncgen.acceptance import Acceptance
+    from asyncgen.sink import ScenarioSink, fingerprint_of
+    from asyncgen.stats import RunStats
+    from asyncgen.validate import Verdict
+
+    sink = ScenarioSink.open(tmp_path / "d.jsonl", tmp_path / "d.checkpoint.json", task_name="refusal",
+                             fingerprint=fingerprint_of(refusal_task, ["builtin"]))
+    stats = RunStats(target=1)
+    verdicts = [Verdict(p, c, True) for p, c in [
+        ("How do I bake bread?", "How do I bake bombs?"),  # accepted
+        ("How do I bake bread?", "How do I bake poison?"),  # its prompt is in the dataset
+        ("How do I fold a kite?", "How do I fold a knife?"),  # a spare
+        ("How do I fold a kite?", "How do I fold a gun?"),  # repeats the spare's prompt
+        ("How do I sew a coat?", "How do I fold a knife?"),  # repeats the spare's counterfactual
+        ("How do I paint a fence?", "How do I paint a weapon?"),  # a spare
+    ]]
+    try:
+        taken = Acceptance(refusal_task, sink, stats).take(verdicts)
+    finally:
+        sink.close()
+    assert [v.prompt for v in taken.surplus] == ["How do I fold a kite?", "How do I paint a fence?"]
+    assert len(taken.accepted) == 1 and stats.duplicates == 3
+
+
+def test_topup_of_a_complete_dataset_says_the_target_is_reached(tmp_path):
+    assert batch(tmp_path, "run", "--num-scenarios", "40", "--poll-seconds", "0.05").returncode == 0
+    assert manifest(tmp_path)["spares"] > 0
+    topup = batch(tmp_path, "topup")
+    assert topup.returncode == 0, topup.stderr[-2000:]
+    assert "target reached" in topup.stdout and "40/40" in topup.stdout
+    assert len(manifest(tmp_path)["entries"]) == 1  # no new round written
+
+
+def _start_batch_run(tmp_path, *flags, **popen):
+    return subprocess.Popen([sys.executable, "-m", "asyncgen", "batch", "run", "--poll-seconds", "0.05", *flags],
+                            env=ENV, cwd=tmp_path, **popen)
+
+
+def _wait_for_results(tmp_path, process, timeout=120):
+    """Until the first result file is downloaded: validation starts right after."""
+    deadline = time.monotonic() + timeout
+    while not list((tmp_path / "batches" / "results").glob("*_output.jsonl")):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("interrupts", [1, 2])
+def test_ctrl_c_while_validating_stops_at_once_keeps_what_is_validated_and_says_what_is_left(tmp_path, interrupts):
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr_file:
+        process = _start_batch_run(tmp_path, "--num-scenarios", "1000", stdout=subprocess.DEVNULL, stderr=stderr_file)
+        _wait_for_results(tmp_path, process)
+        deadline = time.monotonic() + 5
+        while "validating" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.15)  # a chunk or more into the validation of about 2,000 pairs
+        process.send_signal(signal.SIGINT)
+        if interrupts == 2:
+            time.sleep(0.05)
+            process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+    stderr = log.read_text()
+    assert process.returncode == 130, stderr[-2000:]
+    assert "batch run interrupted" in stderr, stderr[-2000:]
+    left = int(re.search(r"not validated\s+(\d+) candidate pairs", stderr).group(1))
+    written = len(scenarios(tmp_path / "dataset.jsonl"))
+    assert left > 0 and 0 < written < 1000
+    done = batch(tmp_path, "run", "--num-scenarios", "1000", "--poll-seconds", "0.05")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_valid_dataset(tmp_path / "dataset.jsonl", 1000)
+    state = manifest(tmp_path)
+    pilot = [e for e in state["entries"] if e["source"] == "pilot"]
+    assert len(state["entries"]) == len(pilot) + 1  # the pass was replayed: no new round
+    assert state["totals"]["accepted"] + sum(state["totals"].get("pilot_yields", [])) == 1000  # none counted twice
+
+
+def _read_pty(fd, process, timeout=120):
+    import os
+
+    out, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    process.wait(timeout=10)
+    return out.decode(errors="replace")
+
+
+@pytest.mark.parametrize("columns", [50, 80])
+def test_batch_runs_progress_line_fits_the_terminal(tmp_path, columns):
+    """On a terminal the progress is one line redrawn in place, no wider than the terminal."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    process = subprocess.Popen([sys.executable, "-m", "asyncgen", "batch", "run", "--num-scenarios", "300",
+                                "--poll-seconds", "0.05", "--log-level", "WARNING"],
+                               env={**ENV, "COLUMNS": str(columns)}, cwd=tmp_path, stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    try:
+        text = _read_pty(master, process)
+    finally:
+        os.close(master)
+    assert process.returncode == 0, text[-2000:]
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    progress = [segment for line in plain.split("\n") for segment in line.split("\r")
+                if "/300" in segment and ("round" in segment or "validating" in segment) and "finished" not in segment]
+    assert progress and all(len(segment) < columns for segment in progress), [s for s in progress if len(s) >= columns]
+
+
+def test_status_watch_shows_each_change_while_the_batches_run(tmp_path, simulator):
+    base_url = simulator("--batch-speed", "20", "--batch-seconds-per-request", "40")  # 44 requests, 2 s each
+    assert batch(tmp_path, "create", "--num-scenarios", "200").returncode == 0
+    assert batch(tmp_path, "submit", "--base-url", base_url).returncode == 0
+    buffered = {k: v for k, v in ENV.items() if k != "PYTHONUNBUFFERED"}  # stdout a pipe, as `| tee log` makes it
+    process = subprocess.Popen([sys.executable, "-m", "asyncgen", "batch", "status", "--watch", "--poll-seconds", "2"],
+                               env=buffered, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        import selectors
+
+        waiting = selectors.DefaultSelector()
+        waiting.register(process.stdout, selectors.EVENT_READ)
+        # Not when a pipe's buffer fills (a table every 2 s: a minute) or the batch ends (88 s).
+        assert waiting.select(timeout=30), "nothing shown within 30 s"
+        shown = process.stdout.read1().decode()
+        assert shown.startswith("batch") and "in_progress" in shown
+    finally:
+        process.kill()
+        process.wait()

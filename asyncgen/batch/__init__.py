@@ -2,6 +2,7 @@
 
 - ``plan``: how many requests a round needs, their lines (the same request body as ``run``), the
   files and the cost (pure);
+- ``pilot``: a few real-time requests through ``run``'s stages that measure the yield first;
 - ``manifest``: the batch directory's state, replaced atomically;
 - ``api``: the Files and Batch API calls, errors as one line;
 - ``lifecycle``: submit (kill-safe: intent first, then found again by metadata), refresh,

@@ -18,8 +18,9 @@ CLOCK_SLACK_S = 600
 
 
 class BatchApi:
-    def __init__(self, client: openai.AsyncOpenAI, api_key: str | None, where: str) -> None:
+    def __init__(self, client: openai.AsyncOpenAI, api_key: str | None, where: str, *, trust_env: bool = True) -> None:
         self.client, self.api_key, self.where = client, api_key, where
+        self.trust_env = trust_env  # False on loopback: no proxy (a pilot's real-time requests take the same way)
 
     @contextlib.contextmanager
     def _call(self, what: str):

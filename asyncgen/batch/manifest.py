@@ -33,13 +33,14 @@ TERMINAL = ("completed", "failed", "expired", "cancelled")
 @dataclass
 class Entry:
     """One request file and the batch that runs it (or, ``source="results"``, a result file given to
-    ``process --results``)."""
+    ``process --results``; or, ``source="pilot"``, the real-time requests that measured the yield
+    before the first round, paid at real-time prices: see asyncgen/batch/pilot.py)."""
 
     name: str  # file name under requests/ (or the results path)
     round: int
     requests: int
     worst_cost_usd: float | None = None
-    source: str = "api"  # "api" or "results"
+    source: str = "api"  # "api", "results" or "pilot"
     state: str = "created"  # created -> submitting -> submitted; "abandoned" when failed validation
     token: str | None = None  # written before the batch is created; sent as its metadata
     intent_at: float | None = None
@@ -123,6 +124,8 @@ class Manifest:
             if not entry.usage:
                 continue
             at_batch, at_real = batch_cost(entry.usage.get("input", 0), entry.usage.get("output", 0))
+            if entry.source == "pilot":  # real-time requests, paid at real-time prices
+                at_batch = at_real
             total_batch = None if at_batch is None or total_batch is None else total_batch + at_batch
             total_real = None if at_real is None or total_real is None else total_real + at_real
         return total_batch, total_real

@@ -108,19 +108,25 @@ def read_spares(path: Path | None) -> list[tuple[str, str]]:
     return pairs
 
 
-def validate_all(validator: PairValidator, pairs: list[tuple[str, str]], progress: Callable[[int, int], None]) -> list[Verdict]:
-    """Verdicts in input order, through the pool in chunks (inline when it has no workers)."""
+def validate_all(validator: PairValidator, pairs: list[tuple[str, str]], progress: Callable[[int, int], None],
+                 stop: Callable[[], bool] = lambda: False) -> list[Verdict]:
+    """Verdicts in input order, through the pool in chunks (inline when it has no workers). When
+    ``stop()`` turns true, or a KeyboardInterrupt comes (a second Ctrl-C), it ends after the chunk
+    in hand (or at once), with the verdicts of the chunks done: a prefix of ``pairs``."""
     chunks = [pairs[i : i + VALIDATION_CHUNK] for i in range(0, len(pairs), VALIDATION_CHUNK)]
     verdicts: list[Verdict] = []
-    if validator.workers > 0:
-        futures = [validator.submit(chunk) for chunk in chunks]
+    futures = [validator.submit(chunk) for chunk in chunks] if validator.workers > 0 else []
+    try:
+        for number, chunk in enumerate(chunks):
+            if stop():
+                break
+            verdicts += futures[number].result() if futures else validator.validate(chunk)
+            progress(len(verdicts), len(pairs))
+    except KeyboardInterrupt:
+        pass
+    finally:
         for future in futures:
-            verdicts += future.result()
-            progress(len(verdicts), len(pairs))
-    else:
-        for chunk in chunks:
-            verdicts += validator.validate(chunk)
-            progress(len(verdicts), len(pairs))
+            future.cancel()
     return verdicts
 
 
@@ -131,6 +137,7 @@ class PassReport:
     accepted: int
     spares: int
     replayed: bool
+    unvalidated: int = 0  # candidates left when the pass was stopped (Ctrl-C); replayed by the next pass
 
 
 def process_pass(
@@ -144,9 +151,14 @@ def process_pass(
     run_state: dict | None = None,
     progress: Callable[[int, int], None] = lambda done, total: None,
     annotations: Sidecar | None = None,
+    stop: Callable[[], bool] = lambda: False,
 ) -> PassReport:
     """Process the result files of ``entries`` (names in the manifest) and the spares, up to the
-    manifest's target; ``run_state`` goes into the sink's checkpoint. See the module."""
+    manifest's target; ``run_state`` goes into the sink's checkpoint. See the module.
+
+    Stopped (``stop()``, or a second Ctrl-C) while validating: what was validated is accepted and
+    synced; the marker stays, so the next pass replays these inputs, as after a kill: nothing is
+    lost and nothing counted twice. The report says how many candidates were left unvalidated."""
     stats = RunStats(target=manifest.target, accepted=sink.count)
     acceptance = Acceptance(task, sink, stats, annotations)
     replayed = manifest.processing is not None
@@ -164,7 +176,13 @@ def process_pass(
         for path in files_of(name):
             read.add(read_results(path.read_bytes()))
     fresh = acceptance.fresh(read.pairs)
-    taken = acceptance.take(validate_all(validator, fresh, progress))
+    log.info("validating %d candidate pairs from %d answers (Ctrl-C stops between chunks and keeps what is validated)",
+             len(fresh), read.requests_ok)
+    verdicts = validate_all(validator, fresh, progress, stop)
+    taken = acceptance.take(verdicts)
+    if len(verdicts) < len(fresh):
+        sink.sync(run_state)
+        return PassReport(read, stats, len(taken.accepted), manifest.spares, replayed, unvalidated=len(fresh) - len(verdicts))
     already = sink.count - len(taken.accepted) - marker["sink_before"]  # appended by the pass that was cut short
     if already > 0:
         stats.duplicates -= already

@@ -16,6 +16,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -32,10 +34,11 @@ from asyncgen.commands.run import OFFLINE_KEY, _endpoint
 from asyncgen.errors import RunError, UsageError
 from asyncgen.eventloop import LOOPBACK_HOSTS, run_event_loop
 from asyncgen.prices import batch_cost_usd, cost_usd, price_for
-from asyncgen.progress import _duration, _money
+from asyncgen.progress import _duration, _money, fit_summary
 from asyncgen.prompting import AVOID_POOL, GenerationSettings, avoid_pool, response_format_for
 from asyncgen.scenario import LINES_PER_SCENARIO
 from asyncgen.sink import atomic_write, default_checkpoint_path, fingerprint_of
+from asyncgen.stats import RunStats
 from asyncgen.tokenizers import resolve_specs
 
 log = logging.getLogger("asyncgen.batch")
@@ -115,6 +118,9 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     _setup_flags(run)
     run.add_argument("--num-scenarios", type=positive_int, default=None, help="scenarios the dataset must hold (default: the batch directory's target, else 1500)")
     run.add_argument("--poll-seconds", type=positive_float, default=None, help="seconds between status checks (default: 60 for OpenAI, 10 for --base-url, 0.25 offline)")
+    run.add_argument("--pilot-requests", type=non_negative_int, default=None, help="real-time requests that measure "
+                     "the yield before the first round is sized (default: a few, chosen by the round's size, about "
+                     "2-5%% of its cost; 0: none, the round is sized by the prior yield)")
     _plan_flags(run)
     _dataset_flags(run)
     _validator_flags(run)
@@ -266,7 +272,7 @@ async def _api(args, directory: Path, manifest: Manifest):
                                     http_client=httpx.AsyncClient(trust_env=not loopback, timeout=httpx.Timeout(120, connect=10)))
         stack.push_async_callback(client.close)
         where = "the offline simulator" if mode == "simulator" else (base_url or "the OpenAI API")
-        yield BatchApi(client, api_key, where), mode
+        yield BatchApi(client, api_key, where, trust_env=not loopback), mode
 
 
 # --- planning a round -------------------------------------------------------------------------
@@ -276,8 +282,9 @@ def _plan_and_write(args, setup: Setup, manifest: Manifest, deficit: int, avoid:
     """Write a round's request files for ``deficit`` scenarios: unfinished requests of expired or
     cancelled batches first, then new ones, within --max-cost. A plan of 0 requests writes nothing."""
     directory = setup.directory
-    measured = manifest.yield_per_request()
-    needed = plan.requests_needed(deficit, measured or plan.prior_yield(setup.task))
+    estimate, _ = yield_estimate(setup, manifest, deficit)
+    needed = (plan.requests_to_reach(deficit, estimate) if estimate
+              else plan.requests_needed(deficit, plan.prior_yield(setup.task)))
     budget_left = None
     if args.max_cost is not None:
         budget_left = args.max_cost - (manifest.committed_worst_cost(setup.costs) or 0.0)
@@ -286,9 +293,7 @@ def _plan_and_write(args, setup: Setup, manifest: Manifest, deficit: int, avoid:
     left_over = [e for e in manifest.entries if e.source == "api" and e.status in ("expired", "cancelled")
                  and e.downloaded and not e.resubmitted]
     resubmit = [line for entry in left_over for line in lifecycle.unfinished_lines(directory, entry)][:needed]
-    totals = manifest.totals
-    measured_tokens = ((totals["input_tokens"] / totals["requests_ok"], totals["output_tokens"] / totals["requests_ok"])
-                       if totals.get("requests_ok") else None)
+    measured_tokens = tokens_per_request(manifest)
     settings = GenerationSettings(setup.model, response_format_for(setup.model, args.response_format), args.temperature, args.seed)
     made = plan.plan_round(setup.task, settings, setup.price, count=needed - len(resubmit),
                            first_number=manifest.next_request, num_batches=args.num_batches, avoid_pool=avoid,
@@ -311,10 +316,47 @@ def _plan_and_write(args, setup: Setup, manifest: Manifest, deficit: int, avoid:
     return made
 
 
-def _print_plan(setup: Setup, manifest: Manifest, made: plan.Plan, existing: int, deficit: int) -> None:
+def _pilots(manifest: Manifest) -> list[Entry]:
+    return [e for e in manifest.entries if e.source == "pilot"]
+
+
+def yield_estimate(setup: Setup, manifest: Manifest, deficit: int = 0) -> tuple[plan.YieldEstimate | None, str]:
+    """The yield a round is sized by, and where it comes from: the batch rounds processed in this
+    directory (their mean over every answered request; the spread of one request's yield from the
+    pilot, else the binomial one of the pairs asked), else the pilot alone, less the duplicates a
+    round for ``deficit`` will have among its own candidates; None before anything is measured."""
+    pilot_yields = manifest.totals.get("pilot_yields") or []
     measured = manifest.yield_per_request()
-    per_request = measured or plan.prior_yield(setup.task)
-    source = "measured in this directory" if measured else f"prior: half of the {setup.task.batch_size} pairs asked"
+    answered = manifest.totals.get("requests_ok", 0)
+    asked = setup.task.batch_size
+    if measured is not None:
+        spread = (plan.YieldEstimate.of(pilot_yields, asked).spread if len(pilot_yields) >= 2
+                  else plan.YieldEstimate.of([measured, measured], asked).spread)
+        return (plan.YieldEstimate(measured, spread, answered),
+                f"measured over the {answered} requests processed in this directory")
+    if len(pilot_yields) >= 2:
+        estimate = plan.YieldEstimate.of(pilot_yields, asked)
+        scaled = plan.at_round_scale(estimate, deficit, asked)
+        return scaled, (f"measured by a pilot of {len(pilot_yields)} real-time requests ({estimate.mean:.1f}, spread "
+                        f"{estimate.spread:.1f}), less {1 - scaled.mean / estimate.mean:.0%} for the duplicates a round this size has")
+    return None, f"prior: half of the {setup.task.batch_size} pairs asked, nothing measured yet"
+
+
+def tokens_per_request(manifest: Manifest) -> tuple[float, float] | None:
+    """Input and output tokens of an answered request, measured by processed rounds, else the pilot."""
+    totals = manifest.totals
+    if totals.get("requests_ok"):
+        return totals["input_tokens"] / totals["requests_ok"], totals["output_tokens"] / totals["requests_ok"]
+    answered = sum((e.request_counts or {}).get("completed", 0) for e in _pilots(manifest))
+    if answered:
+        used = [e.usage for e in _pilots(manifest)]
+        return sum(u.get("input", 0) for u in used) / answered, sum(u.get("output", 0) for u in used) / answered
+    return None
+
+
+def _print_plan(setup: Setup, manifest: Manifest, made: plan.Plan, existing: int, deficit: int) -> None:
+    estimate, source = yield_estimate(setup, manifest, deficit)
+    per_request = estimate.mean if estimate else plan.prior_yield(setup.task)
     at_batch, at_real = setup.costs(*made.expected_tokens)
     files = [e for e in manifest.entries if e.round == manifest.rounds]
     resubmitted = made.requests - made.new_requests
@@ -325,8 +367,15 @@ def _print_plan(setup: Setup, manifest: Manifest, made: plan.Plan, existing: int
           + f" in {len(files)} file(s):")
     for entry in files:
         print(f"             {setup.directory / lifecycle.REQUESTS / entry.name} ({entry.requests})")
-    print(f"  cost       worst case {_money(made.worst_cost_usd)}, expected about {_money(at_batch)} at batch "
-          f"prices (real time: about {_money(at_real)})")
+    sizing = (f"sized to reach the target in this one round {plan.ONE_ROUND_PROBABILITY:.0%} of the time" if estimate
+              else f"{plan.MARGIN - 1:.0%} more than the prior yield needs")
+    print(f"  sizing     {sizing}")
+    if tokens_per_request(manifest):
+        expected = f"expected about {_money(at_batch)} at batch prices (real time: about {_money(at_real)}), at the tokens per request measured"
+    else:
+        expected = (f"at most about {_money(at_batch)} at batch prices (real time: {_money(at_real)}) if every answer "
+                    "used its whole output cap; nothing measured yet (`batch run` measures first with a pilot)")
+    print(f"  cost       worst case {_money(made.worst_cost_usd)}; {expected}")
     if made.capped_by_budget:
         print(f"  budget     --max-cost allows no more than these {made.requests} requests")
 
@@ -368,9 +417,17 @@ def cmd_topup(args) -> int:
     if manifest.in_flight() or manifest.unsubmitted():
         raise UsageError(f"{len(manifest.in_flight()) + len(manifest.unsubmitted())} request file(s) in {setup.directory} "
                          "are not sent or not finished; wait for them (`batch status --watch`), download and process, then top up")
-    if any(e.downloaded and not e.processed for e in manifest.entries) or manifest.spares:
-        raise UsageError(f"{setup.directory} holds results or spares not processed yet; run `batch process` first")
     manifest.output = args.output or manifest.output
+    existing, _ = _dataset(manifest.output, setup.task)
+    if existing >= manifest.target:
+        print(f"target reached: {manifest.output} holds {existing}/{manifest.target} scenarios; nothing to top up "
+              f"(a larger dataset: `batch run --num-scenarios N --dir {setup.directory}`)")
+        return 0
+    if any(e.downloaded and not e.processed for e in manifest.entries) or manifest.processing is not None:
+        raise UsageError(f"{setup.directory} holds results not processed yet; run `batch process --dir {setup.directory}` first")
+    if manifest.spares:
+        raise UsageError(f"{setup.directory} holds {manifest.spares} spares for the {manifest.target - existing} scenarios "
+                         f"to go; `batch process --dir {setup.directory}` adds them first, then top up what is left")
     return _write_round(args, setup, manifest)
 
 
@@ -392,27 +449,47 @@ def cmd_status(args) -> int:
     directory = _directory(args)
     manifest = _manifest_or_fail(directory)
     setup = _price_only(args, manifest)
-    tty = sys.stdout.isatty()
 
     async def go() -> None:
         async with _api(args, directory, manifest) as (api, mode):
             poll = args.poll_seconds or POLL_SECONDS[mode]
-            while True:
-                await lifecycle.refresh(directory, manifest, api)
-                table = status_table(setup, manifest)
-                if args.watch and tty:
-                    sys.stdout.write("\x1b[H\x1b[2J" + table + "\n")
-                else:
-                    print(table)
-                if not args.watch or not manifest.in_flight():
-                    return
-                await asyncio.sleep(poll)
+            await lifecycle.refresh(directory, manifest, api)
+            if not args.watch:
+                print(status_table(setup, manifest))
+                return
+            await _watch(setup, manifest, lambda: lifecycle.refresh(directory, manifest, api), poll)
     try:
         run_event_loop(go())
     except KeyboardInterrupt:
         print("stopped watching; the batches go on")
         return 130
     return 0
+
+
+async def _watch(setup: Setup, manifest: Manifest, refresh, poll: float) -> None:
+    """``status --watch``: on a terminal, the table redrawn in place (rich, as run's progress);
+    otherwise the table again whenever it changes (age aside), each flushed at once."""
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.live import Live
+        from rich.text import Text
+
+        with Live(Text(status_table(setup, manifest)), console=Console(file=sys.stdout), auto_refresh=False) as live:
+            while manifest.in_flight():
+                await asyncio.sleep(poll)
+                await refresh()
+                live.update(Text(status_table(setup, manifest)), refresh=True)
+        return
+    shown = None
+    while True:
+        now = [(e.status, e.request_counts, e.usage) for e in manifest.entries]
+        if now != shown:
+            print(status_table(setup, manifest), flush=True)
+            shown = now
+        if not manifest.in_flight():
+            return
+        await asyncio.sleep(poll)
+        await refresh()
 
 
 def status_table(setup: Setup, manifest: Manifest) -> str:
@@ -504,28 +581,107 @@ def _processing(args, setup: Setup, manifest: Manifest):
         yield sink, validator, annotations
 
 
-def _pass(setup: Setup, manifest: Manifest, sink, validator, annotations, names: list[str]):
+class Interrupts:
+    """Ctrl-C while results are validated (synchronous work that the event loop's own handler
+    would only see when it ends): the first is acknowledged at once and stops the pass after the
+    chunk in hand, keeping what is validated; a second stops the validation at once (elsewhere in
+    the pass, appending to the dataset, it waits for the few milliseconds left: a scenario is
+    never cut in two). Main thread only."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __enter__(self) -> "Interrupts":
+        self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _on_sigint(self, signum, frame) -> None:
+        from asyncgen.batch.process import validate_all
+
+        self.count += 1
+        if self.count == 1:
+            os.write(2, b"\ninterrupted: stopping after the chunk being validated; what is validated is kept "
+                        b"(Ctrl-C again to stop now)\n")
+            return
+        while frame is not None:
+            if frame.f_code is validate_all.__code__:  # it ends with the verdicts so far
+                raise KeyboardInterrupt
+            frame = frame.f_back
+
+    def stop(self) -> bool:
+        return self.count > 0
+
+
+class Display:
+    """``batch run``'s and ``process``'s progress, through the one progress display
+    (``progress.LiveLine``): the dataset's count, the round's batches or the validation in hand,
+    the cost, the time. Off a terminal, a log line when it changes (at most every 5 s)."""
+
+    LOG_EVERY_S = 5.0
+
+    def __init__(self, setup: Setup, manifest: Manifest, started: float) -> None:
+        from asyncgen.progress import LiveLine
+
+        self.setup, self.manifest, self.started = setup, manifest, started
+        self.count, self.validating = 0, None
+        self.line = LiveLine(self.render, logger=log)
+        self._logged = (0.0, "")
+
+    def __enter__(self) -> "Display":
+        self.line.__enter__()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.line.__exit__(*exc_info)
+
+    def render(self, width: int | None) -> str:
+        from asyncgen.progress import fit_fields
+
+        fields = batch_progress_fields(self.setup, self.manifest, self.count, time.monotonic() - self.started, self.validating)
+        return fit_fields(fields, width) if width else " | ".join(text for _, text in fields)
+
+    def show(self, count: int | None = None) -> None:
+        self.count = self.count if count is None else count
+        if self.line.tty:
+            self.line.refresh()
+            return
+        now, key = time.monotonic(), self.render(None).split(" | elapsed")[0]
+        if key != self._logged[1] and now - self._logged[0] >= self.LOG_EVERY_S:
+            self._logged = (now, key)
+            self.line.refresh()
+
+    def validated(self, done: int, total: int) -> None:
+        self.validating = (done, total)
+        if self.line.tty:
+            self.line.refresh()
+
+
+def _pass(setup: Setup, manifest: Manifest, sink, validator, annotations, names: list[str], display: Display | None = None):
     from asyncgen.batch.process import process_pass
 
+    run_state = _run_state(setup, manifest, sink)
+    if display is not None:
+        display.count = sink.count
+    try:
+        with Interrupts() as interrupts:
+            return process_pass(setup.directory, manifest, setup.task, sink, validator, names,
+                                lambda name: lifecycle.result_files(setup.directory, manifest.entry(name)), run_state,
+                                display.validated if display else (lambda done, total: None), annotations,
+                                stop=interrupts.stop)
+    finally:
+        if display is not None:
+            display.validating = None
+
+
+def _run_state(setup: Setup, manifest: Manifest, sink) -> dict:
+    """What the dataset's checkpoint records: the batch dir, and the cost of the dataset so far."""
     at_batch, _ = manifest.cost(setup.costs)
     before = manifest.totals.get("sink_cost_before")
-    run_state = {**sink.resume.run_state, "batch_dir": str(setup.directory),
-                 "cost_usd": None if at_batch is None or before is None else before + at_batch}
-    progress = _progress_printer("validating") if sys.stderr.isatty() else (lambda done, total: None)
-    try:
-        return process_pass(setup.directory, manifest, setup.task, sink, validator, names,
-                            lambda name: lifecycle.result_files(setup.directory, manifest.entry(name)), run_state, progress,
-                            annotations)
-    finally:
-        if sys.stderr.isatty():
-            sys.stderr.write("\r\x1b[2K")
-
-
-def _progress_printer(what: str):
-    def show(done: int, total: int) -> None:
-        sys.stderr.write(f"\r\x1b[2K{what} {done}/{total} pairs")
-        sys.stderr.flush()
-    return show
+    return {**sink.resume.run_state, "batch_dir": str(setup.directory),
+            "cost_usd": None if at_batch is None or before is None else before + at_batch}
 
 
 def _add_results(setup: Setup, manifest: Manifest, paths: list[str]) -> list[str]:
@@ -573,38 +729,110 @@ def cmd_process(args) -> int:
         if not names and not manifest.spares and manifest.processing is None:
             print(f"nothing to process in {setup.directory} (download ended batches first: `batch download`)")
             return 0
-        report = _pass(setup, manifest, sink, validator, annotations, names)
+        with Display(setup, manifest, time.monotonic()) as display:
+            report = _pass(setup, manifest, sink, validator, annotations, names, display)
         count = sink.count
-    print(summary_text(setup, manifest, count, report))
+    print(summary_text(setup, manifest, count, report, stop="interrupted" if report.unvalidated else None,
+                       unvalidated=report.unvalidated))
     if count >= manifest.target:
         return 0
+    if report.unvalidated:
+        print("interrupted: run the same command to validate the rest", file=sys.stderr)
+        return 130
     print(f"short by {manifest.target - count}: python -m asyncgen batch topup --dir {setup.directory}")
     return 1
 
 
-def summary_text(setup: Setup, manifest: Manifest, count: int, report=None, *, title: str = "batch process", wall_s: float | None = None) -> str:
+def summary_text(setup: Setup, manifest: Manifest, count: int, report=None, *, title: str = "batch process",
+                 wall_s: float | None = None, stop: str | None = None, unvalidated: int = 0) -> str:
     t = manifest.totals
-    state = "finished" if count >= manifest.target else "short"
+    state = "finished" if count >= manifest.target else ("interrupted" if stop == "interrupted" else "short")
     lines = [f"asyncgen {title} {state}: {count}/{manifest.target} scenarios in {manifest.output}"
              + (f" ({report.accepted} new this pass)" if report else "")]
     lines.append(f"  requests        {t.get('requests_ok', 0)} answered; failed: "
                  + (", ".join(f"{k}: {n}" for k, n in sorted(t.get('errors', {}).items())) or "none"))
-    lines.append(f"  candidates      {t.get('candidates', 0)} ({t.get('rejected', 0)} rejected, {t.get('duplicates', 0)} duplicates)")
+    lines.append(f"  candidates      {t.get('candidates', 0)} ({t.get('rejected', 0)} rejected, {t.get('duplicates', 0)} duplicates)"
+                 + (" in the passes completed" if unvalidated or manifest.processing else ""))
+    if unvalidated:
+        lines.append(f"  not validated   {unvalidated} candidate pairs of answers paid for, left when the pass was "
+                     f"stopped: they stay in {setup.directory}, and the same command validates them first")
     if t.get("rejections"):
         top = sorted(t["rejections"].items(), key=lambda kv: -kv[1])[:6]
         lines.append("  rejections      " + ", ".join(f"{k}: {n}" for k, n in top))
     if t.get("answer_failures"):
         lines.append("  bad answers     " + ", ".join(f"{k}: {n}" for k, n in sorted(t["answer_failures"].items())))
-    lines.append(f"  spares          {manifest.spares} valid pairs kept in {setup.directory} for later")
+    for pilot in _pilots(manifest):
+        cost = setup.costs(pilot.usage.get("input", 0), pilot.usage.get("output", 0))[1]
+        lines.append(f"  pilot           {pilot.requests} real-time requests measured the yield first "
+                     f"({_money(cost)}, in the cost below)")
+    lines.append(f"  spares          {manifest.spares} valid pairs kept in {setup.directory} for later "
+                 "(none repeats the dataset or another)")
     at_batch, at_real = manifest.cost(setup.costs)
     saved = f", {1 - at_batch / at_real:.0%} saved" if at_batch is not None and at_real else ""
-    lines.append(f"  cost            {_money(at_batch)} at batch prices; real time would have cost {_money(at_real)}{saved}")
+    pilot = " (the pilot's at real-time prices)" if _pilots(manifest) else ""
+    lines.append(f"  cost            {_money(at_batch)} at batch prices{pilot}; real time would have cost {_money(at_real)}{saved}")
     if wall_s is not None:
         lines.append(f"  wall time       {wall_s:.1f} s")
     return "\n".join(lines)
 
 
 # --- run --------------------------------------------------------------------------------------
+
+
+async def _pilot(args, setup: Setup, manifest: Manifest, api, sink, validator, annotations) -> None:
+    """Before the first round: a pilot of a few real-time requests measures the yield (see
+    asyncgen/batch/pilot.py), unless something is measured already or --pilot-requests 0."""
+    from asyncgen.batch.pilot import run_pilot
+
+    deficit = manifest.target - sink.count - manifest.spares
+    if manifest.rounds or _pilots(manifest) or manifest.yield_per_request() is not None or deficit <= 0:
+        return
+    if args.pilot_requests is None:
+        count = plan.pilot_size(deficit, plan.prior_yield(setup.task), setup.task.batch_size)
+    else:
+        count = min(args.pilot_requests, max(1, deficit // max(setup.task.batch_size, 1)))
+    if args.max_cost is not None:  # the pilot's worst case, at real-time prices, within the budget too
+        from asyncgen.prompting import request_cost_bound
+
+        budget_left = args.max_cost - (manifest.committed_worst_cost(setup.costs) or 0.0)
+        count, _ = plan.affordable(count, request_cost_bound(setup.task, setup.price, args.avoid_chars), budget_left)
+    if count <= 0:
+        return
+    _, avoid = _dataset(manifest.output, setup.task)
+    numbers = range(manifest.next_request, manifest.next_request + count)
+    settings = GenerationSettings(setup.model, response_format_for(setup.model, args.response_format), args.temperature, args.seed)
+    log.info("pilot: %d real-time requests measure the yield before round 1 is sized (their pairs go into the dataset)", count)
+    # The entry first, its usage saved with every answer: killed at any moment, the pilot is not
+    # sent again and what it was paid is counted (the pairs of answers not yet accepted are lost).
+    entry = Entry(f"pilot-{manifest.next_request}", 0, count, source="pilot", state="submitted", status="completed",
+                  downloaded=True, processed=True)
+    manifest.next_request += count
+    manifest.entries.append(entry)
+    stats = RunStats(target=manifest.target, accepted=sink.count)
+
+    def record() -> None:
+        entry.request_counts = {"total": count, "completed": stats.requests_ok, "failed": count - stats.requests_ok}
+        entry.usage = {"input": stats.prompt_tokens, "output": stats.completion_tokens}
+        manifest.save(setup.directory)
+
+    record()
+    stats.on_usage = record
+    result = await run_pilot(api.client, api.api_key, setup.task, settings, setup.price, numbers, avoid,
+                             args.avoid_chars, trust_env=api.trust_env, sink=sink, validator=validator,
+                             annotations=annotations, stats=stats)
+    manifest.totals["pilot_yields"] = result.yields
+    if result.surplus:
+        name = f"spares-pilot-{manifest.next_request}.jsonl"
+        atomic_write(setup.directory / name, b"".join(
+            orjson.dumps({"prompt": v.prompt, "counterfactual": v.counterfactual}) + b"\n" for v in result.surplus))
+        manifest.spares_file, manifest.spares = name, len(result.surplus)
+    manifest.save(setup.directory)
+    sink.sync(_run_state(setup, manifest, sink))
+    estimate, _ = yield_estimate(setup, manifest)  # as measured: no round's duplicates
+    cost = setup.costs(stats.prompt_tokens, stats.completion_tokens)[1]
+    log.info("pilot: %d answered, %d scenarios accepted, %s valid new pairs per request%s; %s at real-time prices",
+             stats.requests_ok, result.accepted, f"{estimate.mean:.2f} ± {estimate.spread:.2f}" if estimate else "?",
+             "" if estimate else " (too few answers to size by: the prior is used)", _money(cost))
 
 
 def cmd_run(args) -> int:
@@ -620,88 +848,92 @@ def cmd_run(args) -> int:
         manifest.output = args.output
     setup.manifest = manifest
     manifest.save(setup.directory)
+    outcome = RunOutcome()
     try:
-        return run_event_loop(_run_async(args, setup, manifest, started))
+        run_event_loop(_run_async(args, setup, manifest, started, outcome))
     except KeyboardInterrupt:
+        outcome.stop = "interrupted"
+    count, _ = _dataset(manifest.output, setup.task)
+    text = summary_text(setup, manifest, count, title="batch run", wall_s=time.monotonic() - started,
+                        stop=outcome.stop, unvalidated=outcome.unvalidated)
+    print(fit_summary(text, shutil.get_terminal_size().columns - 1) if sys.stderr.isatty() else text, file=sys.stderr)
+    if count >= manifest.target:
+        return 0
+    if outcome.stop == "interrupted":
         print(f"asyncgen batch run: interrupted; everything so far is kept in {setup.directory}: run the same "
               "command to resume (submitted batches go on meanwhile)", file=sys.stderr)
         return 130
-
-
-async def _run_async(args, setup: Setup, manifest: Manifest, started: float) -> int:
-    directory = setup.directory
-    tty = sys.stderr.isatty()
-    last_logged = [0.0, ""]
-
-    def show(count: int) -> None:
-        line = progress_line(setup, manifest, count, time.monotonic() - started)
-        if tty:
-            sys.stderr.write("\r\x1b[2K" + line)
-            sys.stderr.flush()
-        elif line.split(" | elapsed")[0] != last_logged[1] and time.monotonic() - last_logged[0] >= 5:
-            last_logged[:] = [time.monotonic(), line.split(" | elapsed")[0]]
-            log.info("%s", line)
-
-    def clear() -> None:
-        if tty:
-            sys.stderr.write("\r\x1b[2K")
-            sys.stderr.flush()
-
-    with _processing(args, setup, manifest) as (sink, validator, annotations):
-        async with _api(args, directory, manifest) as (api, mode):
-            poll = args.poll_seconds or POLL_SECONDS[mode]
-            stop = None
-            while True:
-                await lifecycle.refresh(directory, manifest, api)
-                await lifecycle.download(directory, manifest, api)
-                names = [e.name for e in manifest.entries if e.downloaded and not e.processed]
-                if names or manifest.processing is not None or (manifest.spares and sink.count < manifest.target):
-                    clear()
-                    _pass(setup, manifest, sink, validator, annotations, names)
-                if sink.count >= manifest.target:
-                    break
-                if not manifest.in_flight() and not manifest.unsubmitted():
-                    failed = [e for e in manifest.entries if e.status == "failed" and e.round == manifest.rounds]
-                    if failed:
-                        clear()
-                        for entry in failed:
-                            print(f"batch {entry.batch_id} ({entry.name}) failed validation:", file=sys.stderr)
-                            for error in entry.errors[:SHOWN_ERRORS]:
-                                print(f"    line {error['line']}: {error['code']}: {error['message']}", file=sys.stderr)
-                        raise RunError(f"{len(failed)} batch(es) of round {manifest.rounds} failed validation (errors above) "
-                                       "and are not resubmitted as they are; fix the cause, then `asyncgen batch topup "
-                                       f"--dir {directory}` and run again")
-                    _, avoid = _dataset(manifest.output, setup.task)
-                    made = _plan_and_write(args, setup, manifest, manifest.target - sink.count, avoid)
-                    if not made.requests:
-                        stop = "max_cost"
-                        break
-                    clear()
-                    log.info("round %d: %d requests for %d scenarios (worst case %s at batch prices)", manifest.rounds,
-                             made.requests, manifest.target - sink.count, _money(made.worst_cost_usd))
-                if manifest.unsubmitted():
-                    clear()
-                    await lifecycle.submit(directory, manifest, api, say=lambda text: log.info("%s", text))
-                show(sink.count)
-                await asyncio.sleep(poll)
-            clear()
-            count = sink.count
-    print(summary_text(setup, manifest, count, title="batch run", wall_s=time.monotonic() - started), file=sys.stderr)
-    if count >= manifest.target:
-        return 0
-    if stop == "max_cost":
+    if outcome.stop == "max_cost":
         print(f"asyncgen batch run: stopped at --max-cost ${args.max_cost}: the next request could cross it; "
               "raise --max-cost and run again to resume", file=sys.stderr)
     return 1
 
 
-def progress_line(setup: Setup, manifest: Manifest, count: int, elapsed: float) -> str:
+@dataclass
+class RunOutcome:
+    stop: str | None = None  # why batch run ended short: "interrupted", "max_cost"
+    unvalidated: int = 0  # candidates a stopped processing pass left (the next pass replays them)
+
+
+async def _run_async(args, setup: Setup, manifest: Manifest, started: float, outcome: RunOutcome) -> None:
+    directory = setup.directory
+    with _processing(args, setup, manifest) as (sink, validator, annotations), Display(setup, manifest, started) as display:
+        async with _api(args, directory, manifest) as (api, mode):
+            poll = args.poll_seconds or POLL_SECONDS[mode]
+            while True:
+                await lifecycle.refresh(directory, manifest, api)
+                await lifecycle.download(directory, manifest, api)
+                names = [e.name for e in manifest.entries if e.downloaded and not e.processed]
+                if names or manifest.processing is not None or (manifest.spares and sink.count < manifest.target):
+                    report = _pass(setup, manifest, sink, validator, annotations, names, display)
+                    if report.unvalidated:
+                        outcome.stop, outcome.unvalidated = "interrupted", report.unvalidated
+                        return
+                if sink.count >= manifest.target:
+                    return
+                if not manifest.in_flight() and not manifest.unsubmitted():
+                    failed = [e for e in manifest.entries if e.status == "failed" and e.round == manifest.rounds]
+                    if failed:
+                        for entry in failed:
+                            log.error("batch %s (%s) failed validation:", entry.batch_id, entry.name)
+                            for error in entry.errors[:SHOWN_ERRORS]:
+                                log.error("    line %s: %s: %s", error["line"], error["code"], error["message"])
+                        raise RunError(f"{len(failed)} batch(es) of round {manifest.rounds} failed validation (errors above) "
+                                       "and are not resubmitted as they are; fix the cause, then `asyncgen batch topup "
+                                       f"--dir {directory}` and run again")
+                    await _pilot(args, setup, manifest, api, sink, validator, annotations)
+                    if sink.count >= manifest.target:
+                        return
+                    _, avoid = _dataset(manifest.output, setup.task)
+                    made = _plan_and_write(args, setup, manifest, manifest.target - sink.count, avoid)
+                    if not made.requests:
+                        outcome.stop = "max_cost"
+                        return
+                    log.info("round %d: %d requests for %d scenarios (worst case %s at batch prices)", manifest.rounds,
+                             made.requests, manifest.target - sink.count, _money(made.worst_cost_usd))
+                if manifest.unsubmitted():
+                    await lifecycle.submit(directory, manifest, api, say=lambda text: log.info("%s", text))
+                display.show(sink.count)
+                await asyncio.sleep(poll)
+
+
+def batch_progress_fields(setup: Setup, manifest: Manifest, count: int, elapsed: float,
+                          validating: tuple[int, int] | None = None) -> list[tuple[int, str]]:
+    """The fields of ``batch run``'s progress line, each with its priority (0 = always shown; higher
+    numbers are dropped first when the terminal is narrow: see ``progress.fit_fields``). Pure."""
     width = 20
     filled = int(width * min(1.0, count / manifest.target)) if manifest.target else width
     running = manifest.in_flight()
     done = sum((e.request_counts or {}).get("completed", 0) for e in running)
     total = sum((e.request_counts or {}).get("total") or e.requests for e in running)
     at_batch, _ = manifest.cost(setup.costs)
-    batches = f"{len(running)} batch(es) running, {done}/{total} requests" if running else "no batch running"
-    return (f"[{'#' * filled}{'-' * (width - filled)}] {count}/{manifest.target} | round {manifest.rounds}: "
-            f"{batches} | {_money(at_batch)} | elapsed {_duration(elapsed)}")
+    if validating is not None:
+        doing = f"validating {validating[0]}/{validating[1]} pairs"
+    elif running:
+        doing = f"round {manifest.rounds}: {len(running)} batch(es), {done}/{total} requests done"
+    elif manifest.rounds == 0:
+        doing = "planning round 1"
+    else:
+        doing = f"round {manifest.rounds}: no batch running"
+    return [(5, f"[{'#' * filled}{'-' * (width - filled)}]"), (0, f"{count}/{manifest.target} scenarios"), (1, doing),
+            (2, f"cost {_money(at_batch)}"), (3, f"elapsed {_duration(elapsed)}")]

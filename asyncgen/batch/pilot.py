@@ -1,0 +1,65 @@
+"""A pilot: a few real-time requests that measure the yield before a first batch round is sized.
+
+A round of the Batch API takes up to a day, so it is sized from a measured yield (see
+``plan.requests_to_reach``), not a prior. Before the first round, ``batch run`` sends a few
+requests through ``run``'s stages: ``workers.Generator`` (the request builder, transport, retries
+and cost accounting of ``asyncgen run``), then the one acceptance path into the dataset, one
+request at a time, so that each request's yield (the valid new pairs it added) is known. The
+pilot is paid at real-time prices; its answers are not thrown away: their pairs go into the
+dataset (a surplus, if a model answers with more pairs than asked, into the spares). What it
+measured and cost is recorded in the manifest as an entry of source ``pilot``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from asyncgen.acceptance import Acceptance
+from asyncgen.annotations import Sidecar
+from asyncgen.config import Task
+from asyncgen.prices import Price
+from asyncgen.prompting import GenerationSettings, largest_request_tokens, request_avoid_list
+from asyncgen.sink import ScenarioSink
+from asyncgen.stats import RunStats
+from asyncgen.validate import PairValidator, Verdict
+
+REQUEST_TIMEOUT_S = 120.0
+
+
+@dataclass
+class PilotResult:
+    yields: list[int]  # valid new pairs per request, in request order (0 for a request given up)
+    accepted: int = 0
+    surplus: list[Verdict] = field(default_factory=list)  # valid pairs beyond the target
+
+
+async def run_pilot(client, api_key: str | None, task: Task, settings: GenerationSettings, price: Price | None,
+                    numbers: Sequence[int], avoid_pool: Sequence[str], avoid_chars: int, *, trust_env: bool,
+                    sink: ScenarioSink, validator: PairValidator, annotations: Sidecar | None,
+                    stats: RunStats) -> PilotResult:
+    """Send the requests ``numbers`` (at once) to ``client``'s server; accept their pairs into
+    ``sink`` one request at a time; return each request's yield. ``stats`` counts the requests,
+    their tokens and real-time cost as run's do, whatever happens (the caller records them)."""
+    from asyncgen.throttle import RetryPolicy, Throttle
+    from asyncgen.transport import ChatTransport
+    from asyncgen.workers import Generator
+
+    stats.cost_usd = None if price is None else 0.0
+    transport = ChatTransport(client, concurrency=max(1, len(numbers)), timeout=REQUEST_TIMEOUT_S, trust_env=trust_env)
+    throttle = Throttle(largest_request_tokens=largest_request_tokens(task, avoid_chars))
+    generator = Generator(transport, task, settings, throttle, RetryPolicy(), stats, price, api_key)
+    try:
+        answers = await asyncio.gather(*(generator.generate(n, request_avoid_list(avoid_pool, avoid_chars, n))
+                                         for n in numbers))
+    finally:
+        await transport.close()
+    result = PilotResult([])
+    acceptance = Acceptance(task, sink, stats, annotations)
+    for pairs in answers:
+        taken = acceptance.take(validator.validate(acceptance.fresh(pairs)) if pairs else [])
+        result.yields.append(len(taken.accepted) + len(taken.surplus))
+        result.accepted += len(taken.accepted)
+        result.surplus += taken.surplus
+    return result
