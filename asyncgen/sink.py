@@ -45,8 +45,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import gc
+import hashlib
 import logging
 import os
+import secrets
 import stat
 import threading
 import time
@@ -156,7 +158,7 @@ class ScenarioSink:
         fd = _open_for_append(path)
         try:
             return cls._resume(
-                fd, path, checkpoint_path,
+                fd, path, checkpoint_path, existed,
                 task_name=task_name, fingerprint=fingerprint, force_resume=force_resume,
                 overwrite=overwrite, durability=durability, auto_sync=auto_sync,
             )
@@ -167,18 +169,24 @@ class ScenarioSink:
             raise
 
     @classmethod
-    def _resume(cls, fd: int, path: Path, checkpoint_path: Path | None, *, task_name: str, fingerprint: dict,
+    def _resume(cls, fd: int, path: Path, checkpoint_path: Path | None, existed: bool, *, task_name: str, fingerprint: dict,
                 force_resume: bool, overwrite: bool, durability: DurabilityPolicy, auto_sync: bool) -> "ScenarioSink":
-        with open(path, "rb") as handle:
-            data = handle.read()
+        size = os.fstat(fd).st_size
         found = _Found()
-        stored, why = _read_checkpoint(checkpoint_path, path) if checkpoint_path is not None else (None, "")
+        stored, why = _read_checkpoint(checkpoint_path, path, existed) if checkpoint_path is not None else (None, "")
         journal_path = _journal_path(checkpoint_path) if checkpoint_path is not None else None
         if overwrite and journal_path is not None:
             journal_path.unlink(missing_ok=True)
-        if overwrite or not data:
-            if data:
-                note = f" (overwrote {len(data)} bytes)"
+        tail = b""
+        # An empty dataset whose checkpoint says so is resumed: the usage of runs that wrote no
+        # scenario yet (interrupted, or stopped at --max-cost) still counts.
+        carried = not overwrite and not size and stored is not None and stored.scenarios == 0 and stored.offset == 0
+        if carried:
+            report = ResumeReport(0, 0, 0, True, f"resumed {path} at 0 scenarios (from its checkpoint: no scenario "
+                                                 "yet, the earlier runs' usage counts)", dict(stored.run_state))
+        elif overwrite or not size:
+            if size:
+                note = f" (overwrote {size} bytes)"
             elif stored is not None and stored.scenarios:
                 note = f" (its checkpoint said {stored.scenarios} scenarios, but the file is empty or missing)"
             else:
@@ -186,24 +194,29 @@ class ScenarioSink:
             report = ResumeReport(0, 0, 0, False, f"new dataset {path}{note}")
         elif checkpoint_path is None:
             raise UsageError(
-                f"--output {path} already holds {len(data)} bytes and --no-checkpoint was given; "
+                f"--output {path} already holds {size} bytes and --no-checkpoint was given; "
                 "pass --overwrite to replace it, or drop --no-checkpoint to resume it"
             )
         else:
-            report = _resume_from(data, stored, why, found, path, task_name)
+            with open(path, "rb") as handle:
+                report, tail = _resume_from(handle, size, stored, why, found, path, task_name)
             _refuse_other_setup(path, stored, found, task_name, fingerprint, force_resume, report)
-        journal_seq = stored.journal_seq if stored is not None and not overwrite else 0
+        started_over = overwrite or (not size and not carried)
+        same_dataset = stored is not None and not started_over
+        journal_seq = stored.journal_seq if same_dataset else 0
+        dataset_id = stored.dataset_id if same_dataset and stored.dataset_id else secrets.token_hex(8)
         if journal_path is not None and not overwrite:
-            noted = _last_noted(journal_path, path, journal_seq)
+            noted = _last_noted(journal_path, path, journal_seq, dataset_id)
             if noted is not None:
                 journal_seq, report.run_state = noted
                 report.message += "; the usage since its last checkpoint recovered from the journal"
-        kept = 0 if overwrite else len(data) - report.dropped_bytes
+        kept = 0 if overwrite else size - report.dropped_bytes
         sink = cls(
             fd, path, checkpoint_path, task_name=task_name, fingerprint=fingerprint, durability=durability,
             auto_sync=auto_sync, resume=report, offset=kept, found=found,
         )
-        sink._journal_path, sink._journal_seq = journal_path, journal_seq
+        sink._journal_path, sink._journal_seq, sink._dataset_id = journal_path, journal_seq, dataset_id
+        sink._first_scenario = found.first_scenario
         # The checkpoint goes first: it proves the location writable before the file is changed,
         # and a crash before the cut below leaves a file longer than it says, which resumes.
         if checkpoint_path is not None:
@@ -216,9 +229,9 @@ class ScenarioSink:
                 ) from exc
             if journal_path is not None:  # the checkpoint now holds what the journal had
                 journal_path.unlink(missing_ok=True)
-        if kept < len(data):
+        if kept < size:
             if not overwrite:
-                report.message += f", saved in {_save_cut_bytes(path, data[kept:])}"
+                report.message += f", saved in {_save_cut_bytes(path, tail)}"
             _truncate(fd, path, kept)
         try:
             os.fsync(fd)
@@ -249,6 +262,8 @@ class ScenarioSink:
         self._journal_path: Path | None = None
         self._journal_fd: int | None = None
         self._journal_seq = 0  # the last run_state noted (or recovered)
+        self._dataset_id = ""  # made with the dataset's first checkpoint; its journal lines carry it
+        self._first_scenario: str | None = None  # what identifies the dataset (see _read_checkpoint)
         self._stopped: str | None = None  # why appends are refused
         self._sync_broken = False  # fsync failed or the file vanished: no checkpoint may claim durability
         self._lock = threading.Lock()  # one write and its counters
@@ -284,6 +299,8 @@ class ScenarioSink:
             scenario_id = self._count
             data = encode_lines(scenario_id, self._task_name, scenario)
             self._write(data, scenario_id)
+            if scenario_id == 0:
+                self._first_scenario = hashlib.sha256(data).hexdigest()
             self._offset += len(data)
             self._count += 1
             self._prompts.add(prompt)
@@ -299,7 +316,8 @@ class ScenarioSink:
             return
         with self._lock:
             self._journal_seq += 1
-            line = orjson.dumps({"seq": self._journal_seq, "sink": str(self.path), "run_state": run_state}) + b"\n"
+            line = orjson.dumps({"seq": self._journal_seq, "dataset_id": self._dataset_id, "sink": str(self.path),
+                                 "run_state": run_state}) + b"\n"
             try:
                 if self._journal_fd is None:
                     self._journal_fd = os.open(self._journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
@@ -420,6 +438,11 @@ class ScenarioSink:
             {
                 "version": CHECKPOINT_VERSION,
                 "sink": str(self.path),
+                "dataset": {
+                    "id": self._dataset_id,
+                    "first_scenario": self._first_scenario,
+                    "name": _relative_name(self.path, self.checkpoint_path),
+                },
                 "offset": offset,
                 "scenarios": count,
                 "fingerprint": self._fingerprint,
@@ -449,6 +472,7 @@ class _Found:
     """The scenarios a resume kept: how many, their dedup keys, the task names seen."""
 
     scenarios: int = 0
+    first_scenario: str | None = None  # sha256 of its four lines
     recent_prompts: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_PROMPTS))
     prompts: set[str] = field(default_factory=set)
     counterfactuals: set[str] = field(default_factory=set)
@@ -462,15 +486,23 @@ class _Checkpoint:
     fingerprint: dict
     run_state: dict
     journal_seq: int = 0
+    dataset_id: str = ""
 
 
 class OtherDatasetsCheckpoint(UsageError):
     """The checkpoint file names another dataset: ``open`` refuses it rather than overwrite it."""
 
 
-def _read_checkpoint(path: Path, sink: Path) -> tuple[_Checkpoint | None, str]:
+def _read_checkpoint(path: Path, sink: Path, sink_existed: bool = True) -> tuple[_Checkpoint | None, str]:
     """The checkpoint of ``sink`` at ``path``, or None and why there is none to use; raises
-    ``OtherDatasetsCheckpoint`` when it belongs to another dataset."""
+    ``OtherDatasetsCheckpoint`` when it belongs to another dataset.
+
+    A dataset is known by what it holds, not where it is, so that a copied or moved pair resumes:
+    by the digest of its first scenario when both the checkpoint and the file have one. Until it
+    has one (and for checkpoints written before the digest was recorded) by its place: the path
+    recorded, or, if the file exists (a copied empty dataset comes with its file), the name
+    recorded relative to the checkpoint's folder.
+    """
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -487,21 +519,60 @@ def _read_checkpoint(path: Path, sink: Path) -> tuple[_Checkpoint | None, str]:
     fingerprint, run_state = data.get("fingerprint"), data.get("run_state")
     if not (_is_count(offset) and _is_count(scenarios) and isinstance(fingerprint, dict) and isinstance(run_state, dict)):
         return None, f"checkpoint {path} is malformed"
-    if data.get("sink") != str(sink):
+    dataset = data.get("dataset") if isinstance(data.get("dataset"), dict) else {}
+    recorded, first = dataset.get("first_scenario"), first_scenario_digest(sink)
+    if isinstance(recorded, str) and first is not None:
+        ours, differs = recorded == first, "its first scenario differs"
+    else:
+        name = dataset.get("name")
+        ours = data.get("sink") == str(sink) or (
+            sink_existed and isinstance(name, str) and (path.parent / name).resolve() == sink)
+        differs = "another place"
+    if not ours:
         raise OtherDatasetsCheckpoint(
-            f"--checkpoint {path} belongs to another dataset ({data.get('sink')}), not to {sink}; pass "
+            f"--checkpoint {path} belongs to another dataset ({data.get('sink')}; {differs}), not to {sink}; pass "
             f"--checkpoint with a path of its own for this dataset, or delete {path} if that dataset is gone"
         )
     journal_seq = data.get("journal_seq", 0)
-    return _Checkpoint(offset, scenarios, fingerprint, run_state, journal_seq if _is_count(journal_seq) else 0), ""
+    dataset_id = dataset.get("id") if isinstance(dataset.get("id"), str) else ""
+    return _Checkpoint(offset, scenarios, fingerprint, run_state, journal_seq if _is_count(journal_seq) else 0,
+                       dataset_id), ""
+
+
+def first_scenario_digest(dataset: Path) -> str | None:
+    """sha256 of the first four lines of ``dataset`` (its first scenario), or None if it has fewer."""
+    try:
+        with open(dataset, "rb") as handle:
+            head = b""
+            while head.count(b"\n") < LINES_PER_SCENARIO:
+                chunk = handle.read(1 << 16)
+                if not chunk:
+                    return None
+                head += chunk
+    except OSError:
+        return None
+    end = 0
+    for _ in range(LINES_PER_SCENARIO):
+        end = head.index(b"\n", end) + 1
+    return hashlib.sha256(head[:end]).hexdigest()
+
+
+def _relative_name(dataset: Path, checkpoint: Path | None) -> str | None:
+    if checkpoint is None:
+        return None
+    try:
+        return os.path.relpath(dataset, checkpoint.parent)
+    except ValueError:  # another drive (Windows)
+        return None
 
 
 def _journal_path(checkpoint: Path) -> Path:
     return checkpoint.with_name(checkpoint.name + ".journal")
 
 
-def _last_noted(journal: Path, sink: Path, after_seq: int) -> tuple[int, dict] | None:
-    """(seq, run_state) of the journal's last whole line for ``sink`` past ``after_seq``, or None."""
+def _last_noted(journal: Path, sink: Path, after_seq: int, dataset_id: str) -> tuple[int, dict] | None:
+    """(seq, run_state) of the journal's last whole line for this dataset past ``after_seq``, or None.
+    Lines written before the dataset id was recorded name the dataset by its path."""
     try:
         lines = journal.read_bytes().split(b"\n")[:-1]  # what follows the last newline is torn
     except OSError:
@@ -511,35 +582,43 @@ def _last_noted(journal: Path, sink: Path, after_seq: int) -> tuple[int, dict] |
             entry = orjson.loads(line)
         except orjson.JSONDecodeError:
             continue
-        if (isinstance(entry, dict) and entry.get("sink") == str(sink) and _is_count(entry.get("seq"))
-                and isinstance(entry.get("run_state"), dict)):
+        if not isinstance(entry, dict):
+            continue
+        ours = entry.get("dataset_id") == dataset_id if "dataset_id" in entry else entry.get("sink") == str(sink)
+        if ours and _is_count(entry.get("seq")) and isinstance(entry.get("run_state"), dict):
             return (entry["seq"], entry["run_state"]) if entry["seq"] > after_seq else None
     return None
 
 
-def _resume_from(data: bytes, stored: _Checkpoint | None, why: str, found: _Found, path: Path,
-                 task_name: str) -> ResumeReport:
-    """Find the scenarios in ``data`` (filling ``found``) and the torn tail to cut; raise if damaged,
-    or if what follows the last scenario is not the start of the next one (not a file asyncgen wrote)."""
+READ_BYTES = 1 << 23  # a resume reads the file in pieces of this size: memory stays flat however long it is
+
+
+def _resume_from(handle, size: int, stored: _Checkpoint | None, why: str, found: _Found, path: Path,
+                 task_name: str) -> tuple[ResumeReport, bytes]:
+    """Find the scenarios in the file (filling ``found``) and the torn tail to cut (returned with the
+    report); raise if damaged, or if what follows the last scenario is not the start of the next one
+    (not a file asyncgen wrote). The file is read in pieces, once when the checkpoint holds."""
     with _gc_paused():  # hundreds of thousands of short-lived dicts: the collector would triple the time
-        lines = data.split(b"\n")
         trusted = False
         if stored is not None:
-            why = _trust_prefix(data, lines, stored, found)
+            why = _trust_prefix(handle, size, stored, found)
             trusted = not why
             if why:
                 why = f"checkpoint at {stored.scenarios} scenarios, byte {stored.offset}: {why}"
+                found.__init__()  # the scan below starts over from the first scenario
         first_id, offset = (stored.scenarios, stored.offset) if trusted else (0, 0)
-        end, problem = _scan_groups(lines, first_id, offset, found)
+        end, problem = _scan_groups(handle, first_id, offset, found)
     if problem is not None:
         raise SinkError(
             f"{path}: scenario {found.scenarios} at byte {end} (line {LINES_PER_SCENARIO * found.scenarios + 1}) is "
-            f"malformed ({problem}) and {len(data) - end} bytes follow, more than a torn write leaves; nothing was "
+            f"malformed ({problem}) and {size - end} bytes follow, more than a torn write leaves; nothing was "
             f"cut: inspect it, or keep the {found.scenarios} scenarios before it with `truncate -s {end} {path}`"
         )
-    dropped = len(data) - end
-    if dropped and not _is_torn_scenario(data[end:], found.scenarios, task_name):
-        what = (f"{len(data)} bytes and no scenario" if found.scenarios == 0
+    dropped = size - end
+    handle.seek(end)
+    tail = handle.read(dropped)
+    if dropped and not _is_torn_scenario(tail, found.scenarios, task_name):
+        what = (f"{size} bytes and no scenario" if found.scenarios == 0
                 else f"{found.scenarios} scenarios and then {dropped} bytes")
         raise UsageError(
             f"--output {path} holds {what} that are not the start of scenario {found.scenarios}: it is not a "
@@ -555,7 +634,7 @@ def _resume_from(data: bytes, stored: _Checkpoint | None, why: str, found: _Foun
     if dropped:
         message += f"; cut a torn tail of {dropped} bytes (1 partial scenario)"
     run_state = dict(stored.run_state) if stored is not None else {}
-    return ResumeReport(found.scenarios, dropped, 1 if dropped else 0, trusted, message, run_state)
+    return ResumeReport(found.scenarios, dropped, 1 if dropped else 0, trusted, message, run_state), tail
 
 
 def _is_torn_scenario(tail: bytes, scenario_id: int, task_name: str) -> bool:
@@ -577,62 +656,90 @@ def _is_torn_scenario(tail: bytes, scenario_id: int, task_name: str) -> bool:
     return fragment[: len(start)] == start[: len(fragment)]
 
 
-def _trust_prefix(data: bytes, lines: list[bytes], stored: _Checkpoint, found: _Found) -> str:
+def _line_groups(handle, start: int, end: int | None = None) -> Iterator[list[bytes]]:
+    """The complete lines of the file from byte ``start`` (to ``end``), in lists of whole groups of
+    four, read a piece at a time; what is left at the end (fewer than four lines, or a part of one)
+    is not yielded."""
+    handle.seek(start)
+    left = None if end is None else end - start
+    carry = b""
+    while left is None or left > 0:
+        piece = handle.read(READ_BYTES if left is None else min(READ_BYTES, left))
+        if not piece:
+            break
+        if left is not None:
+            left -= len(piece)
+        lines = (carry + piece if carry else piece).split(b"\n")
+        whole = (len(lines) - 1) // LINES_PER_SCENARIO * LINES_PER_SCENARIO
+        carry = b"\n".join(lines[whole:])
+        if whole:
+            yield lines[:whole]
+
+
+def _trust_prefix(handle, size: int, stored: _Checkpoint, found: _Found) -> str:
     """Why the checkpoint's prefix of the file cannot be trusted, or '' with ``found`` filled from it.
 
     Trusting means cheap checks only: the offset ends the checkpoint's number of lines, and the
     group before it is whole with the right id. The prefix is decoded just for its dedup keys.
     """
     offset, scenarios = stored.offset, stored.scenarios
-    if offset > len(data):
-        return f"offset past the end of the file ({len(data)} bytes)"
+    if offset > size:
+        return f"offset past the end of the file ({size} bytes)"
     if scenarios == 0:
         return "" if offset == 0 else "an offset but no scenarios"
-    if data[offset - 1 : offset] != b"\n" or data.count(b"\n", 0, offset) != LINES_PER_SCENARIO * scenarios:
+    handle.seek(offset - 1)
+    if handle.read(1) != b"\n":
         return "the file does not end that scenario there"
-    end = LINES_PER_SCENARIO * scenarios
     loads = orjson.loads
+    lines_seen, last_group, first_group = 0, None, None
     try:
-        _, task, _ = parse_group([loads(line) for line in lines[end - LINES_PER_SCENARIO : end]], scenarios - 1)
-        # The multi-token lines hold the dedup keys (see Scenario.dedup_keys).
-        texts = [loads(line)["text"] for line in lines[2:end:LINES_PER_SCENARIO]]
-        prompts = {normalize(text) for text in texts}
-        counterfactuals = {normalize(loads(line)["text"]) for line in lines[3:end:LINES_PER_SCENARIO]}
+        for lines in _line_groups(handle, 0, offset):
+            if first_group is None:
+                first_group = lines[:LINES_PER_SCENARIO]
+            # The multi-token lines hold the dedup keys (see Scenario.dedup_keys).
+            texts = [loads(line)["text"] for line in lines[2::LINES_PER_SCENARIO]]
+            found.prompts.update([normalize(text) for text in texts])
+            found.counterfactuals.update([normalize(loads(line)["text"]) for line in lines[3::LINES_PER_SCENARIO]])
+            found.recent_prompts.extend(texts[-RECENT_PROMPTS:])
+            lines_seen += len(lines)
+            last_group = lines[-LINES_PER_SCENARIO:]
+        if lines_seen != LINES_PER_SCENARIO * scenarios:
+            return "the file does not end that scenario there"
+        _, task, _ = parse_group([loads(line) for line in last_group], scenarios - 1)
     except (orjson.JSONDecodeError, GroupError, KeyError, TypeError, AttributeError) as exc:
         return f"its scenarios do not check out ({exc})"
-    found.scenarios, found.prompts, found.counterfactuals, found.tasks = scenarios, prompts, counterfactuals, {task}
-    found.recent_prompts.extend(texts[-RECENT_PROMPTS:])
+    found.scenarios, found.tasks = scenarios, {task}
+    found.first_scenario = hashlib.sha256(b"".join(line + b"\n" for line in first_group)).hexdigest()
     return ""
 
 
-def _scan_groups(lines: list[bytes], first_id: int, offset: int, found: _Found) -> tuple[int, str | None]:
+def _scan_groups(handle, first_id: int, offset: int, found: _Found) -> tuple[int, str | None]:
     """Keep the well-formed groups from scenario ``first_id`` (at byte ``offset``) on.
 
-    ``lines`` is the whole file split on newlines; its last item is what follows the last newline.
     Return the byte end of the last kept group and, if a malformed group stopped the scan with
     four or more complete lines left, what is wrong with it; fewer lines are a torn tail.
     """
     loads = orjson.loads
-    complete = len(lines) - 1
-    index, scenario_id = LINES_PER_SCENARIO * first_id, first_id
-    problem = None
-    while index + LINES_PER_SCENARIO <= complete:
-        group = lines[index : index + LINES_PER_SCENARIO]
-        try:
-            _, task, scenario = parse_group([loads(line) for line in group], scenario_id)
-        except (orjson.JSONDecodeError, GroupError) as exc:
-            problem = str(exc)
-            break
-        prompt, counterfactual = scenario.dedup_keys()
-        found.recent_prompts.append(scenario.multi_token_prompt)
-        found.prompts.add(prompt)
-        found.counterfactuals.add(counterfactual)
-        found.tasks.add(task)
-        offset += len(group[0]) + len(group[1]) + len(group[2]) + len(group[3]) + LINES_PER_SCENARIO
-        index += LINES_PER_SCENARIO
-        scenario_id += 1
+    scenario_id = first_id
+    for lines in _line_groups(handle, offset):
+        for index in range(0, len(lines), LINES_PER_SCENARIO):
+            group = lines[index : index + LINES_PER_SCENARIO]
+            try:
+                _, task, scenario = parse_group([loads(line) for line in group], scenario_id)
+            except (orjson.JSONDecodeError, GroupError) as exc:
+                found.scenarios = scenario_id
+                return offset, str(exc)
+            prompt, counterfactual = scenario.dedup_keys()
+            found.recent_prompts.append(scenario.multi_token_prompt)
+            found.prompts.add(prompt)
+            found.counterfactuals.add(counterfactual)
+            found.tasks.add(task)
+            if scenario_id == 0:
+                found.first_scenario = hashlib.sha256(b"".join(line + b"\n" for line in group)).hexdigest()
+            offset += len(group[0]) + len(group[1]) + len(group[2]) + len(group[3]) + LINES_PER_SCENARIO
+            scenario_id += 1
     found.scenarios = scenario_id
-    return offset, problem
+    return offset, None
 
 
 def _refuse_other_setup(path: Path, stored: _Checkpoint | None, found: _Found, task_name: str, fingerprint: dict,
