@@ -127,6 +127,23 @@ def test_run_repairs_a_lagging_or_damaged_sidecar(tmp_path, generated, tokenizer
     assert lines == annotate(dataset.scenarios, loaded, task_answers(load_task("refusal"), loaded))
 
 
+def test_a_copied_dataset_keeps_its_run_figures_in_inspect(tmp_path, generated, cli):
+    """The checkpoint knows its dataset by its first scenario, not its path: copied elsewhere, the
+    pair still shows the run's figures; another dataset beside that checkpoint does not."""
+    for name in ("dataset.jsonl", "dataset.checkpoint.json"):
+        shutil.copy(generated / name, tmp_path / name)
+    code, out, _ = cli("inspect", str(tmp_path / "dataset.jsonl"), "--no-tokens", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["dataset"]["checkpoint"] == str(tmp_path / "dataset.checkpoint.json")
+    assert report["run"]["accepted"] == 40 and report["run"]["cost_usd"] > 0
+    records = [json.loads(line) for line in (tmp_path / "dataset.jsonl").read_text(encoding="utf-8").splitlines()[:4]]
+    for record in records:  # another dataset: one scenario, not the first one of the checkpoint's
+        record["text"] = record["text"].replace("e", "E")
+    (tmp_path / "dataset.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    code, out, _ = cli("inspect", str(tmp_path / "dataset.jsonl"), "--no-tokens")
+    assert code == 0 and "no checkpoint of this dataset found" in out
+
+
 def test_no_annotate_writes_no_sidecar(tmp_path, tokenizer_cache):
     done = run_cmd(tmp_path, "--num-scenarios", "5", "--validator-workers", "0", "--no-annotate", cache=tokenizer_cache)
     assert done.returncode == 0, done.stderr

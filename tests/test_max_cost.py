@@ -219,6 +219,10 @@ def test_spending_of_runs_that_wrote_no_scenario_still_counts(tmp_path, simulato
     again = run(tmp_path, *flags)
     assert again.returncode == 2 and f"the dataset has cost ${spent:.4f} so far" in again.stderr
     assert sim_stats(base_url)["tokens"] == served  # not one more request
+    (tmp_path / "dataset.jsonl").unlink()  # an empty file is easily taken for litter: the usage still counts
+    gone = run(tmp_path, *flags)
+    assert gone.returncode == 2 and f"the dataset has cost ${spent:.4f} so far" in gone.stderr
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["run_state"]["cost_usd"] == spent  # kept
     # Copied alone beside a new output, the checkpoint is another dataset's: refused, left alone.
     other = tmp_path / "other"
     other.mkdir()
