@@ -63,7 +63,16 @@ import orjson
 
 from asyncgen.config import Task
 from asyncgen.errors import SinkError, UsageError
-from asyncgen.scenario import LINES_PER_SCENARIO, TYPES, GroupError, Scenario, encode_lines, normalize, parse_group
+from asyncgen.scenario import (
+    LINES_PER_SCENARIO,
+    TYPES,
+    GroupError,
+    Scenario,
+    encode_lines,
+    line_groups,
+    normalize,
+    parse_group,
+)
 
 try:
     import fcntl
@@ -590,9 +599,6 @@ def _last_noted(journal: Path, sink: Path, after_seq: int, dataset_id: str) -> t
     return None
 
 
-READ_BYTES = 1 << 23  # a resume reads the file in pieces of this size: memory stays flat however long it is
-
-
 def _resume_from(handle, size: int, stored: _Checkpoint | None, why: str, found: _Found, path: Path,
                  task_name: str) -> tuple[ResumeReport, bytes]:
     """Find the scenarios in the file (filling ``found``) and the torn tail to cut (returned with the
@@ -656,26 +662,6 @@ def _is_torn_scenario(tail: bytes, scenario_id: int, task_name: str) -> bool:
     return fragment[: len(start)] == start[: len(fragment)]
 
 
-def _line_groups(handle, start: int, end: int | None = None) -> Iterator[list[bytes]]:
-    """The complete lines of the file from byte ``start`` (to ``end``), in lists of whole groups of
-    four, read a piece at a time; what is left at the end (fewer than four lines, or a part of one)
-    is not yielded."""
-    handle.seek(start)
-    left = None if end is None else end - start
-    carry = b""
-    while left is None or left > 0:
-        piece = handle.read(READ_BYTES if left is None else min(READ_BYTES, left))
-        if not piece:
-            break
-        if left is not None:
-            left -= len(piece)
-        lines = (carry + piece if carry else piece).split(b"\n")
-        whole = (len(lines) - 1) // LINES_PER_SCENARIO * LINES_PER_SCENARIO
-        carry = b"\n".join(lines[whole:])
-        if whole:
-            yield lines[:whole]
-
-
 def _trust_prefix(handle, size: int, stored: _Checkpoint, found: _Found) -> str:
     """Why the checkpoint's prefix of the file cannot be trusted, or '' with ``found`` filled from it.
 
@@ -693,7 +679,7 @@ def _trust_prefix(handle, size: int, stored: _Checkpoint, found: _Found) -> str:
     loads = orjson.loads
     lines_seen, last_group, first_group = 0, None, None
     try:
-        for lines in _line_groups(handle, 0, offset):
+        for lines in line_groups(handle, 0, offset):
             if first_group is None:
                 first_group = lines[:LINES_PER_SCENARIO]
             # The multi-token lines hold the dedup keys (see Scenario.dedup_keys).
@@ -721,7 +707,7 @@ def _scan_groups(handle, first_id: int, offset: int, found: _Found) -> tuple[int
     """
     loads = orjson.loads
     scenario_id = first_id
-    for lines in _line_groups(handle, offset):
+    for lines in line_groups(handle, offset):
         for index in range(0, len(lines), LINES_PER_SCENARIO):
             group = lines[index : index + LINES_PER_SCENARIO]
             try:
