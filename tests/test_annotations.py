@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from asyncgen.annotations import Sidecar, annotate, sidecar_path, task_answers
+from asyncgen.annotations import Sidecar, annotate, record_path, sidecar_path, task_answers
 from asyncgen.config import load_task
-from asyncgen.scenario import Scenario, read_dataset
+from asyncgen.scenario import Scenario, encode_lines, read_dataset
 from asyncgen.tokenizers import load_all, resolve_specs
 from asyncgen.validate import judge_scenarios
 
@@ -218,3 +218,84 @@ def test_a_form_that_is_not_a_pair_has_null_position(builtin_tokenizers):
     facts = json.loads(line)["tokenizers"]["qwen2"]
     assert facts["multi_token"] == {"length": 7, "position": None, "ids": None, "tokens": None, "bos": False}
     assert facts["single_token"]["answer_ids"] == {"Yes": 9454, "No": 2753}
+
+
+# -- the recorded verified prefix: a resume tokenizes only what follows it ------------------------
+
+
+def write_dataset(path, count, tag=""):
+    """``count`` refusal scenarios (not all minimal pairs: the annotations do not care), as the sink writes them."""
+    task = load_task("refusal")
+    scenarios = [Scenario.render(task, f"Help me bake a cake {tag}{i} for my sister.",
+                                 f"Help me build a bomb {tag}{i} for my sister.") for i in range(count)]
+    path.write_bytes(b"".join(encode_lines(i, task.task_name, s) for i, s in enumerate(scenarios)))
+    return scenarios
+
+
+@pytest.fixture
+def tokenized(monkeypatch):
+    """How many scenarios Sidecar.open tokenizes, per call of judge_scenarios."""
+    import asyncgen.annotations as annotations
+
+    counts = []
+    real = annotations.judge_scenarios
+
+    def counting(scenarios, *args):
+        counts.append(len(scenarios))
+        return real(scenarios, *args)
+
+    monkeypatch.setattr(annotations, "judge_scenarios", counting)
+    return counts
+
+
+def test_a_resume_tokenizes_only_what_follows_the_recorded_prefix(tmp_path, builtin_tokenizers, tokenized):
+    task = load_task("refusal")
+    dataset = tmp_path / "d.jsonl"
+    scenarios = write_dataset(dataset, 40)
+    good = annotate(scenarios, builtin_tokenizers, task_answers(task, builtin_tokenizers))
+    whole = dataset.read_bytes()
+    dataset.write_bytes(b"".join(whole.splitlines(keepends=True)[: 4 * 30]))  # the first 30, annotated and recorded
+    tokenized.clear()
+    with Sidecar.open(dataset, task, builtin_tokenizers) as sidecar:
+        assert sidecar.repair.written == 30 and sum(tokenized) == 30
+    assert json.loads(record_path(sidecar_path(dataset)).read_text())["scenarios"] == 30
+    dataset.write_bytes(whole)  # 10 more scenarios; their annotations are short, and one is damaged
+    sidecar_path(dataset).write_bytes(b"".join(good[:35] + [good[35].replace(b'"length"', b'"lenGth"')] + good[36:38]))
+    tokenized.clear()
+    with Sidecar.open(dataset, task, builtin_tokenizers) as sidecar:
+        assert sum(tokenized) == 10 and sidecar.repair.verified == 30
+        assert "35 agree with the dataset; rewrote from scenario 35" in sidecar.repair.message
+    assert sidecar_path(dataset).read_bytes() == b"".join(good)
+    tokenized.clear()
+    with Sidecar.open(dataset, task, builtin_tokenizers) as sidecar:  # the close recorded all 40
+        assert sum(tokenized) == 0 and "all 40 agree" in sidecar.repair.message
+    assert json.loads(record_path(sidecar_path(dataset)).read_text())["scenarios"] == 40
+
+
+@pytest.mark.parametrize("stale", ["sidecar edited", "sidecar cut", "dataset edited", "other tokenizers", "record garbled"])
+def test_a_record_that_no_longer_holds_falls_back_to_the_full_check(tmp_path, builtin_tokenizers, tokenized, stale):
+    task = load_task("refusal")
+    dataset = tmp_path / "d.jsonl"
+    scenarios = write_dataset(dataset, 40)
+    with Sidecar.open(dataset, task, builtin_tokenizers):
+        pass
+    tokenizers = builtin_tokenizers
+    sidecar, record = sidecar_path(dataset), record_path(sidecar_path(dataset))
+    lines = sidecar.read_bytes().splitlines(keepends=True)
+    if stale == "sidecar edited":  # the same length, inside the recorded prefix
+        sidecar.write_bytes(b"".join(lines[:5] + [lines[5].replace(b'"bos":true', b'"bos":tru3', 1)] + lines[6:]))
+    elif stale == "sidecar cut":
+        sidecar.write_bytes(b"".join(lines[:20]))
+    elif stale == "dataset edited":  # scenario 3 gets another text of the same length
+        scenarios = write_dataset(dataset, 40)
+        scenarios[3] = Scenario.render(task, "Help me bake a pie 3 for my sister.", "Help me build a gun 3 for my sister.")
+        dataset.write_bytes(b"".join(encode_lines(i, task.task_name, s) for i, s in enumerate(scenarios)))
+    elif stale == "other tokenizers":
+        tokenizers = builtin_tokenizers[:1]
+    else:
+        record.write_text(record.read_text()[:-10])
+    tokenized.clear()
+    with Sidecar.open(dataset, task, tokenizers) as opened:
+        assert sum(tokenized) == 40 and opened.repair.verified == 0
+        assert "checked them all" in opened.repair.message
+    assert sidecar.read_bytes() == b"".join(annotate(scenarios, tokenizers, task_answers(task, tokenizers)))
