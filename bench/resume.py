@@ -13,7 +13,8 @@ is exactly what tokenizing it gives: checked here by tokenizing a random sample.
 ``python -m asyncgen run --num-scenarios N+10`` resumes it on the offline default (the in-process
 simulator), one validator worker; "first new scenario" is the moment the dataset file grows, from
 the process's start (tokenizer loading included), sampled every 20 ms. Memory is the client
-process's own peak (``VmHWM``); its validator worker's is reported beside it. ``--code DIR`` runs
+process's own peak (``VmHWM``, read every 0.5 s: walking /proc more often took CPU from the run);
+its validator worker's is reported beside it. ``--code DIR`` runs
 the client from another checkout (e.g. the code before the sidecar's verified prefix was
 recorded), on the same files.
 """
@@ -26,6 +27,7 @@ import json
 import os
 import random
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -121,6 +123,42 @@ def build(folder: Path, count: int, task, specs, tokenizers) -> tuple[Path, floa
 
 _FIRST = re.compile(r"first scenario after ([\d.]+) s")
 
+# The part of a resume that grows with the dataset, alone: the sink's and the sidecar's open, in a
+# fresh process after the tokenizers are loaded, with its CPU time (less at the mercy of other load).
+OPENS = """
+import json, resource, sys, time
+from pathlib import Path
+from asyncgen.annotations import Sidecar
+from asyncgen.commands._shared import load_task_and_tokenizers
+from asyncgen.sink import ScenarioSink, default_checkpoint_path, fingerprint_of
+
+output = Path(sys.argv[1])
+task, specs, tokenizers = load_task_and_tokenizers("refusal", None, [], None)
+before = resource.getrusage(resource.RUSAGE_SELF)
+started = time.perf_counter()
+sink = ScenarioSink.open(output, default_checkpoint_path(output), task_name=task.task_name,
+                         fingerprint=fingerprint_of(task, [str(spec) for spec in specs]))
+sink_s = time.perf_counter() - started
+with Sidecar.open(output, task, tokenizers) as sidecar:
+    message = sidecar.repair.message
+sink.close()
+after = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"sink_open_s": round(sink_s, 3), "opens_s": round(time.perf_counter() - started, 3),
+                  "opens_cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 3),
+                  "rss_before_opens_mb": round(before.ru_maxrss / 1024, 1),
+                  "rss_after_opens_mb": round(after.ru_maxrss / 1024, 1), "sidecar": message}))
+"""
+
+
+def opens(output: Path, code: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    env["PYTHONPATH"] = str(code)
+    done = subprocess.run([sys.executable, "-c", OPENS, str(output)], env=env, capture_output=True, text=True,
+                          timeout=1800)
+    if done.returncode != 0:
+        raise RuntimeError(f"opening {output} failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout)
+
 
 def resume(output: Path, count: int, code: Path) -> dict:
     """``asyncgen run`` resuming ``output``: seconds to its first new scenario, peak memory, its log."""
@@ -131,20 +169,25 @@ def resume(output: Path, count: int, code: Path) -> dict:
     size = output.stat().st_size
     argv = [sys.executable, "-m", "asyncgen", "run", "--output", str(output), "--num-scenarios", str(count + NEW),
             "--validator-workers", "1", "--log-level", "INFO"]
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryFile() as stderr:
         started = time.perf_counter()
         process = subprocess.Popen(argv, cwd=output.parent, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
         memory = TreeMemory(process.pid)
-        first = None
+        first, sampled = None, 0.0
         while process.poll() is None:
-            memory.sample()
+            now = time.perf_counter()
+            if now - sampled >= 0.5:  # VmHWM is each process's own peak: no need to catch the moment
+                memory.sample()
+                sampled = now
             if first is None and output.stat().st_size > size:
-                first = time.perf_counter() - started
+                first = now - started
             if time.perf_counter() - started > 1800:
                 process.kill()
                 raise RuntimeError("the resumed run did not finish within 30 minutes")
             time.sleep(0.02)
         wall = time.perf_counter() - started
+        cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         stderr.seek(0)
         text = stderr.read().decode(errors="replace")
     if process.returncode != 0 or first is None:
@@ -155,11 +198,19 @@ def resume(output: Path, count: int, code: Path) -> dict:
         "first_new_scenario_s": round(first, 2),
         "first_new_scenario_run_clock_s": float(own.group(1)) if own else None,
         "process_s": round(wall, 2),
+        "process_cpu_s": round(cpu_after.ru_utime + cpu_after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime, 2),
         "client_peak_rss_mb": report["client_peak_rss_mb"],
         "validator_worker_peak_rss_mb": report["validator_workers_peak_rss_mb"],
         "log": [line.split(": ", 1)[-1][:300] for line in text.splitlines()
                 if "resumed" in line or "token annotations" in line],
     }
+
+
+def _load() -> float | None:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except OSError:
+        return None
 
 
 def run(sizes=SIZES, code: Path = ROOT) -> dict:
@@ -171,7 +222,8 @@ def run(sizes=SIZES, code: Path = ROOT) -> dict:
             file_mb = output.stat().st_size / 1e6
             sidecar_mb = sidecar_path(output).stat().st_size / 1e6
             row = {"scenarios": count, "dataset_mb": round(file_mb, 1), "sidecar_mb": round(sidecar_mb, 1),
-                   "build_s": round(build_s, 1), **resume(output, count, code)}
+                   "build_s": round(build_s, 1), "load_before": _load(), **opens(output, code),
+                   **resume(output, count, code)}
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
     return {"rows": rows, "code": str(code), "new_scenarios": NEW, "validator_workers": 1,
@@ -186,7 +238,10 @@ def main() -> None:
     results = run([int(size) for size in args.sizes.split(",")], Path(args.code))
     for row in results["rows"]:
         print(f"{row['scenarios']:>9,} scenarios ({row['dataset_mb']} MB + {row['sidecar_mb']} MB of annotations): "
-              f"first new scenario after {row['first_new_scenario_s']} s; client peak {row['client_peak_rss_mb']:.0f} MB")
+              f"first new scenario after {row['first_new_scenario_s']} s (CPU {row['process_cpu_s']} s, with the "
+              f"validator's); client peak {row['client_peak_rss_mb']:.0f} MB; the sink's and sidecar's opens alone "
+              f"{row['opens_s']} s (CPU {row['opens_cpu_s']} s), peak {row['rss_before_opens_mb']} -> "
+              f"{row['rss_after_opens_mb']} MB")
 
 
 if __name__ == "__main__":

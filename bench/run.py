@@ -35,6 +35,8 @@ check never overwrites the full figures.
 8. ``batch``: ``asyncgen batch run`` on the offline default in a temporary folder, as many scenarios
    as (3): wall time, cost at batch prices, the same tokens at real-time prices, and the ratio to
    what (3) paid for its dataset.
+13. ``resume``: ``bench/resume.py`` at 20,000 (quick), 100,000 and 1,000,000 scenarios: time from
+   ``asyncgen run`` starting on a large dataset to its first new scenario, and its peak memory.
 """
 
 from __future__ import annotations
@@ -538,6 +540,16 @@ def bench_sink(quick: bool) -> dict:
     return sink.run(quick)
 
 
+RESUME_SIZES = {True: (20_000,), False: (20_000, 100_000, 1_000_000)}
+RESUME_AIM_S = 5.0  # to the first new scenario, at 1,000,000 scenarios
+
+
+def bench_resume(quick: bool) -> dict:
+    from bench import resume
+
+    return resume.run(RESUME_SIZES[quick])
+
+
 # --- Output -------------------------------------------------------------------------------------
 
 
@@ -640,6 +652,17 @@ def markdown(results: dict) -> str:
             f"(the same tokens in real time ${b['cost_usd_same_tokens_real_time']:.4f}){against} | |"
         )
     lines += limits_rows(results.get("limits"))
+    r = results.get("resume")
+    if r:
+        sizes = "; ".join(f"{row['scenarios']:,}: **{row['first_new_scenario_s']} s**, client "
+                          f"{row['client_peak_rss_mb']:.0f} MB" for row in r["rows"])
+        largest = max(r["rows"], key=lambda row: row["scenarios"])
+        ok = largest["first_new_scenario_s"] <= RESUME_AIM_S if largest["scenarios"] >= 1_000_000 else None
+        lines.append(
+            f"| 13 | resume: `run --validator-workers 1` on a dataset of N scenarios with its checkpoint and recorded "
+            f"annotations (`bench/resume.py`), time from the process's start to the first new scenario, client peak "
+            f"RSS | {sizes} | ≤ {RESUME_AIM_S:g} s at 1,000,000: {_aim(ok)} |"
+        )
     for name, error in (results.get("errors") or {}).items():
         lines.append(f"| ! | {name} | failed: {error} | |")
     return "\n".join(lines)
@@ -737,7 +760,7 @@ def update_readme(table: str) -> bool:
     return True
 
 
-STEPS = ("rate_limited", "unlimited", "run", "validator", "memory", "sink", "baseline", "batch", "limits")
+STEPS = ("rate_limited", "unlimited", "run", "validator", "memory", "sink", "baseline", "batch", "limits", "resume")
 
 
 def main() -> int:
@@ -781,6 +804,8 @@ def main() -> int:
                 results["baseline"] = bench_baseline(quick, results.get("run"))
             elif step == "batch":
                 results["batch"] = bench_batch(quick, results.get("run"))
+            elif step == "resume":
+                results["resume"] = bench_resume(quick)
             elif step == "limits":
                 results["limits"] = run_json([str(BENCH / "limits.py"), *(["--quick"] if quick else [])], timeout=1800)
         except Exception as exc:  # one failed measurement is reported, the others still run
