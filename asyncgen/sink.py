@@ -18,6 +18,12 @@ Contract
   it holds fewer than four complete lines, the most a torn append can leave. A malformed group
   followed by more data is not a torn write but damage: ``open`` refuses and says where it is,
   rather than cut off good scenarios. Without a usable checkpoint ``open`` checks the whole file.
+  Either way the file is read a piece at a time: memory grows only with the dedup keys.
+* Identity: a checkpoint knows its dataset by the sha256 of its first scenario, not by its path,
+  so a dataset copied or moved with its checkpoint resumes; one that holds other scenarios is
+  refused (``OtherDatasetsCheckpoint``). A dataset with no scenario yet is known by its place (the
+  path recorded, or its name beside the checkpoint when the file exists), and resumes with the
+  ``run_state`` of the runs that wrote nothing: their spending still counts.
 * Dedup: a scenario whose normalized prompt equals an accepted prompt, or whose normalized
   counterfactual equals an accepted counterfactual, is a duplicate (``Scenario.dedup_keys``). The
   sets are rebuilt from the file on resume.
@@ -33,7 +39,7 @@ Contract
 * One writer per sink: ``open`` takes an exclusive ``flock`` on the file where the platform has one.
 * Usage journal: the run's cost and counters (``run_state``) change with every answered request,
   between checkpoints. ``note_run_state`` appends the whole current ``run_state`` as one line, with
-  a sequence number, to ``CHECKPOINT.journal`` (one ``write(2)``, like ``append``: a killed process
+  a sequence number and the dataset's random id (kept in the checkpoint), to ``CHECKPOINT.journal`` (one ``write(2)``, like ``append``: a killed process
   loses none of it). The checkpoint records the last sequence number it includes; ``open`` takes
   the journal's last whole line past that number instead of the checkpoint's ``run_state``, so a
   SIGKILL between checkpoints forgets no spending. ``sync`` empties the journal when nothing newer

@@ -134,7 +134,11 @@ from asyncgen.sink import ScenarioSink, default_checkpoint_path, fingerprint_of
 
 output = Path(sys.argv[1])
 task, specs, tokenizers = load_task_and_tokenizers("refusal", None, [], None)
-before = resource.getrusage(resource.RUSAGE_SELF)
+def peak_mb():  # VmHWM: ru_maxrss would carry the forking parent's peak across exec
+    status = Path("/proc/self/status").read_text()
+    return round(int(status.split("VmHWM:")[1].split()[0]) / 1024, 1)
+
+before, peak_before = resource.getrusage(resource.RUSAGE_SELF), peak_mb()
 started = time.perf_counter()
 sink = ScenarioSink.open(output, default_checkpoint_path(output), task_name=task.task_name,
                          fingerprint=fingerprint_of(task, [str(spec) for spec in specs]))
@@ -145,8 +149,7 @@ sink.close()
 after = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"sink_open_s": round(sink_s, 3), "opens_s": round(time.perf_counter() - started, 3),
                   "opens_cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 3),
-                  "rss_before_opens_mb": round(before.ru_maxrss / 1024, 1),
-                  "rss_after_opens_mb": round(after.ru_maxrss / 1024, 1), "sidecar": message}))
+                  "rss_before_opens_mb": peak_before, "rss_after_opens_mb": peak_mb(), "sidecar": message}))
 """
 
 
