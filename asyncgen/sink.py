@@ -512,11 +512,11 @@ def _read_checkpoint(path: Path, sink: Path, sink_existed: bool = True) -> tuple
     """The checkpoint of ``sink`` at ``path``, or None and why there is none to use; raises
     ``OtherDatasetsCheckpoint`` when it belongs to another dataset.
 
-    A dataset is known by what it holds, not where it is, so that a copied or moved pair resumes:
-    by the digest of its first scenario when both the checkpoint and the file have one. Until it
-    has one (and for checkpoints written before the digest was recorded) by its place: the path
-    recorded, or, if the file exists (a copied empty dataset comes with its file), the name
-    recorded relative to the checkpoint's folder.
+    A dataset is known by what it holds, so that a copied or moved pair resumes: the digest of its
+    first scenario must match when both the checkpoint and the file have one. And by its place,
+    so that two datasets that begin alike (the offline default with one seed) keep their own
+    checkpoints: the path recorded, or, if the file exists (a copied empty dataset comes with its
+    file), the checkpoint beside it by default, or the name recorded relative to its folder.
     """
     try:
         raw = path.read_bytes()
@@ -535,14 +535,12 @@ def _read_checkpoint(path: Path, sink: Path, sink_existed: bool = True) -> tuple
     if not (_is_count(offset) and _is_count(scenarios) and isinstance(fingerprint, dict) and isinstance(run_state, dict)):
         return None, f"checkpoint {path} is malformed"
     dataset = data.get("dataset") if isinstance(data.get("dataset"), dict) else {}
-    recorded, first = dataset.get("first_scenario"), first_scenario_digest(sink)
-    if isinstance(recorded, str) and first is not None:
-        ours, differs = recorded == first, "its first scenario differs"
-    else:
-        name = dataset.get("name")
-        ours = data.get("sink") == str(sink) or (
-            sink_existed and isinstance(name, str) and (path.parent / name).resolve() == sink)
-        differs = "another place"
+    recorded, first, name = dataset.get("first_scenario"), first_scenario_digest(sink), dataset.get("name")
+    same_content = recorded == first if isinstance(recorded, str) and first is not None else True
+    same_place = data.get("sink") == str(sink) or sink_existed and (
+        path == default_checkpoint_path(sink) or isinstance(name, str) and (path.parent / name).resolve() == sink)
+    ours = same_content and same_place
+    differs = "another place" if same_content else "its first scenario differs"
     if not ours:
         raise OtherDatasetsCheckpoint(
             f"--checkpoint {path} belongs to another dataset ({data.get('sink')}; {differs}), not to {sink}; pass "

@@ -266,6 +266,27 @@ def test_a_checkpoint_of_another_dataset_is_refused_and_left_alone(tmp_path):
     assert (path.read_bytes(), (tmp_path / "out.jsonl").read_bytes()) == before
 
 
+def test_datasets_that_begin_alike_keep_their_own_checkpoints_and_a_renamed_pair_resumes(tmp_path):
+    """The offline default with one seed writes the same first scenarios to every output: content
+    alone cannot tell them apart, so the checkpoint's place counts too."""
+    for name in ("a", "b"):
+        with ScenarioSink.open(tmp_path / f"{name}.jsonl", tmp_path / f"{name}.checkpoint.json",
+                               task_name=TASK.task_name, fingerprint=FINGERPRINT) as sink:
+            for i in range(3):
+                sink.append(make(i))
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    before = (tmp_path / "a.checkpoint.json").read_bytes()
+    with pytest.raises(UsageError, match=r"belongs to another dataset \(.*a.jsonl; another place\)"):
+        ScenarioSink.open(tmp_path / "b.jsonl", tmp_path / "a.checkpoint.json", task_name=TASK.task_name,
+                          fingerprint=FINGERPRINT)
+    assert (tmp_path / "a.checkpoint.json").read_bytes() == before
+    (tmp_path / "a.jsonl").rename(tmp_path / "c.jsonl")
+    (tmp_path / "a.checkpoint.json").rename(tmp_path / "c.checkpoint.json")
+    with ScenarioSink.open(tmp_path / "c.jsonl", tmp_path / "c.checkpoint.json", task_name=TASK.task_name,
+                           fingerprint=FINGERPRINT) as sink:
+        assert sink.count == 3 and sink.resume.used_checkpoint
+
+
 def test_an_empty_dataset_resumes_with_the_usage_of_the_runs_before(tmp_path):
     """Runs that wrote no scenario yet (interrupted, or stopped at --max-cost) spent money: the next
     run of the same output, or of a copy of the pair, carries it; a new output does not."""
