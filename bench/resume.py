@@ -157,7 +157,7 @@ def opens(output: Path, code: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
     env["PYTHONPATH"] = str(code)
     done = subprocess.run([sys.executable, "-c", OPENS, str(output)], env=env, capture_output=True, text=True,
-                          timeout=1800)
+                          timeout=1800, cwd=output.parent)  # not here: -c puts the folder first on the path
     if done.returncode != 0:
         raise RuntimeError(f"opening {output} failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout)

@@ -654,14 +654,15 @@ def markdown(results: dict) -> str:
     lines += limits_rows(results.get("limits"))
     r = results.get("resume")
     if r:
-        sizes = "; ".join(f"{row['scenarios']:,}: **{row['first_new_scenario_s']} s**, client "
+        sizes = "; ".join(f"{row['scenarios']:,}: **{row['first_new_scenario_s']} s** (CPU {row['process_cpu_s']} s, "
+                          f"of which the sink's and sidecar's opens {row['opens_cpu_s']} s), client "
                           f"{row['client_peak_rss_mb']:.0f} MB" for row in r["rows"])
         largest = max(r["rows"], key=lambda row: row["scenarios"])
         ok = largest["first_new_scenario_s"] <= RESUME_AIM_S if largest["scenarios"] >= 1_000_000 else None
         lines.append(
             f"| 13 | resume: `run --validator-workers 1` on a dataset of N scenarios with its checkpoint and recorded "
-            f"annotations (`bench/resume.py`), time from the process's start to the first new scenario, client peak "
-            f"RSS | {sizes} | ≤ {RESUME_AIM_S:g} s at 1,000,000: {_aim(ok)} |"
+            f"annotations (`bench/resume.py`), time from the process's start to the first new scenario, CPU seconds "
+            f"of the run and its validator, client peak RSS | {sizes} | ≤ {RESUME_AIM_S:g} s at 1,000,000: {_aim(ok)} |"
         )
     for name, error in (results.get("errors") or {}).items():
         lines.append(f"| ! | {name} | failed: {error} | |")
