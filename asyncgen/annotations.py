@@ -376,7 +376,7 @@ def _bring_in_line(fd: int, path: Path, data: BinaryIO, old: BinaryIO, prefix: _
         message = (f"token annotations {path}: {kept} agree with the dataset; rewrote from scenario {kept} on "
                    f"({cut} bytes disagreed: other ids, tokenizers or texts, or a torn line), {written} written")
     if verified:
-        message += f" (the first {verified} by the record of an earlier check, the rest tokenized again)"
+        message += f" ({verified} by the record of an earlier check, {prefix.scenarios - verified} tokenized again)"
     return Repair(prefix.scenarios, kept, written, cut, message, non_pairs, verified), prefix
 
 
