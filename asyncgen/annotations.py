@@ -61,7 +61,15 @@ import orjson
 from asyncgen.answers import TaskTokens, task_tokens
 from asyncgen.config import Task
 from asyncgen.errors import UsageError
-from asyncgen.scenario import LINES_PER_SCENARIO, READ_BYTES, GroupError, Scenario, encode_lines, line_groups, parse_group
+from asyncgen.scenario import (
+    LINES_PER_SCENARIO,
+    GroupError,
+    Scenario,
+    encode_lines,
+    feed_digest,
+    line_groups,
+    parse_group,
+)
 from asyncgen.sink import atomic_write
 from asyncgen.tokenizers import Tokenizer
 from asyncgen.validate import FormVerdict, Verdict, judge_scenarios
@@ -298,15 +306,7 @@ def _recorded_prefix(record: Path, setup: str, data: BinaryIO, sidecar: BinaryIO
 
 def _digest_of(handle: BinaryIO, size: int, digest: "hashlib._Hash") -> str | None:
     """Feed the first ``size`` bytes of ``handle`` to ``digest``; its hex digest, or None if shorter."""
-    handle.seek(0)
-    left = size
-    while left:
-        piece = handle.read(min(READ_BYTES, left))
-        if not piece:
-            return None
-        digest.update(piece)
-        left -= len(piece)
-    return digest.hexdigest()
+    return digest.hexdigest() if feed_digest(handle, digest, 0, size) else None
 
 
 def _scenarios_after(data: BinaryIO, prefix: _Prefix) -> Iterator[list[tuple[Scenario, bytes]]]:

@@ -85,6 +85,20 @@ def line_groups(handle: BinaryIO, start: int = 0, end: int | None = None) -> Ite
             yield lines[:whole]
 
 
+def feed_digest(handle: BinaryIO, digest, start: int, end: int) -> bool:
+    """Feed bytes ``start`` to ``end`` of ``handle`` to ``digest`` (a hashlib object), ``READ_BYTES``
+    at a time; False if the file ends before ``end``."""
+    handle.seek(start)
+    left = end - start
+    while left > 0:
+        piece = handle.read(min(READ_BYTES, left))
+        if not piece:
+            return False
+        digest.update(piece)
+        left -= len(piece)
+    return True
+
+
 class GroupError(ValueError):
     """Four lines that are not one well-formed scenario; the message says why."""
 

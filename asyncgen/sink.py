@@ -18,7 +18,8 @@ Contract
   it holds fewer than four complete lines, the most a torn append can leave. A malformed group
   followed by more data is not a torn write but damage: ``open`` refuses and says where it is,
   rather than cut off good scenarios. Without a usable checkpoint ``open`` checks the whole file.
-  Either way the file is read a piece at a time: memory grows only with the dedup keys.
+  Either way the file is read a piece at a time: memory grows only with the dedup keys (about 130
+  bytes a scenario in the two sets).
 * Identity: a checkpoint knows its dataset by the sha256 of its first scenario, not by its path,
   so a dataset copied or moved with its checkpoint resumes; one that holds other scenarios is
   refused (``OtherDatasetsCheckpoint``). A dataset with no scenario yet is known by its place (the
@@ -26,7 +27,14 @@ Contract
   ``run_state`` of the runs that wrote nothing: their spending still counts.
 * Dedup: a scenario whose normalized prompt equals an accepted prompt, or whose normalized
   counterfactual equals an accepted counterfactual, is a duplicate (``Scenario.dedup_keys``). The
-  sets are rebuilt from the file on resume.
+  sets hold 64-bit hashes of the keys (``key_hash``): a duplicate never passes; a distinct scenario
+  is refused for a hash collision with probability about N^2 / 2^64 over a whole dataset of N
+  scenarios (5e-8 at 1,000,000, 5e-6 at 10,000,000), and the run then asks for another one.
+* Dedup index: ``sync`` appends the hashes of the scenarios since the last sync to
+  ``CHECKPOINT.keys`` (16 bytes a scenario) before the checkpoint, which records the sha256 of the
+  index's bytes and of the dataset's bytes they index. ``open`` loads the index when both digests
+  hold (one sequential read of each file, no JSON decoding), and rebuilds it from the file,
+  decoding every scenario, when they do not (edited, cut, missing, or another dataset's).
 * Errors: a user-fixable problem at ``open`` (output not writable, fingerprint mismatch without
   ``force_resume``, an existing output with no checkpoint and no ``overwrite``, a sink another run
   holds) is a ``UsageError``, raised before anything is written. A failed write, fsync or checkpoint
@@ -56,8 +64,10 @@ import logging
 import os
 import secrets
 import stat
+import sys
 import threading
 import time
+from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -75,6 +85,7 @@ from asyncgen.scenario import (
     GroupError,
     Scenario,
     encode_lines,
+    feed_digest,
     line_groups,
     normalize,
     parse_group,
@@ -87,6 +98,7 @@ except ImportError:  # Windows: no advisory lock
 
 CHECKPOINT_VERSION = 1
 RECENT_PROMPTS = 200  # the last prompts a resume hands on (the avoid list of the next requests)
+KEY_BYTES = 8  # a dedup key's hash; a scenario has two (prompt, counterfactual) in the index
 log = logging.getLogger(__name__)
 
 
@@ -134,6 +146,15 @@ def default_checkpoint_path(output: str | os.PathLike) -> Path:
 def fingerprint_of(task: Task, tokenizers: Iterable[str]) -> dict:
     """What makes two runs' scenarios comparable: the task, its templates, the tokenizer set."""
     return {"task": task.task_name, "templates": task.templates.model_dump(), "tokenizers": sorted(tokenizers)}
+
+
+def key_hash(normalized: str) -> bytes:
+    """The 64-bit hash of a dedup key that the sink keeps (see the contract for its collisions)."""
+    return hashlib.blake2b(normalized.encode(), digest_size=KEY_BYTES).digest()
+
+
+def _key_int(hashed: bytes) -> int:
+    return int.from_bytes(hashed, "little")
 
 
 class ScenarioSink:
@@ -214,7 +235,8 @@ class ScenarioSink:
             )
         else:
             with open(path, "rb") as handle:
-                report, tail = _resume_from(handle, size, stored, why, found, path, task_name)
+                report, tail = _resume_from(handle, size, stored, why, found, path, task_name,
+                                            _keys_path(checkpoint_path))
             _refuse_other_setup(path, stored, found, task_name, fingerprint, force_resume, report)
         started_over = overwrite or (not size and not carried)
         same_dataset = stored is not None and not started_over
@@ -232,12 +254,16 @@ class ScenarioSink:
         )
         sink._journal_path, sink._journal_seq, sink._dataset_id = journal_path, journal_seq, dataset_id
         sink._first_scenario = found.first_scenario
+        keys_new = checkpoint_path is not None and not _keys_path(checkpoint_path).exists()
+        if checkpoint_path is not None:
+            sink._open_keys(_keys_path(checkpoint_path), found)
         # The checkpoint goes first: it proves the location writable before the file is changed,
         # and a crash before the cut below leaves a file longer than it says, which resumes.
         if checkpoint_path is not None:
             try:
-                atomic_write(checkpoint_path, sink._checkpoint_bytes(kept, found.scenarios))
+                atomic_write(checkpoint_path, sink._checkpoint_bytes(kept, found.scenarios, sink._flush_keys(found.scenarios)))
             except OSError as exc:
+                sink._close_keys(remove=keys_new)
                 raise UsageError(
                     f"--checkpoint {checkpoint_path}: cannot write it ({_reason(exc)}); "
                     "choose another --checkpoint, or pass --no-checkpoint"
@@ -270,8 +296,13 @@ class ScenarioSink:
         self._count = found.scenarios
         self._durable_count = 0
         self._recent_prompts = list(found.recent_prompts)
-        self._prompts = found.prompts
+        self._prompts = found.prompts  # key_hash of the keys, as ints
         self._counterfactuals = found.counterfactuals
+        self._dataset_digest = found.dataset_digest  # sha256 of the file's first ``_offset`` bytes
+        self._keys_fd: int | None = None  # the dedup index (see the contract); None: not kept
+        self._keys_path: Path | None = None
+        self._keys_digest = found.keys_digest  # sha256 of what the index holds
+        self._pending_keys = bytearray()  # the hashes of the scenarios appended since the last sync
         self._run_state = dict(resume.run_state)
         self._last_sync = time.monotonic()
         self._journal_path: Path | None = None
@@ -300,12 +331,13 @@ class ScenarioSink:
         return self._recent_prompts
 
     def is_duplicate(self, scenario: Scenario) -> bool:
-        prompt, counterfactual = scenario.dedup_keys()
+        prompt, counterfactual = (_key_int(key_hash(key)) for key in scenario.dedup_keys())
         return prompt in self._prompts or counterfactual in self._counterfactuals
 
     def append(self, scenario: Scenario) -> int | None:
         """Write one scenario; return its id, or None if it is a duplicate. Raises SinkError."""
-        prompt, counterfactual = scenario.dedup_keys()
+        hashed = [key_hash(key) for key in scenario.dedup_keys()]
+        prompt, counterfactual = _key_int(hashed[0]), _key_int(hashed[1])
         with self._lock:
             if self._stopped:
                 raise SinkError(self._stopped)
@@ -318,6 +350,9 @@ class ScenarioSink:
                 self._first_scenario = hashlib.sha256(data).hexdigest()
             self._offset += len(data)
             self._count += 1
+            self._dataset_digest.update(data)
+            if self._keys_fd is not None:
+                self._pending_keys += hashed[0] + hashed[1]
             self._prompts.add(prompt)
             self._counterfactuals.add(counterfactual)
         if self._auto_sync and self.sync_due():
@@ -360,7 +395,7 @@ class ScenarioSink:
                 offset, count, journal_seq = self._offset, self._count, self._journal_seq
                 if run_state is not None:
                     self._run_state = dict(run_state)
-                checkpoint = self._checkpoint_bytes(offset, count)
+                checkpoint = self._checkpoint_bytes(offset, count, self._flush_keys(count))
             self._fsync_sink()
             if self.checkpoint_path is not None:
                 self._write_checkpoint(checkpoint)
@@ -392,6 +427,7 @@ class ScenarioSink:
                 if self._fd is not None:
                     os.close(self._fd)  # releases the flock
                     self._fd = None
+                self._close_keys()
                 if self._journal_fd is not None:
                     os.close(self._journal_fd)
                     self._journal_fd = None
@@ -448,7 +484,53 @@ class ScenarioSink:
             )
             raise SinkError(self._stopped) from exc
 
-    def _checkpoint_bytes(self, offset: int, count: int) -> bytes:
+    def _open_keys(self, path: Path, found: "_Found") -> None:
+        """Bring the dedup index in line with what ``open`` found: keep its verified part, write the
+        hashes decoded from the file after it. An index that cannot be written is given up with a
+        warning: the next resume decodes the whole file instead."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except OSError as exc:
+            log.warning("cannot open the dedup index %s (%s); the next resume reads the whole dataset", path, _reason(exc))
+            return
+        try:
+            os.ftruncate(fd, 2 * KEY_BYTES * found.indexed)
+            os.lseek(fd, 0, os.SEEK_END)
+            _write_all(fd, found.key_bytes)
+        except OSError as exc:
+            os.close(fd)
+            log.warning("cannot write the dedup index %s (%s); the next resume reads the whole dataset", path, _reason(exc))
+            return
+        self._keys_digest.update(found.key_bytes)
+        found.key_bytes = bytearray()
+        self._keys_fd, self._keys_path = fd, path
+
+    def _close_keys(self, remove: bool = False) -> None:
+        if self._keys_fd is not None:
+            os.close(self._keys_fd)
+            self._keys_fd = None
+            if remove and self._keys_path is not None:
+                self._keys_path.unlink(missing_ok=True)
+
+    def _flush_keys(self, count: int) -> dict | None:
+        """Append the pending hashes to the index (under ``_lock``, with ``count`` the scenarios
+        written); what the checkpoint records of it, or None when the index is not kept."""
+        if self._keys_fd is None:
+            return None
+        try:
+            _write_all(self._keys_fd, self._pending_keys)
+        except OSError as exc:
+            log.warning("cannot write the dedup index %s (%s); the next resume reads the whole dataset",
+                        self._keys_path, _reason(exc))
+            os.close(self._keys_fd)
+            self._keys_fd = None
+            return None
+        self._keys_digest.update(self._pending_keys)
+        self._pending_keys = bytearray()
+        return {"scenarios": count, "digest": self._keys_digest.hexdigest(),
+                "dataset_digest": self._dataset_digest.hexdigest()}
+
+    def _checkpoint_bytes(self, offset: int, count: int, keys: dict | None) -> bytes:
         return orjson.dumps(
             {
                 "version": CHECKPOINT_VERSION,
@@ -463,6 +545,7 @@ class ScenarioSink:
                 "fingerprint": self._fingerprint,
                 "run_state": self._run_state,
                 "journal_seq": self._journal_seq,
+                "keys": keys,
                 "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             },
             option=orjson.OPT_INDENT_2,
@@ -489,9 +572,20 @@ class _Found:
     scenarios: int = 0
     first_scenario: str | None = None  # sha256 of its four lines
     recent_prompts: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_PROMPTS))
-    prompts: set[str] = field(default_factory=set)
-    counterfactuals: set[str] = field(default_factory=set)
+    prompts: set[int] = field(default_factory=set)  # key_hash of the dedup keys, as ints
+    counterfactuals: set[int] = field(default_factory=set)
     tasks: set[str] = field(default_factory=set)
+    indexed: int = 0  # the first scenarios, whose hashes the dedup index holds
+    keys_digest: "hashlib._Hash" = field(default_factory=hashlib.sha256)  # of the index's first ``indexed``
+    key_bytes: bytearray = field(default_factory=bytearray)  # the hashes of the scenarios after them
+    dataset_digest: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    digested: int = 0  # the file's bytes fed to ``dataset_digest``
+
+    def add_keys(self, prompt: str, counterfactual: str) -> None:
+        hashed_prompt, hashed_counterfactual = key_hash(prompt), key_hash(counterfactual)
+        self.key_bytes += hashed_prompt + hashed_counterfactual
+        self.prompts.add(_key_int(hashed_prompt))
+        self.counterfactuals.add(_key_int(hashed_counterfactual))
 
 
 @dataclass(frozen=True)
@@ -502,6 +596,7 @@ class _Checkpoint:
     run_state: dict
     journal_seq: int = 0
     dataset_id: str = ""
+    keys: dict | None = None  # what it records of the dedup index
 
 
 class OtherDatasetsCheckpoint(UsageError):
@@ -548,22 +643,28 @@ def _read_checkpoint(path: Path, sink: Path, sink_existed: bool = True) -> tuple
         )
     journal_seq = data.get("journal_seq", 0)
     dataset_id = dataset.get("id") if isinstance(dataset.get("id"), str) else ""
+    keys = data.get("keys") if isinstance(data.get("keys"), dict) else None
     return _Checkpoint(offset, scenarios, fingerprint, run_state, journal_seq if _is_count(journal_seq) else 0,
-                       dataset_id), ""
+                       dataset_id, keys), ""
 
 
 def first_scenario_digest(dataset: Path) -> str | None:
     """sha256 of the first four lines of ``dataset`` (its first scenario), or None if it has fewer."""
     try:
         with open(dataset, "rb") as handle:
-            head = b""
-            while head.count(b"\n") < LINES_PER_SCENARIO:
-                chunk = handle.read(1 << 16)
-                if not chunk:
-                    return None
-                head += chunk
+            return _first_scenario_of(handle)
     except OSError:
         return None
+
+
+def _first_scenario_of(handle) -> str | None:
+    handle.seek(0)
+    head = b""
+    while head.count(b"\n") < LINES_PER_SCENARIO:
+        chunk = handle.read(1 << 16)
+        if not chunk:
+            return None
+        head += chunk
     end = 0
     for _ in range(LINES_PER_SCENARIO):
         end = head.index(b"\n", end) + 1
@@ -581,6 +682,10 @@ def _relative_name(dataset: Path, checkpoint: Path | None) -> str | None:
 
 def _journal_path(checkpoint: Path) -> Path:
     return checkpoint.with_name(checkpoint.name + ".journal")
+
+
+def _keys_path(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name + ".keys")
 
 
 def _last_noted(journal: Path, sink: Path, after_seq: int, dataset_id: str) -> tuple[int, dict] | None:
@@ -604,20 +709,29 @@ def _last_noted(journal: Path, sink: Path, after_seq: int, dataset_id: str) -> t
 
 
 def _resume_from(handle, size: int, stored: _Checkpoint | None, why: str, found: _Found, path: Path,
-                 task_name: str) -> tuple[ResumeReport, bytes]:
+                 task_name: str, keys_path: Path) -> tuple[ResumeReport, bytes]:
     """Find the scenarios in the file (filling ``found``) and the torn tail to cut (returned with the
     report); raise if damaged, or if what follows the last scenario is not the start of the next one
-    (not a file asyncgen wrote). The file is read in pieces, once when the checkpoint holds."""
+    (not a file asyncgen wrote). The file is read in pieces: once when the checkpoint and its dedup
+    index hold, decoding only what follows them."""
+    rebuilt = ""
     with _gc_paused():  # hundreds of thousands of short-lived dicts: the collector would triple the time
         trusted = False
         if stored is not None:
-            why = _trust_prefix(handle, size, stored, found)
+            why = _trust_index(handle, size, stored, found, keys_path)
+            if why:
+                rebuilt = why if stored.scenarios else ""
+                found.__init__()
+                why = _trust_prefix(handle, size, stored, found)
             trusted = not why
             if why:
                 why = f"checkpoint at {stored.scenarios} scenarios, byte {stored.offset}: {why}"
                 found.__init__()  # the scan below starts over from the first scenario
         first_id, offset = (stored.scenarios, stored.offset) if trusted else (0, 0)
         end, problem = _scan_groups(handle, first_id, offset, found)
+    if problem is None:
+        feed_digest(handle, found.dataset_digest, found.digested, end)
+        found.digested = end
     if problem is not None:
         raise SinkError(
             f"{path}: scenario {found.scenarios} at byte {end} (line {LINES_PER_SCENARIO * found.scenarios + 1}) is "
@@ -638,6 +752,8 @@ def _resume_from(handle, size: int, stored: _Checkpoint | None, why: str, found:
     if trusted:
         after = found.scenarios - first_id
         how = "from its checkpoint" + (f", {after} more found after it" if after else "")
+        if rebuilt:
+            how += f"; its dedup index rebuilt: {rebuilt}"
     else:
         how = f"checked the whole file: {why}"
     message = f"resumed {path} at {found.scenarios} scenarios ({how})"
@@ -666,6 +782,61 @@ def _is_torn_scenario(tail: bytes, scenario_id: int, task_name: str) -> bool:
     return fragment[: len(start)] == start[: len(fragment)]
 
 
+def _trust_index(handle, size: int, stored: _Checkpoint, found: _Found, keys_path: Path) -> str:
+    """Why the dedup index cannot stand for the checkpoint's prefix, or '' with ``found`` filled from it.
+
+    The index's bytes and the file's first ``offset`` bytes must have the sha256 that the checkpoint
+    recorded for them (one sequential read of each, about 0.75 s of CPU a GB); then only the first
+    scenario and the last ``RECENT_PROMPTS`` are decoded.
+    """
+    offset, scenarios, keys = stored.offset, stored.scenarios, stored.keys
+    if not scenarios:
+        return "no scenario yet"
+    if keys is None or keys.get("scenarios") != scenarios:
+        return "its checkpoint records none for its scenarios"
+    if offset > size:
+        return f"offset past the end of the file ({size} bytes)"
+    length = 2 * KEY_BYTES * scenarios
+    try:
+        with open(keys_path, "rb") as index:
+            raw = index.read(length)
+    except OSError as exc:
+        return f"{keys_path.name} unreadable ({_reason(exc)})"
+    keys_digest = hashlib.sha256(raw)
+    if len(raw) != length or keys_digest.hexdigest() != keys.get("digest"):
+        return f"{keys_path.name} was changed or cut"
+    if not (feed_digest(handle, found.dataset_digest, 0, offset)
+            and found.dataset_digest.hexdigest() == keys.get("dataset_digest")):
+        return "the dataset is not what it was made from"
+    lines = _lines_before(handle, offset, LINES_PER_SCENARIO * min(scenarios, RECENT_PROMPTS))
+    first_id = scenarios - len(lines) // LINES_PER_SCENARIO
+    try:
+        parsed = [parse_group([orjson.loads(line) for line in lines[index : index + LINES_PER_SCENARIO]],
+                              first_id + index // LINES_PER_SCENARIO)
+                  for index in range(0, len(lines), LINES_PER_SCENARIO)]
+    except (orjson.JSONDecodeError, GroupError) as exc:
+        return f"its last scenarios do not check out ({exc})"
+    hashes = array("Q", raw)
+    if sys.byteorder != "little":
+        hashes.byteswap()
+    found.prompts, found.counterfactuals = set(hashes[0::2]), set(hashes[1::2])
+    found.recent_prompts.extend(scenario.multi_token_prompt for _, _, scenario in parsed)
+    found.scenarios, found.tasks, found.first_scenario = scenarios, {parsed[-1][1]}, _first_scenario_of(handle)
+    found.indexed, found.keys_digest, found.digested = scenarios, keys_digest, offset
+    return ""
+
+
+def _lines_before(handle, end: int, count: int) -> list[bytes]:
+    """The last ``count`` lines before byte ``end`` (which ends a line), read backwards in pieces."""
+    buffer, start = b"", end
+    while start > 0 and buffer.count(b"\n") <= count:
+        step = min(start, 1 << 16)
+        start -= step
+        handle.seek(start)
+        buffer = handle.read(step) + buffer
+    return buffer.split(b"\n")[:-1][-count:]
+
+
 def _trust_prefix(handle, size: int, stored: _Checkpoint, found: _Found) -> str:
     """Why the checkpoint's prefix of the file cannot be trusted, or '' with ``found`` filled from it.
 
@@ -688,8 +859,9 @@ def _trust_prefix(handle, size: int, stored: _Checkpoint, found: _Found) -> str:
                 first_group = lines[:LINES_PER_SCENARIO]
             # The multi-token lines hold the dedup keys (see Scenario.dedup_keys).
             texts = [loads(line)["text"] for line in lines[2::LINES_PER_SCENARIO]]
-            found.prompts.update([normalize(text) for text in texts])
-            found.counterfactuals.update([normalize(loads(line)["text"]) for line in lines[3::LINES_PER_SCENARIO]])
+            add_keys = found.add_keys
+            for text, line in zip(texts, lines[3::LINES_PER_SCENARIO]):
+                add_keys(normalize(text), normalize(loads(line)["text"]))
             found.recent_prompts.extend(texts[-RECENT_PROMPTS:])
             lines_seen += len(lines)
             last_group = lines[-LINES_PER_SCENARIO:]
@@ -719,10 +891,8 @@ def _scan_groups(handle, first_id: int, offset: int, found: _Found) -> tuple[int
             except (orjson.JSONDecodeError, GroupError) as exc:
                 found.scenarios = scenario_id
                 return offset, str(exc)
-            prompt, counterfactual = scenario.dedup_keys()
+            found.add_keys(*scenario.dedup_keys())
             found.recent_prompts.append(scenario.multi_token_prompt)
-            found.prompts.add(prompt)
-            found.counterfactuals.add(counterfactual)
             found.tasks.add(task)
             if scenario_id == 0:
                 found.first_scenario = hashlib.sha256(b"".join(line + b"\n" for line in group)).hexdigest()
@@ -829,6 +999,12 @@ def _save_cut_bytes(path: Path, tail: bytes) -> Path:
         raise SinkError(f"cannot save the torn tail of {path} to {backup} before cutting it ({_reason(exc)}); "
                         "nothing was changed: free some space, or pass --overwrite to start over") from exc
     return backup
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _truncate(fd: int, path: Path, size: int) -> None:

@@ -112,7 +112,7 @@ def test_writes_the_seed_format_and_a_checkpoint_that_describes_it(tmp_path):
     assert checkpoint["fingerprint"] == json.loads(json.dumps(FINGERPRINT))
     assert checkpoint["run_state"] == {"cost_usd": 0.25, "requests": 7}  # close() without run_state keeps it
     assert set(checkpoint) == {"version", "sink", "dataset", "offset", "scenarios", "fingerprint", "run_state",
-                               "journal_seq", "updated_at"}
+                               "journal_seq", "keys", "updated_at"}
     # What the dataset is known by: its first scenario, and its name beside the checkpoint.
     assert checkpoint["dataset"]["first_scenario"] == hashlib.sha256(encode_lines(0, "refusal", make(0))).hexdigest()
     assert checkpoint["dataset"]["name"] == "out.jsonl" and len(checkpoint["dataset"]["id"]) == 16
@@ -528,6 +528,59 @@ def test_dedup_within_a_run_and_across_a_resume(tmp_path):
             assert not sink.is_duplicate(make(2))
         (tmp_path / "missing.json").unlink(missing_ok=True)
     assert len(read_dataset(tmp_path / "out.jsonl")) == 2
+
+
+def test_resume_loads_the_dedup_index_the_checkpoint_vouches_for(tmp_path):
+    fill(tmp_path, 30)
+    index = tmp_path / "checkpoint.json.keys"
+    assert index.stat().st_size == 30 * 16  # two 64-bit hashes a scenario
+    with open_sink(tmp_path) as sink:
+        assert sink.resume.message.endswith("at 30 scenarios (from its checkpoint)"), sink.resume.message
+        assert sink.append(Scenario.render(TASK, "help me BAKE cake 0  for my sister.", "new")) is None
+        assert sink.append(Scenario.render(TASK, "new", "Help me build bomb 29 for my SISTER.")) is None
+        assert sink.resumed_prompts[-1] == make(29).multi_token_prompt and len(sink.resumed_prompts) == 30
+        assert sink.append(make(30)) == 30
+    assert index.stat().st_size == 31 * 16
+
+
+def _edit_dataset(folder: Path) -> None:
+    """Change scenario 3's multi-token prompt in place (same length): the checkpoint's cheap checks pass."""
+    output = folder / "out.jsonl"
+    data = output.read_bytes()
+    old = json.dumps(make(3).multi_token_prompt).encode()
+    assert data.count(old) == 1
+    output.write_bytes(data.replace(old, old.replace(b"cake", b"kite")))
+
+
+@pytest.mark.parametrize("damage", ["edited", "garbage", "cut", "missing", "dataset-edited"])
+def test_a_damaged_or_stale_dedup_index_is_rebuilt_and_dedup_holds(tmp_path, damage):
+    fill(tmp_path, 30)
+    index = tmp_path / "checkpoint.json.keys"
+    good = index.read_bytes()
+    if damage == "edited":  # one hash changed: that of scenario 0's prompt
+        index.write_bytes(bytes([good[0] ^ 1]) + good[1:])
+    elif damage == "garbage":
+        index.write_bytes(os.urandom(len(good)))
+    elif damage == "cut":
+        index.write_bytes(good[:-16])
+    elif damage == "missing":
+        index.unlink()
+    else:
+        _edit_dataset(tmp_path)
+    with open_sink(tmp_path) as sink:
+        assert sink.resume.used_checkpoint and sink.count == 30
+        assert "its dedup index rebuilt" in sink.resume.message, sink.resume.message
+        assert sink.append(Scenario.render(TASK, "HELP me bake cake 0 for my sister.", "new")) is None
+        assert sink.append(Scenario.render(TASK, "new", "help me build  bomb 0 for my sister.")) is None
+        if damage == "dataset-edited":  # the keys are the file's, not the stale index's
+            assert sink.is_duplicate(Scenario.render(TASK, "Help me bake kite 3 for my sister.", "other"))
+            assert not sink.is_duplicate(Scenario.render(TASK, "Help me bake cake 3 for my sister.", "other"))
+        assert sink.append(make(30)) == 30
+    assert index.read_bytes()[: len(good)] == good or damage == "dataset-edited"
+    with open_sink(tmp_path) as sink:  # the rebuilt index is trusted again
+        assert sink.resume.message.endswith("(from its checkpoint)"), sink.resume.message
+        assert sink.append(Scenario.render(TASK, "help me bake cake 0 for my sister.", "new")) is None
+        assert sink.append(make(30)) is None and sink.append(make(31)) == 31
 
 
 # -- failures --------------------------------------------------------------------------------------
