@@ -190,10 +190,14 @@ class Sidecar:
         path: str | os.PathLike | None = None,
         *,
         full_check: bool = False,
+        dataset_digest: "tuple[int, hashlib._Hash] | None" = None,
     ) -> "Sidecar":
         """Open the sidecar of ``dataset`` (default path: ``sidecar_path``) and bring it in line with
         the dataset's scenarios: those after its recorded verified prefix, or all of them with
-        ``full_check`` or when the record does not hold. Raises UsageError if it cannot be written."""
+        ``full_check`` or when the record does not hold. ``dataset_digest`` is (bytes, sha256 of
+        them) of the dataset's start as the caller read or wrote it in this process (the open sink's
+        ``dataset_digest()``): the record's dataset digest is compared with it instead of being read
+        again when it covers as many bytes. Raises UsageError if it cannot be written."""
         path = Path(path) if path is not None else sidecar_path(dataset)
         answers = task_answers(task, tokenizers)
         setup = setup_digest(tokenizers, answers)
@@ -204,7 +208,8 @@ class Sidecar:
                              "pass --no-annotate, or make its folder writable") from exc
         try:
             with open(dataset, "rb") as data, open(path, "rb") as old:
-                start, why = (_Prefix(), "") if full_check else _recorded_prefix(record_path(path), setup, data, old)
+                start, why = (_Prefix(), "") if full_check else _recorded_prefix(record_path(path), setup, data, old,
+                                                                                  dataset_digest)
                 repair, prefix = _bring_in_line(fd, path, data, old, start, tokenizers, answers)
             if why:
                 repair.message += f" (checked them all: {why})"
@@ -281,7 +286,8 @@ class Sidecar:
         self.close()
 
 
-def _recorded_prefix(record: Path, setup: str, data: BinaryIO, sidecar: BinaryIO) -> tuple[_Prefix, str]:
+def _recorded_prefix(record: Path, setup: str, data: BinaryIO, sidecar: BinaryIO,
+                     known: "tuple[int, hashlib._Hash] | None" = None) -> tuple[_Prefix, str]:
     """The sidecar's prefix its record says was verified, if both files still hold it byte for byte
     (by digest) and the tokenizers and answers are the same; else an empty prefix and why."""
     try:
@@ -297,7 +303,12 @@ def _recorded_prefix(record: Path, setup: str, data: BinaryIO, sidecar: BinaryIO
     if recorded.get("setup") != setup:
         return _Prefix(), "its record was made with other tokenizers or answers"
     prefix = _Prefix(recorded["scenarios"], recorded["offset"], dataset_offset=recorded["dataset_offset"])
-    if _digest_of(data, prefix.dataset_offset, prefix.dataset_digest) != recorded.get("dataset_digest"):
+    if known is not None and known[0] == prefix.dataset_offset:
+        prefix.dataset_digest = known[1].copy()
+        dataset_digest = prefix.dataset_digest.hexdigest()
+    else:
+        dataset_digest = _digest_of(data, prefix.dataset_offset, prefix.dataset_digest)
+    if dataset_digest != recorded.get("dataset_digest"):
         return _Prefix(), "the dataset is not what the record says was annotated"
     if _digest_of(sidecar, prefix.offset, prefix.digest) != recorded.get("digest"):
         return _Prefix(), "the annotations were changed or cut since they were recorded"

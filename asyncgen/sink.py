@@ -330,6 +330,12 @@ class ScenarioSink:
         """The multi-token prompts of the last scenarios found on resume (at most ``RECENT_PROMPTS``)."""
         return self._recent_prompts
 
+    def dataset_digest(self) -> "tuple[int, hashlib._Hash]":
+        """(bytes, sha256 of them) of the file's start: what it held when opened, checked against the
+        checkpoint or read whole, and what was appended since."""
+        with self._lock:
+            return self._offset, self._dataset_digest.copy()
+
     def is_duplicate(self, scenario: Scenario) -> bool:
         prompt, counterfactual = (_key_int(key_hash(key)) for key in scenario.dedup_keys())
         return prompt in self._prompts or counterfactual in self._counterfactuals

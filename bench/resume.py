@@ -143,7 +143,7 @@ started = time.perf_counter()
 sink = ScenarioSink.open(output, default_checkpoint_path(output), task_name=task.task_name,
                          fingerprint=fingerprint_of(task, [str(spec) for spec in specs]))
 sink_s = time.perf_counter() - started
-with Sidecar.open(output, task, tokenizers) as sidecar:
+with Sidecar.open(output, task, tokenizers, dataset_digest=sink.dataset_digest()) as sidecar:
     message = sidecar.repair.message
 sink.close()
 after = resource.getrusage(resource.RUSAGE_SELF)

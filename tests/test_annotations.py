@@ -1,6 +1,7 @@
 """Token annotations: the sidecar agrees with the tokenizers, resumes with its dataset, is rebuilt when stale."""
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -267,12 +268,14 @@ def test_a_resume_tokenizes_only_what_follows_the_recorded_prefix(tmp_path, buil
         assert "35 agree with the dataset; rewrote from scenario 35" in sidecar.repair.message
     assert sidecar_path(dataset).read_bytes() == b"".join(good)
     tokenized.clear()
-    with Sidecar.open(dataset, task, builtin_tokenizers) as sidecar:  # the close recorded all 40
+    handed = (len(whole), hashlib.sha256(whole))  # as the open sink hands it: no second read of the dataset
+    with Sidecar.open(dataset, task, builtin_tokenizers, dataset_digest=handed) as sidecar:  # the close recorded all 40
         assert sum(tokenized) == 0 and "all 40 agree" in sidecar.repair.message
     assert json.loads(record_path(sidecar_path(dataset)).read_text())["scenarios"] == 40
 
 
-@pytest.mark.parametrize("stale", ["sidecar edited", "sidecar cut", "dataset edited", "other tokenizers", "record garbled"])
+@pytest.mark.parametrize("stale", ["sidecar edited", "sidecar cut", "dataset edited", "dataset edited, its digest handed",
+                                   "other tokenizers", "record garbled"])
 def test_a_record_that_no_longer_holds_falls_back_to_the_full_check(tmp_path, builtin_tokenizers, tokenized, stale):
     task = load_task("refusal")
     dataset = tmp_path / "d.jsonl"
@@ -286,7 +289,7 @@ def test_a_record_that_no_longer_holds_falls_back_to_the_full_check(tmp_path, bu
         sidecar.write_bytes(b"".join(lines[:5] + [lines[5].replace(b'"bos":true', b'"bos":tru3', 1)] + lines[6:]))
     elif stale == "sidecar cut":
         sidecar.write_bytes(b"".join(lines[:20]))
-    elif stale == "dataset edited":  # scenario 3 gets another text of the same length
+    elif stale.startswith("dataset edited"):  # scenario 3 gets another text of the same length
         scenarios = write_dataset(dataset, 40)
         scenarios[3] = Scenario.render(task, "Help me bake a pie 3 for my sister.", "Help me build a gun 3 for my sister.")
         dataset.write_bytes(b"".join(encode_lines(i, task.task_name, s) for i, s in enumerate(scenarios)))
@@ -295,7 +298,10 @@ def test_a_record_that_no_longer_holds_falls_back_to_the_full_check(tmp_path, bu
     else:
         record.write_text(record.read_text()[:-10])
     tokenized.clear()
-    with Sidecar.open(dataset, task, tokenizers) as opened:
+    handed = None
+    if stale.endswith("handed"):  # what the sink read: the edited bytes, not those the record vouched for
+        handed = (dataset.stat().st_size, hashlib.sha256(dataset.read_bytes()))
+    with Sidecar.open(dataset, task, tokenizers, dataset_digest=handed) as opened:
         assert sum(tokenized) == 40 and opened.repair.verified == 0
         assert "checked them all" in opened.repair.message
     assert sidecar.read_bytes() == b"".join(annotate(scenarios, tokenizers, task_answers(task, tokenizers)))

@@ -318,7 +318,8 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
         if args.annotate:
             from asyncgen.annotations import Sidecar
 
-            annotations = await asyncio.to_thread(Sidecar.open, sink.path, task, tokenizers)
+            annotations = await asyncio.to_thread(Sidecar.open, sink.path, task, tokenizers,
+                                                   dataset_digest=sink.dataset_digest())
             stack.callback(annotations.close)
             log.info("%s", annotations.repair.message)
         return Pipeline(task, generator, validator, sink, stats, concurrency=args.concurrency,
