@@ -433,7 +433,7 @@ class ScenarioSink:
                 if self._fd is not None:
                     os.close(self._fd)  # releases the flock
                     self._fd = None
-                self._close_keys()
+                self._close_keys(remove=self._count == 0)  # an empty index: nothing left behind
                 if self._journal_fd is not None:
                     os.close(self._journal_fd)
                     self._journal_fd = None
