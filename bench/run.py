@@ -654,9 +654,10 @@ def markdown(results: dict) -> str:
     lines += limits_rows(results.get("limits"))
     r = results.get("resume")
     if r:
-        sizes = "; ".join(f"{row['scenarios']:,}: **{row['first_new_scenario_s']} s** (CPU {row['process_cpu_s']} s, "
-                          f"of which the sink's and sidecar's opens {row['opens_cpu_s']} s), client "
-                          f"{row['client_peak_rss_mb']:.0f} MB" for row in r["rows"])
+        sizes = "; ".join(f"{row['scenarios']:,}: **{row['first_new_scenario_s']} s** at load {row['load_before']} "
+                          f"(CPU to it: client {row.get('client_cpu_to_first_s')} s, validator "
+                          f"{row.get('validator_cpu_to_first_s')} s; the sink's and sidecar's opens "
+                          f"{row['opens_cpu_s']} s), client {row['client_peak_rss_mb']:.0f} MB" for row in r["rows"])
         largest = max(r["rows"], key=lambda row: row["scenarios"])
         ok = largest["first_new_scenario_s"] <= RESUME_AIM_S if largest["scenarios"] >= 1_000_000 else None
         lines.append(
