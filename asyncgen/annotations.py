@@ -30,8 +30,9 @@ Contract of the sidecar
 * ``Sidecar.open`` trusts no line it finds unchecked. ``DATASET.tokens.checkpoint.json`` records the
   verified prefix: how many lines, their bytes and sha256, and the bytes and sha256 of the dataset's
   scenarios they annotate, with a digest of the tokenizers and answers. When both files still hold
-  their recorded prefix (two sequential reads, no tokenizing) only the scenarios after it are
-  tokenized (in the calling thread: run it in a worker thread from async code); otherwise, or with
+  their recorded prefix (two sequential reads, no tokenizing; one when the caller hands the
+  digest of the dataset it read) only the scenarios after it are tokenized (in the calling
+  thread: run it in a worker thread from async code); otherwise, or with
   ``full_check`` (``annotate``), every scenario is. Lines that differ byte for byte from what the
   scenarios give (other ids, tokenizers or texts, a torn line) are cut from the first one on and
   rewritten, and the missing ones written. So an interrupted sidecar is caught up, and one from

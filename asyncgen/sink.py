@@ -18,8 +18,8 @@ Contract
   it holds fewer than four complete lines, the most a torn append can leave. A malformed group
   followed by more data is not a torn write but damage: ``open`` refuses and says where it is,
   rather than cut off good scenarios. Without a usable checkpoint ``open`` checks the whole file.
-  Either way the file is read a piece at a time: memory grows only with the dedup keys (about 130
-  bytes a scenario in the two sets).
+  Either way the file is read a piece at a time: memory grows only with the dedup keys (about 150
+  bytes a scenario in the two sets of hashes).
 * Identity: a checkpoint knows its dataset by the sha256 of its first scenario, not by its path,
   so a dataset copied or moved with its checkpoint resumes; one that holds other scenarios is
   refused (``OtherDatasetsCheckpoint``). A dataset with no scenario yet is known by its place (the
