@@ -27,37 +27,57 @@ Contract of the sidecar
 * The dataset is the truth; the sidecar is derived from it and may lag it, never lead it:
   ``append`` is called only after the scenario's four lines were written. A crash can leave it
   short or torn.
-* ``Sidecar.open`` never trusts what it finds: it re-derives the annotation of every scenario the
-  dataset holds (tokenizing in the calling thread: run it in a worker thread from async code),
-  keeps the sidecar's lines up to the first that differs byte for byte (other ids, tokenizers or
-  texts, a torn line), cuts the rest, and writes the missing lines. So an interrupted sidecar is
-  caught up, and one from another dataset, tokenizer set or task is rebuilt.
+* ``Sidecar.open`` trusts no line it finds unchecked. ``DATASET.tokens.checkpoint.json`` records the
+  verified prefix: how many lines, their bytes and sha256, and the bytes and sha256 of the dataset's
+  scenarios they annotate, with a digest of the tokenizers and answers. When both files still hold
+  their recorded prefix (two sequential reads, no tokenizing; one when the caller hands the
+  digest of the dataset it read) only the scenarios after it are tokenized (in the calling
+  thread: run it in a worker thread from async code); otherwise, or with
+  ``full_check`` (``annotate``), every scenario is. Lines that differ byte for byte from what the
+  scenarios give (other ids, tokenizers or texts, a torn line) are cut from the first one on and
+  rewritten, and the missing ones written. So an interrupted sidecar is caught up, and one from
+  another dataset, tokenizer set or task is rebuilt. Memory does not grow with the dataset: it is
+  read and tokenized ``CHUNK`` scenarios at a time.
 * ``append(scenario_id, verdict)`` writes one line with one ``write(2)``, for the next id only.
   A failed write does not stop the run (the dataset does not depend on the sidecar): it logs one
-  warning, stops the sidecar, and the next ``open`` repairs it. ``close`` fsyncs.
+  warning, stops the sidecar, and the next ``open`` repairs it. ``close`` fsyncs, then records
+  everything written as verified (its lines come from the validator's verdicts, the same as
+  tokenizing again gives).
 * One writer: use it where the dataset's sink is held (the sink's ``flock`` keeps runs apart).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 import orjson
 
 from asyncgen.answers import TaskTokens, task_tokens
 from asyncgen.config import Task
 from asyncgen.errors import UsageError
-from asyncgen.scenario import Scenario, read_dataset
+from asyncgen.scenario import (
+    LINES_PER_SCENARIO,
+    GroupError,
+    Scenario,
+    encode_lines,
+    feed_digest,
+    line_groups,
+    parse_group,
+)
+from asyncgen.sink import atomic_write
 from asyncgen.tokenizers import Tokenizer
 from asyncgen.validate import FormVerdict, Verdict, judge_scenarios
 
 log = logging.getLogger("asyncgen.annotations")
 CHUNK = 1024  # scenarios tokenized per batch
+RECORD_VERSION = 1
 
 
 def sidecar_path(dataset: str | os.PathLike) -> Path:
@@ -114,14 +134,49 @@ def task_answers(task: Task, tokenizers: Sequence[Tokenizer]) -> dict[str, TaskT
 
 @dataclass
 class Repair:
-    """What ``Sidecar.open`` did: kept the first ``kept`` lines, wrote ``written`` lines."""
+    """What ``Sidecar.open`` did: kept the first ``kept`` lines, wrote ``written`` lines; the first
+    ``verified`` of them were trusted from the record of an earlier check, not tokenized again."""
 
     scenarios: int
     kept: int
     written: int
     cut_bytes: int
     message: str
-    non_pairs: int = 0  # scenarios with a form that is not a minimal pair under some tokenizer
+    non_pairs: int = 0  # among the scenarios tokenized: those with a form that is not a minimal pair somewhere
+    verified: int = 0
+
+
+def record_path(sidecar: str | os.PathLike) -> Path:
+    """Where the sidecar's verified prefix is recorded: ``DATASET.tokens.checkpoint.json``."""
+    path = Path(sidecar)
+    stem = path.name[: -len(".jsonl")] if path.name.endswith(".jsonl") else path.name
+    return path.with_name(stem + ".checkpoint.json")
+
+
+def setup_digest(tokenizers: Sequence[Tokenizer], answers: dict[str, TaskTokens]) -> str:
+    """What the annotations of a text depend on besides the text: the tokenizers and the answers' ids."""
+    facts = {name: [dict(facts.answer_ids), dict(facts.answer_ids_merged)] for name, facts in answers.items()}
+    return hashlib.sha256(orjson.dumps({"tokenizers": [t.name for t in tokenizers], "answers": facts},
+                                       option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+@dataclass
+class _Prefix:
+    """A checked prefix: ``scenarios`` sidecar lines (``offset`` bytes, ``digest`` running over them)
+    that agree with the dataset's first ``scenarios`` scenarios (``dataset_offset`` bytes)."""
+
+    scenarios: int = 0
+    offset: int = 0
+    digest: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    dataset_offset: int = 0
+    dataset_digest: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+
+    def record(self, setup: str, sidecar: Path) -> bytes:
+        return orjson.dumps({
+            "version": RECORD_VERSION, "sidecar": sidecar.name, "setup": setup, "scenarios": self.scenarios,
+            "offset": self.offset, "digest": self.digest.hexdigest(), "dataset_offset": self.dataset_offset,
+            "dataset_digest": self.dataset_digest.hexdigest(),
+        }, option=orjson.OPT_INDENT_2)
 
 
 class Sidecar:
@@ -134,49 +189,62 @@ class Sidecar:
         task: Task,
         tokenizers: Sequence[Tokenizer],
         path: str | os.PathLike | None = None,
-        scenarios: Sequence[Scenario] | None = None,
+        *,
+        full_check: bool = False,
+        dataset_digest: "tuple[int, hashlib._Hash] | None" = None,
         remedy: str = "pass --no-annotate",
     ) -> "Sidecar":
         """Open the sidecar of ``dataset`` (default path: ``sidecar_path``) and bring it in line with
-        the dataset's scenarios (read from ``dataset`` unless given). Raises UsageError if it cannot
-        be written; its message offers ``remedy``, the caller's way around the sidecar."""
+        the dataset's scenarios: those after its recorded verified prefix, or all of them with
+        ``full_check`` or when the record does not hold. ``dataset_digest`` is (bytes, sha256 of
+        them) of the dataset's start as the caller read or wrote it in this process (the open sink's
+        ``dataset_digest()``): the record's dataset digest is compared with it instead of being read
+        again when it covers as many bytes. Raises UsageError if it cannot be written; its message
+        offers ``remedy``, the caller's way around the sidecar."""
         path = Path(path) if path is not None else sidecar_path(dataset)
-        if scenarios is None:
-            scenarios = read_dataset(dataset).scenarios
         answers = task_answers(task, tokenizers)
-        expected = annotate(scenarios, tokenizers, answers)
+        setup = setup_digest(tokenizers, answers)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         except OSError as exc:
             raise UsageError(f"{path}: cannot open the token annotations for writing ({exc.strerror}); "
                              f"{remedy}, or make its folder writable") from exc
         try:
-            repair = _bring_in_line(fd, path, expected)
+            with open(dataset, "rb") as data, open(path, "rb") as old:
+                start, why = (_Prefix(), "") if full_check else _recorded_prefix(record_path(path), setup, data, old,
+                                                                                  dataset_digest)
+                repair, prefix = _bring_in_line(fd, path, data, old, start, tokenizers, answers)
+            if why:
+                repair.message += f" (checked them all: {why})"
+            atomic_write(record_path(path), prefix.record(setup, path))
         except OSError as exc:
             os.close(fd)
             raise UsageError(f"{path}: cannot write the token annotations ({exc.strerror}); "
                              f"{remedy}, or free space and run again") from exc
-        repair.non_pairs = sum(b'"position":null' in line for line in expected)
-        return cls(fd, path, len(scenarios), answers, repair)
+        return cls(fd, path, task, answers, repair, prefix, setup)
 
-    def __init__(self, fd: int, path: Path, count: int, answers: dict[str, TaskTokens], repair: Repair) -> None:
+    def __init__(self, fd: int, path: Path, task: Task, answers: dict[str, TaskTokens], repair: Repair,
+                 prefix: _Prefix, setup: str) -> None:
         self.path = path
         self.answers = answers
         self.repair = repair
         self._fd: int | None = fd
-        self._count = count
+        self._task = task
+        self._prefix = prefix  # everything written so far: the record that close leaves
+        self._setup = setup
         self._stopped = False
 
     @property
     def count(self) -> int:
-        return self._count
+        return self._prefix.scenarios
 
     def append(self, scenario_id: int, verdict: Verdict) -> None:
         """Write the annotation of scenario ``scenario_id`` (the next one) from its verdict."""
         if self._stopped or self._fd is None:
             return
-        if scenario_id != self._count:
-            self._stop(f"scenario {scenario_id} came when {self._count} was next")
+        prefix = self._prefix
+        if scenario_id != prefix.scenarios:
+            self._stop(f"scenario {scenario_id} came when {prefix.scenarios} was next")
             return
         data = encode_annotation(scenario_id, verdict)
         try:
@@ -186,7 +254,14 @@ class Sidecar:
         except OSError as exc:
             self._stop(f"writing scenario {scenario_id} failed ({exc.strerror})")
             return
-        self._count += 1
+        # The dataset's lines of this scenario, as the sink wrote them: the record covers both files.
+        lines = encode_lines(scenario_id, self._task.task_name,
+                             Scenario.render(self._task, verdict.prompt, verdict.counterfactual))
+        prefix.scenarios += 1
+        prefix.offset += len(data)
+        prefix.digest.update(data)
+        prefix.dataset_offset += len(lines)
+        prefix.dataset_digest.update(lines)
 
     def _stop(self, why: str) -> None:
         self._stopped = True
@@ -198,8 +273,11 @@ class Sidecar:
             return
         try:
             os.fsync(self._fd)
+            if not self._stopped:
+                atomic_write(record_path(self.path), self._prefix.record(self._setup, self.path))
         except OSError as exc:
-            log.warning("%s: cannot fsync the token annotations (%s); the next open repairs them", self.path, exc.strerror)
+            log.warning("%s: cannot fsync the token annotations or record them (%s); the next open checks them "
+                        "all", self.path, exc.strerror)
         finally:
             os.close(self._fd)
             self._fd = None
@@ -211,33 +289,98 @@ class Sidecar:
         self.close()
 
 
-def _bring_in_line(fd: int, path: Path, expected: list[bytes]) -> Repair:
-    """Keep the lines that agree with ``expected``, cut the rest, append what is missing; fsync."""
+def _recorded_prefix(record: Path, setup: str, data: BinaryIO, sidecar: BinaryIO,
+                     known: "tuple[int, hashlib._Hash] | None" = None) -> tuple[_Prefix, str]:
+    """The sidecar's prefix its record says was verified, if both files still hold it byte for byte
+    (by digest) and the tokenizers and answers are the same; else an empty prefix and why."""
+    try:
+        recorded = orjson.loads(record.read_bytes())
+    except FileNotFoundError:
+        return _Prefix(), ""
+    except (OSError, orjson.JSONDecodeError):
+        return _Prefix(), f"its record {record.name} is unreadable"
+    keys = ("scenarios", "offset", "dataset_offset")
+    if not (isinstance(recorded, dict) and recorded.get("version") == RECORD_VERSION
+            and all(isinstance(recorded.get(key), int) and recorded[key] >= 0 for key in keys)):
+        return _Prefix(), f"its record {record.name} is malformed"
+    if recorded.get("setup") != setup:
+        return _Prefix(), "its record was made with other tokenizers or answers"
+    prefix = _Prefix(recorded["scenarios"], recorded["offset"], dataset_offset=recorded["dataset_offset"])
+    if known is not None and known[0] == prefix.dataset_offset:
+        prefix.dataset_digest = known[1].copy()
+        dataset_digest = prefix.dataset_digest.hexdigest()
+    else:
+        dataset_digest = _digest_of(data, prefix.dataset_offset, prefix.dataset_digest)
+    if dataset_digest != recorded.get("dataset_digest"):
+        return _Prefix(), "the dataset is not what the record says was annotated"
+    if _digest_of(sidecar, prefix.offset, prefix.digest) != recorded.get("digest"):
+        return _Prefix(), "the annotations were changed or cut since they were recorded"
+    return prefix, ""
+
+
+def _digest_of(handle: BinaryIO, size: int, digest: "hashlib._Hash") -> str | None:
+    """Feed the first ``size`` bytes of ``handle`` to ``digest``; its hex digest, or None if shorter."""
+    return digest.hexdigest() if feed_digest(handle, digest, 0, size) else None
+
+
+def _scenarios_after(data: BinaryIO, prefix: _Prefix) -> Iterator[list[tuple[Scenario, bytes]]]:
+    """The dataset's whole, well-formed scenarios after ``prefix``, with their bytes, in chunks of
+    ``CHUNK``; stops at a torn or malformed one (the sink or ``validate`` deals with those)."""
+    loads = orjson.loads
+    scenario_id, chunk = prefix.scenarios, []
+    for lines in line_groups(data, prefix.dataset_offset):
+        for index in range(0, len(lines), LINES_PER_SCENARIO):
+            group = lines[index : index + LINES_PER_SCENARIO]
+            try:
+                _, _, scenario = parse_group([loads(line) for line in group], scenario_id)
+            except (orjson.JSONDecodeError, GroupError):
+                yield chunk
+                return
+            chunk.append((scenario, b"".join(line + b"\n" for line in group)))
+            scenario_id += 1
+            if len(chunk) == CHUNK:
+                yield chunk
+                chunk = []
+    yield chunk
+
+
+def _bring_in_line(fd: int, path: Path, data: BinaryIO, old: BinaryIO, prefix: _Prefix,
+                   tokenizers: Sequence[Tokenizer], answers: dict[str, TaskTokens]) -> tuple[Repair, _Prefix]:
+    """After ``prefix``, keep the sidecar's lines that agree with the annotations of the dataset's
+    scenarios, cut the rest, append what is missing; fsync. Reads and tokenizes a chunk at a time."""
     size = os.fstat(fd).st_size
-    data = b""
-    while len(data) < size:
-        chunk = os.pread(fd, size - len(data), len(data))
+    verified = prefix.scenarios
+    old.seek(prefix.offset)
+    agreeing, cut, written, non_pairs = True, 0, 0, 0
+    last_report = time.monotonic()
+    for chunk in _scenarios_after(data, prefix):
         if not chunk:
-            break
-        data += chunk
-    kept = offset = 0
-    for line in data.splitlines(keepends=True):
-        if kept >= len(expected) or line != expected[kept]:
-            break
-        kept += 1
-        offset += len(line)
-    cut = len(data) - offset
-    if cut:
-        os.ftruncate(fd, offset)
-    os.lseek(fd, offset, os.SEEK_SET)
-    missing = b"".join(expected[kept:])
-    view = memoryview(missing)
-    while view:
-        view = view[os.write(fd, view) :]
+            continue
+        verdicts = judge_scenarios([scenario for scenario, _ in chunk], tokenizers, answers)
+        for (_, lines), verdict in zip(chunk, verdicts):
+            expected = encode_annotation(prefix.scenarios, verdict)
+            non_pairs += b'"position":null' in expected
+            if agreeing and old.readline() != expected:
+                agreeing, cut = False, size - prefix.offset
+                os.ftruncate(fd, prefix.offset)
+            if not agreeing:
+                _write_all(fd, expected, prefix.offset)
+                written += 1
+            prefix.scenarios += 1
+            prefix.offset += len(expected)
+            prefix.digest.update(expected)
+            prefix.dataset_offset += len(lines)
+            prefix.dataset_digest.update(lines)
+        if time.monotonic() - last_report >= 5:
+            log.info("annotations: checked %d scenarios", prefix.scenarios - verified)
+            last_report = time.monotonic()
+    if agreeing and size > prefix.offset:  # lines beyond the dataset's scenarios
+        cut = size - prefix.offset
+        os.ftruncate(fd, prefix.offset)
     os.fsync(fd)
     os.lseek(fd, 0, os.SEEK_END)
-    written = len(expected) - kept
-    if not data:
+    kept = prefix.scenarios - written
+    if not size:
         message = f"token annotations {path}: wrote {written}"
     elif cut == 0 and written == 0:
         message = f"token annotations {path}: all {kept} agree with the dataset"
@@ -246,4 +389,13 @@ def _bring_in_line(fd: int, path: Path, expected: list[bytes]) -> Repair:
     else:
         message = (f"token annotations {path}: {kept} agree with the dataset; rewrote from scenario {kept} on "
                    f"({cut} bytes disagreed: other ids, tokenizers or texts, or a torn line), {written} written")
-    return Repair(len(expected), kept, written, cut, message)
+    if verified:
+        message += f" ({verified} by the record of an earlier check, {prefix.scenarios - verified} tokenized again)"
+    return Repair(prefix.scenarios, kept, written, cut, message, non_pairs, verified), prefix
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        done = os.pwrite(fd, view, offset)
+        view, offset = view[done:], offset + done

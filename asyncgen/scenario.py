@@ -7,7 +7,9 @@ with ids 0, 1, 2, ... in file order.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import orjson
 
@@ -21,6 +23,7 @@ TYPES = (
     "multi_token_counterfactual",
 )
 LINES_PER_SCENARIO = len(TYPES)
+READ_BYTES = 1 << 23
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,40 @@ def encode_lines(scenario_id: int, task_name: str, scenario: Scenario) -> bytes:
         orjson.dumps({"scenario_id": scenario_id, "type": kind, "task": task_name, "text": text}) + b"\n"
         for kind, text in zip(TYPES, scenario.texts())
     )
+
+
+def line_groups(handle: BinaryIO, start: int = 0, end: int | None = None) -> Iterator[list[bytes]]:
+    """The complete lines of a dataset file from byte ``start`` (to ``end``), newlines stripped, in
+    lists of whole groups of four, read ``READ_BYTES`` at a time (so memory stays flat however long
+    the file is); what is left at the end (fewer than four lines, or a part of one) is not yielded."""
+    handle.seek(start)
+    left = None if end is None else end - start
+    carry = b""
+    while left is None or left > 0:
+        piece = handle.read(READ_BYTES if left is None else min(READ_BYTES, left))
+        if not piece:
+            break
+        if left is not None:
+            left -= len(piece)
+        lines = (carry + piece if carry else piece).split(b"\n")
+        whole = (len(lines) - 1) // LINES_PER_SCENARIO * LINES_PER_SCENARIO
+        carry = b"\n".join(lines[whole:])
+        if whole:
+            yield lines[:whole]
+
+
+def feed_digest(handle: BinaryIO, digest, start: int, end: int) -> bool:
+    """Feed bytes ``start`` to ``end`` of ``handle`` to ``digest`` (a hashlib object), ``READ_BYTES``
+    at a time; False if the file ends before ``end``."""
+    handle.seek(start)
+    left = end - start
+    while left > 0:
+        piece = handle.read(min(READ_BYTES, left))
+        if not piece:
+            return False
+        digest.update(piece)
+        left -= len(piece)
+    return True
 
 
 class GroupError(ValueError):

@@ -18,9 +18,23 @@ Contract
   it holds fewer than four complete lines, the most a torn append can leave. A malformed group
   followed by more data is not a torn write but damage: ``open`` refuses and says where it is,
   rather than cut off good scenarios. Without a usable checkpoint ``open`` checks the whole file.
+  Either way the file is read a piece at a time: memory grows only with the dedup keys (about 150
+  bytes a scenario in the two sets of hashes).
+* Identity: a checkpoint knows its dataset by the sha256 of its first scenario, not by its path,
+  so a dataset copied or moved with its checkpoint resumes; one that holds other scenarios is
+  refused (``OtherDatasetsCheckpoint``). A dataset with no scenario yet is known by its place (the
+  path recorded, or its name beside the checkpoint when the file exists), and resumes with the
+  ``run_state`` of the runs that wrote nothing: their spending still counts.
 * Dedup: a scenario whose normalized prompt equals an accepted prompt, or whose normalized
   counterfactual equals an accepted counterfactual, is a duplicate (``Scenario.dedup_keys``). The
-  sets are rebuilt from the file on resume.
+  sets hold 64-bit hashes of the keys (``key_hash``): a duplicate never passes; a distinct scenario
+  is refused for a hash collision with probability about N^2 / 2^64 over a whole dataset of N
+  scenarios (5e-8 at 1,000,000, 5e-6 at 10,000,000), and the run then asks for another one.
+* Dedup index: ``sync`` appends the hashes of the scenarios since the last sync to
+  ``CHECKPOINT.keys`` (16 bytes a scenario) before the checkpoint, which records the sha256 of the
+  index's bytes and of the dataset's bytes they index. ``open`` loads the index when both digests
+  hold (one sequential read of each file, no JSON decoding), and rebuilds it from the file,
+  decoding every scenario, when they do not (edited, cut, missing, or another dataset's).
 * Errors: a user-fixable problem at ``open`` (output not writable, fingerprint mismatch without
   ``force_resume``, an existing output with no checkpoint and no ``overwrite``, a sink another run
   holds) is a ``UsageError``, raised before anything is written. A failed write, fsync or checkpoint
@@ -33,7 +47,7 @@ Contract
 * One writer per sink: ``open`` takes an exclusive ``flock`` on the file where the platform has one.
 * Usage journal: the run's cost and counters (``run_state``) change with every answered request,
   between checkpoints. ``note_run_state`` appends the whole current ``run_state`` as one line, with
-  a sequence number, to ``CHECKPOINT.journal`` (one ``write(2)``, like ``append``: a killed process
+  a sequence number and the dataset's random id (kept in the checkpoint), to ``CHECKPOINT.journal`` (one ``write(2)``, like ``append``: a killed process
   loses none of it). The checkpoint records the last sequence number it includes; ``open`` takes
   the journal's last whole line past that number instead of the checkpoint's ``run_state``, so a
   SIGKILL between checkpoints forgets no spending. ``sync`` empties the journal when nothing newer
@@ -45,11 +59,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import gc
+import hashlib
 import logging
 import os
+import secrets
 import stat
+import sys
 import threading
 import time
+from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -61,7 +79,17 @@ import orjson
 
 from asyncgen.config import Task
 from asyncgen.errors import SinkError, UsageError
-from asyncgen.scenario import LINES_PER_SCENARIO, TYPES, GroupError, Scenario, encode_lines, normalize, parse_group
+from asyncgen.scenario import (
+    LINES_PER_SCENARIO,
+    TYPES,
+    GroupError,
+    Scenario,
+    encode_lines,
+    feed_digest,
+    line_groups,
+    normalize,
+    parse_group,
+)
 
 try:
     import fcntl
@@ -70,6 +98,7 @@ except ImportError:  # Windows: no advisory lock
 
 CHECKPOINT_VERSION = 1
 RECENT_PROMPTS = 200  # the last prompts a resume hands on (the avoid list of the next requests)
+KEY_BYTES = 8  # a dedup key's hash; a scenario has two (prompt, counterfactual) in the index
 log = logging.getLogger(__name__)
 
 
@@ -119,6 +148,15 @@ def fingerprint_of(task: Task, tokenizers: Iterable[str]) -> dict:
     return {"task": task.task_name, "templates": task.templates.model_dump(), "tokenizers": sorted(tokenizers)}
 
 
+def key_hash(normalized: str) -> bytes:
+    """The 64-bit hash of a dedup key that the sink keeps (see the contract for its collisions)."""
+    return hashlib.blake2b(normalized.encode(), digest_size=KEY_BYTES).digest()
+
+
+def _key_int(hashed: bytes) -> int:
+    return int.from_bytes(hashed, "little")
+
+
 class ScenarioSink:
     """An open sink; make one with ``ScenarioSink.open``."""
 
@@ -156,7 +194,7 @@ class ScenarioSink:
         fd = _open_for_append(path)
         try:
             return cls._resume(
-                fd, path, checkpoint_path,
+                fd, path, checkpoint_path, existed,
                 task_name=task_name, fingerprint=fingerprint, force_resume=force_resume,
                 overwrite=overwrite, durability=durability, auto_sync=auto_sync,
             )
@@ -167,18 +205,24 @@ class ScenarioSink:
             raise
 
     @classmethod
-    def _resume(cls, fd: int, path: Path, checkpoint_path: Path | None, *, task_name: str, fingerprint: dict,
+    def _resume(cls, fd: int, path: Path, checkpoint_path: Path | None, existed: bool, *, task_name: str, fingerprint: dict,
                 force_resume: bool, overwrite: bool, durability: DurabilityPolicy, auto_sync: bool) -> "ScenarioSink":
-        with open(path, "rb") as handle:
-            data = handle.read()
+        size = os.fstat(fd).st_size
         found = _Found()
-        stored, why = _read_checkpoint(checkpoint_path, path) if checkpoint_path is not None else (None, "")
+        stored, why = _read_checkpoint(checkpoint_path, path, existed) if checkpoint_path is not None else (None, "")
         journal_path = _journal_path(checkpoint_path) if checkpoint_path is not None else None
         if overwrite and journal_path is not None:
             journal_path.unlink(missing_ok=True)
-        if overwrite or not data:
-            if data:
-                note = f" (overwrote {len(data)} bytes)"
+        tail = b""
+        # An empty dataset whose checkpoint says so is resumed: the usage of runs that wrote no
+        # scenario yet (interrupted, or stopped at --max-cost) still counts.
+        carried = not overwrite and not size and stored is not None and stored.scenarios == 0 and stored.offset == 0
+        if carried:
+            report = ResumeReport(0, 0, 0, True, f"resumed {path} at 0 scenarios (from its checkpoint: no scenario "
+                                                 "yet, the earlier runs' usage counts)", dict(stored.run_state))
+        elif overwrite or not size:
+            if size:
+                note = f" (overwrote {size} bytes)"
             elif stored is not None and stored.scenarios:
                 note = f" (its checkpoint said {stored.scenarios} scenarios, but the file is empty or missing)"
             else:
@@ -186,39 +230,49 @@ class ScenarioSink:
             report = ResumeReport(0, 0, 0, False, f"new dataset {path}{note}")
         elif checkpoint_path is None:
             raise UsageError(
-                f"--output {path} already holds {len(data)} bytes and --no-checkpoint was given; "
+                f"--output {path} already holds {size} bytes and --no-checkpoint was given; "
                 "pass --overwrite to replace it, or drop --no-checkpoint to resume it"
             )
         else:
-            report = _resume_from(data, stored, why, found, path, task_name)
+            with open(path, "rb") as handle:
+                report, tail = _resume_from(handle, size, stored, why, found, path, task_name,
+                                            _keys_path(checkpoint_path))
             _refuse_other_setup(path, stored, found, task_name, fingerprint, force_resume, report)
-        journal_seq = stored.journal_seq if stored is not None and not overwrite else 0
+        started_over = overwrite or (not size and not carried)
+        same_dataset = stored is not None and not started_over
+        journal_seq = stored.journal_seq if same_dataset else 0
+        dataset_id = stored.dataset_id if same_dataset and stored.dataset_id else secrets.token_hex(8)
         if journal_path is not None and not overwrite:
-            noted = _last_noted(journal_path, path, journal_seq)
+            noted = _last_noted(journal_path, path, journal_seq, dataset_id)
             if noted is not None:
                 journal_seq, report.run_state = noted
                 report.message += "; the usage since its last checkpoint recovered from the journal"
-        kept = 0 if overwrite else len(data) - report.dropped_bytes
+        kept = 0 if overwrite else size - report.dropped_bytes
         sink = cls(
             fd, path, checkpoint_path, task_name=task_name, fingerprint=fingerprint, durability=durability,
             auto_sync=auto_sync, resume=report, offset=kept, found=found,
         )
-        sink._journal_path, sink._journal_seq = journal_path, journal_seq
+        sink._journal_path, sink._journal_seq, sink._dataset_id = journal_path, journal_seq, dataset_id
+        sink._first_scenario = found.first_scenario
+        keys_new = checkpoint_path is not None and not _keys_path(checkpoint_path).exists()
+        if checkpoint_path is not None:
+            sink._open_keys(_keys_path(checkpoint_path), found)
         # The checkpoint goes first: it proves the location writable before the file is changed,
         # and a crash before the cut below leaves a file longer than it says, which resumes.
         if checkpoint_path is not None:
             try:
-                atomic_write(checkpoint_path, sink._checkpoint_bytes(kept, found.scenarios))
+                atomic_write(checkpoint_path, sink._checkpoint_bytes(kept, found.scenarios, sink._flush_keys(found.scenarios)))
             except OSError as exc:
+                sink._close_keys(remove=keys_new)
                 raise UsageError(
                     f"--checkpoint {checkpoint_path}: cannot write it ({_reason(exc)}); "
                     "choose another --checkpoint, or pass --no-checkpoint"
                 ) from exc
             if journal_path is not None:  # the checkpoint now holds what the journal had
                 journal_path.unlink(missing_ok=True)
-        if kept < len(data):
+        if kept < size:
             if not overwrite:
-                report.message += f", saved in {_save_cut_bytes(path, data[kept:])}"
+                report.message += f", saved in {_save_cut_bytes(path, tail)}"
             _truncate(fd, path, kept)
         try:
             os.fsync(fd)
@@ -242,13 +296,20 @@ class ScenarioSink:
         self._count = found.scenarios
         self._durable_count = 0
         self._recent_prompts = list(found.recent_prompts)
-        self._prompts = found.prompts
+        self._prompts = found.prompts  # key_hash of the keys, as ints
         self._counterfactuals = found.counterfactuals
+        self._dataset_digest = found.dataset_digest  # sha256 of the file's first ``_offset`` bytes
+        self._keys_fd: int | None = None  # the dedup index (see the contract); None: not kept
+        self._keys_path: Path | None = None
+        self._keys_digest = found.keys_digest  # sha256 of what the index holds
+        self._pending_keys = bytearray()  # the hashes of the scenarios appended since the last sync
         self._run_state = dict(resume.run_state)
         self._last_sync = time.monotonic()
         self._journal_path: Path | None = None
         self._journal_fd: int | None = None
         self._journal_seq = 0  # the last run_state noted (or recovered)
+        self._dataset_id = ""  # made with the dataset's first checkpoint; its journal lines carry it
+        self._first_scenario: str | None = None  # what identifies the dataset (see _read_checkpoint)
         self._stopped: str | None = None  # why appends are refused
         self._sync_broken = False  # fsync failed or the file vanished: no checkpoint may claim durability
         self._lock = threading.Lock()  # one write and its counters
@@ -269,13 +330,20 @@ class ScenarioSink:
         """The multi-token prompts of the last scenarios found on resume (at most ``RECENT_PROMPTS``)."""
         return self._recent_prompts
 
+    def dataset_digest(self) -> "tuple[int, hashlib._Hash]":
+        """(bytes, sha256 of them) of the file's start: what it held when opened, checked against the
+        checkpoint or read whole, and what was appended since."""
+        with self._lock:
+            return self._offset, self._dataset_digest.copy()
+
     def is_duplicate(self, scenario: Scenario) -> bool:
-        prompt, counterfactual = scenario.dedup_keys()
+        prompt, counterfactual = (_key_int(key_hash(key)) for key in scenario.dedup_keys())
         return prompt in self._prompts or counterfactual in self._counterfactuals
 
     def append(self, scenario: Scenario) -> int | None:
         """Write one scenario; return its id, or None if it is a duplicate. Raises SinkError."""
-        prompt, counterfactual = scenario.dedup_keys()
+        hashed = [key_hash(key) for key in scenario.dedup_keys()]
+        prompt, counterfactual = _key_int(hashed[0]), _key_int(hashed[1])
         with self._lock:
             if self._stopped:
                 raise SinkError(self._stopped)
@@ -284,8 +352,13 @@ class ScenarioSink:
             scenario_id = self._count
             data = encode_lines(scenario_id, self._task_name, scenario)
             self._write(data, scenario_id)
+            if scenario_id == 0:
+                self._first_scenario = hashlib.sha256(data).hexdigest()
             self._offset += len(data)
             self._count += 1
+            self._dataset_digest.update(data)
+            if self._keys_fd is not None:
+                self._pending_keys += hashed[0] + hashed[1]
             self._prompts.add(prompt)
             self._counterfactuals.add(counterfactual)
         if self._auto_sync and self.sync_due():
@@ -299,7 +372,8 @@ class ScenarioSink:
             return
         with self._lock:
             self._journal_seq += 1
-            line = orjson.dumps({"seq": self._journal_seq, "sink": str(self.path), "run_state": run_state}) + b"\n"
+            line = orjson.dumps({"seq": self._journal_seq, "dataset_id": self._dataset_id, "sink": str(self.path),
+                                 "run_state": run_state}) + b"\n"
             try:
                 if self._journal_fd is None:
                     self._journal_fd = os.open(self._journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
@@ -327,7 +401,7 @@ class ScenarioSink:
                 offset, count, journal_seq = self._offset, self._count, self._journal_seq
                 if run_state is not None:
                     self._run_state = dict(run_state)
-                checkpoint = self._checkpoint_bytes(offset, count)
+                checkpoint = self._checkpoint_bytes(offset, count, self._flush_keys(count))
             self._fsync_sink()
             if self.checkpoint_path is not None:
                 self._write_checkpoint(checkpoint)
@@ -359,6 +433,7 @@ class ScenarioSink:
                 if self._fd is not None:
                     os.close(self._fd)  # releases the flock
                     self._fd = None
+                self._close_keys(remove=self._count == 0)  # an empty index: nothing left behind
                 if self._journal_fd is not None:
                     os.close(self._journal_fd)
                     self._journal_fd = None
@@ -415,16 +490,68 @@ class ScenarioSink:
             )
             raise SinkError(self._stopped) from exc
 
-    def _checkpoint_bytes(self, offset: int, count: int) -> bytes:
+    def _open_keys(self, path: Path, found: "_Found") -> None:
+        """Bring the dedup index in line with what ``open`` found: keep its verified part, write the
+        hashes decoded from the file after it. An index that cannot be written is given up with a
+        warning: the next resume decodes the whole file instead."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except OSError as exc:
+            log.warning("cannot open the dedup index %s (%s); the next resume reads the whole dataset", path, _reason(exc))
+            return
+        try:
+            os.ftruncate(fd, 2 * KEY_BYTES * found.indexed)
+            os.lseek(fd, 0, os.SEEK_END)
+            _write_all(fd, found.key_bytes)
+        except OSError as exc:
+            os.close(fd)
+            log.warning("cannot write the dedup index %s (%s); the next resume reads the whole dataset", path, _reason(exc))
+            return
+        self._keys_digest.update(found.key_bytes)
+        found.key_bytes = bytearray()
+        self._keys_fd, self._keys_path = fd, path
+
+    def _close_keys(self, remove: bool = False) -> None:
+        if self._keys_fd is not None:
+            os.close(self._keys_fd)
+            self._keys_fd = None
+            if remove and self._keys_path is not None:
+                self._keys_path.unlink(missing_ok=True)
+
+    def _flush_keys(self, count: int) -> dict | None:
+        """Append the pending hashes to the index (under ``_lock``, with ``count`` the scenarios
+        written); what the checkpoint records of it, or None when the index is not kept."""
+        if self._keys_fd is None:
+            return None
+        try:
+            _write_all(self._keys_fd, self._pending_keys)
+        except OSError as exc:
+            log.warning("cannot write the dedup index %s (%s); the next resume reads the whole dataset",
+                        self._keys_path, _reason(exc))
+            os.close(self._keys_fd)
+            self._keys_fd = None
+            return None
+        self._keys_digest.update(self._pending_keys)
+        self._pending_keys = bytearray()
+        return {"scenarios": count, "digest": self._keys_digest.hexdigest(),
+                "dataset_digest": self._dataset_digest.hexdigest()}
+
+    def _checkpoint_bytes(self, offset: int, count: int, keys: dict | None) -> bytes:
         return orjson.dumps(
             {
                 "version": CHECKPOINT_VERSION,
                 "sink": str(self.path),
+                "dataset": {
+                    "id": self._dataset_id,
+                    "first_scenario": self._first_scenario,
+                    "name": _relative_name(self.path, self.checkpoint_path),
+                },
                 "offset": offset,
                 "scenarios": count,
                 "fingerprint": self._fingerprint,
                 "run_state": self._run_state,
                 "journal_seq": self._journal_seq,
+                "keys": keys,
                 "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             },
             option=orjson.OPT_INDENT_2,
@@ -449,10 +576,22 @@ class _Found:
     """The scenarios a resume kept: how many, their dedup keys, the task names seen."""
 
     scenarios: int = 0
+    first_scenario: str | None = None  # sha256 of its four lines
     recent_prompts: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_PROMPTS))
-    prompts: set[str] = field(default_factory=set)
-    counterfactuals: set[str] = field(default_factory=set)
+    prompts: set[int] = field(default_factory=set)  # key_hash of the dedup keys, as ints
+    counterfactuals: set[int] = field(default_factory=set)
     tasks: set[str] = field(default_factory=set)
+    indexed: int = 0  # the first scenarios, whose hashes the dedup index holds
+    keys_digest: "hashlib._Hash" = field(default_factory=hashlib.sha256)  # of the index's first ``indexed``
+    key_bytes: bytearray = field(default_factory=bytearray)  # the hashes of the scenarios after them
+    dataset_digest: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    digested: int = 0  # the file's bytes fed to ``dataset_digest``
+
+    def add_keys(self, prompt: str, counterfactual: str) -> None:
+        hashed_prompt, hashed_counterfactual = key_hash(prompt), key_hash(counterfactual)
+        self.key_bytes += hashed_prompt + hashed_counterfactual
+        self.prompts.add(_key_int(hashed_prompt))
+        self.counterfactuals.add(_key_int(hashed_counterfactual))
 
 
 @dataclass(frozen=True)
@@ -462,15 +601,24 @@ class _Checkpoint:
     fingerprint: dict
     run_state: dict
     journal_seq: int = 0
+    dataset_id: str = ""
+    keys: dict | None = None  # what it records of the dedup index
 
 
 class OtherDatasetsCheckpoint(UsageError):
     """The checkpoint file names another dataset: ``open`` refuses it rather than overwrite it."""
 
 
-def _read_checkpoint(path: Path, sink: Path) -> tuple[_Checkpoint | None, str]:
+def _read_checkpoint(path: Path, sink: Path, sink_existed: bool = True) -> tuple[_Checkpoint | None, str]:
     """The checkpoint of ``sink`` at ``path``, or None and why there is none to use; raises
-    ``OtherDatasetsCheckpoint`` when it belongs to another dataset."""
+    ``OtherDatasetsCheckpoint`` when it belongs to another dataset.
+
+    A dataset is known by what it holds, so that a copied or moved pair resumes: the digest of its
+    first scenario must match when both the checkpoint and the file have one. And by its place,
+    so that two datasets that begin alike (the offline default with one seed) keep their own
+    checkpoints: the path recorded, or, if the file exists (a copied empty dataset comes with its
+    file), the checkpoint beside it by default, or the name recorded relative to its folder.
+    """
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -487,21 +635,68 @@ def _read_checkpoint(path: Path, sink: Path) -> tuple[_Checkpoint | None, str]:
     fingerprint, run_state = data.get("fingerprint"), data.get("run_state")
     if not (_is_count(offset) and _is_count(scenarios) and isinstance(fingerprint, dict) and isinstance(run_state, dict)):
         return None, f"checkpoint {path} is malformed"
-    if data.get("sink") != str(sink):
+    dataset = data.get("dataset") if isinstance(data.get("dataset"), dict) else {}
+    recorded, first, name = dataset.get("first_scenario"), first_scenario_digest(sink), dataset.get("name")
+    same_content = recorded == first if isinstance(recorded, str) and first is not None else True
+    same_place = data.get("sink") == str(sink) or sink_existed and (
+        path == default_checkpoint_path(sink) or isinstance(name, str) and (path.parent / name).resolve() == sink)
+    ours = same_content and same_place
+    differs = "another place" if same_content else "its first scenario differs"
+    if not ours:
         raise OtherDatasetsCheckpoint(
-            f"--checkpoint {path} belongs to another dataset ({data.get('sink')}), not to {sink}; pass "
+            f"--checkpoint {path} belongs to another dataset ({data.get('sink')}; {differs}), not to {sink}; pass "
             f"--checkpoint with a path of its own for this dataset, or delete {path} if that dataset is gone"
         )
     journal_seq = data.get("journal_seq", 0)
-    return _Checkpoint(offset, scenarios, fingerprint, run_state, journal_seq if _is_count(journal_seq) else 0), ""
+    dataset_id = dataset.get("id") if isinstance(dataset.get("id"), str) else ""
+    keys = data.get("keys") if isinstance(data.get("keys"), dict) else None
+    return _Checkpoint(offset, scenarios, fingerprint, run_state, journal_seq if _is_count(journal_seq) else 0,
+                       dataset_id, keys), ""
+
+
+def first_scenario_digest(dataset: Path) -> str | None:
+    """sha256 of the first four lines of ``dataset`` (its first scenario), or None if it has fewer."""
+    try:
+        with open(dataset, "rb") as handle:
+            return _first_scenario_of(handle)
+    except OSError:
+        return None
+
+
+def _first_scenario_of(handle) -> str | None:
+    handle.seek(0)
+    head = b""
+    while head.count(b"\n") < LINES_PER_SCENARIO:
+        chunk = handle.read(1 << 16)
+        if not chunk:
+            return None
+        head += chunk
+    end = 0
+    for _ in range(LINES_PER_SCENARIO):
+        end = head.index(b"\n", end) + 1
+    return hashlib.sha256(head[:end]).hexdigest()
+
+
+def _relative_name(dataset: Path, checkpoint: Path | None) -> str | None:
+    if checkpoint is None:
+        return None
+    try:
+        return os.path.relpath(dataset, checkpoint.parent)
+    except ValueError:  # another drive (Windows)
+        return None
 
 
 def _journal_path(checkpoint: Path) -> Path:
     return checkpoint.with_name(checkpoint.name + ".journal")
 
 
-def _last_noted(journal: Path, sink: Path, after_seq: int) -> tuple[int, dict] | None:
-    """(seq, run_state) of the journal's last whole line for ``sink`` past ``after_seq``, or None."""
+def _keys_path(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name + ".keys")
+
+
+def _last_noted(journal: Path, sink: Path, after_seq: int, dataset_id: str) -> tuple[int, dict] | None:
+    """(seq, run_state) of the journal's last whole line for this dataset past ``after_seq``, or None.
+    Lines written before the dataset id was recorded name the dataset by its path."""
     try:
         lines = journal.read_bytes().split(b"\n")[:-1]  # what follows the last newline is torn
     except OSError:
@@ -511,35 +706,49 @@ def _last_noted(journal: Path, sink: Path, after_seq: int) -> tuple[int, dict] |
             entry = orjson.loads(line)
         except orjson.JSONDecodeError:
             continue
-        if (isinstance(entry, dict) and entry.get("sink") == str(sink) and _is_count(entry.get("seq"))
-                and isinstance(entry.get("run_state"), dict)):
+        if not isinstance(entry, dict):
+            continue
+        ours = entry.get("dataset_id") == dataset_id if "dataset_id" in entry else entry.get("sink") == str(sink)
+        if ours and _is_count(entry.get("seq")) and isinstance(entry.get("run_state"), dict):
             return (entry["seq"], entry["run_state"]) if entry["seq"] > after_seq else None
     return None
 
 
-def _resume_from(data: bytes, stored: _Checkpoint | None, why: str, found: _Found, path: Path,
-                 task_name: str) -> ResumeReport:
-    """Find the scenarios in ``data`` (filling ``found``) and the torn tail to cut; raise if damaged,
-    or if what follows the last scenario is not the start of the next one (not a file asyncgen wrote)."""
+def _resume_from(handle, size: int, stored: _Checkpoint | None, why: str, found: _Found, path: Path,
+                 task_name: str, keys_path: Path) -> tuple[ResumeReport, bytes]:
+    """Find the scenarios in the file (filling ``found``) and the torn tail to cut (returned with the
+    report); raise if damaged, or if what follows the last scenario is not the start of the next one
+    (not a file asyncgen wrote). The file is read in pieces: once when the checkpoint and its dedup
+    index hold, decoding only what follows them."""
+    rebuilt = ""
     with _gc_paused():  # hundreds of thousands of short-lived dicts: the collector would triple the time
-        lines = data.split(b"\n")
         trusted = False
         if stored is not None:
-            why = _trust_prefix(data, lines, stored, found)
+            why = _trust_index(handle, size, stored, found, keys_path)
+            if why:
+                rebuilt = why if stored.scenarios else ""
+                found.__init__()
+                why = _trust_prefix(handle, size, stored, found)
             trusted = not why
             if why:
                 why = f"checkpoint at {stored.scenarios} scenarios, byte {stored.offset}: {why}"
+                found.__init__()  # the scan below starts over from the first scenario
         first_id, offset = (stored.scenarios, stored.offset) if trusted else (0, 0)
-        end, problem = _scan_groups(lines, first_id, offset, found)
+        end, problem = _scan_groups(handle, first_id, offset, found)
+    if problem is None:
+        feed_digest(handle, found.dataset_digest, found.digested, end)
+        found.digested = end
     if problem is not None:
         raise SinkError(
             f"{path}: scenario {found.scenarios} at byte {end} (line {LINES_PER_SCENARIO * found.scenarios + 1}) is "
-            f"malformed ({problem}) and {len(data) - end} bytes follow, more than a torn write leaves; nothing was "
+            f"malformed ({problem}) and {size - end} bytes follow, more than a torn write leaves; nothing was "
             f"cut: inspect it, or keep the {found.scenarios} scenarios before it with `truncate -s {end} {path}`"
         )
-    dropped = len(data) - end
-    if dropped and not _is_torn_scenario(data[end:], found.scenarios, task_name):
-        what = (f"{len(data)} bytes that do not start a scenario" if found.scenarios == 0 else
+    dropped = size - end
+    handle.seek(end)
+    tail = handle.read(dropped)
+    if dropped and not _is_torn_scenario(tail, found.scenarios, task_name):
+        what = (f"{size} bytes that do not start a scenario" if found.scenarios == 0 else
                 f"{found.scenarios} scenarios and then {dropped} bytes that are not the start of scenario {found.scenarios}")
         raise UsageError(
             f"--output {path} holds {what}: it is not a "
@@ -549,13 +758,15 @@ def _resume_from(data: bytes, stored: _Checkpoint | None, why: str, found: _Foun
     if trusted:
         after = found.scenarios - first_id
         how = "from its checkpoint" + (f", {after} more found after it" if after else "")
+        if rebuilt:
+            how += f"; its dedup index rebuilt: {rebuilt}"
     else:
         how = f"checked the whole file: {why}"
     message = f"resumed {path} at {found.scenarios} scenarios ({how})"
     if dropped:
         message += f"; cut a torn tail of {dropped} bytes (1 partial scenario)"
     run_state = dict(stored.run_state) if stored is not None else {}
-    return ResumeReport(found.scenarios, dropped, 1 if dropped else 0, trusted, message, run_state)
+    return ResumeReport(found.scenarios, dropped, 1 if dropped else 0, trusted, message, run_state), tail
 
 
 def _is_torn_scenario(tail: bytes, scenario_id: int, task_name: str) -> bool:
@@ -577,62 +788,124 @@ def _is_torn_scenario(tail: bytes, scenario_id: int, task_name: str) -> bool:
     return fragment[: len(start)] == start[: len(fragment)]
 
 
-def _trust_prefix(data: bytes, lines: list[bytes], stored: _Checkpoint, found: _Found) -> str:
+def _trust_index(handle, size: int, stored: _Checkpoint, found: _Found, keys_path: Path) -> str:
+    """Why the dedup index cannot stand for the checkpoint's prefix, or '' with ``found`` filled from it.
+
+    The index's bytes and the file's first ``offset`` bytes must have the sha256 that the checkpoint
+    recorded for them (one sequential read of each, about 0.75 s of CPU a GB); then only the first
+    scenario and the last ``RECENT_PROMPTS`` are decoded.
+    """
+    offset, scenarios, keys = stored.offset, stored.scenarios, stored.keys
+    if not scenarios:
+        return "no scenario yet"
+    if keys is None or keys.get("scenarios") != scenarios:
+        return "its checkpoint records none for its scenarios"
+    if offset > size:
+        return f"offset past the end of the file ({size} bytes)"
+    length = 2 * KEY_BYTES * scenarios
+    try:
+        with open(keys_path, "rb") as index:
+            raw = index.read(length)
+    except OSError as exc:
+        return f"{keys_path.name} unreadable ({_reason(exc)})"
+    keys_digest = hashlib.sha256(raw)
+    if len(raw) != length or keys_digest.hexdigest() != keys.get("digest"):
+        return f"{keys_path.name} was changed or cut"
+    if not (feed_digest(handle, found.dataset_digest, 0, offset)
+            and found.dataset_digest.hexdigest() == keys.get("dataset_digest")):
+        return "the dataset is not what it was made from"
+    lines = _lines_before(handle, offset, LINES_PER_SCENARIO * min(scenarios, RECENT_PROMPTS))
+    first_id = scenarios - len(lines) // LINES_PER_SCENARIO
+    try:
+        parsed = [parse_group([orjson.loads(line) for line in lines[index : index + LINES_PER_SCENARIO]],
+                              first_id + index // LINES_PER_SCENARIO)
+                  for index in range(0, len(lines), LINES_PER_SCENARIO)]
+    except (orjson.JSONDecodeError, GroupError) as exc:
+        return f"its last scenarios do not check out ({exc})"
+    hashes = array("Q", raw)
+    if sys.byteorder != "little":
+        hashes.byteswap()
+    found.prompts, found.counterfactuals = set(hashes[0::2]), set(hashes[1::2])
+    found.recent_prompts.extend(scenario.multi_token_prompt for _, _, scenario in parsed)
+    found.scenarios, found.tasks, found.first_scenario = scenarios, {parsed[-1][1]}, _first_scenario_of(handle)
+    found.indexed, found.keys_digest, found.digested = scenarios, keys_digest, offset
+    return ""
+
+
+def _lines_before(handle, end: int, count: int) -> list[bytes]:
+    """The last ``count`` lines before byte ``end`` (which ends a line), read backwards in pieces."""
+    buffer, start = b"", end
+    while start > 0 and buffer.count(b"\n") <= count:
+        step = min(start, 1 << 16)
+        start -= step
+        handle.seek(start)
+        buffer = handle.read(step) + buffer
+    return buffer.split(b"\n")[:-1][-count:]
+
+
+def _trust_prefix(handle, size: int, stored: _Checkpoint, found: _Found) -> str:
     """Why the checkpoint's prefix of the file cannot be trusted, or '' with ``found`` filled from it.
 
     Trusting means cheap checks only: the offset ends the checkpoint's number of lines, and the
     group before it is whole with the right id. The prefix is decoded just for its dedup keys.
     """
     offset, scenarios = stored.offset, stored.scenarios
-    if offset > len(data):
-        return f"offset past the end of the file ({len(data)} bytes)"
+    if offset > size:
+        return f"offset past the end of the file ({size} bytes)"
     if scenarios == 0:
         return "" if offset == 0 else "an offset but no scenarios"
-    if data[offset - 1 : offset] != b"\n" or data.count(b"\n", 0, offset) != LINES_PER_SCENARIO * scenarios:
+    handle.seek(offset - 1)
+    if handle.read(1) != b"\n":
         return "the file does not end that scenario there"
-    end = LINES_PER_SCENARIO * scenarios
     loads = orjson.loads
+    lines_seen, last_group, first_group = 0, None, None
     try:
-        _, task, _ = parse_group([loads(line) for line in lines[end - LINES_PER_SCENARIO : end]], scenarios - 1)
-        # The multi-token lines hold the dedup keys (see Scenario.dedup_keys).
-        texts = [loads(line)["text"] for line in lines[2:end:LINES_PER_SCENARIO]]
-        prompts = {normalize(text) for text in texts}
-        counterfactuals = {normalize(loads(line)["text"]) for line in lines[3:end:LINES_PER_SCENARIO]}
+        for lines in line_groups(handle, 0, offset):
+            if first_group is None:
+                first_group = lines[:LINES_PER_SCENARIO]
+            # The multi-token lines hold the dedup keys (see Scenario.dedup_keys).
+            texts = [loads(line)["text"] for line in lines[2::LINES_PER_SCENARIO]]
+            add_keys = found.add_keys
+            for text, line in zip(texts, lines[3::LINES_PER_SCENARIO]):
+                add_keys(normalize(text), normalize(loads(line)["text"]))
+            found.recent_prompts.extend(texts[-RECENT_PROMPTS:])
+            lines_seen += len(lines)
+            last_group = lines[-LINES_PER_SCENARIO:]
+        if lines_seen != LINES_PER_SCENARIO * scenarios:
+            return "the file does not end that scenario there"
+        _, task, _ = parse_group([loads(line) for line in last_group], scenarios - 1)
     except (orjson.JSONDecodeError, GroupError, KeyError, TypeError, AttributeError) as exc:
         return f"its scenarios do not check out ({exc})"
-    found.scenarios, found.prompts, found.counterfactuals, found.tasks = scenarios, prompts, counterfactuals, {task}
-    found.recent_prompts.extend(texts[-RECENT_PROMPTS:])
+    found.scenarios, found.tasks = scenarios, {task}
+    found.first_scenario = hashlib.sha256(b"".join(line + b"\n" for line in first_group)).hexdigest()
     return ""
 
 
-def _scan_groups(lines: list[bytes], first_id: int, offset: int, found: _Found) -> tuple[int, str | None]:
+def _scan_groups(handle, first_id: int, offset: int, found: _Found) -> tuple[int, str | None]:
     """Keep the well-formed groups from scenario ``first_id`` (at byte ``offset``) on.
 
-    ``lines`` is the whole file split on newlines; its last item is what follows the last newline.
     Return the byte end of the last kept group and, if a malformed group stopped the scan with
     four or more complete lines left, what is wrong with it; fewer lines are a torn tail.
     """
     loads = orjson.loads
-    complete = len(lines) - 1
-    index, scenario_id = LINES_PER_SCENARIO * first_id, first_id
-    problem = None
-    while index + LINES_PER_SCENARIO <= complete:
-        group = lines[index : index + LINES_PER_SCENARIO]
-        try:
-            _, task, scenario = parse_group([loads(line) for line in group], scenario_id)
-        except (orjson.JSONDecodeError, GroupError) as exc:
-            problem = str(exc)
-            break
-        prompt, counterfactual = scenario.dedup_keys()
-        found.recent_prompts.append(scenario.multi_token_prompt)
-        found.prompts.add(prompt)
-        found.counterfactuals.add(counterfactual)
-        found.tasks.add(task)
-        offset += len(group[0]) + len(group[1]) + len(group[2]) + len(group[3]) + LINES_PER_SCENARIO
-        index += LINES_PER_SCENARIO
-        scenario_id += 1
+    scenario_id = first_id
+    for lines in line_groups(handle, offset):
+        for index in range(0, len(lines), LINES_PER_SCENARIO):
+            group = lines[index : index + LINES_PER_SCENARIO]
+            try:
+                _, task, scenario = parse_group([loads(line) for line in group], scenario_id)
+            except (orjson.JSONDecodeError, GroupError) as exc:
+                found.scenarios = scenario_id
+                return offset, str(exc)
+            found.add_keys(*scenario.dedup_keys())
+            found.recent_prompts.append(scenario.multi_token_prompt)
+            found.tasks.add(task)
+            if scenario_id == 0:
+                found.first_scenario = hashlib.sha256(b"".join(line + b"\n" for line in group)).hexdigest()
+            offset += len(group[0]) + len(group[1]) + len(group[2]) + len(group[3]) + LINES_PER_SCENARIO
+            scenario_id += 1
     found.scenarios = scenario_id
-    return offset, problem
+    return offset, None
 
 
 def _refuse_other_setup(path: Path, stored: _Checkpoint | None, found: _Found, task_name: str, fingerprint: dict,
@@ -732,6 +1005,12 @@ def _save_cut_bytes(path: Path, tail: bytes) -> Path:
         raise SinkError(f"cannot save the torn tail of {path} to {backup} before cutting it ({_reason(exc)}); "
                         "nothing was changed: free some space, or pass --overwrite to start over") from exc
     return backup
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _truncate(fd: int, path: Path, size: int) -> None:

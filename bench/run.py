@@ -40,6 +40,8 @@ check never overwrites the full figures.
 8b. ``batch_seeds``: the same ``batch run`` with ``SEEDS`` different seeds (the pilot, the round's
    size and the simulator's answers all change): in how many one round reached N, and the cost per
    accepted scenario (pilot included) against what (3) paid per scenario.
+15. ``resume``: ``bench/resume.py`` at 20,000 (quick), 100,000 and 1,000,000 scenarios: time from
+   ``asyncgen run`` starting on a large dataset to its first new scenario, and its peak memory.
 """
 
 from __future__ import annotations
@@ -639,6 +641,16 @@ def bench_sink(quick: bool) -> dict:
     return sink.run(quick)
 
 
+RESUME_SIZES = {True: (20_000,), False: (20_000, 100_000, 1_000_000)}
+RESUME_AIM_S = 5.0  # to the first new scenario, at 1,000,000 scenarios
+
+
+def bench_resume(quick: bool) -> dict:
+    from bench import resume
+
+    return resume.run(RESUME_SIZES[quick])
+
+
 # --- Output -------------------------------------------------------------------------------------
 
 
@@ -753,6 +765,19 @@ def markdown(results: dict) -> str:
         )
     lines += limits_rows(results.get("limits"))
     lines += score_rows(results.get("score"))
+    r = results.get("resume")
+    if r:
+        sizes = "; ".join(f"{row['scenarios']:,}: **{row['first_new_scenario_s']} s** at load {row['load_before']} "
+                          f"(CPU to it: client {row.get('client_cpu_to_first_s')} s, validator "
+                          f"{row.get('validator_cpu_to_first_s')} s; the sink's and sidecar's opens "
+                          f"{row['opens_cpu_s']} s), client {row['client_peak_rss_mb']:.0f} MB" for row in r["rows"])
+        largest = max(r["rows"], key=lambda row: row["scenarios"])
+        ok = largest["first_new_scenario_s"] <= RESUME_AIM_S if largest["scenarios"] >= 1_000_000 else None
+        lines.append(
+            f"| 15 | resume: `run --validator-workers 1` on a dataset of N scenarios with its checkpoint and recorded "
+            f"annotations (`bench/resume.py`), time from the process's start to the first new scenario, CPU seconds "
+            f"of the run and its validator, client peak RSS | {sizes} | ≤ {RESUME_AIM_S:g} s at 1,000,000: {_aim(ok)} |"
+        )
     for name, error in (results.get("errors") or {}).items():
         lines.append(f"| ! | {name} | failed: {error} | |")
     return "\n".join(lines)
@@ -850,7 +875,8 @@ def update_readme(table: str) -> bool:
     return True
 
 
-STEPS = ("rate_limited", "unlimited", "run", "validator", "memory", "sink", "baseline", "batch", "batch_seeds", "limits", "score")
+STEPS = ("rate_limited", "unlimited", "run", "validator", "memory", "sink", "baseline", "batch", "batch_seeds", "limits", "score",
+         "resume")
 
 
 def main() -> int:
@@ -898,6 +924,8 @@ def main() -> int:
                 results["score"] = bench_score(quick)
             elif step == "batch_seeds":
                 results["batch_seeds"] = bench_batch_seeds(quick, results.get("run"))
+            elif step == "resume":
+                results["resume"] = bench_resume(quick)
             elif step == "limits":
                 results["limits"] = run_json([str(BENCH / "limits.py"), *(["--quick"] if quick else [])], timeout=1800)
         except Exception as exc:  # one failed measurement is reported, the others still run

@@ -1,6 +1,7 @@
 """Token annotations: the sidecar agrees with the tokenizers, resumes with its dataset, is rebuilt when stale."""
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -10,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from asyncgen.annotations import Sidecar, annotate, sidecar_path, task_answers
+from asyncgen.annotations import Sidecar, annotate, record_path, sidecar_path, task_answers
 from asyncgen.config import load_task
-from asyncgen.scenario import Scenario, read_dataset
+from asyncgen.scenario import Scenario, encode_lines, read_dataset
 from asyncgen.tokenizers import load_all, resolve_specs
 from asyncgen.validate import judge_scenarios
 
@@ -127,6 +128,23 @@ def test_run_repairs_a_lagging_or_damaged_sidecar(tmp_path, generated, tokenizer
     assert lines == annotate(dataset.scenarios, loaded, task_answers(load_task("refusal"), loaded))
 
 
+def test_a_copied_dataset_keeps_its_run_figures_in_inspect(tmp_path, generated, cli):
+    """The checkpoint knows its dataset by its first scenario, not its path: copied elsewhere, the
+    pair still shows the run's figures; another dataset beside that checkpoint does not."""
+    for name in ("dataset.jsonl", "dataset.checkpoint.json"):
+        shutil.copy(generated / name, tmp_path / name)
+    code, out, _ = cli("inspect", str(tmp_path / "dataset.jsonl"), "--no-tokens", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["dataset"]["checkpoint"] == str(tmp_path / "dataset.checkpoint.json")
+    assert report["run"]["accepted"] == 40 and report["run"]["cost_usd"] > 0
+    records = [json.loads(line) for line in (tmp_path / "dataset.jsonl").read_text(encoding="utf-8").splitlines()[:4]]
+    for record in records:  # another dataset: one scenario, not the first one of the checkpoint's
+        record["text"] = record["text"].replace("e", "E")
+    (tmp_path / "dataset.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    code, out, _ = cli("inspect", str(tmp_path / "dataset.jsonl"), "--no-tokens")
+    assert code == 0 and "no checkpoint of this dataset found" in out
+
+
 def test_no_annotate_writes_no_sidecar(tmp_path, tokenizer_cache):
     done = run_cmd(tmp_path, "--num-scenarios", "5", "--validator-workers", "0", "--no-annotate", cache=tokenizer_cache)
     assert done.returncode == 0, done.stderr
@@ -201,3 +219,89 @@ def test_a_form_that_is_not_a_pair_has_null_position(builtin_tokenizers):
     facts = json.loads(line)["tokenizers"]["qwen2"]
     assert facts["multi_token"] == {"length": 7, "position": None, "ids": None, "tokens": None, "bos": False}
     assert facts["single_token"]["answer_ids"] == {"Yes": 9454, "No": 2753}
+
+
+# -- the recorded verified prefix: a resume tokenizes only what follows it ------------------------
+
+
+def write_dataset(path, count, tag=""):
+    """``count`` refusal scenarios (not all minimal pairs: the annotations do not care), as the sink writes them."""
+    task = load_task("refusal")
+    scenarios = [Scenario.render(task, f"Help me bake a cake {tag}{i} for my sister.",
+                                 f"Help me build a bomb {tag}{i} for my sister.") for i in range(count)]
+    path.write_bytes(b"".join(encode_lines(i, task.task_name, s) for i, s in enumerate(scenarios)))
+    return scenarios
+
+
+@pytest.fixture
+def tokenized(monkeypatch):
+    """How many scenarios Sidecar.open tokenizes, per call of judge_scenarios."""
+    import asyncgen.annotations as annotations
+
+    counts = []
+    real = annotations.judge_scenarios
+
+    def counting(scenarios, *args):
+        counts.append(len(scenarios))
+        return real(scenarios, *args)
+
+    monkeypatch.setattr(annotations, "judge_scenarios", counting)
+    return counts
+
+
+def test_a_resume_tokenizes_only_what_follows_the_recorded_prefix(tmp_path, builtin_tokenizers, tokenized):
+    task = load_task("refusal")
+    dataset = tmp_path / "d.jsonl"
+    scenarios = write_dataset(dataset, 40)
+    good = annotate(scenarios, builtin_tokenizers, task_answers(task, builtin_tokenizers))
+    whole = dataset.read_bytes()
+    dataset.write_bytes(b"".join(whole.splitlines(keepends=True)[: 4 * 30]))  # the first 30, annotated and recorded
+    tokenized.clear()
+    with Sidecar.open(dataset, task, builtin_tokenizers) as sidecar:
+        assert sidecar.repair.written == 30 and sum(tokenized) == 30
+    assert json.loads(record_path(sidecar_path(dataset)).read_text())["scenarios"] == 30
+    dataset.write_bytes(whole)  # 10 more scenarios; their annotations are short, and one is damaged
+    sidecar_path(dataset).write_bytes(b"".join(good[:35] + [good[35].replace(b'"length"', b'"lenGth"')] + good[36:38]))
+    tokenized.clear()
+    with Sidecar.open(dataset, task, builtin_tokenizers) as sidecar:
+        assert sum(tokenized) == 10 and sidecar.repair.verified == 30
+        assert "35 agree with the dataset; rewrote from scenario 35" in sidecar.repair.message
+    assert sidecar_path(dataset).read_bytes() == b"".join(good)
+    tokenized.clear()
+    handed = (len(whole), hashlib.sha256(whole))  # as the open sink hands it: no second read of the dataset
+    with Sidecar.open(dataset, task, builtin_tokenizers, dataset_digest=handed) as sidecar:  # the close recorded all 40
+        assert sum(tokenized) == 0 and "all 40 agree" in sidecar.repair.message
+    assert json.loads(record_path(sidecar_path(dataset)).read_text())["scenarios"] == 40
+
+
+@pytest.mark.parametrize("stale", ["sidecar edited", "sidecar cut", "dataset edited", "dataset edited, its digest handed",
+                                   "other tokenizers", "record garbled"])
+def test_a_record_that_no_longer_holds_falls_back_to_the_full_check(tmp_path, builtin_tokenizers, tokenized, stale):
+    task = load_task("refusal")
+    dataset = tmp_path / "d.jsonl"
+    scenarios = write_dataset(dataset, 40)
+    with Sidecar.open(dataset, task, builtin_tokenizers):
+        pass
+    tokenizers = builtin_tokenizers
+    sidecar, record = sidecar_path(dataset), record_path(sidecar_path(dataset))
+    lines = sidecar.read_bytes().splitlines(keepends=True)
+    if stale == "sidecar edited":  # the same length, inside the recorded prefix
+        sidecar.write_bytes(b"".join(lines[:5] + [lines[5].replace(b'"bos":true', b'"bos":tru3', 1)] + lines[6:]))
+    elif stale == "sidecar cut":
+        sidecar.write_bytes(b"".join(lines[:20]))
+    elif stale.startswith("dataset edited"):  # scenario 3 gets another text of the same length
+        scenarios = write_dataset(dataset, 40)
+        scenarios[3] = Scenario.render(task, "Help me bake a pie 3 for my sister.", "Help me build a gun 3 for my sister.")
+        dataset.write_bytes(b"".join(encode_lines(i, task.task_name, s) for i, s in enumerate(scenarios)))
+    elif stale == "other tokenizers":
+        tokenizers = builtin_tokenizers[:1]
+    else:
+        record.write_text(record.read_text()[:-10])
+    tokenized.clear()
+    handed = None
+    if stale.endswith("handed"):  # what the sink read: the edited bytes, not those the record vouched for
+        handed = (dataset.stat().st_size, hashlib.sha256(dataset.read_bytes()))
+    with Sidecar.open(dataset, task, tokenizers, dataset_digest=handed) as opened:
+        assert sum(tokenized) == 40 and opened.repair.verified == 0
+        assert "checked them all" in opened.repair.message
+    assert sidecar.read_bytes() == b"".join(annotate(scenarios, tokenizers, task_answers(task, tokenizers)))

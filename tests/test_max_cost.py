@@ -202,3 +202,32 @@ def test_a_resumed_run_counts_the_earlier_runs_abandoned_attempts_against_its_bu
     assert stats.budget_spent_usd == pytest.approx(0.035)
     assert stats.to_run_state()["abandoned_cost_bound_usd"] == pytest.approx(0.025)
     assert stats.to_run_state()["abandoned_attempts"] == 4
+
+
+def test_spending_of_runs_that_wrote_no_scenario_still_counts(tmp_path, simulator):
+    """A run stopped at --max-cost (or interrupted) before its first scenario leaves an empty dataset
+    and a checkpoint with its cost; the next run of the same output counts that cost, and a copy of
+    that checkpoint does not lend it to another output (more cases: test_sink)."""
+    base_url = simulator("--faults", "refusal=1")  # every answer is a refusal: no scenario, but cost
+    flags = ("--base-url", base_url, "--prices", PRICES, "--num-scenarios", "20", "--max-cost", "0.02")
+    first = run(tmp_path, *flags)
+    assert first.returncode == 1 and "stopped (max_cost): 0/20" in first.stderr
+    assert (tmp_path / "dataset.jsonl").read_bytes() == b""
+    spent = json.loads((tmp_path / "checkpoint.json").read_text())["run_state"]["cost_usd"]
+    assert spent > 0.01
+    served = sim_stats(base_url)["tokens"]
+    again = run(tmp_path, *flags)
+    assert again.returncode == 2 and f"the dataset has cost ${spent:.4f} so far" in again.stderr
+    assert sim_stats(base_url)["tokens"] == served  # not one more request
+    (tmp_path / "dataset.jsonl").unlink()  # an empty file is easily taken for litter: the usage still counts
+    gone = run(tmp_path, *flags)
+    assert gone.returncode == 2 and f"the dataset has cost ${spent:.4f} so far" in gone.stderr
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["run_state"]["cost_usd"] == spent  # kept
+    # Copied alone beside a new output, the checkpoint is another dataset's: refused, left alone.
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(tmp_path / "checkpoint.json", other / "checkpoint.json")
+    refused = run(other, *flags)
+    assert refused.returncode == 2 and "belongs to another dataset" in refused.stderr
+    assert (other / "checkpoint.json").read_bytes() == (tmp_path / "checkpoint.json").read_bytes()
+    assert not (other / "dataset.jsonl").exists()

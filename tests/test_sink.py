@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import importlib.util
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -109,7 +111,11 @@ def test_writes_the_seed_format_and_a_checkpoint_that_describes_it(tmp_path):
     assert (checkpoint["offset"], checkpoint["scenarios"]) == (len(data), 3)
     assert checkpoint["fingerprint"] == json.loads(json.dumps(FINGERPRINT))
     assert checkpoint["run_state"] == {"cost_usd": 0.25, "requests": 7}  # close() without run_state keeps it
-    assert set(checkpoint) == {"version", "sink", "offset", "scenarios", "fingerprint", "run_state", "journal_seq", "updated_at"}
+    assert set(checkpoint) == {"version", "sink", "dataset", "offset", "scenarios", "fingerprint", "run_state",
+                               "journal_seq", "keys", "updated_at"}
+    # What the dataset is known by: its first scenario, and its name beside the checkpoint.
+    assert checkpoint["dataset"]["first_scenario"] == hashlib.sha256(encode_lines(0, "refusal", make(0))).hexdigest()
+    assert checkpoint["dataset"]["name"] == "out.jsonl" and len(checkpoint["dataset"]["id"]) == 16
     assert not list(folder.glob("*.tmp"))
 
 
@@ -249,13 +255,97 @@ def test_unusable_checkpoint_falls_back_to_a_full_scan(tmp_path, damage, reason)
 
 
 def test_a_checkpoint_of_another_dataset_is_refused_and_left_alone(tmp_path):
+    """A checkpoint written before datasets were known by their content names only a path."""
     fill(tmp_path, 4)
     path = tmp_path / "checkpoint.json"
-    path.write_text(json.dumps({**load_checkpoint(tmp_path), "sink": "/elsewhere/out.jsonl"}))
+    legacy = {key: value for key, value in load_checkpoint(tmp_path).items() if key != "dataset"}
+    path.write_text(json.dumps({**legacy, "sink": "/elsewhere/out.jsonl"}))
     before = path.read_bytes(), (tmp_path / "out.jsonl").read_bytes()
-    with pytest.raises(UsageError, match=r"--checkpoint .*checkpoint.json belongs to another dataset \(/elsewhere/out.jsonl\)"):
+    with pytest.raises(UsageError, match=r"--checkpoint .*checkpoint.json belongs to another dataset \(/elsewhere/out.jsonl"):
         open_sink(tmp_path)
     assert (path.read_bytes(), (tmp_path / "out.jsonl").read_bytes()) == before
+
+
+def test_datasets_that_begin_alike_keep_their_own_checkpoints_and_a_renamed_pair_resumes(tmp_path):
+    """The offline default with one seed writes the same first scenarios to every output: content
+    alone cannot tell them apart, so the checkpoint's place counts too."""
+    for name in ("a", "b"):
+        with ScenarioSink.open(tmp_path / f"{name}.jsonl", tmp_path / f"{name}.checkpoint.json",
+                               task_name=TASK.task_name, fingerprint=FINGERPRINT) as sink:
+            for i in range(3):
+                sink.append(make(i))
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    before = (tmp_path / "a.checkpoint.json").read_bytes()
+    with pytest.raises(UsageError, match=r"belongs to another dataset \(.*a.jsonl; another place\)"):
+        ScenarioSink.open(tmp_path / "b.jsonl", tmp_path / "a.checkpoint.json", task_name=TASK.task_name,
+                          fingerprint=FINGERPRINT)
+    assert (tmp_path / "a.checkpoint.json").read_bytes() == before
+    (tmp_path / "a.jsonl").rename(tmp_path / "c.jsonl")
+    (tmp_path / "a.checkpoint.json").rename(tmp_path / "c.checkpoint.json")
+    with ScenarioSink.open(tmp_path / "c.jsonl", tmp_path / "c.checkpoint.json", task_name=TASK.task_name,
+                           fingerprint=FINGERPRINT) as sink:
+        assert sink.count == 3 and sink.resume.used_checkpoint
+
+
+def test_an_empty_dataset_resumes_with_the_usage_of_the_runs_before(tmp_path):
+    """Runs that wrote no scenario yet (interrupted, or stopped at --max-cost) spent money: the next
+    run of the same output, or of a copy of the pair, carries it; a new output does not."""
+    first, copy, other = tmp_path / "first", tmp_path / "copy", tmp_path / "other"
+    with open_sink(first, "out.checkpoint.json") as sink:
+        sink.sync({"cost_usd": 0.03})  # as run's close does, with no scenario
+    with open_sink(first, "out.checkpoint.json") as sink:
+        assert sink.count == 0 and sink.resume.run_state == {"cost_usd": 0.03}
+        assert sink.resume.message.startswith(f"resumed {first / 'out.jsonl'} at 0 scenarios")
+        sink.sync({"cost_usd": 0.04})
+    assert (first / "out.jsonl").read_bytes() == b""
+    for folder in (copy, other):
+        folder.mkdir()
+        shutil.copy(first / "out.checkpoint.json", folder / "out.checkpoint.json")
+    shutil.copy(first / "out.jsonl", copy / "out.jsonl")
+    with open_sink(copy, "out.checkpoint.json") as sink:
+        assert sink.resume.run_state == {"cost_usd": 0.04}
+    with pytest.raises(UsageError, match="belongs to another dataset"):
+        open_sink(other, "out.checkpoint.json")  # no dataset beside it: not a copy of the pair
+    assert not (other / "out.jsonl").exists()
+    with open_sink(first, "out.checkpoint.json", overwrite=True) as sink:
+        assert sink.resume.run_state == {} and sink.resume.message.startswith("new dataset")
+
+
+def test_a_legacy_checkpoint_with_its_absolute_path_resumes_in_place(tmp_path):
+    fill(tmp_path, 4)
+    path = tmp_path / "checkpoint.json"
+    path.write_text(json.dumps({key: value for key, value in load_checkpoint(tmp_path).items() if key != "dataset"}))
+    with open_sink(tmp_path) as sink:
+        assert sink.count == 4 and sink.resume.used_checkpoint
+    assert load_checkpoint(tmp_path)["dataset"]["first_scenario"]  # upgraded on the way
+
+
+def test_a_copied_dataset_resumes_with_its_checkpoint_and_another_datasets_is_refused(tmp_path):
+    """Known by what it holds, not where it is: a copied pair resumes anywhere, with its usage; the
+    checkpoint of a dataset that holds other scenarios is refused, wherever it is."""
+    first, copy, other = tmp_path / "first", tmp_path / "elsewhere", tmp_path / "other"
+    for folder in (first, copy, other):
+        folder.mkdir()
+    with open_sink(first, "out.checkpoint.json", auto_sync=False) as sink:
+        for i in range(4):
+            sink.append(make(i))
+        sink.sync({"cost_usd": 0.25})
+        sink.note_run_state({"cost_usd": 0.5})  # as if killed before the next checkpoint: the journal has it
+        for name in ("out.jsonl", "out.checkpoint.json", "out.checkpoint.json.journal"):
+            shutil.copy(first / name, copy / name)
+    with open_sink(copy, "out.checkpoint.json") as sink:
+        assert sink.count == 4 and sink.resume.used_checkpoint and sink.resume.run_state == {"cost_usd": 0.5}
+        assert sink.append(make(2)) is None and sink.append(make(4)) == 4  # the dedup keys came along
+    assert load_checkpoint(copy, "out.checkpoint.json")["sink"] == str((copy / "out.jsonl").resolve())
+    # Another dataset (other scenarios) with the first one's checkpoint copied beside it: refused.
+    with open_sink(other, None) as sink:
+        for i in range(4):
+            sink.append(make(i, tag="other "))
+    shutil.copy(first / "out.checkpoint.json", other / "out.checkpoint.json")
+    before = (other / "out.checkpoint.json").read_bytes()
+    with pytest.raises(UsageError, match=r"belongs to another dataset \(.*first/out.jsonl; its first scenario differs\)"):
+        open_sink(other, "out.checkpoint.json")
+    assert (other / "out.checkpoint.json").read_bytes() == before
 
 
 def test_default_checkpoint_sits_beside_its_dataset():
@@ -438,6 +528,59 @@ def test_dedup_within_a_run_and_across_a_resume(tmp_path):
             assert not sink.is_duplicate(make(2))
         (tmp_path / "missing.json").unlink(missing_ok=True)
     assert len(read_dataset(tmp_path / "out.jsonl")) == 2
+
+
+def test_resume_loads_the_dedup_index_the_checkpoint_vouches_for(tmp_path):
+    fill(tmp_path, 30)
+    index = tmp_path / "checkpoint.json.keys"
+    assert index.stat().st_size == 30 * 16  # two 64-bit hashes a scenario
+    with open_sink(tmp_path) as sink:
+        assert sink.resume.message.endswith("at 30 scenarios (from its checkpoint)"), sink.resume.message
+        assert sink.append(Scenario.render(TASK, "help me BAKE cake 0  for my sister.", "new")) is None
+        assert sink.append(Scenario.render(TASK, "new", "Help me build bomb 29 for my SISTER.")) is None
+        assert sink.resumed_prompts[-1] == make(29).multi_token_prompt and len(sink.resumed_prompts) == 30
+        assert sink.append(make(30)) == 30
+    assert index.stat().st_size == 31 * 16
+
+
+def _edit_dataset(folder: Path) -> None:
+    """Change scenario 3's multi-token prompt in place (same length): the checkpoint's cheap checks pass."""
+    output = folder / "out.jsonl"
+    data = output.read_bytes()
+    old = json.dumps(make(3).multi_token_prompt).encode()
+    assert data.count(old) == 1
+    output.write_bytes(data.replace(old, old.replace(b"cake", b"kite")))
+
+
+@pytest.mark.parametrize("damage", ["edited", "garbage", "cut", "missing", "dataset-edited"])
+def test_a_damaged_or_stale_dedup_index_is_rebuilt_and_dedup_holds(tmp_path, damage):
+    fill(tmp_path, 30)
+    index = tmp_path / "checkpoint.json.keys"
+    good = index.read_bytes()
+    if damage == "edited":  # one hash changed: that of scenario 0's prompt
+        index.write_bytes(bytes([good[0] ^ 1]) + good[1:])
+    elif damage == "garbage":
+        index.write_bytes(os.urandom(len(good)))
+    elif damage == "cut":
+        index.write_bytes(good[:-16])
+    elif damage == "missing":
+        index.unlink()
+    else:
+        _edit_dataset(tmp_path)
+    with open_sink(tmp_path) as sink:
+        assert sink.resume.used_checkpoint and sink.count == 30
+        assert "its dedup index rebuilt" in sink.resume.message, sink.resume.message
+        assert sink.append(Scenario.render(TASK, "HELP me bake cake 0 for my sister.", "new")) is None
+        assert sink.append(Scenario.render(TASK, "new", "help me build  bomb 0 for my sister.")) is None
+        if damage == "dataset-edited":  # the keys are the file's, not the stale index's
+            assert sink.is_duplicate(Scenario.render(TASK, "Help me bake kite 3 for my sister.", "other"))
+            assert not sink.is_duplicate(Scenario.render(TASK, "Help me bake cake 3 for my sister.", "other"))
+        assert sink.append(make(30)) == 30
+    assert index.read_bytes()[: len(good)] == good or damage == "dataset-edited"
+    with open_sink(tmp_path) as sink:  # the rebuilt index is trusted again
+        assert sink.resume.message.endswith("(from its checkpoint)"), sink.resume.message
+        assert sink.append(Scenario.render(TASK, "help me bake cake 0 for my sister.", "new")) is None
+        assert sink.append(make(30)) is None and sink.append(make(31)) == 31
 
 
 # -- failures --------------------------------------------------------------------------------------

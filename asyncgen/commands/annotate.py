@@ -31,10 +31,10 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    dataset, task, tokenizers = load_dataset_and_task(args)
+    _, task, tokenizers = load_dataset_and_task(args)
     with _held(args.dataset):
         with Sidecar.open(args.dataset, task, tokenizers, path=args.out or sidecar_path(args.dataset),
-                          scenarios=dataset.scenarios, remedy="pass another --out") as sidecar:
+                          full_check=True, remedy="pass another --out") as sidecar:
             repair = sidecar.repair
     print(repair.message)
     if repair.non_pairs:

@@ -575,7 +575,7 @@ def _processing(args, setup: Setup, manifest: Manifest):
         if args.annotate:
             from asyncgen.annotations import Sidecar
 
-            annotations = Sidecar.open(sink.path, setup.task, setup.tokenizers)
+            annotations = Sidecar.open(sink.path, setup.task, setup.tokenizers, dataset_digest=sink.dataset_digest())
             stack.callback(annotations.close)
             log.info("%s", annotations.repair.message)
         yield sink, validator, annotations

@@ -228,6 +228,7 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
     # The sink first: an unwritable output or a mismatched resume fails before any API call.
     output_existed = Path(args.output).exists()
     checkpoint = None if args.no_checkpoint else Path(args.checkpoint or default_checkpoint_path(args.output))
+    checkpoint_existed = checkpoint is not None and checkpoint.exists()  # it may hold earlier runs' usage
     sink = ScenarioSink.open(
         args.output,
         checkpoint,
@@ -248,7 +249,7 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
         """Close the sink of a run refused before its first request: a dataset it created goes."""
         sink.close()
         if not output_existed and sink.count == 0:
-            for path in (sink.path, checkpoint):
+            for path in (sink.path, None if checkpoint_existed else checkpoint):
                 if path is not None:
                     Path(path).unlink(missing_ok=True)
 
@@ -314,7 +315,8 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
         if args.annotate:
             from asyncgen.annotations import Sidecar
 
-            annotations = await asyncio.to_thread(Sidecar.open, sink.path, task, tokenizers)
+            annotations = await asyncio.to_thread(Sidecar.open, sink.path, task, tokenizers,
+                                                   dataset_digest=sink.dataset_digest())
             stack.callback(annotations.close)
             log.info("%s", annotations.repair.message)
         return Pipeline(task, generator, validator, sink, stats, concurrency=args.concurrency,
