@@ -202,7 +202,10 @@ def writer(directory: Path, command: str):
     if fcntl is None:
         yield
         return
-    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as exc:
+        raise UsageError(f"--dir {directory}: cannot open its lock file {LOCK} ({exc.strerror or exc}); choose another --dir") from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

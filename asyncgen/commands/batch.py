@@ -443,9 +443,9 @@ def cmd_rebuild(args) -> int:
         manifest.totals["passes"] = generation
     offline = (directory / "simulator").is_dir()
     if not offline and _endpoint(args)[0] == "simulator" and manifest.entries:
-        raise UsageError(f"{directory}'s request files went nowhere offline: say where their batches went (OPENAI_API_KEY "
-                         f"for the OpenAI API, or --base-url) so that rebuild finds them; if they were never sent, remove "
-                         f"{directory / lifecycle.REQUESTS} and `batch create` again")
+        raise UsageError(f"{directory} holds no offline simulator state, so its request files were not sent offline: say "
+                         "where their batches went (OPENAI_API_KEY for the OpenAI API, or --base-url) so that rebuild finds "
+                         f"them; if they were never sent, remove {directory / lifecycle.REQUESTS} and `batch create` again")
 
     async def go() -> list[Entry]:
         async with _api(args, directory, manifest) as (api, _):
@@ -488,6 +488,9 @@ def cmd_status(args) -> int:
                 stack.enter_context(writer(directory, "status"))
             except Busy as exc:
                 busy = exc.holder
+                if Manifest.load(directory) is None:
+                    print(f"{busy} is working on {directory} and has saved no manifest yet; try again in a moment")
+                    return 0
         manifest = _manifest_or_fail(directory)
         setup = _price_only(args, manifest)
         tty = sys.stdout.isatty()
