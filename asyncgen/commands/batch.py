@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from asyncgen.batch import lifecycle, plan
-from asyncgen.batch.ledger import line_digest
+from asyncgen.batch.ledger import line_digest, parse
 from asyncgen.batch.manifest import Busy, Entry, Manifest, check_setup, leftovers, writer
 from asyncgen.commands._shared import add_avoid_chars_flag, add_tokenizer_flags, load_price_table, load_task_and_tokenizers
 from asyncgen.commands.argtypes import base_url, non_negative_float, non_negative_int, positive_float, positive_int
@@ -653,10 +653,12 @@ def _add_results(setup: Setup, manifest: Manifest, paths: list[str], external: b
         probe = Entry(resolved, 0, 0, source="external" if external else "results", output_path=resolved)
         got = read_entry(scratch, probe, [path], set())
         if got.foreign and not got.new and not got.repeated:
+            whose = ("old-style ids, which do not name the directory that made them" if (parse(got.foreign_example) or (1,))[0] is None
+                     else "another batch directory's, or another pipeline's")
             raise UsageError(
                 f"--results {given}: none of its {got.foreign} results answers a request of --dir {directory} (custom_ids "
-                f"like {got.foreign_example}: another batch directory's, or another pipeline's); process it with the --dir "
-                "that wrote its requests, or, to take another pipeline's pairs, add --external --task TASK")
+                f"like {got.foreign_example}: {whose}); process it with the --dir that wrote its requests, or, to take "
+                "its pairs anyway, add --external --task TASK")
         if not got.new:
             if not got.repeated:
                 raise UsageError(f"--results {given}: no batch result lines in it; give an OpenAI batch-format output file")
