@@ -29,8 +29,8 @@ import orjson
 
 from asyncgen.acceptance import Acceptance
 from asyncgen.annotations import Sidecar
-from asyncgen.batch.lifecycle import REQUESTS
 from asyncgen.batch.ledger import DUPLICATE, FOREIGN, NEW, Ledger
+from asyncgen.batch.lifecycle import REQUESTS
 from asyncgen.batch.manifest import Entry, Manifest
 from asyncgen.config import Task
 from asyncgen.prompting import parse_answer
