@@ -17,9 +17,15 @@ LIST_PAGE = 100
 CLOCK_SLACK_S = 600
 
 
+class Refused(ApiError):
+    """The API refused a call (4xx): the call changed nothing there."""
+
+
 class BatchApi:
-    def __init__(self, client: openai.AsyncOpenAI, api_key: str | None, where: str, *, trust_env: bool = True) -> None:
+    def __init__(self, client: openai.AsyncOpenAI, api_key: str | None, where: str, endpoint: dict, *,
+                 trust_env: bool = True) -> None:
         self.client, self.api_key, self.where = client, api_key, where
+        self.endpoint = endpoint  # {"mode", "base_url", "seed"}: recorded by the directory's first batch
         self.trust_env = trust_env  # False on loopback: no proxy (a pilot's real-time requests take the same way)
 
     @contextlib.contextmanager
@@ -36,8 +42,9 @@ class BatchApi:
                 hint = "add credit or raise the project's quota"
             else:
                 hint = "see the message; the batch directory is unchanged"
-            raise ApiError(redact(f"{what} at {self.where} refused ({exc.status_code}{' ' + code if code else ''}): "
-                                  f"{message}; {hint}, then run the same command again", self.api_key)) from exc
+            kind = Refused if 400 <= exc.status_code < 500 else ApiError
+            raise kind(redact(f"{what} at {self.where} refused ({exc.status_code}{' ' + code if code else ''}): "
+                              f"{message}; {hint}, then run the same command again", self.api_key)) from exc
         except openai.APIConnectionError as exc:
             raise RunError(redact(f"{what}: cannot reach {self.where} ({exc.message}); the batch directory is "
                                   "unchanged: run the same command again when it is reachable", self.api_key)) from exc
@@ -63,13 +70,17 @@ class BatchApi:
 
     async def find(self, token: str, since: float) -> dict | None:
         """The batch whose metadata carries ``token``, among those created since ``since`` (newest first)."""
+        return next((b for b in await self.listed(since) if b["metadata"].get("asyncgen_token") == token), None)
+
+    async def listed(self, since: float) -> list[dict]:
+        """The batches created since ``since``, newest first."""
+        found = []
         with self._call("listing batches"):
             async for batch in self.client.batches.list(limit=LIST_PAGE):
-                if (batch.metadata or {}).get("asyncgen_token") == token:
-                    return batch.model_dump()
                 if batch.created_at < since - CLOCK_SLACK_S:
-                    return None
-        return None
+                    break
+                found.append({**batch.model_dump(), "metadata": batch.metadata or {}})
+        return found
 
     async def content(self, file_id: str) -> bytes:
         with self._call(f"downloading file {file_id}"):

@@ -5,10 +5,17 @@ anything is sent; the batch is created with the token in its metadata. Started a
 submit first looks for a batch carrying the token (listing the batches created since the intent):
 found, it is adopted; not found, the file (uploaded once, its id saved) is submitted then. So a
 file is never submitted twice, whenever the kill came.
+
+Where batches go: the first intent records the endpoint with it (a batch may be created there from
+then on). If the API refuses the upload or the create (4xx: nothing was created) while no batch of
+the directory exists, the intent and the endpoint are forgotten: the directory is bound to where its
+first batch actually went, not to where a failed attempt was sent.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
 import time
 import uuid
 from pathlib import Path
@@ -16,14 +23,15 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from asyncgen.batch.ledger import parse, retryable
 from asyncgen.batch.manifest import Entry, Manifest
+from asyncgen.errors import UsageError
 from asyncgen.sink import atomic_write
 
 if TYPE_CHECKING:  # the SDK takes seconds to import: only the commands that call the API load it
     from asyncgen.batch.api import BatchApi
 
 REQUESTS, RESULTS = "requests", "results"
-UNFINISHED = ("batch_expired", "batch_cancelled")
 
 
 def request_path(directory: Path, entry: Entry) -> Path:
@@ -62,17 +70,34 @@ async def submit(directory: Path, manifest: Manifest, api: BatchApi, say=print) 
                 continue
         else:
             entry.state, entry.token, entry.intent_at = "submitting", uuid.uuid4().hex, time.time()
+            manifest.endpoint = manifest.endpoint or api.endpoint
             manifest.save(directory)
-        if entry.file_id is None:
-            entry.file_id = await api.upload(request_path(directory, entry))
-            manifest.save(directory)
-        batch = await api.create(entry.file_id, {"asyncgen_token": entry.token, "asyncgen_file": entry.name,
-                                                 "asyncgen_task": manifest.task})
+        with _forgotten_if_refused(directory, manifest, entry):
+            if entry.file_id is None:
+                entry.file_id = await api.upload(request_path(directory, entry))
+                manifest.save(directory)
+            batch = await api.create(entry.file_id, {"asyncgen_token": entry.token, "asyncgen_file": entry.name,
+                                                     "asyncgen_task": manifest.task, "asyncgen_dir": manifest.directory_id})
         update(entry, batch)
         manifest.save(directory)
         say(f"{entry.name}: {entry.requests} requests submitted as batch {entry.batch_id}")
         sent.append(entry)
     return sent
+
+
+@contextlib.contextmanager
+def _forgotten_if_refused(directory: Path, manifest: Manifest, entry: Entry):
+    """A refused upload or create (nothing created) of the directory's first batch unbinds it."""
+    from asyncgen.batch.api import Refused
+
+    try:
+        yield
+    except Refused:
+        if not any(e.batch_id for e in manifest.entries):
+            entry.state, entry.token, entry.intent_at, entry.file_id = "created", None, None, None
+            manifest.endpoint = None
+            manifest.save(directory)
+        raise
 
 
 async def refresh(directory: Path, manifest: Manifest, api: BatchApi) -> None:
@@ -117,7 +142,7 @@ async def cancel(directory: Path, manifest: Manifest, api: BatchApi, batch_ids: 
 
 
 def result_files(directory: Path, entry: Entry) -> list[Path]:
-    if entry.source == "results":
+    if entry.source == "results" and not entry.output_path:  # recorded before results had output_path
         return [Path(entry.name)]
     return [directory / p for p in (entry.output_path, entry.error_path) if p]
 
@@ -131,10 +156,72 @@ def unfinished_lines(directory: Path, entry: Entry) -> list[bytes]:
             if not raw.strip():
                 continue
             line = orjson.loads(raw)
-            response, error = line.get("response"), line.get("error")
-            status = response.get("status_code") if isinstance(response, dict) else None
-            retry = (isinstance(error, dict) and error.get("code") in UNFINISHED) or (status is not None and (status >= 500 or status == 429))
-            if not retry:
+            if not retryable(line):
                 settled.add(line.get("custom_id"))
     lines = request_path(directory, entry).read_bytes().splitlines(keepends=True)
     return [raw for raw in lines if raw.strip() and orjson.loads(raw)["custom_id"] not in settled]
+
+
+# -- a lost manifest ----------------------------------------------------------------------------
+
+_REQUEST_FILE = re.compile(r"round-(\d+)-part-(\d+)\.jsonl")
+
+
+def recover_requests(directory: Path, manifest: Manifest) -> list[str]:
+    """Entries for the request files in ``directory`` (none sent yet), and the directory's id and
+    request numbering from their custom_ids; returns the models the requests name."""
+    files = sorted(((int(m[1]), int(m[2]), path) for path in (directory / REQUESTS).glob("*.jsonl")
+                    if (m := _REQUEST_FILE.fullmatch(path.name))), key=lambda found: found[:2])
+    directory_ids, numbers, old_numbers, models = set(), [0], [0], []
+    for round_number, _, path in files:
+        lines = [orjson.loads(raw) for raw in path.read_bytes().splitlines() if raw.strip()]
+        for line in lines:
+            directory_id, number = parse(line.get("custom_id")) or (None, -1)
+            (numbers if directory_id else old_numbers).append(number + 1)
+            directory_ids.add(directory_id)
+            models.append((line.get("body") or {}).get("model"))
+        manifest.entries.append(Entry(path.name, round_number, len(lines)))
+        manifest.rounds = max(manifest.rounds, round_number)
+    known = directory_ids - {None}
+    if len(known) > 1:
+        raise UsageError(f"{directory / REQUESTS} holds the requests of {len(known)} batch directories "
+                         f"({', '.join(sorted(known))}); put each directory's files in its own --dir")
+    if known:
+        manifest.directory_id = known.pop()
+    manifest.legacy_below = max(old_numbers)
+    manifest.next_request = max(max(numbers), max(old_numbers))
+    return sorted({m for m in models if m})
+
+
+async def recover_batches(directory: Path, manifest: Manifest, api: BatchApi) -> list[Entry]:
+    """Adopt the batches the API lists for the directory's request files (by the directory's id in
+    their metadata; a directory made before ids carried it: by the input file's bytes), with the
+    result files already downloaded; return the entries adopted."""
+    entries = {e.name: e for e in manifest.entries}
+    if not entries:
+        return []
+    since = min(request_path(directory, e).stat().st_mtime for e in entries.values())
+    adopted = []
+    for batch in reversed(await api.listed(since)):  # oldest first: a file submitted twice keeps its last batch
+        metadata = batch["metadata"]
+        entry = entries.get(metadata.get("asyncgen_file"))
+        if entry is None:
+            continue
+        if "asyncgen_dir" in metadata:
+            if metadata["asyncgen_dir"] != manifest.directory_id:
+                continue
+        elif await api.content(batch["input_file_id"]) != request_path(directory, entry).read_bytes():
+            continue
+        if metadata.get("asyncgen_task", manifest.task) != manifest.task:
+            raise UsageError(f"{entry.name} went to batch {batch['id']} for task {metadata['asyncgen_task']!r}, "
+                             f"not {manifest.task!r}: pass --task {metadata['asyncgen_task']}")
+        update(entry, batch)
+        entry.file_id = batch.get("input_file_id")
+        adopted.append(entry)
+        for kind in ("output", "error"):
+            relative = f"{RESULTS}/{entry.batch_id}_{kind}.jsonl"
+            if getattr(entry, f"{kind}_file_id") and (directory / relative).is_file():
+                setattr(entry, f"{kind}_path", relative)
+        entry.downloaded = entry.terminal and all(
+            getattr(entry, f"{kind}_path") or not getattr(entry, f"{kind}_file_id") for kind in ("output", "error"))
+    return adopted

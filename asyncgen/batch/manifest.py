@@ -12,35 +12,46 @@ Layout of a batch directory::
     results/*.jsonl        output and error files downloaded
     spares-N.jsonl         valid pairs beyond the target, used first by the next process
     simulator/             the offline simulator's files and batches (offline default only)
+    .lock                  flock'ed by the one command changing the directory; names its pid
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import orjson
 
+from asyncgen.batch.ledger import Ledger, from_ranges, new_directory_id, to_ranges
 from asyncgen.errors import UsageError
 from asyncgen.sink import atomic_write
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, as the sink
+    fcntl = None
+
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 VERSION = 1
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
 @dataclass
 class Entry:
-    """One request file and the batch that runs it (or, ``source="results"``, a result file given to
-    ``process --results``; or, ``source="pilot"``, the real-time requests that measured the yield
-    before the first round, paid at real-time prices: see asyncgen/batch/pilot.py)."""
+    """One request file and the batch that runs it (or, ``source="results"``/``"external"``, a result
+    file given to ``process --results``, at ``output_path``; or, ``source="pilot"``, the real-time
+    requests that measured the yield before the first round, paid at real-time prices: see
+    asyncgen/batch/pilot.py)."""
 
-    name: str  # file name under requests/ (or the results path)
+    name: str  # file name under requests/ (or the results path and its content's digest)
     round: int
     requests: int
     worst_cost_usd: float | None = None
-    source: str = "api"  # "api", "results" or "pilot"
+    source: str = "api"  # "api", "results" (process --results), "external" (--results --external) or "pilot"
     state: str = "created"  # created -> submitting -> submitted; "abandoned" when failed validation
     token: str | None = None  # written before the batch is created; sent as its metadata
     intent_at: float | None = None
@@ -80,6 +91,11 @@ class Manifest:
     spares: int = 0
     totals: dict = field(default_factory=dict)  # processing counters, summed over passes
     processing: dict | None = None  # {"entries": [...], "sink_before": n, "spares_file": ...}
+    directory_id: str = field(default_factory=new_directory_id)  # in every custom_id (batch/ledger.py)
+    legacy_below: int = 0  # a directory made before: its requests below this carry asyncgen-<number>
+    answered: list = field(default_factory=list)  # request numbers with a final outcome, as ranges
+    retried: list = field(default_factory=list)  # request numbers with a retryable outcome, as ranges
+    external: list = field(default_factory=list)  # digests of --external result lines counted
     version: int = VERSION
     created: float = field(default_factory=time.time)
 
@@ -98,11 +114,21 @@ class Manifest:
             raise UsageError(f"{path}: not a version {VERSION} batch manifest; use another --dir")
         known = {f.name for f in fields(Entry)}
         data["entries"] = [Entry(**{k: v for k, v in e.items() if k in known}) for e in data.get("entries", [])]
+        if "directory_id" not in data:  # made before ids carried the directory: its old ids stay valid
+            data["legacy_below"] = data.get("next_request", 0)
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
     def save(self, directory: Path) -> None:
         atomic_write(directory / MANIFEST, orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2))
+
+    def ledger(self) -> Ledger:
+        return Ledger(self.directory_id, self.next_request, self.legacy_below, from_ranges(self.answered),
+                      from_ranges(self.retried), set(self.external))
+
+    def keep(self, ledger: Ledger) -> None:
+        self.answered, self.retried = to_ranges(ledger.answered), to_ranges(ledger.retried)
+        self.external = sorted(ledger.external)
 
     # -- questions -----------------------------------------------------------------------------
 
@@ -163,3 +189,43 @@ def check_setup(manifest: Manifest, task: str, model: str | None, fingerprint: d
             f"--dir {directory} holds batches of another setup ({'; '.join(differences)}); "
             "use another --dir, or pass --force to use it anyway"
         )
+
+
+class Busy(UsageError):
+    """Another command holds the batch directory."""
+
+    def __init__(self, message: str, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+@contextlib.contextmanager
+def writer(directory: Path, command: str):
+    """Hold ``directory`` as its one writer for ``command`` (an exclusive flock on its ``.lock``, which
+    the OS releases however the process ends, and which names the holder); a second is ``Busy``."""
+    if fcntl is None:
+        yield
+        return
+    try:
+        fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as exc:
+        raise UsageError(f"--dir {directory}: cannot open its lock file {LOCK} ({exc.strerror or exc}); choose another --dir") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            pid, _, what = os.pread(fd, 200, 0).decode(errors="replace").strip().partition(" ")
+            holder = f"`asyncgen batch {what}` (pid {pid})" if pid.isdigit() else "another asyncgen batch command"
+            raise Busy(f"--dir {directory} is in use by {holder}; wait for it to end, or use another --dir", holder) from exc
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {command}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def leftovers(directory: Path) -> str:
+    """What a batch directory without a manifest holds of earlier work ('' if nothing)."""
+    found = [(len(list((directory / sub).glob("*.jsonl"))) if (directory / sub).is_dir() else 0, what)
+             for sub, what in (("requests", "request file(s)"), ("results", "result file(s)"))]
+    return " and ".join(f"{count} {what}" for count, what in found if count)

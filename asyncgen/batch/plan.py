@@ -17,6 +17,7 @@ from typing import Sequence
 
 import orjson
 
+from asyncgen.batch.ledger import custom_id
 from asyncgen.config import Task
 from asyncgen.prices import Price
 from asyncgen.prompting import (
@@ -178,20 +179,16 @@ def request_cost_bound(task: Task, price: Price | None, avoid_chars: int = AVOID
     return one_request_cost_bound(task, price, avoid_chars, batch=True)
 
 
-def custom_id(number: int) -> str:
-    return f"asyncgen-{number:07d}"
-
-
-def request_line(task: Task, settings: GenerationSettings, number: int, avoid_pool: Sequence[str],
+def request_line(task: Task, settings: GenerationSettings, directory_id: str, number: int, avoid_pool: Sequence[str],
                  avoid_chars: int = AVOID_CHARS) -> bytes:
     """One batch input line, with run's request body and avoid list (``avoid_chars`` characters of
-    ``avoid_pool``, drawn by the request's number).
+    ``avoid_pool``, drawn by the request's number); its custom_id names the directory and the number.
 
     Its output cap is the task's bound, not a cap learned from earlier rounds' answers: a batch is
     billed for the tokens its answers use, not for the cap, so a lower cap would save nothing and
     risk answers cut short, found only when the batch ends (up to 24 h later) and paid for again."""
     body = request_body(task, settings, request_avoid_list(avoid_pool, avoid_chars, number), number)
-    return orjson.dumps({"custom_id": custom_id(number), "method": "POST", "url": ENDPOINT, "body": body}) + b"\n"
+    return orjson.dumps({"custom_id": custom_id(directory_id, number), "method": "POST", "url": ENDPOINT, "body": body}) + b"\n"
 
 
 def split(lines: list[bytes], num_batches: int) -> list[list[bytes]]:
@@ -222,6 +219,7 @@ def plan_round(
     price: Price | None,
     *,
     count: int,
+    directory_id: str,
     first_number: int,
     num_batches: int,
     avoid_pool: Sequence[str] = (),
@@ -233,7 +231,7 @@ def plan_round(
     """A round of ``resubmit`` lines (first, as they are) and ``count`` new requests numbered from
     ``first_number``, in files. Expected tokens: ``measured_tokens`` per request (means of earlier
     rounds) when given, else the prompt estimate and the output cap."""
-    new = [request_line(task, settings, first_number + i, avoid_pool, avoid_chars) for i in range(count)]
+    new = [request_line(task, settings, directory_id, first_number + i, avoid_pool, avoid_chars) for i in range(count)]
     lines = list(resubmit) + new
     if measured_tokens:
         expected = (len(lines) * measured_tokens[0], len(lines) * measured_tokens[1])

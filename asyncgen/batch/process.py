@@ -3,6 +3,9 @@
 ``read_results`` (pure) reads OpenAI batch-format output and error lines: candidate pairs from
 each answered request, and what went wrong otherwise, counted by cause (error lines by code or
 status, bad answers by kind: refusal, length, bad_json, ...). Nothing in a result file is fatal.
+Each line is first admitted by the directory's ledger (``asyncgen/batch/ledger.py``): a line of a
+request the directory did not make is left out (counted as foreign), a request already counted is
+not counted again, whatever file it comes in.
 
 ``process_pass`` runs one pass: spares first, then the result files of the given entries, through
 ``Acceptance.fresh`` -> the validator pool -> ``Acceptance.take``; valid pairs beyond the target
@@ -15,6 +18,7 @@ counters change twice. The new spares file is written before the manifest that n
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,7 +29,9 @@ import orjson
 
 from asyncgen.acceptance import Acceptance
 from asyncgen.annotations import Sidecar
-from asyncgen.batch.manifest import Manifest
+from asyncgen.batch.ledger import DUPLICATE, FOREIGN, NEW, Ledger
+from asyncgen.batch.lifecycle import REQUESTS
+from asyncgen.batch.manifest import Entry, Manifest
 from asyncgen.config import Task
 from asyncgen.prompting import parse_answer
 from asyncgen.sink import ScenarioSink, atomic_write
@@ -44,18 +50,25 @@ class ResultRead:
     output_tokens: int = 0
     errors: Counter = field(default_factory=Counter)  # failed request lines, by cause
     answer_failures: Counter = field(default_factory=Counter)  # answered, but no usable pairs: by kind
+    new: int = 0  # lines admitted
+    repeated: int = 0  # lines of requests counted before (an earlier file, a copy, the same file again)
+    foreign: int = 0  # lines of requests the directory did not make
+    foreign_example: str | None = None
+    priced: Counter = field(default_factory=Counter)  # {"input", "output"} tokens of admitted lines ``priced`` says are this file's to pay
 
     def add(self, other: "ResultRead") -> None:
         self.pairs += other.pairs
-        self.requests_ok += other.requests_ok
-        self.input_tokens += other.input_tokens
-        self.output_tokens += other.output_tokens
-        self.errors.update(other.errors)
-        self.answer_failures.update(other.answer_failures)
+        for name in ("requests_ok", "input_tokens", "output_tokens", "new", "repeated", "foreign"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.foreign_example = self.foreign_example or other.foreign_example
+        for name in ("errors", "answer_failures", "priced"):
+            getattr(self, name).update(getattr(other, name))
 
 
-def read_results(data: bytes) -> ResultRead:
-    """Candidate pairs and counters from batch output or error file bytes (lines in any order)."""
+def read_results(data: bytes, admit: Callable[[dict, bytes], str] = lambda line, raw: NEW,
+                 priced: Callable[[dict], bool] = lambda line: True) -> ResultRead:
+    """Candidate pairs and counters from batch output or error file bytes (lines in any order), of
+    the lines ``admit`` says are NEW (see ``Ledger.admit``)."""
     read = ResultRead()
     for raw in data.splitlines():
         if not raw.strip():
@@ -66,6 +79,15 @@ def read_results(data: bytes) -> ResultRead:
         except (orjson.JSONDecodeError, AttributeError):
             read.errors["malformed result line"] += 1
             continue
+        verdict = admit(line, raw)
+        if verdict == FOREIGN:
+            read.foreign += 1
+            read.foreign_example = read.foreign_example or str(line.get("custom_id"))
+            continue
+        if verdict == DUPLICATE:
+            read.repeated += 1
+            continue
+        read.new += 1
         if error:
             read.errors[str(error.get("code") or "error") if isinstance(error, dict) else "error"] += 1
             continue
@@ -80,8 +102,11 @@ def read_results(data: bytes) -> ResultRead:
             continue
         try:
             usage = body.get("usage") or {}
-            read.input_tokens += int(usage.get("prompt_tokens", 0))
-            read.output_tokens += int(usage.get("completion_tokens", 0))
+            tokens_in, tokens_out = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+            read.input_tokens += tokens_in
+            read.output_tokens += tokens_out
+            if priced(line):
+                read.priced.update(input=tokens_in, output=tokens_out)
             answers = [(c["message"].get("content"), c.get("finish_reason"), c["message"].get("refusal"))
                        for c in body["choices"]]
         except (AttributeError, KeyError, TypeError, ValueError):
@@ -95,6 +120,30 @@ def read_results(data: bytes) -> ResultRead:
                 read.answer_failures[answer.failure] += 1
             read.pairs.extend(answer.pairs)
     return read
+
+
+def read_entry(ledger: Ledger, entry: Entry, paths: list[Path], sent: set[int]) -> ResultRead:
+    """The result files of one entry, through ``ledger`` (updated). Old-style ids are trusted only in
+    the directory's own downloads; a results file pays for the lines no batch of the directory ran."""
+    read = ResultRead()
+    for path in paths:
+        read.add(read_results(
+            path.read_bytes(),
+            lambda line, raw: ledger.admit(line, raw, trust_old_ids=entry.source == "api", external=entry.source == "external"),
+            lambda line: ledger.number(line.get("custom_id"), True) not in sent))
+    return read
+
+
+def sent_numbers(ledger: Ledger, request_files: list[Path]) -> set[int]:
+    """Numbers of the requests in ``request_files`` (those the directory sent to the API)."""
+    numbers = set()
+    for path in request_files:
+        with contextlib.suppress(FileNotFoundError):
+            for raw in path.read_bytes().splitlines():
+                number = ledger.number(orjson.loads(raw).get("custom_id"), True) if raw.strip() else None
+                if number is not None:
+                    numbers.add(number)
+    return numbers
 
 
 def read_spares(path: Path | None) -> list[tuple[str, str]]:
@@ -172,9 +221,17 @@ def process_pass(
         manifest.save(directory)
     spares_in = read_spares(directory / marker["spares_file"] if marker["spares_file"] else None)
     read = ResultRead(pairs=list(spares_in))
+    ledger = manifest.ledger()
+    sent = set()
+    if any(manifest.entry(name).source != "api" for name in entries):
+        sent = sent_numbers(ledger, [directory / REQUESTS / e.name for e in manifest.entries if e.source == "api" and e.batch_id])
     for name in entries:
-        for path in files_of(name):
-            read.add(read_results(path.read_bytes()))
+        entry = manifest.entry(name)
+        got = read_entry(ledger, entry, files_of(name), sent)
+        if entry.source != "api":  # an API batch's cost is its usage; a results file's, its new lines'
+            entry.usage = {"input": got.priced["input"], "output": got.priced["output"]}
+            entry.requests = got.requests_ok
+        read.add(got)
     fresh = acceptance.fresh(read.pairs)
     log.info("validating %d candidate pairs from %d answers (Ctrl-C stops between chunks and keeps what is validated)",
              len(fresh), read.requests_ok)
@@ -201,12 +258,15 @@ def process_pass(
                        ("candidates", len(read.pairs) - len(spares_in)), ("rejected", stats.rejected),
                        ("duplicates", stats.duplicates),
                        ("useful", max(0, accepted + len(taken.surplus) - len(spares_in))),
-                       ("input_tokens", read.input_tokens), ("output_tokens", read.output_tokens)):
+                       ("input_tokens", read.input_tokens), ("output_tokens", read.output_tokens),
+                       ("foreign", read.foreign), ("repeated", read.repeated),
+                       ("external_requests", sum(manifest.entry(n).requests for n in entries if manifest.entry(n).source == "external"))):
         totals[key] = totals.get(key, 0) + value
     for key, counter in (("errors", read.errors), ("answer_failures", read.answer_failures), ("rejections", stats.rejections)):
         totals[key] = dict(Counter(totals.get(key, {})) + counter)
     for name in entries:
         manifest.entry(name).processed = True
+    manifest.keep(ledger)
     old_spares = marker["spares_file"]
     manifest.spares_file, manifest.spares = spares_name, len(taken.surplus)
     manifest.processing = None

@@ -27,7 +27,8 @@ from urllib.parse import urlsplit
 import orjson
 
 from asyncgen.batch import lifecycle, plan
-from asyncgen.batch.manifest import Entry, Manifest, check_setup
+from asyncgen.batch.ledger import line_digest, parse
+from asyncgen.batch.manifest import Busy, Entry, Manifest, check_setup, leftovers, writer
 from asyncgen.commands._shared import add_avoid_chars_flag, add_tokenizer_flags, load_price_table, load_task_and_tokenizers
 from asyncgen.commands.argtypes import base_url, non_negative_float, non_negative_int, positive_float, positive_int
 from asyncgen.commands.run import OFFLINE_KEY, _endpoint
@@ -64,7 +65,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     def add(name: str, help_text: str, description: str, handler) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=help_text, description=description)
         p.add_argument("--dir", default="batches", help="batch directory: manifest, request and result files (default: batches)")
-        p.set_defaults(handler=handler)
+        p.set_defaults(handler=handler if name == "status" else _one_writer(handler, name))
         return p
 
     create = add("create", "write the request files for a dataset and print the plan", "Write request JSONL "
@@ -101,7 +102,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
                   "used first next time.", cmd_process)
     _setup_flags(process)
     process.add_argument("--target-scenarios", type=positive_int, default=None, help="scenarios the dataset must hold (default: the batch directory's target)")
-    process.add_argument("--results", nargs="+", default=None, metavar="FILE", help="process these OpenAI batch-format output files instead (e.g. from vLLM's run-batch); each file is processed once")
+    process.add_argument("--results", nargs="+", default=None, metavar="FILE", help="process these OpenAI batch-format output files instead (e.g. from vLLM's run-batch, of this directory's request files); each request is counted once, whatever file answers it")
+    process.add_argument("--external", action="store_true", help="the --results files answer requests asyncgen did not make (another pipeline's batch output): take their pairs anyway (needs --task); they are still validated and deduplicated")
     _dataset_flags(process)
     _validator_flags(process)
 
@@ -111,6 +113,15 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     _setup_flags(topup)
     _plan_flags(topup)
     _dataset_flags(topup)
+
+    rebuild = add("rebuild", "rebuild a lost manifest.json from the directory's files and the API", "Rebuild "
+                  "--dir's manifest from its request and result files and the batches the API lists with this "
+                  "directory's metadata. Nothing is sent or overwritten; results are processed again by the next "
+                  "process (the dataset's dedup keeps anything from entering twice).", cmd_rebuild)
+    _setup_flags(rebuild)
+    rebuild.add_argument("--num-scenarios", type=positive_int, default=1500, help="scenarios the dataset must hold (default: 1500)")
+    rebuild.add_argument("--output", default=None, help="the dataset JSONL (default: dataset.jsonl)")
+    _endpoint_flags(rebuild)
 
     run = add("run", "all of the above, polling, until the dataset holds exactly N", "Create, submit, poll, "
               "download, process and top up until --output holds exactly --num-scenarios. Killed at any moment "
@@ -184,17 +195,48 @@ def _directory(args) -> Path:
     return directory
 
 
-def _manifest_or_fail(directory: Path) -> Manifest:
+CREATES_DIRECTORY = ("create", "process", "run", "rebuild")
+
+
+def _one_writer(handler, command: str):
+    """``handler`` holding --dir's lock (``manifest.writer``): a second command on it is refused."""
+    def locked(args) -> int:
+        directory = _directory(args)
+        if not directory.is_dir():
+            if command not in CREATES_DIRECTORY:
+                return handler(args)  # nothing there to change: it says so
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UsageError(f"--dir {directory}: cannot create it ({exc.strerror or exc}); choose another --dir") from exc
+        with writer(directory, command):
+            return handler(args)
+    return locked
+
+
+def _load(directory: Path) -> Manifest | None:
+    """The manifest; None for a new directory. A directory whose manifest is gone but whose files are
+    there is refused: starting afresh would pay again for what its files hold."""
     manifest = Manifest.load(directory)
+    if manifest is None:
+        left = leftovers(directory)
+        if left:
+            raise UsageError(f"--dir {directory} has no manifest.json but holds {left}; `asyncgen batch rebuild "
+                             f"--dir {directory}` rebuilds it from them (nothing is sent or overwritten)")
+    return manifest
+
+
+def _manifest_or_fail(directory: Path) -> Manifest:
+    manifest = _load(directory)
     if manifest is None:
         raise UsageError(f"--dir {directory} holds no batch manifest; start with `asyncgen batch create` or `batch run`")
     return manifest
 
 
-def _setup(args, *, load_tokenizers: bool) -> Setup:
-    """The batch directory, its manifest (None if new), the task and price; refuses another setup."""
+def _setup(args, *, load_tokenizers: bool, lost: bool = False) -> Setup:
+    """The batch directory, its manifest (None if new, or ``lost``), the task and price; refuses another setup."""
     directory = _directory(args)
-    manifest = Manifest.load(directory)
+    manifest = None if lost else _load(directory)
     task_name = args.task or (manifest.task if manifest else "refusal")
     model = args.model or (manifest.model if manifest else "gpt-4o")
     if load_tokenizers:
@@ -238,18 +280,19 @@ def _dataset(output: str, task) -> tuple[int, list[str]]:
 
 @contextlib.asynccontextmanager
 async def _api(args, directory: Path, manifest: Manifest):
-    """A ``BatchApi`` for the batch directory's endpoint (the first submit records it)."""
+    """A ``BatchApi`` for the batch directory's endpoint: where its batches went, else the flags'
+    (the first batch records it: ``lifecycle.submit``)."""
     import httpx
     import openai
 
     from asyncgen.batch.api import BatchApi
 
-    if manifest.endpoint is None:
+    endpoint = manifest.endpoint
+    if endpoint is None:
         mode, base_url, _ = _endpoint(args)
         # The offline simulator works batches out from its seed: it must stay the same across restarts.
-        manifest.endpoint = {"mode": mode, "base_url": base_url, "seed": getattr(args, "seed", None) or 0}
-        manifest.save(directory)
-    mode, base_url = manifest.endpoint["mode"], manifest.endpoint["base_url"]
+        endpoint = {"mode": mode, "base_url": base_url, "seed": getattr(args, "seed", None) or 0}
+    mode, base_url = endpoint["mode"], endpoint["base_url"]
     api_key = os.environ.get("OPENAI_API_KEY") or None
     if mode == "openai" and not api_key:
         raise UsageError(f"the batches in {directory} went to the OpenAI API: set OPENAI_API_KEY")
@@ -261,7 +304,7 @@ async def _api(args, directory: Path, manifest: Manifest):
 
             api_key = OFFLINE_KEY
             simulator = await stack.enter_async_context(running_simulator(SimulatorConfig(
-                task=manifest.task, config_dir=getattr(args, "config_dir", None), seed=manifest.endpoint.get("seed", 0),
+                task=manifest.task, config_dir=getattr(args, "config_dir", None), seed=endpoint.get("seed", 0),
                 rpm=None, tpm=None, batch_speed=OFFLINE_BATCH_SPEED, batch_state_dir=str(directory / "simulator"),
             )))
             base_url = simulator.base_url
@@ -272,7 +315,7 @@ async def _api(args, directory: Path, manifest: Manifest):
                                     http_client=httpx.AsyncClient(trust_env=not loopback, timeout=httpx.Timeout(120, connect=10)))
         stack.push_async_callback(client.close)
         where = "the offline simulator" if mode == "simulator" else (base_url or "the OpenAI API")
-        yield BatchApi(client, api_key, where, trust_env=not loopback), mode
+        yield BatchApi(client, api_key, where, endpoint, trust_env=not loopback), mode
 
 
 # --- planning a round -------------------------------------------------------------------------
@@ -296,18 +339,22 @@ def _plan_and_write(args, setup: Setup, manifest: Manifest, deficit: int, avoid:
     measured_tokens = tokens_per_request(manifest)
     settings = GenerationSettings(setup.model, response_format_for(setup.model, args.response_format), args.temperature, args.seed)
     made = plan.plan_round(setup.task, settings, setup.price, count=needed - len(resubmit),
-                           first_number=manifest.next_request, num_batches=args.num_batches, avoid_pool=avoid,
+                           directory_id=manifest.directory_id, first_number=manifest.next_request, num_batches=args.num_batches, avoid_pool=avoid,
                            avoid_chars=args.avoid_chars,
                            resubmit=resubmit, measured_tokens=measured_tokens, capped_by_budget=capped)
     if not made.requests:
         return made
     for entry in left_over:
         entry.resubmitted = True
+    names = [f"round-{manifest.rounds + 1}-part-{number}.jsonl" for number in range(1, len(made.files) + 1)]
+    taken = [name for name in names if (directory / lifecycle.REQUESTS / name).exists()]
+    if taken:  # a request file the manifest does not know: it may have been sent and paid for
+        raise UsageError(f"{directory / lifecycle.REQUESTS / taken[0]} is there already but {directory}'s manifest does "
+                         "not name it; request files are never overwritten: move it away, or use another --dir")
     manifest.rounds += 1
     manifest.next_request += made.new_requests
     (directory / lifecycle.REQUESTS).mkdir(parents=True, exist_ok=True)
-    for number, chunk in enumerate(made.files, start=1):
-        name = f"round-{manifest.rounds}-part-{number}.jsonl"
+    for name, chunk in zip(names, made.files):
         atomic_write(directory / lifecycle.REQUESTS / name, b"".join(chunk))
         share = len(chunk) / made.requests
         manifest.entries.append(Entry(name, manifest.rounds, len(chunk),
@@ -431,6 +478,49 @@ def cmd_topup(args) -> int:
     return _write_round(args, setup, manifest)
 
 
+def cmd_rebuild(args) -> int:
+    directory = _directory(args)
+    if Manifest.load(directory) is not None:
+        raise UsageError(f"--dir {directory} has its manifest.json: nothing to rebuild")
+    if not leftovers(directory):
+        raise UsageError(f"--dir {directory} holds no request or result files: nothing to rebuild; start with `batch create` or `batch run`")
+    probe = Manifest("", "", {}, 0, "")
+    models = lifecycle.recover_requests(directory, probe)
+    if len(models) > 1 and not args.model:
+        raise UsageError(f"the request files in {directory} name {len(models)} models ({', '.join(models)}); say which with --model")
+    args.model = args.model or (models[0] if models else None)
+    setup = _setup(args, load_tokenizers=False, lost=True)
+    manifest = Manifest(str(args.task or "refusal"), setup.model, setup.fingerprint, args.num_scenarios, args.output or "dataset.jsonl",
+                        directory_id=probe.directory_id, legacy_below=probe.legacy_below, next_request=probe.next_request,
+                        rounds=probe.rounds, entries=probe.entries)
+    spares = sorted((int(p.stem[len("spares-"):]), p) for p in directory.glob("spares-*.jsonl") if p.stem[len("spares-"):].isdigit())
+    if spares:  # the newest: a pass deletes the one it read once it has written its own
+        generation, path = spares[-1]
+        manifest.spares_file, manifest.spares = path.name, len(path.read_bytes().splitlines())
+        manifest.totals["passes"] = generation
+    offline = (directory / "simulator").is_dir()
+    if not offline and _endpoint(args)[0] == "simulator" and manifest.entries:
+        raise UsageError(f"{directory} holds no offline simulator state, so its request files were not sent offline: say "
+                         "where their batches went (OPENAI_API_KEY for the OpenAI API, or --base-url) so that rebuild finds "
+                         f"them; if they were never sent, remove {directory / lifecycle.REQUESTS} and `batch create` again")
+
+    async def go() -> list[Entry]:
+        async with _api(args, directory, manifest) as (api, _):
+            adopted = await lifecycle.recover_batches(directory, manifest, api)
+            if adopted:
+                manifest.endpoint = api.endpoint
+            return adopted
+    adopted = run_event_loop(go())
+    manifest.save(directory)
+    unsent = [e.name for e in manifest.entries if e.batch_id is None]
+    print(f"rebuilt {directory / 'manifest.json'}: {len(manifest.entries)} request file(s), {len(adopted)} with their batch "
+          f"found ({sum(e.downloaded for e in adopted)} downloaded), {len(unsent)} never sent"
+          + (f", {manifest.spares} spares" if manifest.spares else ""))
+    print(f"task {manifest.task}, model {manifest.model}, dataset {manifest.output}, target {manifest.target}; "
+          f"next: python -m asyncgen batch run --dir {directory} (or `batch process`)")
+    return 0
+
+
 def cmd_submit(args) -> int:
     directory = _directory(args)
     manifest = _manifest_or_fail(directory)
@@ -446,23 +536,45 @@ def cmd_submit(args) -> int:
 
 
 def cmd_status(args) -> int:
+    """The table, refreshed from the API; while another command holds --dir, its last saved state."""
     directory = _directory(args)
-    manifest = _manifest_or_fail(directory)
-    setup = _price_only(args, manifest)
+    with contextlib.ExitStack() as stack:
+        busy = None
+        if directory.is_dir():
+            try:
+                stack.enter_context(writer(directory, "status"))
+            except Busy as exc:
+                busy = exc.holder
+                if Manifest.load(directory) is None:
+                    print(f"{busy} is working on {directory} and has saved no manifest yet; try again in a moment")
+                    return 0
+        manifest = _manifest_or_fail(directory)
+        setup = _price_only(args, manifest)
 
-    async def go() -> None:
-        async with _api(args, directory, manifest) as (api, mode):
-            poll = args.poll_seconds or POLL_SECONDS[mode]
-            await lifecycle.refresh(directory, manifest, api)
-            if not args.watch:
-                print(status_table(setup, manifest))
-                return
-            await _watch(setup, manifest, lambda: lifecycle.refresh(directory, manifest, api), poll)
-    try:
-        run_event_loop(go())
-    except KeyboardInterrupt:
-        print("stopped watching; the batches go on")
-        return 130
+        async def go() -> None:
+            async with contextlib.AsyncExitStack() as api_stack:
+                if busy:
+                    mode = (manifest.endpoint or {}).get("mode", "openai")
+                    print(f"{busy} is working on {directory}: its last saved state, not refreshed here")
+
+                    async def refresh() -> None:
+                        vars(manifest).update(vars(_manifest_or_fail(directory)))
+                else:
+                    api, mode = await api_stack.enter_async_context(_api(args, directory, manifest))
+
+                    async def refresh() -> None:
+                        await lifecycle.refresh(directory, manifest, api)
+
+                    await refresh()
+                if not args.watch:
+                    print(status_table(setup, manifest))
+                    return
+                await _watch(setup, manifest, refresh, args.poll_seconds or POLL_SECONDS[mode])
+        try:
+            run_event_loop(go())
+        except KeyboardInterrupt:
+            print("stopped watching; the batches go on")
+            return 130
     return 0
 
 
@@ -684,37 +796,56 @@ def _run_state(setup: Setup, manifest: Manifest, sink) -> dict:
             "cost_usd": None if at_batch is None or before is None else before + at_batch}
 
 
-def _add_results(setup: Setup, manifest: Manifest, paths: list[str]) -> list[str]:
-    """Entries for ``process --results`` files; a file already processed is skipped, with a note."""
-    from asyncgen.batch.process import read_results
+def _add_results(setup: Setup, manifest: Manifest, paths: list[str], external: bool) -> list[str]:
+    """Entries for ``process --results`` files, known by their content (the custom_ids they answer;
+    see asyncgen/batch/ledger.py): a file answering none of the directory's requests is refused
+    (unless ``external``), one whose requests were all counted before is skipped, with a note."""
+    from asyncgen.batch.process import read_entry
 
-    names = []
+    directory, scratch, names = setup.directory, manifest.ledger(), []
     for given in paths:
         path = Path(given)
         if not path.is_file():
             raise UsageError(f"--results {given}: no such file")
-        name = str(path.resolve())
-        known = next((e for e in manifest.entries if e.name == name), None)
-        if known is not None and known.processed:
-            print(f"{given}: processed before; skipped (nothing is processed twice)")
+        resolved = str(path.resolve())
+        probe = Entry(resolved, 0, 0, source="external" if external else "results", output_path=resolved)
+        got = read_entry(scratch, probe, [path], set())
+        if got.foreign and not got.new and not got.repeated:
+            whose = ("old-style ids, which do not name the directory that made them" if (parse(got.foreign_example) or (1,))[0] is None
+                     else "another batch directory's, or another pipeline's")
+            raise UsageError(
+                f"--results {given}: none of its {got.foreign} results answers a request of --dir {directory} (custom_ids "
+                f"like {got.foreign_example}: {whose}); process it with the --dir that wrote its requests, or, to take "
+                "its pairs anyway, add --external --task TASK")
+        if not got.new:
+            if not got.repeated:
+                raise UsageError(f"--results {given}: no batch result lines in it; give an OpenAI batch-format output file")
+            print(f"{given}: its {got.repeated} results were processed before (the same "
+                  f"{'lines' if external else 'custom_ids'}); skipped (nothing is counted twice)")
             continue
-        if known is None:
-            read = read_results(path.read_bytes())
-            known = Entry(name, 0, read.requests_ok, source="results", status="completed", downloaded=True,
-                          usage={"input": read.input_tokens, "output": read.output_tokens})
-            manifest.entries.append(known)
+        if got.foreign:
+            print(f"{given}: {got.foreign} of its results answer requests {directory} never made (custom_ids like "
+                  f"{got.foreign_example}); left out")
+        if got.repeated:
+            print(f"{given}: {got.repeated} of its results were counted before (the same custom_ids); not counted again")
+        name = f"{resolved} ({line_digest(path.read_bytes())[:12]})"
+        if not any(e.name == name for e in manifest.entries):
+            manifest.entries.append(Entry(name, 0, got.requests_ok, source=probe.source, status="completed",
+                                          downloaded=True, output_path=resolved))
         names.append(name)
-    manifest.save(setup.directory)
+    manifest.save(directory)
     return names
 
 
 def cmd_process(args) -> int:
+    if args.external and not (args.results and args.task):
+        raise UsageError("--external takes --results files of another pipeline: give them, and say which task's pairs "
+                         "they are with --task")
     setup = _setup(args, load_tokenizers=True)
     manifest = setup.manifest
     if manifest is None:
         if not args.results:
             raise UsageError(f"--dir {setup.directory} holds no batch manifest; give --results FILE... or run `batch create` first")
-        setup.directory.mkdir(parents=True, exist_ok=True)
         manifest = Manifest(str(args.task or "refusal"), setup.model, setup.fingerprint,
                             args.target_scenarios or 1500, args.output or "dataset.jsonl")
     if args.target_scenarios:
@@ -722,8 +853,8 @@ def cmd_process(args) -> int:
     if args.output:
         manifest.output = args.output
     setup.manifest = manifest
-    names = _add_results(setup, manifest, args.results) if args.results else [
-        e.name for e in manifest.entries if e.downloaded and not e.processed and e.source == "api"]
+    names = _add_results(setup, manifest, args.results, args.external) if args.results else [
+        e.name for e in manifest.entries if e.downloaded and not e.processed]
     manifest.save(setup.directory)
     with _processing(args, setup, manifest) as (sink, validator, annotations):
         if not names and not manifest.spares and manifest.processing is None:
@@ -765,6 +896,12 @@ def summary_text(setup: Setup, manifest: Manifest, count: int, report=None, *, t
         cost = setup.costs(pilot.usage.get("input", 0), pilot.usage.get("output", 0))[1]
         lines.append(f"  pilot           {pilot.requests} real-time requests measured the yield first "
                      f"({_money(cost)}, in the cost below)")
+    if t.get("foreign") or t.get("repeated"):
+        lines.append(f"  left out        {t.get('foreign', 0)} results of requests {setup.directory} did not make, "
+                     f"{t.get('repeated', 0)} of requests counted before")
+    if t.get("external_requests"):
+        files = ", ".join(Path(e.output_path).name for e in manifest.entries if e.source == "external")
+        lines.append(f"  external        {t['external_requests']} answered requests from another pipeline (--external): {files}")
     lines.append(f"  spares          {manifest.spares} valid pairs kept in {setup.directory} for later "
                  "(none repeats the dataset or another)")
     at_batch, at_real = manifest.cost(setup.costs)
