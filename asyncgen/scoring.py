@@ -175,13 +175,22 @@ class Scorer:
             answer = await self.sender.send(
                 number, lambda _cap, _timeouts: body, prompt_tokens, lambda: JUDGE_MAX_TOKENS,
                 abandoned_bound=lambda _cap: cost_usd(self.judge_price, PROMPT_ESTIMATE_MARGIN * prompt_tokens,
-                                                      JUDGE_MAX_TOKENS))
+                                                      JUDGE_MAX_TOKENS), recover=self._judge_refused)
             if answer is None:
                 return None
             words = self.read_judge(answer[0])
             if words is not None:
                 return self.judged(record, words)
         return None
+
+    def _judge_refused(self, decision: Decision, _params: dict) -> bool:
+        """A permanent refusal of the judge's request names --judge-model, not --model."""
+        if decision.cause == "auth":
+            return False
+        self.stats.requests_failed += 1
+        words = decision.message.removesuffix("; check --model and --base-url")
+        raise ApiError(redact(f"the server refused the judge's request for {self.settings.judge_model}: {words}; "
+                              "check --judge-model (a chat model the server serves)", self.api_key))
 
     def read_judge(self, content: bytes) -> str | None:
         """The judge's words (its cost counted at the judge's price); None for a bad answer (asked again)."""

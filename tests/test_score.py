@@ -549,3 +549,22 @@ def test_judge_model_on_the_offline_simulator_agrees_with_its_own_refusals(tmp_p
     sides = [r["multi"][side] for r in records.values() for side in ("prompt", "counterfactual")]
     assert {side["refuses"] for side in sides} == {True, False}
     assert all(side["refuses"] is B.refuses(side["answer"], TASK.behavior.refusal_markers, 100) for side in sides)
+
+
+def test_a_judge_the_server_refuses_is_one_line_naming_judge_model(tmp_path, pairs, cli):
+    dataset = tmp_path / "d.jsonl"
+    write_dataset(dataset, pairs[:2])
+
+    async def no_such_judge(body, seen):
+        if body["model"] == "judge":
+            return 404, {"error": {"message": "This is not a chat model and thus not supported in the "
+                                   "v1/chat/completions endpoint.", "type": "invalid_request_error", "code": None}}
+        return await model_under_study(body, seen)
+
+    with FakeServer(no_such_judge) as server:
+        code, _out, err = cli("score", str(dataset), "--model", "m", "--base-url", server.base_url, "--form", "multi",
+                              "--judge-model", "judge")
+    assert code == 1
+    assert err.strip().splitlines()[-1].startswith(
+        "asyncgen score: error: the server refused the judge's request for judge: 404: This is not a chat model")
+    assert err.strip().endswith("check --judge-model (a chat model the server serves)")
