@@ -194,19 +194,9 @@ class Scorer:
 
     def read_judge(self, content: bytes) -> str | None:
         """The judge's words (its cost counted at the judge's price); None for a bad answer (asked again)."""
-        stats = self.stats
-        stats.requests_ok += 1
-        try:
-            body = orjson.loads(content)
-            usage = body.get("usage") or {}
-            prompt_tokens, completion_tokens = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
-        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-            body, prompt_tokens, completion_tokens = None, 0, 0
-        stats.prompt_tokens += prompt_tokens
-        stats.completion_tokens += completion_tokens
-        stats.add_cost(cost_usd(self.judge_price, prompt_tokens, completion_tokens))
-        if not isinstance(body, dict) or not isinstance(body.get("choices"), list) or not body["choices"]:
-            stats.answer_failures["judge_bad_shape"] += 1
+        body = self._counted(content, self.judge_price)
+        if body is None:
+            self.stats.answer_failures["judge_bad_shape"] += 1
             return None
         text = chat_text(body)
         return "" if text is None else text  # a judge's API refusal (no content) is an unparsable verdict
@@ -244,9 +234,8 @@ class Scorer:
 
     # --- answers ------------------------------------------------------------------------------
 
-    def read(self, content: bytes, form: str, via: str) -> dict | None:
-        """The score of one answer; None for a bad answer (asked again), an ApiError when the server
-        has given no usable answer yet (it cannot score this way)."""
+    def _counted(self, content: bytes, price: Price | None) -> dict | None:
+        """Count one answered request's usage and cost at ``price``; its body, None when it holds no completion."""
         stats = self.stats
         stats.requests_ok += 1
         try:
@@ -257,8 +246,17 @@ class Scorer:
             body, prompt_tokens, completion_tokens = None, 0, 0
         stats.prompt_tokens += prompt_tokens
         stats.completion_tokens += completion_tokens
-        stats.add_cost(cost_usd(self.price, prompt_tokens, completion_tokens))
+        stats.add_cost(cost_usd(price, prompt_tokens, completion_tokens))
         if not isinstance(body, dict) or not isinstance(body.get("choices"), list) or not body["choices"]:
+            return None
+        return body
+
+    def read(self, content: bytes, form: str, via: str) -> dict | None:
+        """The score of one answer; None for a bad answer (asked again), an ApiError when the server
+        has given no usable answer yet (it cannot score this way)."""
+        stats = self.stats
+        body = self._counted(content, self.price)
+        if body is None:
             if not self.answered:
                 raise ApiError(f"the server answered with no completion ({content[:120]!r}); check --base-url")
             stats.answer_failures["bad_shape"] += 1
