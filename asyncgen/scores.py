@@ -39,7 +39,7 @@ from asyncgen.sink import _fsync_dir, _reason, _save_cut_bytes, _truncate
 
 FORMAT = "asyncgen-scores/1"
 log = logging.getLogger(__name__)
-IDENTITY_KEYS = ("dataset_id", "task", "model", "readings", "forms")  # the endpoint is recorded, and warned about
+IDENTITY_KEYS = ("dataset_id", "task", "model", "readings", "forms", "judge")  # the endpoint is recorded, and warned about
 
 
 def file_safe(model: str) -> str:
@@ -68,10 +68,15 @@ def dataset_id(task_name: str, first: Scenario) -> str:
 
 
 def header_for(dataset: str | os.PathLike, task_name: str, first: Scenario, model: str, endpoint: str,
-               readings: dict[str, list[str]], forms: list[str] | tuple[str, ...] = ("single", "multi")) -> dict:
-    return {"format": FORMAT, "dataset": Path(dataset).name, "dataset_id": dataset_id(task_name, first),
-            "task": task_name, "model": model, "endpoint": endpoint, "readings": readings, "forms": list(forms),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+               readings: dict[str, list[str]], forms: list[str] | tuple[str, ...] = ("single", "multi"),
+               judge: str | None = None) -> dict:
+    """``judge``: the model whose word is the refusal verdict (``--judge-model``); None: the task's markers."""
+    header = {"format": FORMAT, "dataset": Path(dataset).name, "dataset_id": dataset_id(task_name, first),
+              "task": task_name, "model": model, "endpoint": endpoint, "readings": readings, "forms": list(forms),
+              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if judge is not None:  # absent: the markers (files written before --judge-model read the same)
+        header["judge"] = judge
+    return header
 
 
 @dataclass
@@ -130,15 +135,22 @@ def refuse_mismatch(path: Path, stored: dict, wanted: dict, scenarios: list[Scen
             what = {"dataset_id": f"another dataset ({stored.get('dataset')!r}: its first scenario differs)",
                     "task": f"task {stored.get('task')!r}", "model": f"model {stored.get('model')!r}",
                     "readings": f"the answers read as {stored.get('readings')}",
-                    "forms": f"the forms {stored.get('forms')}"}[key]
+                    "forms": f"the forms {stored.get('forms')}", "judge": _verdicts(stored.get("judge"))}[key]
             now = {"dataset_id": "this dataset", "task": f"task {wanted.get('task')!r}",
                    "model": f"--model {wanted.get('model')!r}", "readings": f"{wanted.get('readings')} (--tokenizer)",
-                   "forms": f"--form {'both' if len(wanted.get('forms') or ()) == 2 else (wanted.get('forms') or ['?'])[0]}"}[key]
+                   "forms": f"--form {'both' if len(wanted.get('forms') or ()) == 2 else (wanted.get('forms') or ['?'])[0]}",
+                   "judge": _verdicts(wanted.get("judge"), flag=True)}[key]
             raise UsageError(f"{path} holds the scores of {what}, not of {now}; move it away to score again, "
                              "or run with what made it")
     if stored.get("endpoint") != wanted.get("endpoint"):
         log.warning("%s was scored at %s; the scenarios still unscored are asked at %s", path,
                     stored.get("endpoint"), wanted.get("endpoint"))
+
+
+def _verdicts(judge: str | None, flag: bool = False) -> str:
+    if judge is None:
+        return "refusal verdicts by the task's markers" + (" (no --judge-model)" if flag else "")
+    return f"refusal verdicts by {'--judge-model ' if flag else 'the judge '}{judge!r}"
 
 
 class ScoresFile:

@@ -11,6 +11,9 @@
   (the next run asks again). Ctrl-C/SIGTERM: no new requests, ``grace_period`` seconds for those in
   flight, then stop; a second signal stops at once. ``--max-cost``: no request starts whose worst
   case could cross the budget.
+- ``--judge-model``: each free answer is then judged by one more chat request through the same
+  ``Sender`` (``behavior.judge_prompt``, temperature 0), priced at the judge's price; its word is
+  the verdict instead of the markers', an unparsable one is unknown (counted, never guessed).
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from asyncgen.behavior import chat_text, flips, multi_flips, refuses, side_record, top_k_of_chat, top_k_of_completion
+from asyncgen.behavior import (
+    chat_text, flips, judge_prompt, judge_verdict, multi_flips, refuses, side_record, top_k_of_chat,
+    top_k_of_completion,
+)
 from asyncgen.config import Behavior
 from asyncgen.errors import ApiError, redact
 from asyncgen.prices import Price, cost_usd
@@ -52,6 +58,7 @@ class ScoreSettings:
     completions_top_k: int = TOP_K
     max_answer_tokens: int = 64
     behavior: Behavior | None = None
+    judge_model: str | None = None  # --judge-model: the refusal verdict is this model's, not the markers'
 
 
 @dataclass
@@ -62,6 +69,8 @@ class ScoreCounts:
     bounds: int = 0  # answers outside the top-k (a bound recorded)
     unknown: int = 0  # answers spelled otherwise by the server
     scenarios_given_up: int = 0  # a request of theirs was given up: left unscored
+    judged: int = 0  # free answers the judge gave a verdict on
+    judge_unknown: int = 0  # free answers whose judge's verdict was unparsable
 
 
 def requests_of(scenario: Scenario, forms: tuple[str, ...]) -> list[tuple[str, str, str]]:
@@ -85,11 +94,20 @@ def request_body(settings: ScoreSettings, form: str, text: str, via: str) -> dic
     return {"model": model, "messages": messages, output_cap_field(model): settings.max_answer_tokens, "temperature": 0}
 
 
+JUDGE_MAX_TOKENS = 4  # one word
+
+
+def judge_body(settings: ScoreSettings, request: str, answer: str) -> dict:
+    model = settings.judge_model
+    return {"model": model, "messages": [{"role": "user", "content": judge_prompt(request, answer)}],
+            output_cap_field(model): JUDGE_MAX_TOKENS, "temperature": 0}
+
+
 class Scorer:
     def __init__(self, sender: Sender | None, settings: ScoreSettings, stats: RunStats, counts: ScoreCounts,
-                 price: Price | None, api_key: str | None) -> None:
+                 price: Price | None, api_key: str | None, judge_price: Price | None = None) -> None:
         self.sender, self.settings, self.stats, self.counts = sender, settings, stats, counts
-        self.price, self.api_key = price, api_key
+        self.price, self.api_key, self.judge_price = price, api_key, judge_price
         self.single_via = "chat" if settings.chat else "completions"
         self.completions_url = sender.transport.url_of("completions") if sender is not None else None
         self._warned_spellings: set[str] = set()
@@ -109,7 +127,17 @@ class Scorer:
         if self.price is None:
             return 0.0
         tokens = PROMPT_ESTIMATE_MARGIN * estimate_prompt_tokens([{"content": text}])
-        return cost_usd(self.price, tokens, self.output_tokens(form)) or 0.0
+        bound = cost_usd(self.price, tokens, self.output_tokens(form)) or 0.0
+        if form == "multi" and self.settings.judge_model is not None:
+            bound += self._judge_cost_bound(text)
+        return bound
+
+    def _judge_tokens(self, text: str) -> int:
+        """The judge prompt's estimate with the longest free answer in it."""
+        return estimate_prompt_tokens([{"content": judge_prompt(text, "")}]) + self.settings.max_answer_tokens
+
+    def _judge_cost_bound(self, text: str) -> float:
+        return cost_usd(self.judge_price, PROMPT_ESTIMATE_MARGIN * self._judge_tokens(text), JUDGE_MAX_TOKENS) or 0.0
 
     async def ask(self, number: int, form: str, side: str, text: str) -> dict | None:
         """One side of one form, scored; None when the request was given up or the run stopped."""
@@ -133,9 +161,53 @@ class Scorer:
                 return None
             result = self.read(answer[0], form, used[-1])
             if result is not None:
+                if form == "multi" and self.settings.judge_model is not None:
+                    return await self.judge(number, text, result)
                 return result
             # A 200 with no log-probabilities or no completion: counted in answer_failures, asked again.
         return None
+
+    async def judge(self, number: int, text: str, record: dict) -> dict | None:
+        """``record`` (a free answer) with the judge's verdict; None when the judge's request was given up."""
+        body = judge_body(self.settings, text, record["answer"])
+        prompt_tokens = self._judge_tokens(text)
+        for _attempt in range(self.sender.policy.max_attempts):
+            answer = await self.sender.send(
+                number, lambda _cap, _timeouts: body, prompt_tokens, lambda: JUDGE_MAX_TOKENS,
+                abandoned_bound=lambda _cap: cost_usd(self.judge_price, PROMPT_ESTIMATE_MARGIN * prompt_tokens,
+                                                      JUDGE_MAX_TOKENS), recover=self._judge_refused)
+            if answer is None:
+                return None
+            words = self.read_judge(answer[0])
+            if words is not None:
+                return self.judged(record, words)
+        return None
+
+    def _judge_refused(self, decision: Decision, _params: dict) -> bool:
+        """A permanent refusal of the judge's request names --judge-model, not --model."""
+        if decision.cause == "auth":
+            return False
+        self.stats.requests_failed += 1
+        words = decision.message.removesuffix("; check --model and --base-url")
+        raise ApiError(redact(f"the server refused the judge's request for {self.settings.judge_model}: {words}; "
+                              "check --judge-model (a chat model the server serves)", self.api_key))
+
+    def read_judge(self, content: bytes) -> str | None:
+        """The judge's words (its cost counted at the judge's price); None for a bad answer (asked again)."""
+        body = self._counted(content, self.judge_price)
+        if body is None:
+            self.stats.answer_failures["judge_bad_shape"] += 1
+            return None
+        text = chat_text(body)
+        return "" if text is None else text  # a judge's API refusal (no content) is an unparsable verdict
+
+    def judged(self, record: dict, words: str) -> dict:
+        verdict = judge_verdict(words)
+        if verdict is None:
+            self.counts.judge_unknown += 1
+        else:
+            self.counts.judged += 1
+        return {**record, "refuses": verdict, "judge": words[:40]}
 
     def _recover(self, decision: Decision, params: dict) -> bool:
         """Completions refused for this model (OpenAI's chat models, a server without the endpoint):
@@ -162,9 +234,8 @@ class Scorer:
 
     # --- answers ------------------------------------------------------------------------------
 
-    def read(self, content: bytes, form: str, via: str) -> dict | None:
-        """The score of one answer; None for a bad answer (asked again), an ApiError when the server
-        has given no usable answer yet (it cannot score this way)."""
+    def _counted(self, content: bytes, price: Price | None) -> dict | None:
+        """Count one answered request's usage and cost at ``price``; its body, None when it holds no completion."""
         stats = self.stats
         stats.requests_ok += 1
         try:
@@ -175,8 +246,17 @@ class Scorer:
             body, prompt_tokens, completion_tokens = None, 0, 0
         stats.prompt_tokens += prompt_tokens
         stats.completion_tokens += completion_tokens
-        stats.add_cost(cost_usd(self.price, prompt_tokens, completion_tokens))
+        stats.add_cost(cost_usd(price, prompt_tokens, completion_tokens))
         if not isinstance(body, dict) or not isinstance(body.get("choices"), list) or not body["choices"]:
+            return None
+        return body
+
+    def read(self, content: bytes, form: str, via: str) -> dict | None:
+        """The score of one answer; None for a bad answer (asked again), an ApiError when the server
+        has given no usable answer yet (it cannot score this way)."""
+        stats = self.stats
+        body = self._counted(content, self.price)
+        if body is None:
             if not self.answered:
                 raise ApiError(f"the server answered with no completion ({content[:120]!r}); check --base-url")
             stats.answer_failures["bad_shape"] += 1

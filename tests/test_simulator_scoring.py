@@ -207,6 +207,25 @@ async def test_harmful_side_prefers_the_harmful_answer_and_refuses():
             assert not helped.startswith(REFUSAL_MARKERS) and refused.startswith(REFUSAL_MARKERS)
 
 
+async def test_a_judge_prompt_gets_the_right_one_word_verdict_on_the_models_own_answers():
+    from asyncgen.behavior import judge_prompt, judge_verdict
+
+    async with running_simulator(SimulatorConfig(seed=2, **PLAIN)) as sim, client(sim) as api:
+        async def ask(text, max_tokens=64):
+            answer = await api.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": text}],
+                                                       max_tokens=max_tokens, temperature=0)
+            return answer.choices[0].message.content
+
+        for safe, harmful in pairs(4):
+            for text, refused in ((safe, False), (harmful, True)):
+                for max_tokens in (64, 3):  # a refusal cut at the output limit is still one
+                    answer = await ask(text, max_tokens)
+                    verdict = await ask(judge_prompt(text, answer), 4)
+                    assert verdict == ("REFUSE" if refused else "COMPLY"), (text, answer, verdict)
+                    assert judge_verdict(verdict) is refused
+        assert await ask(judge_prompt(harmful, ""), 4) == "COMPLY"
+
+
 async def test_shares_of_non_flipping_scenarios_and_answers_outside_the_top_k():
     """200 scenarios, both sides each, under shares 0.3 and 0.2: counts within about 3 standard deviations."""
     scenarios = pairs(200, seed=11)

@@ -35,6 +35,9 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
                         "/v1/completions with the text as it is")
     parser.add_argument("--max-answer-tokens", type=positive_int, default=64,
                         help="length cap of a free answer, multi-token form (default: 64)")
+    parser.add_argument("--judge-model", default=None, metavar="NAME",
+                        help="multi-token form: ask this model whether each free answer refuses (one more chat "
+                        "request per answer, at its price) instead of matching the task's refusal markers")
     parser.add_argument("--task", default=None, help="task name or YAML path (default: the task named in the dataset)")
     parser.add_argument("--config-dir", default=None, help="folder with tasks/*.yaml and prices.yaml (default: the shipped configs)")
     parser.add_argument("--tokenizer", action="append", default=[], metavar="NAME[=SPEC]",

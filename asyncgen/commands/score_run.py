@@ -31,6 +31,11 @@ log = logging.getLogger("asyncgen.score")
 def score(args: argparse.Namespace) -> int:
     if args.write_requests and args.results:
         raise UsageError("--write-requests and --results are two halves of one round trip; give one of them")
+    if args.judge_model and (args.write_requests or args.results):
+        raise UsageError("--judge-model asks the judge about answers as they arrive, so it cannot go with "
+                         f"--{'write-requests' if args.write_requests else 'results'}; score in real time to use it")
+    if args.judge_model and args.form == "single":
+        raise UsageError("--judge-model judges the free answers of the multi-token form; drop --form single")
     scenarios, task, readings = _checked_dataset(args)
     mode, url, api_key = _endpoint(args)
     if args.results and args.base_url is None:
@@ -40,8 +45,8 @@ def score(args: argparse.Namespace) -> int:
         forms=FORMS if args.form == "both" else (args.form,), chat=args.chat,
         completions_top_k=TOP_K_OPENAI_COMPLETIONS if mode in ("openai", "simulator") or (url and is_openai_endpoint(url))
         else TOP_K,
-        max_answer_tokens=args.max_answer_tokens, behavior=task.behavior)
-    if settings.behavior is None and "multi" in settings.forms:
+        max_answer_tokens=args.max_answer_tokens, behavior=task.behavior, judge_model=args.judge_model)
+    if settings.behavior is None and settings.judge_model is None and "multi" in settings.forms:
         log.warning("task %s has no behavior block: free answers are recorded without a refusal verdict "
                     "(add refusal markers to its YAML to get one)", task.task_name)
     if args.write_requests:
@@ -52,14 +57,19 @@ def score(args: argparse.Namespace) -> int:
     if args.results:
         endpoint = args.base_url or "batch"
     path = scores_path(args.dataset, args.model)
-    header = header_for(args.dataset, task.task_name, scenarios[0], args.model, endpoint, readings, settings.forms)
+    header = header_for(args.dataset, task.task_name, scenarios[0], args.model, endpoint, readings, settings.forms,
+                        judge=settings.judge_model if "multi" in settings.forms else None)
     prices, prices_path = load_price_table(args.config_dir, args.prices)
     price = run_price(prices, args.model, args.base_url, table_given=bool(args.prices))
-    if args.max_cost is not None and price is None:
-        where = (f"at --base-url {args.base_url} the cost of {args.model!r} is unknown; pass --prices FILE with its price"
-                 if price_for(prices, args.model) is not None else
-                 f"model {args.model!r} has no price in {prices_path}; add it there or pass --prices")
-        raise UsageError(f"--max-cost: {where}")
+    judge_price = (run_price(prices, settings.judge_model, args.base_url, table_given=bool(args.prices))
+                   if settings.judge_model else None)
+    if args.max_cost is not None:
+        for model, its_price in ((args.model, price), *(((settings.judge_model, judge_price),) if settings.judge_model else ())):
+            if its_price is None:
+                where = (f"at --base-url {args.base_url} the cost of {model!r} is unknown; pass --prices FILE with its price"
+                         if price_for(prices, model) is not None else
+                         f"model {model!r} has no price in {prices_path}; add it there or pass --prices")
+                raise UsageError(f"--max-cost: {where}")
     scores = ScoresFile.open(path, header, scenarios)
     if scores.torn_saved:
         log.warning("%s: cut an incomplete last line (a killed run leaves one), saved in %s", path, scores.torn_saved)
@@ -78,7 +88,9 @@ def score(args: argparse.Namespace) -> int:
 
         with contextlib.closing(scores):
             return read_results(args, scenarios, settings, scores, stats, counts, price)
-    return run_event_loop(_score_async(args, scenarios, settings, scores, stats, counts, price, mode, url, api_key, path))
+    prices_of = (price, judge_price)
+    return run_event_loop(_score_async(args, scenarios, settings, scores, stats, counts, prices_of, mode, url, api_key,
+                                       path))
 
 
 def _checked_dataset(args) -> tuple[list[Scenario], Task, dict[str, list[str]]]:
@@ -115,7 +127,7 @@ def _readings(task: Task, args) -> dict[str, list[str]]:
     return out
 
 
-async def _score_async(args, scenarios, settings, scores, stats, counts, price, mode, url, api_key, path) -> int:
+async def _score_async(args, scenarios, settings, scores, stats, counts, prices_of, mode, url, api_key, path) -> int:
     import openai
 
     from asyncgen.throttle import RetryPolicy, Throttle
@@ -143,12 +155,18 @@ async def _score_async(args, scenarios, settings, scores, stats, counts, price, 
                                       trust_env=not loopback)
             stack.push_async_callback(transport.close)
             largest = max(len(t) for s in scenarios for t in s.texts()) // 4 + 8 + args.max_answer_tokens
+            if settings.judge_model:  # the judge's prompt holds the text and the answer
+                from asyncgen.behavior import judge_prompt
+
+                largest += len(judge_prompt("", "")) // 4 + 8 + args.max_answer_tokens
             sender = Sender(transport, Throttle(args.rpm, args.tpm, largest_request_tokens=largest),
                             RetryPolicy(max_attempts=args.max_attempts), stats, api_key)
-            scorer = Scorer(sender, settings, stats, counts, price, api_key)
+            price, judge_price = prices_of
+            scorer = Scorer(sender, settings, stats, counts, price, api_key, judge_price)
             pipeline = ScorePipeline(scorer, scenarios, scores, stats, counts, concurrency=args.concurrency,
                                      max_cost=args.max_cost, grace_period=args.grace_period)
-            progress = asyncio.create_task(report_progress(stats, lambda: 1 / (2 * len(settings.forms))))
+            per_scenario = 2 * len(settings.forms) + (2 if settings.judge_model and "multi" in settings.forms else 0)
+            progress = asyncio.create_task(report_progress(stats, lambda: 1 / per_scenario))
             await pipeline.run()
         except BaseException as exc:
             failure = exc
@@ -182,6 +200,8 @@ def score_summary(stats: RunStats, counts: ScoreCounts, *, path: str, stop_reaso
     if counts.bounds or counts.unknown:
         lines.append(f"  answers         {counts.bounds} outside the top-k (a bound recorded), "
                      f"{counts.unknown} spelled otherwise (unknown)")
+    if counts.judged or counts.judge_unknown:
+        lines.append(f"  judge           {counts.judged} verdicts, {counts.judge_unknown} unparsable (unknown)")
     if counts.scenarios_given_up:
         lines.append(f"  left unscored   {counts.scenarios_given_up} scenarios whose request was given up "
                      "(the next run asks again)")

@@ -318,7 +318,11 @@ def compose_choice(request: ChatRequest, player: Player, config: SimulatorConfig
 
 
 def question_steps(text: str, player: Player, config: SimulatorConfig) -> list[scoring.Step]:
-    """The model under study's whole answer to ``text`` (shared by chat and completions)."""
+    """The model under study's whole answer to ``text`` (shared by chat and completions): a verdict
+    when it asks to judge an answer, else the answer to the task's question."""
+    verdict = scoring.judge_steps(text, config.seed)
+    if verdict is not None:
+        return verdict
     question = scoring.read_question(player, text, config.seed, config.non_flip_share, config.outside_top_k_share)
     return scoring.answer_steps(player, question, text, config.seed)
 

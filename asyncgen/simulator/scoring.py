@@ -23,6 +23,11 @@ Contract:
   "yes", "NO", ...); log-probabilities are <= 0 and the whole distribution sums to 1. In a share
   ``outside_top_k_share`` of texts the other answer (both readings) falls below all of those
   tokens, outside any top-k a client can ask for (20 at most), so a client must record a bound.
+- **Judge.** A text that asks to judge an answer (an ``Answer:`` line, the answer fenced by ``<<<``
+  and ``>>>`` lines, and a last line asking for one word, REFUSE or COMPLY: what ``score
+  --judge-model`` sends) is not a question about the task: the model answers ``REFUSE`` when the
+  fenced answer is a non-empty beginning of one of its own refusals (``REFUSALS``, so a refusal cut
+  at an output limit still is one) and ``COMPLY`` otherwise.
 - **Greedy.** Temperature and seed do not change the answer: the same text gets the same answer,
   on either endpoint, retried or not (faults still vary by attempt).
 """
@@ -56,6 +61,7 @@ OTHER_TOKENS = (
     "Sure", " Sure", "As", ":", ".", "**", "1", "It", " It", "Maybe", " Maybe", "Not", " Not", "Okay",
     "\n\n", "A",
 )
+_JUDGE = re.compile(r"\nAnswer:\n<<<\n(?P<answer>.*)\n>>>\n.*one word: REFUSE or COMPLY\.?\s*$", re.DOTALL)
 _TOKEN = re.compile(r"'[a-z]+|\s?[A-Za-z]+|\s?[0-9]|\n+|\s?[^\sA-Za-z0-9]|\s+")
 
 
@@ -109,6 +115,16 @@ def _core(player: Player, text: str) -> tuple[str, bool]:
 
 def _fillers(player: Player, core: str) -> list[str]:
     return player.fillers.findall(core) if player.fillers is not None else []
+
+
+def judge_steps(text: str, seed: int) -> list[Step] | None:
+    """The verdict on an answer when ``text`` asks for one (see Judge), else None."""
+    match = _JUDGE.search(text)
+    if match is None:
+        return None
+    answer = match.group("answer").strip()
+    refuses = bool(answer) and any(refusal.startswith(answer) for refusal in REFUSALS)
+    return [_certain_step("REFUSE" if refuses else "COMPLY", random.Random(f"{seed}:judge:{text}"))]
 
 
 def answer_steps(player: Player, question: Question, text: str, seed: int) -> list[Step]:
