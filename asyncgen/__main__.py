@@ -1,10 +1,8 @@
 import sys
 
 try:
-    from asyncgen.cli import main
-
-    code = main()
+    from asyncgen.cli import console
 except KeyboardInterrupt:  # Ctrl-C while still importing, before main() handles it
     print("asyncgen: interrupted", file=sys.stderr)
-    code = 130
-raise SystemExit(code)
+    raise SystemExit(130)
+raise SystemExit(console())

@@ -14,6 +14,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 
 from asyncgen import __version__
@@ -150,3 +151,16 @@ def main(argv: list[str] | None = None) -> int:
         print(redact_secrets(f"asyncgen {args.command}: error: unexpected {type(exc).__name__}: {exc} "
                              "(run again with --log-level DEBUG for the traceback)"), file=sys.stderr)
         return 1
+
+
+def console() -> int:
+    """The ``asyncgen`` program (``python -m asyncgen`` too): ``main``, then SIGINT ignored. The command
+    is over and has said so; a Ctrl-C now (a second one, landing while the interpreter joins its
+    pools at exit) would only turn its exit code into a death by SIGINT."""
+    try:
+        code = main()
+    except KeyboardInterrupt:  # before main() handles it
+        print("asyncgen: interrupted", file=sys.stderr)
+        code = 130
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code

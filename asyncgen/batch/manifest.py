@@ -17,22 +17,16 @@ Layout of a batch directory::
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import orjson
 
+from asyncgen import locks
 from asyncgen.batch.ledger import Ledger, from_ranges, new_directory_id, to_ranges
 from asyncgen.errors import UsageError
 from asyncgen.sink import atomic_write
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock, as the sink
-    fcntl = None
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
@@ -191,37 +185,12 @@ def check_setup(manifest: Manifest, task: str, model: str | None, fingerprint: d
         )
 
 
-class Busy(UsageError):
-    """Another command holds the batch directory."""
-
-    def __init__(self, message: str, holder: str) -> None:
-        super().__init__(message)
-        self.holder = holder
-
-
-@contextlib.contextmanager
 def writer(directory: Path, command: str):
-    """Hold ``directory`` as its one writer for ``command`` (an exclusive flock on its ``.lock``, which
-    the OS releases however the process ends, and which names the holder); a second is ``Busy``."""
-    if fcntl is None:
-        yield
-        return
-    try:
-        fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
-    except OSError as exc:
-        raise UsageError(f"--dir {directory}: cannot open its lock file {LOCK} ({exc.strerror or exc}); choose another --dir") from exc
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            pid, _, what = os.pread(fd, 200, 0).decode(errors="replace").strip().partition(" ")
-            holder = f"`asyncgen batch {what}` (pid {pid})" if pid.isdigit() else "another asyncgen batch command"
-            raise Busy(f"--dir {directory} is in use by {holder}; wait for it to end, or use another --dir", holder) from exc
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {command}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)
+    """Hold ``directory`` as its one writer for ``batch COMMAND`` (an exclusive flock on its ``.lock``,
+    which the OS releases however the process ends, and which names the holder: asyncgen/locks.py);
+    a second is ``locks.Busy``."""
+    return locks.held(directory / LOCK, f"--dir {directory}", f"batch {command}",
+                      remedy="wait for it to end, or use another --dir")
 
 
 def leftovers(directory: Path) -> str:

@@ -26,9 +26,10 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from asyncgen import locks
 from asyncgen.batch import lifecycle, plan
 from asyncgen.batch.ledger import line_digest, parse
-from asyncgen.batch.manifest import Busy, Entry, Manifest, check_setup, leftovers, writer
+from asyncgen.batch.manifest import Entry, Manifest, check_setup, leftovers, writer
 from asyncgen.commands._shared import add_avoid_chars_flag, add_tokenizer_flags, load_price_table, load_task_and_tokenizers
 from asyncgen.commands.argtypes import base_url, non_negative_float, non_negative_int, positive_float, positive_int
 from asyncgen.commands.run import OFFLINE_KEY, _endpoint
@@ -543,7 +544,7 @@ def cmd_status(args) -> int:
         if directory.is_dir():
             try:
                 stack.enter_context(writer(directory, "status"))
-            except Busy as exc:
+            except locks.Busy as exc:
                 busy = exc.holder
                 if Manifest.load(directory) is None:
                     print(f"{busy} is working on {directory} and has saved no manifest yet; try again in a moment")
