@@ -99,6 +99,18 @@ def check_dataset(path: Path) -> tuple[int, list[str]]:
     return whole, problems
 
 
+# What `batch run` logs as it goes: the round's plan, the submit, the polling, the validation of the
+# results (a resumed run always validates again what was left).
+BATCH_PHASES = ("round 1:", "submitted as batch", "requests done", "validating")
+
+
+def wait_for(log: Path, process: subprocess.Popen, text: str, timeout: float) -> None:
+    """Until ``text`` shows in the log, the process ends, or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None and text not in log.read_text():
+        time.sleep(0.01)
+
+
 def soak(signal_name: str, scenarios: int, kills: int, rng: random.Random, folder: Path, rpm: int,
          batch: bool = False) -> dict:
     simulator, base_url = start_simulator(rpm)
@@ -124,11 +136,11 @@ def soak(signal_name: str, scenarios: int, kills: int, rng: random.Random, folde
                                            start_new_session=True)
                 # The delay counts from the end of the start-up (tokenizer loading, the validator
                 # process and the annotations sidecar before it take a varying time).
-                deadline = time.monotonic() + 60
-                while (not batch and time.monotonic() < deadline and process.poll() is None
-                       and "token annotations" not in log.read_text()):
-                    time.sleep(0.02)
-                time.sleep(delay * (3 if batch else 1))  # a batch round takes longer
+                wait_for(log, process, "token annotations", 60)
+                if batch:  # one round of a few seconds: a kill at a random phase of it, a little into it
+                    wait_for(log, process, rng.choice(BATCH_PHASES if not result["delays_s"] else BATCH_PHASES[-1:]), 30)
+                    delay /= 10
+                time.sleep(delay)
                 below = processes_below(process.pid)
                 before, _ = check_dataset(dataset)
                 if process.poll() is not None:
