@@ -101,10 +101,12 @@ class Pipeline:
         avoid_chars: int = AVOID_CHARS,
         grace_period: float = 10.0,
         first_request_number: int = 0,
-        annotations: Sidecar | None = None,
+        annotations: "Sidecar | asyncio.Future[Sidecar] | None" = None,
     ) -> None:
         self.task, self.generator, self.validator, self.sink, self.stats = task, generator, validator, sink, stats
-        self.acceptance = Acceptance(task, sink, stats, annotations)
+        # An open still under way (a future): joined before the first scenario is written.
+        self._annotations_opening = annotations if isinstance(annotations, asyncio.Future) else None
+        self.acceptance = Acceptance(task, sink, stats, None if self._annotations_opening else annotations)
         self.concurrency = concurrency
         # The worst-case USD of the next request, at the output cap in force: read just before the
         # request starts, which reads the same cap before its first await.
@@ -204,6 +206,7 @@ class Pipeline:
         stats = self.stats
         while True:
             batch, verdicts = await self.verdicts.get()
+            await self._annotations_ready()
             accepted_before = stats.accepted_this_run
             for verdict in self.acceptance.take(verdicts).accepted:
                 if len(verdict.prompt) <= AVOID_MAX_CHARS:
@@ -292,3 +295,9 @@ class Pipeline:
             await asyncio.gather(*workers, *validators, writer, return_exceptions=True)
         if self._failure is not None:
             raise self._failure
+        await self._annotations_ready()  # a run that wrote nothing still brings the sidecar in line
+
+    async def _annotations_ready(self) -> None:
+        if self._annotations_opening is not None:
+            self.acceptance.annotations = await asyncio.shield(self._annotations_opening)
+            self._annotations_opening = None

@@ -18,8 +18,8 @@ Contract
   it holds fewer than four complete lines, the most a torn append can leave. A malformed group
   followed by more data is not a torn write but damage: ``open`` refuses and says where it is,
   rather than cut off good scenarios. Without a usable checkpoint ``open`` checks the whole file.
-  Either way the file is read a piece at a time: memory grows only with the dedup keys (about 150
-  bytes a scenario in the two sets of hashes).
+  Either way the file is read a piece at a time: memory grows only with the dedup keys (16 bytes a
+  scenario loaded from the index, in sorted arrays; about 150 bytes one decoded or added, in sets).
 * Identity: a checkpoint knows its dataset by the sha256 of its first scenario, not by its path,
   so a dataset copied or moved with its checkpoint resumes; one that holds other scenarios is
   refused (``OtherDatasetsCheckpoint``). A dataset with no scenario yet is known by its place (the
@@ -64,10 +64,8 @@ import logging
 import os
 import secrets
 import stat
-import sys
 import threading
 import time
-from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -75,6 +73,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import orjson
 
 from asyncgen.config import Task
@@ -155,6 +154,28 @@ def key_hash(normalized: str) -> bytes:
 
 def _key_int(hashed: bytes) -> int:
     return int.from_bytes(hashed, "little")
+
+
+class KeySet:
+    """The hashes of one kind of dedup key: those loaded from the index in a sorted array (8 bytes
+    each, a binary search a lookup), those decoded or added since in a set."""
+
+    def __init__(self, loaded: "np.ndarray | None" = None) -> None:
+        self._loaded = np.sort(loaded) if loaded is not None else np.empty(0, dtype=np.uint64)
+        self._added: set[int] = set()
+
+    def __contains__(self, hashed: int) -> bool:
+        if hashed in self._added:
+            return True
+        loaded = self._loaded
+        at = int(loaded.searchsorted(np.uint64(hashed)))
+        return at < len(loaded) and int(loaded[at]) == hashed
+
+    def add(self, hashed: int) -> None:
+        self._added.add(hashed)
+
+    def __len__(self) -> int:
+        return len(self._loaded) + len(self._added)
 
 
 class ScenarioSink:
@@ -578,8 +599,8 @@ class _Found:
     scenarios: int = 0
     first_scenario: str | None = None  # sha256 of its four lines
     recent_prompts: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_PROMPTS))
-    prompts: set[int] = field(default_factory=set)  # key_hash of the dedup keys, as ints
-    counterfactuals: set[int] = field(default_factory=set)
+    prompts: KeySet = field(default_factory=KeySet)  # key_hash of the dedup keys, as ints
+    counterfactuals: KeySet = field(default_factory=KeySet)
     tasks: set[str] = field(default_factory=set)
     indexed: int = 0  # the first scenarios, whose hashes the dedup index holds
     keys_digest: "hashlib._Hash" = field(default_factory=hashlib.sha256)  # of the index's first ``indexed``
@@ -822,10 +843,8 @@ def _trust_index(handle, size: int, stored: _Checkpoint, found: _Found, keys_pat
                   for index in range(0, len(lines), LINES_PER_SCENARIO)]
     except (orjson.JSONDecodeError, GroupError) as exc:
         return f"its last scenarios do not check out ({exc})"
-    hashes = array("Q", raw)
-    if sys.byteorder != "little":
-        hashes.byteswap()
-    found.prompts, found.counterfactuals = set(hashes[0::2]), set(hashes[1::2])
+    hashes = np.frombuffer(raw, dtype="<u8")  # KeySet sorts a copy of each half: ``raw`` is freed
+    found.prompts, found.counterfactuals = KeySet(hashes[0::2]), KeySet(hashes[1::2])
     found.recent_prompts.extend(scenario.multi_token_prompt for _, _, scenario in parsed)
     found.scenarios, found.tasks, found.first_scenario = scenarios, {parsed[-1][1]}, _first_scenario_of(handle)
     found.indexed, found.keys_digest, found.digested = scenarios, keys_digest, offset

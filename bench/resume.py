@@ -142,12 +142,14 @@ before, peak_before = resource.getrusage(resource.RUSAGE_SELF), peak_mb()
 started = time.perf_counter()
 sink = ScenarioSink.open(output, default_checkpoint_path(output), task_name=task.task_name,
                          fingerprint=fingerprint_of(task, [str(spec) for spec in specs]))
-sink_s = time.perf_counter() - started
+sink_s, after_sink = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF)
 with Sidecar.open(output, task, tokenizers, dataset_digest=sink.dataset_digest()) as sidecar:
     message = sidecar.repair.message
 sink.close()
 after = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"sink_open_s": round(sink_s, 3), "opens_s": round(time.perf_counter() - started, 3),
+print(json.dumps({"sink_open_s": round(sink_s, 3),
+                  "sink_open_cpu_s": round(after_sink.ru_utime + after_sink.ru_stime - before.ru_utime - before.ru_stime, 3),
+                  "opens_s": round(time.perf_counter() - started, 3),
                   "opens_cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 3),
                   "rss_before_opens_mb": peak_before, "rss_after_opens_mb": peak_mb(), "sidecar": message}))
 """
@@ -177,7 +179,7 @@ def resume(output: Path, count: int, code: Path) -> dict:
         started = time.perf_counter()
         process = subprocess.Popen(argv, cwd=output.parent, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
         memory = TreeMemory(process.pid)
-        first, sampled, cpu_at_first = None, 0.0, (None, None)
+        first, sampled, cpu_at_first = None, 0.0, (None, None, None)
         while process.poll() is None:
             now = time.perf_counter()
             if now - sampled >= 0.5:  # VmHWM is each process's own peak: no need to catch the moment
@@ -203,6 +205,7 @@ def resume(output: Path, count: int, code: Path) -> dict:
         "first_new_scenario_run_clock_s": float(own.group(1)) if own else None,
         "client_cpu_to_first_s": cpu_at_first[0],
         "validator_cpu_to_first_s": cpu_at_first[1],
+        "client_main_thread_cpu_to_first_s": cpu_at_first[2],
         "process_s": round(wall, 2),
         "process_cpu_s": round(cpu_after.ru_utime + cpu_after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime, 2),
         "client_peak_rss_mb": report["client_peak_rss_mb"],
@@ -212,14 +215,15 @@ def resume(output: Path, count: int, code: Path) -> dict:
     }
 
 
-def _tree_cpu(memory) -> tuple[float | None, float | None]:
+def _tree_cpu(memory) -> tuple[float | None, float | None, float | None]:
     """CPU seconds (user + system) so far of the client process and of its descendants (the validator
     worker and the multiprocessing helpers): on a quiet machine, the first new scenario comes about
     this much CPU plus the simulator's latency (300 ms) after the start, the two processes running
-    side by side on the two cores."""
+    side by side on the two cores. Third: the client's main thread alone (the sidecar's check runs in
+    another thread beside it)."""
     ticks = os.sysconf("SC_CLK_TCK")
 
-    def cpu(pid: int) -> float:
+    def cpu(pid) -> float:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -232,7 +236,8 @@ def _tree_cpu(memory) -> tuple[float | None, float | None]:
         pid = stack.pop()
         descendants.append(pid)
         stack.extend(children.get(pid, []))
-    return round(cpu(memory.root), 2), round(sum(cpu(pid) for pid in descendants), 2)
+    return (round(cpu(memory.root), 2), round(sum(cpu(pid) for pid in descendants), 2),
+            round(cpu(f"{memory.root}/task/{memory.root}"), 2))
 
 
 def _load() -> float | None:

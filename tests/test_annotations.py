@@ -128,6 +128,44 @@ def test_run_repairs_a_lagging_or_damaged_sidecar(tmp_path, generated, tokenizer
     assert lines == annotate(dataset.scenarios, loaded, task_answers(load_task("refusal"), loaded))
 
 
+def _copy_generated(generated, folder):
+    shutil.copy(generated / "dataset.jsonl", folder / "dataset.jsonl")
+    shutil.copy(generated / "dataset.checkpoint.json", folder / "dataset.checkpoint.json")
+    shutil.copy(record_path(generated / "dataset.tokens.jsonl"), record_path(folder / "dataset.tokens.jsonl"))
+    return (generated / "dataset.tokens.jsonl").read_bytes().splitlines(keepends=True)
+
+
+@pytest.mark.parametrize("damage", ["after its prefix", "inside its prefix"])
+def test_run_checks_the_sidecar_in_the_background_and_still_catches_damage(tmp_path, generated, tokenizer_cache,
+                                                                           damage):
+    """The run opens the sidecar while it starts its requests; what it writes still follows the check."""
+    good = _copy_generated(generated, tmp_path)
+    if damage == "after its prefix":  # the record covers the 40 lines; a stray line follows them
+        damaged = good + [good[3]]
+        expected = "40 agree with the dataset; rewrote from scenario 40"
+    else:  # the same length, so only the record's digest can tell
+        damaged = good[:7] + [good[7].replace(b'"bos":true', b'"bos":tru3', 1)] + good[8:]
+        expected = "7 agree with the dataset; rewrote from scenario 7"
+    (tmp_path / "dataset.tokens.jsonl").write_bytes(b"".join(damaged))
+    done = run_cmd(tmp_path, "--num-scenarios", "45", "--validator-workers", "1", cache=tokenizer_cache)
+    assert done.returncode == 0, done.stderr
+    assert expected in done.stderr
+    lines = (tmp_path / "dataset.tokens.jsonl").read_bytes().splitlines(keepends=True)
+    dataset = read_dataset(tmp_path / "dataset.jsonl")
+    loaded = load_all(resolve_specs(), tokenizer_cache)
+    assert len(lines) == 45 and lines[:40] == good
+    assert lines == annotate(dataset.scenarios, loaded, task_answers(load_task("refusal"), loaded))
+    assert json.loads(record_path(tmp_path / "dataset.tokens.jsonl").read_text())["scenarios"] == 45
+
+
+def test_a_sidecar_that_cannot_be_opened_stops_the_run_in_one_line(tmp_path, generated, tokenizer_cache):
+    _copy_generated(generated, tmp_path)
+    (tmp_path / "dataset.tokens.jsonl").mkdir()  # opened in the background: its error still ends the run
+    done = run_cmd(tmp_path, "--num-scenarios", "45", "--validator-workers", "0", cache=tokenizer_cache)
+    assert done.returncode == 2, done.stderr
+    assert "cannot open the token annotations for writing" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_a_copied_dataset_keeps_its_run_figures_in_inspect(tmp_path, generated, cli):
     """The checkpoint knows its dataset by its first scenario, not its path: copied elsewhere, the
     pair still shows the run's figures; another dataset beside that checkpoint does not."""

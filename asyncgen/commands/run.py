@@ -278,6 +278,13 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
     workers = _validator_workers(args.validator_workers)
 
     async def start(stack: contextlib.AsyncExitStack) -> Pipeline:
+        annotations = None
+        if args.annotate:
+            # Checked in a thread while the run starts (the digest of the sidecar's recorded prefix:
+            # about 0.9 s of CPU a GB, hashlib releasing the GIL); the pipeline joins it before it
+            # writes the first scenario, and at its end.
+            annotations = asyncio.ensure_future(_open_annotations(sink, task, tokenizers))
+            stack.push_async_callback(_close_annotations, annotations)
         url = base_url
         if mode == "simulator":
             from asyncgen.simulator import SimulatorConfig, running_simulator
@@ -311,14 +318,6 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
         throttle = Throttle(args.rpm, args.tpm, largest_request_tokens=largest_request_tokens(task, args.avoid_chars))
         generator = Generator(transport, task, settings, throttle, RetryPolicy(max_attempts=args.max_attempts),
                               stats, price, api_key)
-        annotations = None
-        if args.annotate:
-            from asyncgen.annotations import Sidecar
-
-            annotations = await asyncio.to_thread(Sidecar.open, sink.path, task, tokenizers,
-                                                   dataset_digest=sink.dataset_digest())
-            stack.callback(annotations.close)
-            log.info("%s", annotations.repair.message)
         return Pipeline(task, generator, validator, sink, stats, concurrency=args.concurrency,
                         max_cost=args.max_cost, avoid_chars=args.avoid_chars, grace_period=args.grace_period,
                         request_cost_bound=lambda: _request_cost_bound(task, price, generator.output_cap.value,
@@ -355,6 +354,22 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
             raise close_error
     return exit_code("run", failure, stats.accepted >= stats.target, stop_reason, args.max_cost,
                      " (the summary suggests a budget)")
+
+
+async def _open_annotations(sink, task, tokenizers):
+    from asyncgen.annotations import Sidecar
+
+    annotations = await asyncio.to_thread(Sidecar.open, sink.path, task, tokenizers,
+                                          dataset_digest=sink.dataset_digest())
+    log.info("%s", annotations.repair.message)
+    return annotations
+
+
+async def _close_annotations(opening: asyncio.Future) -> None:
+    """Close the sidecar once its open is over; an open that failed was raised by the pipeline (or
+    came after the failure that ended the run)."""
+    with contextlib.suppress(Exception):
+        (await asyncio.shield(opening)).close()
 
 
 def _stop_reason_of(failure: BaseException | None) -> str | None:
