@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from test_inspect_export import crafted
+from test_inspect_export import PAIRS, crafted
 
 from asyncgen.errors import RunError, UsageError, from_os_error
 
@@ -67,3 +67,10 @@ def test_the_tokenizer_build_is_announced_only_when_the_cache_is_cold(tmp_path, 
     err = capfd.readouterr().err
     assert f"building the tokenizer solar into the cache {cold}: once per cache" in err
 
+
+
+def test_score_does_not_announce_a_tokenizer_build_when_the_cache_is_warm(tmp_path, cli, builtin_tokenizers):
+    code, _, err = cli("score", str(crafted(tmp_path, PAIRS[:1])), "--model", "m", "--write-requests", str(tmp_path / "requests.jsonl"),
+                       "--log-level", "INFO")
+    assert code == 0, err
+    assert "validating" in err and "builds the tokenizers" not in err and "about 5 s" not in err
