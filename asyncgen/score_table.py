@@ -105,14 +105,14 @@ def render_figures(model: str, figures_: dict) -> list[str]:
     lines = [f"scores under {model}: {figures_['scored']}/{figures_['of']} scenarios scored"]
     for form, name in (("single", "single-token"), ("multi", "multi-token")):
         if f"{form}_flips" in figures_:
-            lines.append(f"  {name} flips  {figures_[f'{form}_flips']} ({100 * figures_[f'{form}_share']:.1f}%), "
+            lines.append(f"  {name + ' flips':<20}{figures_[f'{form}_flips']} ({100 * figures_[f'{form}_share']:.1f}%), "
                          f"{figures_[f'{form}_undecided']} undecided")
     for side in ("prompt", "counterfactual"):
         spread = figures_.get(f"logit_diff_{side}")
         if spread:
-            lines.append(f"  logit diff {'clean' if side == 'prompt' else 'corrupt':<7}  min {spread['min']:.2f}  q1 {spread['q1']:.2f}  "
+            lines.append(f"  {'logit diff ' + ('clean' if side == 'prompt' else 'corrupt'):<20}min {spread['min']:.2f}  q1 {spread['q1']:.2f}  "
                          f"median {spread['median']:.2f}  q3 {spread['q3']:.2f}  max {spread['max']:.2f} "
                          f"({spread['exact']} exact)")
     if "forms_disagree" in figures_:
-        lines.append(f"  forms disagree  {figures_['forms_disagree']} of {figures_['forms_decided']} decided scenarios")
+        lines.append(f"  {'forms disagree':<20}{figures_['forms_disagree']} of {figures_['forms_decided']} decided scenarios")
     return lines
