@@ -4,6 +4,7 @@ and the closing summary."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from typing import Callable, TextIO
@@ -167,10 +168,23 @@ def fit_summary(text: str, width: int) -> str:
     return "\n".join(fitted)
 
 
+def run_status(stats: RunStats, stop_reason: str | None) -> str:
+    """"finished", or "stopped (why)": the head of a summary (run's, score's)."""
+    if stats.accepted >= stats.target:
+        return "finished"
+    return f"stopped ({_STOP_REASONS.get(stop_reason or '', stop_reason or 'incomplete')})"
+
+
+async def stop_progress(progress: asyncio.Task | None) -> None:
+    """Cancel ``report_progress``'s task (if it was started) and wait until its line is gone."""
+    if progress is not None:
+        progress.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await progress
+
+
 def summary(stats: RunStats, *, stop_reason: str | None, output: str, resume_command: str | None) -> str:
-    finished = stats.accepted >= stats.target
-    reason = _STOP_REASONS.get(stop_reason or "", stop_reason or "incomplete")
-    status = "finished" if finished else f"stopped ({reason})"
+    status = run_status(stats, stop_reason)
     lines = [
         f"asyncgen run {status}: {stats.accepted}/{stats.target} scenarios in {output} "
         f"({stats.accepted_this_run} new this run)",
@@ -203,7 +217,7 @@ def summary(stats: RunStats, *, stop_reason: str | None, output: str, resume_com
         f"  wall time       {stats.elapsed:.1f} s"
         + (f", first scenario after {stats.first_accepted_s:.2f} s" if stats.first_accepted_s is not None else ""),
     ]
-    if not finished and resume_command:
+    if stats.accepted < stats.target and resume_command:
         lines.append(f"  resume with     {resume_command}")
     return "\n".join(lines)
 

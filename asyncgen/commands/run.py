@@ -18,6 +18,7 @@ import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from asyncgen.commands._shared import (
@@ -30,7 +31,7 @@ from asyncgen.commands._shared import (
 from asyncgen.commands.argtypes import base_url, non_negative_float, non_negative_int, positive_float, positive_int
 from asyncgen.errors import UsageError
 from asyncgen.prices import cost_usd, is_openai_endpoint, price_for, run_price
-from asyncgen.progress import exit_code, print_summary, report_progress, summary
+from asyncgen.progress import exit_code, print_summary, report_progress, stop_progress, summary
 from asyncgen.eventloop import LOOPBACK_HOSTS, run_event_loop
 from asyncgen.prompting import (
     AVOID_CHARS,
@@ -44,6 +45,9 @@ from asyncgen.prompting import (
 )
 from asyncgen.scenario import LINES_PER_SCENARIO
 from asyncgen.stats import RunStats, count_of
+
+if TYPE_CHECKING:
+    from asyncgen.transport import ChatTransport
 
 log = logging.getLogger("asyncgen.run")
 OFFLINE_KEY = "sk-asyncgen-simulator"
@@ -127,6 +131,23 @@ def _resume_command(args, stats: RunStats | None = None, stop_reason: str | None
         else:
             argv += ["--max-cost", f"{max(2 * (args.max_cost or 0.0), 0.01):.2f}"]
     return "python -m asyncgen " + shlex.join(argv)
+
+
+def open_transport(stack: contextlib.AsyncExitStack, api_key: str | None, url: str | None, *, concurrency: int,
+                   timeout: float) -> ChatTransport:
+    """The transport requests go through, closed with ``stack``. The SDK client resolves the
+    configuration (key, base URL, organization, headers); requests go through the leaner transport,
+    which raises the SDK's exceptions (asyncgen/transport.py). No proxy for a loopback URL."""
+    import openai
+
+    from asyncgen.transport import ChatTransport
+
+    loopback = url is not None and urlsplit(url).hostname in LOOPBACK_HOSTS
+    client = openai.AsyncOpenAI(api_key=api_key, base_url=url, max_retries=0)
+    stack.push_async_callback(client.close)
+    transport = ChatTransport(client, concurrency=concurrency, timeout=timeout, trust_env=not loopback)
+    stack.push_async_callback(transport.close)
+    return transport
 
 
 def _without_flag(argv: list[str], flag: str) -> list[str]:
@@ -216,13 +237,10 @@ def _dry_run(args, task, price) -> int:
 
 
 async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_url, api_key, stats: RunStats) -> int:
-    import openai
-
     from asyncgen.pipeline import Pipeline
     from asyncgen.sink import DurabilityPolicy, ScenarioSink, default_checkpoint_path, fingerprint_of
     from asyncgen.throttle import RetryPolicy, Throttle
     from asyncgen.validate import PairValidator
-    from asyncgen.transport import ChatTransport
     from asyncgen.workers import GenerationSettings, Generator
 
     # The sink first: an unwritable output or a mismatched resume fails before any API call.
@@ -299,14 +317,7 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
                 "simulator at %s; its pairs come from the %s task's lexicon, not a model, and its cost is "
                 "simulated. To use GPT-4o: export OPENAI_API_KEY=sk-... and run again.", url, task.task_name,
             )
-        loopback = url is not None and urlsplit(url).hostname in LOOPBACK_HOSTS
-        # The SDK client resolves the configuration (key, base URL, organization, headers); requests
-        # go through the leaner transport, which raises the SDK's exceptions (asyncgen/transport.py).
-        client = openai.AsyncOpenAI(api_key=api_key, base_url=url, max_retries=0)
-        stack.push_async_callback(client.close)
-        transport = ChatTransport(client, concurrency=args.concurrency, timeout=args.request_timeout,
-                                  trust_env=not loopback)
-        stack.push_async_callback(transport.close)
+        transport = open_transport(stack, api_key, url, concurrency=args.concurrency, timeout=args.request_timeout)
         if workers:
             log.info("starting %d validator process%s", workers, "es" if workers > 1 else "")
         validator = PairValidator(task, specs, cache_dir=args.cache_dir, workers=workers, tokenizers=tokenizers)
@@ -336,10 +347,7 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
         except BaseException as exc:  # CancelledError: Ctrl-C before the pipeline took over the signals
             failure = exc
         finally:
-            if progress is not None:
-                progress.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await progress
+            await stop_progress(progress)
             stats.accepted = sink.count
             close_error = None
             try:

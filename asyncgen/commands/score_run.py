@@ -9,15 +9,14 @@ import logging
 import shlex
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from asyncgen.commands._shared import load_price_table
-from asyncgen.commands.run import OFFLINE_KEY, _endpoint
+from asyncgen.commands.run import OFFLINE_KEY, _endpoint, open_transport
 from asyncgen.config import Task, load_task
 from asyncgen.errors import InputFileError, UsageError
-from asyncgen.eventloop import LOOPBACK_HOSTS, run_event_loop
+from asyncgen.eventloop import run_event_loop
 from asyncgen.prices import is_openai_endpoint, price_for, run_price
-from asyncgen.progress import _money, _requests, exit_code, print_summary, report_progress
+from asyncgen.progress import _money, _requests, exit_code, print_summary, report_progress, run_status, stop_progress
 from asyncgen.scenario import Scenario, read_dataset
 from asyncgen.scores import ScoresFile, header_for, scores_path
 from asyncgen.scoring import (
@@ -128,10 +127,7 @@ def _readings(task: Task, args) -> dict[str, list[str]]:
 
 
 async def _score_async(args, scenarios, settings, scores, stats, counts, prices_of, mode, url, api_key, path) -> int:
-    import openai
-
     from asyncgen.throttle import RetryPolicy, Throttle
-    from asyncgen.transport import ChatTransport
     from asyncgen.workers import Sender
 
     pipeline: ScorePipeline | None = None
@@ -148,12 +144,8 @@ async def _score_async(args, scenarios, settings, scores, stats, counts, prices_
                 url = simulator.base_url
                 log.info("offline: no OPENAI_API_KEY and no --base-url, so requests go to asyncgen's built-in "
                          "simulator at %s; its 'model' is simulated, not %s", url, args.model)
-            loopback = url is not None and urlsplit(url).hostname in LOOPBACK_HOSTS
-            client = openai.AsyncOpenAI(api_key=api_key or OFFLINE_KEY, base_url=url, max_retries=0)
-            stack.push_async_callback(client.close)
-            transport = ChatTransport(client, concurrency=args.concurrency, timeout=args.request_timeout,
-                                      trust_env=not loopback)
-            stack.push_async_callback(transport.close)
+            transport = open_transport(stack, api_key or OFFLINE_KEY, url, concurrency=args.concurrency,
+                                       timeout=args.request_timeout)
             largest = max(len(t) for s in scenarios for t in s.texts()) // 4 + 8 + args.max_answer_tokens
             if settings.judge_model:  # the judge's prompt holds the text and the answer
                 from asyncgen.behavior import judge_prompt
@@ -171,10 +163,7 @@ async def _score_async(args, scenarios, settings, scores, stats, counts, prices_
         except BaseException as exc:
             failure = exc
         finally:
-            if progress is not None:
-                progress.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await progress
+            await stop_progress(progress)
             stop_reason = pipeline.stop_reason if pipeline is not None else None
             if failure is not None and stop_reason in (None, "failed"):
                 stop_reason = "interrupted" if isinstance(failure, (asyncio.CancelledError, KeyboardInterrupt)) else "failed"
@@ -190,9 +179,7 @@ def resume_command(args) -> str:
 def score_summary(stats: RunStats, counts: ScoreCounts, *, path: str, stop_reason: str | None,
                   resume_command: str | None) -> str:
     """The closing summary: scenarios scored, what they say, every request accounted for."""
-    finished = stats.accepted >= stats.target
-    reasons = {"interrupted": "interrupted", "max_cost": "max_cost", "failed": "failed: see the error below"}
-    status = "finished" if finished else f"stopped ({reasons.get(stop_reason or '', 'incomplete')})"
+    status = run_status(stats, stop_reason)
     lines = [f"asyncgen score {status}: {stats.accepted}/{stats.target} scenarios scored in {path} "
              f"({stats.accepted_this_run} this run)"]
     if counts.flips:
@@ -217,6 +204,6 @@ def score_summary(stats: RunStats, counts: ScoreCounts, *, path: str, stop_reaso
         + (" (simulated: the offline simulator's usage at real prices)" if stats.cost_simulated else ""),
         f"  wall time       {stats.elapsed:.1f} s",
     ]
-    if not finished and resume_command:
+    if stats.accepted < stats.target and resume_command:
         lines.append(f"  resume with     {resume_command}")
     return "\n".join(lines)
