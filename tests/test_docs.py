@@ -5,7 +5,9 @@ a broken link or anchor, a page left out of the nav, or a docstring the API refe
 fails the suite.
 """
 
+import argparse
 import html as html_module
+import importlib.util
 import os
 import re
 import shutil
@@ -18,8 +20,20 @@ import pytest
 from asyncgen import cli
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
-from doc_tables import RUN_TABLE, SOAK_TABLE, TablePlace, write_table  # noqa: E402
+
+
+def _bench_module(name: str):
+    """A module of bench/ by its file, without putting bench/ on sys.path (its run.py, sink.py and
+    simulator.py would shadow other imports)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+doc_tables = _bench_module("doc_tables")
+RUN_TABLE, SOAK_TABLE, TablePlace, write_table = (doc_tables.RUN_TABLE, doc_tables.SOAK_TABLE, doc_tables.TablePlace,
+                                                   doc_tables.write_table)
 
 README = REPO / "README.md"
 FIRST_SCREEN = 40
@@ -135,3 +149,56 @@ def test_the_bench_tables_go_between_their_markers_in_the_docs(place, tmp_path):
 
     copy.write_text("no markers here\n")
     assert not write_table(here, "| x |") and copy.read_text() == "no markers here\n"
+
+
+# Flags of other tools the pages show (vLLM, llama.cpp's server, mkdocs).
+OTHER_TOOLS_FLAGS = {"--chat-template", "--max-logprobs", "--api_key", "--strict"}
+
+
+def asyncgen_flags() -> set[str]:
+    """Every long option of every command and batch step, from the parsers themselves."""
+    def walk(parser):
+        for action in parser._actions:
+            found.update(option for option in action.option_strings if option.startswith("--"))
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    walk(sub)
+
+    found: set[str] = set()
+    for name, _, _ in cli.COMMANDS:
+        walk(subcommands(cli.build_parser(name))[name])
+    return found
+
+
+def doc_pages() -> list[Path]:
+    return [README, *sorted((REPO / "docs").glob("*.md"))]
+
+
+def test_every_flag_the_docs_name_exists():
+    """A flag renamed or removed in the code, still in the docs, fails here (and the docs name only
+    flags asyncgen, its benchmarks or the servers they show have)."""
+    bench = set(re.findall(r'add_argument\(\s*"(--[a-z0-9-]+)"', "".join(p.read_text() for p in (REPO / "bench").glob("*.py"))))
+    known = asyncgen_flags() | bench | OTHER_TOOLS_FLAGS
+    unknown = {f"{page.relative_to(REPO)}: {flag}" for page in doc_pages()
+               for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", page.read_text()) if flag not in known}
+    assert not unknown, sorted(unknown)
+
+
+def slug(heading: str) -> str:
+    """A heading's anchor as both mkdocs and GitHub make it, for the headings these pages use."""
+    return re.sub(r"[\s]+", "-", re.sub(r"[^\w\s-]", "", heading.strip().lower()))
+
+
+def test_the_readmes_links_lead_somewhere():
+    """mkdocs checks the pages' links; the README is outside the site, so its links are checked here."""
+    text = README.read_text()
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if target.startswith(("http://", "https://")):
+            continue
+        path, _, anchor = target.partition("#")
+        page = REPO / path if path else README
+        assert page.exists(), f"README.md links to {target}: no such file"
+        if anchor:
+            prose = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.M | re.S)  # a bash comment is no heading
+            headings = re.findall(r"^#+ (.+)$", prose, re.M)
+            assert anchor in {slug(h) for h in headings}, f"README.md links to {target}: no such heading"
