@@ -68,7 +68,7 @@ BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 sys.path.insert(0, str(ROOT))
 
-from doc_tables import RUN_TABLE, write_table  # noqa: E402 (bench/, beside this script)
+from bench.doc_tables import RUN_TABLE, write_table  # noqa: E402 (ROOT is on sys.path: run as a script or imported)
 
 RATE_RPM = 1200
 RATE_LATENCY_MS = 100
