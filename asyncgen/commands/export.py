@@ -182,9 +182,8 @@ def _card(args: argparse.Namespace, task, table: list[dict], split: Split | None
     if split is not None:
         how = (f"Split with `asyncgen export --split {args.split:g} --group-by {group_by} --seed {args.seed}`: "
                + ("scenarios at random" if group_by == "none" else
-                  f"whole groups of scenarios that share a {group_by} ({split.groups} groups, the largest "
-                  f"{split.largest} scenarios) on one side, so none is on both") +
-               f"; {split.summary(group_by).removeprefix('split: ')}.")
+                  f"scenarios that share a {group_by} are all on one side")
+               + f" ({split.summary(group_by).removeprefix('split: ')}).")
     specs = resolve_specs(task.tokenizers, args.tokenizer)
     return card_text(dataset_name=dataset.stem if dataset.suffix == ".jsonl" else dataset.name, counts=counts,
                      task=task, specs=specs, run=run_figures(run_state) if run_state is not None else None,
