@@ -481,3 +481,25 @@ def test_inspect_plot_is_a_panel_row_per_tokenizer_without_legends(tmp_path, cli
         ("multi-token", "length in ids"), ("multi-token", "differing position"))]
     assert all(ax.get_legend() is None for ax in figure.axes)
     real_close(figure)
+
+
+def test_export_and_inspect_read_the_sidecar_its_record_vouches_for(tmp_path, cli, monkeypatch):
+    import asyncgen.annotations as annotations
+
+    path = crafted(tmp_path)
+    assert cli("annotate", str(path))[0] == 0
+    calls = []
+    real_judge = annotations.judge_scenarios
+    monkeypatch.setattr(annotations, "judge_scenarios", lambda *args: calls.append(1) or real_judge(*args))
+    out = tmp_path / "rows.jsonl"
+    for command in (["export", str(path), "--format", "jsonl", "--out", str(out)], ["inspect", str(path), "--json"],
+                    ["inspect", str(path), "--sample", "2"]):
+        code, _, err = cli(*command)
+        assert code == 0 and calls == [], (command, err)  # read, not tokenized
+    rows = out.read_text()
+    sidecar = tmp_path / "crafted.tokens.jsonl"
+    edited = sidecar.read_bytes().replace(b'"position":5', b'"position":6', 1)
+    assert edited != sidecar.read_bytes()
+    sidecar.write_bytes(edited)  # changed after its record: not trusted
+    code, _, err = cli("export", str(path), "--format", "jsonl", "--out", str(out))
+    assert code == 0 and calls and out.read_text() == rows, err

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from asyncgen.annotations import annotate, task_answers
+from asyncgen.annotations import dataset_annotations, task_answers
 from asyncgen.commands._shared import add_dataset_flags, load_dataset_and_task
 from asyncgen.errors import UsageError
 from asyncgen.export_files import (
@@ -115,7 +115,8 @@ def _export(args: argparse.Namespace, out: Path) -> int:
     split = split_groups(groups_of(chosen, group_by), args.split, args.seed) if args.split is not None else None
     splits = split.sides if split else None
     answers = task_answers(task, tokenizers)
-    annotations = [orjson.loads(line) for line in annotate(chosen, tokenizers, answers)]
+    every = dataset_annotations(args.dataset, scenarios, tokenizers, answers)
+    annotations = [orjson.loads(every[i]) for i in kept]
     for number, note in zip(kept, annotations):
         note["scenario_id"] = number  # the dataset's id, not the position among those kept
     table = rows(chosen, annotations, task.task_name, (task.answers.safe, task.answers.harmful), splits,

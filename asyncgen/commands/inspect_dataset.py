@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from asyncgen.annotations import annotate, task_answers
+from asyncgen.annotations import annotate, dataset_annotations, recorded_annotations, task_answers
 from asyncgen.commands._shared import add_dataset_flags, load_dataset_and_task
 from asyncgen.errors import InputFileError, UsageError
 from asyncgen.commands.argtypes import positive_int
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         return _sample(args, dataset.scenarios, task, tokenizers)
     annotations = None
     if not args.no_tokens:
-        lines = annotate(dataset.scenarios, tokenizers, task_answers(task, tokenizers))
+        lines = dataset_annotations(args.dataset, dataset.scenarios, tokenizers, task_answers(task, tokenizers))
         annotations = [orjson.loads(line) for line in lines]
     checkpoint, run_state = find_run_state(Path(args.dataset), args.checkpoint)
     report = inspect_dataset(dataset.scenarios, annotations, run_state)
@@ -109,7 +109,10 @@ def _sample(args: argparse.Namespace, scenarios, task, tokenizers) -> int:
     chosen = sample_ids(len(scenarios), args.sample, args.seed or 0)
     notes: list = [None] * len(chosen)
     if not args.no_tokens:
-        lines = annotate([scenarios[i] for i in chosen], tokenizers, task_answers(task, tokenizers))
+        answers = task_answers(task, tokenizers)
+        recorded = recorded_annotations(args.dataset, len(scenarios), tokenizers, answers)
+        lines = ([recorded[i] for i in chosen] if recorded is not None else
+                 annotate([scenarios[i] for i in chosen], tokenizers, answers))
         notes = [orjson.loads(line) for line in lines]
     records = [sample_record(i, scenarios[i], note) for i, note in zip(chosen, notes)]
     if args.json:
