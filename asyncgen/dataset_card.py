@@ -92,7 +92,8 @@ def card_text(*, dataset_name: str, counts: dict[str, int], task: Task, specs: S
         f"Template of the single-token form: `{single.prefix!r}` + pair + `{single.suffix!r}`.", "",
         "**Validation rule.** A candidate pair was kept only if, under every tokenizer, in both forms, the "
         "clean and the corrupt text encode to the same number of ids and differ at exactly one position; "
-        "duplicates (case- and whitespace-insensitive) were dropped.", "",
+        "a pair whose prompt or counterfactual repeats one already kept (case- and whitespace-insensitive) "
+        "was dropped as a duplicate.", "",
     ]
     if run is None:
         lines += ["**Run.** No checkpoint of the run was found beside the dataset, so its cost and counts are "

@@ -38,7 +38,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
                         "per tokenizer (needs matplotlib: pip install 'asyncgen[plot]')")
     parser.add_argument("--sample", type=positive_int, default=None, metavar="N",
                         help="instead of the summary, print N pairs drawn at random, clean above corrupt with the "
-                        "differing word marked [[ ]], and per tokenizer the differing position and tokens "
+                        "differing word marked [[like this]], and per tokenizer the differing position and tokens "
                         "(with --json: as JSON)")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the --sample draw (default: 0; the same seed draws the same pairs)")
