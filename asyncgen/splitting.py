@@ -26,7 +26,7 @@ from asyncgen.scenario import Scenario, normalize
 
 GROUP_BY = ("frame+word", "frame", "word", "none")
 DEFAULT_GROUP_BY = "frame"  # frame+word chains into one giant group on a generated dataset: docs/research.md
-OFF_BY_WARNING = 0.05  # an achieved train share further than this from the asked one is said
+OFF_BY_WARNING = 0.05  # a train side further than this share of the scenarios from the asked count is said
 
 
 def keys_of(scenario: Scenario, group_by: str) -> list[str]:
@@ -76,6 +76,12 @@ class Split:
     groups: int
     largest: int
     asked: float
+    target: int  # round(asked x scenarios): the train count asked for
+
+    @property
+    def off_by(self) -> float:
+        """How far the train side is from the asked count, as a share of the scenarios."""
+        return abs(self.sides.count("train") - self.target) / len(self.sides)
 
     @property
     def train_share(self) -> float:
@@ -86,7 +92,8 @@ class Split:
         train = 100 * self.train_share
         asked = 100 * self.asked
         grouping = ("by scenario" if group_by == "none" else
-                    f"{self.groups} groups by {group_by}, the largest {self.largest} scenarios")
+                    f"{self.groups} groups by {group_by}, the largest {self.largest} "
+                    f"scenario{'s' if self.largest != 1 else ''}")
         return f"split: train {train:.1f}% / test {100 - train:.1f}% (asked {asked:g}/{100 - asked:g}), {grouping}"
 
 
@@ -121,4 +128,4 @@ def split_groups(groups: Sequence[Sequence[int]], train_share: float, seed: int)
         raise UsageError(f"--split {train_share:g}: the {len(groups)} groups cannot be put on two sides (the largest "
                          f"holds {largest} of {count} scenarios); choose a finer --group-by (frame, word or none)")
     sides = [("train" if (i in chosen) == (side == "train") else "test") for i in range(count)]
-    return Split(sides, len(groups), largest, train_share)
+    return Split(sides, len(groups), largest, train_share, train_count)

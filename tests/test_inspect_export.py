@@ -338,6 +338,7 @@ def test_a_grouped_split_keeps_each_group_on_one_side_and_says_the_share(tmp_pat
         assert len(sides) == 8 and "(asked 75/25), 8 groups by frame, the largest 2 scenarios" in err
     assert all(len(split) == 1 for split in sides.values()), sides  # no group on both sides
     assert "split: train 75.0% / test 25.0%" in err and [row["split"] for row in rows].count("train") == 12
+    assert "cannot be met" not in err
     again = exported(tmp_path, cli, CHAINED, "--split", "0.75", "--seed", "3", *flags, name="again.jsonl")[2]
     assert [row["split"] for row in again] == [row["split"] for row in rows]  # deterministic with --seed
 
@@ -352,6 +353,8 @@ def test_a_share_the_groups_cannot_meet_is_said_and_one_group_is_refused(tmp_pat
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "the 1 groups cannot be put on two sides (the largest holds 16 of 16 scenarios)" in err
     assert not (tmp_path / "one.jsonl").exists()
+    code, err, _ = exported(tmp_path, cli, LONELY + PAIRS[4:], "--split", "0.5", name="three.jsonl")
+    assert code == 0 and "train 66.7% / test 33.3% (asked 50/50)" in err and "cannot be met" not in err  # rounding
     code, err, _ = exported(tmp_path, cli, CHAINED, "--group-by", "word", name="nosplit.jsonl")
     assert code == 2 and "give --split SHARE too" in err
 

@@ -155,7 +155,7 @@ def _warn_if_off(split: Split, group_by: str) -> None:
     """Say so when the groups kept the achieved share far from the asked one."""
     import logging
 
-    if abs(split.train_share - split.asked) <= OFF_BY_WARNING:
+    if split.off_by <= OFF_BY_WARNING:
         return
     finer = [name for name in GROUP_BY if name not in (group_by, "frame+word")]
     logging.getLogger("asyncgen.export").warning(
