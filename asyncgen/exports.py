@@ -110,7 +110,7 @@ def write_jsonl(table: Sequence[dict], path: Path) -> None:
 
 def write_csv(table: Sequence[dict], path: Path, columns: Sequence[str] | None = None) -> None:
     """A header and one line per row; a list (the ``--ids`` columns) is one cell holding its JSON
-    array, e.g. ``"[128000, 9906, 1917]"`` (``json.loads`` reads it back)."""
+    array, e.g. ``[128000,9906,1917]`` (``json.loads`` reads it back)."""
     columns = list(columns or (table[0] if table else []))
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)

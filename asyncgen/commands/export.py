@@ -126,9 +126,8 @@ def _export(args: argparse.Namespace, out: Path) -> int:
             row.update(columns(model, records.get(row["scenario_id"]), task.answers.safe, task.answers.harmful))
     try:
         if folder:
-            names: list[str] = []
-
             card = _card(args, task, table, split, group_by) if args.format == "hf" else None
+            names: list[str] = []
 
             def write_folder(path: Path) -> None:
                 names.extend(_write_folder(args.format, table, path, [t.name for t in tokenizers], card))
@@ -160,7 +159,7 @@ def _warn_if_off(split: Split, group_by: str) -> None:
     finer = [name for name in GROUP_BY if name not in (group_by, "frame+word")]
     logging.getLogger("asyncgen.export").warning(
         "--split %g cannot be met with --group-by %s: its largest group holds %d of %d scenarios; --group-by %s "
-        "splits finer (see docs/research.md)", split.asked, group_by, split.largest, len(split.sides),
+        "splits finer", split.asked, group_by, split.largest, len(split.sides),
         ", ".join(finer[:-1]) + " or " + finer[-1])
 
 
