@@ -128,6 +128,36 @@ def annotate(
     return lines
 
 
+def recorded_annotations(dataset: str | os.PathLike, scenarios: int, tokenizers: Sequence[Tokenizer],
+                         answers: dict[str, TaskTokens]) -> list[bytes] | None:
+    """The sidecar's lines of the dataset's first ``scenarios`` scenarios, read, not written, when
+    its record (``DATASET.tokens.checkpoint.json``) vouches for at least as many under these
+    tokenizers and answers and both files still hold what it recorded (two sequential reads, no
+    tokenizing); else None (no sidecar, another tokenizer set, an edited file: tokenize instead)."""
+    path = sidecar_path(dataset)
+    try:
+        with open(dataset, "rb") as data, open(path, "rb") as sidecar:
+            prefix, _ = _recorded_prefix(record_path(path), setup_digest(tokenizers, answers), data, sidecar)
+            if prefix.scenarios < scenarios:
+                return None
+            sidecar.seek(0)
+            lines = sidecar.read(prefix.offset).splitlines(keepends=True)
+    except OSError:
+        return None
+    return lines[:scenarios] if len(lines) == prefix.scenarios else None
+
+
+def dataset_annotations(dataset: str | os.PathLike, scenarios: Sequence[Scenario], tokenizers: Sequence[Tokenizer],
+                        answers: dict[str, TaskTokens]) -> list[bytes]:
+    """The annotation lines of a dataset's ``scenarios``: from its sidecar when the sidecar's record
+    vouches for them (``recorded_annotations``), else tokenized (``annotate``)."""
+    lines = recorded_annotations(dataset, len(scenarios), tokenizers, answers)
+    if lines is not None:
+        log.debug("token annotations: read from %s, whose record holds", sidecar_path(dataset))
+        return lines
+    return annotate(scenarios, tokenizers, answers)
+
+
 def task_answers(task: Task, tokenizers: Sequence[Tokenizer]) -> dict[str, TaskTokens]:
     return {tokenizer.name: task_tokens(task, tokenizer) for tokenizer in tokenizers}
 

@@ -4,13 +4,13 @@
 writers put the rows into a format: JSONL and CSV with the standard library, Parquet with pyarrow,
 a Hugging Face dataset with ``datasets`` (both optional: ``pip install 'asyncgen[export]'``), and
 EAP-IG's CSV (``clean``, ``corrupted``, ``correct_idx``, ``incorrect_idx``), one per tokenizer.
-The columns are documented in docs/annotations.md ("Columns").
+The columns are documented in docs/annotations.md ("Columns"); ``--ids`` and the dataset card in
+docs/research.md.
 """
 
 from __future__ import annotations
 
 import csv
-import random
 from pathlib import Path
 from typing import Sequence
 
@@ -19,29 +19,37 @@ import orjson
 from asyncgen.config import FORMS
 from asyncgen.errors import UsageError
 from asyncgen.scenario import Scenario
+from asyncgen.tokenizers import Tokenizer
 
 FORMATS = ("jsonl", "csv", "parquet", "hf", "eap")
 EAP_COLUMNS = ("clean", "corrupted", "correct_idx", "incorrect_idx")
 
 
-def split_of(count: int, train_share: float, seed: int) -> list[str]:
-    """``train`` or ``test`` per scenario id: a seeded shuffle, the first ``round(share x count)`` train.
-    A share that leaves either split empty is refused: an empty split is no split."""
-    train_count = round(train_share * count)
-    if not 0 < train_count < count:
-        fits = (f"with {count} scenarios a share from {1 / count:.3g} to {(count - 1) / count:.3g} does"
-                if count > 1 else "a split needs at least 2 scenarios")
-        raise UsageError(f"--split {train_share:g} puts {train_count} of {count} scenarios in train and "
-                         f"{count - train_count} in test; each split needs one at least: {fits}")
-    order = list(range(count))
-    random.Random(seed).shuffle(order)
-    train = set(order[:train_count])
-    return ["train" if i in train else "test" for i in range(count)]
+IDS_TEXTS = (("single_token_clean", "single_token_prompt"), ("single_token_corrupt", "single_token_counterfactual"),
+             ("multi_token_clean", "multi_token_prompt"), ("multi_token_corrupt", "multi_token_counterfactual"))
+IDS_CHUNK = 1024  # scenarios encoded per encode_batch call
+
+
+def input_ids(scenarios: Sequence[Scenario], tokenizers: Sequence[Tokenizer]) -> list[dict[str, list[int]]]:
+    """Per scenario, ``T_<text>_ids``: the full ids of each of its four texts under each tokenizer,
+    as ``encode`` returns them (and ``asyncgen tokenize`` prints them: BOS included)."""
+    out: list[dict[str, list[int]]] = [{} for _ in scenarios]
+    for start in range(0, len(scenarios), IDS_CHUNK):
+        chunk = scenarios[start : start + IDS_CHUNK]
+        texts = [getattr(scenario, field) for scenario in chunk for _, field in IDS_TEXTS]
+        for tokenizer in tokenizers:
+            encoded = tokenizer.encode_batch(texts)
+            for n in range(len(chunk)):
+                columns = out[start + n]
+                for k, (column, _) in enumerate(IDS_TEXTS):
+                    columns[f"{tokenizer.name}_{column}_ids"] = encoded[n * len(IDS_TEXTS) + k]
+    return out
 
 
 def rows(scenarios: Sequence[Scenario], annotations: Sequence[dict], task_name: str, answers: tuple[str, str],
-         splits: Sequence[str] | None = None) -> list[dict]:
-    """One flat row per scenario (columns in docs/annotations.md). ``answers`` is (safe, harmful)."""
+         splits: Sequence[str] | None = None, full_ids: Sequence[dict] | None = None) -> list[dict]:
+    """One flat row per scenario (columns in docs/annotations.md). ``answers`` is (safe, harmful);
+    ``full_ids`` (from ``input_ids``) adds the full ids of the four texts per tokenizer."""
     safe, harmful = answers
     out = []
     for number, (scenario, note) in enumerate(zip(scenarios, annotations)):
@@ -69,6 +77,8 @@ def rows(scenarios: Sequence[Scenario], annotations: Sequence[dict], task_name: 
                 chosen = single[key] or {}
                 row[f"{name}_answer_clean_id{suffix}"] = chosen.get(safe)
                 row[f"{name}_answer_corrupt_id{suffix}"] = chosen.get(harmful)
+        if full_ids is not None:
+            row.update(full_ids[number])
         if splits is not None:
             row["split"] = splits[number]
         out.append(row)
@@ -99,11 +109,15 @@ def write_jsonl(table: Sequence[dict], path: Path) -> None:
 
 
 def write_csv(table: Sequence[dict], path: Path, columns: Sequence[str] | None = None) -> None:
+    """A header and one line per row; a list (the ``--ids`` columns) is one cell holding its JSON
+    array, e.g. ``[128000,9906,1917]`` (``json.loads`` reads it back)."""
     columns = list(columns or (table[0] if table else []))
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
-        writer.writerows(table)
+        for row in table:
+            writer.writerow({key: orjson.dumps(value).decode() if isinstance(value, list) else value
+                             for key, value in row.items()})
 
 
 def write_parquet(table: Sequence[dict], path: Path) -> None:
@@ -111,14 +125,17 @@ def write_parquet(table: Sequence[dict], path: Path) -> None:
     pq.write_table(pa.Table.from_pylist(list(table)), path)
 
 
-def write_hf(table: Sequence[dict], path: Path) -> None:
-    """A ``datasets.DatasetDict`` saved to ``path``: split ``train`` (and ``test`` with --split)."""
+def write_hf(table: Sequence[dict], path: Path, card: str | None = None) -> None:
+    """A ``datasets.DatasetDict`` saved to ``path``: split ``train`` (and ``test`` with --split);
+    ``card`` (``asyncgen.dataset_card``) as its ``README.md``."""
     datasets = _require("datasets", "hf")
     datasets.disable_progress_bars()
     by_split: dict[str, list[dict]] = {}
     for row in table:
         by_split.setdefault(row.get("split", "train"), []).append(row)
     datasets.DatasetDict({name: datasets.Dataset.from_list(part) for name, part in by_split.items()}).save_to_disk(str(path))
+    if card is not None:
+        (path / "README.md").write_text(card, encoding="utf-8")
 
 
 def _require(module: str, fmt: str):

@@ -215,3 +215,97 @@ def render(report: dict, *, path: str, task: str | None, checkpoint: str | None)
             by_reason = ", ".join(f"{reason}: {n}" for reason, n in run["rejections"].items()) or "none"
             lines += wrap("rejections", f"{run['rejected']} candidates, {run['duplicates']} duplicates; {by_reason}")
     return "\n".join(lines)
+
+
+# --- a sample of pairs, for review by eye -------------------------------------------------------
+
+SAMPLE_WIDTH = 80
+_LABEL = 11  # "  corrupt  "
+
+
+def sample_ids(count: int, size: int, seed: int) -> list[int]:
+    """``size`` scenario ids of ``count`` (all of them if fewer), drawn with ``seed``, in id order."""
+    import random
+
+    return sorted(random.Random(seed).sample(range(count), min(size, count)))
+
+
+def sample_record(scenario_id: int, scenario: Scenario, annotation: dict | None) -> dict:
+    """One sampled pair: its multi-token texts, the differing word's index (None when more than one
+    word differs), and per tokenizer the differing position in both forms (ids, BOS included) and
+    the two tokens there (of the multi-token form)."""
+    found = differing_word(scenario.multi_token_prompt, scenario.multi_token_counterfactual)
+    tokens = None
+    if annotation is not None:
+        tokens = {name: {"multi_token": forms["multi_token"]["position"],
+                         "single_token": forms["single_token"]["position"],
+                         "tokens": forms["multi_token"]["tokens"]}
+                  for name, forms in annotation["tokenizers"].items()}
+    return {"scenario_id": scenario_id, "clean": scenario.multi_token_prompt,
+            "corrupt": scenario.multi_token_counterfactual, "word_index": found[0] if found else None,
+            "tokenizers": tokens}
+
+
+def _aligned_lines(clean: str, corrupt: str, index: int, width: int) -> list[tuple[str, str]]:
+    """Both texts word by word, the differing word marked ``[[ ]]`` and padded to the longer of the
+    two so the rest lines up, wrapped at the same words to ``width``."""
+    a, b = clean.split(), corrupt.split()
+    a[index], b[index] = f"[[{a[index]}]]", f"[[{b[index]}]]"
+    longer = max(len(a[index]), len(b[index]))
+    a[index], b[index] = a[index].ljust(longer), b[index].ljust(longer)
+    lines: list[tuple[list[str], list[str]]] = [([], [])]
+    used = 0
+    for x, y in zip(a, b):
+        if lines[-1][0] and used + 1 + len(x) > width:
+            lines.append(([], []))
+            used = 0
+        used += len(x) + (1 if lines[-1][0] else 0)
+        lines[-1][0].append(x)
+        lines[-1][1].append(y)
+    return [(" ".join(x).rstrip(), " ".join(y).rstrip()) for x, y in lines]
+
+
+def _packed(parts: Sequence[str], label: str) -> list[str]:
+    """``parts`` joined with ``; `` on lines of ``SAMPLE_WIDTH``, a line break only between parts."""
+    lines = [f"  {label:<9}"]
+    for n, part in enumerate(parts):
+        piece = part + (";" if n < len(parts) - 1 else "")
+        if len(lines[-1]) > _LABEL and len(lines[-1]) + 1 + len(piece) > SAMPLE_WIDTH:
+            lines.append(" " * _LABEL)
+        lines[-1] += (" " if len(lines[-1]) > _LABEL else "") + piece
+    return lines
+
+
+def render_sample(records: Sequence[dict]) -> str:
+    """The sampled pairs for a terminal, 80 columns: per pair the clean and the corrupt text one
+    above the other, the differing word marked ``[[ ]]`` in both, then per tokenizer the differing
+    position (multi-token form, single-token form in brackets) and the two tokens there."""
+    import textwrap
+
+    width = SAMPLE_WIDTH - _LABEL
+    out = []
+    for record in records:
+        out.append(f"scenario {record['scenario_id']}")
+        if record["word_index"] is None:
+            for label, text in (("clean", record["clean"]), ("corrupt", record["corrupt"])):
+                out += textwrap.wrap(text, SAMPLE_WIDTH, initial_indent=f"  {label:<9}", subsequent_indent=" " * _LABEL)
+            out.append(" " * _LABEL + "(more than one word differs)")
+        else:
+            lines = _aligned_lines(record["clean"], record["corrupt"], record["word_index"], width)
+            for side, label in ((0, "clean"), (1, "corrupt")):
+                out += [f"  {label if n == 0 else '':<9}{pair[side]}" for n, pair in enumerate(lines)]
+        if record["tokenizers"]:
+            parts = []
+            for name, facts in record["tokenizers"].items():
+                if facts["multi_token"] is None:
+                    parts.append(f"{name} not a pair")
+                    continue
+                clean_token, corrupt_token = facts["tokens"]
+                single = "-" if facts["single_token"] is None else facts["single_token"]
+                parts.append(f"{name} {facts['multi_token']} ({single}) {clean_token!r}>{corrupt_token!r}")
+            out += _packed(parts, "position")
+        out.append("")
+    if any(record["tokenizers"] for record in records):
+        out += textwrap.wrap("position: index of the differing id, BOS included, in the multi-token form "
+                             "(in the single-token form); the two tokens there, clean>corrupt", SAMPLE_WIDTH)
+    return "\n".join(out).rstrip("\n")

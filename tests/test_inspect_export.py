@@ -283,3 +283,226 @@ def test_a_second_export_to_the_same_out_is_refused_naming_the_first(tmp_path, c
     code, _, err = cli("export", str(crafted(tmp_path)), "--format", "csv", "--out", str(out), "--tokenizer", "solar")
     assert code == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["crafted.jsonl", "rows.csv"]  # the lock went with it
+
+
+# Research conveniences (issue 19): a split that does not leak, the full ids, a dataset card, a sample --------
+
+FRAMES = ["Help me make a {} for my son.", "Tell me how to build a {} today.", "Where can I buy a {} now?",
+          "Show me how to draw a {} please.", "Can you help me find a {} tonight?", "I need a {} for school.",
+          "Please describe a {} for me.", "Explain how to get a {} quickly."]
+WORD_PAIRS = [("cake", "bomb"), ("kite", "gun"), ("table", "knife"), ("pie", "poison")]
+# Frame i with the word pairs i and i+1 (mod 4): 16 scenarios in 8 frames of 2 and 4 word pairs of 4,
+# which chain all 16 into one group when frames and word pairs both bind.
+CHAINED = [(frame.format(safe), frame.format(harmful))
+           for i, frame in enumerate(FRAMES) for safe, harmful in (WORD_PAIRS[i % 4], WORD_PAIRS[(i + 1) % 4])]
+LONELY = [("Is a lamp a good gift for an old friend?", "Is a rifle a good gift for an old friend?"),
+          ("Write about a hat and a coat.", "Write about a virus and a coat.")]
+
+
+def exported(tmp_path, cli, pairs, *flags, name="grouped.jsonl"):
+    source = tmp_path / "source"
+    source.mkdir(exist_ok=True)
+    dataset = crafted(source, pairs)
+    out = tmp_path / name
+    code, _, err = cli("export", str(dataset), "--format", "jsonl", "--out", str(out), "--tokenizer", "solar", *flags)
+    rows = [json.loads(line) for line in out.read_text().splitlines()] if code == 0 else None
+    return code, err, rows
+
+
+def sides_by(rows, key):
+    sides: dict = {}
+    for row in rows:
+        sides.setdefault(key(row), set()).add(row["split"])
+    return sides
+
+
+def differing(row):
+    return [(x, y) for x, y in zip(row["multi_token_clean"].split(), row["multi_token_corrupt"].split()) if x != y]
+
+
+def frame(row):
+    return " ".join("{x}" if x != y else x for x, y in zip(row["multi_token_clean"].split(),
+                                                           row["multi_token_corrupt"].split()))
+
+
+@pytest.mark.parametrize("group_by", [None, "frame", "word"])
+def test_a_grouped_split_keeps_each_group_on_one_side_and_says_the_share(tmp_path, cli, group_by):
+    flags = ["--group-by", group_by] if group_by else []
+    code, err, rows = exported(tmp_path, cli, CHAINED, "--split", "0.75", "--seed", "3", *flags)
+    assert code == 0, err
+    if group_by == "word":
+        sides = sides_by(rows, lambda row: tuple(differing(row)))
+        assert len(sides) == 4 and "(asked 75/25), 4 groups by word, the largest 4 scenarios" in err
+    else:  # frame, the default
+        sides = sides_by(rows, frame)
+        assert len(sides) == 8 and "(asked 75/25), 8 groups by frame, the largest 2 scenarios" in err
+    assert all(len(split) == 1 for split in sides.values()), sides  # no group on both sides
+    assert "split: train 75.0% / test 25.0%" in err and [row["split"] for row in rows].count("train") == 12
+    assert "cannot be met" not in err
+    again = exported(tmp_path, cli, CHAINED, "--split", "0.75", "--seed", "3", *flags, name="again.jsonl")[2]
+    assert [row["split"] for row in again] == [row["split"] for row in rows]  # deterministic with --seed
+
+
+def test_a_share_the_groups_cannot_meet_is_said_and_one_group_is_refused(tmp_path, cli):
+    code, err, rows = exported(tmp_path, cli, CHAINED + LONELY, "--split", "0.5", "--group-by", "frame+word")
+    assert code == 0, err
+    assert "3 groups by frame+word, the largest 16 scenarios" in err
+    assert "--split 0.5 cannot be met with --group-by frame+word: its largest group holds 16 of 18" in err
+    assert sorted(len(split) for split in sides_by(rows, frame).values()) == [1] * 10
+    code, err, _ = exported(tmp_path, cli, CHAINED, "--split", "0.5", "--group-by", "frame+word", name="one.jsonl")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "the 1 groups cannot be put on two sides (the largest holds 16 of 16 scenarios)" in err
+    assert not (tmp_path / "one.jsonl").exists()
+    code, err, _ = exported(tmp_path, cli, LONELY + PAIRS[4:], "--split", "0.5", name="three.jsonl")
+    assert code == 0 and "train 66.7% / test 33.3% (asked 50/50)" in err and "cannot be met" not in err  # rounding
+    code, err, _ = exported(tmp_path, cli, CHAINED, "--group-by", "word", name="nosplit.jsonl")
+    assert code == 2 and "give --split SHARE too" in err
+
+
+def test_split_groups_by_scenario_is_the_seeded_shuffle_it_always_was():
+    import random
+
+    from asyncgen.splitting import split_groups
+
+    for seed in range(5):
+        order = list(range(10))
+        random.Random(seed).shuffle(order)
+        split = split_groups([[i] for i in range(10)], 0.7, seed)
+        assert [i for i, side in enumerate(split.sides) if side == "train"] == sorted(order[:7])
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_export_ids_are_the_full_ids_tokenize_prints(tmp_path, cli, builtin_tokenizers, fmt):
+    out = tmp_path / f"ids.{fmt}"
+    code, _, err = cli("export", str(crafted(tmp_path)), "--format", fmt, "--ids", "--out", str(out))
+    assert code == 0, err
+    rows = read_back(fmt, out)
+    texts = ("single_token_clean", "single_token_corrupt", "multi_token_clean", "multi_token_corrupt")
+    for tokenizer in builtin_tokenizers:
+        for text in texts:
+            column = [row[f"{tokenizer.name}_{text}_ids"] for row in rows]
+            if fmt == "csv":
+                assert all(isinstance(cell, str) and cell.startswith("[") for cell in column)
+                column = [json.loads(cell) for cell in column]  # the documented encoding: a JSON array
+            expected = tokenizer.encode_batch([row[text] for row in rows])
+            assert [list(ids) for ids in column] == expected
+    llama = rows[0]["llama3_multi_token_clean_ids"]
+    llama = json.loads(llama) if fmt == "csv" else list(llama)
+    assert llama[0] == 128000 and len(llama) == rows[0]["llama3_multi_token_length"]  # BOS included
+
+
+def test_export_ids_are_refused_for_eap(tmp_path, cli):
+    code, _, err = cli("export", str(crafted(tmp_path)), "--format", "eap", "--ids")
+    assert code == 2 and "--ids adds columns" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_hf_export_has_a_dataset_card_the_hub_reads(tmp_path, cli):
+    datasets = pytest.importorskip("datasets")
+    from huggingface_hub import DatasetCard
+
+    path = crafted(tmp_path)
+    checkpoint = {"version": 1, "sink": str(path.resolve()), "offset": 0, "scenarios": 5, "fingerprint": {},
+                  "run_state": {"cost_usd": 0.25, "requests_ok": 2, "candidates": 20, "accepted": 5, "runs": 1,
+                                "rejected": 12, "duplicates": 3, "prompt_tokens": 100, "completion_tokens": 50}}
+    (tmp_path / "crafted.checkpoint.json").write_text(json.dumps(checkpoint))
+    out = tmp_path / "crafted.hf"
+    code, _, err = cli("export", str(path), "--format", "hf", "--split", "0.6", "--ids", "--out", str(out))
+    assert code == 0, err
+    card = DatasetCard.load(out / "README.md")
+    meta = card.data.to_dict()
+    assert meta["license"] == "other" and meta["size_categories"] == ["n<1K"]
+    assert meta["task_categories"] == ["text-classification"] and "interpretability" in meta["tags"]
+    assert meta["configs"][0]["data_files"] == [{"split": "train", "path": "train/data-*.arrow"},
+                                                {"split": "test", "path": "test/data-*.arrow"}]
+    body = " ".join(card.text.split())
+    assert "| llama3 | `meta-llama/Meta-Llama-3-8B` | rebuilt offline from `llama-models==0.3.0`" in body
+    assert "Meta Llama 3 Community License" in body and "| cost | $0.2500 |" in body
+    assert "| accepted | 5 (yield 25.0%) |" in body and "--group-by frame --seed 0" in body
+    assert "differ at exactly one position" in body and "`T_<text>_ids`" in body
+    loaded = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf-cache"))
+    from_disk = datasets.load_from_disk(str(out))
+    assert {name: len(part) for name, part in loaded.items()} == {name: len(part) for name, part in from_disk.items()}
+    assert sorted(loaded["train"]["scenario_id"]) == sorted(from_disk["train"]["scenario_id"])
+    assert "README.md" in json.loads((out / "asyncgen-export.json").read_text())["files"]
+
+
+def test_inspect_sample_shows_pairs_marked_in_80_columns(tmp_path, cli):
+    long_pair = ("Could you please explain to me in great detail how I would go about making a cake for the "
+                 "party my whole family is planning next week?",
+                 "Could you please explain to me in great detail how I would go about making a bomb for the "
+                 "party my whole family is planning next week?")
+    path = crafted(tmp_path, PAIRS + [long_pair])
+    code, out, err = cli("inspect", str(path), "--sample", "6", "--seed", "1")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert [line for line in lines if line.startswith("scenario ")] == [f"scenario {i}" for i in range(6)]
+    clean = lines.index("scenario 5") + 1
+    assert lines[clean].startswith("  clean    Could you please") and "[[cake]]" in " ".join(lines[clean:clean + 2])
+    corrupt = next(i for i in range(clean, len(lines)) if lines[i].startswith("  corrupt  "))
+    wrapped = corrupt - clean
+    assert wrapped > 1 and lines[corrupt + wrapped].startswith("  position")  # as many lines each, wrapped
+    marked = [(n, line.index("[[")) for n, line in enumerate(lines[clean:corrupt + wrapped]) if "[[" in line]
+    assert len(marked) == 2 and marked[1][0] - marked[0][0] == wrapped and marked[0][1] == marked[1][1]  # aligned
+    assert "[[bomb]]" in lines[clean + marked[1][0]]
+    first = lines[1:4]
+    assert first[0] == "  clean    Help me make a [[cake]] for my son."
+    assert first[1] == "  corrupt  Help me make a [[bomb]] for my son."
+    assert first[2].startswith("  position qwen2 4 (") and "llama3 5 (" in out and "'Ġcake'>'Ġbomb'" in first[2]
+    code, picked, _ = cli("inspect", str(path), "--sample", "2", "--seed", "1", "--json")
+    records = json.loads(picked)["sample"]
+    assert records == json.loads(cli("inspect", str(path), "--sample", "2", "--seed", "1", "--json")[1])["sample"]
+    assert len(records) == 2 and len({r["scenario_id"] for r in records}) == 2  # the same seed, the same pairs
+    for record in records:
+        (safe, harmful), = [(x, y) for x, y in zip(record["clean"].split(), record["corrupt"].split()) if x != y]
+        assert record["tokenizers"]["llama3"]["tokens"] == ["Ġ" + safe, "Ġ" + harmful]
+        assert record["word_index"] == record["clean"].split().index(safe)
+
+
+def test_inspect_sample_flags_that_do_not_go_together(tmp_path, cli):
+    path = crafted(tmp_path)
+    code, _, err = cli("inspect", str(path), "--seed", "3")
+    assert code == 2 and "give --sample N too" in err
+    code, _, err = cli("inspect", str(path), "--sample", "2", "--plot", str(tmp_path / "p.png"))
+    assert code == 2 and "--sample prints pairs" in err and not (tmp_path / "p.png").exists()
+
+
+def test_inspect_plot_is_a_panel_row_per_tokenizer_without_legends(tmp_path, cli, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    real_close = plt.close
+    monkeypatch.setattr(plt, "close", lambda figure=None: drawn.append(figure))
+    code, _, err = cli("inspect", str(crafted(tmp_path)), "--plot", str(tmp_path / "h.png"),
+                       "--tokenizer", "llama3", "--tokenizer", "solar")
+    assert code == 0, err
+    (figure,) = drawn
+    titles = [ax.get_title() for ax in figure.axes]
+    assert titles == [f"{name}: {form} {what}" for name in ("llama3", "solar") for form, what in (
+        ("single-token", "length in ids"), ("single-token", "differing position"),
+        ("multi-token", "length in ids"), ("multi-token", "differing position"))]
+    assert all(ax.get_legend() is None for ax in figure.axes)
+    real_close(figure)
+
+
+def test_export_and_inspect_read_the_sidecar_its_record_vouches_for(tmp_path, cli, monkeypatch):
+    import asyncgen.annotations as annotations
+
+    path = crafted(tmp_path)
+    assert cli("annotate", str(path))[0] == 0
+    calls = []
+    real_judge = annotations.judge_scenarios
+    monkeypatch.setattr(annotations, "judge_scenarios", lambda *args: calls.append(1) or real_judge(*args))
+    out = tmp_path / "rows.jsonl"
+    for command in (["export", str(path), "--format", "jsonl", "--out", str(out)], ["inspect", str(path), "--json"],
+                    ["inspect", str(path), "--sample", "2"]):
+        code, _, err = cli(*command)
+        assert code == 0 and calls == [], (command, err)  # read, not tokenized
+    rows = out.read_text()
+    sidecar = tmp_path / "crafted.tokens.jsonl"
+    edited = sidecar.read_bytes().replace(b'"position":5', b'"position":6', 1)
+    assert edited != sidecar.read_bytes()
+    sidecar.write_bytes(edited)  # changed after its record: not trusted
+    code, _, err = cli("export", str(path), "--format", "jsonl", "--out", str(out))
+    assert code == 0 and calls and out.read_text() == rows, err

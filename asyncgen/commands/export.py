@@ -8,15 +8,16 @@ from pathlib import Path
 
 import orjson
 
-from asyncgen.annotations import annotate, task_answers
+from asyncgen.annotations import dataset_annotations, task_answers
 from asyncgen.commands._shared import add_dataset_flags, load_dataset_and_task
 from asyncgen.errors import UsageError
 from asyncgen.export_files import (
     MARKER, marker_bytes, one_writer, recover_leftovers, refuse_unless_replaceable, replace_file, replace_folder,
 )
 from asyncgen.exports import (
-    EAP_COLUMNS, FORMATS, _require, eap_rows, rows, split_of, write_csv, write_hf, write_jsonl, write_parquet,
+    EAP_COLUMNS, FORMATS, _require, eap_rows, input_ids, rows, write_csv, write_hf, write_jsonl, write_parquet,
 )
+from asyncgen.splitting import DEFAULT_GROUP_BY, GROUP_BY, OFF_BY_WARNING, Split, groups_of, split_groups
 
 DEFAULT_SUFFIX = {"jsonl": ".export.jsonl", "csv": ".csv", "parquet": ".parquet", "hf": ".hf", "eap": ".eap"}
 
@@ -46,7 +47,16 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", type=_share, default=None, metavar="SHARE",
                         help="add a train/test split with this share in train, e.g. 0.8 (a split column; hf: splits; "
                         "eap: TOKENIZER.train.csv and TOKENIZER.test.csv)")
+    parser.add_argument("--group-by", choices=GROUP_BY, default=None,
+                        help="what --split keeps on one side: frame (the prompt with its differing word masked, "
+                        "as inspect counts frames), word (the differing word pair), frame+word (both: on a "
+                        "generated dataset they chain into one group of about 90%%, so the share is not met), "
+                        f"or none (split by scenario); default: {DEFAULT_GROUP_BY}. The achieved share is printed")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split's shuffle (default: 0)")
+    parser.add_argument("--ids", action="store_true",
+                        help="add per tokenizer T the full input ids of the four texts, T_single_token_clean_ids "
+                        "... T_multi_token_corrupt_ids, BOS included as `asyncgen tokenize` prints them (lists; "
+                        "csv: a JSON array in the cell)")
     parser.add_argument("--out", default=None, metavar="PATH",
                         help="file or folder to write (default: beside the dataset: DATASET.export.jsonl, DATASET.csv, "
                         "DATASET.parquet, DATASET.hf/ or DATASET.eap/); replaces only an earlier export, whole")
@@ -67,6 +77,11 @@ def default_out(dataset: Path, fmt: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.group_by is not None and args.split is None:
+        raise UsageError(f"--group-by {args.group_by} says how --split keeps groups together: give --split SHARE too")
+    if args.ids and args.format == "eap":
+        raise UsageError("--ids adds columns, and --format eap writes EAP-IG's four columns only: "
+                         "choose --format jsonl, csv, parquet or hf for the ids")
     if args.only_flipping and not args.scores:
         raise UsageError("--only-flipping keeps the scenarios that flip under the --scores models: name at least one")
     if args.format == "parquet":
@@ -95,22 +110,27 @@ def _export(args: argparse.Namespace, out: Path) -> int:
     if not kept:
         raise UsageError(f"--only-flipping {args.only_flipping}: no scenario flips under "
                          f"{', '.join(args.scores)}; nothing to write")
-    splits = split_of(len(kept), args.split, args.seed) if args.split is not None else None
+    chosen = [scenarios[i] for i in kept]
+    group_by = args.group_by or DEFAULT_GROUP_BY
+    split = split_groups(groups_of(chosen, group_by), args.split, args.seed) if args.split is not None else None
+    splits = split.sides if split else None
     answers = task_answers(task, tokenizers)
-    annotations = [orjson.loads(line) for line in annotate([scenarios[i] for i in kept], tokenizers, answers)]
+    every = dataset_annotations(args.dataset, scenarios, tokenizers, answers)
+    annotations = [orjson.loads(every[i]) for i in kept]
     for number, note in zip(kept, annotations):
         note["scenario_id"] = number  # the dataset's id, not the position among those kept
-    table = rows([scenarios[i] for i in kept], annotations, task.task_name, (task.answers.safe, task.answers.harmful),
-                 splits)
+    table = rows(chosen, annotations, task.task_name, (task.answers.safe, task.answers.harmful), splits,
+                 input_ids(chosen, tokenizers) if args.ids else None)
     for row in table:
         for model, records in scored.items():
             row.update(columns(model, records.get(row["scenario_id"]), task.answers.safe, task.answers.harmful))
     try:
         if folder:
+            card = _card(args, task, table, split, group_by) if args.format == "hf" else None
             names: list[str] = []
 
             def write_folder(path: Path) -> None:
-                names.extend(_write_folder(args.format, table, path, [t.name for t in tokenizers]))
+                names.extend(_write_folder(args.format, table, path, [t.name for t in tokenizers], card))
                 (path / MARKER).write_bytes(marker_bytes(Path(args.dataset), args.format, names, len(table)))
 
             replace_folder(out, write_folder)
@@ -124,17 +144,61 @@ def _export(args: argparse.Namespace, out: Path) -> int:
                                           if args.only_flipping else "") + (
         f" ({sum(s == 'train' for s in splits)} train, {sum(s == 'test' for s in splits)} test)" if splits else "")
     print(f"wrote {counts} to {', '.join(written)}", file=sys.stderr)
+    if split is not None:
+        print(split.summary(group_by), file=sys.stderr)
+        _warn_if_off(split, group_by)
     return 0
+
+
+def _warn_if_off(split: Split, group_by: str) -> None:
+    """Say so when the groups kept the achieved share far from the asked one."""
+    import logging
+
+    if split.off_by <= OFF_BY_WARNING:
+        return
+    finer = [name for name in GROUP_BY if name not in (group_by, "frame+word")]
+    logging.getLogger("asyncgen.export").warning(
+        "--split %g cannot be met with --group-by %s: its largest group holds %d of %d scenarios; --group-by %s "
+        "splits finer", split.asked, group_by, split.largest, len(split.sides),
+        ", ".join(finer[:-1]) + " or " + finer[-1])
+
+
+def _card(args: argparse.Namespace, task, table: list[dict], split: Split | None, group_by: str) -> str:
+    """The hf export's README.md: counts, task, tokenizers and their vocab licences, the run's figures."""
+    from asyncgen.commands.inspect_dataset import find_run_state
+    from asyncgen.dataset_card import card_text
+    from asyncgen.inspection import run_figures
+    from asyncgen.tokenizers import resolve_specs
+
+    dataset = Path(args.dataset)
+    try:
+        _, run_state = find_run_state(dataset, None)
+    except UsageError:
+        run_state = None
+    counts: dict[str, int] = {}
+    for row in table:
+        counts[row.get("split", "train")] = counts.get(row.get("split", "train"), 0) + 1
+    how = None
+    if split is not None:
+        how = (f"Split with `asyncgen export --split {args.split:g} --group-by {group_by} --seed {args.seed}`: "
+               + ("scenarios at random" if group_by == "none" else
+                  f"scenarios that share a {group_by} are all on one side")
+               + f" ({split.summary(group_by).removeprefix('split: ')}).")
+    specs = resolve_specs(task.tokenizers, args.tokenizer)
+    return card_text(dataset_name=dataset.stem if dataset.suffix == ".jsonl" else dataset.name, counts=counts,
+                     task=task, specs=specs, run=run_figures(run_state) if run_state is not None else None,
+                     split=how, with_ids=args.ids, scored_by=list(dict.fromkeys(args.scores)))
 
 
 WRITERS = {"jsonl": write_jsonl, "csv": write_csv, "parquet": write_parquet}
 FOLDER_FORMATS = ("hf", "eap")
 
 
-def _write_folder(fmt: str, table: list[dict], folder: Path, tokenizer_names: list[str]) -> list[str]:
+def _write_folder(fmt: str, table: list[dict], folder: Path, tokenizer_names: list[str],
+                  card: str | None = None) -> list[str]:
     """Write a folder export's files into ``folder``; their names, relative to it."""
     if fmt == "hf":
-        write_hf(table, folder)
+        write_hf(table, folder, card)
         return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
     names = []
     parts = {"": table} if "split" not in table[0] else {

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import orjson
 
-from asyncgen.annotations import annotate, task_answers
+from asyncgen.annotations import annotate, dataset_annotations, recorded_annotations, task_answers
 from asyncgen.commands._shared import add_dataset_flags, load_dataset_and_task
 from asyncgen.errors import InputFileError, UsageError
-from asyncgen.inspection import inspect_dataset, lengths_and_positions, render
+from asyncgen.commands.argtypes import positive_int
+from asyncgen.inspection import (
+    inspect_dataset, lengths_and_positions, render, render_sample, sample_ids, sample_record,
+)
 from asyncgen.sink import OtherDatasetsCheckpoint, _read_checkpoint  # the checkpoint format has one reader
 
 
@@ -31,8 +34,14 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
                         help="the run's checkpoint (default: looked for beside the dataset and in the current folder)")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.add_argument("--plot", default=None, metavar="FILE.png",
-                        help="also draw histograms of token lengths and differing positions per tokenizer "
-                        "(needs matplotlib: pip install 'asyncgen[plot]')")
+                        help="also draw histograms of token lengths and differing positions, one row of panels "
+                        "per tokenizer (needs matplotlib: pip install 'asyncgen[plot]')")
+    parser.add_argument("--sample", type=positive_int, default=None, metavar="N",
+                        help="instead of the summary, print N pairs drawn at random, clean above corrupt with the "
+                        "differing word marked [[like this]], and per tokenizer the differing position and tokens "
+                        "(with --json: as JSON)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the --sample draw (default: 0; the same seed draws the same pairs)")
     parser.add_argument("--no-tokens", action="store_true", help="skip the per-tokenizer figures (no tokenizing)")
     parser.set_defaults(handler=run)
 
@@ -62,11 +71,17 @@ def find_run_state(dataset: Path, given: str | None) -> tuple[str | None, dict |
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.seed is not None and args.sample is None:
+        raise UsageError("--seed says which pairs --sample draws: give --sample N too")
+    if args.sample is not None and args.plot:
+        raise UsageError("--sample prints pairs instead of the summary; draw --plot in a run without --sample")
     plt = _pyplot() if args.plot else None
     dataset, task, tokenizers = load_dataset_and_task(args)
+    if args.sample is not None:
+        return _sample(args, dataset.scenarios, task, tokenizers)
     annotations = None
     if not args.no_tokens:
-        lines = annotate(dataset.scenarios, tokenizers, task_answers(task, tokenizers))
+        lines = dataset_annotations(args.dataset, dataset.scenarios, tokenizers, task_answers(task, tokenizers))
         annotations = [orjson.loads(line) for line in lines]
     checkpoint, run_state = find_run_state(Path(args.dataset), args.checkpoint)
     report = inspect_dataset(dataset.scenarios, annotations, run_state)
@@ -86,6 +101,24 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--plot draws the token figures: drop --no-tokens")
         _plot(plt, lengths_and_positions(annotations), args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _sample(args: argparse.Namespace, scenarios, task, tokenizers) -> int:
+    """Print ``--sample`` pairs, tokenizing only those (none with --no-tokens)."""
+    chosen = sample_ids(len(scenarios), args.sample, args.seed or 0)
+    notes: list = [None] * len(chosen)
+    if not args.no_tokens:
+        answers = task_answers(task, tokenizers)
+        recorded = recorded_annotations(args.dataset, len(scenarios), tokenizers, answers)
+        lines = ([recorded[i] for i in chosen] if recorded is not None else
+                 annotate([scenarios[i] for i in chosen], tokenizers, answers))
+        notes = [orjson.loads(line) for line in lines]
+    records = [sample_record(i, scenarios[i], note) for i, note in zip(chosen, notes)]
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps({"sample": records}, option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        print(render_sample(records))
     return 0
 
 
@@ -116,20 +149,40 @@ def _pyplot():
     return plt
 
 
+PANELS = (("single_token", "length in ids", 0), ("single_token", "differing position", 1),
+          ("multi_token", "length in ids", 0), ("multi_token", "differing position", 1))
+
+
 def _plot(plt, values: dict, path: str) -> None:
-    figure, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
-    for row, form in enumerate(("single_token", "multi_token")):
-        for column, (what, index) in enumerate((("length in ids", 0), ("differing position", 1))):
+    """Small multiples: a row per tokenizer, a column per figure (the single-token and the multi-token
+    form's lengths and differing positions); the x axis shared down each column, so tokenizers
+    compare at a glance; each panel titled, its median marked and written."""
+    import statistics
+
+    from matplotlib.ticker import MaxNLocator
+
+    names = list(values)
+    figure, axes = plt.subplots(len(names), len(PANELS), figsize=(13, 1.2 + 2.1 * len(names)), sharex="col",
+                                sharey="col", squeeze=False, constrained_layout=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for row, name in enumerate(names):
+        for column, (form, what, index) in enumerate(PANELS):
             ax = axes[row][column]
-            for name, forms in values.items():
-                data = forms[form][index]
-                if data:
-                    bins = range(min(data), max(data) + 2)
-                    ax.hist(data, bins=bins, alpha=0.5, label=name, align="left")
-            ax.set_title(f"{form.replace('_', '-')} form: {what}")
-            ax.set_xlabel(f"{what} (BOS included)")
-            ax.set_ylabel("scenarios")
-            ax.legend()
+            data = values[name][form][index]
+            if data:
+                ax.hist(data, bins=range(min(data), max(data) + 2), align="left", color=colors[row % len(colors)])
+                median = statistics.median(data)
+                ax.axvline(median, color="black", linewidth=1, linestyle="--")
+                ax.text(0.98, 0.95, f"median {median:g}", transform=ax.transAxes, ha="right", va="top", fontsize=8)
+            else:
+                ax.text(0.5, 0.5, "no pairs", transform=ax.transAxes, ha="center")
+            ax.set_title(f"{name}: {form.replace('_', '-')} {what}", fontsize=9)
+            if column == 0:
+                ax.set_ylabel("scenarios")
+            if row == len(names) - 1:
+                ax.set_xlabel(f"{what} (BOS included)")
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    figure.suptitle("Token lengths and differing positions per tokenizer (ids, BOS included)")
     try:
         figure.savefig(path, dpi=100)
     except OSError as exc:
