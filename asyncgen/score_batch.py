@@ -20,6 +20,7 @@ from pathlib import Path
 
 import orjson
 
+from asyncgen.batch.ledger import RETRIED_ERRORS
 from asyncgen.errors import ApiError, InputFileError, UsageError
 from asyncgen.prices import Price, batch_cost_usd
 from asyncgen.prompting import PROMPT_ESTIMATE_MARGIN, estimate_prompt_tokens
@@ -132,6 +133,10 @@ def accept_results(sources: list[tuple[str, Path]], scenarios: list[Scenario], s
                     continue
                 where = f"{name}:{number}"
                 scenario_id, form, side, via, line = _parse(raw, where, scenarios, settings, job)
+                error = line.get("error")
+                if isinstance(error, dict) and error.get("code") in RETRIED_ERRORS:
+                    failed.add(scenario_id)  # a request its batch never ran (expired, cancelled): asked again
+                    continue
                 stats.requests_sent += 1
                 if scenario_id in scores.scored:
                     continue  # scored by an earlier read: nothing is scored twice

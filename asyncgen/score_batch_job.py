@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from asyncgen.batch import lifecycle
 from asyncgen.batch.manifest import LOCK, MANIFEST, Entry, Manifest
 from asyncgen.errors import RunError, UsageError
 from asyncgen.prices import Price, at_batch_rates, batch_cost_usd, cost_usd
-from asyncgen.progress import LiveLine, _duration, _money, fit_fields
+from asyncgen.progress import LiveLine, _duration, _money, fit_fields, fit_summary
 from asyncgen.scenario import Scenario
 from asyncgen.score_batch import ENDPOINTS, accept_results, batch_requests, worst_cost_usd
 from asyncgen.scores import ScoresFile, scores_path
@@ -94,6 +95,9 @@ def run(job: Job) -> int:
             if scores.torn_saved:
                 log.warning("%s: cut an incomplete last line (a killed run leaves one), saved in %s", path,
                             scores.torn_saved)
+            if len(scores.scored) >= len(job.scenarios):
+                print(f"{path} already scores all {len(job.scenarios)} scenarios of {args.dataset}: nothing to do")
+                return 0
             outcome = Outcome(RunStats(target=len(job.scenarios), accepted=len(scores.scored)), ScoreCounts())
             outcome.stats.cost_simulated = job.mode == "simulator"
             try:
@@ -123,6 +127,10 @@ def cancel(args) -> int:
         cancelled = run_event_loop(go())
     for entry in cancelled:
         print(f"{entry.batch_id} ({entry.endpoint}): {entry.status}")
+    if not cancelled:
+        print(f"nothing to cancel in {directory}: its batches have all ended; "
+              f"`{_command(args, drop=('--cancel',))}` reads what they answered")
+        return 0
     print(f"cancelled {len(cancelled)} batch(es) of {directory}; what finished is kept: "
           f"`{_command(args, drop=('--cancel',))}` reads it and asks again for the rest (a new batch, paid again)")
     return 0
@@ -341,7 +349,7 @@ def _report(job: Job, directory: Path, manifest: Manifest, path: Path, outcome: 
              f"\n  job cost        {_money(at_batch)} at batch prices (real time: {_money(at_real)}{ratio})"
              + (" (simulated: the offline simulator's usage at real prices)"
                if (manifest.endpoint or {}).get("mode") == "simulator" else ""))
-    print(text, file=sys.stderr)
+    print(fit_summary(text, shutil.get_terminal_size().columns - 1) if sys.stderr.isatty() else text, file=sys.stderr)
     resume, cancel_it = _command(args), _command(args, add=("--cancel",))
     if stop is None:
         return 0

@@ -130,6 +130,7 @@ def test_ctrl_c_stops_waiting_says_how_to_resume_or_cancel_and_cancel_then_resum
     code, _out, err = cli("score", str(dataset), "--model", "gpt-4o", "--batch")
     assert code == 0, err
     assert sorted(lines_by_id(scores_path(dataset, "gpt-4o"))) == list(range(SCENARIOS))
+    assert "128 sent: 128 answered, 0 retries, 0 given up" in err  # the cancelled batch's unrun requests aside
     batches = server_batches(dataset, "gpt-4o")
     assert len(batches) == 2 and batches[0]["cancel_at"] is not None  # the cancelled one, then the new round
 
