@@ -40,7 +40,7 @@ from pathlib import Path
 
 from asyncgen import locks
 from asyncgen.batch import lifecycle
-from asyncgen.batch.manifest import LOCK, MANIFEST, Entry, Manifest
+from asyncgen.batch.manifest import LOCK, MANIFEST, Entry, Manifest, leftovers
 from asyncgen.errors import RunError, UsageError
 from asyncgen.prices import Price, at_batch_rates, batch_cost_usd, cost_usd
 from asyncgen.progress import LiveLine, _duration, _money, fit_fields, fit_summary
@@ -156,6 +156,9 @@ def _manifest(directory: Path, job: Job) -> Manifest:
     """The job's manifest: the one in ``directory`` if it was made for this job, else a new one (a
     directory of another job with batches not yet read is refused)."""
     manifest = Manifest.load(directory)
+    if manifest is None and leftovers(directory):
+        raise UsageError(f"{directory} holds {leftovers(directory)} but no manifest.json: their batches may have run "
+                         "and been paid; move the folder away to score through new batches (paid again)")
     if manifest is not None:
         made_for = manifest.fingerprint.get("scoring") or {}
         now = identity(job, made_for.get("single_via"))
@@ -210,10 +213,24 @@ async def _run_async(job: Job, directory: Path, manifest: Manifest, scores: Scor
                         return
                     current = _round(manifest)
                 if manifest.unsubmitted():
-                    await lifecycle.submit(directory, manifest, api, say=lambda text: log.info("%s", text))
+                    await _submit(directory, manifest, api, mode)
                 await _wait(directory, manifest, api, line, POLL_SECONDS[mode])
                 await lifecycle.download(directory, manifest, api)
                 _read(job, directory, manifest, scores, outcome)
+
+
+async def _submit(directory: Path, manifest: Manifest, api, mode: str) -> None:
+    """``lifecycle.submit``; a server with no Files or Batch API (a 404 on the upload) says what to do instead."""
+    from asyncgen.batch.api import Refused
+
+    try:
+        await lifecycle.submit(directory, manifest, api, say=lambda text: log.info("%s", text))
+    except Refused as exc:
+        if mode != "custom" or getattr(exc.__cause__, "status_code", None) != 404:
+            raise
+        raise UsageError(f"{api.where} has no Batch API ({exc.__cause__.request.url.path}: 404); score in real "
+                         "time there, or write the requests with --write-requests FILE, run them (e.g. `vllm "
+                         "run-batch`) and read them back with --results") from exc
 
 
 async def _wait(directory: Path, manifest: Manifest, api, line: LiveLine, poll: float) -> None:
@@ -232,20 +249,21 @@ async def _wait(directory: Path, manifest: Manifest, api, line: LiveLine, poll: 
 async def _new_round(job: Job, directory: Path, manifest: Manifest, api, unscored: list[int], outcome: Outcome) -> bool:
     """Write the request files of the ``unscored`` scenarios, one per endpoint; False when
     ``--max-cost`` refuses them (nothing written)."""
-    scoring = manifest.fingerprint["scoring"]
-    if "single" in job.settings.forms and scoring["single_via"] is None:
-        scoring["single_via"] = "chat" if job.settings.chat else await _probe(job, api, manifest)
-        manifest.save(directory)
-        _use_via(job, manifest)
-    settings = job.settings
-    requests = batch_requests(job.scenarios, settings, job=manifest.directory_id, scenario_ids=unscored)
-    worst = worst_cost_usd(requests, settings, job.price)
+    requests = batch_requests(job.scenarios, job.settings, job=manifest.directory_id, scenario_ids=unscored)
+    worst = worst_cost_usd(requests, job.settings, job.price)  # the endpoint does not change it: same texts, caps
     max_cost = job.args.max_cost
     if max_cost is not None:
         spent = _spent(manifest, job.price)
         if spent is None or worst is None or spent + worst > max_cost:
             outcome.stop, outcome.worst = "max_cost", worst
             return False
+    scoring = manifest.fingerprint["scoring"]
+    if "single" in job.settings.forms and scoring["single_via"] is None:
+        scoring["single_via"] = "chat" if job.settings.chat else await _probe(job, api, manifest)
+        manifest.save(directory)
+        _use_via(job, manifest)
+        requests = batch_requests(job.scenarios, job.settings, job=manifest.directory_id, scenario_ids=unscored)
+    settings = job.settings
     manifest.rounds += 1
     (directory / lifecycle.REQUESTS).mkdir(exist_ok=True)
     for url in sorted({r.url for r in requests}):
@@ -298,7 +316,7 @@ def _spent(manifest: Manifest, price: Price | None) -> float | None:
 def _read(job: Job, directory: Path, manifest: Manifest, scores: ScoresFile, outcome: Outcome) -> None:
     """Read the round's downloaded files into the scores file (the one acceptance path); mark them read."""
     entries = [e for e in _round(manifest) if e.downloaded and not e.processed]
-    failed = [e for e in entries if e.status == "failed"]
+    failed = [e for e in _round(manifest) if e.status == "failed"]  # nothing to read: marked read at once
     for entry in failed:
         log.error("batch %s (%s) failed validation:", entry.batch_id, entry.name)
         for error in entry.errors[:SHOWN_ERRORS]:
@@ -312,8 +330,9 @@ def _read(job: Job, directory: Path, manifest: Manifest, scores: ScoresFile, out
     manifest.save(directory)
     if failed:
         outcome.stop = "failed"
-        raise RunError(f"{len(failed)} batch(es) of {directory} failed validation (errors above); nothing of them "
-                       "was paid; fix the cause, then run again to submit a new round")
+        raise RunError(f"{len(failed)} batch(es) of round {manifest.rounds} in {directory} failed validation (errors "
+                       "above), so none of their requests ran; fix the cause, then run the same command to submit "
+                       "them in a new round")
 
 
 # --- what is shown -------------------------------------------------------------------------------

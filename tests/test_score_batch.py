@@ -187,3 +187,58 @@ def test_an_unknown_model_is_one_line_in_the_servers_words(tmp_path, pairs, cli,
     assert err.strip().splitlines()[-1].endswith(
         "refused (404): The model `nope` does not exist or you do not have access to it.; check --model and --base-url")
     assert server_batches(dataset, "nope") == []
+
+
+def test_a_batch_that_fails_validation_shows_its_errors_and_the_next_run_submits_it_again(
+        tmp_path, pairs, cli, offline, monkeypatch):
+    from asyncgen.simulator import batches as simulated
+
+    dataset = dataset_in(tmp_path, pairs, 4)
+    parse_input = simulated.parse_input
+    monkeypatch.setattr(simulated, "parse_input", lambda data, endpoint, _limit: parse_input(data, endpoint, 10))
+    code, _out, err = cli("score", str(dataset), "--model", "gpt-4o", "--batch")
+    assert code == 1
+    assert "token_limit_exceeded: Enqueued token limit reached for gpt-4o" in err
+    assert err.strip().splitlines()[-1].endswith(
+        "failed validation (errors above), so none of their requests ran; fix the cause, then run the same command "
+        "to submit them in a new round")
+    monkeypatch.setattr(simulated, "parse_input", parse_input)
+    code, _out, err = cli("score", str(dataset), "--model", "gpt-4o", "--batch")
+    assert code == 0, err
+    assert sorted(lines_by_id(scores_path(dataset, "gpt-4o"))) == [0, 1, 2, 3]
+    assert len(server_batches(dataset, "gpt-4o")) == 2
+
+
+def test_a_server_without_the_batch_api_says_what_to_do_instead(tmp_path, pairs, cli):
+    from fake_server import FakeServer
+    from score_model import model_under_study
+
+    dataset = dataset_in(tmp_path, pairs, 2)
+    with FakeServer(model_under_study) as server:
+        code, _out, err = cli("score", str(dataset), "--model", "m", "--base-url", server.base_url, "--batch")
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
+        f"asyncgen score: error: {server.base_url} has no Batch API (/v1/files: 404); score in real time there, or "
+        "write the requests with --write-requests FILE, run them (e.g. `vllm run-batch`) and read them back with "
+        "--results")
+
+
+def test_a_second_writer_is_refused_and_a_job_folder_without_its_manifest_is_not_paid_again(
+        tmp_path, pairs, cli, offline):
+    from asyncgen import locks
+
+    dataset = dataset_in(tmp_path, pairs, 2)
+    job = job_of(dataset, "gpt-4o")
+    job.mkdir(parents=True)
+    held = locks.hold(job / ".lock", str(job), "score --batch")
+    try:
+        code, _out, err = cli("score", str(dataset), "--model", "gpt-4o", "--batch")
+    finally:
+        os.close(held)
+    assert code == 2 and f"is in use by `asyncgen score --batch` (pid {os.getpid()})" in err
+    assert cli("score", str(dataset), "--model", "gpt-4o", "--batch")[0] == 0
+    (job / "manifest.json").unlink()
+    scores_path(dataset, "gpt-4o").unlink()
+    code, _out, err = cli("score", str(dataset), "--model", "gpt-4o", "--batch")
+    assert code == 2 and "holds 1 request file(s) and 1 result file(s) but no manifest.json" in err
+    assert len(server_batches(dataset, "gpt-4o")) == 1
