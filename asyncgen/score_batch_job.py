@@ -71,6 +71,11 @@ class Job:
     mode: str  # "simulator", "openai" or "custom", as for run
 
 
+IDENTITY_NAMES = {"dataset_id": "dataset", "model": "--model", "forms": "--form", "readings": "answer readings "
+                  "(--tokenizer)", "single_via": "single-token endpoint (--chat)", "top_k": "top-k",
+                  "max_answer_tokens": "--max-answer-tokens"}
+
+
 def identity(job: Job, single_via: str | None) -> dict:
     """What a job's requests were made for: a directory made otherwise is another job."""
     header, settings = job.header, job.settings
@@ -161,14 +166,15 @@ def _manifest(directory: Path, job: Job) -> Manifest:
                          "and been paid; move the folder away to score through new batches (paid again)")
     if manifest is not None:
         made_for = manifest.fingerprint.get("scoring") or {}
-        now = identity(job, made_for.get("single_via"))
+        decided = made_for.get("single_via")
+        now = identity(job, "chat" if job.settings.chat and decided else decided)
         if made_for == now:
             return manifest
         pending = [e for e in manifest.entries if not e.processed]
         if pending:
-            what = next(key for key in now if made_for.get(key) != now[key])
-            raise UsageError(f"{directory} holds a scoring job whose requests were made for another {what} "
-                             f"({made_for.get(what)!r}, not {now[what]!r}) with {len(pending)} batch(es) not yet read; "
+            key = next(key for key in now if made_for.get(key) != now[key])
+            raise UsageError(f"{directory} holds a scoring job made with another {IDENTITY_NAMES[key]} "
+                             f"({made_for.get(key)} there, {now[key]} now) and {len(pending)} batch(es) not yet read; "
                              "run with the flags that made it, or cancel it (--cancel) and move the folder away")
         log.info("%s: its earlier job was made for another setup and is all read: a new job starts", directory)
     manifest = Manifest(job.header["task"], job.settings.model, {"scoring": identity(job, None)}, len(job.scenarios),
