@@ -127,6 +127,12 @@ def cancel(args) -> int:
 
         async def go() -> list[Entry]:
             async with _api(args, directory, manifest) as (api, _):
+                for entry in manifest.unsubmitted():  # a run killed as it created the batch: find it first
+                    if entry.state == "submitting" and entry.token:
+                        found = await api.find(entry.token, entry.intent_at or 0)
+                        if found is not None:
+                            lifecycle.update(entry, found)
+                            manifest.save(directory)
                 await lifecycle.refresh(directory, manifest, api)
                 return await lifecycle.cancel(directory, manifest, api)
         cancelled = run_event_loop(go())

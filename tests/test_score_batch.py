@@ -242,3 +242,25 @@ def test_a_second_writer_is_refused_and_a_job_folder_without_its_manifest_is_not
     code, _out, err = cli("score", str(dataset), "--model", "gpt-4o", "--batch")
     assert code == 2 and "holds 1 request file(s) and 1 result file(s) but no manifest.json" in err
     assert len(server_batches(dataset, "gpt-4o")) == 1
+
+
+def test_cancel_finds_the_batch_a_killed_run_created_before_it_could_record_it(
+        tmp_path, pairs, cli, offline, tokenizer_cache, monkeypatch):
+    from asyncgen.commands import batch as batch_command
+
+    dataset = dataset_in(tmp_path, pairs, 4)
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    env.update(PYTHONPATH=str(REPO), NO_PROXY="127.0.0.1,localhost")
+    killed = subprocess.run([sys.executable, KILLER, "after-create", "score", str(dataset), "--model", "gpt-4o",
+                             "--batch", "--cache-dir", tokenizer_cache], capture_output=True, text=True, env=env,
+                            timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    monkeypatch.setattr(batch_command, "OFFLINE_BATCH_SPEED", 1.0)  # still validating when cancelled
+    code, out, err = cli("score", str(dataset), "--model", "gpt-4o", "--batch", "--cancel")
+    assert code == 0, err
+    assert "(/v1/chat/completions): cancelling" in out and "cancelled 1 batch(es)" in out
+    monkeypatch.setattr(batch_command, "OFFLINE_BATCH_SPEED", 600.0)
+    code, _out, err = cli("score", str(dataset), "--model", "gpt-4o", "--batch")
+    assert code == 0, err
+    assert sorted(lines_by_id(scores_path(dataset, "gpt-4o"))) == [0, 1, 2, 3]
+    assert len(server_batches(dataset, "gpt-4o")) == 2  # the cancelled one, then one new round
