@@ -48,6 +48,7 @@ from asyncgen.scenario import Scenario
 from asyncgen.score_batch import ENDPOINTS, accept_results, batch_requests, worst_cost_usd
 from asyncgen.scores import ScoresFile, scores_path
 from asyncgen.scoring import ScoreCounts, ScoreSettings, request_body
+from asyncgen.sink import atomic_write
 from asyncgen.stats import RunStats
 
 log = logging.getLogger("asyncgen.score")
@@ -278,12 +279,13 @@ async def _new_round(job: Job, directory: Path, manifest: Manifest, api, unscore
     settings = job.settings
     manifest.rounds += 1
     (directory / lifecycle.REQUESTS).mkdir(exist_ok=True)
-    for url in sorted({r.url for r in requests}):
-        lines = [r.line for r in requests if r.url == url]
-        name = f"round-{manifest.rounds}-{'completions' if url == ENDPOINTS['completions'] else 'chat'}.jsonl"
-        lifecycle.atomic_write(directory / lifecycle.REQUESTS / name, b"\n".join(lines) + b"\n")
+    for via, url in ENDPOINTS.items():
         part = [r for r in requests if r.url == url]
-        manifest.entries.append(Entry(name, manifest.rounds, len(lines), worst_cost_usd(part, settings, job.price),
+        if not part:
+            continue
+        name = f"round-{manifest.rounds}-{via}.jsonl"
+        atomic_write(directory / lifecycle.REQUESTS / name, b"".join(r.line + b"\n" for r in part))
+        manifest.entries.append(Entry(name, manifest.rounds, len(part), worst_cost_usd(part, settings, job.price),
                                       endpoint=url))
     manifest.save(directory)
     outcome.submitted = True
