@@ -80,3 +80,12 @@ def batch_cost_usd(price: Price | None, input_tokens: float, output_tokens: floa
     if price is None:
         return None
     return (input_tokens * price.batch_input + output_tokens * price.batch_output) / 1e6
+
+
+def at_batch_rates(price: Price | None) -> Price | None:
+    """``price`` with its batch columns as its real-time ones: a Batch API answer's usage priced as
+    a real-time answer's is (``cost_usd``), at what the Batch API charges for it."""
+    if price is None:
+        return None
+    return Price(input=price.batch_input, cached_input=price.batch_input, output=price.batch_output,
+                 batch_input=price.batch_input, batch_output=price.batch_output)

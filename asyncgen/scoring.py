@@ -94,6 +94,11 @@ def request_body(settings: ScoreSettings, form: str, text: str, via: str) -> dic
     return {"model": model, "messages": messages, output_cap_field(model): settings.max_answer_tokens, "temperature": 0}
 
 
+def output_tokens(settings: ScoreSettings, form: str) -> int:
+    """The length cap of an answer: one token for the single-token form, the free answer's cap otherwise."""
+    return 1 if form == "single" else settings.max_answer_tokens
+
+
 JUDGE_MAX_TOKENS = 4  # one word
 
 
@@ -120,7 +125,7 @@ class Scorer:
         return request_body(self.settings, form, text, via)
 
     def output_tokens(self, form: str) -> int:
-        return 1 if form == "single" else self.settings.max_answer_tokens
+        return output_tokens(self.settings, form)
 
     def cost_bound(self, form: str, text: str) -> float:
         """The most one request can cost (0 when the price is unknown)."""

@@ -3,8 +3,9 @@
 The kill-safety tests of ``asyncgen batch run`` use it to die at exact moments:
 
 - ``after-create``: a batch was just created on the server; the manifest does not know its id yet;
-- ``polling``: at the second status check that finds a batch running;
-- ``processing:K``: after the K-th scenario the processing pass appended to the dataset.
+- ``polling`` (``polling:N``): at the second (N-th) status check that finds a batch running;
+- ``processing:K``: after the K-th scenario the processing pass appended to the dataset;
+- ``scoring:K``: after the K-th scenario ``score --batch`` appended to the scores file.
 """
 
 import os
@@ -28,16 +29,16 @@ def main() -> int:
             die()
 
         BatchApi.create = create_then_die
-    elif point == "polling":
+    elif point == "polling" or point.startswith("polling:"):
         from asyncgen.batch import lifecycle
 
-        refresh, seen = lifecycle.refresh, []
+        refresh, seen, nth = lifecycle.refresh, [], int(point.partition(":")[2] or 2)
 
         async def refresh_then_die(directory, manifest, api):
             await refresh(directory, manifest, api)
             if manifest.in_flight():
                 seen.append(1)
-                if len(seen) >= 2:
+                if len(seen) >= nth:
                     die()
 
         lifecycle.refresh = refresh_then_die
@@ -55,6 +56,18 @@ def main() -> int:
             return result
 
         ScenarioSink.append = append_then_die
+    elif point.startswith("scoring:"):
+        from asyncgen.scores import ScoresFile
+
+        append, limit, appended = ScoresFile.append, int(point.split(":")[1]), []
+
+        def append_scores_then_die(self, record):
+            append(self, record)
+            appended.append(1)
+            if len(appended) >= limit:
+                die()
+
+        ScoresFile.append = append_scores_then_die
     else:
         raise SystemExit(f"unknown point {point!r}")
     from asyncgen.cli import main as asyncgen

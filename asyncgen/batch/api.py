@@ -54,11 +54,29 @@ class BatchApi:
             stored = await self.client.files.create(file=(path.name, path.read_bytes()), purpose="batch")
         return stored.id
 
-    async def create(self, file_id: str, metadata: dict) -> dict:
+    async def create(self, file_id: str, metadata: dict, endpoint: str = "/v1/chat/completions") -> dict:
+        """A batch of the requests in ``file_id``; ``endpoint``: the one URL all its request lines name
+        (``/v1/chat/completions`` or ``/v1/completions``: a batch holds one endpoint's requests)."""
         with self._call("creating a batch"):
-            batch = await self.client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+            batch = await self.client.batches.create(input_file_id=file_id, endpoint=endpoint,
                                                      completion_window="24h", metadata=metadata)
         return batch.model_dump()
+
+    async def completions_served(self, body: dict) -> tuple[dict | None, str | None]:
+        """(the answer, None) to one real-time ``/v1/completions`` request ``body``; (None, the
+        server's words) when it refuses the endpoint for the model with a 404 (as OpenAI does its chat
+        models). A model the server does not know, or any other refusal, is an ``ApiError``."""
+        try:
+            return (await self.client.completions.create(**body)).model_dump(), None
+        except openai.NotFoundError as exc:
+            message = (exc.body.get("message") if isinstance(exc.body, dict) else None) or exc.message
+            if "does not exist" not in message:
+                return None, redact(message, self.api_key)
+            raise Refused(redact(f"asking /v1/completions at {self.where} refused (404): {message}; check --model "
+                                 "and --base-url", self.api_key)) from exc
+        except openai.APIError:
+            with self._call("asking /v1/completions once (is it served for the model?)"):
+                raise
 
     async def retrieve(self, batch_id: str) -> dict:
         with self._call(f"looking up batch {batch_id}"):

@@ -77,7 +77,8 @@ async def submit(directory: Path, manifest: Manifest, api: BatchApi, say=print) 
                 entry.file_id = await api.upload(request_path(directory, entry))
                 manifest.save(directory)
             batch = await api.create(entry.file_id, {"asyncgen_token": entry.token, "asyncgen_file": entry.name,
-                                                     "asyncgen_task": manifest.task, "asyncgen_dir": manifest.directory_id})
+                                                     "asyncgen_task": manifest.task, "asyncgen_dir": manifest.directory_id},
+                                   entry.endpoint)
         update(entry, batch)
         manifest.save(directory)
         say(f"{entry.name}: {entry.requests} requests submitted as batch {entry.batch_id}")

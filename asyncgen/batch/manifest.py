@@ -64,6 +64,7 @@ class Entry:
     downloaded: bool = False
     processed: bool = False
     resubmitted: bool = False  # its unfinished requests went into a later file
+    endpoint: str = "/v1/chat/completions"  # the URL of every request line in the file (its batch's endpoint)
 
     @property
     def terminal(self) -> bool:

@@ -309,7 +309,7 @@ async def _api(args, directory: Path, manifest: Manifest):
                 rpm=None, tpm=None, batch_speed=OFFLINE_BATCH_SPEED, batch_state_dir=str(directory / "simulator"),
             )))
             base_url = simulator.base_url
-            log.info("offline: batches go to asyncgen's built-in simulator (state in %s); its pairs come from the "
+            log.info("offline: batches go to asyncgen's built-in simulator (state in %s); its answers come from the "
                      "task's lexicon, not a model", directory / "simulator")
         loopback = base_url is not None and urlsplit(base_url).hostname in LOOPBACK_HOSTS
         client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=2,

@@ -48,7 +48,9 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=positive_int, default=32, help="most requests in flight at once (default: 32)")
     parser.add_argument("--rpm", type=positive_int, default=None, help="requests per minute limit (default: learned from the API's headers)")
     parser.add_argument("--tpm", type=positive_int, default=None, help="tokens per minute limit (default: learned from the API's headers)")
-    parser.add_argument("--max-cost", type=non_negative_float, default=None, help="USD budget for this run; no request starts that could cross it")
+    parser.add_argument("--max-cost", type=non_negative_float, default=None,
+                        help="USD budget for this run; no request starts that could cross it (--batch: no batch is "
+                        "submitted whose worst case at batch prices, plus what the job spent, could cross it)")
     parser.add_argument("--prices", default=None, help="price table YAML (as for run)")
     parser.add_argument("--request-timeout", type=positive_float, default=60.0, help="seconds before a request is abandoned and retried (default: 60)")
     parser.add_argument("--max-attempts", type=positive_int, default=6, help="attempts per request before it is given up (default: 6)")
@@ -59,6 +61,13 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", default=None, metavar="FILE",
                         help="read batch output lines (from --write-requests' requests) into the scores file instead "
                         "of sending requests")
+    parser.add_argument("--batch", action="store_true",
+                        help="send the requests through the Batch API at batch prices (half of real time; answers "
+                        "within 24 h): one batch per endpoint, state in DATASET.scores/MODEL.batch/; Ctrl-C stops "
+                        "waiting (the batches go on) and the same command resumes without submitting again")
+    parser.add_argument("--cancel", action="store_true",
+                        help="with --batch: cancel this scoring job's batches that have not ended; the next --batch "
+                        "run reads what finished and asks again for the rest")
     parser.set_defaults(handler=_handler)
 
 

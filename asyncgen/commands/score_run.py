@@ -28,6 +28,17 @@ log = logging.getLogger("asyncgen.score")
 
 
 def score(args: argparse.Namespace) -> int:
+    if args.cancel and not args.batch:
+        raise UsageError("--cancel cancels the batches of a --batch scoring job; pass --batch --cancel")
+    if args.batch and (args.write_requests or args.results or args.judge_model):
+        given = "--write-requests" if args.write_requests else "--results" if args.results else "--judge-model"
+        why = ("asks the judge about answers as they arrive" if args.judge_model else
+               "is the round trip through another engine; --batch makes it through the Batch API")
+        raise UsageError(f"{given} {why}, so it cannot go with --batch; drop one of them")
+    if args.cancel:
+        from asyncgen.score_batch_job import cancel
+
+        return cancel(args)
     if args.write_requests and args.results:
         raise UsageError("--write-requests and --results are two halves of one round trip; give one of them")
     if args.judge_model and (args.write_requests or args.results):
@@ -69,6 +80,10 @@ def score(args: argparse.Namespace) -> int:
                          if price_for(prices, model) is not None else
                          f"model {model!r} has no price in {prices_path}; add it there or pass --prices")
                 raise UsageError(f"--max-cost: {where}")
+    if args.batch:
+        from asyncgen.score_batch_job import Job, run
+
+        return run(Job(args, scenarios, settings, header, price, mode))
     scores = ScoresFile.open(path, header, scenarios)
     if scores.torn_saved:
         log.warning("%s: cut an incomplete last line (a killed run leaves one), saved in %s", path, scores.torn_saved)
