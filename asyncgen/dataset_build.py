@@ -40,7 +40,7 @@ import orjson
 
 from asyncgen import locks
 from asyncgen.annotations import _Prefix, record_path, sidecar_path
-from asyncgen.dataset_ops import scores_difference, texts_disagree
+from asyncgen.dataset_ops import describe_ids, scores_difference, texts_disagree, unknown_ids
 from asyncgen.errors import InputFileError, UsageError
 from asyncgen.export_files import _temporary_beside, recover_leftovers
 from asyncgen.scenario import LINES_PER_SCENARIO, GroupError, Scenario, line_groups, parse_group
@@ -334,9 +334,10 @@ class Output:
         """A source's scores header, naming the new dataset."""
         return {**header, "dataset": self.path.name, "dataset_id": dataset_id(task_name, first)}
 
-    def close_sink(self, history: dict, run_state: dict) -> None:
-        """Record the history entry, write the final checkpoint, then name the output's final place in it."""
-        self.sink.record_history(history)
+    def close_sink(self, history: list[dict], run_state: dict) -> None:
+        """Record the history, write the final checkpoint, then name the output's final place in it."""
+        for entry in history:
+            self.sink.record_history(entry)
         self.sink.close(run_state)
         staged_checkpoint = self.folder / default_checkpoint_path(self.path).name
         data = orjson.loads(staged_checkpoint.read_bytes())
@@ -463,6 +464,16 @@ class Carried:
     scores_left: dict[str, str] = field(default_factory=dict)  # model -> why not
     first: Scenario | None = None
 
+    def lines(self, output: str) -> list[str]:
+        """What came along with the scenarios, and how to make what did not."""
+        out = ([f"token annotations: not carried ({self.annotations}); `asyncgen annotate {output}` makes them"]
+               if self.annotations else ["token annotations: carried, re-keyed to the new ids"])
+        if self.scores:
+            out.append(f"scores carried, re-keyed: {', '.join(self.scores)}")
+        out += [f"scores of {model}: not carried ({why}); score again with `asyncgen score {output} --model {model}` "
+                "and the flags that scored the sources" for model, why in self.scores_left.items()]
+        return out
+
 
 def assemble(sources: list[Source], output: Output, dropping: dict[int, dict] | None = None) -> Carried:
     """Write the scenarios of ``sources`` in order into ``output`` (less those of ``dropping``,
@@ -507,6 +518,12 @@ def assemble(sources: list[Source], output: Output, dropping: dict[int, dict] | 
         if not carried.annotations and source.annotations.verdict():
             carried.annotations = f"{source.name}: {source.annotations.verdict()}"
             output.drop_annotations()
+    unknown = unknown_ids(dropping, sources[0].scenarios)
+    if unknown:
+        raise UsageError(f"{sources[0].path} has no scenario {describe_ids(unknown)} (its ids are 0 to "
+                         f"{sources[0].scenarios - 1}); nothing was written")
+    if output.sink.count == 0:
+        raise UsageError(f"no scenario of {', '.join(str(s.path) for s in sources)} would be left; nothing was written")
     if carried.annotations:
         output.drop_annotations()
     else:

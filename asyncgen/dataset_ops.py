@@ -170,3 +170,29 @@ def describe_history(history: Sequence[dict]) -> list[str]:
             line = f"{at} {entry.get('op', 'unknown step')}"
         lines.append(line)
     return lines
+
+
+def ancestors(history: Sequence[dict]) -> set[str]:
+    """The dataset ids a dataset was made from by drops and merges, however far back."""
+    found: set[str] = set()
+    for entry in history:
+        sources = [entry.get("source")] if entry.get("op") == "drop" else entry.get("sources") or []
+        for source in sources:
+            if isinstance(source, dict):
+                if isinstance(source.get("dataset_id"), str) and source["dataset_id"]:
+                    found.add(source["dataset_id"])
+                found |= ancestors(source.get("history") or [])
+    return found
+
+
+def shared_runs(sources: Sequence[tuple[str, str, Sequence[dict]]]) -> list[str]:
+    """Of sources given as (name, dataset id, history): the pairs whose run figures overlap, one
+    made from the other or both from a third (their sum counts those runs twice), as lines."""
+    lines = []
+    lineage = [({dataset_id} | ancestors(history), name) for name, dataset_id, history in sources]
+    for index, (ids, name) in enumerate(lineage):
+        for other_ids, other in lineage[index + 1 :]:
+            if ids & other_ids:
+                lines.append(f"{other} and {name} come from one dataset (by drop or merge): the merged run "
+                             "figures count its runs and cost twice")
+    return lines

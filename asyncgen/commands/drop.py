@@ -35,8 +35,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from asyncgen.dataset_build import assemble, building, commit, now, open_source
-    from asyncgen.dataset_ops import describe_ids, drop_entry, parse_id_list, unknown_ids
-    from asyncgen.errors import UsageError
+    from asyncgen.dataset_ops import describe_ids, drop_entry, parse_id_list
 
     dropping = ids_from_file(args.from_file) if args.from_file else dict.fromkeys(parse_id_list(args.ids))
     source = open_source(args.dataset, "drop")
@@ -45,18 +44,8 @@ def run(args: argparse.Namespace) -> int:
                       fingerprint=source.checkpoint.fingerprint, overwrite=args.overwrite, sources=[source],
                       command="drop") as output:
             carried = assemble([source], output, dropping)
-            unknown = unknown_ids(dropping, source.scenarios)
-            if unknown:
-                raise UsageError(f"{args.dataset} has no scenario {describe_ids(unknown)} (its ids are 0 to "
-                                 f"{source.scenarios - 1}); nothing was written")
-            if output.sink.count == 0:
-                raise UsageError(f"dropping {len(dropping)} ids would leave {args.dataset} with no scenario; "
-                                 "nothing was written")
             entry = drop_entry(source.summary(), list(dropping), args.reason, now())
-            history = list(source.checkpoint.history)
-            for earlier in history:
-                output.sink.record_history(earlier)
-            output.close_sink(entry, source.run_state)
+            output.close_sink([*source.checkpoint.history, entry], source.run_state)
             commit(output)
             written = output.sink.count
     finally:
@@ -66,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
           f"({args.dataset} less ids {describe_ids(sorted(dropping))}"
           + (f", and {left} duplicates of earlier scenarios: ids {describe_ids(carried.duplicates[0])}" if left else "")
           + ")")
-    print_carried(carried, args.output)
+    print("\n".join(carried.lines(args.output)))
     return 0
 
 
@@ -89,16 +78,3 @@ def ids_from_file(path: str) -> dict[int, dict | None]:
         raise InputFileError(f"--from {path} names no scenario id; it holds one id per line, or JSON lines "
                              "with scenario_id")
     return found
-
-
-def print_carried(carried, output: str) -> None:
-    """What came along with the scenarios, and how to make what did not."""
-    if carried.annotations:
-        print(f"token annotations: not carried ({carried.annotations}); `asyncgen annotate {output}` makes them")
-    else:
-        print("token annotations: carried, re-keyed to the new ids")
-    if carried.scores:
-        print(f"scores carried, re-keyed: {', '.join(carried.scores)}")
-    for model, why in carried.scores_left.items():
-        print(f"scores of {model}: not carried ({why}); score again with `asyncgen score {output} --model {model}` "
-              "and the flags that scored the sources")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 
@@ -27,9 +28,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from asyncgen.commands.drop import print_carried
     from asyncgen.dataset_build import assemble, building, commit, now, open_source
-    from asyncgen.dataset_ops import describe_ids, merge_entry, merged_run_state, setup_difference
+    from asyncgen.dataset_ops import describe_ids, merge_entry, merged_run_state, setup_difference, shared_runs
     from asyncgen.errors import UsageError
 
     paths = [Path(name) for name in args.datasets]
@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
             if differs:
                 raise UsageError(f"merge: {source.path} and {first.path} differ in {differs}, as their checkpoints "
                                  "record; merge datasets of one task and setup")
+        for line in shared_runs([(str(s.path), s.checkpoint.dataset_id, s.checkpoint.history) for s in sources]):
+            logging.getLogger("asyncgen.merge").warning("%s", line)
         with building(args.output, task_name=first.checkpoint.fingerprint.get("task", ""),
                       fingerprint=first.checkpoint.fingerprint, overwrite=args.overwrite, sources=sources,
                       command="merge") as output:
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             details = [{**source.summary(), "kept": len(new_ids), "duplicates": duplicates,
                         "run_state": source.run_state, "history": list(source.checkpoint.history)}
                        for source, new_ids, duplicates in zip(sources, carried.new_ids, carried.duplicates)]
-            output.close_sink(merge_entry(details, now()), merged_run_state([s.run_state for s in sources]))
+            output.close_sink([merge_entry(details, now())], merged_run_state([s.run_state for s in sources]))
             commit(output)
             written = output.sink.count
     finally:
@@ -75,5 +77,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"left out {left} duplicates of earlier scenarios (same prompt or counterfactual): {where}")
     else:
         print("no duplicates")
-    print_carried(carried, args.output)
+    print("\n".join(carried.lines(args.output)))
     return 0
