@@ -436,6 +436,7 @@ def commit(output: Output) -> None:
             _remove(final)
         if os.path.lexists(staged):
             move(staged, final)
+    _fsync_dir(path.parent)  # the companions' renames are durable before the one that makes the dataset
     move(output.staged, path)
     _fsync_dir(path.parent)
 

@@ -45,6 +45,9 @@ Contract
   ``asyncio.to_thread``). A lock keeps each write together with the counters and dedup sets; the
   fsync runs outside it, so appends go on meanwhile, and covers at least what the checkpoint says.
 * One writer per sink: ``open`` takes an exclusive ``flock`` on the file where the platform has one.
+* History: ``record_history`` adds an entry (what ``drop`` or ``merge`` did to make the dataset) to
+  the checkpoint's ``history``, which every later checkpoint of the same dataset keeps (a resume
+  carries it; ``overwrite`` or a new dataset starts without). A checkpoint without one has none.
 * Usage journal: the run's cost and counters (``run_state``) change with every answered request,
   between checkpoints. ``note_run_state`` appends the whole current ``run_state`` as one line, with
   a sequence number and the dataset's random id (kept in the checkpoint), to ``CHECKPOINT.journal`` (one ``write(2)``, like ``append``: a killed process
