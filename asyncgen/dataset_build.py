@@ -115,6 +115,8 @@ def open_source(path: str | os.PathLike, command: str) -> Source:
         except OtherDatasetsCheckpoint as exc:
             raise UsageError(f"{path}: {checkpoint_path} belongs to another dataset, so its run figures are not "
                              f"this one's; {command} needs the dataset's own checkpoint beside it") from exc
+        if stored is not None and not isinstance(stored.fingerprint.get("task"), str):
+            stored, why = None, f"its checkpoint {checkpoint_path} records no setup (task, templates, tokenizers)"
         if stored is None:
             raise UsageError(f"{path}: {why}; {command} carries the dataset's run figures and setup from its "
                              f"checkpoint: `asyncgen run --output {path} --num-scenarios 1` writes one "
@@ -174,7 +176,7 @@ def read_scenarios(source: Source, keep_hashes: bool) -> Iterator[tuple[int, Sce
                     source.path, source.torn_bytes)
     if source.task_name is None:
         raise InputFileError(f"{source.path}: no scenarios in it; there is nothing to carry over")
-    if source.task_name != source.checkpoint.fingerprint.get("task", source.task_name):
+    if source.task_name != source.checkpoint.fingerprint["task"]:
         raise InputFileError(f"{source.path}: its scenarios are task {source.task_name!r} but its checkpoint says "
                              f"{source.checkpoint.fingerprint.get('task')!r}; it was edited: check it with "
                              "`asyncgen validate`")
@@ -430,6 +432,10 @@ def commit(output: Output) -> None:
     if output.old_fd is not None:
         os.unlink(path)  # from here until the last rename there is no dataset at ``path``
         _fsync_dir(path.parent)
+    orphans = [final.name for final in companions(path) if os.path.lexists(final)]
+    if orphans and output.old_fd is None:
+        log.info("replacing %s: left beside no dataset %s (an interrupted drop or merge, or a dataset removed)",
+                 ", ".join(orphans), path.name)
     for final in companions(path):
         staged = folder / final.name
         if os.path.lexists(final):

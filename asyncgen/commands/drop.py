@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     dropping = ids_from_file(args.from_file) if args.from_file else dict.fromkeys(parse_id_list(args.ids))
     source = open_source(args.dataset, "drop")
     try:
-        with building(args.output, task_name=source.checkpoint.fingerprint.get("task", ""),
+        with building(args.output, task_name=source.checkpoint.fingerprint["task"],
                       fingerprint=source.checkpoint.fingerprint, overwrite=args.overwrite, sources=[source],
                       command="drop") as output:
             carried = assemble([source], output, dropping)

@@ -52,14 +52,10 @@ def run(args: argparse.Namespace) -> int:
                                  "record; merge datasets of one task and setup")
         for line in shared_runs([(str(s.path), s.checkpoint.dataset_id, s.checkpoint.history) for s in sources]):
             logging.getLogger("asyncgen.merge").warning("%s", line)
-        with building(args.output, task_name=first.checkpoint.fingerprint.get("task", ""),
+        with building(args.output, task_name=first.checkpoint.fingerprint["task"],
                       fingerprint=first.checkpoint.fingerprint, overwrite=args.overwrite, sources=sources,
                       command="merge") as output:
             carried = assemble(sources, output)
-            tasks = {source.task_name for source in sources}
-            if len(tasks) > 1:
-                raise UsageError(f"merge: the datasets hold scenarios of tasks {', '.join(sorted(tasks))}; merge "
-                                 "datasets of one task")
             details = [{**source.summary(), "kept": len(new_ids), "duplicates": duplicates,
                         "run_state": source.run_state, "history": list(source.checkpoint.history)}
                        for source, new_ids, duplicates in zip(sources, carried.new_ids, carried.duplicates)]
