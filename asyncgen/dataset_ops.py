@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 
 import orjson
 
+from asyncgen.batch.ledger import from_ranges, to_ranges
 from asyncgen.errors import InputFileError, UsageError
 from asyncgen.scenario import Scenario
 
@@ -76,10 +77,20 @@ def unknown_ids(ids: Iterable[int], count: int) -> list[int]:
     return sorted({i for i in ids if i >= count})
 
 
-def describe_ids(ids: Sequence[int], limit: int = 12) -> str:
-    """``3, 17, 42`` (the first ``limit``, then how many more)."""
-    shown = ", ".join(str(i) for i in ids[:limit])
-    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+def describe_ids(ids: Iterable[int], limit: int = 12) -> str:
+    """``3, 17, 40-45`` (runs of ids as ranges; the first ``limit`` items, then how many more ids)."""
+    ranges = to_ranges(set(ids))
+    items = [str(start) if end == start + 1 else f"{start}-{end - 1}" for start, end in ranges[:limit]]
+    more = sum(end - start for start, end in ranges[limit:])
+    return ", ".join(items) + (f" and {more} more" if more else "")
+
+
+def ids_of(ranges: object) -> list[int]:
+    """The ids of a history entry's half-open ranges (``[[3, 4], [17, 18]]`` -> ``[3, 17]``)."""
+    try:
+        return sorted(from_ranges(ranges))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return []
 
 
 def merged_run_state(states: Sequence[dict]) -> dict:
@@ -130,8 +141,9 @@ def scores_difference(headers: Sequence[dict]) -> str | None:
 
 
 def drop_entry(source: dict, dropped: Sequence[int], reason: str | None, at: str) -> dict:
-    """The history entry of a drop: the source (path, dataset id, scenarios), the ids it lost, why."""
-    entry = {"op": "drop", "at": at, "source": source, "dropped": sorted(dropped)}
+    """The history entry of a drop: the source (path, dataset id, scenarios), the ids it lost (as
+    half-open ranges, ``[[3, 4], [17, 18]]``: compact however many), why."""
+    entry = {"op": "drop", "at": at, "source": source, "dropped": to_ranges(set(dropped))}
     if reason:
         entry["reason"] = reason
     return entry
@@ -139,7 +151,7 @@ def drop_entry(source: dict, dropped: Sequence[int], reason: str | None, at: str
 
 def merge_entry(sources: Sequence[dict], at: str) -> dict:
     """The history entry of a merge: each source with what it brought (``kept``), its duplicates'
-    ids, its run figures and its own history."""
+    ids (half-open ranges), its run figures and its own history."""
     return {"op": "merge", "at": at, "sources": list(sources)}
 
 
@@ -149,7 +161,7 @@ def describe_history(history: Sequence[dict]) -> list[str]:
     for entry in history:
         at = str(entry.get("at", "?"))[:16].replace("T", " ")
         if entry.get("op") == "drop":
-            source, dropped = entry.get("source") or {}, entry.get("dropped") or []
+            source, dropped = entry.get("source") or {}, ids_of(entry.get("dropped"))
             line = (f"{at} drop: {len(dropped)} of {source.get('scenarios')} scenarios of {source.get('name')} "
                     f"(ids {describe_ids(dropped)})")
             if entry.get("reason"):
@@ -160,7 +172,7 @@ def describe_history(history: Sequence[dict]) -> list[str]:
                 state = source.get("run_state") or {}
                 cost = state.get("cost_usd")
                 money = f"${cost:.4f}" if _is_number(cost) else "cost unknown"
-                duplicates = len(source.get("duplicates") or [])
+                duplicates = len(ids_of(source.get("duplicates")))
                 runs = state.get("runs")
                 made = f"{runs} run(s)" if isinstance(runs, int) else "by batch" if state.get("batch_dir") else "no runs"
                 parts.append(f"{source.get('name')} {source.get('kept')} of {source.get('scenarios')}"

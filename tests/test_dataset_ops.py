@@ -15,8 +15,9 @@ import pytest
 from asyncgen import locks
 from asyncgen.dataset_ops import merged_run_state, parse_id_list, shared_runs
 from asyncgen.errors import UsageError
-from asyncgen.scenario import read_dataset
+from asyncgen.scenario import Scenario, read_dataset
 from asyncgen.scores import read_scores, scores_path
+from asyncgen.sink import ScenarioSink, default_checkpoint_path
 from inprocess import asyncgen_here
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,6 +71,16 @@ def checkpoint(path: Path) -> dict:
     return json.loads(path.with_name(path.stem + ".checkpoint.json").read_text())
 
 
+def dedup_keys_hold(path: Path, fingerprint: dict, scenarios: list[tuple]) -> bool:
+    """Whether the sink, resuming ``path`` from its checkpoint and index, refuses each of ``scenarios``."""
+    sink = ScenarioSink.open(path, default_checkpoint_path(path), task_name="refusal", fingerprint=fingerprint)
+    try:
+        assert sink.resume.used_checkpoint and "rebuilt" not in sink.resume.message, sink.resume.message
+        return all(sink.is_duplicate(Scenario(*texts)) for texts in scenarios)
+    finally:
+        sink.close()
+
+
 def one_line_error(result, code=2) -> str:
     assert result.returncode == code, (result.stdout, result.stderr)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -94,6 +105,15 @@ def test_merged_run_figures_are_sums_and_an_unknown_cost_stays_unknown():
     merged = merged_run_state([first, second])
     assert merged == {"cost_usd": 0.75, "runs": 3, "requests_ok": 10, "rejections": {"a": 3, "b": 1}}
     assert merged_run_state([first, {**second, "cost_usd": None}])["cost_usd"] is None
+
+
+def test_ids_are_told_and_kept_as_ranges():
+    from asyncgen.dataset_ops import describe_ids, drop_entry, ids_of
+
+    assert describe_ids([17, 3, 40, 41, 42]) == "3, 17, 40-42"
+    assert describe_ids(range(0, 40, 2), limit=3) == "0, 2, 4 and 17 more"
+    entry = drop_entry({}, [5, 3, 4, 9], None, "now")
+    assert entry["dropped"] == [[3, 6], [9, 10]] and ids_of(entry["dropped"]) == [3, 4, 5, 9]
 
 
 def test_sources_made_from_one_dataset_are_said_to_share_runs():
@@ -122,7 +142,7 @@ def test_drop_writes_a_renumbered_dataset_that_every_command_accepts(sources, to
     assert new["run_state"] == source_checkpoint["run_state"] and new["fingerprint"] == source_checkpoint["fingerprint"]
     assert new["dataset"]["id"] != source_checkpoint["dataset"]["id"] and new["sink"] == str(c.resolve())
     (entry,) = new["history"]
-    assert entry["op"] == "drop" and entry["dropped"] == [3, 17] and entry["reason"] == "ambiguous pairs"
+    assert entry["op"] == "drop" and entry["dropped"] == [[3, 4], [17, 18]] and entry["reason"] == "ambiguous pairs"
     assert entry["source"]["dataset_id"] == source_checkpoint["dataset"]["id"] and entry["source"]["scenarios"] == 20
     from asyncgen.cli import main
 
@@ -147,7 +167,10 @@ def test_drop_writes_a_renumbered_dataset_that_every_command_accepts(sources, to
                    "--cache-dir", tokenizer_cache)
     assert exported.returncode == 0, exported.stderr
 
-    # run resumes it: from the checkpoint, its dedup keys holding every kept scenario, history kept.
+    # The sink resumes it from its checkpoint and dedup index, which hold every kept scenario's keys.
+    assert dedup_keys_hold(c, new["fingerprint"], kept) and not dedup_keys_hold(c, new["fingerprint"], texts(a)[3:4])
+
+    # run resumes it: from the checkpoint, history kept.
     resumed = cli("run", "--output", c, "--num-scenarios", 21, "--validator-workers", 0, "--cache-dir", tokenizer_cache)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed" in resumed.stderr and "at 18 scenarios (from its checkpoint)" in resumed.stderr
@@ -165,7 +188,7 @@ def test_drop_from_a_file_of_ids_or_of_exported_rows(sources, tokenizer_cache):
     done = cli("drop", a, "--from", ids, "--output", sources / "c.jsonl")
     assert done.returncode == 0, done.stderr
     assert texts(sources / "c.jsonl") == [t for i, t in enumerate(texts(a)) if i not in (2, 5)]
-    assert checkpoint(sources / "c.jsonl")["history"][0]["dropped"] == [2, 5]
+    assert checkpoint(sources / "c.jsonl")["history"][0]["dropped"] == [[2, 3], [5, 6]]
 
     # Rows written by export: their ids, their texts checked against the dataset.
     assert cli("export", a, "--format", "jsonl", "--out", sources / "rows.jsonl",
@@ -211,6 +234,7 @@ def test_merge_sums_the_run_figures_and_carries_what_every_source_has(sources, t
     assert snapshot(sources, "a", "b") == before
     assert texts(m) == texts(a) + texts(b) and "no duplicates" in done.stdout
     assert cli("validate", m, "--cache-dir", tokenizer_cache).returncode == 0
+    assert dedup_keys_hold(m, checkpoint(m)["fingerprint"], texts(a) + texts(b))
     first, second, merged = checkpoint(a)["run_state"], checkpoint(b)["run_state"], checkpoint(m)["run_state"]
     assert merged["runs"] == 2 and merged["requests_ok"] == first["requests_ok"] + second["requests_ok"]
     assert merged["cost_usd"] == pytest.approx(first["cost_usd"] + second["cost_usd"])
@@ -239,12 +263,12 @@ def test_merge_leaves_out_duplicates_says_which_and_what_is_not_carried(sources,
     done = cli("merge", b, sources / "c.jsonl", a, "--output", sources / "m.jsonl")
     assert done.returncode == 0, done.stderr
     assert texts(sources / "m.jsonl") == texts(b) + texts(a)[2:] + texts(a)[:2]
-    assert "left out 18 duplicates of earlier scenarios" in done.stdout and "a.jsonl: ids 2, 3, 4" in done.stdout
+    assert "left out 18 duplicates of earlier scenarios" in done.stdout and "a.jsonl: ids 2-19" in done.stdout
     assert "come from one dataset" in done.stderr  # c was made from a: their runs are counted twice
     assert "token annotations: not carried (b.jsonl: it has none); `asyncgen annotate" in done.stdout
     assert not (sources / "m.tokens.jsonl").exists()
     (entry,) = checkpoint(sources / "m.jsonl")["history"]
-    assert [(s["kept"], len(s["duplicates"])) for s in entry["sources"]] == [(20, 0), (18, 0), (2, 18)]
+    assert [(s["kept"], s["duplicates"]) for s in entry["sources"]] == [(20, []), (18, []), (2, [[2, 20]])]
     assert entry["sources"][1]["history"][0]["op"] == "drop"
     assert cli("validate", sources / "m.jsonl", "--cache-dir", tokenizer_cache).returncode == 0
 
@@ -373,7 +397,7 @@ def test_a_killed_drop_leaves_no_output_and_the_same_command_then_writes_it(sour
 def test_a_drop_killed_once_its_dataset_is_in_place_left_it_whole(sources, tokenizer_cache):
     killed("move:6", "drop", "a.jsonl", "--ids", "3", "--output", "c.jsonl", cwd=sources)
     assert cli("validate", "c.jsonl", "--cache-dir", tokenizer_cache, cwd=sources).returncode == 0
-    assert checkpoint(sources / "c.jsonl")["history"][0]["dropped"] == [3]
+    assert checkpoint(sources / "c.jsonl")["history"][0]["dropped"] == [[3, 4]]
     assert list(sources.glob(".c.jsonl.partial-*"))  # the emptied build folder; the next write there removes it
     assert cli("drop", "a.jsonl", "--ids", "4", "--output", "c.jsonl", "--overwrite", cwd=sources).returncode == 0
     assert not list(sources.glob(".c.jsonl*"))
