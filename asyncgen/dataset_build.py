@@ -127,19 +127,20 @@ def open_source(path: str | os.PathLike, command: str) -> Source:
         if noted is not None:  # spending noted after its last checkpoint (a killed run)
             run_state = noted[1]
         source = Source(path, stored, run_state, fd)
-        _refuse_busy_scores(source, command)
+        _refuse_busy_scores(path, command)
         return source
     except BaseException:
         os.close(fd)
         raise
 
 
-def _refuse_busy_scores(source: Source, command: str) -> None:
-    folder = scores_dir(source.path)
+def _refuse_busy_scores(dataset: Path, command: str, flag: str = "") -> None:
+    """A UsageError naming the process (``score``) that writes scores of ``dataset``, if one does."""
+    folder = scores_dir(dataset)
     for lock in sorted(folder.glob("*.jsonl.lock")) if folder.is_dir() else []:
         holder = locks.holder_of(lock)
         if holder is not None:
-            raise UsageError(f"{source.path}: its scores {lock.name[:-len('.lock')]} are being written by {holder}; "
+            raise UsageError(f"{flag}{dataset}: its scores {lock.name[:-len('.lock')]} are being written by {holder}; "
                              f"wait for it to end, then {command} again")
 
 
@@ -411,6 +412,11 @@ def _refuse_existing(path: Path, overwrite: bool) -> int | None:
             os.close(fd)
             raise UsageError(f"--output {path}: a run is writing it; wait for that run to end, or choose "
                              "another --output") from exc
+    try:
+        _refuse_busy_scores(path, "overwrite it", "--output ")
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 

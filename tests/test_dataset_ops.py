@@ -349,6 +349,12 @@ def test_an_output_held_by_another_writer_is_refused(sources):
         assert "--output c.jsonl: a run is writing it" in line
     finally:
         os.close(fd)
+    lock = locks.hold(Path(str(scores_path(sources / "c.jsonl", MODEL)) + ".lock"), "scores", "score")
+    try:  # its scores being written: replacing them would pull them from under the scorer
+        line = one_line_error(cli("drop", "a.jsonl", "--ids", "2", "--output", "c.jsonl", "--overwrite", cwd=sources))
+        assert f"--output c.jsonl: its scores {MODEL}.jsonl are being written by `asyncgen score`" in line
+    finally:
+        os.close(lock)
     lock = locks.hold(sources / ".d.jsonl.lock", "--output d.jsonl", "merge")
     try:
         line = one_line_error(cli("drop", "a.jsonl", "--ids", "2", "--output", "d.jsonl", cwd=sources))
@@ -369,6 +375,21 @@ def test_a_stale_copy_of_the_sources_scores_is_refused_by_the_new_dataset(source
     line = one_line_error(cli("export", "c.jsonl", "--format", "jsonl", "--scores", MODEL,
                               "--cache-dir", tokenizer_cache, cwd=sources))
     assert "texts differ from c.jsonl's" in line
+
+
+def test_a_stale_copy_of_the_sources_annotations_is_not_trusted_by_the_new_dataset(sources, builtin_tokenizers,
+                                                                                     refusal_task):
+    from asyncgen.annotations import Sidecar, record_path, sidecar_path
+
+    c = sources / "c.jsonl"
+    assert cli("drop", "a.jsonl", "--ids", "3", "--output", "c.jsonl", cwd=sources).returncode == 0
+    with Sidecar.open(c, refusal_task, builtin_tokenizers) as carried:  # the copy's record holds: nothing to redo
+        assert carried.repair.verified == 19 and carried.repair.written == 0, carried.repair.message
+    for path in (sidecar_path(sources / "a.jsonl"), record_path(sidecar_path(sources / "a.jsonl"))):
+        shutil.copy(path, sources / path.name.replace("a.", "c.", 1))
+    with Sidecar.open(c, refusal_task, builtin_tokenizers) as stale:
+        assert stale.repair.verified == 0 and "checked them all" in stale.repair.message
+        assert stale.repair.kept == 3 and stale.repair.written == 16  # rewritten from the first dropped id on
 
 
 # --- SIGKILL ----------------------------------------------------------------------------------------
