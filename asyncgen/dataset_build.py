@@ -31,6 +31,7 @@ import hashlib
 import logging
 import os
 import shutil
+import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -100,6 +101,8 @@ def open_source(path: str | os.PathLike, command: str) -> Source:
     """Hold ``path`` for reading and read its checkpoint; one-line refusals (exit 2) otherwise."""
     path = Path(path)
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open, a folder fail later
+            raise InputFileError(f"{path}: not a dataset file; name the DATASET.jsonl that asyncgen wrote")
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise InputFileError(f"{path}: cannot read the dataset ({exc.strerror})") from exc
@@ -366,6 +369,8 @@ def building(out: str | os.PathLike, *, task_name: str, fingerprint: dict, overw
     """Hold ``out`` as its one writer and build the new dataset in a hidden folder beside it; the
     caller fills it and calls ``commit``. Anything raised inside leaves ``out`` as it was."""
     path = Path(out)
+    if path.name in ("", ".", "..") or path.is_dir():
+        raise UsageError(f"--output {out} is a folder; name the dataset file to write, such as {path / 'NEW.jsonl'}")
     for source in sources:
         if source.path.resolve() == path.resolve():
             raise UsageError(f"--output {path} is a source of this {command}; the sources are never changed: "

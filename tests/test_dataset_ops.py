@@ -213,11 +213,12 @@ def test_drop_from_a_file_of_ids_or_of_exported_rows(sources, tokenizer_cache):
     (["--from", "missing.txt"], "--from missing.txt: cannot read it"),
     (["--from", "bad.txt"], "--from bad.txt:2: neither a scenario id nor a JSON object"),
     (["--from", "empty.txt"], "names no scenario id"),
+    (["--ids", "1", "--output", "."], "--output . is a folder; name the dataset file to write"),
 ])
 def test_bad_ids_are_one_line_and_nothing_is_written(sources, flags, expected):
     (sources / "bad.txt").write_text("3\nthree\n")
     (sources / "empty.txt").write_text("# nothing\n")
-    line = one_line_error(cli("drop", "a.jsonl", *flags, "--output", "c.jsonl", cwd=sources))
+    line = one_line_error(cli("drop", "a.jsonl", "--output", "c.jsonl", *flags, cwd=sources))
     assert expected in line, line
     assert not (sources / "c.jsonl").exists() and not (sources / "c.checkpoint.json").exists()
     assert not list(sources.glob(".c.jsonl*"))
@@ -316,6 +317,15 @@ def test_an_existing_output_is_replaced_only_with_overwrite_and_whole(sources):
     # Nothing of the old output is left beside the new one: its annotations and scores went with it.
     assert not (sources / "c.tokens.jsonl").exists() and not (sources / "c.scores").exists()
     assert sorted(p.name for p in sources.glob("*c.*")) == ["c.checkpoint.json", "c.checkpoint.json.keys", "c.jsonl"]
+
+
+@pytest.mark.parametrize("name, expected", [("missing.jsonl", "cannot read the dataset (No such file"),
+                                            ("folder", "not a dataset file"), ("fifo", "not a dataset file")])
+def test_a_source_that_is_no_dataset_file_is_one_line(sources, name, expected):
+    (sources / "folder").mkdir()
+    os.mkfifo(sources / "fifo")  # opening it would block
+    line = one_line_error(cli("merge", "a.jsonl", name, "--output", "m.jsonl", cwd=sources))
+    assert f"{name}: {expected}" in line, line
 
 
 def test_the_output_may_not_be_a_source(sources):
