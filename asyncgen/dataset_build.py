@@ -35,7 +35,7 @@ import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import orjson
 
@@ -45,7 +45,7 @@ from asyncgen.dataset_ops import describe_ids, scores_difference, texts_disagree
 from asyncgen.errors import InputFileError, UsageError
 from asyncgen.export_files import _temporary_beside, recover_leftovers
 from asyncgen.scenario import LINES_PER_SCENARIO, GroupError, Scenario, line_groups, parse_group
-from asyncgen.scores import dataset_id, read_scores, scores_dir, texts_hash
+from asyncgen.scores import ReadScores, dataset_id, read_scores, scores_dir, texts_hash
 from asyncgen.sink import (
     DurabilityPolicy, OtherDatasetsCheckpoint, ScenarioSink, _Checkpoint, _fsync_dir, _journal_path, _keys_path,
     _last_noted, _read_checkpoint, atomic_write, default_checkpoint_path,
@@ -78,7 +78,7 @@ class Source:
     hashes: list[str] = field(default_factory=list)  # texts_hash of each scenario, when it has scores
     first: Scenario | None = None
     annotations: "_SidecarReader | None" = None
-    scores: dict[str, tuple[Path, object]] = field(default_factory=dict)  # model -> (path, ReadScores)
+    scores: dict[str, tuple[Path, ReadScores]] = field(default_factory=dict)  # model -> (its file, read)
 
     @property
     def name(self) -> str:
@@ -288,12 +288,9 @@ class Output:
     path: Path
     folder: Path
     sink: ScenarioSink
-    overwrite: bool
     old_fd: int | None = None  # the dataset replaced (--overwrite), held so that no run starts on it
-    sidecar: object = None
-    sidecar_prefix: _Prefix | None = None
-    setup: object = None
-    scores: list[str] = field(default_factory=list)  # file names written in the scores folder
+    sidecar: BinaryIO | None = None  # the annotations copied so far
+    sidecar_prefix: _Prefix | None = None  # what their record will say
 
     @property
     def staged(self) -> Path:
@@ -334,7 +331,6 @@ class Output:
         folder.mkdir(exist_ok=True)
         payload = b"".join(orjson.dumps(line) + b"\n" for line in [header, *records])
         atomic_write(folder / file_name, payload)
-        self.scores.append(file_name)
 
     def scores_header(self, header: dict, first: Scenario, task_name: str) -> dict:
         """A source's scores header, naming the new dataset."""
@@ -392,7 +388,7 @@ def building(out: str | os.PathLike, *, task_name: str, fingerprint: dict, overw
             if old_fd is not None:
                 os.close(old_fd)
             raise
-        output = Output(path, folder, sink, overwrite, old_fd)
+        output = Output(path, folder, sink, old_fd)
         try:
             yield output
         finally:
