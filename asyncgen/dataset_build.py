@@ -558,6 +558,10 @@ def _carry_scores(sources: list[Source], output: Output, carried: Carried) -> No
         if why:
             carried.scores_left[model] = why
             continue
+        endpoints = list(dict.fromkeys(str(header.get("endpoint")) for header in headers))
+        if len(endpoints) > 1:  # as `score` resuming a file at another endpoint: said, not refused
+            log.warning("the scores of %s were made at %s; the merged file names the first", model,
+                        " and ".join(endpoints))
         records = []
         for source, new_ids in zip(sources, carried.new_ids):
             for old_id, record in source.scores[model][1].records.items():

@@ -16,12 +16,14 @@ import orjson
 from asyncgen.batch.ledger import from_ranges, to_ranges
 from asyncgen.errors import InputFileError, UsageError
 from asyncgen.scenario import Scenario
+from asyncgen.scores import IDENTITY_KEYS
 
 # The columns ``export`` writes a scenario's texts in, and which text each is (checked by --from).
 EXPORT_TEXTS = (("single_token_clean", "single_token_prompt"), ("single_token_corrupt", "single_token_counterfactual"),
                 ("multi_token_clean", "multi_token_prompt"), ("multi_token_corrupt", "multi_token_counterfactual"))
-# What a scores file's header says about how it was made; two files are joined only when these agree.
-SCORE_SETTINGS = ("task", "model", "endpoint", "readings", "forms", "judge")
+# What a scores file's header says about how it was made; two files are joined only when these agree
+# (the rule ``score`` resumes a file by: its endpoint may differ, and is warned about).
+SCORE_SETTINGS = tuple(key for key in IDENTITY_KEYS if key != "dataset_id")
 
 
 def parse_id_list(text: str) -> list[int]:

@@ -298,6 +298,11 @@ def test_scores_of_other_settings_are_not_merged(sources, tokenizer_cache):
     done = cli("merge", "a.jsonl", "b.jsonl", "--output", "m.jsonl", cwd=sources)
     assert done.returncode == 0, done.stderr
     assert f"scores of {MODEL}: not carried (the sources were scored with the forms differing)" in done.stdout
+    header.update(forms=["single", "multi"], endpoint="http://localhost:8000/v1")  # as `score`: said, not refused
+    path.write_text(json.dumps(header) + "\n" + "".join(lines[1:]))
+    done = cli("merge", "a.jsonl", "b.jsonl", "--output", "m.jsonl", "--overwrite", cwd=sources)
+    assert f"scores carried, re-keyed: {MODEL}" in done.stdout
+    assert f"the scores of {MODEL} were made at simulator and http://localhost:8000/v1" in done.stderr
 
 
 # --- what is refused ---------------------------------------------------------------------------------
