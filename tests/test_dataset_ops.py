@@ -224,6 +224,22 @@ def test_bad_ids_are_one_line_and_nothing_is_written(sources, flags, expected):
     assert not list(sources.glob(".c.jsonl*"))
 
 
+def test_a_source_left_by_a_killed_run_gives_its_whole_scenarios_and_latest_usage(sources):
+    a = sources / "a.jsonl"
+    whole = a.read_bytes()
+    with open(a, "ab") as handle:  # a torn append, as a killed run leaves
+        handle.write(whole.split(b"\n")[0][:30])
+    stored = checkpoint(a)
+    later = {**stored["run_state"], "cost_usd": 9.5, "requests_ok": 99}  # noted after the last checkpoint
+    journal = {"seq": stored["journal_seq"] + 1, "dataset_id": stored["dataset"]["id"], "run_state": later}
+    (sources / "a.checkpoint.json.journal").write_text(json.dumps(journal) + "\n")
+    done = cli("drop", "a.jsonl", "--ids", "0", "--output", "c.jsonl", cwd=sources)
+    assert done.returncode == 0, done.stderr
+    assert "left out an incomplete last scenario (30 bytes)" in done.stderr
+    assert len(texts(sources / "c.jsonl")) == 19 and checkpoint(sources / "c.jsonl")["run_state"] == later
+    assert a.read_bytes() == whole + whole.split(b"\n")[0][:30]  # still as the run left it
+
+
 # --- merge ------------------------------------------------------------------------------------------
 
 
