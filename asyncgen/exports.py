@@ -4,7 +4,7 @@
 writers put the rows into a format: JSONL and CSV with the standard library, Parquet with pyarrow,
 a Hugging Face dataset with ``datasets`` (both optional: ``pip install 'asyncgen[export]'``), and
 EAP-IG's CSV (``clean``, ``corrupted``, ``correct_idx``, ``incorrect_idx``), one per tokenizer.
-The columns are documented in the README ("Export").
+The columns are documented in docs/annotations.md ("Columns").
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def split_of(count: int, train_share: float, seed: int) -> list[str]:
 
 def rows(scenarios: Sequence[Scenario], annotations: Sequence[dict], task_name: str, answers: tuple[str, str],
          splits: Sequence[str] | None = None) -> list[dict]:
-    """One flat row per scenario (columns in the README). ``answers`` is (safe, harmful)."""
+    """One flat row per scenario (columns in docs/annotations.md). ``answers`` is (safe, harmful)."""
     safe, harmful = answers
     out = []
     for number, (scenario, note) in enumerate(zip(scenarios, annotations)):

@@ -1,4 +1,4 @@
-"""Throughput at the limits real keys have (issue 13): rows 1-3 of the README's limits table.
+"""Throughput at the limits real keys have (issue 13): rows 9-12 of the benchmark table (docs/performance.md).
 
     python bench/limits.py [--quick]     (bench/run.py --only limits runs it and keeps its figures)
 

@@ -54,6 +54,7 @@ import os
 import platform
 import re
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -66,6 +67,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 sys.path.insert(0, str(ROOT))
+
+from bench.doc_tables import RUN_TABLE, write_table  # noqa: E402 (ROOT is on sys.path: run as a script or imported)
 
 RATE_RPM = 1200
 RATE_LATENCY_MS = 100
@@ -580,7 +583,7 @@ class TreeMemory:
 def bench_memory(quick: bool) -> dict:
     with Simulator("--rpm", UNLIMITED, "--tpm", UNLIMITED, *OFFLINE_LATENCY) as sim:
         # The limits are given so that the throttle skips its probe phase: requests queued during that
-        # phase stay at the probe's 4 in flight until they are done (see the README), and a run of this
+        # phase stay at the probe's 4 in flight until they are done (see docs/generation.md, "Rate limits"), and a run of this
         # size would never get past them to 256 in flight.
         run = asyncgen_run(size("memory_scenarios", quick), 256, base_url=sim.base_url, watch=True,
                            extra=("--rpm", str(UNLIMITED), "--tpm", str(UNLIMITED)))
@@ -861,20 +864,6 @@ def plot(results: dict, path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-README = ROOT / "README.md"
-TABLE_START, TABLE_END = "<!-- bench/run.py table -->", "<!-- /bench/run.py table -->"
-
-
-def update_readme(table: str) -> bool:
-    """Put ``table`` between the markers of the README's Performance section; False if they are missing."""
-    text = README.read_text()
-    start, end = text.find(TABLE_START), text.find(TABLE_END)
-    if start < 0 or end < start:
-        return False
-    README.write_text(text[: start + len(TABLE_START)] + "\n" + table + "\n" + text[end:])
-    return True
-
-
 STEPS = ("rate_limited", "unlimited", "run", "validator", "memory", "sink", "baseline", "batch", "batch_seeds", "limits", "score",
          "resume")
 
@@ -886,7 +875,8 @@ def main() -> int:
     parser.add_argument("--output-dir", default=str(RESULTS), help="where results go (default: bench/results)")
     parser.add_argument("--no-comparison", action="store_true", help="skip the comparison with the SDK's own request path (row 2x)")
     parser.add_argument("--readme", action="store_true",
-                        help="also put the table into README.md's Performance section (between its markers)")
+                        help="also put the table into docs/performance.md (between its markers) and the plot "
+                             "into docs/assets/throughput.png")
     args = parser.parse_args()
     steps = STEPS if not args.only else tuple(s.strip() for s in args.only.split(","))
     unknown = set(steps) - set(STEPS)
@@ -948,10 +938,12 @@ def main() -> int:
     (output / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table)
     if args.readme:
-        if update_readme(table):
-            log(f"updated the table in {README}")
+        if write_table(RUN_TABLE, table):
+            log(f"updated the table in {RUN_TABLE.page}")
+            if not png.startswith("skipped"):
+                shutil.copyfile(ROOT / png, RUN_TABLE.page.parent / "assets" / "throughput.png")
         else:
-            log(f"--readme: no {TABLE_START} ... {TABLE_END} markers in {README}; left it alone")
+            log(f"--readme: no {RUN_TABLE.start} ... {RUN_TABLE.end} markers in {RUN_TABLE.page}; left it alone")
     log(f"wrote {output / (stem + '.json')}, {output / (stem + '.md')}" + ("" if png.startswith("skipped") else f", {png}")
         + f" in {results['bench_s']:.0f} s")
     return 1 if results["errors"] else 0

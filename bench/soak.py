@@ -18,7 +18,7 @@ lost between kills, no process left. Then the same for ``asyncgen batch run`` (`
 rounds): besides the dataset checks, the simulator must hold exactly the batches the manifest
 knows (none submitted twice), and the recorded cost must equal the batches' usage at batch prices.
 
-Prints a table (and ``--readme`` puts it in README.md); ``--json FILE`` writes every figure.
+Prints a table (and ``--readme`` puts it in docs/reliability.md); ``--json FILE`` writes every figure.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import httpx
+from doc_tables import SOAK_TABLE, write_table
 
 REPO = Path(__file__).resolve().parents[1]
 FAULTS = "500=0.05,502=0.03,503=0.03,timeout=0.02,reset=0.03,bad_json=0.01,length=0.01,content_filter=0.01,refusal=0.01"
@@ -316,7 +317,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="300 scenarios, 3 kills per signal, 200 RPM")
     parser.add_argument("--score-kills", type=int, default=10, help="SIGKILLs of `score` of the SIGKILL run's dataset (default: 10; 0: none)")
     parser.add_argument("--json", default=None, help="write every figure to this file")
-    parser.add_argument("--readme", action="store_true", help="put the table into README.md")
+    parser.add_argument("--readme", action="store_true", help="put the table into docs/reliability.md (between its markers)")
     args = parser.parse_args()
     if args.quick:
         args.scenarios, args.kills, args.rpm, args.batch_kills, args.score_kills = 300, 3, 200, 2, 2
@@ -341,13 +342,9 @@ def main() -> int:
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps({"seed": seed, "results": results}, indent=2))
-    if args.readme:
-        readme = REPO / "README.md"
-        content = readme.read_text()
-        start, end = "<!-- bench/soak.py table -->", "<!-- /bench/soak.py table -->"
-        if start in content and end in content:
-            head, rest = content.split(start, 1)
-            readme.write_text(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
+    if args.readme and not write_table(SOAK_TABLE, text):
+        print(f"--readme: no {SOAK_TABLE.start} ... {SOAK_TABLE.end} markers in {SOAK_TABLE.page}; left it alone",
+              file=sys.stderr)
     bad = any(r["lost"] or r["orphans"] or r["problems"] or r.get("unexpected")
               or r.get("batches_created", 0) != r.get("batches_in_manifest", 0) or not r["validate_ok"] or r["final_scenarios"] != r["scenarios"]
               for r in results)

@@ -21,8 +21,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
         parents=[common],
         description="Write DATASET.tokens.jsonl beside DATASET.jsonl: one JSON line per scenario with, per "
         "tokenizer and form, the prompt's length in ids, the position where the pair differs, the two ids and "
-        "tokens there, whether the ids start with BOS, and the answers' ids under both readings (see the "
-        "README). Every scenario is tokenized again and compared: lines that agree are kept, a sidecar "
+        "tokens there, whether the ids start with BOS, and the answers' ids under both readings (see "
+        "docs/annotations.md). Every scenario is tokenized again and compared: lines that agree are kept, a sidecar "
         "that disagrees (other ids, tokenizers or texts) is rewritten from the first line that does.",
     )
     add_dataset_flags(parser)

@@ -37,7 +37,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
         parents=[common],
         description="One row per scenario: the clean and corrupt texts of both forms, the answers, and per tokenizer "
         "the length, the differing position and ids of both forms, and the answers' ids under both readings "
-        "(columns in the README). --format eap writes one EAP-IG CSV per tokenizer (clean, corrupted, "
+        "(columns in docs/annotations.md). --format eap writes one EAP-IG CSV per tokenizer (clean, corrupted, "
         "correct_idx, incorrect_idx). Parquet needs pyarrow, hf needs datasets: pip install 'asyncgen[export]'.",
     )
     add_dataset_flags(parser)
