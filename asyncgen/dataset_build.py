@@ -367,10 +367,15 @@ def building(out: str | os.PathLike, *, task_name: str, fingerprint: dict, overw
     path = Path(out)
     if path.name in ("", ".", "..") or path.is_dir():
         raise UsageError(f"--output {out} is a folder; name the dataset file to write, such as {path / 'NEW.jsonl'}")
+    written = {place.resolve(): place for place in [path, *companions(path)]}
     for source in sources:
         if source.path.resolve() == path.resolve():
             raise UsageError(f"--output {path} is a source of this {command}; the sources are never changed: "
                              "choose another --output")
+        for place in [source.path, *companions(source.path)]:
+            if place.resolve() in written:
+                raise UsageError(f"--output {path} would write {written[place.resolve()]}, which belongs to the "
+                                 f"source {source.path}; the sources are never changed: choose another --output")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -352,6 +352,8 @@ def test_a_source_that_is_no_dataset_file_is_one_line(sources, name, expected):
 def test_the_output_may_not_be_a_source(sources):
     line = one_line_error(cli("drop", "a.jsonl", "--ids", "1", "--output", "a.jsonl", "--overwrite", cwd=sources))
     assert "is a source of this drop" in line
+    line = one_line_error(cli("drop", "a.jsonl", "--ids", "1", "--output", "a.tokens.jsonl", "--overwrite", cwd=sources))
+    assert "would write a.tokens.jsonl, which belongs to the source a.jsonl" in line
 
 
 def test_a_source_a_run_writes_or_a_scorer_writes_is_refused(sources):
