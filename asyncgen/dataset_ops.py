@@ -153,8 +153,9 @@ def drop_entry(source: dict, dropped: Sequence[int], reason: str | None, at: str
 
 def merge_entry(sources: Sequence[dict], at: str) -> dict:
     """The history entry of a merge: each source with what it brought (``kept``), its duplicates'
-    ids (half-open ranges), its run figures and its own history."""
-    return {"op": "merge", "at": at, "sources": list(sources)}
+    ids (given as a list, kept as half-open ranges), its run figures and its own history."""
+    return {"op": "merge", "at": at,
+            "sources": [{**source, "duplicates": to_ranges(set(source.get("duplicates") or []))} for source in sources]}
 
 
 def describe_history(history: Sequence[dict]) -> list[str]:

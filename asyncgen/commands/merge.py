@@ -28,7 +28,6 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from asyncgen.batch.ledger import to_ranges
     from asyncgen.dataset_build import assemble, building, commit, now, open_source
     from asyncgen.dataset_ops import describe_ids, merge_entry, merged_run_state, setup_difference, shared_runs
     from asyncgen.errors import UsageError
@@ -57,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
                       fingerprint=first.checkpoint.fingerprint, overwrite=args.overwrite, sources=sources,
                       command="merge") as output:
             carried = assemble(sources, output)
-            details = [{**source.summary(), "kept": len(new_ids), "duplicates": to_ranges(set(duplicates)),
+            details = [{**source.summary(), "kept": len(new_ids), "duplicates": duplicates,
                         "run_state": source.run_state, "history": list(source.checkpoint.history)}
                        for source, new_ids, duplicates in zip(sources, carried.new_ids, carried.duplicates)]
             output.close_sink([merge_entry(details, now())], merged_run_state([s.run_state for s in sources]))
