@@ -54,6 +54,8 @@ COMMANDS = (
     ("simulate", "simulate", "serve an OpenAI-compatible simulator (chat, completions, files, batches) for offline runs and tests"),
     ("annotate", "annotate", "build or repair DATASET.tokens.jsonl, the token annotations of a dataset"),
     ("inspect", "inspect_dataset", "counts, duplicates, differing words, lengths, diversity and run figures of a dataset"),
+    ("drop", "drop", "write a dataset without some scenarios, renumbered, its run figures and sidecars kept"),
+    ("merge", "merge", "merge datasets of one task into a new one: deduplicated, renumbered, run figures summed"),
     ("export", "export", "write a dataset with positions and answer ids per tokenizer as JSONL, CSV, Parquet, HF or EAP-IG CSV"),
 )
 

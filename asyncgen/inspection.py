@@ -192,6 +192,12 @@ def render(report: dict, *, path: str, task: str | None, checkpoint: str | None)
                 extra = f", {figures['not_pairs']} not pairs" if figures["not_pairs"] else ""
                 lines.append(f"    {name[:10]:<11}{form.split('_')[0]:<7}{_range(figures['length']):<17}"
                              f"{_range(figures['position'])}{extra}")
+    history = report.get("history") or []
+    if history:  # what drop and merge did to make it: before the run figures, which they explain
+        from asyncgen.dataset_ops import describe_history
+
+        for number, line in enumerate(describe_history(history)):
+            lines += wrap("history" if number == 0 else "", line)
     run = report["run"]
     if run is None:
         lines.append("  run            no checkpoint of this dataset found (give --checkpoint PATH)")

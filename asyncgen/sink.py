@@ -45,6 +45,9 @@ Contract
   ``asyncio.to_thread``). A lock keeps each write together with the counters and dedup sets; the
   fsync runs outside it, so appends go on meanwhile, and covers at least what the checkpoint says.
 * One writer per sink: ``open`` takes an exclusive ``flock`` on the file where the platform has one.
+* History: ``record_history`` adds an entry (what ``drop`` or ``merge`` did to make the dataset) to
+  the checkpoint's ``history``, which every later checkpoint of the same dataset keeps (a resume
+  carries it; ``overwrite`` or a new dataset starts without). A checkpoint without one has none.
 * Usage journal: the run's cost and counters (``run_state``) change with every answered request,
   between checkpoints. ``note_run_state`` appends the whole current ``run_state`` as one line, with
   a sequence number and the dataset's random id (kept in the checkpoint), to ``CHECKPOINT.journal`` (one ``write(2)``, like ``append``: a killed process
@@ -275,6 +278,7 @@ class ScenarioSink:
         )
         sink._journal_path, sink._journal_seq, sink._dataset_id = journal_path, journal_seq, dataset_id
         sink._first_scenario = found.first_scenario
+        sink._history = list(stored.history) if same_dataset else []
         keys_new = checkpoint_path is not None and not _keys_path(checkpoint_path).exists()
         if checkpoint_path is not None:
             sink._open_keys(_keys_path(checkpoint_path), found)
@@ -331,6 +335,7 @@ class ScenarioSink:
         self._journal_seq = 0  # the last run_state noted (or recovered)
         self._dataset_id = ""  # made with the dataset's first checkpoint; its journal lines carry it
         self._first_scenario: str | None = None  # what identifies the dataset (see _read_checkpoint)
+        self._history: list[dict] = []  # the checkpoint's record of drops and merges, kept as it grows
         self._stopped: str | None = None  # why appends are refused
         self._sync_broken = False  # fsync failed or the file vanished: no checkpoint may claim durability
         self._lock = threading.Lock()  # one write and its counters
@@ -403,6 +408,12 @@ class ScenarioSink:
                 log.warning("cannot write the usage journal %s (%s); the checkpoints still record the usage",
                             self._journal_path, _reason(exc))
                 self._journal_path = None
+
+    def record_history(self, entry: dict) -> None:
+        """Add ``entry`` (JSON-ready: what made the dataset, e.g. a drop or a merge) to the
+        checkpoint's history, which every later checkpoint of the dataset keeps; the next sync writes it."""
+        with self._lock:
+            self._history.append(orjson.loads(orjson.dumps(entry)))
 
     def sync_due(self) -> bool:
         pending = self._count - self._durable_count
@@ -573,6 +584,7 @@ class ScenarioSink:
                 "run_state": self._run_state,
                 "journal_seq": self._journal_seq,
                 "keys": keys,
+                **({"history": self._history} if self._history else {}),
                 "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             },
             option=orjson.OPT_INDENT_2,
@@ -624,6 +636,7 @@ class _Checkpoint:
     journal_seq: int = 0
     dataset_id: str = ""
     keys: dict | None = None  # what it records of the dedup index
+    history: tuple = ()  # what ``drop`` and ``merge`` did to make the dataset (see ``record_history``)
 
 
 class OtherDatasetsCheckpoint(UsageError):
@@ -671,8 +684,9 @@ def _read_checkpoint(path: Path, sink: Path, sink_existed: bool = True) -> tuple
     journal_seq = data.get("journal_seq", 0)
     dataset_id = dataset.get("id") if isinstance(dataset.get("id"), str) else ""
     keys = data.get("keys") if isinstance(data.get("keys"), dict) else None
+    history = data.get("history") if isinstance(data.get("history"), list) else []
     return _Checkpoint(offset, scenarios, fingerprint, run_state, journal_seq if _is_count(journal_seq) else 0,
-                       dataset_id, keys), ""
+                       dataset_id, keys, tuple(entry for entry in history if isinstance(entry, dict))), ""
 
 
 def first_scenario_digest(dataset: Path) -> str | None:

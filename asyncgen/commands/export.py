@@ -165,14 +165,15 @@ def _warn_if_off(split: Split, group_by: str) -> None:
 
 def _card(args: argparse.Namespace, task, table: list[dict], split: Split | None, group_by: str) -> str:
     """The hf export's README.md: counts, task, tokenizers and their vocab licences, the run's figures."""
-    from asyncgen.commands.inspect_dataset import find_run_state
+    from asyncgen.commands.inspect_dataset import find_checkpoint
     from asyncgen.dataset_card import card_text
     from asyncgen.inspection import run_figures
     from asyncgen.tokenizers import resolve_specs
 
     dataset = Path(args.dataset)
     try:
-        _, run_state = find_run_state(dataset, None)
+        _, stored = find_checkpoint(dataset, None)
+        run_state = stored.run_state if stored is not None else None
     except UsageError:
         run_state = None
     counts: dict[str, int] = {}

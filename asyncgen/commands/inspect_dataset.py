@@ -16,7 +16,7 @@ from asyncgen.commands.argtypes import positive_int
 from asyncgen.inspection import (
     inspect_dataset, lengths_and_positions, render, render_sample, sample_ids, sample_record,
 )
-from asyncgen.sink import OtherDatasetsCheckpoint, _read_checkpoint  # the checkpoint format has one reader
+from asyncgen.sink import OtherDatasetsCheckpoint, _Checkpoint, _read_checkpoint  # the checkpoint format has one reader
 
 
 def register(subparsers, common: argparse.ArgumentParser) -> None:
@@ -52,21 +52,22 @@ def checkpoint_candidates(dataset: Path) -> list[Path]:
             dataset.with_name("checkpoint.json"), Path("checkpoint.json")]
 
 
-def find_run_state(dataset: Path, given: str | None) -> tuple[str | None, dict | None]:
-    """(checkpoint path, its run_state) of the run that wrote ``dataset``, or (None, None)."""
+def find_checkpoint(dataset: Path, given: str | None) -> tuple[str | None, _Checkpoint | None]:
+    """(path, contents) of the checkpoint of the runs that wrote ``dataset`` (its run_state and
+    history), or (None, None)."""
     sink = dataset.resolve()
     if given is not None:
         stored, why = _read_checkpoint(Path(given).resolve(), sink)
         if stored is None:
             raise InputFileError(f"--checkpoint {given}: {why}")
-        return given, stored.run_state
+        return given, stored
     for candidate in dict.fromkeys(checkpoint_candidates(dataset)):
         try:
             stored, _ = _read_checkpoint(candidate.resolve(), sink)
         except OtherDatasetsCheckpoint:
             continue
         if stored is not None:
-            return str(candidate), stored.run_state
+            return str(candidate), stored
     return None, None
 
 
@@ -83,8 +84,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_tokens:
         lines = dataset_annotations(args.dataset, dataset.scenarios, tokenizers, task_answers(task, tokenizers))
         annotations = [orjson.loads(line) for line in lines]
-    checkpoint, run_state = find_run_state(Path(args.dataset), args.checkpoint)
-    report = inspect_dataset(dataset.scenarios, annotations, run_state)
+    checkpoint, stored = find_checkpoint(Path(args.dataset), args.checkpoint)
+    report = inspect_dataset(dataset.scenarios, annotations, stored.run_state if stored is not None else None)
+    report["history"] = list(stored.history) if stored is not None else []
     report["dataset"] = {"path": args.dataset, "task": dataset.task_name, "checkpoint": checkpoint,
                          "torn_bytes": dataset.torn_bytes}
     report["scores"] = _score_figures(args.dataset, task.task_name, dataset.scenarios)
