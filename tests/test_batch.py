@@ -19,6 +19,7 @@ from asyncgen.batch import plan
 from asyncgen.batch.process import read_results
 from asyncgen.config import load_task
 from asyncgen.prompting import GenerationSettings, request_body, response_format_for
+from inprocess import asyncgen_here
 from test_run import ENV, assert_valid_dataset, scenarios, sim_stats, simulator  # noqa: F401 (simulator: a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -747,6 +748,36 @@ def test_a_lost_manifest_is_rebuilt_from_the_directory_not_paid_again(downloaded
     state = json.loads((tmp_path / "batches" / "simulator" / "state.json").read_text())
     assert len(state["batches"]) == 1  # the paid batch was used, not sent again
     assert summary_cost(done.stderr) == pytest.approx(file_cost(results), abs=1e-4)
+
+
+def test_a_rebuilt_directory_counts_nothing_twice_cost_and_yield_as_before(tmp_path):
+    # Issue 17: the ledger, counters, spares and pilot of a lost manifest come back from the dataset's
+    # checkpoint, so the results already processed are not processed (nor paid, nor measured) again.
+    def here(*args):
+        return asyncgen_here("batch", *args, cwd=tmp_path)
+
+    done = here("run", "--num-scenarios", "40", "--pilot-requests", "2", "--poll-seconds", "0.05")
+    assert done.returncode == 0, done.stderr[-2000:]
+    checkpoint = tmp_path / "dataset.checkpoint.json"
+    before, cost_before = manifest(tmp_path), json.loads(checkpoint.read_text())["run_state"]["cost_usd"]
+    dataset = (tmp_path / "dataset.jsonl").read_bytes()
+    assert before["spares"] and before["totals"]["useful"] and any(e["source"] == "pilot" for e in before["entries"])
+    (tmp_path / "batches" / "manifest.json").unlink()
+    rebuilt = here("rebuild")
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    assert "accounting restored from dataset.checkpoint.json" in rebuilt.stdout and "target 40;" in rebuilt.stdout
+    again = here("process")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "nothing new to process in batches: every downloaded result is counted already" in again.stdout
+    assert requests_answered(again.stdout) == requests_answered(done.stderr)
+    assert summary_cost(again.stdout) == summary_cost(done.stderr)
+    after = manifest(tmp_path)
+    for key in ("totals", "answered", "retried", "spares", "spares_file", "target", "next_request", "rounds", "processing"):
+        assert after[key] == before[key], key
+    kept = ("name", "source", "usage", "processed", "downloaded", "resubmitted", "batch_id", "worst_cost_usd")
+    assert [{k: e[k] for k in kept} for e in after["entries"]] == [{k: e[k] for k in kept} for e in before["entries"]]
+    assert json.loads(checkpoint.read_text())["run_state"]["cost_usd"] == pytest.approx(cost_before)
+    assert (tmp_path / "dataset.jsonl").read_bytes() == dataset
 
 
 def test_ledger_admits_each_request_of_the_directory_once():

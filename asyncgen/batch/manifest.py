@@ -30,6 +30,9 @@ from asyncgen.sink import atomic_write
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+# The dataset's checkpoint keeps, under this key of its run_state, each batch directory's accounting
+# (``Manifest.accounting``) as of the scenarios it covers: what ``batch rebuild`` restores.
+ACCOUNTING = "batch_accounting"
 VERSION = 1
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
@@ -123,6 +126,48 @@ class Manifest:
     def keep(self, ledger: Ledger) -> None:
         self.answered, self.retried = to_ranges(ledger.answered), to_ranges(ledger.retried)
         self.external = sorted(ledger.external)
+
+    def accounting(self) -> dict:
+        """What processing made of the directory: the ledger, the counters, the spares, the marker
+        of a pass in progress, which batches were processed (or resubmitted), and the entries that
+        are no request file (pilot, ``--results`` files). The dataset's checkpoint records it with
+        every sync, so it always matches the scenarios the checkpoint covers (``restore``)."""
+        return {"next_request": self.next_request, "rounds": self.rounds, "target": self.target,
+                "answered": self.answered, "retried": self.retried, "external": self.external,
+                "totals": self.totals, "processing": self.processing,
+                "spares_file": self.spares_file, "spares": self.spares,
+                "batches": {e.name: {"batch_id": e.batch_id, "processed": e.processed, "resubmitted": e.resubmitted,
+                                     "worst_cost_usd": e.worst_cost_usd} for e in self.entries if e.source == "api"},
+                "entries": [asdict(e) for e in self.entries if e.source != "api"]}
+
+    def restore(self, record: dict, directory: Path) -> None:
+        """Take back ``accounting()``'s record into a manifest rebuilt from the request files and the
+        API (``batch rebuild``): a batch counts as processed only if the record names the same batch
+        id; the spares only if their file is there. ``ValueError`` for a record that does not fit."""
+        answered, retried = from_ranges(record["answered"]), from_ranges(record["retried"])
+        next_request = max(self.next_request, int(record["next_request"]))
+        if any(not 0 <= n < next_request for n in answered | retried):
+            raise ValueError("it counts requests the directory never made")
+        known = {f.name for f in fields(Entry)}
+        rebuilt = {e.name for e in self.entries}
+        restored = [Entry(**{k: v for k, v in e.items() if k in known}) for e in record["entries"] if e["name"] not in rebuilt]
+        names = rebuilt | {e.name for e in restored}
+        marker = record["processing"]
+        if marker is not None and not set(marker["entries"]) <= names:
+            raise ValueError("its pass in progress reads files that are gone")
+        self.next_request, self.rounds = next_request, max(self.rounds, int(record["rounds"]))
+        self.answered, self.retried = to_ranges(answered), to_ranges(retried)
+        self.external, self.totals, self.processing = sorted(record["external"]), dict(record["totals"]), marker
+        self.entries = restored + self.entries  # the pilot came before the rounds
+        for entry in self.entries:
+            batch = record["batches"].get(entry.name) if entry.source == "api" else None
+            if batch:
+                entry.worst_cost_usd = None if batch["worst_cost_usd"] is None else float(batch["worst_cost_usd"])
+            if batch and batch["batch_id"] and batch["batch_id"] == entry.batch_id:
+                entry.processed, entry.resubmitted = bool(batch["processed"]), bool(batch["resubmitted"])
+        spares = record["spares_file"]
+        kept = spares is not None and Path(spares).name == spares and (directory / spares).is_file()
+        self.spares_file, self.spares = (spares, int(record["spares"])) if kept else (None, 0)
 
     # -- questions -----------------------------------------------------------------------------
 
