@@ -8,6 +8,7 @@ import signal
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -706,7 +707,7 @@ def test_the_same_results_are_counted_once_whatever_the_file(downloaded, tmp_pat
 
 
 def test_a_second_command_on_a_batch_dir_is_refused_naming_the_holder(tmp_path, simulator):
-    base_url = simulator("--batch-speed", "1")  # a batch that does not end while the test looks
+    base_url = simulator("--batch-speed", "0.01")  # a batch that does not end while the test looks
     first = subprocess.Popen([sys.executable, "-m", "asyncgen", "batch", "run", "--num-scenarios", "40", "--base-url", base_url,
                               "--poll-seconds", "0.2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=tmp_path)
     try:
@@ -727,6 +728,95 @@ def test_a_second_command_on_a_batch_dir_is_refused_naming_the_holder(tmp_path, 
         first.kill()
         first.wait()
     assert not (tmp_path / "other.jsonl").exists()
+
+
+class Watching:
+    """``batch status --watch`` in a process of its own, its output read as it comes."""
+
+    def __init__(self, folder):
+        self.process = subprocess.Popen([sys.executable, "-m", "asyncgen", "batch", "status", "--watch", "--poll-seconds", "0.1"],
+                                        env=ENV, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines = []
+        threading.Thread(target=lambda: self.lines.extend(iter(self.process.stdout.readline, "")), daemon=True).start()
+
+    def shows(self, text, also_running=None, timeout=60):
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            assert time.monotonic() < deadline and self.process.poll() is None, (text, "".join(self.lines)[-2000:])
+            assert also_running is None or also_running.poll() is None, "the other command ended"
+            time.sleep(0.05)
+
+    def stopped(self):
+        assert self.process.wait(timeout=30) == 130, "".join(self.lines)[-2000:]
+        time.sleep(0.1)  # the reader thread takes the last lines
+        return "stopped watching; the batches go on" in "".join(self.lines)
+
+
+def test_status_watch_holds_the_dir_only_while_it_refreshes(tmp_path, simulator):
+    from asyncgen import locks
+
+    base_url = simulator("--batch-speed", "0.01")  # a batch that does not end while the test looks
+    for step in (["create", "--num-scenarios", "40"], ["submit", "--base-url", base_url]):
+        assert asyncgen_here("batch", *step, cwd=tmp_path).returncode == 0, step
+    watchers, writer = [Watching(tmp_path)], None
+    with (tmp_path / "run.log").open("w") as log:
+        try:
+            watchers[0].shows("validating")  # it has refreshed once, and goes on watching
+            # A writer started while a status watches is not refused (it waits for a refresh at most) ...
+            writer = subprocess.Popen([sys.executable, "-m", "asyncgen", "batch", "run", "--num-scenarios", "45",
+                                       "--poll-seconds", "0.1"], env=ENV, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                      stderr=log)
+            watchers.append(Watching(tmp_path))  # ... and two watch at once
+            for watcher in watchers:  # the writer does not break them: they show what it saves
+                watcher.shows(f"`asyncgen batch run` (pid {writer.pid}) is working on batches: its last saved state", writer)
+            deadline = time.monotonic() + 60
+            while manifest(tmp_path)["target"] != 45 or not manifest(tmp_path)["totals"]:  # the writer's state, once saved
+                assert writer.poll() is None and time.monotonic() < deadline, (tmp_path / "run.log").read_text()[-2000:]
+                time.sleep(0.05)
+            writer.kill()  # the OS releases its lock
+            writer.wait()
+            # With the writer gone the watchers refresh again; one more writer started meanwhile is not refused either.
+            cancelled = asyncgen_here("batch", "cancel", cwd=tmp_path)
+            assert cancelled.returncode == 0, cancelled.stderr[-2000:]
+            for watcher in watchers:
+                watcher.shows("cancelling")
+            assert manifest(tmp_path)["target"] == 45  # never written over with a copy older than the writer's
+            for watcher in watchers:
+                watcher.process.send_signal(signal.SIGINT)  # Ctrl-C
+            assert all(watcher.stopped() for watcher in watchers)
+            assert locks.holder_of(tmp_path / "batches" / ".lock") is None  # Ctrl-C left --dir to the next command
+            assert manifest(tmp_path)["entries"][0]["status"] in ("cancelling", "cancelled")
+        finally:
+            for process in [w.process for w in watchers] + ([writer] if writer else []):
+                process.kill()
+                process.wait()
+
+
+def test_a_writer_waits_for_a_status_refresh_and_status_waits_for_none(tmp_path):
+    from asyncgen import locks
+    from asyncgen.batch.manifest import writer
+
+    holding, release = threading.Event(), threading.Event()
+
+    def refresh():  # a `batch status` refreshing: it holds the dir a moment
+        with writer(tmp_path, "status"):
+            holding.set()
+            release.wait(30)
+
+    refreshing = threading.Thread(target=refresh)
+    refreshing.start()
+    try:
+        assert holding.wait(30)
+        with pytest.raises(locks.Busy, match=r"in use by `asyncgen batch status`"), writer(tmp_path, "status"):
+            pass  # another status does not wait: it shows the state saved
+        threading.Timer(0.2, release.set).start()
+        with writer(tmp_path, "run"):  # a writer waits for the refresh to end, not refused
+            assert release.is_set()
+            with pytest.raises(locks.Busy, match=r"in use by `asyncgen batch run`"), writer(tmp_path, "process"):
+                pass  # nor does a writer wait for another writer
+    finally:
+        release.set()
+        refreshing.join()
 
 
 def test_a_lost_manifest_is_rebuilt_from_the_directory_not_paid_again(downloaded, tmp_path):

@@ -34,6 +34,7 @@ LOCK = ".lock"
 # (``Manifest.accounting``) as of the scenarios it covers: what ``batch rebuild`` restores.
 ACCOUNTING = "batch_accounting"
 VERSION = 1
+STATUS_WAIT_S = 30.0  # the longest a command waits for `batch status` to end a refresh
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
@@ -233,9 +234,11 @@ def check_setup(manifest: Manifest, task: str, model: str | None, fingerprint: d
 def writer(directory: Path, command: str):
     """Hold ``directory`` as its one writer for ``batch COMMAND`` (an exclusive flock on its ``.lock``,
     which the OS releases however the process ends, and which names the holder: asyncgen/locks.py);
-    a second is ``locks.Busy``."""
+    a second is ``locks.Busy``. ``batch status`` holds it only while it refreshes and saves: the
+    others wait that moment out (up to ``STATUS_WAIT_S``, a slow API's refresh), status waits for none."""
     return locks.held(directory / LOCK, f"--dir {directory}", f"batch {command}",
-                      remedy="wait for it to end, or use another --dir")
+                      remedy="wait for it to end, or use another --dir",
+                      waits_for=() if command == "status" else ("batch status",), wait_s=STATUS_WAIT_S)
 
 
 def leftovers(directory: Path) -> str:

@@ -29,7 +29,7 @@ import orjson
 from asyncgen import locks
 from asyncgen.batch import lifecycle, plan
 from asyncgen.batch.ledger import line_digest, parse
-from asyncgen.batch.manifest import ACCOUNTING, Entry, Manifest, check_setup, leftovers, writer
+from asyncgen.batch.manifest import ACCOUNTING, LOCK, Entry, Manifest, check_setup, leftovers, writer
 from asyncgen.commands._shared import add_avoid_chars_flag, add_tokenizer_flags, load_price_table, load_task_and_tokenizers
 from asyncgen.commands.argtypes import base_url, non_negative_float, non_negative_int, positive_float, positive_int
 from asyncgen.commands.run import OFFLINE_KEY, _endpoint
@@ -282,9 +282,9 @@ def _dataset(output: str, task) -> tuple[int, list[str]]:
 
 
 @contextlib.asynccontextmanager
-async def _api(args, directory: Path, manifest: Manifest):
+async def _api(args, directory: Path, manifest: Manifest, quiet: bool = False):
     """A ``BatchApi`` for the batch directory's endpoint: where its batches went, else the flags'
-    (the first batch records it: ``lifecycle.submit``)."""
+    (the first batch records it: ``lifecycle.submit``); ``quiet``: where, in the debug log only."""
     import httpx
     import openai
 
@@ -311,8 +311,8 @@ async def _api(args, directory: Path, manifest: Manifest):
                 rpm=None, tpm=None, batch_speed=OFFLINE_BATCH_SPEED, batch_state_dir=str(directory / "simulator"),
             )))
             base_url = simulator.base_url
-            log.info("offline: batches go to asyncgen's built-in simulator (state in %s); its pairs come from the "
-                     "task's lexicon, not a model", directory / "simulator")
+            log.log(logging.DEBUG if quiet else logging.INFO, "offline: batches go to asyncgen's built-in simulator "
+                    "(state in %s); its pairs come from the task's lexicon, not a model", directory / "simulator")
         loopback = base_url is not None and urlsplit(base_url).hostname in LOOPBACK_HOSTS
         client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=2,
                                     http_client=httpx.AsyncClient(trust_env=not loopback, timeout=httpx.Timeout(120, connect=10)))
@@ -576,46 +576,55 @@ def cmd_submit(args) -> int:
 
 
 def cmd_status(args) -> int:
-    """The table, refreshed from the API; while another command holds --dir, its last saved state."""
+    """The table, refreshed from the API while holding --dir for that moment only (``_refreshed``);
+    while another command holds --dir, the state it last saved."""
     directory = _directory(args)
-    with contextlib.ExitStack() as stack:
-        busy = None
-        if directory.is_dir():
-            try:
-                stack.enter_context(writer(directory, "status"))
-            except locks.Busy as exc:
-                busy = exc.holder
-                if Manifest.load(directory) is None:
-                    print(f"{busy} is working on {directory} and has saved no manifest yet; try again in a moment")
-                    return 0
-        manifest = _manifest_or_fail(directory)
-        setup = _price_only(args, manifest)
+    working = locks.holder_of(directory / LOCK) if directory.is_dir() and Manifest.load(directory) is None else None
+    if working:
+        print(f"{working} is working on {directory} and has saved no manifest yet; try again in a moment")
+        return 0
+    manifest = _manifest_or_fail(directory)
+    setup = _price_only(args, manifest)
+    noted = set()
 
-        async def go() -> None:
-            async with contextlib.AsyncExitStack() as api_stack:
-                if busy:
-                    mode = (manifest.endpoint or {}).get("mode", "openai")
-                    print(f"{busy} is working on {directory}: its last saved state, not refreshed here")
+    async def refresh() -> None:
+        holder = await _refreshed(args, directory, manifest)
+        if holder and "batch status" not in holder and holder not in noted:  # another status refreshes it too
+            noted.add(holder)
+            print(f"{holder} is working on {directory}: its last saved state, not refreshed here", flush=True)
 
-                    async def refresh() -> None:
-                        vars(manifest).update(vars(_manifest_or_fail(directory)))
-                else:
-                    api, mode = await api_stack.enter_async_context(_api(args, directory, manifest))
-
-                    async def refresh() -> None:
-                        await lifecycle.refresh(directory, manifest, api)
-
-                    await refresh()
-                if not args.watch:
-                    print(status_table(setup, manifest))
-                    return
-                await _watch(setup, manifest, refresh, args.poll_seconds or POLL_SECONDS[mode])
-        try:
-            run_event_loop(go())
-        except KeyboardInterrupt:
-            print("stopped watching; the batches go on")
-            return 130
+    async def go() -> None:
+        await refresh()
+        if not args.watch:
+            print(status_table(setup, manifest))
+            return
+        mode = (manifest.endpoint or {}).get("mode") or _endpoint(args)[0]
+        await _watch(setup, manifest, refresh, args.poll_seconds or POLL_SECONDS[mode])
+    try:
+        run_event_loop(go())
+    except KeyboardInterrupt:
+        print("stopped watching; the batches go on")
+        return 130
     return 0
+
+
+async def _refreshed(args, directory: Path, shown: Manifest) -> str | None:
+    """Update ``shown`` to the manifest saved now, with the batches not ended asked about (holding
+    --dir as its writer for the refresh and save only: a command started meanwhile waits for it,
+    see ``manifest.writer``); when another command holds --dir, to the state that one last saved.
+    Re-read each time: a newer manifest is never written over with an older copy. Returns the
+    other command, else None."""
+    holder = None
+    try:
+        with writer(directory, "status"):
+            current = _manifest_or_fail(directory)
+            if any(e.batch_id for e in current.in_flight()):
+                async with _api(args, directory, current, quiet=True) as (api, _):
+                    await lifecycle.refresh(directory, current, api)
+    except locks.Busy as busy:
+        current, holder = _manifest_or_fail(directory), busy.holder
+    vars(shown).update(vars(current))
+    return holder
 
 
 async def _watch(setup: Setup, manifest: Manifest, refresh, poll: float) -> None:
