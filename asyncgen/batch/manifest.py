@@ -132,14 +132,16 @@ class Manifest:
         """What processing made of the directory: the ledger, the counters, the spares, the marker
         of a pass in progress, which batches were processed (or resubmitted), and the entries that
         are no request file (pilot, ``--results`` files). The dataset's checkpoint records it with
-        every sync, so it always matches the scenarios the checkpoint covers (``restore``)."""
-        return {"next_request": self.next_request, "rounds": self.rounds, "target": self.target,
-                "answered": self.answered, "retried": self.retried, "external": self.external,
-                "totals": self.totals, "processing": self.processing,
-                "spares_file": self.spares_file, "spares": self.spares,
-                "batches": {e.name: {"batch_id": e.batch_id, "processed": e.processed, "resubmitted": e.resubmitted,
-                                     "worst_cost_usd": e.worst_cost_usd} for e in self.entries if e.source == "api"},
-                "entries": [asdict(e) for e in self.entries if e.source != "api"]}
+        every sync, so it always matches the scenarios the checkpoint covers (``restore``). A copy:
+        the sink keeps it until its next sync, while this manifest changes."""
+        record = {"next_request": self.next_request, "rounds": self.rounds, "target": self.target,
+                  "answered": self.answered, "retried": self.retried, "external": self.external,
+                  "totals": self.totals, "processing": self.processing,
+                  "spares_file": self.spares_file, "spares": self.spares,
+                  "batches": {e.name: {"batch_id": e.batch_id, "processed": e.processed, "resubmitted": e.resubmitted,
+                                       "worst_cost_usd": e.worst_cost_usd} for e in self.entries if e.source == "api"},
+                  "entries": [asdict(e) for e in self.entries if e.source != "api"]}
+        return orjson.loads(orjson.dumps(record))
 
     def restore(self, record: dict, directory: Path) -> None:
         """Take back ``accounting()``'s record into a manifest rebuilt from the request files and the

@@ -494,8 +494,8 @@ def cmd_rebuild(args) -> int:
     args.model = args.model or (models[0] if models else None)
     setup = _setup(args, load_tokenizers=False, lost=True)
     manifest = Manifest(str(args.task or "refusal"), setup.model, setup.fingerprint, args.num_scenarios or 1500,
-                        args.output or "dataset.jsonl", directory_id=probe.directory_id, legacy_below=probe.legacy_below, next_request=probe.next_request,
-                        rounds=probe.rounds, entries=probe.entries)
+                        args.output or "dataset.jsonl", directory_id=probe.directory_id, legacy_below=probe.legacy_below,
+                        next_request=probe.next_request, rounds=probe.rounds, entries=probe.entries)
     spares = sorted((int(p.stem[len("spares-"):]), p) for p in directory.glob("spares-*.jsonl") if p.stem[len("spares-"):].isdigit())
     if spares:  # the newest: a pass deletes the one it read once it has written its own
         generation, path = spares[-1]
@@ -532,8 +532,9 @@ def cmd_rebuild(args) -> int:
         totals = manifest.totals
         print(f"accounting restored from {checkpoint} (what the dataset's last checkpoint recorded): "
               f"{totals.get('requests_ok', 0)} answered requests counted in {totals.get('passes', 0)} processing pass(es), "
-              f"{sum(e.processed and e.downloaded for e in manifest.entries)} result file(s) processed; "
-              "nothing is processed or counted twice")
+              f"{sum(e.processed and e.downloaded for e in manifest.entries)} result file(s) processed"
+              + ("; the pass it cut short is replayed by the next `batch process` or `batch run`" if manifest.processing else "")
+              + "; nothing is processed or counted twice")
     else:
         print(f"accounting not restored: {missing}; the next `batch process` processes every downloaded result "
               "and counts it afresh (the dataset's dedup keeps its pairs from entering twice)")
