@@ -870,6 +870,33 @@ def test_a_rebuilt_directory_counts_nothing_twice_cost_and_yield_as_before(tmp_p
     assert (tmp_path / "dataset.jsonl").read_bytes() == dataset
 
 
+def test_a_recorded_accounting_is_restored_whole_or_not_at_all(tmp_path):
+    from dataclasses import asdict
+
+    from asyncgen.batch.manifest import Entry, Manifest
+
+    def made(**processed):
+        return Manifest("refusal", "gpt-4o", {}, 40, "d.jsonl", directory_id="0123456789ab", next_request=9, rounds=1,
+                        entries=[Entry("round-1-part-1.jsonl", 1, 9, batch_id="batch_1", **processed)])
+
+    lost = made(processed=True)
+    lost.answered, lost.totals = [[0, 9]], {"requests_ok": 9, "useful": 30}
+    record = lost.accounting()
+    rebuilt = made()
+    before = asdict(rebuilt)
+    for bad in ({**record, "answered": [[0, 99]]}, {**record, "batches": {"round-1-part-1.jsonl": {"batch_id": "batch_1"}}},
+                {**record, "processing": {"entries": ["round-9-part-1.jsonl"]}}):
+        with pytest.raises((KeyError, TypeError, ValueError)):
+            rebuilt.restore(bad, tmp_path)
+        assert asdict(rebuilt) == before  # nothing half restored
+    rebuilt.restore(record, tmp_path)
+    assert rebuilt.answered == [[0, 9]] and rebuilt.totals == lost.totals and rebuilt.entries[0].processed
+    elsewhere = made()
+    elsewhere.entries[0].batch_id = "batch_2"  # the file's batch is not the one the record processed
+    elsewhere.restore(record, tmp_path)
+    assert not elsewhere.entries[0].processed
+
+
 def test_ledger_admits_each_request_of_the_directory_once():
     from asyncgen.batch import ledger
 

@@ -146,7 +146,8 @@ class Manifest:
     def restore(self, record: dict, directory: Path) -> None:
         """Take back ``accounting()``'s record into a manifest rebuilt from the request files and the
         API (``batch rebuild``): a batch counts as processed only if the record names the same batch
-        id; the spares only if their file is there. ``ValueError`` for a record that does not fit."""
+        id; the spares only if their file is there. ``ValueError`` (or ``KeyError``, ``TypeError``)
+        for a record that does not fit, and then nothing is changed."""
         answered, retried = from_ranges(record["answered"]), from_ranges(record["retried"])
         next_request = max(self.next_request, int(record["next_request"]))
         if any(not 0 <= n < next_request for n in answered | retried):
@@ -154,23 +155,28 @@ class Manifest:
         known = {f.name for f in fields(Entry)}
         rebuilt = {e.name for e in self.entries}
         restored = [Entry(**{k: v for k, v in e.items() if k in known}) for e in record["entries"] if e["name"] not in rebuilt]
-        names = rebuilt | {e.name for e in restored}
         marker = record["processing"]
-        if marker is not None and not set(marker["entries"]) <= names:
+        if marker is not None and not set(marker["entries"]) <= rebuilt | {e.name for e in restored}:
             raise ValueError("its pass in progress reads files that are gone")
-        self.next_request, self.rounds = next_request, max(self.rounds, int(record["rounds"]))
-        self.answered, self.retried = to_ranges(answered), to_ranges(retried)
-        self.external, self.totals, self.processing = sorted(record["external"]), dict(record["totals"]), marker
-        self.entries = restored + self.entries  # the pilot came before the rounds
-        for entry in self.entries:
-            batch = record["batches"].get(entry.name) if entry.source == "api" else None
-            if batch:
-                entry.worst_cost_usd = None if batch["worst_cost_usd"] is None else float(batch["worst_cost_usd"])
-            if batch and batch["batch_id"] and batch["batch_id"] == entry.batch_id:
-                entry.processed, entry.resubmitted = bool(batch["processed"]), bool(batch["resubmitted"])
+        batches = {e.name: record["batches"][e.name] for e in self.entries if e.source == "api" and e.name in record["batches"]}
+        marks = {name: (None if b.get("worst_cost_usd") is None else float(b["worst_cost_usd"]),
+                        bool(b["batch_id"]) and b["batch_id"] == self.entry(name).batch_id, bool(b["processed"]),
+                        bool(b["resubmitted"])) for name, b in batches.items()}
         spares = record["spares_file"]
         kept = spares is not None and Path(spares).name == spares and (directory / spares).is_file()
-        self.spares_file, self.spares = (spares, int(record["spares"])) if kept else (None, 0)
+        spares_file, spares_count = (spares, int(record["spares"])) if kept else (None, 0)
+        totals, external, rounds = dict(record["totals"]), sorted(record["external"]), max(self.rounds, int(record["rounds"]))
+        # All checked: now change the manifest.
+        self.next_request, self.rounds = next_request, rounds
+        self.answered, self.retried = to_ranges(answered), to_ranges(retried)
+        self.external, self.totals, self.processing = external, totals, marker
+        self.spares_file, self.spares = spares_file, spares_count
+        self.entries = restored + self.entries  # the pilot came before the rounds
+        for name, (worst_cost, same_batch, processed, resubmitted) in marks.items():
+            entry = self.entry(name)
+            entry.worst_cost_usd = worst_cost
+            if same_batch:
+                entry.processed, entry.resubmitted = processed, resubmitted
 
     # -- questions -----------------------------------------------------------------------------
 

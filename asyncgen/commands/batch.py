@@ -532,7 +532,7 @@ def cmd_rebuild(args) -> int:
         totals = manifest.totals
         print(f"accounting restored from {checkpoint} (what the dataset's last checkpoint recorded): "
               f"{totals.get('requests_ok', 0)} answered requests counted in {totals.get('passes', 0)} processing pass(es), "
-              f"{sum(e.processed and e.downloaded for e in manifest.entries)} result file(s) processed"
+              f"{sum(e.processed and e.downloaded and e.source != 'pilot' for e in manifest.entries)} result file(s) processed"
               + ("; the pass it cut short is replayed by the next `batch process` or `batch run`" if manifest.processing else "")
               + "; nothing is processed or counted twice")
     else:
