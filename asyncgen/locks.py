@@ -76,7 +76,8 @@ def hold(lock_path: Path, subject: str, command: str, *, remedy: str = "wait for
         except OSError as exc:
             holder, (_, holding) = _holder(fd), _written(fd)
             os.close(fd)
-            if holding in waits_for and time.monotonic() < deadline:
+            # A holder that has not written its name yet (it just took the lock) may be a brief one too.
+            if (holding in waits_for or (waits_for and holding is None)) and time.monotonic() < deadline:
                 time.sleep(WAIT_STEP_S)
                 continue
             raise Busy(f"{subject} is in use by {holder}; {remedy}", holder) from exc

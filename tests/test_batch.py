@@ -210,6 +210,10 @@ def test_cancel_keeps_what_finished_and_topup_resubmits_only_the_rest(tmp_path, 
     again = [orjson.loads(line)["custom_id"] for line in (tmp_path / "batches/requests" / second["name"]).read_bytes().splitlines()]
     assert not answered & set(again)
     assert len(answered) == finished
+    (tmp_path / "batches" / "manifest.json").unlink()  # lost after the topup: what it resubmitted is not resubmitted again
+    rebuilt = batch(tmp_path, "rebuild", "--base-url", base_url)
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    assert manifest(tmp_path)["entries"][0]["resubmitted"]
 
 
 def test_validation_failure_shows_its_errors_and_is_not_resubmitted(tmp_path, simulator):

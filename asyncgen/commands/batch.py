@@ -524,6 +524,7 @@ def cmd_rebuild(args) -> int:
             record, missing = None, f"its record of {directory} does not fit the directory's files ({exc}), so it is not used"
         else:
             manifest.target = args.num_scenarios or int(record.get("target") or manifest.target)
+    lifecycle.recover_resubmitted(directory, manifest)
     manifest.save(directory)
     print(f"rebuilt {directory / 'manifest.json'}: {files} request file(s), {len(adopted)} with their batch "
           f"found ({sum(e.downloaded for e in adopted)} downloaded), {unsent} never sent"
