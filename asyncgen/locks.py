@@ -9,7 +9,8 @@ Contract:
   subject. That is safe because ``hold`` keeps a lock only if the file it locked is still the one
   at ``lock_path`` (a process that opened the file just before its removal tries again).
 * The holder writes ``PID COMMAND`` into the lock file; a second caller gets ``Busy``, one line
-  naming ``subject`` and the holder's command and pid.
+  naming ``subject`` and the holder's command and pid. A caller may wait instead, up to ``wait_s``,
+  for holders whose command is one of ``waits_for`` (commands that hold a lock only for a moment).
 * Where the platform has no ``flock`` (Windows), no lock is taken and ``hold`` returns None.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -26,6 +28,8 @@ try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
+
+WAIT_STEP_S = 0.02  # how often a caller that waits for a brief holder tries again
 
 
 class Busy(UsageError):
@@ -53,11 +57,14 @@ def holder_of(lock_path: Path) -> str | None:
         os.close(fd)
 
 
-def hold(lock_path: Path, subject: str, command: str, *, remedy: str = "wait for it to end, or stop it") -> int | None:
+def hold(lock_path: Path, subject: str, command: str, *, remedy: str = "wait for it to end, or stop it",
+         waits_for: tuple[str, ...] = (), wait_s: float = 0.0) -> int | None:
     """Hold ``lock_path`` for ``command``; ``Busy`` ("SUBJECT is in use by `COMMAND` (pid N); REMEDY")
-    when another process holds it, a ``UsageError`` when the lock file cannot be opened."""
+    when another process holds it (after up to ``wait_s`` if its command is one of ``waits_for``), a
+    ``UsageError`` when the lock file cannot be opened."""
     if fcntl is None:
         return None
+    deadline = time.monotonic() + wait_s
     while True:
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
@@ -67,8 +74,12 @@ def hold(lock_path: Path, subject: str, command: str, *, remedy: str = "wait for
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            holder = _holder(fd)
+            holder, (_, holding) = _holder(fd), _written(fd)
             os.close(fd)
+            # A holder that has not written its name yet (it just took the lock) may be a brief one too.
+            if (holding in waits_for or (waits_for and holding is None)) and time.monotonic() < deadline:
+                time.sleep(WAIT_STEP_S)
+                continue
             raise Busy(f"{subject} is in use by {holder}; {remedy}", holder) from exc
         if _still_at(fd, lock_path):
             break
@@ -101,5 +112,11 @@ def _still_at(fd: int, path: Path) -> bool:
 
 
 def _holder(fd: int) -> str:
+    pid, command = _written(fd)
+    return f"`asyncgen {command}` (pid {pid})" if pid else "another asyncgen process"
+
+
+def _written(fd: int) -> tuple[str | None, str | None]:
+    """(pid, command) that the lock file names, as ``hold`` wrote them; (None, None) if none."""
     pid, _, command = os.pread(fd, 200, 0).decode(errors="replace").strip().partition(" ")
-    return f"`asyncgen {command}` (pid {pid})" if pid.isdigit() else "another asyncgen process"
+    return (pid, command) if pid.isdigit() else (None, None)

@@ -8,6 +8,7 @@ import signal
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from asyncgen.batch import plan
 from asyncgen.batch.process import read_results
 from asyncgen.config import load_task
 from asyncgen.prompting import GenerationSettings, request_body, response_format_for
+from inprocess import asyncgen_here
 from test_run import ENV, assert_valid_dataset, scenarios, sim_stats, simulator  # noqa: F401 (simulator: a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -208,6 +210,10 @@ def test_cancel_keeps_what_finished_and_topup_resubmits_only_the_rest(tmp_path, 
     again = [orjson.loads(line)["custom_id"] for line in (tmp_path / "batches/requests" / second["name"]).read_bytes().splitlines()]
     assert not answered & set(again)
     assert len(answered) == finished
+    (tmp_path / "batches" / "manifest.json").unlink()  # lost after the topup: what it resubmitted is not resubmitted again
+    rebuilt = batch(tmp_path, "rebuild", "--base-url", base_url)
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    assert manifest(tmp_path)["entries"][0]["resubmitted"]
 
 
 def test_validation_failure_shows_its_errors_and_is_not_resubmitted(tmp_path, simulator):
@@ -705,7 +711,7 @@ def test_the_same_results_are_counted_once_whatever_the_file(downloaded, tmp_pat
 
 
 def test_a_second_command_on_a_batch_dir_is_refused_naming_the_holder(tmp_path, simulator):
-    base_url = simulator("--batch-speed", "1")  # a batch that does not end while the test looks
+    base_url = simulator("--batch-speed", "0.01")  # a batch that does not end while the test looks
     first = subprocess.Popen([sys.executable, "-m", "asyncgen", "batch", "run", "--num-scenarios", "40", "--base-url", base_url,
                               "--poll-seconds", "0.2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=tmp_path)
     try:
@@ -728,6 +734,95 @@ def test_a_second_command_on_a_batch_dir_is_refused_naming_the_holder(tmp_path, 
     assert not (tmp_path / "other.jsonl").exists()
 
 
+class Watching:
+    """``batch status --watch`` in a process of its own, its output read as it comes."""
+
+    def __init__(self, folder):
+        self.process = subprocess.Popen([sys.executable, "-m", "asyncgen", "batch", "status", "--watch", "--poll-seconds", "0.1"],
+                                        env=ENV, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines = []
+        threading.Thread(target=lambda: self.lines.extend(iter(self.process.stdout.readline, "")), daemon=True).start()
+
+    def shows(self, text, also_running=None, timeout=60):
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            assert time.monotonic() < deadline and self.process.poll() is None, (text, "".join(self.lines)[-2000:])
+            assert also_running is None or also_running.poll() is None, "the other command ended"
+            time.sleep(0.05)
+
+    def stopped(self):
+        assert self.process.wait(timeout=30) == 130, "".join(self.lines)[-2000:]
+        time.sleep(0.1)  # the reader thread takes the last lines
+        return "stopped watching; the batches go on" in "".join(self.lines)
+
+
+def test_status_watch_holds_the_dir_only_while_it_refreshes(tmp_path, simulator):
+    from asyncgen import locks
+
+    base_url = simulator("--batch-speed", "0.01")  # a batch that does not end while the test looks
+    for step in (["create", "--num-scenarios", "40"], ["submit", "--base-url", base_url]):
+        assert asyncgen_here("batch", *step, cwd=tmp_path).returncode == 0, step
+    watchers, writer = [Watching(tmp_path)], None
+    with (tmp_path / "run.log").open("w") as log:
+        try:
+            watchers[0].shows("validating")  # it has refreshed once, and goes on watching
+            # A writer started while a status watches is not refused (it waits for a refresh at most) ...
+            writer = subprocess.Popen([sys.executable, "-m", "asyncgen", "batch", "run", "--num-scenarios", "45",
+                                       "--poll-seconds", "0.1"], env=ENV, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                      stderr=log)
+            watchers.append(Watching(tmp_path))  # ... and two watch at once
+            for watcher in watchers:  # the writer does not break them: they show what it saves
+                watcher.shows(f"`asyncgen batch run` (pid {writer.pid}) is working on batches: its last saved state", writer)
+            deadline = time.monotonic() + 60
+            while manifest(tmp_path)["target"] != 45 or not manifest(tmp_path)["totals"]:  # the writer's state, once saved
+                assert writer.poll() is None and time.monotonic() < deadline, (tmp_path / "run.log").read_text()[-2000:]
+                time.sleep(0.05)
+            writer.kill()  # the OS releases its lock
+            writer.wait()
+            # With the writer gone the watchers refresh again; one more writer started meanwhile is not refused either.
+            cancelled = asyncgen_here("batch", "cancel", cwd=tmp_path)
+            assert cancelled.returncode == 0, cancelled.stderr[-2000:]
+            for watcher in watchers:
+                watcher.shows("cancelling")
+            assert manifest(tmp_path)["target"] == 45  # never written over with a copy older than the writer's
+            for watcher in watchers:
+                watcher.process.send_signal(signal.SIGINT)  # Ctrl-C
+            assert all(watcher.stopped() for watcher in watchers)
+            assert locks.holder_of(tmp_path / "batches" / ".lock") is None  # Ctrl-C left --dir to the next command
+            assert manifest(tmp_path)["entries"][0]["status"] in ("cancelling", "cancelled")
+        finally:
+            for process in [w.process for w in watchers] + ([writer] if writer else []):
+                process.kill()
+                process.wait()
+
+
+def test_a_writer_waits_for_a_status_refresh_and_status_waits_for_none(tmp_path):
+    from asyncgen import locks
+    from asyncgen.batch.manifest import writer
+
+    holding, release = threading.Event(), threading.Event()
+
+    def refresh():  # a `batch status` refreshing: it holds the dir a moment
+        with writer(tmp_path, "status"):
+            holding.set()
+            release.wait(30)
+
+    refreshing = threading.Thread(target=refresh)
+    refreshing.start()
+    try:
+        assert holding.wait(30)
+        with pytest.raises(locks.Busy, match=r"in use by `asyncgen batch status`"), writer(tmp_path, "status"):
+            pass  # another status does not wait: it shows the state saved
+        threading.Timer(0.2, release.set).start()
+        with writer(tmp_path, "run"):  # a writer waits for the refresh to end, not refused
+            assert release.is_set()
+            with pytest.raises(locks.Busy, match=r"in use by `asyncgen batch run`"), writer(tmp_path, "process"):
+                pass  # nor does a writer wait for another writer
+    finally:
+        release.set()
+        refreshing.join()
+
+
 def test_a_lost_manifest_is_rebuilt_from_the_directory_not_paid_again(downloaded, tmp_path):
     results = copy_of(downloaded, tmp_path)
     requests = tmp_path / "batches" / "requests" / "round-1-part-1.jsonl"
@@ -747,6 +842,63 @@ def test_a_lost_manifest_is_rebuilt_from_the_directory_not_paid_again(downloaded
     state = json.loads((tmp_path / "batches" / "simulator" / "state.json").read_text())
     assert len(state["batches"]) == 1  # the paid batch was used, not sent again
     assert summary_cost(done.stderr) == pytest.approx(file_cost(results), abs=1e-4)
+
+
+def test_a_rebuilt_directory_counts_nothing_twice_cost_and_yield_as_before(tmp_path):
+    # Issue 17: the ledger, counters, spares and pilot of a lost manifest come back from the dataset's
+    # checkpoint, so the results already processed are not processed (nor paid, nor measured) again.
+    def here(*args):
+        return asyncgen_here("batch", *args, cwd=tmp_path)
+
+    done = here("run", "--num-scenarios", "40", "--pilot-requests", "2", "--poll-seconds", "0.05")
+    assert done.returncode == 0, done.stderr[-2000:]
+    checkpoint = tmp_path / "dataset.checkpoint.json"
+    before, cost_before = manifest(tmp_path), json.loads(checkpoint.read_text())["run_state"]["cost_usd"]
+    dataset = (tmp_path / "dataset.jsonl").read_bytes()
+    assert before["spares"] and before["totals"]["useful"] and any(e["source"] == "pilot" for e in before["entries"])
+    (tmp_path / "batches" / "manifest.json").unlink()
+    rebuilt = here("rebuild")
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    assert "accounting restored from dataset.checkpoint.json" in rebuilt.stdout and "target 40;" in rebuilt.stdout
+    again = here("process")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "nothing new to process in batches: every downloaded result is counted already" in again.stdout
+    assert requests_answered(again.stdout) == requests_answered(done.stderr)
+    assert summary_cost(again.stdout) == summary_cost(done.stderr)
+    after = manifest(tmp_path)
+    for key in ("totals", "answered", "retried", "spares", "spares_file", "target", "next_request", "rounds", "processing"):
+        assert after[key] == before[key], key
+    kept = ("name", "source", "usage", "processed", "downloaded", "resubmitted", "batch_id", "worst_cost_usd")
+    assert [{k: e[k] for k in kept} for e in after["entries"]] == [{k: e[k] for k in kept} for e in before["entries"]]
+    assert json.loads(checkpoint.read_text())["run_state"]["cost_usd"] == pytest.approx(cost_before)
+    assert (tmp_path / "dataset.jsonl").read_bytes() == dataset
+
+
+def test_a_recorded_accounting_is_restored_whole_or_not_at_all(tmp_path):
+    from dataclasses import asdict
+
+    from asyncgen.batch.manifest import Entry, Manifest
+
+    def made(**processed):
+        return Manifest("refusal", "gpt-4o", {}, 40, "d.jsonl", directory_id="0123456789ab", next_request=9, rounds=1,
+                        entries=[Entry("round-1-part-1.jsonl", 1, 9, batch_id="batch_1", **processed)])
+
+    lost = made(processed=True)
+    lost.answered, lost.totals = [[0, 9]], {"requests_ok": 9, "useful": 30}
+    record = lost.accounting()
+    rebuilt = made()
+    before = asdict(rebuilt)
+    for bad in ({**record, "answered": [[0, 99]]}, {**record, "batches": {"round-1-part-1.jsonl": {"batch_id": "batch_1"}}},
+                {**record, "processing": {"entries": ["round-9-part-1.jsonl"]}}):
+        with pytest.raises((KeyError, TypeError, ValueError)):
+            rebuilt.restore(bad, tmp_path)
+        assert asdict(rebuilt) == before  # nothing half restored
+    rebuilt.restore(record, tmp_path)
+    assert rebuilt.answered == [[0, 9]] and rebuilt.totals == lost.totals and rebuilt.entries[0].processed
+    elsewhere = made()
+    elsewhere.entries[0].batch_id = "batch_2"  # the file's batch is not the one the record processed
+    elsewhere.restore(record, tmp_path)
+    assert not elsewhere.entries[0].processed
 
 
 def test_ledger_admits_each_request_of_the_directory_once():

@@ -226,3 +226,18 @@ async def recover_batches(directory: Path, manifest: Manifest, api: BatchApi) ->
         entry.downloaded = entry.terminal and all(
             getattr(entry, f"{kind}_path") or not getattr(entry, f"{kind}_file_id") for kind in ("output", "error"))
     return adopted
+
+
+def recover_resubmitted(directory: Path, manifest: Manifest) -> None:
+    """Mark the expired or cancelled entries whose unfinished requests a later round's file carries
+    (a top-up resubmitted them), so that a rebuilt manifest does not resubmit them a second time."""
+    later_ids: dict[int, set] = {}
+    for entry in manifest.entries:
+        if entry.source == "api":
+            ids = {orjson.loads(raw).get("custom_id") for raw in request_path(directory, entry).read_bytes().splitlines() if raw.strip()}
+            later_ids.setdefault(entry.round, set()).update(ids)
+    for entry in manifest.entries:
+        if entry.source == "api" and entry.status in ("expired", "cancelled") and entry.downloaded:
+            later = set().union(*(ids for number, ids in later_ids.items() if number > entry.round))
+            if any(orjson.loads(raw)["custom_id"] in later for raw in unfinished_lines(directory, entry)):
+                entry.resubmitted = True

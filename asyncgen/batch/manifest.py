@@ -30,7 +30,11 @@ from asyncgen.sink import atomic_write
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+# The dataset's checkpoint keeps, under this key of its run_state, each batch directory's accounting
+# (``Manifest.accounting``) as of the scenarios it covers: what ``batch rebuild`` restores.
+ACCOUNTING = "batch_accounting"
 VERSION = 1
+STATUS_WAIT_S = 30.0  # the longest a command waits for `batch status` to end a refresh
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
@@ -125,6 +129,56 @@ class Manifest:
         self.answered, self.retried = to_ranges(ledger.answered), to_ranges(ledger.retried)
         self.external = sorted(ledger.external)
 
+    def accounting(self) -> dict:
+        """What processing made of the directory: the ledger, the counters, the spares, the marker
+        of a pass in progress, which batches were processed (or resubmitted), and the entries that
+        are no request file (pilot, ``--results`` files). The dataset's checkpoint records it with
+        every sync, so it always matches the scenarios the checkpoint covers (``restore``). A copy:
+        the sink keeps it until its next sync, while this manifest changes."""
+        record = {"next_request": self.next_request, "rounds": self.rounds, "target": self.target,
+                  "answered": self.answered, "retried": self.retried, "external": self.external,
+                  "totals": self.totals, "processing": self.processing,
+                  "spares_file": self.spares_file, "spares": self.spares,
+                  "batches": {e.name: {"batch_id": e.batch_id, "processed": e.processed, "resubmitted": e.resubmitted,
+                                       "worst_cost_usd": e.worst_cost_usd} for e in self.entries if e.source == "api"},
+                  "entries": [asdict(e) for e in self.entries if e.source != "api"]}
+        return orjson.loads(orjson.dumps(record))
+
+    def restore(self, record: dict, directory: Path) -> None:
+        """Take back ``accounting()``'s record into a manifest rebuilt from the request files and the
+        API (``batch rebuild``): a batch counts as processed only if the record names the same batch
+        id; the spares only if their file is there. ``ValueError`` (or ``KeyError``, ``TypeError``)
+        for a record that does not fit, and then nothing is changed."""
+        answered, retried = from_ranges(record["answered"]), from_ranges(record["retried"])
+        next_request = max(self.next_request, int(record["next_request"]))
+        if any(not 0 <= n < next_request for n in answered | retried):
+            raise ValueError("it counts requests the directory never made")
+        known = {f.name for f in fields(Entry)}
+        rebuilt = {e.name for e in self.entries}
+        restored = [Entry(**{k: v for k, v in e.items() if k in known}) for e in record["entries"] if e["name"] not in rebuilt]
+        marker = record["processing"]
+        if marker is not None and not set(marker["entries"]) <= rebuilt | {e.name for e in restored}:
+            raise ValueError("its pass in progress reads files that are gone")
+        batches = {e.name: record["batches"][e.name] for e in self.entries if e.source == "api" and e.name in record["batches"]}
+        marks = {name: (None if b.get("worst_cost_usd") is None else float(b["worst_cost_usd"]),
+                        bool(b["batch_id"]) and b["batch_id"] == self.entry(name).batch_id, bool(b["processed"]),
+                        bool(b["resubmitted"])) for name, b in batches.items()}
+        spares = record["spares_file"]
+        kept = spares is not None and Path(spares).name == spares and (directory / spares).is_file()
+        spares_file, spares_count = (spares, int(record["spares"])) if kept else (None, 0)
+        totals, external, rounds = dict(record["totals"]), sorted(record["external"]), max(self.rounds, int(record["rounds"]))
+        # All checked: now change the manifest.
+        self.next_request, self.rounds = next_request, rounds
+        self.answered, self.retried = to_ranges(answered), to_ranges(retried)
+        self.external, self.totals, self.processing = external, totals, marker
+        self.spares_file, self.spares = spares_file, spares_count
+        self.entries = restored + self.entries  # the pilot came before the rounds
+        for name, (worst_cost, same_batch, processed, resubmitted) in marks.items():
+            entry = self.entry(name)
+            entry.worst_cost_usd = worst_cost
+            if same_batch:
+                entry.processed, entry.resubmitted = processed, resubmitted
+
     # -- questions -----------------------------------------------------------------------------
 
     def entry(self, name: str) -> Entry:
@@ -189,9 +243,11 @@ def check_setup(manifest: Manifest, task: str, model: str | None, fingerprint: d
 def writer(directory: Path, command: str):
     """Hold ``directory`` as its one writer for ``batch COMMAND`` (an exclusive flock on its ``.lock``,
     which the OS releases however the process ends, and which names the holder: asyncgen/locks.py);
-    a second is ``locks.Busy``."""
+    a second is ``locks.Busy``. ``batch status`` holds it only while it refreshes and saves: the
+    others wait that moment out (up to ``STATUS_WAIT_S``, a slow API's refresh), status waits for none."""
     return locks.held(directory / LOCK, f"--dir {directory}", f"batch {command}",
-                      remedy="wait for it to end, or use another --dir")
+                      remedy="wait for it to end, or use another --dir",
+                      waits_for=() if command == "status" else ("batch status",), wait_s=STATUS_WAIT_S)
 
 
 def leftovers(directory: Path) -> str:

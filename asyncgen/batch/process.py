@@ -14,6 +14,11 @@ manifest (the entries, the spares file it reads, the sink's count); a pass kille
 replayed from the same inputs on the next start: what it had appended is found as duplicates and
 counted back as accepted (the sink grew by exactly that many), so neither the dataset nor the
 counters change twice. The new spares file is written before the manifest that names it.
+
+Every sink sync of a pass records ``run_state()`` in the dataset's checkpoint, which carries the
+directory's accounting (``Manifest.accounting``): the marker as soon as it is set, the pass's
+ledger, counters and spares at its end, so the checkpoint never covers scenarios its record does
+not account for. A lost manifest is rebuilt from that (``batch rebuild``), not counted again.
 """
 
 from __future__ import annotations
@@ -197,13 +202,14 @@ def process_pass(
     validator: PairValidator,
     entries: list[str],
     files_of: Callable[[str], list[Path]],
-    run_state: dict | None = None,
+    run_state: Callable[[], dict] = lambda: None,
     progress: Callable[[int, int], None] = lambda done, total: None,
     annotations: Sidecar | None = None,
     stop: Callable[[], bool] = lambda: False,
 ) -> PassReport:
     """Process the result files of ``entries`` (names in the manifest) and the spares, up to the
-    manifest's target; ``run_state`` goes into the sink's checkpoint. See the module.
+    manifest's target; ``run_state()``, of the manifest as it is then, goes into the sink's
+    checkpoint with every sync. See the module.
 
     Stopped (``stop()``, or a second Ctrl-C) while validating: what was validated is accepted and
     synced; the marker stays, so the next pass replays these inputs, as after a kill: nothing is
@@ -219,6 +225,7 @@ def process_pass(
         marker = {"entries": entries, "sink_before": sink.count, "spares_file": manifest.spares_file}
         manifest.processing = marker
         manifest.save(directory)
+        sink.sync(run_state())  # the checkpoint's record has the marker before the pass appends
     spares_in = read_spares(directory / marker["spares_file"] if marker["spares_file"] else None)
     read = ResultRead(pairs=list(spares_in))
     ledger = manifest.ledger()
@@ -238,7 +245,7 @@ def process_pass(
     verdicts = validate_all(validator, fresh, progress, stop)
     taken = acceptance.take(verdicts)
     if len(verdicts) < len(fresh):
-        sink.sync(run_state)
+        sink.sync(run_state())
         return PassReport(read, stats, len(taken.accepted), manifest.spares, replayed, unvalidated=len(fresh) - len(verdicts))
     already = sink.count - len(taken.accepted) - marker["sink_before"]  # appended by the pass that was cut short
     if already > 0:
@@ -251,7 +258,6 @@ def process_pass(
     if spares_name:
         atomic_write(directory / spares_name, b"".join(
             orjson.dumps({"prompt": v.prompt, "counterfactual": v.counterfactual}) + b"\n" for v in taken.surplus))
-    sink.sync(run_state)
 
     totals = manifest.totals
     for key, value in (("passes", 1), ("accepted", accepted), ("requests_ok", read.requests_ok),
@@ -270,6 +276,7 @@ def process_pass(
     old_spares = marker["spares_file"]
     manifest.spares_file, manifest.spares = spares_name, len(taken.surplus)
     manifest.processing = None
+    sink.sync(run_state())
     manifest.save(directory)
     if old_spares and old_spares != spares_name:
         (directory / old_spares).unlink(missing_ok=True)

@@ -29,7 +29,7 @@ import orjson
 from asyncgen import locks
 from asyncgen.batch import lifecycle, plan
 from asyncgen.batch.ledger import line_digest, parse
-from asyncgen.batch.manifest import Entry, Manifest, check_setup, leftovers, writer
+from asyncgen.batch.manifest import ACCOUNTING, LOCK, Entry, Manifest, check_setup, leftovers, writer
 from asyncgen.commands._shared import add_avoid_chars_flag, add_tokenizer_flags, load_price_table, load_task_and_tokenizers
 from asyncgen.commands.argtypes import base_url, non_negative_float, non_negative_int, positive_float, positive_int
 from asyncgen.commands.run import OFFLINE_KEY, _endpoint
@@ -117,11 +117,13 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
 
     rebuild = add("rebuild", "rebuild a lost manifest.json from the directory's files and the API", "Rebuild "
                   "--dir's manifest from its request and result files and the batches the API lists with this "
-                  "directory's metadata. Nothing is sent or overwritten; results are processed again by the next "
-                  "process (the dataset's dedup keeps anything from entering twice).", cmd_rebuild)
+                  "directory's metadata, and what was processed (the ledger, counters and spares) from the dataset's "
+                  "checkpoint, which records it with every sync: nothing is sent, overwritten, processed or counted "
+                  "twice.", cmd_rebuild)
     _setup_flags(rebuild)
-    rebuild.add_argument("--num-scenarios", type=positive_int, default=1500, help="scenarios the dataset must hold (default: 1500)")
+    rebuild.add_argument("--num-scenarios", type=positive_int, default=None, help="scenarios the dataset must hold (default: the target its checkpoint recorded, else 1500)")
     rebuild.add_argument("--output", default=None, help="the dataset JSONL (default: dataset.jsonl)")
+    rebuild.add_argument("--checkpoint", default=None, help="the dataset's checkpoint, which records what was processed into it (default: beside it, DATASET.checkpoint.json)")
     _endpoint_flags(rebuild)
 
     run = add("run", "all of the above, polling, until the dataset holds exactly N", "Create, submit, poll, "
@@ -280,9 +282,9 @@ def _dataset(output: str, task) -> tuple[int, list[str]]:
 
 
 @contextlib.asynccontextmanager
-async def _api(args, directory: Path, manifest: Manifest):
+async def _api(args, directory: Path, manifest: Manifest, quiet: bool = False):
     """A ``BatchApi`` for the batch directory's endpoint: where its batches went, else the flags'
-    (the first batch records it: ``lifecycle.submit``)."""
+    (the first batch records it: ``lifecycle.submit``); ``quiet``: where, in the debug log only."""
     import httpx
     import openai
 
@@ -309,8 +311,8 @@ async def _api(args, directory: Path, manifest: Manifest):
                 rpm=None, tpm=None, batch_speed=OFFLINE_BATCH_SPEED, batch_state_dir=str(directory / "simulator"),
             )))
             base_url = simulator.base_url
-            log.info("offline: batches go to asyncgen's built-in simulator (state in %s); its answers come from the "
-                     "task's lexicon, not a model", directory / "simulator")
+            log.log(logging.DEBUG if quiet else logging.INFO, "offline: batches go to asyncgen's built-in simulator "
+                    "(state in %s); its answers come from the task's lexicon, not a model", directory / "simulator")
         loopback = base_url is not None and urlsplit(base_url).hostname in LOOPBACK_HOSTS
         client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=2,
                                     http_client=httpx.AsyncClient(trust_env=not loopback, timeout=httpx.Timeout(120, connect=10)))
@@ -491,9 +493,9 @@ def cmd_rebuild(args) -> int:
         raise UsageError(f"the request files in {directory} name {len(models)} models ({', '.join(models)}); say which with --model")
     args.model = args.model or (models[0] if models else None)
     setup = _setup(args, load_tokenizers=False, lost=True)
-    manifest = Manifest(str(args.task or "refusal"), setup.model, setup.fingerprint, args.num_scenarios, args.output or "dataset.jsonl",
-                        directory_id=probe.directory_id, legacy_below=probe.legacy_below, next_request=probe.next_request,
-                        rounds=probe.rounds, entries=probe.entries)
+    manifest = Manifest(str(args.task or "refusal"), setup.model, setup.fingerprint, args.num_scenarios or 1500,
+                        args.output or "dataset.jsonl", directory_id=probe.directory_id, legacy_below=probe.legacy_below,
+                        next_request=probe.next_request, rounds=probe.rounds, entries=probe.entries)
     spares = sorted((int(p.stem[len("spares-"):]), p) for p in directory.glob("spares-*.jsonl") if p.stem[len("spares-"):].isdigit())
     if spares:  # the newest: a pass deletes the one it read once it has written its own
         generation, path = spares[-1]
@@ -504,6 +506,8 @@ def cmd_rebuild(args) -> int:
         raise UsageError(f"{directory} holds no offline simulator state, so its request files were not sent offline: say "
                          "where their batches went (OPENAI_API_KEY for the OpenAI API, or --base-url) so that rebuild finds "
                          f"them; if they were never sent, remove {directory / lifecycle.REQUESTS} and `batch create` again")
+    checkpoint = Path(args.checkpoint or default_checkpoint_path(manifest.output))
+    record, missing = _recorded_accounting(setup, manifest, checkpoint, args.force)
 
     async def go() -> list[Entry]:
         async with _api(args, directory, manifest) as (api, _):
@@ -512,14 +516,51 @@ def cmd_rebuild(args) -> int:
                 manifest.endpoint = api.endpoint
             return adopted
     adopted = run_event_loop(go())
+    files, unsent = len(manifest.entries), sum(e.batch_id is None for e in manifest.entries)
+    if record is not None:
+        try:
+            manifest.restore(record, directory)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            record, missing = None, f"its record of {directory} does not fit the directory's files ({exc}), so it is not used"
+        else:
+            manifest.target = args.num_scenarios or int(record.get("target") or manifest.target)
+    lifecycle.recover_resubmitted(directory, manifest)
     manifest.save(directory)
-    unsent = [e.name for e in manifest.entries if e.batch_id is None]
-    print(f"rebuilt {directory / 'manifest.json'}: {len(manifest.entries)} request file(s), {len(adopted)} with their batch "
-          f"found ({sum(e.downloaded for e in adopted)} downloaded), {len(unsent)} never sent"
+    print(f"rebuilt {directory / 'manifest.json'}: {files} request file(s), {len(adopted)} with their batch "
+          f"found ({sum(e.downloaded for e in adopted)} downloaded), {unsent} never sent"
           + (f", {manifest.spares} spares" if manifest.spares else ""))
+    if record is not None:
+        totals = manifest.totals
+        print(f"accounting restored from {checkpoint} (what the dataset's last checkpoint recorded): "
+              f"{totals.get('requests_ok', 0)} answered requests counted in {totals.get('passes', 0)} processing pass(es), "
+              f"{sum(e.processed and e.downloaded and e.source != 'pilot' for e in manifest.entries)} result file(s) processed"
+              + ("; the pass it cut short is replayed by the next `batch process` or `batch run`" if manifest.processing else "")
+              + "; nothing is processed or counted twice")
+    else:
+        print(f"accounting not restored: {missing}; the next `batch process` processes every downloaded result "
+              "and counts it afresh (the dataset's dedup keeps its pairs from entering twice)")
     print(f"task {manifest.task}, model {manifest.model}, dataset {manifest.output}, target {manifest.target}; "
           f"next: python -m asyncgen batch run --dir {directory} (or `batch process`)")
     return 0
+
+
+def _recorded_accounting(setup: Setup, manifest: Manifest, checkpoint: Path, force: bool) -> tuple[dict | None, str]:
+    """The directory's accounting as the dataset's checkpoint recorded it (``_run_state``), through
+    the sink, which checks that the checkpoint is the dataset's and of this task and tokenizers; or
+    None and why not."""
+    from asyncgen.sink import ScenarioSink
+
+    dataset = Path(manifest.output)
+    if not dataset.is_file() or not checkpoint.is_file():
+        return None, (f"no dataset {dataset} with its checkpoint {checkpoint} (if the dataset is elsewhere, "
+                      "give --output and --checkpoint)")
+    with ScenarioSink.open(dataset, checkpoint, task_name=setup.task.task_name, fingerprint=setup.fingerprint,
+                           force_resume=force) as sink:
+        records = sink.resume.run_state.get(ACCOUNTING)
+    record = records.get(manifest.directory_id) if isinstance(records, dict) else None
+    if not isinstance(record, dict):
+        return None, f"{checkpoint} holds no record of {setup.directory}'s processing"
+    return record, ""
 
 
 def cmd_submit(args) -> int:
@@ -537,46 +578,55 @@ def cmd_submit(args) -> int:
 
 
 def cmd_status(args) -> int:
-    """The table, refreshed from the API; while another command holds --dir, its last saved state."""
+    """The table, refreshed from the API while holding --dir for that moment only (``_refreshed``);
+    while another command holds --dir, the state it last saved."""
     directory = _directory(args)
-    with contextlib.ExitStack() as stack:
-        busy = None
-        if directory.is_dir():
-            try:
-                stack.enter_context(writer(directory, "status"))
-            except locks.Busy as exc:
-                busy = exc.holder
-                if Manifest.load(directory) is None:
-                    print(f"{busy} is working on {directory} and has saved no manifest yet; try again in a moment")
-                    return 0
-        manifest = _manifest_or_fail(directory)
-        setup = _price_only(args, manifest)
+    working = locks.holder_of(directory / LOCK) if directory.is_dir() and Manifest.load(directory) is None else None
+    if working:
+        print(f"{working} is working on {directory} and has saved no manifest yet; try again in a moment")
+        return 0
+    manifest = _manifest_or_fail(directory)
+    setup = _price_only(args, manifest)
+    noted = set()
 
-        async def go() -> None:
-            async with contextlib.AsyncExitStack() as api_stack:
-                if busy:
-                    mode = (manifest.endpoint or {}).get("mode", "openai")
-                    print(f"{busy} is working on {directory}: its last saved state, not refreshed here")
+    async def refresh() -> None:
+        holder = await _refreshed(args, directory, manifest)
+        if holder and "batch status" not in holder and holder not in noted:  # another status refreshes it too
+            noted.add(holder)
+            print(f"{holder} is working on {directory}: its last saved state, not refreshed here", flush=True)
 
-                    async def refresh() -> None:
-                        vars(manifest).update(vars(_manifest_or_fail(directory)))
-                else:
-                    api, mode = await api_stack.enter_async_context(_api(args, directory, manifest))
-
-                    async def refresh() -> None:
-                        await lifecycle.refresh(directory, manifest, api)
-
-                    await refresh()
-                if not args.watch:
-                    print(status_table(setup, manifest))
-                    return
-                await _watch(setup, manifest, refresh, args.poll_seconds or POLL_SECONDS[mode])
-        try:
-            run_event_loop(go())
-        except KeyboardInterrupt:
-            print("stopped watching; the batches go on")
-            return 130
+    async def go() -> None:
+        await refresh()
+        if not args.watch:
+            print(status_table(setup, manifest))
+            return
+        mode = (manifest.endpoint or {}).get("mode") or _endpoint(args)[0]
+        await _watch(setup, manifest, refresh, args.poll_seconds or POLL_SECONDS[mode])
+    try:
+        run_event_loop(go())
+    except KeyboardInterrupt:
+        print("stopped watching; the batches go on")
+        return 130
     return 0
+
+
+async def _refreshed(args, directory: Path, shown: Manifest) -> str | None:
+    """Update ``shown`` to the manifest saved now, with the batches not ended asked about (holding
+    --dir as its writer for the refresh and save only: a command started meanwhile waits for it,
+    see ``manifest.writer``); when another command holds --dir, to the state that one last saved.
+    Re-read each time: a newer manifest is never written over with an older copy. Returns the
+    other command, else None."""
+    holder = None
+    try:
+        with writer(directory, "status"):
+            current = _manifest_or_fail(directory)
+            if any(e.batch_id for e in current.in_flight()):
+                async with _api(args, directory, current, quiet=True) as (api, _):
+                    await lifecycle.refresh(directory, current, api)
+    except locks.Busy as busy:
+        current, holder = _manifest_or_fail(directory), busy.holder
+    vars(shown).update(vars(current))
+    return holder
 
 
 async def _watch(setup: Setup, manifest: Manifest, refresh, poll: float) -> None:
@@ -775,13 +825,13 @@ class Display:
 def _pass(setup: Setup, manifest: Manifest, sink, validator, annotations, names: list[str], display: Display | None = None):
     from asyncgen.batch.process import process_pass
 
-    run_state = _run_state(setup, manifest, sink)
     if display is not None:
         display.count = sink.count
     try:
         with Interrupts() as interrupts:
             return process_pass(setup.directory, manifest, setup.task, sink, validator, names,
-                                lambda name: lifecycle.result_files(setup.directory, manifest.entry(name)), run_state,
+                                lambda name: lifecycle.result_files(setup.directory, manifest.entry(name)),
+                                lambda: _run_state(setup, manifest, sink),
                                 display.validated if display else (lambda done, total: None), annotations,
                                 stop=interrupts.stop)
     finally:
@@ -790,11 +840,14 @@ def _pass(setup: Setup, manifest: Manifest, sink, validator, annotations, names:
 
 
 def _run_state(setup: Setup, manifest: Manifest, sink) -> dict:
-    """What the dataset's checkpoint records: the batch dir, and the cost of the dataset so far."""
+    """What the dataset's checkpoint records: the batch dir, the cost of the dataset so far, and the
+    directory's accounting (``Manifest.accounting``: what ``batch rebuild`` restores)."""
     at_batch, _ = manifest.cost(setup.costs)
     before = manifest.totals.get("sink_cost_before")
+    recorded = sink.resume.run_state.get(ACCOUNTING)
     return {**sink.resume.run_state, "batch_dir": str(setup.directory),
-            "cost_usd": None if at_batch is None or before is None else before + at_batch}
+            "cost_usd": None if at_batch is None or before is None else before + at_batch,
+            ACCOUNTING: {**(recorded if isinstance(recorded, dict) else {}), manifest.directory_id: manifest.accounting()}}
 
 
 def _add_results(setup: Setup, manifest: Manifest, paths: list[str], external: bool) -> list[str]:
@@ -858,9 +911,13 @@ def cmd_process(args) -> int:
         e.name for e in manifest.entries if e.downloaded and not e.processed]
     manifest.save(setup.directory)
     with _processing(args, setup, manifest) as (sink, validator, annotations):
-        if not names and not manifest.spares and manifest.processing is None:
-            print(f"nothing to process in {setup.directory} (download ended batches first: `batch download`)")
-            return 0
+        if not names and manifest.processing is None and (not manifest.spares or sink.count >= manifest.target):
+            if not manifest.totals.get("passes"):
+                print(f"nothing to process in {setup.directory} (download ended batches first: `batch download`)")
+                return 0
+            print(f"nothing new to process in {setup.directory}: every downloaded result is counted already, once")
+            print(summary_text(setup, manifest, sink.count))
+            return 0 if sink.count >= manifest.target else 1
         with Display(setup, manifest, time.monotonic()) as display:
             report = _pass(setup, manifest, sink, validator, annotations, names, display)
         count = sink.count
