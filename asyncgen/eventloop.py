@@ -7,7 +7,12 @@ OpenAI SDK or the tokenizers.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import threading
+from typing import Awaitable, Callable, TypeVar
 
+T = TypeVar("T")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -21,3 +26,72 @@ def run_event_loop(coro):
         loop_factory = None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(coro)
+
+
+class RunControl:
+    """The stop of a run, callable from any thread: each ``stop()`` is one Ctrl-C for the run (the
+    first stops it gracefully, the next at once). A stop asked before the run could take it (while
+    it starts) is handed over when the run ``attach``-es its interrupt."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._interrupt: Callable[[], None] | None = None
+        self._pending = 0
+
+    def attach(self, interrupt: Callable[[], None]) -> None:
+        """Called on the run's loop: from now on ``stop()`` calls ``interrupt`` there."""
+        with self._lock:
+            self._loop, self._interrupt = asyncio.get_running_loop(), interrupt
+            pending, self._pending = self._pending, 0
+        for _ in range(pending):
+            interrupt()
+
+    def detach(self) -> None:
+        with self._lock:
+            self._loop = self._interrupt = None
+
+    def stop(self) -> None:
+        """One Ctrl-C for the run, from any thread."""
+        with self._lock:
+            if self._interrupt is None:
+                self._pending += 1
+                return
+            loop, interrupt = self._loop, self._interrupt
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: the run is over
+            loop.call_soon_threadsafe(interrupt)
+
+
+def run_anywhere(make_coro: Callable[[], Awaitable[T]], control: RunControl, *, poll_seconds: float = 0.1) -> T:
+    """Run ``make_coro()`` to completion and return its result, from any synchronous caller.
+
+    With no event loop running in this thread (a script, the CLI) it runs here, on a new loop.
+    Inside a running loop (a Jupyter kernel's: ``asyncio.run`` would refuse) it runs on a new loop
+    in a worker thread while this thread waits, in short waits that a KeyboardInterrupt (the
+    kernel's interrupt) can break: each one is forwarded to the run as ``control.stop()``, the
+    terminal's Ctrl-C, and the wait goes on until the run has stopped and closed its files.
+    """
+    try:
+        asyncio.get_running_loop()
+        in_a_loop = True
+    except RuntimeError:
+        in_a_loop = False
+    if not in_a_loop:
+        return run_event_loop(make_coro())
+    outcome: concurrent.futures.Future = concurrent.futures.Future()
+
+    def work() -> None:
+        try:
+            outcome.set_result(run_event_loop(make_coro()))
+        except BaseException as exc:  # handed to the waiting thread, which raises it
+            outcome.set_exception(exc)
+
+    worker = threading.Thread(target=work, name="asyncgen-run", daemon=True)
+    worker.start()
+    while True:
+        try:
+            return outcome.result(timeout=poll_seconds)
+        except concurrent.futures.TimeoutError:
+            continue
+        except KeyboardInterrupt:
+            control.stop()

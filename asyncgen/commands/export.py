@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -67,6 +68,21 @@ def default_out(dataset: Path, fmt: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    print(export_dataset(args).message, file=sys.stderr)
+    return 0
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What an export wrote: ``rows`` scenarios to ``paths``; ``message`` says so in one line."""
+
+    rows: int
+    paths: list[str]
+    message: str
+
+
+def export_dataset(args: argparse.Namespace) -> Exported:
+    """The export ``args`` asks for (``export``'s flags; the Python API's ``asyncgen.export`` too)."""
     if args.only_flipping and not args.scores:
         raise UsageError("--only-flipping keeps the scenarios that flip under the --scores models: name at least one")
     if args.format == "parquet":
@@ -80,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         return _export(args, out)
 
 
-def _export(args: argparse.Namespace, out: Path) -> int:
+def _export(args: argparse.Namespace, out: Path) -> Exported:
     folder = args.format in FOLDER_FORMATS
     recover_leftovers(out)
     refuse_unless_replaceable(out, folder, args.overwrite)
@@ -123,8 +139,7 @@ def _export(args: argparse.Namespace, out: Path) -> int:
     counts = f"{len(table)} scenarios" + (f" (of {len(scenarios)}: those that flip under every --scores model)"
                                           if args.only_flipping else "") + (
         f" ({sum(s == 'train' for s in splits)} train, {sum(s == 'test' for s in splits)} test)" if splits else "")
-    print(f"wrote {counts} to {', '.join(written)}", file=sys.stderr)
-    return 0
+    return Exported(len(table), written, f"wrote {counts} to {', '.join(written)}")
 
 
 WRITERS = {"jsonl": write_jsonl, "csv": write_csv, "parquet": write_parquet}

@@ -1,0 +1,317 @@
+"""The Python API: generate, load and export datasets from a script or a notebook.
+
+Each function does what the command of the same name does (they share one composition:
+``asyncgen run`` and :func:`generate` both run asyncgen/generation.py), returns a result object
+instead of printing one, and raises the project's typed errors (:class:`asyncgen.errors.UsageError`
+for input you can fix, :class:`asyncgen.errors.RunError` for a run that failed) instead of
+exiting. Nothing here calls ``sys.exit``.
+
+The blocking functions work inside a running event loop too (a Jupyter kernel's): the run goes
+to a worker thread with its own loop, and the kernel's interrupt stops it as Ctrl-C does on a
+terminal. Those who ``await`` use :func:`agenerate`.
+
+Example::
+
+    import asyncgen
+
+    result = asyncgen.generate("refusal", 100, "refusal.jsonl")   # offline without OPENAI_API_KEY
+    df = asyncgen.load("refusal.jsonl", format="pandas")
+    asyncgen.export("refusal.jsonl", "csv")
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Sequence
+
+from asyncgen.errors import UsageError
+from asyncgen.eventloop import RunControl, run_anywhere
+from asyncgen.generation import GenerateOptions, GenerateResult, generate_async, prepare
+
+if TYPE_CHECKING:
+    import datasets
+    import pandas
+
+__all__ = ["generate", "agenerate", "load", "export", "GenerateOptions", "GenerateResult", "ExportResult",
+           "RunInterrupted"]
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by an interrupt (Ctrl-C, a notebook's interrupt button, ``SIGTERM``).
+
+    The dataset is consistent and resumable: call the same function again to go on. A
+    ``KeyboardInterrupt``, so a script or a notebook stops as it does on any interrupt.
+
+    Attributes:
+        result: What the run did before it stopped (``result.stop_reason == "interrupted"``).
+    """
+
+    def __init__(self, result: GenerateResult) -> None:
+        super().__init__(f"{result.output}: stopped (interrupted) at {result.scenarios}/{result.target} scenarios; "
+                         "the dataset is resumable: call generate again with the same arguments")
+        self.result = result
+
+
+def _options(task: str, n: int, output: str | os.PathLike, more: dict[str, Any]) -> GenerateOptions:
+    """The options of a call, checked as the command line checks its flags (UsageError, one line)."""
+    from asyncgen.commands.argtypes import base_url as check_url
+
+    known = {f.name for f in dataclasses.fields(GenerateOptions)} - {"task", "num_scenarios", "output", "argv"}
+    unknown = sorted(set(more) - known)
+    if unknown:
+        raise TypeError(f"generate() got unexpected keyword argument(s) {', '.join(unknown)}; "
+                        f"the options are: {', '.join(sorted(known))}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise UsageError(f"n: expected a whole number >= 1, got {n!r}")
+    for name in ("concurrency", "max_attempts", "sync_every"):
+        value = more.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UsageError(f"{name}: expected a whole number >= 1, got {value!r}")
+    if more.get("max_cost") is not None and not more["max_cost"] >= 0:
+        raise UsageError(f"max_cost: expected a number >= 0, got {more['max_cost']!r}")
+    tokenizers = more.pop("tokenizers", None)
+    if isinstance(more.get("tokenizer"), str):
+        more["tokenizer"] = [more["tokenizer"]]
+    options = GenerateOptions(task=str(task), num_scenarios=n, output=os.fspath(output), **more)
+    if tokenizers is not None:
+        options.tokenizer = list(tokenizers)
+    if options.base_url is None:
+        options.base_url = os.environ.get("OPENAI_BASE_URL") or None  # as the command line's default
+    if options.base_url is not None:
+        try:
+            options.base_url = check_url(options.base_url)
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(f"base_url: {exc}") from None
+    return options
+
+
+def _finish(result: GenerateResult) -> GenerateResult:
+    if result.stop_reason == "interrupted":
+        raise RunInterrupted(result)
+    return result
+
+
+def generate(task: str = "refusal", n: int = 100, output: str | os.PathLike = "dataset.jsonl", *,
+             model: str = "gpt-4o", base_url: str | None = None, max_cost: float | None = None,
+             seed: int | None = None, concurrency: int = 32, overwrite: bool = False, show: bool = True,
+             **options: Any) -> GenerateResult:
+    """Generate a dataset of exactly ``n`` validated scenarios into ``output`` (``asyncgen run``).
+
+    Without ``OPENAI_API_KEY`` and ``base_url`` it runs offline against the built-in simulator.
+    An existing ``output`` is resumed: the call goes on where the dataset ends and stops at ``n``.
+    Works in a plain script and inside a running event loop (Jupyter): there the run goes to a
+    worker thread, and the kernel's interrupt stops it gracefully (as the first Ctrl-C on a
+    terminal: no new requests, those in flight get ``grace_period`` seconds); a second interrupt
+    stops at once. The dataset stays consistent and resumable either way.
+
+    Args:
+        task: A task name (a YAML file in ``config_dir/tasks/``) or the path of a task YAML.
+        n: The scenarios the dataset must hold.
+        output: The dataset file (JSONL); its checkpoint and token annotations go beside it.
+        model: The model name sent to the API.
+        base_url: An OpenAI-compatible API's base URL (default: ``$OPENAI_BASE_URL``, else the
+            OpenAI API if ``OPENAI_API_KEY`` is set, else the offline simulator).
+        max_cost: A USD budget for the dataset; no request starts that could cross it.
+        seed: The base seed sent with requests (also seeds the offline simulator).
+        concurrency: The most requests in flight at once.
+        overwrite: Start the dataset over, discarding what ``output`` holds.
+        show: Show the live progress display and the closing summary (stderr; a live display in
+            a notebook).
+        **options: Any other flag of ``asyncgen run``, by its name with underscores
+            (``temperature``, ``rpm``, ``tpm``, ``prices``, ``config_dir``, ``tokenizers`` (a list of
+            ``NAME[=SPEC]``), ``cache_dir``, ``checkpoint``, ``no_checkpoint``, ``force_resume``,
+            ``validator_workers``, ``annotate``, ``grace_period``, ``request_timeout``, ...).
+
+    Returns:
+        What the run did: counts, cost and paths. ``result.finished`` is False when it stopped at
+        ``max_cost`` (``result.stop_reason == "max_cost"``).
+
+    Raises:
+        UsageError: Bad input: an unknown task, a contradicting option, a dataset of another task.
+        RunError: The run failed on the way (the API refused, no new scenarios came); the dataset
+            keeps what was written and resumes.
+        RunInterrupted: The run was interrupted; ``.result`` says how far it got.
+    """
+    opts = _options(task, n, output, {"model": model, "base_url": base_url, "max_cost": max_cost, "seed": seed,
+                                      "concurrency": concurrency, "overwrite": overwrite, **options})
+    prepared = prepare(opts)
+    control = RunControl()
+    return _finish(run_anywhere(lambda: generate_async(prepared, control, show=show), control))
+
+
+async def agenerate(task: str = "refusal", n: int = 100, output: str | os.PathLike = "dataset.jsonl", *,
+                    model: str = "gpt-4o", base_url: str | None = None, max_cost: float | None = None,
+                    seed: int | None = None, concurrency: int = 32, overwrite: bool = False, show: bool = True,
+                    **options: Any) -> GenerateResult:
+    """:func:`generate` for those who ``await``: the run goes on the running event loop.
+
+    Same arguments, result and errors as :func:`generate`. It installs no signal handlers (the
+    loop's owner keeps its own); cancelling the awaiting task is the interrupt: the first
+    cancellation stops the run gracefully and waits for it (a second one stops it at once),
+    then :class:`RunInterrupted` is raised. The tokenizers load in a worker thread.
+    """
+    opts = _options(task, n, output, {"model": model, "base_url": base_url, "max_cost": max_cost, "seed": seed,
+                                      "concurrency": concurrency, "overwrite": overwrite, **options})
+    prepared = await asyncio.to_thread(prepare, opts)
+    control = RunControl()
+    run = asyncio.ensure_future(generate_async(prepared, control, show=show, handle_signals=False))
+    while True:
+        try:
+            return _finish(await asyncio.shield(run))
+        except asyncio.CancelledError:
+            if run.done():
+                raise
+            control.stop()  # the interrupt: the run stops, closes its files and returns
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export` wrote.
+
+    Attributes:
+        rows: Scenarios written (one row each).
+        paths: The files or folders written.
+        message: The line ``asyncgen export`` prints.
+    """
+
+    rows: int
+    paths: list[Path]
+    message: str
+
+
+ExportFormat = Literal["jsonl", "csv", "parquet", "hf", "eap"]
+
+
+def export(dataset: str | os.PathLike, format: ExportFormat = "jsonl", out: str | os.PathLike | None = None, *,
+           split: float | None = None, seed: int = 0, scores: Sequence[str] = (),
+           only_flipping: Literal["single", "multi", "both"] | None = None, overwrite: bool = False,
+           task: str | None = None, config_dir: str | None = None, tokenizers: Sequence[str] = (),
+           cache_dir: str | None = None) -> ExportResult:
+    """Write ``dataset`` with its token positions and answer ids per tokenizer (``asyncgen export``).
+
+    Args:
+        dataset: A dataset written by :func:`generate` or ``asyncgen run``.
+        format: ``jsonl``, ``csv``, ``parquet`` (needs pyarrow), ``hf`` (a ``datasets`` folder for
+            ``load_from_disk``) or ``eap`` (a folder of EAP-IG CSVs, one per tokenizer).
+        out: The file or folder to write (default: beside the dataset, e.g. ``DATASET.csv``).
+            Only an earlier export is replaced, unless ``overwrite``.
+        split: Add a train/test split with this share in train (e.g. 0.8).
+        seed: The seed of the split's shuffle.
+        scores: Models whose scores (from ``asyncgen score``) to add as ``score.MODEL.*`` columns.
+        only_flipping: Keep only the scenarios that flip under every ``scores`` model, in this form.
+        overwrite: Replace ``out`` even if it is not an export asyncgen wrote.
+        task: The task whose answers to use (default: the one the dataset names).
+        config_dir: The folder with ``tasks/*.yaml`` (default: the shipped configs).
+        tokenizers: ``NAME[=SPEC]`` tokenizer selections, as ``--tokenizer``.
+        cache_dir: Where built tokenizers are cached.
+
+    Returns:
+        The rows written and where.
+
+    Raises:
+        UsageError: A missing or malformed dataset, a bad option, an ``out`` that is not an export.
+    """
+    from asyncgen.commands.export import export_dataset
+    from asyncgen.exports import FORMATS
+
+    if format not in FORMATS:
+        raise UsageError(f"format: expected one of {', '.join(FORMATS)}, got {format!r}")
+    if split is not None and not 0 < split < 1:
+        raise UsageError(f"split: expected the train share, a number strictly between 0 and 1, got {split!r}")
+    args = argparse.Namespace(dataset=os.fspath(dataset), format=format, out=None if out is None else os.fspath(out),
+                              split=split, seed=seed, scores=list(scores), only_flipping=only_flipping,
+                              overwrite=overwrite, task=task, config_dir=config_dir, tokenizer=list(tokenizers),
+                              cache_dir=cache_dir)
+    done = export_dataset(args)
+    return ExportResult(done.rows, [Path(path) for path in done.paths], done.message)
+
+
+def load(path: str | os.PathLike, format: Literal["datasets", "pandas", "records"] = "datasets", *,
+         scores: bool | Sequence[str] = True, task: str | None = None, config_dir: str | None = None,
+         tokenizers: Sequence[str] = (), cache_dir: str | None = None,
+         ) -> "datasets.Dataset | pandas.DataFrame | list[dict]":
+    """Read a dataset with its token annotations and scores: one row per scenario. Read-only.
+
+    The columns are those of ``asyncgen export``: the clean and corrupt texts of both forms, the
+    answers, per tokenizer the lengths, the differing position and ids, the answers' ids, and per
+    scored model the ``score.MODEL.*`` columns. The annotations come from the sidecar
+    (``DATASET.tokens.jsonl``) when its record shows it was checked against the dataset as it is
+    now; otherwise the scenarios are tokenized (as ``export`` does). Scores files are checked
+    against the dataset (its id and every scenario's texts).
+
+    Args:
+        path: A dataset written by :func:`generate` or ``asyncgen run``.
+        format: ``datasets`` (a ``datasets.Dataset``), ``pandas`` (a ``DataFrame``) or
+            ``records`` (a list of dicts, needing neither).
+        scores: True for every model scored beside the dataset, False for none, or the models.
+        task: The task whose answers to use (default: the one the dataset names).
+        config_dir: The folder with ``tasks/*.yaml`` (default: the shipped configs).
+        tokenizers: ``NAME[=SPEC]`` tokenizer selections, used when the scenarios are tokenized.
+        cache_dir: Where built tokenizers are cached.
+
+    Returns:
+        The rows, in the format asked for.
+
+    Raises:
+        UsageError: A missing, malformed or empty dataset, scores of another dataset, or a format
+            whose library is not installed.
+    """
+    from asyncgen.annotations import read_verified
+    from asyncgen.commands._shared import load_dataset_and_task
+    from asyncgen.config import load_task
+    from asyncgen.exports import rows
+    from asyncgen.score_table import columns, load_scores, scored_models
+    from asyncgen.scenario import read_dataset
+
+    if format not in ("datasets", "pandas", "records"):
+        raise UsageError(f"format: expected datasets, pandas or records, got {format!r}")
+    if format != "records":
+        try:
+            importlib.import_module(format)
+        except ImportError:
+            raise UsageError(f"load(format={format!r}) needs the {format} library: pip install {format}, "
+                             "or use format='records'") from None
+    path = os.fspath(path)
+    notes = read_verified(path) if not tokenizers else None
+    dataset = read_dataset(path)
+    if notes is not None and len(notes) == len(dataset.scenarios):
+        task_config = load_task(task or dataset.task_name, config_dir)
+    else:
+        args = argparse.Namespace(dataset=path, task=task, config_dir=config_dir, tokenizer=list(tokenizers),
+                                  cache_dir=cache_dir)
+        dataset, task_config, loaded = load_dataset_and_task(args)
+        notes = _annotate(dataset.scenarios, task_config, loaded)
+    safe, harmful = task_config.answers.safe, task_config.answers.harmful
+    table = rows(dataset.scenarios, notes, task_config.task_name, (safe, harmful))
+    models = ([model for model, _ in scored_models(path)] if scores is True else [] if scores is False
+              else list(scores))
+    for model in dict.fromkeys(models):
+        records = load_scores(path, task_config.task_name, dataset.scenarios, model)
+        for row in table:
+            row.update(columns(model, records.get(row["scenario_id"]), safe, harmful))
+    if format == "records":
+        return table
+    if format == "pandas":
+        import pandas
+
+        return pandas.DataFrame(table)
+    import datasets
+
+    return datasets.Dataset.from_list(table)
+
+
+def _annotate(scenarios, task, tokenizers) -> list[dict]:
+    import orjson
+
+    from asyncgen.annotations import annotate, task_answers
+
+    return [orjson.loads(line) for line in annotate(scenarios, tokenizers, task_answers(task, tokenizers))]
