@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     import datasets
     import pandas
 
-__all__ = ["generate", "agenerate", "load", "export", "GenerateOptions", "GenerateResult", "ExportResult",
-           "RunInterrupted"]
+__all__ = ["generate", "agenerate", "inspect", "load", "export", "GenerateOptions", "GenerateResult",
+           "InspectReport", "ExportResult", "RunInterrupted"]
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -233,6 +233,58 @@ def export(dataset: str | os.PathLike, format: ExportFormat = "jsonl", out: str 
                               cache_dir=cache_dir)
     done = export_dataset(args)
     return ExportResult(done.rows, [Path(path) for path in done.paths], done.message)
+
+
+@dataclass(frozen=True)
+class InspectReport:
+    """What :func:`inspect` found; ``str()`` of it (and its display in a notebook) is the text
+    ``asyncgen inspect`` prints.
+
+    Attributes:
+        figures: The report as ``asyncgen inspect --json`` gives it: counts, duplicates, the
+            differing words, lengths and positions per tokenizer, diversity, the run's figures
+            (yield, rejections, cost) when its checkpoint is found, and per scored model its figures.
+        text: The report as text.
+    """
+
+    figures: dict
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:  # IPython's display
+        printer.text(self.text)
+
+
+def inspect(dataset: str | os.PathLike, *, tokens: bool = True, checkpoint: str | os.PathLike | None = None,
+            task: str | None = None, config_dir: str | None = None, tokenizers: Sequence[str] = (),
+            cache_dir: str | None = None) -> InspectReport:
+    """Summarise a dataset (``asyncgen inspect``): counts, duplicates, differing words, lengths,
+    diversity and, when its checkpoint is found, the run's yield, rejections and cost.
+
+    Args:
+        dataset: A dataset written by :func:`generate` or ``asyncgen run``.
+        tokens: Include the per-tokenizer figures (tokenizes the scenarios).
+        checkpoint: The run's checkpoint (default: looked for beside the dataset).
+        task: The task whose answers to use (default: the one the dataset names).
+        config_dir: The folder with ``tasks/*.yaml`` (default: the shipped configs).
+        tokenizers: ``NAME[=SPEC]`` tokenizer selections, as ``--tokenizer``.
+        cache_dir: Where built tokenizers are cached.
+
+    Returns:
+        The report, as figures and as text.
+
+    Raises:
+        UsageError: A missing, malformed or empty dataset, or a checkpoint of another dataset.
+    """
+    from asyncgen.commands.inspect_dataset import build_report, report_text
+
+    args = argparse.Namespace(dataset=os.fspath(dataset), task=task, config_dir=config_dir,
+                              tokenizer=list(tokenizers), cache_dir=cache_dir, no_tokens=not tokens,
+                              checkpoint=None if checkpoint is None else os.fspath(checkpoint))
+    report, _ = build_report(args)
+    return InspectReport(report, report_text(report))
 
 
 def load(path: str | os.PathLike, format: Literal["datasets", "pandas", "records"] = "datasets", *,

@@ -157,6 +157,9 @@ class GenerateResult:
     def __str__(self) -> str:
         return self.summary
 
+    def _repr_pretty_(self, printer, cycle: bool) -> None:  # IPython's display: the summary
+        printer.text(self.summary)
+
 
 @dataclass
 class Prepared:

@@ -276,7 +276,7 @@ class Pipeline:
         for sig in (signal.SIGINT, signal.SIGTERM) if self.handle_signals else ():
             try:
                 loop.add_signal_handler(sig, self.interrupt)
-            except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
                 pass
         workers = [asyncio.create_task(self._worker(), name=f"worker-{i}") for i in range(self.concurrency)]
         validators = [

@@ -758,7 +758,7 @@ class Display:
 
     def show(self, count: int | None = None) -> None:
         self.count = self.count if count is None else count
-        if self.line.tty:
+        if self.line.live:
             self.line.refresh()
             return
         now, key = time.monotonic(), self.render(None).split(" | elapsed")[0]
@@ -768,7 +768,7 @@ class Display:
 
     def validated(self, done: int, total: int) -> None:
         self.validating = (done, total)
-        if self.line.tty:
+        if self.line.live:
             self.line.refresh()
 
 
