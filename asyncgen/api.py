@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
-from asyncgen.errors import UsageError
+from asyncgen.errors import RunError, UsageError
 from asyncgen.eventloop import RunControl, run_anywhere
 from asyncgen.generation import GenerateOptions, GenerateResult, generate_async, prepare
 
@@ -42,11 +42,13 @@ __all__ = ["generate", "agenerate", "inspect", "load", "export", "GenerateOption
            "InspectReport", "ExportResult", "RunInterrupted"]
 
 
-class RunInterrupted(KeyboardInterrupt):
-    """A run stopped by an interrupt (Ctrl-C, a notebook's interrupt button, ``SIGTERM``).
+class RunInterrupted(RunError):
+    """A run stopped by an interrupt (Ctrl-C, a notebook's interrupt button, ``SIGTERM``, a
+    cancelled :func:`agenerate`).
 
     The dataset is consistent and resumable: call the same function again to go on. A
-    ``KeyboardInterrupt``, so a script or a notebook stops as it does on any interrupt.
+    ``RunError`` (exit code 130, as the command line's), not a ``KeyboardInterrupt``: the run has
+    stopped and closed its files, and an asyncio task may not raise a ``KeyboardInterrupt``.
 
     Attributes:
         result: What the run did before it stopped (``result.stop_reason == "interrupted"``).
@@ -56,6 +58,8 @@ class RunInterrupted(KeyboardInterrupt):
         super().__init__(f"{result.output}: stopped (interrupted) at {result.scenarios}/{result.target} scenarios; "
                          "the dataset is resumable: call generate again with the same arguments")
         self.result = result
+
+    exit_code = 130
 
 
 def _options(task: str, n: int, output: str | os.PathLike, more: dict[str, Any]) -> GenerateOptions:

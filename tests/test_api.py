@@ -1,0 +1,168 @@
+"""The Python API (asyncgen/api.py): results instead of prints, typed errors instead of exits, a
+call inside a running event loop, the ``await`` variant's interrupt, and ``load`` reading the
+annotations sidecar only when it is checked against the dataset. Offline (the simulator), in this
+process, with validation inline (``validator_workers=0``): no process of its own is the point."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import asyncgen
+from asyncgen.errors import ConfigError, InputFileError, UsageError
+from asyncgen.eventloop import RunControl
+
+FAST = {"validator_workers": 0, "show": False, "seed": 5}
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> Path:
+    """A dataset of 12 scenarios with its checkpoint and annotations, made once; copy it to change it."""
+    folder = tmp_path_factory.mktemp("made")
+    os.environ.pop("OPENAI_API_KEY", None)
+    os.environ.pop("OPENAI_BASE_URL", None)
+    result = asyncgen.generate("refusal", 12, folder / "d.jsonl", **FAST)
+    assert result.finished
+    return folder / "d.jsonl"
+
+
+def _copy(made: Path, folder: Path) -> Path:
+    for path in made.parent.iterdir():
+        if path.is_file():
+            shutil.copy2(path, folder / path.name)
+    return folder / made.name
+
+
+def test_import_asyncgen_imports_no_api_until_it_is_used():
+    code = ("import sys, asyncgen; before = 'asyncgen.api' in sys.modules; asyncgen.load; "
+            "print(before, 'asyncgen.api' in sys.modules, 'openai' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert out.stdout.split() == ["False", "True", "False"], out.stderr[-2000:]
+
+
+def test_generate_returns_a_result_and_resumes_to_a_larger_target(made, tmp_path):
+    dataset = _copy(made, tmp_path)
+    result = asyncgen.generate("refusal", 15, dataset, **FAST)
+    assert (result.scenarios, result.target, result.new, result.finished) == (15, 15, 3, True)
+    assert result.output == dataset and result.checkpoint == tmp_path / "d.checkpoint.json"
+    assert result.annotations == tmp_path / "d.tokens.jsonl" and result.annotations.is_file()
+    assert result.cost_simulated and result.total_cost_usd > result.cost_usd > 0
+    assert result.summary.startswith(f"asyncgen run finished: 15/15 scenarios in {dataset}")
+    assert str(result) == result.summary and result.stop_reason is None
+    assert dataset.read_bytes().count(b"\n") == 60
+
+
+def test_generate_works_inside_a_running_event_loop(tmp_path):
+    """As a notebook cell calls it: asyncio.run() would refuse ('cannot be called from a running event loop')."""
+
+    async def cell():
+        return asyncgen.generate("refusal", 4, tmp_path / "d.jsonl", **FAST)
+
+    assert asyncio.run(cell()).scenarios == 4
+
+
+def test_bad_input_raises_the_projects_typed_errors_never_exits(tmp_path):
+    with pytest.raises(ConfigError):
+        asyncgen.generate("no-such-task", 5, tmp_path / "d.jsonl", **FAST)
+    with pytest.raises(UsageError, match="n: expected a whole number >= 1, got 0"):
+        asyncgen.generate("refusal", 0, tmp_path / "d.jsonl")
+    with pytest.raises(UsageError, match="contradict"):
+        asyncgen.generate("refusal", 5, tmp_path / "d.jsonl", no_checkpoint=True, checkpoint="c.json")
+    with pytest.raises(UsageError, match="base_url: expected an http"):
+        asyncgen.generate("refusal", 5, tmp_path / "d.jsonl", base_url="localhost:8000")
+    with pytest.raises(TypeError, match="no_such_flag"):
+        asyncgen.generate("refusal", 5, tmp_path / "d.jsonl", no_such_flag=1)
+    with pytest.raises(InputFileError):
+        asyncgen.load(tmp_path / "missing.jsonl", format="records")
+    with pytest.raises(UsageError, match="format: expected one of"):
+        asyncgen.export(tmp_path / "missing.jsonl", "xls")
+    assert not (tmp_path / "d.jsonl").exists()
+
+
+def test_a_stop_asked_before_the_run_takes_it_is_handed_over():
+    control, calls = RunControl(), []
+
+    async def run():
+        control.attach(lambda: calls.append("interrupt"))
+        control.stop()
+        await asyncio.sleep(0)
+        control.detach()
+        control.stop()  # after the run: nothing to stop, and no error
+
+    control.stop()
+    asyncio.run(run())
+    assert calls == ["interrupt", "interrupt"]
+
+
+def test_cancelling_agenerate_stops_the_run_gracefully_and_it_resumes(tmp_path):
+    dataset = tmp_path / "d.jsonl"
+
+    async def notebook():
+        task = asyncio.ensure_future(asyncgen.agenerate("refusal", 150, dataset, concurrency=2, **FAST))
+        while not (dataset.exists() and dataset.stat().st_size > 0):
+            await asyncio.sleep(0.05)
+        task.cancel()  # what a notebook's interrupt does to an awaiting cell
+        with pytest.raises(asyncgen.RunInterrupted) as stopped:
+            await task
+        return stopped.value.result
+
+    result = asyncio.run(notebook())
+    held = dataset.read_bytes().count(b"\n") // 4
+    assert result.stop_reason == "interrupted" and result.scenarios == held and 0 < held < 150
+    assert asyncgen.generate("refusal", held + 2, dataset, **FAST).new == 2
+
+
+def test_load_reads_the_checked_sidecar_without_tokenizing(made, tmp_path, monkeypatch):
+    dataset = _copy(made, tmp_path)
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    tokenized = asyncgen.load(dataset, format="records")  # the reference: read or tokenized, the same rows
+
+    def no_tokenizers(*args, **kwargs):
+        raise AssertionError("load tokenized although the sidecar was checked")
+
+    monkeypatch.setattr("asyncgen.commands._shared.load_all", no_tokenizers)
+    rows = asyncgen.load(dataset, format="records")
+    assert rows == tokenized and len(rows) == 12 and rows[3]["scenario_id"] == 3
+    assert {"single_token_clean", "llama3_single_token_position", "qwen2_answer_clean_id"} <= set(rows[0])
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before  # read-only
+    frame = asyncgen.load(dataset, format="pandas")
+    assert frame.shape[0] == 12 and list(frame.columns) == list(rows[0])
+    assert asyncgen.load(dataset).num_rows == 12  # a datasets.Dataset
+
+
+def test_load_tokenizes_when_the_sidecar_belongs_to_another_dataset(made, tmp_path):
+    dataset = _copy(made, tmp_path)
+    expected = asyncgen.load(dataset, format="records")
+    other = tmp_path / "other"
+    other.mkdir()
+    asyncgen.generate("refusal", 12, other / "d.jsonl", **{**FAST, "seed": 77})
+    for name in ("d.tokens.jsonl", "d.tokens.checkpoint.json"):  # another dataset's annotations, same names
+        shutil.copy2(other / name, tmp_path / name)
+    assert asyncgen.load(dataset, format="records") == expected
+
+
+def test_export_returns_what_it_wrote(made, tmp_path):
+    dataset = _copy(made, tmp_path)
+    done = asyncgen.export(dataset, "csv", split=0.5)
+    assert done.rows == 12 and done.paths == [tmp_path / "d.csv"] and done.paths[0].is_file()
+    assert done.message == f"wrote 12 scenarios (6 train, 6 test) to {tmp_path / 'd.csv'}"
+
+
+def test_inspect_returns_the_figures_and_the_text(made, tmp_path):
+    dataset = _copy(made, tmp_path)
+    report = asyncgen.inspect(dataset, tokens=False)
+    assert report.figures["dataset"]["path"] == str(dataset)
+    assert str(report) == report.text and "12" in report.text
