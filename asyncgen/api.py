@@ -31,15 +31,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from asyncgen.errors import RunError, UsageError
-from asyncgen.eventloop import RunControl, run_anywhere
+from asyncgen.eventloop import RunControl, run_anywhere, run_event_loop
 from asyncgen.generation import GenerateOptions, GenerateResult, generate_async, prepare
 
 if TYPE_CHECKING:
     import datasets
     import pandas
 
-__all__ = ["generate", "agenerate", "inspect", "load", "export", "GenerateOptions", "GenerateResult",
-           "InspectReport", "ExportResult", "RunInterrupted"]
+__all__ = ["generate", "agenerate", "score", "inspect", "load", "export", "GenerateOptions", "GenerateResult",
+           "ScoreResult", "InspectReport", "ExportResult", "RunInterrupted"]
 
 
 class RunInterrupted(RunError):
@@ -54,12 +54,12 @@ class RunInterrupted(RunError):
         result: What the run did before it stopped (``result.stop_reason == "interrupted"``).
     """
 
-    def __init__(self, result: GenerateResult) -> None:
-        super().__init__(f"{result.output}: stopped (interrupted) at {result.scenarios}/{result.target} scenarios; "
-                         "the dataset is resumable: call generate again with the same arguments")
-        self.result = result
-
     exit_code = 130
+
+    def __init__(self, result: "GenerateResult | ScoreResult", call: str = "generate") -> None:
+        super().__init__(f"{result.output}: stopped (interrupted) at {result.scenarios}/{result.target} scenarios; "
+                         f"it is resumable: call {call} again with the same arguments")
+        self.result = result
 
 
 def _options(task: str, n: int, output: str | os.PathLike, more: dict[str, Any]) -> GenerateOptions:
@@ -146,7 +146,7 @@ def generate(task: str = "refusal", n: int = 100, output: str | os.PathLike = "d
                                       "concurrency": concurrency, "overwrite": overwrite, **options})
     prepared = prepare(opts)
     control = RunControl()
-    return _finish(run_anywhere(lambda: generate_async(prepared, control, show=show), control))
+    return _finish(run_anywhere(lambda: run_event_loop(generate_async(prepared, control, show=show)), control))
 
 
 async def agenerate(task: str = "refusal", n: int = 100, output: str | os.PathLike = "dataset.jsonl", *,
@@ -175,6 +175,125 @@ async def agenerate(task: str = "refusal", n: int = 100, output: str | os.PathLi
             current = asyncio.current_task()
             if current is not None:
                 current.uncancel()
+
+
+def _command_args(module: str, argv: list[str], options: dict[str, Any], call: str) -> argparse.Namespace:
+    """The arguments ``asyncgen ARGV`` plus ``options`` give a command: ``options`` (flag names with
+    underscores) become its flags and go through its own parser, so every value is checked and
+    every other flag has its default as on the command line. A bad value is a ``UsageError``
+    naming the flag; an unknown option a ``TypeError``."""
+    from asyncgen.cli import ArgumentParser, _common_parser
+
+    class Parser(ArgumentParser):
+        def error(self, message: str):
+            raise UsageError(f"{call}(): {message}")
+
+    parser = Parser(prog="asyncgen")
+    importlib.import_module(f"asyncgen.commands.{module}").register(parser.add_subparsers(dest="command"),
+                                                                   _common_parser())
+    actions = {action.dest: action for sub in parser._subparsers._group_actions
+               for command in sub.choices.values() for action in command._actions if action.option_strings}
+    words = list(argv)
+    for name, value in options.items():
+        action = actions.get(name)
+        if action is None or name in ("help", "log_level"):
+            raise TypeError(f"{call}() got an unexpected keyword argument {name!r}")
+        if value is None or value is False and not isinstance(action, argparse.BooleanOptionalAction):
+            continue  # the flag not given
+        flag = action.option_strings[0]
+        if isinstance(action, argparse.BooleanOptionalAction):
+            words.append(flag if value else "--no-" + flag[2:])
+        elif value is True:
+            words.append(flag)
+        elif isinstance(value, (list, tuple)):
+            if action.nargs in ("+", "*"):
+                words += [flag, *map(str, value)]
+            else:
+                for item in value:
+                    words += [flag, str(item)]
+        else:
+            words += [flag, str(value)]
+    args = parser.parse_args(words)
+    args.argv = words  # for the resume hint: the command that does the same
+    return args
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """What :func:`score` did.
+
+    Attributes:
+        output: The scores file (``DATASET.scores/MODEL.jsonl``).
+        scenarios: Scenarios scored in it now.
+        target: Scenarios in the dataset.
+        new: Scenarios this call scored.
+        cost_usd: What this call cost (None when the price is unknown).
+        cost_simulated: True offline: the simulator's usage at real prices.
+        stop_reason: None when every scenario is scored; ``"max_cost"`` or why it stopped.
+    """
+
+    output: Path
+    scenarios: int
+    target: int
+    new: int = 0
+    cost_usd: float | None = None
+    cost_simulated: bool = False
+    stop_reason: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether every scenario of the dataset is scored."""
+        return self.scenarios >= self.target
+
+
+def score(dataset: str | os.PathLike, model: str, *, form: Literal["single", "multi", "both"] = "both",
+          base_url: str | None = None, max_cost: float | None = None, concurrency: int = 32,
+          **options: Any) -> ScoreResult:
+    """Score a dataset under a model (``asyncgen score``): the answers' log-probabilities after the
+    single-token texts, the free answers to the multi-token texts, and which pairs flip.
+
+    Requests go as for :func:`generate` (offline: the simulator). The scores go to
+    ``DATASET.scores/MODEL.jsonl`` as they arrive; an interrupted call resumes where it stopped.
+    Inside a running event loop (Jupyter) it runs in a worker thread, and the kernel's interrupt
+    stops it as Ctrl-C does. :func:`load` and :func:`export` add the scores as columns.
+
+    Args:
+        dataset: A dataset written by :func:`generate` (it must pass ``asyncgen validate``).
+        model: The model under study, as the server names it.
+        form: ``single`` (answer log-probabilities), ``multi`` (free answers) or ``both``.
+        base_url: An OpenAI-compatible API's base URL (default as for :func:`generate`).
+        max_cost: A USD budget for this call.
+        concurrency: The most requests in flight at once.
+        **options: Any other flag of ``asyncgen score`` by its name with underscores (``chat``,
+            ``judge_model``, ``max_answer_tokens``, ``tokenizer``, ``task``, ``config_dir``,
+            ``prices``, ``rpm``, ``tpm``, ``request_timeout``, ``max_attempts``, ``grace_period``, ...).
+
+    Returns:
+        How many scenarios are scored, what it cost, and where the scores are.
+
+    Raises:
+        UsageError: A bad option, a dataset that fails validation, scores of another dataset.
+        RunError: The scoring failed on the way; what was scored is kept and resumes.
+        RunInterrupted: The scoring was interrupted; ``.result`` says how far it got.
+    """
+    from asyncgen.commands.score_run import score as score_command
+    from asyncgen.scenario import read_dataset
+    from asyncgen.scores import read_scores, scores_path
+
+    args = _command_args("score", ["score", os.fspath(dataset), "--model", model],
+                         {"form": form, "base_url": base_url, "max_cost": max_cost, "concurrency": concurrency,
+                          **options}, "score")
+    args.control = control = RunControl()
+    code = run_anywhere(lambda: score_command(args), control)
+    stats = control.stats
+    path = scores_path(args.dataset, model)
+    target = stats.target if stats is not None else len(read_dataset(args.dataset).scenarios)
+    stop = None if code == 0 else "interrupted" if code == 130 else "max_cost" if args.max_cost is not None else "failed"
+    result = ScoreResult(path, len(read_scores(path).records), target, stats.accepted_this_run if stats else 0,
+                         stats.cost_usd if stats else None, bool(stats and stats.cost_simulated), stop)
+    if stop == "interrupted":
+        raise RunInterrupted(result, "score")
+    return result
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from typing import Awaitable, Callable, TypeVar
+from typing import Callable, TypeVar
 
 T = TypeVar("T")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -38,11 +38,14 @@ class RunControl:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._interrupt: Callable[[], None] | None = None
         self._pending = 0
+        self.stats = None
 
-    def attach(self, interrupt: Callable[[], None]) -> None:
-        """Called on the run's loop: from now on ``stop()`` calls ``interrupt`` there."""
+    def attach(self, interrupt: Callable[[], None], stats=None) -> None:
+        """Called on the run's loop: from now on ``stop()`` calls ``interrupt`` there. ``stats``
+        (the run's ``RunStats``) stays readable as ``control.stats`` after the run."""
         with self._lock:
             self._loop, self._interrupt = asyncio.get_running_loop(), interrupt
+            self.stats = stats if stats is not None else self.stats
             pending, self._pending = self._pending, 0
         for _ in range(pending):
             interrupt()
@@ -62,14 +65,15 @@ class RunControl:
             loop.call_soon_threadsafe(interrupt)
 
 
-def run_anywhere(make_coro: Callable[[], Awaitable[T]], control: RunControl, *, poll_seconds: float = 0.1) -> T:
-    """Run ``make_coro()`` to completion and return its result, from any synchronous caller.
+def run_anywhere(work: Callable[[], T], control: RunControl, *, poll_seconds: float = 0.1) -> T:
+    """Call ``work()`` (which runs its own event loop: ``run_event_loop``) and return its result,
+    from any synchronous caller.
 
-    With no event loop running in this thread (a script, the CLI) it runs here, on a new loop.
-    Inside a running loop (a Jupyter kernel's: ``asyncio.run`` would refuse) it runs on a new loop
-    in a worker thread while this thread waits, in short waits that a KeyboardInterrupt (the
-    kernel's interrupt) can break: each one is forwarded to the run as ``control.stop()``, the
-    terminal's Ctrl-C, and the wait goes on until the run has stopped and closed its files.
+    With no event loop running in this thread (a script, the CLI) it is called here. Inside a
+    running loop (a Jupyter kernel's: ``asyncio.run`` would refuse) it is called in a worker thread
+    while this thread waits, in short waits that a KeyboardInterrupt (the kernel's interrupt) can
+    break: each one is forwarded to the run as ``control.stop()``, the terminal's Ctrl-C, and the
+    wait goes on until the run has stopped and closed its files.
     """
     try:
         asyncio.get_running_loop()
@@ -77,16 +81,16 @@ def run_anywhere(make_coro: Callable[[], Awaitable[T]], control: RunControl, *, 
     except RuntimeError:
         in_a_loop = False
     if not in_a_loop:
-        return run_event_loop(make_coro())
+        return work()
     outcome: concurrent.futures.Future = concurrent.futures.Future()
 
-    def work() -> None:
+    def call() -> None:
         try:
-            outcome.set_result(run_event_loop(make_coro()))
+            outcome.set_result(work())
         except BaseException as exc:  # handed to the waiting thread, which raises it
             outcome.set_exception(exc)
 
-    worker = threading.Thread(target=work, name="asyncgen-run", daemon=True)
+    worker = threading.Thread(target=call, name="asyncgen-run", daemon=True)
     worker.start()
     while True:
         try:

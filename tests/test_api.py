@@ -166,3 +166,25 @@ def test_inspect_returns_the_figures_and_the_text(made, tmp_path):
     report = asyncgen.inspect(dataset, tokens=False)
     assert report.figures["dataset"]["path"] == str(dataset)
     assert str(report) == report.text and "12" in report.text
+
+
+def test_score_returns_a_result_and_load_adds_its_columns(made, tmp_path):
+    dataset = _copy(made, tmp_path)
+    result = asyncgen.score(dataset, "gpt-4o", concurrency=4)
+    assert (result.scenarios, result.target, result.new, result.finished) == (12, 12, 12, True)
+    assert result.output == tmp_path / "d.scores" / "gpt-4o.jsonl" and result.cost_simulated
+    rows = asyncgen.load(dataset, format="records")
+    assert all(isinstance(row["score.gpt-4o.single_flips"], bool) for row in rows)
+    assert "score.gpt-4o.single_flips" not in asyncgen.load(dataset, format="records", scores=False)[0]
+    assert asyncgen.score(dataset, "gpt-4o").new == 0  # all scored: nothing to do
+
+
+def test_score_options_go_through_the_commands_own_checks(made, tmp_path):
+    dataset = _copy(made, tmp_path)
+    with pytest.raises(UsageError, match=r"score\(\): argument --form: invalid choice: 'bogus'"):
+        asyncgen.score(dataset, "gpt-4o", form="bogus")
+    with pytest.raises(UsageError, match=r"argument --concurrency: expected a whole number >= 1, got 0"):
+        asyncgen.score(dataset, "gpt-4o", concurrency=0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
+        asyncgen.score(dataset, "gpt-4o", bogus=1)
+    assert not (tmp_path / "d.scores").exists()
