@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     import datasets
     import pandas
 
-__all__ = ["generate", "agenerate", "score", "inspect", "load", "export", "GenerateOptions", "GenerateResult",
-           "ScoreResult", "InspectReport", "ExportResult", "RunInterrupted"]
+__all__ = ["generate", "agenerate", "generate_batch", "score", "inspect", "load", "export", "GenerateOptions", "GenerateResult",
+           "BatchResult", "ScoreResult", "InspectReport", "ExportResult", "RunInterrupted"]
 
 
 class RunInterrupted(RunError):
@@ -56,7 +56,7 @@ class RunInterrupted(RunError):
 
     exit_code = 130
 
-    def __init__(self, result: "GenerateResult | ScoreResult", call: str = "generate") -> None:
+    def __init__(self, result: "GenerateResult | BatchResult | ScoreResult", call: str = "generate") -> None:
         super().__init__(f"{result.output}: stopped (interrupted) at {result.scenarios}/{result.target} scenarios; "
                          f"it is resumable: call {call} again with the same arguments")
         self.result = result
@@ -191,8 +191,14 @@ def _command_args(module: str, argv: list[str], options: dict[str, Any], call: s
     parser = Parser(prog="asyncgen")
     importlib.import_module(f"asyncgen.commands.{module}").register(parser.add_subparsers(dest="command"),
                                                                    _common_parser())
-    actions = {action.dest: action for sub in parser._subparsers._group_actions
-               for command in sub.choices.values() for action in command._actions if action.option_strings}
+    command = parser
+    for word in argv:  # down to the (sub)command's own parser: ["batch", "run", ...]
+        choices = next((action.choices for action in command._actions
+                        if isinstance(action, argparse._SubParsersAction)), None)
+        if choices is None or word not in choices:
+            break
+        command = choices[word]
+    actions = {action.dest: action for action in command._actions if action.option_strings}
     words = list(argv)
     for name, value in options.items():
         action = actions.get(name)
@@ -293,6 +299,82 @@ def score(dataset: str | os.PathLike, model: str, *, form: Literal["single", "mu
                          stats.cost_usd if stats else None, bool(stats and stats.cost_simulated), stop)
     if stop == "interrupted":
         raise RunInterrupted(result, "score")
+    return result
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What :func:`generate_batch` did.
+
+    Attributes:
+        output: The dataset file.
+        directory: The batch directory (manifest, request and result files).
+        scenarios: Scenarios the dataset holds now.
+        target: Scenarios asked for.
+        stop_reason: None when it finished; ``"max_cost"`` or why it stopped.
+    """
+
+    output: Path
+    directory: Path
+    scenarios: int
+    target: int
+    stop_reason: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the dataset holds the scenarios asked for."""
+        return self.scenarios >= self.target
+
+
+def generate_batch(task: str = "refusal", n: int = 100, output: str | os.PathLike = "dataset.jsonl", *,
+          directory: str | os.PathLike = "batches", model: str = "gpt-4o", base_url: str | None = None,
+          max_cost: float | None = None, **options: Any) -> BatchResult:
+    """Generate a dataset through the Batch API, half the price of :func:`generate` (``asyncgen batch run``).
+
+    (Not ``asyncgen.batch``: that name is the package of the Batch API's pieces.)
+
+    Creates, submits, polls, downloads, validates and tops up until ``output`` holds exactly ``n``
+    scenarios. State lives in ``directory``: an interrupted or killed call resumes there, nothing
+    is submitted or paid for twice (submitted batches go on meanwhile). Offline (no
+    ``OPENAI_API_KEY``, no ``base_url``) the simulator answers the batches. Inside a running event
+    loop (Jupyter) it runs in a worker thread; the kernel's interrupt stops it as Ctrl-C does
+    (during a validation pass, after the chunk in hand).
+
+    Args:
+        task: A task name or the path of a task YAML.
+        n: The scenarios the dataset must hold.
+        output: The dataset file (JSONL).
+        directory: The batch directory.
+        model: The model name sent to the API.
+        base_url: An OpenAI-compatible API's base URL (default as for :func:`generate`).
+        max_cost: A USD budget for the dataset at batch prices.
+        **options: Any other flag of ``asyncgen batch run`` by its name with underscores
+            (``poll_seconds``, ``pilot_requests``, ``config_dir``, ``tokenizer``, ``validator_workers``, ...).
+
+    Returns:
+        The counts and the paths.
+
+    Raises:
+        UsageError: A bad option, a directory of another dataset or task.
+        RunError: A round failed (the batches' errors are logged).
+        RunInterrupted: The run was interrupted; ``.result`` says how far it got.
+    """
+    from asyncgen.scenario import LINES_PER_SCENARIO
+
+    args = _command_args("batch", ["batch", "run"],
+                         {"task": task, "num_scenarios": n, "output": os.fspath(output), "dir": os.fspath(directory),
+                          "model": model, "base_url": base_url, "max_cost": max_cost, **options}, "batch")
+    args.control = control = RunControl()
+    code = run_anywhere(lambda: args.handler(args), control)
+    try:
+        with open(args.output, "rb") as handle:
+            held = sum(1 for _ in handle) // LINES_PER_SCENARIO
+    except FileNotFoundError:
+        held = 0
+    stop = None if code == 0 else "interrupted" if code == 130 else "max_cost" if args.max_cost is not None else "failed"
+    result = BatchResult(Path(args.output), Path(args.dir), held, n, stop)
+    if stop == "interrupted":
+        raise RunInterrupted(result, "generate_batch")
     return result
 
 

@@ -40,11 +40,12 @@ class RunControl:
         self._pending = 0
         self.stats = None
 
-    def attach(self, interrupt: Callable[[], None], stats=None) -> None:
-        """Called on the run's loop: from now on ``stop()`` calls ``interrupt`` there. ``stats``
-        (the run's ``RunStats``) stays readable as ``control.stats`` after the run."""
+    def attach(self, interrupt: Callable[[], None], stats=None, *, on_loop: bool = True) -> None:
+        """Called on the run's loop: from now on ``stop()`` calls ``interrupt`` there (with
+        ``on_loop`` False: in the caller's thread, for an ``interrupt`` that is thread-safe itself).
+        ``stats`` (the run's ``RunStats``) stays readable as ``control.stats`` after the run."""
         with self._lock:
-            self._loop, self._interrupt = asyncio.get_running_loop(), interrupt
+            self._loop, self._interrupt = asyncio.get_running_loop() if on_loop else None, interrupt
             self.stats = stats if stats is not None else self.stats
             pending, self._pending = self._pending, 0
         for _ in range(pending):
@@ -61,6 +62,9 @@ class RunControl:
                 self._pending += 1
                 return
             loop, interrupt = self._loop, self._interrupt
+        if loop is None:
+            interrupt()
+            return
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: the run is over
             loop.call_soon_threadsafe(interrupt)
 

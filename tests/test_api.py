@@ -8,8 +8,11 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -188,3 +191,42 @@ def test_score_options_go_through_the_commands_own_checks(made, tmp_path):
     with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
         asyncgen.score(dataset, "gpt-4o", bogus=1)
     assert not (tmp_path / "d.scores").exists()
+
+
+def _interrupt_main_thread_when(ready, stopped: list) -> threading.Thread:
+    """A thread that sends SIGINT to this process once ``ready()`` holds, as a kernel's interrupt does."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 120
+        while not ready() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stopped.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_keyboard_interrupt_in_a_notebook_cell_stops_generate_batch_and_it_resumes(tmp_path):
+    """A cell runs inside the kernel's loop and the interrupt raises KeyboardInterrupt in the main
+    thread (no asyncio SIGINT handler there): the batch run stops, keeps its directory, resumes."""
+    dataset, directory = tmp_path / "d.jsonl", tmp_path / "b"
+    options = {"directory": directory, "validator_workers": 0, "seed": 5}
+
+    async def cell():
+        return asyncgen.generate_batch("refusal", 40, dataset, **options)
+
+    stopped: list = []
+    watcher = _interrupt_main_thread_when(lambda: (directory / "manifest.json").exists(), stopped)
+    loop = asyncio.new_event_loop()  # like the kernel's: no SIGINT handler of its own
+    try:
+        with pytest.raises(asyncgen.RunInterrupted) as interrupted:
+            loop.run_until_complete(cell())
+    finally:
+        loop.close()
+        watcher.join()
+    assert stopped and interrupted.value.result.stop_reason == "interrupted"
+    assert not interrupted.value.result.finished
+    assert asyncgen.generate_batch("refusal", 40, dataset, **options).finished
+    assert dataset.read_bytes().count(b"\n") == 160
