@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import importlib
 import os
 from dataclasses import dataclass
@@ -62,37 +61,17 @@ class RunInterrupted(RunError):
         self.result = result
 
 
-def _options(task: str, n: int, output: str | os.PathLike, more: dict[str, Any]) -> GenerateOptions:
-    """The options of a call, checked as the command line checks its flags (UsageError, one line)."""
-    from asyncgen.commands.argtypes import base_url as check_url
-
-    known = {f.name for f in dataclasses.fields(GenerateOptions)} - {"task", "num_scenarios", "output", "argv"}
-    unknown = sorted(set(more) - known)
-    if unknown:
-        raise TypeError(f"generate() got unexpected keyword argument(s) {', '.join(unknown)}; "
-                        f"the options are: {', '.join(sorted(known))}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise UsageError(f"n: expected a whole number >= 1, got {n!r}")
-    for name in ("concurrency", "max_attempts", "sync_every"):
-        value = more.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise UsageError(f"{name}: expected a whole number >= 1, got {value!r}")
-    if more.get("max_cost") is not None and not more["max_cost"] >= 0:
-        raise UsageError(f"max_cost: expected a number >= 0, got {more['max_cost']!r}")
-    tokenizers = more.pop("tokenizers", None)
-    if isinstance(more.get("tokenizer"), str):
-        more["tokenizer"] = [more["tokenizer"]]
-    options = GenerateOptions(task=str(task), num_scenarios=n, output=os.fspath(output), **more)
-    if tokenizers is not None:
-        options.tokenizer = list(tokenizers)
-    if options.base_url is None:
-        options.base_url = os.environ.get("OPENAI_BASE_URL") or None  # as the command line's default
-    if options.base_url is not None:
-        try:
-            options.base_url = check_url(options.base_url)
-        except argparse.ArgumentTypeError as exc:
-            raise UsageError(f"base_url: {exc}") from None
-    return options
+def _options(task: str, n: int, output: str | os.PathLike, options: dict[str, Any], call: str) -> GenerateOptions:
+    """The options of a call, through ``asyncgen run``'s own parser (its checks, its defaults)."""
+    if "tokenizers" in options:  # the plural reads better in Python; the flag is --tokenizer (repeatable)
+        options["tokenizer"] = options.pop("tokenizers")
+    if isinstance(options.get("tokenizer"), str):
+        options["tokenizer"] = [options["tokenizer"]]
+    if "dry_run" in options:
+        raise TypeError(f"{call}() has no dry_run: `python -m asyncgen run --dry-run` prints the plan")
+    args = _command_args("run", ["run"], {"task": str(task), "num_scenarios": n, "output": os.fspath(output),
+                                          **options}, call)
+    return GenerateOptions.from_namespace(args)
 
 
 def _finish(result: GenerateResult) -> GenerateResult:
@@ -143,7 +122,7 @@ def generate(task: str = "refusal", n: int = 100, output: str | os.PathLike = "d
         RunInterrupted: The run was interrupted; ``.result`` says how far it got.
     """
     opts = _options(task, n, output, {"model": model, "base_url": base_url, "max_cost": max_cost, "seed": seed,
-                                      "concurrency": concurrency, "overwrite": overwrite, **options})
+                                      "concurrency": concurrency, "overwrite": overwrite, **options}, "generate")
     prepared = prepare(opts)
     control = RunControl()
     return _finish(run_anywhere(lambda: run_event_loop(generate_async(prepared, control, show=show)), control))
@@ -161,7 +140,7 @@ async def agenerate(task: str = "refusal", n: int = 100, output: str | os.PathLi
     then :class:`RunInterrupted` is raised. The tokenizers load in a worker thread.
     """
     opts = _options(task, n, output, {"model": model, "base_url": base_url, "max_cost": max_cost, "seed": seed,
-                                      "concurrency": concurrency, "overwrite": overwrite, **options})
+                                      "concurrency": concurrency, "overwrite": overwrite, **options}, "agenerate")
     prepared = await asyncio.to_thread(prepare, opts)
     control = RunControl()
     run = asyncio.ensure_future(generate_async(prepared, control, show=show, handle_signals=False))
@@ -204,8 +183,9 @@ def _command_args(module: str, argv: list[str], options: dict[str, Any], call: s
         action = actions.get(name)
         if action is None or name in ("help", "log_level"):
             raise TypeError(f"{call}() got an unexpected keyword argument {name!r}")
-        if value is None or value is False and not isinstance(action, argparse.BooleanOptionalAction):
-            continue  # the flag not given
+        if value is None or value == action.default or value is False and not isinstance(
+                action, argparse.BooleanOptionalAction):
+            continue  # the flag not given: its default
         flag = action.option_strings[0]
         if isinstance(action, argparse.BooleanOptionalAction):
             words.append(flag if value else "--no-" + flag[2:])

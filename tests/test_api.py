@@ -80,12 +80,14 @@ def test_generate_works_inside_a_running_event_loop(tmp_path):
 def test_bad_input_raises_the_projects_typed_errors_never_exits(tmp_path):
     with pytest.raises(ConfigError):
         asyncgen.generate("no-such-task", 5, tmp_path / "d.jsonl", **FAST)
-    with pytest.raises(UsageError, match="n: expected a whole number >= 1, got 0"):
+    with pytest.raises(UsageError, match=r"generate\(\): argument --num-scenarios: expected a whole number >= 1, got 0"):
         asyncgen.generate("refusal", 0, tmp_path / "d.jsonl")
     with pytest.raises(UsageError, match="contradict"):
         asyncgen.generate("refusal", 5, tmp_path / "d.jsonl", no_checkpoint=True, checkpoint="c.json")
-    with pytest.raises(UsageError, match="base_url: expected an http"):
+    with pytest.raises(UsageError, match="argument --base-url: expected an http"):
         asyncgen.generate("refusal", 5, tmp_path / "d.jsonl", base_url="localhost:8000")
+    with pytest.raises(UsageError, match="argument --response-format: invalid choice: 'yaml'"):
+        asyncgen.generate("refusal", 5, tmp_path / "d.jsonl", response_format="yaml")
     with pytest.raises(TypeError, match="no_such_flag"):
         asyncgen.generate("refusal", 5, tmp_path / "d.jsonl", no_such_flag=1)
     with pytest.raises(InputFileError):

@@ -1022,17 +1022,17 @@ def cmd_run(args) -> int:
 
 
 def _stop_from_any_thread(task: asyncio.Task):
-    """``batch run``'s Ctrl-C, callable from any thread: the pass under way stops after its chunk;
-    otherwise the run's task is cancelled, as the event loop's own SIGINT handler does."""
+    """``batch run``'s Ctrl-C, callable from any thread: the run's task is cancelled, as the event
+    loop's own SIGINT handler does; a validation pass under way (synchronous: the cancellation
+    lands when it ends) stops after the chunk in hand."""
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
         running = Interrupts.active
         if running is not None:
             running.interrupt()
-        else:
-            with contextlib.suppress(RuntimeError):  # the loop closed: the run is over
-                loop.call_soon_threadsafe(task.cancel)
+        with contextlib.suppress(RuntimeError):  # the loop closed: the run is over
+            loop.call_soon_threadsafe(task.cancel)
     return stop
 
 
