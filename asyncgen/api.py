@@ -74,10 +74,18 @@ def _options(task: str, n: int, output: str | os.PathLike, options: dict[str, An
     return GenerateOptions.from_namespace(args)
 
 
-def _finish(result: GenerateResult) -> GenerateResult:
+def _finish(result, call: str = "generate"):
+    """``result``, or ``RunInterrupted`` carrying it when the run was interrupted."""
     if result.stop_reason == "interrupted":
-        raise RunInterrupted(result)
+        raise RunInterrupted(result, call)
     return result
+
+
+def _stop_reason(exit_code: int, max_cost: float | None) -> str | None:
+    """Why a command stopped short, from its exit code (0 finished, 130 interrupted, 1 otherwise)."""
+    if exit_code == 0:
+        return None
+    return "interrupted" if exit_code == 130 else "max_cost" if max_cost is not None else "failed"
 
 
 def generate(task: str = "refusal", n: int = 100, output: str | os.PathLike = "dataset.jsonl", *,
@@ -274,12 +282,9 @@ def score(dataset: str | os.PathLike, model: str, *, form: Literal["single", "mu
     stats = control.stats
     path = scores_path(args.dataset, model)
     target = stats.target if stats is not None else len(read_dataset(args.dataset).scenarios)
-    stop = None if code == 0 else "interrupted" if code == 130 else "max_cost" if args.max_cost is not None else "failed"
-    result = ScoreResult(path, len(read_scores(path).records), target, stats.accepted_this_run if stats else 0,
-                         stats.cost_usd if stats else None, bool(stats and stats.cost_simulated), stop)
-    if stop == "interrupted":
-        raise RunInterrupted(result, "score")
-    return result
+    return _finish(ScoreResult(path, len(read_scores(path).records), target, stats.accepted_this_run if stats else 0,
+                               stats.cost_usd if stats else None, bool(stats and stats.cost_simulated),
+                               _stop_reason(code, args.max_cost)), "score")
 
 
 @dataclass(frozen=True)
@@ -351,11 +356,8 @@ def generate_batch(task: str = "refusal", n: int = 100, output: str | os.PathLik
             held = sum(1 for _ in handle) // LINES_PER_SCENARIO
     except FileNotFoundError:
         held = 0
-    stop = None if code == 0 else "interrupted" if code == 130 else "max_cost" if args.max_cost is not None else "failed"
-    result = BatchResult(Path(args.output), Path(args.dir), held, n, stop)
-    if stop == "interrupted":
-        raise RunInterrupted(result, "generate_batch")
-    return result
+    return _finish(BatchResult(Path(args.output), Path(args.dir), held, n, _stop_reason(code, args.max_cost)),
+                   "generate_batch")
 
 
 @dataclass(frozen=True)
