@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import signal
 import threading
 from typing import Callable, TypeVar
 
@@ -69,6 +70,27 @@ class RunControl:
             loop.call_soon_threadsafe(interrupt)
 
 
+@contextlib.contextmanager
+def _signals_restored():
+    """On the main thread, SIGINT's and SIGTERM's handlers and the signal wakeup fd as they were
+    before, once the block ends. A loop that took the signals (the run's graceful stop) leaves its
+    handlers behind when it closes (uvloop does): in a script or an IPython shell that goes on,
+    Ctrl-C would go to a loop that is gone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    wakeup_fd = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(wakeup_fd)
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            if handler is not None:  # None: set outside Python, cannot be put back
+                signal.signal(sig, handler)
+        signal.set_wakeup_fd(wakeup_fd)
+
+
 def run_anywhere(work: Callable[[], T], control: RunControl, *, poll_seconds: float = 0.1) -> T:
     """Call ``work()`` (which runs its own event loop: ``run_event_loop``) and return its result,
     from any synchronous caller.
@@ -85,7 +107,8 @@ def run_anywhere(work: Callable[[], T], control: RunControl, *, poll_seconds: fl
     except RuntimeError:
         in_a_loop = False
     if not in_a_loop:
-        return work()
+        with _signals_restored():
+            return work()
     outcome: concurrent.futures.Future = concurrent.futures.Future()
 
     def call() -> None:

@@ -68,6 +68,14 @@ def test_generate_returns_a_result_and_resumes_to_a_larger_target(made, tmp_path
     assert dataset.read_bytes().count(b"\n") == 60
 
 
+def test_generate_leaves_the_signal_handlers_as_it_found_them(tmp_path):
+    """Was: the run's loop (uvloop) left its SIGINT/SIGTERM handlers behind when it closed, so in a
+    script or an IPython shell that went on, Ctrl-C went to a loop that was gone and did nothing."""
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    asyncgen.generate("refusal", 3, tmp_path / "d.jsonl", **FAST)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
 def test_generate_works_inside_a_running_event_loop(tmp_path):
     """As a notebook cell calls it: asyncio.run() would refuse ('cannot be called from a running event loop')."""
 
