@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import os
 from dataclasses import dataclass
@@ -133,7 +134,8 @@ def generate(task: str = "refusal", n: int = 100, output: str | os.PathLike = "d
                                       "concurrency": concurrency, "overwrite": overwrite, **options}, "generate")
     prepared = prepare(opts)
     control = RunControl()
-    return _finish(run_anywhere(lambda: run_event_loop(generate_async(prepared, control, show=show)), control))
+    with _validator_processes_explained():
+        return _finish(run_anywhere(lambda: run_event_loop(generate_async(prepared, control, show=show)), control))
 
 
 async def agenerate(task: str = "refusal", n: int = 100, output: str | os.PathLike = "dataset.jsonl", *,
@@ -154,7 +156,8 @@ async def agenerate(task: str = "refusal", n: int = 100, output: str | os.PathLi
     run = asyncio.ensure_future(generate_async(prepared, control, show=show, handle_signals=False))
     while True:
         try:
-            return _finish(await asyncio.shield(run))
+            with _validator_processes_explained():
+                return _finish(await asyncio.shield(run))
         except asyncio.CancelledError:
             if run.done():
                 raise
@@ -164,12 +167,40 @@ async def agenerate(task: str = "refusal", n: int = 100, output: str | os.PathLi
                 current.uncancel()
 
 
+SCRIPT_GUARD = ("in a script, call asyncgen under `if __name__ == \"__main__\":` (the validator processes import "
+                "the script again), or pass validator_workers=0")
+
+
+def _refuse_in_a_process_that_imports_main(call: str) -> None:
+    """A validator process (started with ``spawn``) imports the user's script again: without the
+    ``__main__`` guard it would run the call again, and start processes of its own."""
+    import multiprocessing.process
+
+    if getattr(multiprocessing.process.current_process(), "_inheriting", False):
+        raise RunError(f"{call}() was called while a validator process imported the script that started it; "
+                       + SCRIPT_GUARD)
+
+
+@contextlib.contextmanager
+def _validator_processes_explained():
+    """A validator pool that broke (its processes died, most often a script without the guard) as
+    one line that says what to do."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        yield
+    except BrokenProcessPool as exc:
+        raise RunError(f"the validator processes died ({exc}); {SCRIPT_GUARD}") from exc
+
+
 def _command_args(module: str, argv: list[str], options: dict[str, Any], call: str) -> argparse.Namespace:
     """The arguments ``asyncgen ARGV`` plus ``options`` give a command: ``options`` (flag names with
     underscores) become its flags and go through its own parser, so every value is checked and
     every other flag has its default as on the command line. A bad value is a ``UsageError``
     naming the flag; an unknown option a ``TypeError``."""
     from asyncgen.cli import ArgumentParser, _common_parser
+
+    _refuse_in_a_process_that_imports_main(call)
 
     class Parser(ArgumentParser):
         def error(self, message: str):
@@ -350,7 +381,8 @@ def generate_batch(task: str = "refusal", n: int = 100, output: str | os.PathLik
                          {"task": task, "num_scenarios": n, "output": os.fspath(output), "dir": os.fspath(directory),
                           "model": model, "base_url": base_url, "max_cost": max_cost, **options}, "batch")
     args.control = control = RunControl()
-    code = run_anywhere(lambda: args.handler(args), control)
+    with _validator_processes_explained():
+        code = run_anywhere(lambda: args.handler(args), control)
     try:
         with open(args.output, "rb") as handle:
             held = sum(1 for _ in handle) // LINES_PER_SCENARIO

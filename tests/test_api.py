@@ -240,3 +240,20 @@ def test_a_keyboard_interrupt_in_a_notebook_cell_stops_generate_batch_and_it_res
     assert not interrupted.value.result.finished
     assert asyncgen.generate_batch("refusal", 40, dataset, **options).finished
     assert dataset.read_bytes().count(b"\n") == 160
+
+
+def test_a_script_without_the_main_guard_is_told_what_to_do(tmp_path):
+    """The validator processes are spawned: they import the script again. Without the guard they
+    ran the call again (and failed starting processes of their own): a BrokenProcessPool traceback."""
+    script = tmp_path / "script.py"
+    script.write_text(f"import asyncgen\nasyncgen.generate('refusal', 5, {str(tmp_path / 'd.jsonl')!r}, show=False, "
+                      "validator_workers=1)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**env, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("asyncgen.errors.RunError: the validator processes died (") and last.endswith(
+        "in a script, call asyncgen under `if __name__ == \"__main__\":` (the validator processes import the "
+        "script again), or pass validator_workers=0"), out.stderr[-3000:]
+    assert "generate() was called while a validator process imported the script" in out.stderr  # the child's own

@@ -54,7 +54,7 @@ def test_the_quickstart_notebook_runs_on_a_real_kernel(tmp_path):
                                                                                  "stream")
     load = _cell(notebook, "df = asyncgen.load(")
     assert "100 rows, " in _texts(load, "stream")
-    assert "single_token_clean" in _texts(load, "display")  # the DataFrame's head
+    assert "multi_token_clean" in _texts(load, "display")  # the DataFrame's head
     assert (tmp_path / "quickstart.jsonl").read_bytes().count(b"\n") == 400
 
 
