@@ -1,7 +1,9 @@
-"""The Python API: generate, load and export datasets from a script or a notebook.
+"""The Python API: generate, score, inspect, export and load datasets from a script or a notebook.
 
-Each function does what the command of the same name does (they share one composition:
-``asyncgen run`` and :func:`generate` both run asyncgen/generation.py), returns a result object
+Each function does what its command does (:func:`generate` and :func:`agenerate`: ``run``;
+:func:`generate_batch`: ``batch run``; :func:`score`, :func:`inspect`, :func:`export`), through the
+same composition (``asyncgen run`` and :func:`generate` both run asyncgen/generation.py; the others
+call their command's own function with the arguments its parser gives), returns a result object
 instead of printing one, and raises the project's typed errors (:class:`asyncgen.errors.UsageError`
 for input you can fix, :class:`asyncgen.errors.RunError` for a run that failed) instead of
 exiting. Nothing here calls ``sys.exit``.
@@ -38,8 +40,8 @@ if TYPE_CHECKING:
     import datasets
     import pandas
 
-__all__ = ["generate", "agenerate", "generate_batch", "score", "inspect", "load", "export", "GenerateOptions", "GenerateResult",
-           "BatchResult", "ScoreResult", "InspectReport", "ExportResult", "RunInterrupted"]
+__all__ = ["generate", "agenerate", "generate_batch", "score", "inspect", "load", "export", "GenerateOptions",
+           "GenerateResult", "BatchResult", "ScoreResult", "InspectReport", "ExportResult", "RunInterrupted"]
 
 
 class RunInterrupted(RunError):
