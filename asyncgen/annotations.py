@@ -429,3 +429,25 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
     while view:
         done = os.pwrite(fd, view, offset)
         view, offset = view[done:], offset + done
+
+
+def read_verified(dataset: str | os.PathLike) -> list[dict] | None:
+    """The sidecar's annotations of ``dataset`` read, not written: every scenario's, when the
+    sidecar's record says its lines were verified against the dataset as it is now (both files'
+    digests hold) and they cover all of its ``scenarios``; else None (no sidecar, a stale or
+    partial one: tokenize instead). The tokenizers are those the lines name."""
+    path = sidecar_path(dataset)
+    try:
+        recorded = orjson.loads(record_path(path).read_bytes())
+        with open(dataset, "rb") as data, open(path, "rb") as old:
+            setup = recorded.get("setup") if isinstance(recorded, dict) else None
+            prefix, _why = _recorded_prefix(record_path(path), setup, data, old)
+            size = data.seek(0, os.SEEK_END)
+            old.seek(0)
+            lines = old.read(prefix.offset).splitlines()
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    if not prefix.scenarios or prefix.dataset_offset != size or len(lines) != prefix.scenarios:
+        return None
+    notes = [orjson.loads(line) for line in lines]
+    return notes if all(note.get("scenario_id") == i for i, note in enumerate(notes)) else None

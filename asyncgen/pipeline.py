@@ -102,6 +102,7 @@ class Pipeline:
         grace_period: float = 10.0,
         first_request_number: int = 0,
         annotations: "Sidecar | asyncio.Future[Sidecar] | None" = None,
+        handle_signals: bool = True,
     ) -> None:
         self.task, self.generator, self.validator, self.sink, self.stats = task, generator, validator, sink, stats
         # An open still under way (a future): joined before the first scenario is written.
@@ -113,6 +114,9 @@ class Pipeline:
         self.max_cost, self.request_cost_bound = max_cost, request_cost_bound
         self.avoid_chars = avoid_chars
         self.grace_period = grace_period
+        # SIGINT/SIGTERM stop the run (``interrupt``) when it runs on the main thread's own loop; not on
+        # a loop that someone else's code owns (a notebook kernel's), whose handlers it would replace.
+        self.handle_signals = handle_signals
         self.candidates: asyncio.Queue[_Candidates] = asyncio.Queue(maxsize=2 * concurrency)
         self.verdicts: asyncio.Queue[tuple[list[_Candidates], list[Verdict]]] = asyncio.Queue()
         self.outstanding = 0  # requests issued whose candidates are not yet written or dropped
@@ -269,10 +273,10 @@ class Pipeline:
     async def run(self) -> None:
         """Run until the target is reached, the run is stopped, or a stage fails (re-raised)."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM) if self.handle_signals else ():
             try:
                 loop.add_signal_handler(sig, self.interrupt)
-            except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
                 pass
         workers = [asyncio.create_task(self._worker(), name=f"worker-{i}") for i in range(self.concurrency)]
         validators = [

@@ -97,21 +97,43 @@ def _cursor_keeping_console():
     return CursorKeepingConsole
 
 
+def in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (IPython's ZMQ shell), without importing IPython."""
+    ipython = sys.modules.get("IPython")
+    shell = getattr(ipython, "get_ipython", lambda: None)() if ipython is not None else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
 class LiveLine:
     """The one progress display: on a terminal, a live line that fits its width (rich redraws it in
-    place and keeps log lines above it); otherwise a log line per ``refresh``. ``render(width)``
-    gives the line, ``width`` None for a log line (every field). ``run`` and ``batch run`` show
-    their progress through it; ``refresh`` may be called from synchronous code too (a batch
-    processing pass reports each validated chunk)."""
+    place and keeps log lines above it); in a Jupyter notebook, a live display output that each
+    ``refresh`` updates in place (rich renders it); otherwise a log line per ``refresh``.
+    ``render(width)`` gives the line, ``width`` None for a log line (every field). ``run`` and
+    ``batch run`` show their progress through it; ``refresh`` may be called from synchronous code
+    too (a batch processing pass reports each validated chunk)."""
 
     def __init__(self, render: Callable[[int | None], str], *, stream: TextIO | None = None, tty: bool | None = None,
-                 logger: logging.Logger = log) -> None:
+                 logger: logging.Logger = log, notebook: bool | None = None) -> None:
         self.render, self.stream, self.logger = render, stream or sys.stderr, logger
+        self.notebook = (stream is None and tty is None and in_notebook()) if notebook is None else notebook
         self.tty = self.stream.isatty() if tty is None else tty
+        self.live = self.tty or self.notebook  # redrawn in place, so it may be refreshed often
         self._live = None
+        self._display = None
+
+    def _notebook_text(self):
+        from rich import get_console
+        from rich.text import Text
+
+        # rich's Text renders itself in Jupyter (HTML and plain text), at the notebook console's width.
+        return Text(self.render(get_console().width), no_wrap=True, overflow="crop")
 
     def __enter__(self) -> "LiveLine":
-        if self.tty:
+        if self.notebook:
+            from IPython.display import display
+
+            self._display = display(self._notebook_text(), display_id=True)
+        elif self.tty:
             from rich.live import Live
 
             self._console = _cursor_keeping_console()(file=self.stream, force_terminal=True)
@@ -127,12 +149,17 @@ class LiveLine:
         return Text(self.render(max(20, self._console.width - 1)), no_wrap=True, overflow="crop")
 
     def refresh(self) -> None:
-        if self._live is not None:
+        if self._display is not None:
+            self._display.update(self._notebook_text())
+        elif self._live is not None:
             self._live.update(self._text(), refresh=True)
         else:
             self.logger.info("%s", self.render(None))
 
     def __exit__(self, *exc_info) -> None:
+        if self._display is not None:  # the last figures stay in the notebook, above the summary
+            self._display.update(self._notebook_text())
+            self._display = None
         if self._live is not None:
             self._live.__exit__(*exc_info)
             self._live = None
@@ -142,9 +169,9 @@ async def report_progress(
     stats: RunStats, yield_estimate: Callable[[], float], *, stream: TextIO | None = None,
     tty: bool | None = None, interval: float | None = None,
 ) -> None:
-    """``run``'s progress: a ``LiveLine`` refreshed every 0.25 s on a terminal, else every 5 s."""
+    """``run``'s progress: a ``LiveLine`` refreshed every 0.25 s on a terminal or in a notebook, else every 5 s."""
     with LiveLine(lambda width: progress_line(stats, yield_estimate(), width), stream=stream, tty=tty) as line:
-        interval = interval or (0.25 if line.tty else 5.0)
+        interval = interval or (0.25 if line.live else 5.0)
         while True:
             await asyncio.sleep(interval)
             line.refresh()

@@ -447,7 +447,7 @@ class ScorePipeline:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(sig, self.interrupt)
-            except (NotImplementedError, RuntimeError):
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (uvloop: ValueError)
                 pass
         workers = [asyncio.create_task(self._worker(), name=f"scorer-{i}") for i in range(self.concurrency)]
         syncing = asyncio.create_task(self._sync_now_and_then())

@@ -17,7 +17,7 @@ import pytest
 from inprocess import asyncgen_here
 from test_run import ENV, assert_valid_dataset, run, run_args, run_here, scenarios, sim_stats, simulator  # noqa: F401
 
-from asyncgen.commands.run import _resume_command, _validator_workers
+from asyncgen.generation import _resume_command, _validator_workers
 
 PRICES = Path(__file__).resolve().parents[1] / "config" / "prices.yaml"
 from asyncgen.stats import RunStats

@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -749,25 +750,38 @@ class Interrupts:
     would only see when it ends): the first is acknowledged at once and stops the pass after the
     chunk in hand, keeping what is validated; a second stops the validation at once (elsewhere in
     the pass, appending to the dataset, it waits for the few milliseconds left: a scenario is
-    never cut in two). Main thread only."""
+    never cut in two). The signal handler is installed on the main thread only; off it (the Python
+    API's worker thread) ``interrupt()`` is the first Ctrl-C, and ``active`` the pass under way."""
+
+    active: "Interrupts | None" = None
 
     def __init__(self) -> None:
         self.count = 0
+        self._previous = None
 
     def __enter__(self) -> "Interrupts":
-        self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        Interrupts.active = self
         return self
 
     def __exit__(self, *exc_info) -> None:
-        signal.signal(signal.SIGINT, self._previous)
+        Interrupts.active = None
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
-    def _on_sigint(self, signum, frame) -> None:
-        from asyncgen.batch.process import validate_all
-
+    def interrupt(self) -> bool:
+        """Count one Ctrl-C; True for the first, which is acknowledged at once."""
         self.count += 1
         if self.count == 1:
             os.write(2, b"\ninterrupted: stopping after the chunk being validated; what is validated is kept "
                         b"(Ctrl-C again to stop now)\n")
+        return self.count == 1
+
+    def _on_sigint(self, signum, frame) -> None:
+        from asyncgen.batch.process import validate_all
+
+        if self.interrupt():
             return
         while frame is not None:
             if frame.f_code is validate_all.__code__:  # it ends with the verdicts so far
@@ -808,7 +822,7 @@ class Display:
 
     def show(self, count: int | None = None) -> None:
         self.count = self.count if count is None else count
-        if self.line.tty:
+        if self.line.live:
             self.line.refresh()
             return
         now, key = time.monotonic(), self.render(None).split(" | elapsed")[0]
@@ -818,7 +832,7 @@ class Display:
 
     def validated(self, done: int, total: int) -> None:
         self.validating = (done, total)
-        if self.line.tty:
+        if self.line.live:
             self.line.refresh()
 
 
@@ -1046,7 +1060,7 @@ def cmd_run(args) -> int:
     outcome = RunOutcome()
     try:
         run_event_loop(_run_async(args, setup, manifest, started, outcome))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # CancelledError: the Python API's stop, off the main thread
         outcome.stop = "interrupted"
     count, _ = _dataset(manifest.output, setup.task)
     text = summary_text(setup, manifest, count, title="batch run", wall_s=time.monotonic() - started,
@@ -1064,6 +1078,21 @@ def cmd_run(args) -> int:
     return 1
 
 
+def _stop_from_any_thread(task: asyncio.Task):
+    """``batch run``'s Ctrl-C, callable from any thread: the run's task is cancelled, as the event
+    loop's own SIGINT handler does; a validation pass under way (synchronous: the cancellation
+    lands when it ends) stops after the chunk in hand."""
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        running = Interrupts.active
+        if running is not None:
+            running.interrupt()
+        with contextlib.suppress(RuntimeError):  # the loop closed: the run is over
+            loop.call_soon_threadsafe(task.cancel)
+    return stop
+
+
 @dataclass
 class RunOutcome:
     stop: str | None = None  # why batch run ended short: "interrupted", "max_cost"
@@ -1072,6 +1101,8 @@ class RunOutcome:
 
 async def _run_async(args, setup: Setup, manifest: Manifest, started: float, outcome: RunOutcome) -> None:
     directory = setup.directory
+    if getattr(args, "control", None) is not None:  # the Python API's stop (asyncgen.generate_batch)
+        args.control.attach(_stop_from_any_thread(asyncio.current_task()), on_loop=False)
     with _processing(args, setup, manifest) as (sink, validator, annotations), Display(setup, manifest, started) as display:
         async with _api(args, directory, manifest) as (api, mode):
             poll = args.poll_seconds or POLL_SECONDS[mode]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -77,6 +78,22 @@ def default_out(dataset: Path, fmt: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    print(export_dataset(args).message, file=sys.stderr)
+    return 0
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What an export wrote: ``rows`` scenarios to ``paths``; ``message`` says so in one line (a second
+    gives the split achieved)."""
+
+    rows: int
+    paths: list[str]
+    message: str
+
+
+def export_dataset(args: argparse.Namespace) -> Exported:
+    """The export ``args`` asks for (``export``'s flags; the Python API's ``asyncgen.export`` too)."""
     if args.group_by is not None and args.split is None:
         raise UsageError(f"--group-by {args.group_by} says how --split keeps groups together: give --split SHARE too")
     if args.ids and args.format == "eap":
@@ -95,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         return _export(args, out)
 
 
-def _export(args: argparse.Namespace, out: Path) -> int:
+def _export(args: argparse.Namespace, out: Path) -> Exported:
     folder = args.format in FOLDER_FORMATS
     recover_leftovers(out)
     refuse_unless_replaceable(out, folder, args.overwrite)
@@ -143,11 +160,11 @@ def _export(args: argparse.Namespace, out: Path) -> int:
     counts = f"{len(table)} scenarios" + (f" (of {len(scenarios)}: those that flip under every --scores model)"
                                           if args.only_flipping else "") + (
         f" ({sum(s == 'train' for s in splits)} train, {sum(s == 'test' for s in splits)} test)" if splits else "")
-    print(f"wrote {counts} to {', '.join(written)}", file=sys.stderr)
+    message = f"wrote {counts} to {', '.join(written)}"
     if split is not None:
-        print(split.summary(group_by), file=sys.stderr)
+        message += "\n" + split.summary(group_by)
         _warn_if_off(split, group_by)
-    return 0
+    return Exported(len(table), written, message)
 
 
 def _warn_if_off(split: Split, group_by: str) -> None:

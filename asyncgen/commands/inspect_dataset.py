@@ -76,10 +76,27 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--seed says which pairs --sample draws: give --sample N too")
     if args.sample is not None and args.plot:
         raise UsageError("--sample prints pairs instead of the summary; draw --plot in a run without --sample")
-    plt = _pyplot() if args.plot else None
-    dataset, task, tokenizers = load_dataset_and_task(args)
     if args.sample is not None:
+        dataset, task, tokenizers = load_dataset_and_task(args)
         return _sample(args, dataset.scenarios, task, tokenizers)
+    plt = _pyplot() if args.plot else None
+    report, annotations = build_report(args)
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        print(report_text(report))
+    if plt is not None:
+        if annotations is None:
+            raise UsageError("--plot draws the token figures: drop --no-tokens")
+        _plot(plt, lengths_and_positions(annotations), args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+def build_report(args: argparse.Namespace) -> tuple[dict, list[dict] | None]:
+    """The report of ``args.dataset`` (``inspect``'s flags; the Python API's ``asyncgen.inspect`` too)
+    and the annotations it was made from (None with ``--no-tokens``)."""
+    dataset, task, tokenizers = load_dataset_and_task(args)
     annotations = None
     if not args.no_tokens:
         lines = dataset_annotations(args.dataset, dataset.scenarios, tokenizers, task_answers(task, tokenizers))
@@ -90,20 +107,18 @@ def run(args: argparse.Namespace) -> int:
     report["dataset"] = {"path": args.dataset, "task": dataset.task_name, "checkpoint": checkpoint,
                          "torn_bytes": dataset.torn_bytes}
     report["scores"] = _score_figures(args.dataset, task.task_name, dataset.scenarios)
-    if args.json:
-        sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
-    else:
-        print(render(report, path=args.dataset, task=dataset.task_name, checkpoint=checkpoint))
-        from asyncgen.score_table import render_figures
+    return report, annotations
 
-        for model, figures in report["scores"].items():
-            print("\n".join(render_figures(model, figures)))
-    if plt is not None:
-        if annotations is None:
-            raise UsageError("--plot draws the token figures: drop --no-tokens")
-        _plot(plt, lengths_and_positions(annotations), args.plot)
-        print(f"wrote {args.plot}", file=sys.stderr)
-    return 0
+
+def report_text(report: dict) -> str:
+    """The report as ``inspect`` prints it."""
+    from asyncgen.score_table import render_figures
+
+    where = report["dataset"]
+    lines = [render(report, path=where["path"], task=where["task"], checkpoint=where["checkpoint"])]
+    for model, figures in report["scores"].items():
+        lines.append("\n".join(render_figures(model, figures)))
+    return "\n".join(lines)
 
 
 def _sample(args: argparse.Namespace, scenarios, task, tokenizers) -> int:

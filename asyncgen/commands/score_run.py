@@ -174,6 +174,8 @@ async def _score_async(args, scenarios, settings, scores, stats, counts, prices_
                                      max_cost=args.max_cost, grace_period=args.grace_period)
             per_scenario = 2 * len(settings.forms) + (2 if settings.judge_model and "multi" in settings.forms else 0)
             progress = asyncio.create_task(report_progress(stats, lambda: 1 / per_scenario))
+            if getattr(args, "control", None) is not None:  # the Python API's stop (asyncgen.score)
+                args.control.attach(pipeline.interrupt, stats)
             await pipeline.run()
         except BaseException as exc:
             failure = exc
