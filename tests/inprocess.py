@@ -40,3 +40,33 @@ def asyncgen_here(*args, cwd=None, env: dict | None = None) -> subprocess.Comple
         root.setLevel(saved_logging[0])
         root.handlers[:] = saved_logging[1]
     return subprocess.CompletedProcess(["asyncgen", *args], code, out.getvalue(), err.getvalue())
+
+
+def within(seconds: float, call, *, unblock=None):
+    """``call()``'s result, or an AssertionError if it has not returned within ``seconds``: for an
+    in-process call that a defect could leave blocked for good (opening a FIFO, say), which a
+    subprocess would have bounded with its timeout. ``unblock()``, if given, is called on timeout so
+    that the call can return and restore what ``asyncgen_here`` changed (the environment, the
+    working directory, stdout); whatever it returns is closed with ``os.close`` once the call is over."""
+    import threading
+
+    outcome: dict = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = call()
+        except BaseException as exc:  # noqa: BLE001 (re-raised in the caller's thread)
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        handle = unblock() if unblock is not None else None
+        thread.join(30)
+        if handle is not None:
+            os.close(handle)
+        raise AssertionError(f"still running after {seconds:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]

@@ -14,18 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from inprocess import asyncgen_here
+from inprocess import asyncgen_here, within
 from test_run import ENV, assert_valid_dataset, run, run_args, run_here, scenarios, sim_stats, simulator  # noqa: F401
 
 from asyncgen.commands.run import _resume_command, _validator_workers
 
 PRICES = Path(__file__).resolve().parents[1] / "config" / "prices.yaml"
 from asyncgen.stats import RunStats
-
-
-def asyncgen(*args, cwd=None, env=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "asyncgen", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env or ENV, timeout=timeout)
 
 
 def pool_run_args(tmp_path, *flags):
@@ -267,7 +262,10 @@ def test_sigkill_leaves_no_validator_worker_behind(tmp_path, simulator):
 def test_a_fifo_is_refused_at_once(tmp_path, flag):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    result = asyncgen("run", flag, str(fifo), "--num-scenarios", "5", cwd=tmp_path, timeout=60)
+    # In this process, bounded as a subprocess's timeout would bound it: a run that opened the FIFO
+    # would wait for its other end for good, so a reader and writer is opened if it is still running.
+    result = within(60, lambda: asyncgen_here("run", flag, str(fifo), "--num-scenarios", "5", cwd=tmp_path),
+                    unblock=lambda: os.open(fifo, os.O_RDWR | os.O_NONBLOCK))
     assert result.returncode == 2 and "FIFO" in result.stderr and flag in result.stderr
 
 
