@@ -26,7 +26,7 @@ from llamacpp import ServerSetupError, llama_server
 from test_run import ENV
 
 KEY = "sk-llamacpp-test-key"
-SMALL_BATCH = 2  # pairs asked per request: a cap of 2 * 60 + 60 = 180 tokens, a few seconds each
+SMALL_BATCH = 1  # pairs asked per request: a cap of 1 * 60 + 60 = 120 tokens, a few seconds each
 CAP = SMALL_BATCH * 60 + 60
 ANSWERED = re.compile(r"request \d+ answered: (\d+) prompt \+ (\d+) completion tokens \(cap (\d+)\), (\d+) pairs, bad answer (\S+)")
 
