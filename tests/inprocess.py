@@ -4,6 +4,7 @@ alone 1.8 s, the three tokenizers 1.7 s), a call here pays that once per session
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import logging
@@ -40,3 +41,76 @@ def asyncgen_here(*args, cwd=None, env: dict | None = None) -> subprocess.Comple
         root.setLevel(saved_logging[0])
         root.handlers[:] = saved_logging[1]
     return subprocess.CompletedProcess(["asyncgen", *args], code, out.getvalue(), err.getvalue())
+
+
+def within(seconds: float, call, *, unblock=None):
+    """``call()``'s result, or an AssertionError if it has not returned within ``seconds``: for an
+    in-process call that a defect could leave blocked for good (opening a FIFO, say), which a
+    subprocess would have bounded with its timeout. ``unblock()``, if given, is called on timeout so
+    that the call can return and restore what ``asyncgen_here`` changed (the environment, the
+    working directory, stdout); whatever it returns is closed with ``os.close`` once the call is over."""
+    import threading
+
+    outcome: dict = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = call()
+        except BaseException as exc:  # noqa: BLE001 (re-raised in the caller's thread)
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        handle = unblock() if unblock is not None else None
+        thread.join(30)
+        if handle is not None:
+            os.close(handle)
+        raise AssertionError(f"still running after {seconds:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+@contextlib.contextmanager
+def simulator_here(*flags):
+    """``asyncgen simulate FLAGS`` served from a thread of this process for the block; yields its base
+    URL. The same server and flags as the command (parsed by its own parser), without the 1.5 s of
+    a process start: for tests that only need a simulator to talk to. Logging is not set up, and
+    the simulator does not log: what a test reads from its run's stderr is the run's."""
+    import threading
+
+    from asyncgen.cli import build_parser
+    from asyncgen.commands.simulate import config_from_args
+    from asyncgen.eventloop import run_event_loop
+    from asyncgen.simulator import running_simulator
+
+    config = config_from_args(build_parser("simulate").parse_args(["simulate", *map(str, flags)]))
+    ready, state = threading.Event(), {}
+
+    async def serve() -> None:
+        state["loop"], state["stop"] = asyncio.get_running_loop(), asyncio.Event()
+        async with running_simulator(config) as simulator:
+            state["url"] = simulator.base_url
+            ready.set()
+            await state["stop"].wait()
+
+    def thread_main() -> None:
+        try:
+            run_event_loop(serve())
+        except BaseException as exc:  # noqa: BLE001 (raised in the test's thread)
+            state["error"] = exc
+        finally:
+            ready.set()
+
+    thread = threading.Thread(target=thread_main, name="simulator", daemon=True)
+    thread.start()
+    ready.wait(60)
+    if "url" not in state:
+        raise state.get("error") or RuntimeError("the simulator did not start within 60 s")
+    try:
+        yield state["url"]
+    finally:
+        state["loop"].call_soon_threadsafe(state["stop"].set)
+        thread.join(30)

@@ -5,8 +5,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from asyncgen.config import load_task
 from asyncgen.scenario import Scenario, encode_lines, read_dataset
 from asyncgen.tokenizers import load_all, resolve_specs
 from asyncgen.validate import judge_scenarios
+from inprocess import asyncgen_here
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
@@ -23,11 +22,9 @@ ENV.update(PYTHONPATH=str(REPO), NO_PROXY="127.0.0.1,localhost")
 
 
 def run_cmd(folder, *flags, cache):
-    return subprocess.run(
-        [sys.executable, "-m", "asyncgen", "run", "--output", str(folder / "dataset.jsonl"), "--checkpoint",
-         str(folder / "dataset.checkpoint.json"), "--cache-dir", cache, *flags],
-        capture_output=True, text=True, env=ENV, timeout=180, cwd=folder,
-    )
+    """``asyncgen run`` of ``folder``'s dataset, in this process (tests/inprocess.py)."""
+    return asyncgen_here("run", "--output", folder / "dataset.jsonl", "--checkpoint", folder / "dataset.checkpoint.json",
+                         "--cache-dir", cache, *flags, env=ENV, cwd=folder)
 
 
 @pytest.fixture(scope="module")

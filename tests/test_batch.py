@@ -1,5 +1,7 @@
-"""``asyncgen batch`` against the simulator's batch lifecycle, as a user runs it (one process per
-command), on a fast simulated clock."""
+"""``asyncgen batch`` against the simulator's batch lifecycle, as a user runs it (one command after
+another, each with its own event loop and offline simulator), on a fast simulated clock. The
+commands run in this process (tests/inprocess.py); a test whose point is a process of its own (a
+signal, SIGKILL at a point, a terminal, a lock held by another process) starts one."""
 
 import json
 import math
@@ -29,8 +31,11 @@ GPT_4O = (1.25, 5.00)  # batch input, batch output USD per 1M tokens (config/pri
 
 
 def batch(tmp_path, *args, point=None, env=None, timeout=120):
-    command = [KILLER, point] if point else ["-m", "asyncgen"]
-    return subprocess.run([sys.executable, *command, "batch", *args], capture_output=True, text=True,
+    """``asyncgen batch ARGS`` in ``tmp_path``: in this process, or, with ``point``, in a process of its
+    own that tests/batch_killer.py SIGKILLs at that point."""
+    if point is None:
+        return asyncgen_here("batch", *args, env=env or ENV, cwd=tmp_path)
+    return subprocess.run([sys.executable, KILLER, point, "batch", *args], capture_output=True, text=True,
                           env=env or ENV, cwd=tmp_path, timeout=timeout)
 
 
@@ -142,7 +147,7 @@ def test_create_submit_status_download_process_offline_reaches_exactly_n(tmp_pat
     assert batch(tmp_path, "create", "--num-scenarios", "120").returncode == 2  # a plan is there already
     submitted = batch(tmp_path, "submit")
     assert submitted.returncode == 0, submitted.stderr[-2000:]
-    # Each command is a new process: the offline simulator's batches live in batches/simulator.
+    # Each command starts its own offline simulator: its batches live in batches/simulator.
     status = batch(tmp_path, "status", "--watch", "--poll-seconds", "0.1")
     assert status.returncode == 0, status.stderr[-2000:]
     assert status.stdout.count("completed") == 2 and "at batch prices (real time: $" in status.stdout
@@ -672,8 +677,7 @@ def test_results_of_another_directory_or_task_are_refused_and_another_pipelines_
                   "--output", "ext.jsonl", "--target-scenarios", "5")
     assert taken.returncode == 0, taken.stderr[-2000:]
     assert f"answered requests from another pipeline (--external): {results.name}" in taken.stdout
-    check = subprocess.run([sys.executable, "-m", "asyncgen", "validate", "ext.jsonl"], capture_output=True, text=True,
-                           env=ENV, cwd=tmp_path)
+    check = asyncgen_here("validate", "ext.jsonl", env=ENV, cwd=tmp_path)
     assert check.returncode == 0 and "(task sentiment)" in check.stdout
 
 

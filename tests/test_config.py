@@ -1,11 +1,10 @@
-import subprocess
-import sys
 
 import pytest
 import yaml
 
 from asyncgen.config import available_tasks, default_config_dir, load_task
 from asyncgen.errors import ConfigError
+from inprocess import asyncgen_here
 
 
 def test_shipped_tasks_load():
@@ -63,10 +62,7 @@ def test_bad_yaml_and_unknown_task(tmp_path):
 def test_cli_config_error_is_one_line_exit_2(tmp_path):
     _write(tmp_path, lambda d: d.update(colour="blue"))
     (tmp_path / "pairs.jsonl").write_text('{"prompt": "a b", "counterfactual": "a c"}\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "asyncgen", "check-pairs", str(tmp_path / "pairs.jsonl"), "--task", "broken", "--config-dir", str(tmp_path)],
-        capture_output=True, text=True,
-    )
+    result = asyncgen_here("check-pairs", tmp_path / "pairs.jsonl", "--task", "broken", "--config-dir", tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "unknown key 'colour'" in result.stderr
     assert "Traceback" not in result.stderr

@@ -4,10 +4,8 @@ crash or hang; they count a rejection or raise one clear error, and never lose a
 from __future__ import annotations
 
 import json
-import string
 from pathlib import Path
 
-import orjson
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings

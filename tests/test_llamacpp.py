@@ -21,11 +21,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from inprocess import asyncgen_here
 from llamacpp import ServerSetupError, llama_server
 from test_run import ENV
 
 KEY = "sk-llamacpp-test-key"
-SMALL_BATCH = 2  # pairs asked per request: a cap of 2 * 60 + 60 = 180 tokens, a few seconds each
+SMALL_BATCH = 1  # pairs asked per request: a cap of 1 * 60 + 60 = 120 tokens, a few seconds each
 CAP = SMALL_BATCH * 60 + 60
 ANSWERED = re.compile(r"request \d+ answered: (\d+) prompt \+ (\d+) completion tokens \(cap (\d+)\), (\d+) pairs, bad answer (\S+)")
 
@@ -179,25 +180,24 @@ def test_timeouts_are_retried_with_back_off_and_their_cost_is_stated_unknown(tmp
     assert time.monotonic() - started < 90 and not leftovers(tmp_path)
 
 
-def test_score_20_scenarios_through_completions_and_chat_logprobs(server, tmp_path, builtin_tokenizers, tokenizer_cache):
+def test_score_through_completions_and_chat_logprobs(server, tmp_path, builtin_tokenizers, tokenizer_cache):
     """``asyncgen score`` at llama.cpp: the single-token form through /v1/completions with logprobs (the
     text as it is) and, with --chat, through chat completions with top_logprobs; free answers with a
     refusal verdict. Every scenario scored once, every answer's log-probability a number (exact or a
-    bound), never unknown: its tokens spell the answers as the readings do."""
+    bound), never unknown: its tokens spell the answers as the readings do. In this process
+    (tests/inprocess.py): the server's time goes to the scenarios, not to a process start-up."""
     from asyncgen.scores import read_scores, scores_path
     from test_score import valid_pairs, write_dataset
 
-    pairs = valid_pairs(builtin_tokenizers, 20)
-    # 20 scenarios in both forms through completions; 8 more through chat logprobs (time: the server
+    pairs = valid_pairs(builtin_tokenizers, 10)
+    # 10 scenarios in both forms through completions; 4 more through chat logprobs (time: the server
     # answers one request at a time).
-    for count, model, flags in ((20, "smollm2", ["--max-answer-tokens", "4"]),
-                                (8, "smollm2-chat", ["--chat", "--form", "single"])):
+    for count, model, flags in ((10, "smollm2", ["--max-answer-tokens", "4"]),
+                                (4, "smollm2-chat", ["--chat", "--form", "single"])):
         dataset = tmp_path / f"d{count}.jsonl"
         write_dataset(dataset, pairs[:count])
-        result = subprocess.run(
-            [sys.executable, "-m", "asyncgen", "score", str(dataset), "--model", model, "--base-url", server,
-             "--concurrency", "2", "--cache-dir", tokenizer_cache, *flags],
-            env=run_env(tmp_path), capture_output=True, text=True, timeout=300)
+        result = asyncgen_here("score", dataset, "--model", model, "--base-url", server, "--concurrency", "2",
+                               "--cache-dir", tokenizer_cache, *flags, env=run_env(tmp_path))
         assert result.returncode == 0, result.stderr[-2000:]
         records = read_scores(scores_path(dataset, model)).records
         assert sorted(records) == list(range(count))

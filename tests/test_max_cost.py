@@ -26,7 +26,7 @@ from asyncgen.prompting import (
     request_cost_bound,
 )
 from asyncgen.stats import RunStats
-from test_run import PRICES, run, sim_stats, simulator  # noqa: F401 (simulator: a fixture)
+from test_run import PRICES, run_here, sim_stats, simulator  # noqa: F401 (simulator: a fixture)
 
 TASK = load_task("refusal")
 GPT_4O = price_for(load_prices(default_config_dir() / "prices.yaml"), "gpt-4o")
@@ -124,9 +124,9 @@ def test_max_cost_holds_against_the_simulator_while_the_cap_falls_and_rises(tmp_
     config = _task_with_rare_long_pairs(tmp_path / "config")
     base_url = simulator("--config-dir", config)
     budget = 0.15
-    result = run(tmp_path, "--config-dir", config, "--base-url", base_url, "--num-scenarios", "2000",
-                 "--concurrency", "1", "--seed", "7", "--avoid-chars", "0", "--max-cost", str(budget),
-                 "--prices", PRICES, "--log-level", "DEBUG")
+    result = run_here(tmp_path, "--config-dir", config, "--base-url", base_url, "--num-scenarios", "2000",
+                      "--concurrency", "1", "--seed", "7", "--avoid-chars", "0", "--max-cost", str(budget),
+                      "--prices", PRICES, "--log-level", "DEBUG")
     assert result.returncode == 1 and "stopped (max_cost)" in result.stderr, result.stderr[-2000:]
     caps = [int(cap) for cap in re.findall(r"completion tokens \(cap (\d+)\)", result.stderr)]
     assert caps[0] == BOUND and min(caps) < BOUND, caps
@@ -210,24 +210,24 @@ def test_spending_of_runs_that_wrote_no_scenario_still_counts(tmp_path, simulato
     that checkpoint does not lend it to another output (more cases: test_sink)."""
     base_url = simulator("--faults", "refusal=1")  # every answer is a refusal: no scenario, but cost
     flags = ("--base-url", base_url, "--prices", PRICES, "--num-scenarios", "20", "--max-cost", "0.02")
-    first = run(tmp_path, *flags)
+    first = run_here(tmp_path, *flags)
     assert first.returncode == 1 and "stopped (max_cost): 0/20" in first.stderr
     assert (tmp_path / "dataset.jsonl").read_bytes() == b""
     spent = json.loads((tmp_path / "checkpoint.json").read_text())["run_state"]["cost_usd"]
     assert spent > 0.01
     served = sim_stats(base_url)["tokens"]
-    again = run(tmp_path, *flags)
+    again = run_here(tmp_path, *flags)
     assert again.returncode == 2 and f"the dataset has cost ${spent:.4f} so far" in again.stderr
     assert sim_stats(base_url)["tokens"] == served  # not one more request
     (tmp_path / "dataset.jsonl").unlink()  # an empty file is easily taken for litter: the usage still counts
-    gone = run(tmp_path, *flags)
+    gone = run_here(tmp_path, *flags)
     assert gone.returncode == 2 and f"the dataset has cost ${spent:.4f} so far" in gone.stderr
     assert json.loads((tmp_path / "checkpoint.json").read_text())["run_state"]["cost_usd"] == spent  # kept
     # Copied alone beside a new output, the checkpoint is another dataset's: refused, left alone.
     other = tmp_path / "other"
     other.mkdir()
     shutil.copy(tmp_path / "checkpoint.json", other / "checkpoint.json")
-    refused = run(other, *flags)
+    refused = run_here(other, *flags)
     assert refused.returncode == 2 and "belongs to another dataset" in refused.stderr
     assert (other / "checkpoint.json").read_bytes() == (tmp_path / "checkpoint.json").read_bytes()
     assert not (other / "dataset.jsonl").exists()

@@ -14,18 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from inprocess import asyncgen_here
+from inprocess import asyncgen_here, within
 from test_run import ENV, assert_valid_dataset, run, run_args, run_here, scenarios, sim_stats, simulator  # noqa: F401
 
 from asyncgen.generation import _resume_command, _validator_workers
 
 PRICES = Path(__file__).resolve().parents[1] / "config" / "prices.yaml"
 from asyncgen.stats import RunStats
-
-
-def asyncgen(*args, cwd=None, env=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "asyncgen", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env or ENV, timeout=timeout)
 
 
 def pool_run_args(tmp_path, *flags):
@@ -68,24 +63,26 @@ def alive(pid: int) -> bool:
 # 1. Resume on the offline default ------------------------------------------------------------------
 
 
-def test_offline_default_resumes_after_a_kill_at_800_of_3000(tmp_path):
-    """The issue's case: the resumed run's new simulator replayed the killed run's draws, so every
-    pair was a duplicate and the run gave up with 0 new scenarios."""
+def test_offline_default_resumes_after_a_kill_at_300_of_1000(tmp_path):
+    """The issue's case (killed at 800 of 3000, 32 requests at a time), at a third of its size: the
+    resumed run's new simulator replayed the killed run's draws, so every pair was a duplicate and
+    the run gave up with 0 new scenarios. Killed at 300, the replayed draws are some 60 requests',
+    over twice the 25 unproductive requests in a row that end a run at --concurrency 8."""
     dataset = tmp_path / "dataset.jsonl"
-    process = subprocess.Popen([sys.executable, "-m", "asyncgen", "run", "--num-scenarios", "3000",
-                                "--concurrency", "32"], cwd=tmp_path, env=ENV,
+    process = subprocess.Popen([sys.executable, "-m", "asyncgen", "run", "--num-scenarios", "1000",
+                                "--concurrency", "8"], cwd=tmp_path, env=ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for_scenarios(dataset, 800, process)
+        wait_for_scenarios(dataset, 300, process)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
     killed_at = len(scenarios(dataset)) if dataset.stat().st_size % 4 == 0 else None
-    resumed = asyncgen_here("run", "--num-scenarios", "3000", "--concurrency", "32", cwd=tmp_path)
+    resumed = asyncgen_here("run", "--num-scenarios", "1000", "--concurrency", "8", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "finished: 3000/3000" in resumed.stderr
-    assert killed_at is None or killed_at < 3000
-    assert_valid_dataset(dataset, 3000)
+    assert "finished: 1000/1000" in resumed.stderr
+    assert killed_at is None or killed_at < 1000
+    assert_valid_dataset(dataset, 1000)
 
 
 def test_request_numbers_go_on_across_resumes(refusal_task):
@@ -267,7 +264,10 @@ def test_sigkill_leaves_no_validator_worker_behind(tmp_path, simulator):
 def test_a_fifo_is_refused_at_once(tmp_path, flag):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    result = asyncgen("run", flag, str(fifo), "--num-scenarios", "5", cwd=tmp_path, timeout=60)
+    # In this process, bounded as a subprocess's timeout would bound it: a run that opened the FIFO
+    # would wait for its other end for good, so a reader and writer is opened if it is still running.
+    result = within(60, lambda: asyncgen_here("run", flag, str(fifo), "--num-scenarios", "5", cwd=tmp_path),
+                    unblock=lambda: os.open(fifo, os.O_RDWR | os.O_NONBLOCK))
     assert result.returncode == 2 and "FIFO" in result.stderr and flag in result.stderr
 
 

@@ -1,5 +1,6 @@
 """``asyncgen run`` as a user runs it, against the simulator."""
 
+import contextlib
 import json
 import os
 import shlex
@@ -13,7 +14,7 @@ import httpx
 import pytest
 
 from asyncgen.scenario import normalize
-from inprocess import asyncgen_here
+from inprocess import asyncgen_here, simulator_here
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
@@ -23,21 +24,11 @@ PRICES = str(REPO / "config" / "prices.yaml")
 
 @pytest.fixture
 def simulator():
-    """Start ``asyncgen simulate`` with flags; returns its base URL. Stopped after the test."""
-    processes = []
-
-    def start(*flags):
-        process = subprocess.Popen(
-            [sys.executable, "-m", "asyncgen", "simulate", "--seed", "3", *flags],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV,
-        )
-        processes.append(process)
-        return process.stdout.readline().strip()
-
-    yield start
-    for process in processes:
-        process.kill()
-        process.wait()
+    """Start ``asyncgen simulate --seed 3`` with flags; returns its base URL. Stopped after the test.
+    Served from a thread of this process (tests/inprocess.py): a test whose point is the simulator's
+    own process runs ``python -m asyncgen simulate`` itself."""
+    with contextlib.ExitStack() as running:
+        yield lambda *flags: running.enter_context(simulator_here("--seed", "3", *flags))
 
 
 def sim_stats(base_url):
@@ -78,7 +69,7 @@ def assert_valid_dataset(path, n):
 
 
 def test_offline_default_writes_exactly_n_valid_scenarios(tmp_path):
-    result = run(tmp_path, "--num-scenarios", "60", "--concurrency", "8", "--validator-workers", "1")
+    result = run_here(tmp_path, "--num-scenarios", "60", "--concurrency", "8", "--validator-workers", "1")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "built-in OpenAI simulator" in result.stderr and "export OPENAI_API_KEY" in result.stderr
     assert "finished: 60/60 scenarios" in result.stderr

@@ -5,7 +5,6 @@ configured shares, rate limits, faults and batches on the new endpoint."""
 import json
 import math
 import random
-import signal
 
 import httpx
 import openai
@@ -18,7 +17,7 @@ from asyncgen.errors import UsageError
 from asyncgen.simulator import SimulatorConfig, running_simulator, scoring
 from asyncgen.simulator.composer import Player, compose_pairs
 from test_simulator_batches import jsonl, lines_of, upload, wait_until
-from test_simulator_cli import simulate
+from inprocess import asyncgen_here, simulator_here
 
 TASK = load_task("refusal")
 TEMPLATE = TASK.templates.single_token
@@ -313,12 +312,9 @@ def test_shares_are_checked():
 
 
 def test_simulate_takes_the_shares():
-    refused = simulate("--non-flip-share", "2")
-    _, err = refused.communicate(timeout=60)
-    assert refused.returncode == 2 and "--non-flip-share 2: expected a share in [0, 1]" in err
-    served = simulate("--non-flip-share", "1", "--outside-top-k-share", "1")
-    try:
-        base_url = served.stdout.readline().strip()
+    refused = asyncgen_here("simulate", "--non-flip-share", "2")
+    assert refused.returncode == 2 and "--non-flip-share 2: expected a share in [0, 1]" in refused.stderr
+    with simulator_here("--non-flip-share", "1", "--outside-top-k-share", "1") as base_url:
         with httpx.Client(trust_env=False, timeout=5) as http:
             def top(text):
                 body = {"model": "davinci-002", "prompt": question(text), "max_tokens": 1, "logprobs": 5}
@@ -327,6 +323,3 @@ def test_simulate_takes_the_shares():
             clean, counterfactual = top(safe)["choices"][0], top(harmful)["choices"][0]
         assert clean["text"].strip() == counterfactual["text"].strip()  # every scenario keeps its answer
         assert len({"Yes", "No"} & {t.strip() for t in clean["logprobs"]["top_logprobs"][0]}) == 1
-    finally:
-        served.send_signal(signal.SIGINT)
-        served.communicate(timeout=30)
