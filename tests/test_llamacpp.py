@@ -189,10 +189,10 @@ def test_score_through_completions_and_chat_logprobs(server, tmp_path, builtin_t
     from asyncgen.scores import read_scores, scores_path
     from test_score import valid_pairs, write_dataset
 
-    pairs = valid_pairs(builtin_tokenizers, 10)
-    # 10 scenarios in both forms through completions; 4 more through chat logprobs (time: the server
+    pairs = valid_pairs(builtin_tokenizers, 20)
+    # 20 scenarios (issue 18 asks for at least 20 in CI) in both forms through completions; 4 more through chat logprobs (time: the server
     # answers one request at a time).
-    for count, model, flags in ((10, "smollm2", ["--max-answer-tokens", "4"]),
+    for count, model, flags in ((20, "smollm2", ["--max-answer-tokens", "4"]),
                                 (4, "smollm2-chat", ["--chat", "--form", "single"])):
         dataset = tmp_path / f"d{count}.jsonl"
         write_dataset(dataset, pairs[:count])
