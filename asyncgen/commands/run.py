@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import math
@@ -181,9 +182,67 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-cost: model {args.model!r} has no price in {prices_path}; add it there or pass --prices")
     if args.dry_run:
         return _dry_run(args, task, price)
-    mode, base_url, api_key = _endpoint(args)
+    # The sink first (an unwritable output or a mismatched resume fails before any API call), in a
+    # thread: its open reads the checkpointed prefix through sha256 (about 0.8 s a GB, hashlib
+    # releasing the GIL) while this thread imports the SDK and the pipeline. Nothing is started or
+    # sent before it has returned: ``_run_async`` waits for it first.
+    opening = SinkOpening.start(args, task, specs)
+    try:
+        mode, base_url, api_key = _endpoint(args)
+    except BaseException:
+        opening.discard()
+        raise
     stats = RunStats(target=args.num_scenarios)
-    return run_event_loop(_run_async(args, task, specs, tokenizers, prices, price, mode, base_url, api_key, stats))
+    return run_event_loop(_run_async(args, task, specs, tokenizers, prices, price, mode, base_url, api_key, stats,
+                                     opening))
+
+
+@dataclass
+class SinkOpening:
+    """``ScenarioSink.open`` of the run's dataset, running in a thread of its own; what a run refused
+    before its first request must remove (a dataset and checkpoint it created)."""
+
+    future: concurrent.futures.Future
+    output_existed: bool
+    checkpoint: Path | None
+    checkpoint_existed: bool  # it may hold earlier runs' usage
+
+    @classmethod
+    def start(cls, args, task, specs) -> "SinkOpening":
+        from asyncgen.sink import DurabilityPolicy, ScenarioSink, default_checkpoint_path, fingerprint_of
+
+        checkpoint = None if args.no_checkpoint else Path(args.checkpoint or default_checkpoint_path(args.output))
+        output_existed, checkpoint_existed = Path(args.output).exists(), checkpoint is not None and checkpoint.exists()
+        thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sink-open")
+        future = thread.submit(
+            ScenarioSink.open,
+            args.output,
+            checkpoint,
+            task_name=task.task_name,
+            fingerprint=fingerprint_of(task, [str(spec) for spec in specs]),
+            force_resume=args.force_resume,
+            overwrite=args.overwrite,
+            durability=DurabilityPolicy(args.sync_every, args.sync_seconds),
+            auto_sync=False,
+        )
+        thread.shutdown(wait=False)  # the thread ends with the open
+        return cls(future, output_existed, checkpoint, checkpoint_existed)
+
+    def close_refused(self, sink) -> None:
+        """Close the sink of a run refused before its first request: a dataset it created goes."""
+        sink.close()
+        if not self.output_existed and sink.count == 0:
+            for path in (sink.path, None if self.checkpoint_existed else self.checkpoint):
+                if path is not None:
+                    Path(path).unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        """The run stopped before it took the sink: wait for the open, and close what it opened."""
+        try:
+            sink = self.future.result()
+        except BaseException:  # a refused open holds nothing
+            return
+        self.close_refused(sink)
 
 
 def _request_cost_bound(task, price, output_cap: int, avoid_chars: int = AVOID_CHARS) -> float:
@@ -236,40 +295,27 @@ def _dry_run(args, task, price) -> int:
     return 0
 
 
-async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_url, api_key, stats: RunStats) -> int:
-    from asyncgen.pipeline import Pipeline
-    from asyncgen.sink import DurabilityPolicy, ScenarioSink, default_checkpoint_path, fingerprint_of
-    from asyncgen.throttle import RetryPolicy, Throttle
-    from asyncgen.validate import PairValidator
-    from asyncgen.workers import GenerationSettings, Generator
+async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_url, api_key, stats: RunStats,
+                     opening: SinkOpening) -> int:
+    try:
+        from asyncgen.pipeline import Pipeline
+        from asyncgen.throttle import RetryPolicy, Throttle
+        from asyncgen.validate import PairValidator
+        from asyncgen.workers import GenerationSettings, Generator
+    except BaseException:
+        opening.discard()
+        raise
 
-    # The sink first: an unwritable output or a mismatched resume fails before any API call.
-    output_existed = Path(args.output).exists()
-    checkpoint = None if args.no_checkpoint else Path(args.checkpoint or default_checkpoint_path(args.output))
-    checkpoint_existed = checkpoint is not None and checkpoint.exists()  # it may hold earlier runs' usage
-    sink = ScenarioSink.open(
-        args.output,
-        checkpoint,
-        task_name=task.task_name,
-        fingerprint=fingerprint_of(task, [str(spec) for spec in specs]),
-        force_resume=args.force_resume,
-        overwrite=args.overwrite,
-        durability=DurabilityPolicy(args.sync_every, args.sync_seconds),
-        auto_sync=False,
-    )
+    try:
+        sink = await asyncio.wrap_future(opening.future)  # refused (UsageError) before anything is started
+    except BaseException:
+        opening.discard()  # Ctrl-C meanwhile: the open ends in its thread, and what it opened is closed
+        raise
     stats.accepted, stats.carried = sink.count, dict(sink.resume.run_state or {})
     stats.cost_usd = None if price is None else 0.0
     stats.cost_before_usd = stats.carried.get("cost_usd", 0.0)
     stats.cost_simulated = mode == "simulator"
     stats.on_usage = lambda: sink.note_run_state(stats.to_run_state())  # spending survives a SIGKILL
-
-    def close_refused() -> None:
-        """Close the sink of a run refused before its first request: a dataset it created goes."""
-        sink.close()
-        if not output_existed and sink.count == 0:
-            for path in (sink.path, None if checkpoint_existed else checkpoint):
-                if path is not None:
-                    Path(path).unlink(missing_ok=True)
 
     bound = _request_cost_bound(task, price, max_output_tokens(task), args.avoid_chars)  # the first requests' cap
     if args.max_cost is not None and sink.count < args.num_scenarios:
@@ -284,7 +330,7 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
             refusal = (f"--max-cost {args.max_cost:g}: the dataset has cost {so_far} so far and "
                        f"one more request may cost up to ${bound:.4f}; raise --max-cost")
         if refusal:
-            close_refused()
+            opening.close_refused(sink)
             raise UsageError(refusal)
     if sink.resume.message:
         log.info("%s", sink.resume.message)
@@ -296,6 +342,12 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
     workers = _validator_workers(args.validator_workers)
 
     async def start(stack: contextlib.AsyncExitStack) -> Pipeline:
+        # The validator processes first: each loads the tokenizers (about 1.5 s of CPU), meanwhile
+        # the sidecar is checked, the simulator starts and the first requests go out.
+        if workers:
+            log.info("starting %d validator process%s", workers, "es" if workers > 1 else "")
+        validator = PairValidator(task, specs, cache_dir=args.cache_dir, workers=workers, tokenizers=tokenizers)
+        stack.callback(validator.close)
         annotations = None
         if args.annotate:
             # Checked in a thread while the run starts (the digest of the sidecar's recorded prefix:
@@ -318,10 +370,6 @@ async def _run_async(args, task, specs, tokenizers, prices, price, mode, base_ur
                 "simulated. To use GPT-4o: export OPENAI_API_KEY=sk-... and run again.", url, task.task_name,
             )
         transport = open_transport(stack, api_key, url, concurrency=args.concurrency, timeout=args.request_timeout)
-        if workers:
-            log.info("starting %d validator process%s", workers, "es" if workers > 1 else "")
-        validator = PairValidator(task, specs, cache_dir=args.cache_dir, workers=workers, tokenizers=tokenizers)
-        stack.callback(validator.close)
         settings = GenerationSettings(args.model, response_format_for(args.model, args.response_format),
                                       args.temperature, args.seed,
                                       fallback_to_json_object=args.response_format == "auto",
