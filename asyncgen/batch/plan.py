@@ -197,6 +197,19 @@ def best_pilot(deficit: int, estimate: YieldEstimate, pairs_asked: int, most: in
     return min(range(done, most + 1), key=lambda k: (cost(k), k))
 
 
+def pilot_wave(deficit: int, yields: Sequence[int], batch_size: int, prior: float) -> int:
+    """How many real-time requests the pilot's next wave sends, given the ``yields`` its earlier
+    waves measured (valid new pairs per request) and the ``deficit`` left after their pairs: the
+    first wave ``pilot_size``; a later one as many as ``best_pilot`` adds; 0: the pilot is over.
+    Never more pairs than the deficit asks. Pure."""
+    room = deficit // max(batch_size, 1)
+    if not yields:
+        return pilot_size(deficit, prior, batch_size)
+    if len(yields) < 2 or deficit <= 0:
+        return 0
+    return min(best_pilot(deficit, YieldEstimate.of(yields, batch_size), batch_size, len(yields) + room) - len(yields), room)
+
+
 def request_cost_bound(task: Task, price: Price | None, avoid_chars: int = AVOID_CHARS) -> float | None:
     """Worst-case batch USD of one request: run's bound at batch prices, at the task's output bound
     (the cap every batch request is sent with; see ``request_line``)."""

@@ -934,17 +934,12 @@ async def _pilot(args, setup: Setup, manifest: Manifest, api, sink, validator, a
     yields: list[int] = []
     for wave in range(1 if args.pilot_requests is not None else plan.PILOT_WAVES):
         deficit = manifest.target - sink.count - manifest.spares
-        room = deficit // max(asked, 1)
         if deficit <= 0:
             break
         if args.pilot_requests is not None:
-            count = min(args.pilot_requests, max(1, room))
-        elif not wave:
-            count = plan.pilot_size(deficit, plan.prior_yield(setup.task), asked)
-        elif len(yields) >= 2:
-            count = plan.best_pilot(deficit, plan.YieldEstimate.of(yields, asked), asked, len(yields) + room) - len(yields)
+            count = min(args.pilot_requests, max(1, deficit // max(asked, 1)))
         else:
-            break
+            count = plan.pilot_wave(deficit, yields, asked, plan.prior_yield(setup.task))
         if args.max_cost is not None:  # the pilot's worst case, at real-time prices, within the budget too
             from asyncgen.prompting import request_cost_bound
 
