@@ -402,3 +402,47 @@ def test_a_resume_whose_first_scenario_does_not_match_is_refused_before_anything
     assert "Traceback" not in refused.stderr and "another dataset" in refused.stderr
     assert events == []
     assert (dataset.read_bytes(), checkpoint.read_bytes()) == before
+
+
+def test_a_large_resume_starts_the_validator_during_the_open_and_closes_it_if_refused(tmp_path, monkeypatch):
+    """A dataset of EARLY_VALIDATOR_BYTES or more: the validator process loads its tokenizers while
+    the sink's open digests the prefix. A resume the open refuses closes it, writes nothing and
+    exits 2; one it accepts uses it and reaches N."""
+    import asyncgen.commands.run as run_command
+    import asyncgen.validate
+    from asyncgen.sink import ScenarioSink
+
+    first = run_here(tmp_path, "--num-scenarios", "6", "--concurrency", "4")
+    assert first.returncode == 0, first.stderr[-2000:]
+    monkeypatch.setattr(run_command, "EARLY_VALIDATOR_BYTES", 1)
+    events, made = [], []
+    original_open = ScenarioSink.open.__func__
+
+    def slow_open(cls, *args, **kwargs):
+        time.sleep(0.3)  # a large dataset's digest
+        sink = original_open(cls, *args, **kwargs)
+        events.append("opened")
+        return sink
+
+    class Recorded(asyncgen.validate.PairValidator):
+        def __init__(self, *args, **kwargs):
+            events.append("validator")
+            made.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(ScenarioSink, "open", classmethod(slow_open))
+    monkeypatch.setattr(asyncgen.validate, "PairValidator", Recorded)
+    dataset, checkpoint = tmp_path / "dataset.jsonl", tmp_path / "checkpoint.json"
+    kept = dataset.read_bytes()
+    dataset.write_bytes(kept.replace(b"e", b"a", 1))  # its first scenario is not the checkpoint's
+    before = dataset.read_bytes(), checkpoint.read_bytes()
+    refused = run_here(tmp_path, "--num-scenarios", "10", "--concurrency", "4", "--validator-workers", "1")
+    assert refused.returncode == 2 and "another dataset" in refused.stderr, refused.stderr[-2000:]
+    assert (dataset.read_bytes(), checkpoint.read_bytes()) == before
+    assert events == ["validator"] and made[0]._pool is None  # started during the open, closed
+    dataset.write_bytes(kept)
+    events.clear()
+    resumed = run_here(tmp_path, "--num-scenarios", "10", "--concurrency", "4", "--validator-workers", "1")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert events == ["validator", "opened"] and len(made) == 2
+    assert_valid_dataset(dataset, 10)
