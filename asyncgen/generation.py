@@ -10,7 +10,9 @@ simulator started in-process on a free loopback port.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import importlib
 import logging
 import math
 import os
@@ -295,43 +297,50 @@ async def generate_async(prepared: Prepared, control: RunControl | None = None, 
     stopped (``control.stop()``; SIGINT/SIGTERM too with ``handle_signals``) or it fails. With
     ``show``, the progress display, the closing summary and the one-line notes are shown (stderr).
     Returns the result of a run that finished or was stopped; raises a failure after its summary."""
-    args, task, specs, tokenizers, price = (prepared.options, prepared.task, prepared.specs, prepared.tokenizers,
-                                            prepared.price)
-    mode, base_url, api_key = _endpoint(args)
-    stats = RunStats(target=args.num_scenarios)
+    args, task, specs, tokenizers = prepared.options, prepared.task, prepared.specs, prepared.tokenizers
+    # The sink first (an unwritable output or a mismatched resume fails before any API call), in a
+    # thread: its open reads the checkpointed prefix through sha256 (about 0.8 s a GB, hashlib
+    # releasing the GIL) while this thread imports the SDK and the pipeline. Nothing is started or
+    # sent before it has returned.
+    opening = SinkOpening.start(args, task, specs)
+    early_validator = None
+    try:
+        early_validator = _early_validator(args, task, specs, tokenizers, opening)
+        mode, base_url, api_key = _endpoint(args)
+        for module in ("asyncgen.pipeline", "asyncgen.throttle", "asyncgen.validate", "asyncgen.workers"):
+            importlib.import_module(module)  # the SDK and the pipeline, imported while the open reads
+
+        sink = await asyncio.wrap_future(opening.future)  # refused (UsageError) before anything is started
+    except BaseException:
+        opening.discard()  # Ctrl-C meanwhile: the open ends in its thread, and what it opened is closed
+        if early_validator is not None:
+            early_validator.close()
+        raise
+    try:
+        return await _generate_on(prepared, sink, opening, early_validator, mode, base_url, api_key, control,
+                                  show=show, handle_signals=handle_signals)
+    finally:
+        if early_validator is not None:
+            early_validator.close()  # a run that took it closed it already; one refused or done at once did not
+
+
+async def _generate_on(prepared: Prepared, sink, opening: "SinkOpening", early_validator, mode: str,
+                       base_url: str | None, api_key: str, control: RunControl | None, *, show: bool,
+                       handle_signals: bool) -> GenerateResult:
+    """``generate_async`` once its sink is open."""
     from asyncgen.pipeline import Pipeline
-    from asyncgen.sink import DurabilityPolicy, ScenarioSink, default_checkpoint_path, fingerprint_of
     from asyncgen.throttle import RetryPolicy, Throttle
     from asyncgen.validate import PairValidator
     from asyncgen.workers import GenerationSettings, Generator
 
-    # The sink first: an unwritable output or a mismatched resume fails before any API call.
-    output_existed = Path(args.output).exists()
-    checkpoint = None if args.no_checkpoint else Path(args.checkpoint or default_checkpoint_path(args.output))
-    checkpoint_existed = checkpoint is not None and checkpoint.exists()  # it may hold earlier runs' usage
-    sink = ScenarioSink.open(
-        args.output,
-        checkpoint,
-        task_name=task.task_name,
-        fingerprint=fingerprint_of(task, [str(spec) for spec in specs]),
-        force_resume=args.force_resume,
-        overwrite=args.overwrite,
-        durability=DurabilityPolicy(args.sync_every, args.sync_seconds),
-        auto_sync=False,
-    )
+    args, task, specs, tokenizers, price = (prepared.options, prepared.task, prepared.specs, prepared.tokenizers,
+                                            prepared.price)
+    stats = RunStats(target=args.num_scenarios)
     stats.accepted, stats.carried = sink.count, dict(sink.resume.run_state or {})
     stats.cost_usd = None if price is None else 0.0
     stats.cost_before_usd = stats.carried.get("cost_usd", 0.0)
     stats.cost_simulated = mode == "simulator"
     stats.on_usage = lambda: sink.note_run_state(stats.to_run_state())  # spending survives a SIGKILL
-
-    def close_refused() -> None:
-        """Close the sink of a run refused before its first request: a dataset it created goes."""
-        sink.close()
-        if not output_existed and sink.count == 0:
-            for path in (sink.path, None if checkpoint_existed else checkpoint):
-                if path is not None:
-                    Path(path).unlink(missing_ok=True)
 
     bound = _request_cost_bound(task, price, max_output_tokens(task), args.avoid_chars)  # the first requests' cap
     if args.max_cost is not None and sink.count < args.num_scenarios:
@@ -346,7 +355,7 @@ async def generate_async(prepared: Prepared, control: RunControl | None = None, 
             refusal = (f"--max-cost {args.max_cost:g}: the dataset has cost {so_far} so far and "
                        f"one more request may cost up to ${bound:.4f}; raise --max-cost")
         if refusal:
-            close_refused()
+            opening.close_refused(sink)
             raise UsageError(refusal)
     if sink.resume.message:
         log.info("%s", sink.resume.message)
@@ -357,9 +366,18 @@ async def generate_async(prepared: Prepared, control: RunControl | None = None, 
             print(done)
         return _result(args, stats, None, done)
     _warn_if_absurd(args, task, price, args.num_scenarios - sink.count)
-    workers = _validator_workers(args.validator_workers)
 
     async def start(stack: contextlib.AsyncExitStack) -> Pipeline:
+        # The validator processes first (unless started during the sink's open): each loads the
+        # tokenizers (about 1.5 s of CPU), meanwhile the sidecar is checked, the simulator starts
+        # and the first requests go out.
+        validator = early_validator
+        if validator is None:
+            workers = _validator_workers(args.validator_workers)
+            if workers:
+                log.info("starting %d validator process%s", workers, "es" if workers > 1 else "")
+            validator = PairValidator(task, specs, cache_dir=args.cache_dir, workers=workers, tokenizers=tokenizers)
+        stack.callback(validator.close)
         annotations = None
         if args.annotate:
             # Checked in a thread while the run starts (the digest of the sidecar's recorded prefix:
@@ -382,10 +400,6 @@ async def generate_async(prepared: Prepared, control: RunControl | None = None, 
                 "simulated. To use GPT-4o: export OPENAI_API_KEY=sk-... and run again.", url, task.task_name,
             )
         transport = open_transport(stack, api_key, url, concurrency=args.concurrency, timeout=args.request_timeout)
-        if workers:
-            log.info("starting %d validator process%s", workers, "es" if workers > 1 else "")
-        validator = PairValidator(task, specs, cache_dir=args.cache_dir, workers=workers, tokenizers=tokenizers)
-        stack.callback(validator.close)
         settings = GenerationSettings(args.model, response_format_for(args.model, args.response_format),
                                       args.temperature, args.seed,
                                       fallback_to_json_object=args.response_format == "auto",
@@ -435,6 +449,76 @@ async def generate_async(prepared: Prepared, control: RunControl | None = None, 
     if failure is not None and not isinstance(failure, (asyncio.CancelledError, KeyboardInterrupt)):
         raise failure
     return _result(args, stats, stop_reason, text)
+
+
+EARLY_VALIDATOR_BYTES = 64 * 1024 * 1024  # a dataset whose open digests this much takes 50 ms or more
+
+
+def _early_validator(args, task, specs, tokenizers, opening: "SinkOpening"):
+    """The validator processes started now, while the sink's open digests a large dataset's
+    checkpointed prefix (about 0.8 s a GB), rather than after it: each takes about 1.5 s of CPU to
+    load the tokenizers. None for a new or small dataset, or without workers: a run refused at the
+    open would wait for them to start, for nothing."""
+    if args.validator_workers == 0 or not (opening.output_existed and opening.checkpoint_existed):
+        return None
+    try:
+        if Path(args.output).stat().st_size < EARLY_VALIDATOR_BYTES:
+            return None
+    except OSError:
+        return None
+    from asyncgen.validate import PairValidator
+
+    workers = _validator_workers(args.validator_workers)
+    log.info("starting %d validator process%s while %s is checked", workers, "es" if workers > 1 else "", args.output)
+    return PairValidator(task, specs, cache_dir=args.cache_dir, workers=workers, tokenizers=tokenizers)
+
+
+@dataclass
+class SinkOpening:
+    """``ScenarioSink.open`` of the run's dataset, running in a thread of its own; what a run refused
+    before its first request must remove (a dataset and checkpoint it created)."""
+
+    future: concurrent.futures.Future
+    output_existed: bool
+    checkpoint: Path | None
+    checkpoint_existed: bool  # it may hold earlier runs' usage
+
+    @classmethod
+    def start(cls, args, task, specs) -> "SinkOpening":
+        from asyncgen.sink import DurabilityPolicy, ScenarioSink, default_checkpoint_path, fingerprint_of
+
+        checkpoint = None if args.no_checkpoint else Path(args.checkpoint or default_checkpoint_path(args.output))
+        output_existed, checkpoint_existed = Path(args.output).exists(), checkpoint is not None and checkpoint.exists()
+        thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sink-open")
+        future = thread.submit(
+            ScenarioSink.open,
+            args.output,
+            checkpoint,
+            task_name=task.task_name,
+            fingerprint=fingerprint_of(task, [str(spec) for spec in specs]),
+            force_resume=args.force_resume,
+            overwrite=args.overwrite,
+            durability=DurabilityPolicy(args.sync_every, args.sync_seconds),
+            auto_sync=False,
+        )
+        thread.shutdown(wait=False)  # the thread ends with the open
+        return cls(future, output_existed, checkpoint, checkpoint_existed)
+
+    def close_refused(self, sink) -> None:
+        """Close the sink of a run refused before its first request: a dataset it created goes."""
+        sink.close()
+        if not self.output_existed and sink.count == 0:
+            for path in (sink.path, None if self.checkpoint_existed else self.checkpoint):
+                if path is not None:
+                    Path(path).unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        """The run stopped before it took the sink: wait for the open, and close what it opened."""
+        try:
+            sink = self.future.result()
+        except BaseException:  # a refused open holds nothing
+            return
+        self.close_refused(sink)
 
 
 def _result(args: GenerateOptions, stats: RunStats, stop_reason: str | None, text: str) -> GenerateResult:

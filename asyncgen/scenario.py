@@ -7,6 +7,7 @@ with ids 0, 1, 2, ... in file order.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -87,15 +88,24 @@ def line_groups(handle: BinaryIO, start: int = 0, end: int | None = None) -> Ite
 
 def feed_digest(handle: BinaryIO, digest, start: int, end: int) -> bool:
     """Feed bytes ``start`` to ``end`` of ``handle`` to ``digest`` (a hashlib object), ``READ_BYTES``
-    at a time; False if the file ends before ``end``."""
+    at a time; False if the file ends before ``end``. One buffer, mapped for the read and unmapped
+    after: pieces from malloc would stay with the malloc arena of the thread that read them (the
+    sink's and the sidecar's prefixes are digested in threads), tens of MB the process keeps."""
     handle.seek(start)
     left = end - start
-    while left > 0:
-        piece = handle.read(min(READ_BYTES, left))
-        if not piece:
-            return False
-        digest.update(piece)
-        left -= len(piece)
+    if left <= 0:
+        return True
+    with mmap.mmap(-1, min(READ_BYTES, left)) as mapped:
+        buffer = memoryview(mapped)
+        try:
+            while left > 0:
+                read = handle.readinto(buffer[: min(READ_BYTES, left)])
+                if not read:
+                    return False
+                digest.update(buffer[:read])
+                left -= read
+        finally:
+            buffer.release()
     return True
 
 

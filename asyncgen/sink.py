@@ -64,6 +64,7 @@ import errno
 import gc
 import hashlib
 import logging
+import mmap
 import os
 import secrets
 import stat
@@ -840,7 +841,7 @@ def _trust_index(handle, size: int, stored: _Checkpoint, found: _Found, keys_pat
     length = 2 * KEY_BYTES * scenarios
     try:
         with open(keys_path, "rb") as index:
-            raw = index.read(length)
+            raw = _read_mapped(index, length)
     except OSError as exc:
         return f"{keys_path.name} unreadable ({_reason(exc)})"
     keys_digest = hashlib.sha256(raw)
@@ -857,12 +858,25 @@ def _trust_index(handle, size: int, stored: _Checkpoint, found: _Found, keys_pat
                   for index in range(0, len(lines), LINES_PER_SCENARIO)]
     except (orjson.JSONDecodeError, GroupError) as exc:
         return f"its last scenarios do not check out ({exc})"
-    hashes = np.frombuffer(raw, dtype="<u8")  # KeySet sorts a copy of each half: ``raw`` is freed
+    hashes = np.frombuffer(raw, dtype="<u8")  # KeySet sorts a copy of each half: ``raw`` is unmapped
     found.prompts, found.counterfactuals = KeySet(hashes[0::2]), KeySet(hashes[1::2])
+    del hashes
+    if isinstance(raw, mmap.mmap):
+        raw.close()
     found.recent_prompts.extend(scenario.multi_token_prompt for _, _, scenario in parsed)
     found.scenarios, found.tasks, found.first_scenario = scenarios, {parsed[-1][1]}, _first_scenario_of(handle)
     found.indexed, found.keys_digest, found.digested = scenarios, keys_digest, offset
     return ""
+
+
+def _read_mapped(handle, length: int) -> "mmap.mmap | bytes":
+    """The first ``length`` bytes of ``handle``, mapped (fewer if the file is shorter): read into
+    memory, tens of MB would stay with the malloc arena of the thread that read them once freed
+    (run opens the sink in a thread)."""
+    size = os.fstat(handle.fileno()).st_size
+    if not length or size < length:
+        return handle.read(length)
+    return mmap.mmap(handle.fileno(), length, access=mmap.ACCESS_READ)
 
 
 def _lines_before(handle, end: int, count: int) -> list[bytes]:

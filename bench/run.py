@@ -39,7 +39,9 @@ check never overwrites the full figures.
    what (3) paid for its dataset.
 8b. ``batch_seeds``: the same ``batch run`` with ``SEEDS`` different seeds (the pilot, the round's
    size and the simulator's answers all change): in how many one round reached N, and the cost per
-   accepted scenario (pilot included) against what (3) paid per scenario.
+   accepted scenario (pilot included) against what ``run`` paid per scenario with the same seeds
+   (their mean); and where the money beyond the batch price went: the pilot's real-time premium,
+   the surplus kept as spares, the duplicates (docs/batch-cost.md).
 15. ``resume``: ``bench/resume.py`` at 20,000 (quick), 100,000 and 1,000,000 scenarios: time from
    ``asyncgen run`` starting on a large dataset to its first new scenario, and its peak memory.
 """
@@ -451,12 +453,41 @@ def batch_run(scenarios: int, *flags: str) -> dict:
         "rounds": manifest["rounds"],
         "requests": sum(e["requests"] for e in manifest["entries"] if e.get("source") != "pilot"),
         "pilot_requests": sum(e["requests"] for e in pilots),
+        "pilot_waves": len(pilots),
         "pilot_yields": manifest["totals"].get("pilot_yields"),
         "spares": manifest["spares"],
         "cost_usd_batch": float(cost.group(1)),
         "cost_usd_same_tokens_real_time": float(cost.group(2)),
+        **where_the_money_goes(manifest),
         "endpoint": "offline default (in-process simulator, batch clock 600x)",
     }
+
+
+def where_the_money_goes(manifest: dict) -> dict:
+    """What a ``batch run`` paid beyond the batch price of the requests its N scenarios needed, from
+    its manifest at the shipped gpt-4o prices: the pilot's real-time premium (its cost less the same
+    tokens at batch prices), the surplus (the spares: valid new pairs beyond N, at the rounds' cost
+    per valid new pair) and the duplicates (candidates that repeated another, at the rounds' cost
+    per candidate)."""
+    from asyncgen.commands._shared import load_price_table
+    from asyncgen.prices import batch_cost_usd, cost_usd, price_for
+
+    price = price_for(load_price_table(None, None)[0], manifest["model"])
+    pilots = [e for e in manifest["entries"] if e.get("source") == "pilot"]
+    rounds = [e for e in manifest["entries"] if e.get("source") == "api"]
+
+    def tokens(entries: list[dict]) -> tuple[int, int]:
+        return (sum((e.get("usage") or {}).get("input", 0) for e in entries),
+                sum((e.get("usage") or {}).get("output", 0) for e in entries))
+
+    pilot_real, pilot_batch = cost_usd(price, *tokens(pilots)), batch_cost_usd(price, *tokens(pilots))
+    rounds_usd = batch_cost_usd(price, *tokens(rounds))
+    totals = manifest["totals"]
+    per_pair = rounds_usd / totals["useful"] if totals.get("useful") else 0.0
+    per_candidate = rounds_usd / totals["candidates"] if totals.get("candidates") else 0.0
+    return {"pilot_premium_usd": round(pilot_real - pilot_batch, 4), "surplus_usd": round(manifest["spares"] * per_pair, 4),
+            "duplicates_usd": round(totals.get("duplicates", 0) * per_candidate, 4),
+            "round_input_tokens_per_request": round(tokens(rounds)[0] / max(1, totals.get("requests_ok", 0)), 1)}
 
 
 def bench_batch(quick: bool, run_result: dict | None) -> dict:
@@ -472,11 +503,14 @@ def bench_batch(quick: bool, run_result: dict | None) -> dict:
 
 def bench_batch_seeds(quick: bool, run_result: dict | None) -> dict:
     """``batch run`` with several seeds: one round reaches N how often, at what cost per scenario
-    against ``run``'s (from (3), else a run measured here)."""
+    against ``run``'s (the mean of ``run`` with the same seeds: one run's cost varies by about 2 %)."""
     scenarios = size("run_scenarios", quick)
-    if not run_result or run_result.get("cost_usd") is None or run_result["scenarios"] != scenarios:
-        run_result = asyncgen_run(scenarios, 32)
-    run_per_scenario = run_result["cost_usd"] / run_result["scenarios"]
+    run_costs = []
+    for seed in range(1, size("batch_seeds", quick) + 1):
+        one = asyncgen_run(scenarios, 32, extra=("--seed", str(seed)))
+        run_costs.append(one["cost_usd"] / one["scenarios"])
+        log(f"run seed {seed}: ${one['cost_usd']:.4f}")
+    run_per_scenario = sum(run_costs) / len(run_costs)
     runs = []
     for seed in range(1, size("batch_seeds", quick) + 1):
         one = batch_run(scenarios, "--seed", str(seed))
@@ -498,6 +532,9 @@ def bench_batch_seeds(quick: bool, run_result: dict | None) -> dict:
         "pilot_requests_mean": round(sum(r["pilot_requests"] for r in runs) / len(runs), 1),
         "requests_mean": round(sum(r["requests"] for r in runs) / len(runs), 1),
         "spares_mean": round(sum(r["spares"] for r in runs) / len(runs), 1),
+        "run_cost_usd_per_scenario_range": [round(min(run_costs), 6), round(max(run_costs), 6)],
+        **{f"{part}_ratio_mean": round(sum(r[f"{part}_usd"] for r in runs) / len(runs) / scenarios / run_per_scenario, 4)
+           for part in ("pilot_premium", "surplus", "duplicates")},
         "runs": runs,
     }
 
@@ -762,8 +799,11 @@ def markdown(results: dict) -> str:
             f"| 8b | `asyncgen batch run`, offline default, {b['scenarios']:,} scenarios, {b['seeds']} seeds: a pilot of "
             f"{b['pilot_requests_mean']:g} real-time requests, then {b['requests_mean']:g} batch requests, "
             f"{b['spares_mean']:g} spares (means) | one round reached N in **{b['one_round']} of {b['seeds']}**; cost per "
-            f"scenario ${b['cost_usd_per_scenario_batch']:.6f} against `run`'s ${b['cost_usd_per_scenario_run']:.6f}: "
-            f"**{b['cost_ratio_mean']:.3f}×** ({b['cost_ratio_min']:.3f}-{b['cost_ratio_max']:.3f}) "
+            f"scenario ${b['cost_usd_per_scenario_batch']:.6f} against `run`'s ${b['cost_usd_per_scenario_run']:.6f} (the "
+            f"mean of `run` with the same seeds): **{b['cost_ratio_mean']:.3f}×** ({b['cost_ratio_min']:.3f}-"
+            f"{b['cost_ratio_max']:.3f}); of it, the pilot's real-time premium {b.get('pilot_premium_ratio_mean', 0):.3f}×, "
+            f"the surplus (spares) {b.get('surplus_ratio_mean', 0):.3f}×, duplicates {b.get('duplicates_ratio_mean', 0):.3f}× "
+            f"(see docs/batch-cost.md) "
             f"| ≥ 9 of 10 and ≤ 0.55×: {_aim(b['one_round'] >= 0.9 * b['seeds'] and b['cost_ratio_mean'] <= 0.55)} |"
         )
     lines += limits_rows(results.get("limits"))

@@ -330,3 +330,110 @@ def test_task_from_a_yaml_path_runs_offline_and_validates(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     check = asyncgen_here("validate", tmp_path / "dataset.jsonl", "--task", task_file, env=ENV)
     assert check.returncode == 0 and "15 valid" in check.stdout, check.stdout + check.stderr
+
+
+def _recording_validator(monkeypatch, events: list):
+    """PairValidator as run makes it, noting when it is made (run starts nothing before it)."""
+    import asyncgen.validate
+
+    original = asyncgen.validate.PairValidator
+
+    class Recorded(original):
+        def __init__(self, *args, **kwargs):
+            events.append("validator")
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(asyncgen.validate, "PairValidator", Recorded)
+
+
+def test_the_sink_opens_in_a_thread_and_nothing_starts_before_it_returns(tmp_path, monkeypatch):
+    """Issue 17 item 16: a resume's start-up reads the checkpointed prefix through sha256 in a thread
+    (beside the SDK's import), but the validator, the simulator and the first request wait for it."""
+    import threading
+
+    from asyncgen.sink import ScenarioSink
+
+    first = run_here(tmp_path, "--num-scenarios", "6", "--concurrency", "4")
+    assert first.returncode == 0, first.stderr[-2000:]
+    events = []
+    original = ScenarioSink.open.__func__
+
+    def slow_open(cls, *args, **kwargs):
+        events.append("open in the main thread" if threading.current_thread() is threading.main_thread() else "open")
+        time.sleep(0.3)  # a large dataset's digest
+        sink = original(cls, *args, **kwargs)
+        events.append("opened")
+        return sink
+
+    monkeypatch.setattr(ScenarioSink, "open", classmethod(slow_open))
+    _recording_validator(monkeypatch, events)
+    resumed = run_here(tmp_path, "--num-scenarios", "10", "--concurrency", "4")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert events == ["open", "opened", "validator"]
+    assert_valid_dataset(tmp_path / "dataset.jsonl", 10)
+
+
+def test_a_resume_whose_first_scenario_does_not_match_is_refused_before_anything_starts(tmp_path, monkeypatch):
+    """The checkpoint knows its dataset by the sha256 of its first scenario: when it differs, the
+    open (now in a thread) refuses, exit 2 in one line, before a validator or a request is started,
+    and neither file is changed."""
+    first = run_here(tmp_path, "--num-scenarios", "6", "--concurrency", "4")
+    assert first.returncode == 0, first.stderr[-2000:]
+    dataset, checkpoint = tmp_path / "dataset.jsonl", tmp_path / "checkpoint.json"
+    lines = dataset.read_bytes().splitlines(keepends=True)
+    record = json.loads(lines[0])
+    record["text"] = record["text"].replace("e", "a", 1)
+    lines[0] = json.dumps(record).encode() + b"\n"
+    dataset.write_bytes(b"".join(lines))
+    before = dataset.read_bytes(), checkpoint.read_bytes()
+    events = []
+    _recording_validator(monkeypatch, events)
+    refused = run_here(tmp_path, "--num-scenarios", "10", "--concurrency", "4")
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "Traceback" not in refused.stderr and "another dataset" in refused.stderr
+    assert events == []
+    assert (dataset.read_bytes(), checkpoint.read_bytes()) == before
+
+
+def test_a_large_resume_starts_the_validator_during_the_open_and_closes_it_if_refused(tmp_path, monkeypatch):
+    """A dataset of EARLY_VALIDATOR_BYTES or more: the validator process loads its tokenizers while
+    the sink's open digests the prefix. A resume the open refuses closes it, writes nothing and
+    exits 2; one it accepts uses it and reaches N."""
+    import asyncgen.generation as generation
+    import asyncgen.validate
+    from asyncgen.sink import ScenarioSink
+
+    first = run_here(tmp_path, "--num-scenarios", "6", "--concurrency", "4")
+    assert first.returncode == 0, first.stderr[-2000:]
+    monkeypatch.setattr(generation, "EARLY_VALIDATOR_BYTES", 1)
+    events, made = [], []
+    original_open = ScenarioSink.open.__func__
+
+    def slow_open(cls, *args, **kwargs):
+        time.sleep(0.3)  # a large dataset's digest
+        sink = original_open(cls, *args, **kwargs)
+        events.append("opened")
+        return sink
+
+    class Recorded(asyncgen.validate.PairValidator):
+        def __init__(self, *args, **kwargs):
+            events.append("validator")
+            made.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(ScenarioSink, "open", classmethod(slow_open))
+    monkeypatch.setattr(asyncgen.validate, "PairValidator", Recorded)
+    dataset, checkpoint = tmp_path / "dataset.jsonl", tmp_path / "checkpoint.json"
+    kept = dataset.read_bytes()
+    dataset.write_bytes(kept.replace(b"e", b"a", 1))  # its first scenario is not the checkpoint's
+    before = dataset.read_bytes(), checkpoint.read_bytes()
+    refused = run_here(tmp_path, "--num-scenarios", "10", "--concurrency", "4", "--validator-workers", "1")
+    assert refused.returncode == 2 and "another dataset" in refused.stderr, refused.stderr[-2000:]
+    assert (dataset.read_bytes(), checkpoint.read_bytes()) == before
+    assert events == ["validator"] and made[0]._pool is None  # started during the open, closed
+    dataset.write_bytes(kept)
+    events.clear()
+    resumed = run_here(tmp_path, "--num-scenarios", "10", "--concurrency", "4", "--validator-workers", "1")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert events == ["validator", "opened"] and len(made) == 2
+    assert_valid_dataset(dataset, 10)

@@ -59,13 +59,18 @@ def requests_needed(deficit: int, yield_per_request: float) -> int:
 
 
 ONE_ROUND_PROBABILITY = 0.9  # a round sized from a measured yield reaches the target alone this often
-# The spread of one request's yield relative to its mean, assumed only to size a pilot (what it
-# measures is used for the round); the offline simulator's is about 0.25.
+# The spread of one request's yield relative to its mean, assumed only to size a pilot's first wave
+# (what it measures is used for the rest and for the round); the offline simulator's is about 0.22.
 PRIOR_SPREAD = 0.3
-PILOT_MIN, PILOT_MAX = 4, 40
+PILOT_MIN, PILOT_MAX = 4, 60
+PILOT_WAVES = 3  # the pilot's requests go out in at most this many waves, each sized by what the last measured
 # A smaller round is sized by the prior: a pilot would cost more than the margin it saves (four
 # real-time requests are 8 % of a 100-request round, and measure the mean to about 10 % only).
 PILOT_MIN_ROUND = 100
+# What one pilot request costs beyond the batch request it replaces, in batch requests: it is paid
+# at real-time prices (twice the batch price) and its pairs go into the dataset, one request fewer
+# for the round to ask.
+PILOT_PREMIUM = 1.0
 
 
 @dataclass(frozen=True)
@@ -159,18 +164,50 @@ def t_quantile(probability: float, degrees_of_freedom: int) -> float:
 
 
 def pilot_size(deficit: int, prior: float, batch_size: int) -> int:
-    """Real-time requests to measure the yield before sizing a first round: 0 when the deficit is too
-    small to be worth it. Each costs twice a batch request, and the mean they measure sets the
-    round's margin (about ``z x spread / sqrt(k)``); k = (R x z x spread / 4)^(2/3), R the round's
-    requests at the prior, makes the two costs' sum least. At most as many pairs as the deficit
-    asks, so the pilot never leaves a surplus. Pure."""
+    """The first wave of real-time requests that measure the yield before a first round is sized:
+    0 when the deficit is too small to be worth it. Half of ``best_pilot`` at the prior yield and
+    ``PRIOR_SPREAD`` (the prior is a guess: the later waves are sized by what this one measures),
+    at most as many pairs as the deficit asks, so the pilot never leaves a surplus. Pure."""
     room = deficit // max(batch_size, 1)
     round_requests = deficit / max(prior, 0.01)
     if room < PILOT_MIN or round_requests < PILOT_MIN_ROUND:
         return 0
-    z = NormalDist().inv_cdf(ONE_ROUND_PROBABILITY)
-    best = round((round_requests * z * PRIOR_SPREAD / 4) ** (2 / 3))
-    return min(max(best, PILOT_MIN), PILOT_MAX, room)
+    assumed = YieldEstimate(prior, PRIOR_SPREAD * prior, PILOT_MIN)
+    return min(max(PILOT_MIN, math.ceil(best_pilot(deficit, assumed, 0, room) / 2)), room)
+
+
+def best_pilot(deficit: int, estimate: YieldEstimate, pairs_asked: int, most: int = PILOT_MAX) -> int:
+    """How many pilot requests in all (at least the ``estimate.requests`` measured, at most
+    ``most``) make the least of what they and the round's margin cost, in batch requests: each
+    pilot request ``PILOT_PREMIUM``; the margin, the round's requests (``requests_to_reach`` at
+    the round's scale, as if the mean and spread measured so far had been measured on k requests)
+    beyond the deficit over the mean. The margin shrinks about as ``z x spread x R / sqrt(k)``
+    for a round of R requests, the premium grows as k: their sum is least near
+    ``k = (z x spread x R / (2 x mean))^(2/3)``. Pure."""
+    done = max(estimate.requests, 1)
+    most = max(min(most, PILOT_MAX), done)
+    if deficit <= 0 or estimate.mean <= 0:
+        return done
+
+    def cost(k: int) -> float:
+        measured = YieldEstimate(estimate.mean, estimate.spread, k)
+        scaled = at_round_scale(measured, deficit, pairs_asked) if pairs_asked else measured
+        return PILOT_PREMIUM * k + requests_to_reach(deficit, scaled) - deficit / scaled.mean
+
+    return min(range(done, most + 1), key=lambda k: (cost(k), k))
+
+
+def pilot_wave(deficit: int, yields: Sequence[int], batch_size: int, prior: float) -> int:
+    """How many real-time requests the pilot's next wave sends, given the ``yields`` its earlier
+    waves measured (valid new pairs per request) and the ``deficit`` left after their pairs: the
+    first wave ``pilot_size``; a later one as many as ``best_pilot`` adds; 0: the pilot is over.
+    Never more pairs than the deficit asks. Pure."""
+    room = deficit // max(batch_size, 1)
+    if not yields:
+        return pilot_size(deficit, prior, batch_size)
+    if len(yields) < 2 or deficit <= 0:
+        return 0
+    return min(best_pilot(deficit, YieldEstimate.of(yields, batch_size), batch_size, len(yields) + room) - len(yields), room)
 
 
 def request_cost_bound(task: Task, price: Price | None, avoid_chars: int = AVOID_CHARS) -> float | None:

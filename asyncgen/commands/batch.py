@@ -134,8 +134,9 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     run.add_argument("--num-scenarios", type=positive_int, default=None, help="scenarios the dataset must hold (default: the batch directory's target, else 1500)")
     run.add_argument("--poll-seconds", type=positive_float, default=None, help="seconds between status checks (default: 60 for OpenAI, 10 for --base-url, 0.25 offline)")
     run.add_argument("--pilot-requests", type=non_negative_int, default=None, help="real-time requests that measure "
-                     "the yield before the first round is sized (default: a few, chosen by the round's size, about "
-                     "2-5%% of its cost; 0: none, the round is sized by the prior yield)")
+                     "the yield before the first round is sized (default: a first wave chosen by the round's size, "
+                     "then more while each saves more of the round's margin than its real-time premium costs; "
+                     "see docs/batch-cost.md; 0: none, the round is sized by the prior yield)")
     _plan_flags(run)
     _dataset_flags(run)
     _validator_flags(run)
@@ -964,10 +965,12 @@ def summary_text(setup: Setup, manifest: Manifest, count: int, report=None, *, t
         lines.append("  rejections      " + ", ".join(f"{k}: {n}" for k, n in top))
     if t.get("answer_failures"):
         lines.append("  bad answers     " + ", ".join(f"{k}: {n}" for k, n in sorted(t["answer_failures"].items())))
-    for pilot in _pilots(manifest):
-        cost = setup.costs(pilot.usage.get("input", 0), pilot.usage.get("output", 0))[1]
-        lines.append(f"  pilot           {pilot.requests} real-time requests measured the yield first "
-                     f"({_money(cost)}, in the cost below)")
+    pilots = _pilots(manifest)
+    if pilots:
+        cost = setup.costs(sum(p.usage.get("input", 0) for p in pilots), sum(p.usage.get("output", 0) for p in pilots))[1]
+        waves = f" in {len(pilots)} waves" if len(pilots) > 1 else ""
+        lines.append(f"  pilot           {sum(p.requests for p in pilots)} real-time requests{waves} measured the yield "
+                     f"first ({_money(cost)}, in the cost below)")
     if t.get("foreign") or t.get("repeated"):
         lines.append(f"  left out        {t.get('foreign', 0)} results of requests {setup.directory} did not make, "
                      f"{t.get('repeated', 0)} of requests counted before")
@@ -989,28 +992,53 @@ def summary_text(setup: Setup, manifest: Manifest, count: int, report=None, *, t
 
 
 async def _pilot(args, setup: Setup, manifest: Manifest, api, sink, validator, annotations) -> None:
-    """Before the first round: a pilot of a few real-time requests measures the yield (see
-    asyncgen/batch/pilot.py), unless something is measured already or --pilot-requests 0."""
-    from asyncgen.batch.pilot import run_pilot
-
+    """Before the first round: a pilot of real-time requests measures the yield (see
+    asyncgen/batch/pilot.py), unless something is measured already or --pilot-requests 0. Its
+    requests go out in waves (at most ``plan.PILOT_WAVES``): the first sized by the prior, each
+    next one by what the pilot measured so far (``plan.best_pilot``: its premium against the
+    round's margin), none once that says the pilot is large enough. --pilot-requests N: one wave of N."""
     deficit = manifest.target - sink.count - manifest.spares
     if manifest.rounds or _pilots(manifest) or manifest.yield_per_request() is not None or deficit <= 0:
         return
-    if args.pilot_requests is None:
-        count = plan.pilot_size(deficit, plan.prior_yield(setup.task), setup.task.batch_size)
-    else:
-        count = min(args.pilot_requests, max(1, deficit // max(setup.task.batch_size, 1)))
-    if args.max_cost is not None:  # the pilot's worst case, at real-time prices, within the budget too
-        from asyncgen.prompting import request_cost_bound
+    asked = setup.task.batch_size
+    settings = GenerationSettings(setup.model, response_format_for(setup.model, args.response_format), args.temperature, args.seed)
+    yields: list[int] = []
+    for wave in range(1 if args.pilot_requests is not None else plan.PILOT_WAVES):
+        deficit = manifest.target - sink.count - manifest.spares
+        if deficit <= 0:
+            break
+        if args.pilot_requests is not None:
+            count = min(args.pilot_requests, max(1, deficit // max(asked, 1)))
+        else:
+            count = plan.pilot_wave(deficit, yields, asked, plan.prior_yield(setup.task))
+        if args.max_cost is not None:  # the pilot's worst case, at real-time prices, within the budget too
+            from asyncgen.prompting import request_cost_bound
 
-        budget_left = args.max_cost - (manifest.committed_worst_cost(setup.costs) or 0.0)
-        count, _ = plan.affordable(count, request_cost_bound(setup.task, setup.price, args.avoid_chars), budget_left)
-    if count <= 0:
+            budget_left = args.max_cost - (manifest.committed_worst_cost(setup.costs) or 0.0)
+            count, _ = plan.affordable(count, request_cost_bound(setup.task, setup.price, args.avoid_chars), budget_left)
+        if count <= 0:
+            break
+        yields += await _pilot_wave(args, setup, manifest, api, sink, validator, annotations, settings, count,
+                                    wave + 1, yields)
+    if not yields:
         return
+    estimate, _ = yield_estimate(setup, manifest)  # as measured: no round's duplicates
+    at_real = sum(setup.costs(e.usage.get("input", 0), e.usage.get("output", 0))[1] or 0.0 for e in _pilots(manifest))
+    log.info("pilot: %d requests in %d wave(s), %s valid new pairs per request%s; %s at real-time prices",
+             len(yields), len(_pilots(manifest)), f"{estimate.mean:.2f} ± {estimate.spread:.2f}" if estimate else "?",
+             "" if estimate else " (too few answers to size by: the prior is used)", _money(at_real if setup.price else None))
+
+
+async def _pilot_wave(args, setup: Setup, manifest: Manifest, api, sink, validator, annotations, settings,
+                      count: int, wave: int, measured: list[int]) -> list[int]:
+    """One wave of the pilot: ``count`` real-time requests, their pairs accepted; the yields measured
+    so far (``measured`` and this wave's) saved in the manifest; returns this wave's."""
+    from asyncgen.batch.pilot import run_pilot
+
     _, avoid = _dataset(manifest.output, setup.task)
     numbers = range(manifest.next_request, manifest.next_request + count)
-    settings = GenerationSettings(setup.model, response_format_for(setup.model, args.response_format), args.temperature, args.seed)
-    log.info("pilot: %d real-time requests measure the yield before round 1 is sized (their pairs go into the dataset)", count)
+    log.info("pilot, wave %d: %d real-time requests measure the yield before round 1 is sized (their pairs go into "
+             "the dataset)", wave, count)
     # The entry first, its usage saved with every answer: killed at any moment, the pilot is not
     # sent again and what it was paid is counted (the pairs of answers not yet accepted are lost).
     entry = Entry(f"pilot-{manifest.next_request}", 0, count, source="pilot", state="submitted", status="completed",
@@ -1029,19 +1057,17 @@ async def _pilot(args, setup: Setup, manifest: Manifest, api, sink, validator, a
     result = await run_pilot(api.client, api.api_key, setup.task, settings, setup.price, numbers, avoid,
                              args.avoid_chars, trust_env=api.trust_env, sink=sink, validator=validator,
                              annotations=annotations, stats=stats)
-    manifest.totals["pilot_yields"] = result.yields
-    if result.surplus:
+    manifest.totals["pilot_yields"] = measured + result.yields
+    if result.surplus:  # the target is reached: no wave follows
         name = f"spares-pilot-{manifest.next_request}.jsonl"
         atomic_write(setup.directory / name, b"".join(
             orjson.dumps({"prompt": v.prompt, "counterfactual": v.counterfactual}) + b"\n" for v in result.surplus))
         manifest.spares_file, manifest.spares = name, len(result.surplus)
     manifest.save(setup.directory)
     sink.sync(_run_state(setup, manifest, sink))
-    estimate, _ = yield_estimate(setup, manifest)  # as measured: no round's duplicates
-    cost = setup.costs(stats.prompt_tokens, stats.completion_tokens)[1]
-    log.info("pilot: %d answered, %d scenarios accepted, %s valid new pairs per request%s; %s at real-time prices",
-             stats.requests_ok, result.accepted, f"{estimate.mean:.2f} ± {estimate.spread:.2f}" if estimate else "?",
-             "" if estimate else " (too few answers to size by: the prior is used)", _money(cost))
+    log.info("pilot, wave %d: %d answered, %d scenarios accepted, yields %s", wave, stats.requests_ok, result.accepted,
+             " ".join(map(str, result.yields)))
+    return result.yields
 
 
 def cmd_run(args) -> int:
