@@ -108,7 +108,7 @@ def run(job: Job) -> int:
             outcome.stats.cost_simulated = job.mode == "simulator"
             try:
                 run_event_loop(_run_async(job, directory, manifest, scores, outcome))
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, asyncio.CancelledError):  # CancelledError: the Python API's stop
                 outcome.stop = "interrupted"
         finally:
             scores.close()
@@ -207,9 +207,11 @@ def _round(manifest: Manifest) -> list[Entry]:
 
 
 async def _run_async(job: Job, directory: Path, manifest: Manifest, scores: ScoresFile, outcome: Outcome) -> None:
-    from asyncgen.commands.batch import POLL_SECONDS, _api
+    from asyncgen.commands.batch import POLL_SECONDS, _api, _stop_from_any_thread
 
     started = time.monotonic()
+    if getattr(job.args, "control", None) is not None:  # the Python API's stop and result (asyncgen.score)
+        job.args.control.attach(_stop_from_any_thread(asyncio.current_task()), outcome.stats, on_loop=False)
     async with _api(job.args, directory, manifest) as (api, mode):
         with LiveLine(lambda width: _progress(job, manifest, scores, width, time.monotonic() - started),
                       logger=log) as line:

@@ -212,6 +212,28 @@ def test_score_options_go_through_the_commands_own_checks(made, tmp_path):
     assert not (tmp_path / "d.scores").exists()
 
 
+def _summary_cost(text: str, after: str) -> str:
+    """The money figure of the summary line that starts with ``after``."""
+    line = next(line for line in text.splitlines() if line.strip().startswith(after))
+    return line.split(after, 1)[1].split()[0]
+
+
+def test_generate_batch_and_score_in_batches_return_the_cost_their_summary_states(tmp_path, capsys):
+    """BatchResult had no cost, and score(batch=True) returned cost None, simulated False, while its
+    summary stated both: the result carries the figure the summary prints."""
+    from asyncgen.progress import _money
+
+    dataset = tmp_path / "d.jsonl"
+    made = asyncgen.generate_batch("refusal", 12, dataset, directory=tmp_path / "b", validator_workers=0, seed=5)
+    summary = capsys.readouterr().err
+    assert made.finished and made.cost_simulated and made.cost_usd > 0
+    assert _money(made.cost_usd) == _summary_cost(summary, "cost") and "(simulated: " in summary
+    scored = asyncgen.score(dataset, "gpt-4o", batch=True)
+    summary = capsys.readouterr().err
+    assert scored.finished and scored.cost_simulated and scored.cost_usd > 0
+    assert _money(scored.cost_usd) == _summary_cost(summary, "cost")
+
+
 def _interrupt_main_thread_when(ready, stopped: list) -> threading.Thread:
     """A thread that sends SIGINT to this process once ``ready()`` holds, as a kernel's interrupt does."""
 
@@ -249,6 +271,32 @@ def test_a_keyboard_interrupt_in_a_notebook_cell_stops_generate_batch_and_it_res
     assert not interrupted.value.result.finished
     assert asyncgen.generate_batch("refusal", 40, dataset, **options).finished
     assert dataset.read_bytes().count(b"\n") == 160
+
+
+def test_a_keyboard_interrupt_in_a_notebook_cell_stops_score_in_batches_with_its_cost(made, tmp_path, capsys):
+    """The interrupt went nowhere (score --batch never took the API's stop: the cell waited for the
+    whole job) and the result had no cost: it stops, says what it read and cost, and resumes."""
+    from asyncgen.progress import _money
+
+    dataset = _copy(made, tmp_path)
+    stopped: list = []
+    watcher = _interrupt_main_thread_when(lambda: (tmp_path / "d.scores" / "gpt-4o.batch" / "manifest.json").exists(),
+                                          stopped)
+
+    async def cell():
+        return asyncgen.score(dataset, "gpt-4o", batch=True)
+
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(asyncgen.RunInterrupted) as interrupted:
+            loop.run_until_complete(cell())
+    finally:
+        loop.close()
+        watcher.join()
+    result = interrupted.value.result
+    assert stopped and result.stop_reason == "interrupted" and result.cost_simulated
+    assert _money(result.cost_usd) == _summary_cost(capsys.readouterr().err, "cost")
+    assert asyncgen.score(dataset, "gpt-4o", batch=True).finished
 
 
 def test_a_script_without_the_main_guard_is_told_what_to_do(tmp_path):

@@ -946,6 +946,14 @@ def cmd_process(args) -> int:
     return 1
 
 
+def run_cost(setup: Setup, manifest: Manifest) -> tuple[float | None, float | None, bool]:
+    """What the directory's requests cost so far: USD at batch prices (a pilot's at real-time
+    prices), USD at real-time prices, and whether it is simulated (the offline simulator's usage).
+    The one source of the summary's cost line and of the Python API's ``BatchResult``."""
+    at_batch, at_real = manifest.cost(setup.costs)
+    return at_batch, at_real, (manifest.endpoint or {}).get("mode") == "simulator"
+
+
 def summary_text(setup: Setup, manifest: Manifest, count: int, report=None, *, title: str = "batch process",
                  wall_s: float | None = None, stop: str | None = None, unvalidated: int = 0) -> str:
     t = manifest.totals
@@ -976,10 +984,11 @@ def summary_text(setup: Setup, manifest: Manifest, count: int, report=None, *, t
         lines.append(f"  external        {t['external_requests']} answered requests from another pipeline (--external): {files}")
     lines.append(f"  spares          {manifest.spares} valid pairs kept in {setup.directory} for later "
                  "(none repeats the dataset or another)")
-    at_batch, at_real = manifest.cost(setup.costs)
+    at_batch, at_real, simulated = run_cost(setup, manifest)
     saved = f", {1 - at_batch / at_real:.0%} saved" if at_batch is not None and at_real else ""
     pilot = " (the pilot's at real-time prices)" if _pilots(manifest) else ""
-    lines.append(f"  cost            {_money(at_batch)} at batch prices{pilot}; real time would have cost {_money(at_real)}{saved}")
+    lines.append(f"  cost            {_money(at_batch)} at batch prices{pilot}; real time would have cost {_money(at_real)}{saved}"
+                 + (" (simulated: the offline simulator's usage at real prices)" if simulated else ""))
     if wall_s is not None:
         lines.append(f"  wall time       {wall_s:.1f} s")
     return "\n".join(lines)
@@ -1066,6 +1075,9 @@ def cmd_run(args) -> int:
     text = summary_text(setup, manifest, count, title="batch run", wall_s=time.monotonic() - started,
                         stop=outcome.stop, unvalidated=outcome.unvalidated)
     print(fit_summary(text, shutil.get_terminal_size().columns - 1) if sys.stderr.isatty() else text, file=sys.stderr)
+    if getattr(args, "control", None) is not None:  # the Python API's result (asyncgen.generate_batch)
+        at_batch, _, simulated = run_cost(setup, manifest)
+        args.control.record_cost(at_batch, simulated)
     if count >= manifest.target:
         return 0
     if outcome.stop == "interrupted":
