@@ -1081,8 +1081,10 @@ def cmd_run(args) -> int:
     if count >= manifest.target:
         return 0
     if outcome.stop == "interrupted":
-        print(f"asyncgen batch run: interrupted; everything so far is kept in {setup.directory}: run the same "
-              "command to resume (submitted batches go on meanwhile)", file=sys.stderr)
+        from asyncgen.commands.score_run import resume_command
+
+        print(f"asyncgen batch run: interrupted; everything so far is kept in {setup.directory} (submitted batches "
+              f"go on meanwhile); resume with: {resume_command(args)}", file=sys.stderr)
         return 130
     if outcome.stop == "max_cost":
         print(f"asyncgen batch run: stopped at --max-cost ${args.max_cost}: the next request could cross it; "
@@ -1124,7 +1126,7 @@ async def _run_async(args, setup: Setup, manifest: Manifest, started: float, out
                 names = [e.name for e in manifest.entries if e.downloaded and not e.processed]
                 if names or manifest.processing is not None or (manifest.spares and sink.count < manifest.target):
                     report = _pass(setup, manifest, sink, validator, annotations, names, display)
-                    if report.unvalidated:
+                    if report.stopped:  # Ctrl-C during the pass: the run stops here, after it, even when it finished
                         outcome.stop, outcome.unvalidated = "interrupted", report.unvalidated
                         return
                 if sink.count >= manifest.target:
