@@ -388,9 +388,12 @@ def _report(job: Job, directory: Path, manifest: Manifest, path: Path, outcome: 
     resume, cancel_it = _command(args), _command(args, add=("--cancel",))
     if stop is None:
         return 0
-    if stop == "interrupted":
-        print(f"asyncgen score: stopped waiting; the batches go on at the server. Resume (nothing is submitted "
-              f"again) with: {resume}\n  or cancel them with: {cancel_it}", file=sys.stderr)
+    if stop == "interrupted":  # a line a command: they stay whole at 80 columns
+        if manifest.in_flight():
+            print(f"asyncgen score: stopped waiting; the batches go on at the server\n"
+                  f"  resume with: {resume}\n  or cancel them with: {cancel_it}", file=sys.stderr)
+        else:
+            print(f"asyncgen score: interrupted; no batch of it is running\n  resume with: {resume}", file=sys.stderr)
         return 130
     if stop == "max_cost":
         spent = _spent(manifest, job.price)

@@ -1083,8 +1083,8 @@ def cmd_run(args) -> int:
     if outcome.stop == "interrupted":
         from asyncgen.commands.score_run import resume_command
 
-        print(f"asyncgen batch run: interrupted; everything so far is kept in {setup.directory} (submitted batches "
-              f"go on meanwhile); resume with: {resume_command(args)}", file=sys.stderr)
+        print(f"asyncgen batch run: interrupted; all is kept in {setup.directory}, submitted batches go on\n"
+              f"  resume with: {resume_command(args)}", file=sys.stderr)
         return 130
     if outcome.stop == "max_cost":
         print(f"asyncgen batch run: stopped at --max-cost ${args.max_cost}: the next request could cross it; "

@@ -37,11 +37,11 @@ def run(args: argparse.Namespace) -> int:
 
     paths = [Path(name) for name in args.datasets]
     if len(paths) < 2:
-        raise UsageError("merge: name at least two datasets (to copy one, use `asyncgen drop` or cp)")
+        raise UsageError("name at least two datasets to merge")
     seen: dict[Path, str] = {}
     for path in paths:
         if path.resolve() in seen:
-            raise UsageError(f"merge: {path} is named twice (as {seen[path.resolve()]}); name each dataset once")
+            raise UsageError(f"{path} is named twice (as {seen[path.resolve()]}); name each dataset once")
         seen[path.resolve()] = str(path)
     sources = []
     try:
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         for source in sources[1:]:
             differs = setup_difference(first.checkpoint.fingerprint, source.checkpoint.fingerprint)
             if differs:
-                raise UsageError(f"merge: {source.path} and {first.path} differ in {differs}, as their checkpoints "
+                raise UsageError(f"{source.path} and {first.path} differ in {differs}, as their checkpoints "
                                  "record; merge datasets of one task and setup")
         origins = [run_origins(s.checkpoint.dataset_id, s.run_state, s.checkpoint.history) for s in sources]
         if all(found is not None for found in origins):  # each run counted once
@@ -75,11 +75,14 @@ def run(args: argparse.Namespace) -> int:
         for source in sources:
             source.close()
     left = sum(len(d) for d in carried.duplicates)
-    print(f"wrote {args.output}: {written} scenarios, renumbered from 0, from "
-          + ", ".join(f"{s.path} ({len(ids)} of {s.scenarios})" for s, ids in zip(sources, carried.new_ids)))
+    print(f"wrote {args.output}: {written} scenarios, renumbered from 0")  # a line a source: 80 columns
+    for source, ids in zip(sources, carried.new_ids):
+        print(f"  {source.path}: {len(ids)} of its {source.scenarios} scenarios")
     if left:
-        where = "; ".join(f"{s.path}: ids {describe_ids(d)}" for s, d in zip(sources, carried.duplicates) if d)
-        print(f"left out {left} duplicates of earlier scenarios (same prompt or counterfactual): {where}")
+        print(f"left out {left} duplicates of earlier scenarios (same prompt or counterfactual):")
+        for source, duplicates in zip(sources, carried.duplicates):
+            if duplicates:
+                print(f"  {source.path}: ids {describe_ids(duplicates)}")
     else:
         print("no duplicates")
     if shared:
