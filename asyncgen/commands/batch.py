@@ -1083,7 +1083,8 @@ def cmd_run(args) -> int:
     if outcome.stop == "interrupted":
         from asyncgen.commands.score_run import resume_command
 
-        print(f"asyncgen batch run: interrupted; all is kept in {setup.directory}, submitted batches go on\n"
+        going = "; submitted batches go on" if manifest.in_flight() else ""
+        print(f"asyncgen batch run: interrupted, all kept in {setup.directory}{going}\n"
               f"  resume with: {resume_command(args)}", file=sys.stderr)
         return 130
     if outcome.stop == "max_cost":
