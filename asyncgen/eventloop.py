@@ -18,14 +18,16 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def run_event_loop(coro):
-    """Run ``coro`` to completion on a new event loop and return its result."""
+    """Run ``coro`` to completion on a new event loop and return its result. The signal handlers
+    the run's loop took are put back as they were when it ends (``_signals_restored``): a command
+    called in a process that goes on (``asyncgen.cli.main``, a test) leaves Ctrl-C working."""
     try:
         import uvloop
 
         loop_factory = uvloop.new_event_loop
     except ImportError:
         loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    with _signals_restored(), asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(coro)
 
 

@@ -77,6 +77,22 @@ def test_generate_leaves_the_signal_handlers_as_it_found_them(tmp_path):
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
+def test_a_command_called_in_process_leaves_the_signal_handlers_as_it_found_them():
+    """The same for every command's loop (``run_event_loop``), not only the API's: ``cli.main`` in
+    a process that went on (a script, the test suite: a notebook-cell test after the score tests)
+    kept a closed loop's SIGINT handler, and a Ctrl-C then did nothing."""
+    from asyncgen.eventloop import run_event_loop
+
+    async def take_the_signals():
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: None)  # as the pipelines do
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    run_event_loop(take_the_signals())
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
 def test_generate_works_inside_a_running_event_loop(tmp_path):
     """As a notebook cell calls it: asyncio.run() would refuse ('cannot be called from a running event loop')."""
 
