@@ -285,6 +285,7 @@ def test_a_keyboard_interrupt_in_a_notebook_cell_stops_generate_batch_and_it_res
         watcher.join()
     assert stopped and interrupted.value.result.stop_reason == "interrupted"
     assert not interrupted.value.result.finished
+    assert interrupted.value.result.cost_simulated and interrupted.value.result.cost_usd is not None
     assert asyncgen.generate_batch("refusal", 40, dataset, **options).finished
     assert dataset.read_bytes().count(b"\n") == 160
 
