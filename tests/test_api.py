@@ -265,17 +265,15 @@ def _interrupt_main_thread_when(ready, stopped: list) -> threading.Thread:
     return thread
 
 
-def test_a_keyboard_interrupt_in_a_notebook_cell_stops_generate_batch_and_it_resumes(tmp_path):
-    """A cell runs inside the kernel's loop and the interrupt raises KeyboardInterrupt in the main
-    thread (no asyncio SIGINT handler there): the batch run stops, keeps its directory, resumes."""
-    dataset, directory = tmp_path / "d.jsonl", tmp_path / "b"
-    options = {"directory": directory, "validator_workers": 0, "seed": 5}
+def _interrupted_in_a_cell(call, ready):
+    """``call()`` inside a running event loop, as a notebook cell, interrupted once ``ready()``
+    holds: the result of the ``RunInterrupted`` it must raise."""
 
     async def cell():
-        return asyncgen.generate_batch("refusal", 40, dataset, **options)
+        return call()
 
     stopped: list = []
-    watcher = _interrupt_main_thread_when(lambda: (directory / "manifest.json").exists(), stopped)
+    watcher = _interrupt_main_thread_when(ready, stopped)
     loop = asyncio.new_event_loop()  # like the kernel's: no SIGINT handler of its own
     try:
         with pytest.raises(asyncgen.RunInterrupted) as interrupted:
@@ -284,8 +282,19 @@ def test_a_keyboard_interrupt_in_a_notebook_cell_stops_generate_batch_and_it_res
         loop.close()
         watcher.join()
     assert stopped and interrupted.value.result.stop_reason == "interrupted"
-    assert not interrupted.value.result.finished
-    assert interrupted.value.result.cost_simulated and interrupted.value.result.cost_usd is not None
+    return interrupted.value.result
+
+
+def test_a_keyboard_interrupt_in_a_notebook_cell_stops_generate_batch_and_it_resumes(tmp_path):
+    """A cell runs inside the kernel's loop and the interrupt raises KeyboardInterrupt in the main
+    thread (no asyncio SIGINT handler there): the batch run stops, keeps its directory, resumes."""
+    dataset, directory = tmp_path / "d.jsonl", tmp_path / "b"
+    options = {"directory": directory, "validator_workers": 0, "seed": 5}
+
+    result = _interrupted_in_a_cell(lambda: asyncgen.generate_batch("refusal", 40, dataset, **options),
+                                    lambda: (directory / "manifest.json").exists())
+    assert not result.finished
+    assert result.cost_simulated and result.cost_usd is not None
     assert asyncgen.generate_batch("refusal", 40, dataset, **options).finished
     assert dataset.read_bytes().count(b"\n") == 160
 
@@ -296,22 +305,9 @@ def test_a_keyboard_interrupt_in_a_notebook_cell_stops_score_in_batches_with_its
     from asyncgen.progress import _money
 
     dataset = _copy(made, tmp_path)
-    stopped: list = []
-    watcher = _interrupt_main_thread_when(lambda: (tmp_path / "d.scores" / "gpt-4o.batch" / "manifest.json").exists(),
-                                          stopped)
-
-    async def cell():
-        return asyncgen.score(dataset, "gpt-4o", batch=True)
-
-    loop = asyncio.new_event_loop()
-    try:
-        with pytest.raises(asyncgen.RunInterrupted) as interrupted:
-            loop.run_until_complete(cell())
-    finally:
-        loop.close()
-        watcher.join()
-    result = interrupted.value.result
-    assert stopped and result.stop_reason == "interrupted" and result.cost_simulated
+    result = _interrupted_in_a_cell(lambda: asyncgen.score(dataset, "gpt-4o", batch=True),
+                                    lambda: (tmp_path / "d.scores" / "gpt-4o.batch" / "manifest.json").exists())
+    assert result.cost_simulated
     assert _money(result.cost_usd) == _summary_cost(capsys.readouterr().err, "cost")
     assert asyncgen.score(dataset, "gpt-4o", batch=True).finished
 
