@@ -254,7 +254,8 @@ class ScoreResult:
         scenarios: Scenarios scored in it now.
         target: Scenarios in the dataset.
         new: Scenarios this call scored.
-        cost_usd: What this call cost (None when the price is unknown).
+        cost_usd: What this call cost, as its summary's cost line (None when the price is
+            unknown); with ``batch=True``, the results it read, at batch prices.
         cost_simulated: True offline: the simulator's usage at real prices.
         stop_reason: None when every scenario is scored; ``"max_cost"`` or why it stopped.
     """
@@ -329,6 +330,10 @@ class BatchResult:
         directory: The batch directory (manifest, request and result files).
         scenarios: Scenarios the dataset holds now.
         target: Scenarios asked for.
+        cost_usd: What the batch directory's requests cost so far, every call included, at batch
+            prices (a pilot's at real-time prices): the summary's cost line (None when the price
+            is unknown).
+        cost_simulated: True offline: the simulator's usage at real prices.
         stop_reason: None when it finished; ``"max_cost"`` or why it stopped.
     """
 
@@ -336,6 +341,8 @@ class BatchResult:
     directory: Path
     scenarios: int
     target: int
+    cost_usd: float | None = None
+    cost_simulated: bool = False
     stop_reason: str | None = None
 
     @property
@@ -370,7 +377,7 @@ def generate_batch(task: str = "refusal", n: int = 100, output: str | os.PathLik
             (``poll_seconds``, ``pilot_requests``, ``config_dir``, ``tokenizer``, ``validator_workers``, ...).
 
     Returns:
-        The counts and the paths.
+        The counts, the cost and the paths.
 
     Raises:
         UsageError: A bad option, a directory of another dataset or task.
@@ -390,8 +397,8 @@ def generate_batch(task: str = "refusal", n: int = 100, output: str | os.PathLik
             held = sum(1 for _ in handle) // LINES_PER_SCENARIO
     except FileNotFoundError:
         held = 0
-    return _finish(BatchResult(Path(args.output), Path(args.dir), held, n, _stop_reason(code, args.max_cost)),
-                   "generate_batch")
+    return _finish(BatchResult(Path(args.output), Path(args.dir), held, n, control.cost_usd, control.cost_simulated,
+                               _stop_reason(code, args.max_cost)), "generate_batch")
 
 
 @dataclass(frozen=True)

@@ -143,18 +143,20 @@ def scores_difference(headers: Sequence[dict]) -> str | None:
 
 
 def drop_entry(source: dict, dropped: Sequence[int], reason: str | None, at: str) -> dict:
-    """The history entry of a drop: the source (path, dataset id, scenarios), the ids it lost (as
-    half-open ranges, ``[[3, 4], [17, 18]]``: compact however many), why."""
+    """The history entry of a drop: the source (path, dataset id, scenarios, and its run figures,
+    which the new dataset starts with), the ids it lost (as half-open ranges, ``[[3, 4], [17, 18]]``:
+    compact however many), why."""
     entry = {"op": "drop", "at": at, "source": source, "dropped": to_ranges(set(dropped))}
     if reason:
         entry["reason"] = reason
     return entry
 
 
-def merge_entry(sources: Sequence[dict], at: str) -> dict:
+def merge_entry(sources: Sequence[dict], at: str, run_state: dict) -> dict:
     """The history entry of a merge: each source with what it brought (``kept``), its duplicates'
-    ids (given as a list, kept as half-open ranges), its run figures and its own history."""
-    return {"op": "merge", "at": at,
+    ids (given as a list, kept as half-open ranges), its run figures and its own history; and the
+    run figures the merged dataset starts with (``run_state``: each run counted once)."""
+    return {"op": "merge", "at": at, "run_state": run_state,
             "sources": [{**source, "duplicates": to_ranges(set(source.get("duplicates") or []))} for source in sources]}
 
 
@@ -211,3 +213,105 @@ def shared_runs(sources: Sequence[tuple[str, str, Sequence[dict]]]) -> list[str]
                 lines.append(f"{other} and {name} come from one dataset (by drop or merge): the merged run "
                              "figures count its runs and cost twice")
     return lines
+
+
+# --- runs counted once --------------------------------------------------------------------------
+#
+# A dataset's run figures (its checkpoint's ``run_state``) add up the runs that wrote it, and those
+# of the datasets it was made from by drop or merge. Two sources of one merge may share some: a
+# dataset and its own drop, two drops of one dataset. What a dataset's figures are made of is told
+# by origin: the dataset id whose runs spent it -> those runs' figures (a dataset's ``run_state``
+# only grows while it is one dataset, so of two snapshots of one origin the larger is the later).
+# History entries written before drop entries recorded their source's figures do not tell it: None.
+
+
+def run_origins(dataset_id: str, run_state: dict, history: Sequence[dict]) -> dict[str, dict] | None:
+    """The run figures of a dataset by origin (dataset id -> figures), from its id, its
+    ``run_state`` and its history; None when an entry of the history does not record them."""
+    inherited: dict[str, dict] = {}
+    start: dict = {}
+    for index, entry in enumerate(history):
+        if entry.get("op") == "drop":
+            source = entry.get("source") or {}
+            if not isinstance(source.get("run_state"), dict) or not isinstance(source.get("dataset_id"), str):
+                return None
+            found = run_origins(source["dataset_id"], source["run_state"], history[:index])
+            if found is None:
+                return None
+            inherited, start = found, source["run_state"]
+        elif entry.get("op") == "merge":
+            parts = []
+            for source in entry.get("sources") or []:
+                if not isinstance(source.get("run_state"), dict) or not isinstance(source.get("dataset_id"), str):
+                    return None
+                parts.append(run_origins(source["dataset_id"], source["run_state"], source.get("history") or []))
+            if not isinstance(entry.get("run_state"), dict) or any(part is None for part in parts):
+                return None  # a merge made before runs were counted once: its figures may count some twice
+            inherited, start = combine_origins(parts), entry["run_state"]  # type: ignore[arg-type]
+        else:
+            return None
+    own = _less(run_state, start)
+    return {**inherited, dataset_id: own} if own or not inherited else inherited
+
+
+def combine_origins(parts: Sequence[dict[str, dict]]) -> dict[str, dict]:
+    """Origins of several datasets as one: an origin two of them share counted once (its later snapshot)."""
+    combined: dict[str, dict] = {}
+    for part in parts:
+        for origin, figures in part.items():
+            combined[origin] = _later(combined[origin], figures) if origin in combined else figures
+    return combined
+
+
+def origins_run_state(origins: dict[str, dict]) -> dict:
+    """The run figures of all these origins: each counted once."""
+    return merged_run_state(list(origins.values()))
+
+
+def shared_origins(sources: Sequence[tuple[str, dict[str, dict]]]) -> list[str]:
+    """Of sources given as (name, origins): one line per pair that shares runs, which are counted once."""
+    lines = []
+    for index, (name, origins) in enumerate(sources):
+        for other, other_origins in sources[index + 1 :]:
+            common = origins.keys() & other_origins.keys()
+            if common:
+                runs = [min(_runs(origins[o]), _runs(other_origins[o])) for o in sorted(common)]
+                told = f"{sum(runs)} run{'s' if sum(runs) != 1 else ''}" if all(r is not None for r in runs) else "runs"
+                lines.append(f"{name} and {other} share {told}: counted once")
+    return lines
+
+
+def _runs(figures: dict) -> int | None:
+    runs = figures.get("runs")
+    return runs if _is_number(runs) else (1 if figures.get("batch_dir") else None)
+
+
+def _less(state: dict, start: dict) -> dict:
+    """``state`` less the figures it started with (counts, costs, counts by reason); what ``start``
+    does not count is kept as it is. Empty when nothing was added."""
+    own: dict = {}
+    added = False
+    for key, value in state.items():
+        before = start.get(key)
+        if _is_number(value) and (_is_number(before) or before is None and key not in start):
+            own[key] = value - (before or 0)
+            added = added or own[key] != 0
+        elif key == "cost_usd":
+            own[key] = None if value is None or before is not None else value
+        elif isinstance(value, dict) and all(_is_number(n) for n in value.values()):
+            rest = {k: n - (before or {}).get(k, 0) for k, n in value.items()} if isinstance(before, dict) else dict(value)
+            own[key] = {k: n for k, n in rest.items() if n}
+            added = added or bool(own[key])
+        elif value != before:
+            own[key], added = value, True
+        else:
+            own[key] = value
+    return own if added else {}
+
+
+def _later(one: dict, other: dict) -> dict:
+    """Of two snapshots of one origin's figures, the later: the one that spent more."""
+    def size(figures: dict) -> tuple:
+        return tuple(figures.get(key) if _is_number(figures.get(key)) else -1
+                     for key in ("requests_sent", "requests_ok", "prompt_tokens", "runs", "cost_usd"))
+    return other if size(other) > size(one) else one

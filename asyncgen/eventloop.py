@@ -18,21 +18,26 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def run_event_loop(coro):
-    """Run ``coro`` to completion on a new event loop and return its result."""
+    """Run ``coro`` to completion on a new event loop and return its result. The signal handlers
+    the run's loop took are put back as they were when it ends (``_signals_restored``): a command
+    called in a process that goes on (``asyncgen.cli.main``, a test) leaves Ctrl-C working."""
     try:
         import uvloop
 
         loop_factory = uvloop.new_event_loop
     except ImportError:
         loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    with _signals_restored(), asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(coro)
 
 
 class RunControl:
     """The stop of a run, callable from any thread: each ``stop()`` is one Ctrl-C for the run (the
     first stops it gracefully, the next at once). A stop asked before the run could take it (while
-    it starts) is handed over when the run ``attach``-es its interrupt."""
+    it starts) is handed over when the run ``attach``-es its interrupt.
+
+    A run without ``RunStats`` (``batch run``) leaves its cost here with ``record_cost``: the
+    figure its closing summary prints, for the Python API's result."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -40,6 +45,8 @@ class RunControl:
         self._interrupt: Callable[[], None] | None = None
         self._pending = 0
         self.stats = None
+        self.cost_usd: float | None = None
+        self.cost_simulated = False
 
     def attach(self, interrupt: Callable[[], None], stats=None, *, on_loop: bool = True) -> None:
         """Called on the run's loop: from now on ``stop()`` calls ``interrupt`` there (with
@@ -51,6 +58,11 @@ class RunControl:
             pending, self._pending = self._pending, 0
         for _ in range(pending):
             interrupt()
+
+    def record_cost(self, usd: float | None, simulated: bool) -> None:
+        """The run's cost as its summary states it (None: the price is unknown), and whether it is
+        the offline simulator's usage at real prices."""
+        self.cost_usd, self.cost_simulated = usd, simulated
 
     def detach(self) -> None:
         with self._lock:

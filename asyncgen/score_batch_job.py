@@ -108,7 +108,7 @@ def run(job: Job) -> int:
             outcome.stats.cost_simulated = job.mode == "simulator"
             try:
                 run_event_loop(_run_async(job, directory, manifest, scores, outcome))
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, asyncio.CancelledError):  # CancelledError: the Python API's stop
                 outcome.stop = "interrupted"
         finally:
             scores.close()
@@ -207,9 +207,11 @@ def _round(manifest: Manifest) -> list[Entry]:
 
 
 async def _run_async(job: Job, directory: Path, manifest: Manifest, scores: ScoresFile, outcome: Outcome) -> None:
-    from asyncgen.commands.batch import POLL_SECONDS, _api
+    from asyncgen.commands.batch import POLL_SECONDS, _api, _stop_from_any_thread
 
     started = time.monotonic()
+    if getattr(job.args, "control", None) is not None:  # the Python API's stop and result (asyncgen.score)
+        job.args.control.attach(_stop_from_any_thread(asyncio.current_task()), outcome.stats, on_loop=False)
     async with _api(job.args, directory, manifest) as (api, mode):
         with LiveLine(lambda width: _progress(job, manifest, scores, width, time.monotonic() - started),
                       logger=log) as line:
@@ -386,9 +388,12 @@ def _report(job: Job, directory: Path, manifest: Manifest, path: Path, outcome: 
     resume, cancel_it = _command(args), _command(args, add=("--cancel",))
     if stop is None:
         return 0
-    if stop == "interrupted":
-        print(f"asyncgen score: stopped waiting; the batches go on at the server. Resume (nothing is submitted "
-              f"again) with: {resume}\n  or cancel them with: {cancel_it}", file=sys.stderr)
+    if stop == "interrupted":  # a line a command: they stay whole at 80 columns
+        if manifest.in_flight():
+            print(f"asyncgen score: stopped waiting; the batches go on at the server\n"
+                  f"  resume with: {resume}\n  or cancel them with: {cancel_it}", file=sys.stderr)
+        else:
+            print(f"asyncgen score: interrupted; no batch of it is running\n  resume with: {resume}", file=sys.stderr)
         return 130
     if stop == "max_cost":
         spent = _spent(manifest, job.price)

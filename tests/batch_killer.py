@@ -5,7 +5,9 @@ The kill-safety tests of ``asyncgen batch run`` use it to die at exact moments:
 - ``after-create``: a batch was just created on the server; the manifest does not know its id yet;
 - ``polling`` (``polling:N``): at the second (N-th) status check that finds a batch running;
 - ``processing:K``: after the K-th scenario the processing pass appended to the dataset;
-- ``scoring:K``: after the K-th scenario ``score --batch`` appended to the scores file.
+- ``scoring:K``: after the K-th scenario ``score --batch`` appended to the scores file;
+- ``sigint-last-chunk``: not a kill: a SIGINT (Ctrl-C) to itself while the first processing pass
+  validates its last chunk (inline validation: ``--validator-workers 0``, the default).
 """
 
 import os
@@ -68,6 +70,29 @@ def main() -> int:
                 die()
 
         ScoresFile.append = append_scores_then_die
+    elif point == "sigint-last-chunk":
+        from asyncgen.batch import process
+
+        validate_all, fired = process.validate_all, []
+
+        def interrupted_in_the_last_chunk(validator, pairs, progress, stop=lambda: False):
+            chunks, validate, calls = -(-len(pairs) // process.VALIDATION_CHUNK), validator.validate, []
+
+            def validate_chunk(chunk):
+                calls.append(1)
+                if len(calls) == chunks and not fired:
+                    fired.append(1)
+                    print(f"sigint-last-chunk: Ctrl-C in chunk {len(calls)} of {chunks}", file=sys.stderr, flush=True)
+                    os.kill(os.getpid(), signal.SIGINT)
+                return validate(chunk)
+
+            validator.validate = validate_chunk
+            try:
+                return validate_all(validator, pairs, progress, stop)
+            finally:
+                del validator.validate
+
+        process.validate_all = interrupted_in_the_last_chunk
     else:
         raise SystemExit(f"unknown point {point!r}")
     from asyncgen.cli import main as asyncgen

@@ -77,6 +77,22 @@ def test_generate_leaves_the_signal_handlers_as_it_found_them(tmp_path):
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
+def test_a_command_called_in_process_leaves_the_signal_handlers_as_it_found_them():
+    """The same for every command's loop (``run_event_loop``), not only the API's: ``cli.main`` in
+    a process that went on (a script, the test suite: a notebook-cell test after the score tests)
+    kept a closed loop's SIGINT handler, and a Ctrl-C then did nothing."""
+    from asyncgen.eventloop import run_event_loop
+
+    async def take_the_signals():
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: None)  # as the pipelines do
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    run_event_loop(take_the_signals())
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
 def test_generate_works_inside_a_running_event_loop(tmp_path):
     """As a notebook cell calls it: asyncio.run() would refuse ('cannot be called from a running event loop')."""
 
@@ -212,6 +228,28 @@ def test_score_options_go_through_the_commands_own_checks(made, tmp_path):
     assert not (tmp_path / "d.scores").exists()
 
 
+def _summary_cost(text: str, after: str) -> str:
+    """The money figure of the summary line that starts with ``after``."""
+    line = next(line for line in text.splitlines() if line.strip().startswith(after))
+    return line.split(after, 1)[1].split()[0]
+
+
+def test_generate_batch_and_score_in_batches_return_the_cost_their_summary_states(tmp_path, capsys):
+    """BatchResult had no cost, and score(batch=True) returned cost None, simulated False, while its
+    summary stated both: the result carries the figure the summary prints."""
+    from asyncgen.progress import _money
+
+    dataset = tmp_path / "d.jsonl"
+    made = asyncgen.generate_batch("refusal", 12, dataset, directory=tmp_path / "b", validator_workers=0, seed=5)
+    summary = capsys.readouterr().err
+    assert made.finished and made.cost_simulated and made.cost_usd > 0
+    assert _money(made.cost_usd) == _summary_cost(summary, "cost") and "(simulated: " in summary
+    scored = asyncgen.score(dataset, "gpt-4o", batch=True)
+    summary = capsys.readouterr().err
+    assert scored.finished and scored.cost_simulated and scored.cost_usd > 0
+    assert _money(scored.cost_usd) == _summary_cost(summary, "cost")
+
+
 def _interrupt_main_thread_when(ready, stopped: list) -> threading.Thread:
     """A thread that sends SIGINT to this process once ``ready()`` holds, as a kernel's interrupt does."""
 
@@ -227,17 +265,15 @@ def _interrupt_main_thread_when(ready, stopped: list) -> threading.Thread:
     return thread
 
 
-def test_a_keyboard_interrupt_in_a_notebook_cell_stops_generate_batch_and_it_resumes(tmp_path):
-    """A cell runs inside the kernel's loop and the interrupt raises KeyboardInterrupt in the main
-    thread (no asyncio SIGINT handler there): the batch run stops, keeps its directory, resumes."""
-    dataset, directory = tmp_path / "d.jsonl", tmp_path / "b"
-    options = {"directory": directory, "validator_workers": 0, "seed": 5}
+def _interrupted_in_a_cell(call, ready):
+    """``call()`` inside a running event loop, as a notebook cell, interrupted once ``ready()``
+    holds: the result of the ``RunInterrupted`` it must raise."""
 
     async def cell():
-        return asyncgen.generate_batch("refusal", 40, dataset, **options)
+        return call()
 
     stopped: list = []
-    watcher = _interrupt_main_thread_when(lambda: (directory / "manifest.json").exists(), stopped)
+    watcher = _interrupt_main_thread_when(ready, stopped)
     loop = asyncio.new_event_loop()  # like the kernel's: no SIGINT handler of its own
     try:
         with pytest.raises(asyncgen.RunInterrupted) as interrupted:
@@ -246,9 +282,34 @@ def test_a_keyboard_interrupt_in_a_notebook_cell_stops_generate_batch_and_it_res
         loop.close()
         watcher.join()
     assert stopped and interrupted.value.result.stop_reason == "interrupted"
-    assert not interrupted.value.result.finished
+    return interrupted.value.result
+
+
+def test_a_keyboard_interrupt_in_a_notebook_cell_stops_generate_batch_and_it_resumes(tmp_path):
+    """A cell runs inside the kernel's loop and the interrupt raises KeyboardInterrupt in the main
+    thread (no asyncio SIGINT handler there): the batch run stops, keeps its directory, resumes."""
+    dataset, directory = tmp_path / "d.jsonl", tmp_path / "b"
+    options = {"directory": directory, "validator_workers": 0, "seed": 5}
+
+    result = _interrupted_in_a_cell(lambda: asyncgen.generate_batch("refusal", 40, dataset, **options),
+                                    lambda: (directory / "manifest.json").exists())
+    assert not result.finished
+    assert result.cost_simulated and result.cost_usd is not None
     assert asyncgen.generate_batch("refusal", 40, dataset, **options).finished
     assert dataset.read_bytes().count(b"\n") == 160
+
+
+def test_a_keyboard_interrupt_in_a_notebook_cell_stops_score_in_batches_with_its_cost(made, tmp_path, capsys):
+    """The interrupt went nowhere (score --batch never took the API's stop: the cell waited for the
+    whole job) and the result had no cost: it stops, says what it read and cost, and resumes."""
+    from asyncgen.progress import _money
+
+    dataset = _copy(made, tmp_path)
+    result = _interrupted_in_a_cell(lambda: asyncgen.score(dataset, "gpt-4o", batch=True),
+                                    lambda: (tmp_path / "d.scores" / "gpt-4o.batch" / "manifest.json").exists())
+    assert result.cost_simulated
+    assert _money(result.cost_usd) == _summary_cost(capsys.readouterr().err, "cost")
+    assert asyncgen.score(dataset, "gpt-4o", batch=True).finished
 
 
 def test_a_script_without_the_main_guard_is_told_what_to_do(tmp_path):

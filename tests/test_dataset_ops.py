@@ -123,6 +123,23 @@ def test_sources_made_from_one_dataset_are_said_to_share_runs():
     assert len(shared_runs([("c", "C", dropped), ("d", "D", dropped)])) == 1
 
 
+def test_runs_are_told_by_origin_so_shared_ones_count_once():
+    from asyncgen.dataset_ops import combine_origins, origins_run_state, run_origins, shared_origins
+
+    a_then = {"cost_usd": 0.5, "runs": 1, "requests_ok": 4, "rejections": {"x": 1}}
+    a_now = {"cost_usd": 0.75, "runs": 2, "requests_ok": 6, "rejections": {"x": 2}}
+    dropped = [{"op": "drop", "source": {"dataset_id": "A", "run_state": a_then}}]
+    c_now = {"cost_usd": 0.6, "runs": 2, "requests_ok": 5, "rejections": {"x": 1, "y": 1}}  # a run after the drop
+    a, c = run_origins("A", a_now, []), run_origins("C", c_now, dropped)
+    assert c == {"A": a_then, "C": {"cost_usd": pytest.approx(0.1), "runs": 1, "requests_ok": 1, "rejections": {"y": 1}}}
+    merged = origins_run_state(combine_origins([a, c]))  # a's runs once (its later figures), c's own once
+    assert merged == {"cost_usd": pytest.approx(0.85), "runs": 3, "requests_ok": 7, "rejections": {"x": 2, "y": 1}}
+    assert shared_origins([("a", a), ("c", c)]) == ["a and c share 1 run: counted once"]
+    assert run_origins("C", a_then, dropped) == {"A": a_then}  # nothing run since the drop
+    old_drop = [{"op": "drop", "source": {"dataset_id": "A"}}]  # written before drops recorded the figures
+    assert run_origins("C", c_now, old_drop) is None
+
+
 # --- drop -------------------------------------------------------------------------------------------
 
 
@@ -281,13 +298,44 @@ def test_merge_leaves_out_duplicates_says_which_and_what_is_not_carried(sources,
     assert done.returncode == 0, done.stderr
     assert texts(sources / "m.jsonl") == texts(b) + texts(a)[2:] + texts(a)[:2]
     assert "left out 18 duplicates of earlier scenarios" in done.stdout and "a.jsonl: ids 2-19" in done.stdout
-    assert "come from one dataset" in done.stderr  # c was made from a: their runs are counted twice
+    # c was made from a: their runs are counted once, and said so.
+    assert f"run figures: {sources / 'c.jsonl'} and {a} share 1 run: counted once" in done.stdout
+    assert "come from one dataset" not in done.stderr
+    first, second = checkpoint(a)["run_state"], checkpoint(b)["run_state"]
+    merged = checkpoint(sources / "m.jsonl")["run_state"]
+    assert merged["runs"] == 2 and merged["requests_ok"] == first["requests_ok"] + second["requests_ok"]
+    assert merged["cost_usd"] == pytest.approx(first["cost_usd"] + second["cost_usd"])
     assert "token annotations: not carried (b.jsonl: it has none); `asyncgen annotate" in done.stdout
     assert not (sources / "m.tokens.jsonl").exists()
     (entry,) = checkpoint(sources / "m.jsonl")["history"]
     assert [(s["kept"], s["duplicates"]) for s in entry["sources"]] == [(20, []), (18, []), (2, [[2, 20]])]
     assert entry["sources"][1]["history"][0]["op"] == "drop"
     assert cli("validate", sources / "m.jsonl", "--cache-dir", tokenizer_cache).returncode == 0
+
+
+def test_merge_of_a_dataset_and_its_resumed_drop_counts_each_run_once(sources, tokenizer_cache):
+    """drop then run again on the drop: merged with its source, the source's run was summed twice
+    (only a warning said so); now each run counts once. A drop recorded before runs had an origin
+    (no run figures in its entry) keeps the warning and the sum."""
+    a, c = sources / "a.jsonl", sources / "c.jsonl"
+    assert cli("drop", a, "--ids", "0,1,2,3,4", "--output", c).returncode == 0
+    grown = cli("run", "--output", c, "--num-scenarios", 18, "--seed", 7, "--validator-workers", 0,
+                "--cache-dir", tokenizer_cache)
+    assert grown.returncode == 0, grown.stderr
+    first, after = checkpoint(a)["run_state"], checkpoint(c)["run_state"]
+    assert after["runs"] == 2 and after["cost_usd"] > first["cost_usd"]
+    done = cli("merge", a, c, "--output", sources / "m.jsonl")
+    assert done.returncode == 0, done.stderr
+    assert f"run figures: {a} and {c} share 1 run: counted once" in done.stdout
+    merged = checkpoint(sources / "m.jsonl")["run_state"]
+    assert (merged["runs"], merged["requests_ok"]) == (2, after["requests_ok"])
+    assert merged["cost_usd"] == pytest.approx(after["cost_usd"])
+    old = checkpoint(c)
+    del old["history"][-1]["source"]["run_state"]
+    (sources / "c.checkpoint.json").write_text(json.dumps(old))
+    done = cli("merge", a, c, "--output", sources / "n.jsonl")
+    assert done.returncode == 0 and "come from one dataset" in done.stderr and "share" not in done.stdout
+    assert checkpoint(sources / "n.jsonl")["run_state"]["runs"] == 3  # summed, as the warning says
 
 
 def test_merge_refuses_sources_of_another_setup_naming_it(sources):

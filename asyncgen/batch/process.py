@@ -192,6 +192,7 @@ class PassReport:
     spares: int
     replayed: bool
     unvalidated: int = 0  # candidates left when the pass was stopped (Ctrl-C); replayed by the next pass
+    stopped: bool = False  # a stop was asked during the pass (a Ctrl-C in its last chunk leaves nothing unvalidated)
 
 
 def process_pass(
@@ -246,7 +247,8 @@ def process_pass(
     taken = acceptance.take(verdicts)
     if len(verdicts) < len(fresh):
         sink.sync(run_state())
-        return PassReport(read, stats, len(taken.accepted), manifest.spares, replayed, unvalidated=len(fresh) - len(verdicts))
+        return PassReport(read, stats, len(taken.accepted), manifest.spares, replayed, unvalidated=len(fresh) - len(verdicts),
+                          stopped=True)
     already = sink.count - len(taken.accepted) - marker["sink_before"]  # appended by the pass that was cut short
     if already > 0:
         stats.duplicates -= already
@@ -280,4 +282,4 @@ def process_pass(
     manifest.save(directory)
     if old_spares and old_spares != spares_name:
         (directory / old_spares).unlink(missing_ok=True)
-    return PassReport(read, stats, accepted, len(taken.surplus), replayed)
+    return PassReport(read, stats, accepted, len(taken.surplus), replayed, stopped=stop())

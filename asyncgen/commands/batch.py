@@ -283,6 +283,16 @@ def _dataset(output: str, task) -> tuple[int, list[str]]:
 # --- endpoint and client ----------------------------------------------------------------------
 
 
+def directory_endpoint(args, manifest: Manifest) -> dict:
+    """Where the batch directory's requests go: where its batches went (the first submit records
+    it), else where the flags say."""
+    if manifest.endpoint is not None:
+        return manifest.endpoint
+    mode, base_url, _ = _endpoint(args)
+    # The offline simulator works batches out from its seed: it must stay the same across restarts.
+    return {"mode": mode, "base_url": base_url, "seed": getattr(args, "seed", None) or 0}
+
+
 @contextlib.asynccontextmanager
 async def _api(args, directory: Path, manifest: Manifest, quiet: bool = False):
     """A ``BatchApi`` for the batch directory's endpoint: where its batches went, else the flags'
@@ -292,11 +302,7 @@ async def _api(args, directory: Path, manifest: Manifest, quiet: bool = False):
 
     from asyncgen.batch.api import BatchApi
 
-    endpoint = manifest.endpoint
-    if endpoint is None:
-        mode, base_url, _ = _endpoint(args)
-        # The offline simulator works batches out from its seed: it must stay the same across restarts.
-        endpoint = {"mode": mode, "base_url": base_url, "seed": getattr(args, "seed", None) or 0}
+    endpoint = directory_endpoint(args, manifest)
     mode, base_url = endpoint["mode"], endpoint["base_url"]
     api_key = os.environ.get("OPENAI_API_KEY") or None
     if mode == "openai" and not api_key:
@@ -947,8 +953,18 @@ def cmd_process(args) -> int:
     return 1
 
 
+def run_cost(setup: Setup, manifest: Manifest, mode: str | None = None) -> tuple[float | None, float | None, bool]:
+    """What the directory's requests cost so far: USD at batch prices (a pilot's at real-time
+    prices), USD at real-time prices, and whether it is simulated (the offline simulator's usage;
+    ``mode``: where requests go before the first submit records it, ``directory_endpoint``).
+    The one source of the summary's cost line and of the Python API's ``BatchResult``."""
+    at_batch, at_real = manifest.cost(setup.costs)
+    return at_batch, at_real, (manifest.endpoint or {}).get("mode", mode) == "simulator"
+
+
 def summary_text(setup: Setup, manifest: Manifest, count: int, report=None, *, title: str = "batch process",
-                 wall_s: float | None = None, stop: str | None = None, unvalidated: int = 0) -> str:
+                 wall_s: float | None = None, stop: str | None = None, unvalidated: int = 0,
+                 mode: str | None = None) -> str:
     t = manifest.totals
     state = "finished" if count >= manifest.target else ("interrupted" if stop == "interrupted" else "short")
     lines = [f"asyncgen {title} {state}: {count}/{manifest.target} scenarios in {manifest.output}"
@@ -979,10 +995,11 @@ def summary_text(setup: Setup, manifest: Manifest, count: int, report=None, *, t
         lines.append(f"  external        {t['external_requests']} answered requests from another pipeline (--external): {files}")
     lines.append(f"  spares          {manifest.spares} valid pairs kept in {setup.directory} for later "
                  "(none repeats the dataset or another)")
-    at_batch, at_real = manifest.cost(setup.costs)
+    at_batch, at_real, simulated = run_cost(setup, manifest, mode)
     saved = f", {1 - at_batch / at_real:.0%} saved" if at_batch is not None and at_real else ""
     pilot = " (the pilot's at real-time prices)" if _pilots(manifest) else ""
-    lines.append(f"  cost            {_money(at_batch)} at batch prices{pilot}; real time would have cost {_money(at_real)}{saved}")
+    lines.append(f"  cost            {_money(at_batch)} at batch prices{pilot}; real time would have cost {_money(at_real)}{saved}"
+                 + (" (simulated: the offline simulator's usage at real prices)" if simulated else ""))
     if wall_s is not None:
         lines.append(f"  wall time       {wall_s:.1f} s")
     return "\n".join(lines)
@@ -1089,14 +1106,21 @@ def cmd_run(args) -> int:
     except (KeyboardInterrupt, asyncio.CancelledError):  # CancelledError: the Python API's stop, off the main thread
         outcome.stop = "interrupted"
     count, _ = _dataset(manifest.output, setup.task)
+    mode = directory_endpoint(args, manifest)["mode"]
     text = summary_text(setup, manifest, count, title="batch run", wall_s=time.monotonic() - started,
-                        stop=outcome.stop, unvalidated=outcome.unvalidated)
+                        stop=outcome.stop, unvalidated=outcome.unvalidated, mode=mode)
     print(fit_summary(text, shutil.get_terminal_size().columns - 1) if sys.stderr.isatty() else text, file=sys.stderr)
+    if getattr(args, "control", None) is not None:  # the Python API's result (asyncgen.generate_batch)
+        at_batch, _, simulated = run_cost(setup, manifest, mode)
+        args.control.record_cost(at_batch, simulated)
     if count >= manifest.target:
         return 0
     if outcome.stop == "interrupted":
-        print(f"asyncgen batch run: interrupted; everything so far is kept in {setup.directory}: run the same "
-              "command to resume (submitted batches go on meanwhile)", file=sys.stderr)
+        from asyncgen.commands.score_run import resume_command
+
+        going = "; submitted batches go on" if manifest.in_flight() else ""
+        print(f"asyncgen batch run: interrupted, all kept in {setup.directory}{going}\n"
+              f"  resume with: {resume_command(args)}", file=sys.stderr)
         return 130
     if outcome.stop == "max_cost":
         print(f"asyncgen batch run: stopped at --max-cost ${args.max_cost}: the next request could cross it; "
@@ -1138,7 +1162,7 @@ async def _run_async(args, setup: Setup, manifest: Manifest, started: float, out
                 names = [e.name for e in manifest.entries if e.downloaded and not e.processed]
                 if names or manifest.processing is not None or (manifest.spares and sink.count < manifest.target):
                     report = _pass(setup, manifest, sink, validator, annotations, names, display)
-                    if report.unvalidated:
+                    if report.stopped:  # Ctrl-C during the pass: the run stops here, after it, even when it finished
                         outcome.stop, outcome.unvalidated = "interrupted", report.unvalidated
                         return
                 if sink.count >= manifest.target:

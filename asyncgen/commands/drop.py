@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
                       fingerprint=source.checkpoint.fingerprint, overwrite=args.overwrite, sources=[source],
                       command="drop") as output:
             carried = assemble([source], output, dropping)
-            entry = drop_entry(source.summary(), list(dropping), args.reason, now())
+            entry = drop_entry({**source.summary(), "run_state": source.run_state}, list(dropping), args.reason, now())
             output.close_sink([*source.checkpoint.history, entry], source.run_state)
             commit(output)
             written = output.sink.count
