@@ -233,9 +233,8 @@ def test_a_keyboard_interrupt_in_a_notebook_cell_stops_generate_batch_and_it_res
     dataset, directory = tmp_path / "d.jsonl", tmp_path / "b"
     options = {"directory": directory, "validator_workers": 0, "seed": 5}
 
-    async def cell():  # polls 1.5 s apart: the interrupt lands mid-run (at 0.25 s, the default offline, the
-        # simulator's batch could be done, and the run with it, before the interrupt arrived)
-        return asyncgen.generate_batch("refusal", 40, dataset, **options, poll_seconds=1.5)
+    async def cell():
+        return asyncgen.generate_batch("refusal", 40, dataset, **options)
 
     stopped: list = []
     watcher = _interrupt_main_thread_when(lambda: (directory / "manifest.json").exists(), stopped)
