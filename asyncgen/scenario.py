@@ -10,12 +10,14 @@ from __future__ import annotations
 import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import orjson
 
-from asyncgen.config import Task
 from asyncgen.errors import InputFileError
+
+if TYPE_CHECKING:  # annotations only: loading a dataset needs no pydantic (the task config's)
+    from asyncgen.config import Task
 
 TYPES = (
     "single_token_prompt",

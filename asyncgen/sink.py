@@ -76,11 +76,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
 
-from asyncgen.config import Task
 from asyncgen.errors import SinkError, UsageError
 from asyncgen.scenario import (
     LINES_PER_SCENARIO,
@@ -93,6 +93,9 @@ from asyncgen.scenario import (
     normalize,
     parse_group,
 )
+
+if TYPE_CHECKING:  # annotations only: loading a dataset needs no pydantic (the task config's)
+    from asyncgen.config import Task
 
 try:
     import fcntl

@@ -1,7 +1,7 @@
 """Crash loop: ``asyncgen run`` killed again and again against a faulty, rate-limited simulator.
 
     python bench/soak.py                 # 2,000 scenarios, 30 SIGKILLs and 30 SIGINTs (a few minutes)
-    python bench/soak.py --quick         # 300 scenarios, 3 of each (what CI runs, in tests/test_soak.py)
+    python bench/soak.py --quick         # 300 scenarios, 3 of each (CI runs it --parallel, in tests/test_soak.py)
     python bench/soak.py --signals KILL --kills 50 --seed 7 --json out.json
 
 For each signal: one simulator process (20% mixed faults, an RPM limit, latency), one dataset.
@@ -32,6 +32,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -56,6 +57,9 @@ def start_simulator(rpm: int) -> tuple[subprocess.Popen, str]:
     return process, process.stdout.readline().strip()
 
 
+VALIDATING = threading.Lock()
+
+
 def validate(dataset: Path) -> bool:
     """``asyncgen validate DATASET`` passes. In this process: it is killed by nobody, and the soak's
     three validations then load the tokenizers once instead of three times."""
@@ -65,7 +69,8 @@ def validate(dataset: Path) -> bool:
     sys.path.insert(0, str(REPO))
     from asyncgen.cli import main as asyncgen
 
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    # One at a time: the redirection of stdout is this process's, not a thread's (--parallel).
+    with VALIDATING, contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         return asyncgen(["validate", str(dataset)]) == 0
 
 
@@ -144,7 +149,7 @@ def soak(signal_name: str, scenarios: int, kills: int, rng: random.Random, folde
     try:
         for _ in range(kills):
             delay = rng.uniform(0.1, 1.5)
-            log = folder / "run.log"
+            log = folder / f"run-{signal_name}{'-batch' if batch else ''}.log"
             with open(log, "w") as stderr:
                 process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=ENV,
                                            start_new_session=True)
@@ -157,6 +162,7 @@ def soak(signal_name: str, scenarios: int, kills: int, rng: random.Random, folde
                 time.sleep(delay)
                 below = processes_below(process.pid)
                 before, _ = check_dataset(dataset)
+                result.setdefault("scenarios_at_signal", []).append(before)
                 if process.poll() is not None:
                     result["finished_early"] += 1
                 elif signal_name == "KILL":
@@ -260,6 +266,7 @@ def soak_score(dataset: Path, kills: int, rng: random.Random, folder: Path, rpm:
                 time.sleep(delay)
                 below = processes_below(process.pid)
                 before = len(scored_ids(scores))
+                result.setdefault("scenarios_at_signal", []).append(before)
                 if process.poll() is None:
                     process.send_signal(signal.SIGKILL)
                     result["kills"] += 1
@@ -317,6 +324,72 @@ def table(results: list[dict], seed: int) -> str:
     return "\n".join(rows) + f"\n\nseed {seed}; wall time {walls}"
 
 
+class Lane:
+    """Series run one after the other (``steps``: functions of the delay generator, each returning a
+    result or None when it has nothing to soak), their results kept in order."""
+
+    def __init__(self, *steps, on_end=lambda: None) -> None:
+        self.steps, self.results, self.error, self.on_end = steps, [], None, on_end
+
+    def __call__(self, rng: random.Random) -> None:
+        try:
+            self.run(rng)
+        except BaseException as exc:  # noqa: BLE001 (raised again by main, in its thread)
+            self.error = exc
+        finally:
+            self.on_end()
+
+    def run(self, rng: random.Random) -> None:
+        for label, step in self.steps:
+            result = step(rng)
+            if result is not None:
+                self.results.append(result)
+                print(f"{label(result)}: {json.dumps({k: v for k, v in result.items() if k != 'delays_s'})}",
+                      file=sys.stderr)
+
+
+def series(args: argparse.Namespace, signals: list[str], folder: Path) -> list[Lane]:
+    """The soak's series as lanes. Without --parallel one lane, from one generator: the delays the
+    serial soak always drew (a seed gives the same table it did). With it, two: the run series; the
+    batch run, then the score of the SIGKILL series' dataset once that series has ended."""
+    soaked = folder / "soak-KILL.jsonl"
+
+    def run(name):
+        return (lambda result: f"SIG{result['signal']}",
+                lambda rng: soak(name, args.scenarios, args.kills, rng, folder, args.rpm))
+
+    score = (lambda result: "score SIGKILL",
+             lambda rng: soak_score(soaked, args.score_kills, rng, folder, args.score_rpm or args.rpm * 20)
+             if args.score_kills and soaked.exists() else None)
+    batch = (lambda result: "batch SIGKILL",
+             lambda rng: soak("KILL", args.scenarios, args.batch_kills, rng, folder, args.rpm, batch=True)
+             if args.batch_kills else None)
+    if not args.parallel:
+        return [Lane(*[run(name) for name in signals], score, batch)]
+    # The run series one after the other (two runs at once drew fewer faults), the batch run beside
+    # them, then the score of the SIGKILLed run's dataset once that series has ended.
+    killed = threading.Event()
+
+    def mark(step):
+        label, call = step
+
+        def marked(rng):
+            try:
+                return call(rng)
+            finally:
+                killed.set()
+        return label, marked
+
+    def after_kill_series(step):
+        label, call = step
+        return label, lambda rng: killed.wait() and call(rng)
+
+    runs = [mark(run(name)) if name == "KILL" else run(name) for name in signals]
+    if "KILL" not in signals:
+        killed.set()
+    return [Lane(*runs, on_end=killed.set), Lane(batch, after_kill_series(score))]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenarios", type=int, default=2000, help="dataset size (default: 2000)")
@@ -328,6 +401,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="300 scenarios, 3 kills per signal, 200 RPM (12,000 while scoring)")
     parser.add_argument("--score-kills", type=int, default=10, help="SIGKILLs of `score` of the SIGKILL run's dataset (default: 10; 0: none)")
     parser.add_argument("--score-rpm", type=int, default=None, help="the simulator's request limit while scoring (default: 20 x --rpm; score sends four requests a scenario)")
+    parser.add_argument("--parallel", action="store_true",
+                        help="run the batch run and then the score beside the run series (SIGKILL, SIGINT), the score "
+                             "once the SIGKILL series has ended, each side with its delays drawn from its own seed: the "
+                             "same checks in less wall time; the default runs them one after the other from one seed")
     parser.add_argument("--json", default=None, help="write every figure to this file")
     parser.add_argument("--readme", action="store_true", help="put the table into docs/reliability.md (between its markers)")
     args = parser.parse_args()
@@ -336,22 +413,26 @@ def main() -> int:
         # Scoring's kills land within 1.5 s of its start, 300 of its 1,200 requests at most at this rate.
         args.score_rpm = 12_000
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-    rng = random.Random(seed)
-    results = []
+    signals = [n.strip().upper() for n in args.signals.split(",") if n.strip() and n.strip().upper() != "NONE"]
     with tempfile.TemporaryDirectory() as folder:
-        for name in [n for n in args.signals.split(",") if n.strip() and n.strip().upper() != "NONE"]:
-            results.append(soak(name.strip().upper(), args.scenarios, args.kills, rng, Path(folder), args.rpm))
-            print(f"SIG{results[-1]['signal']}: {json.dumps({k: v for k, v in results[-1].items() if k != 'delays_s'})}",
-                  file=sys.stderr)
-        soaked = Path(folder) / "soak-KILL.jsonl"
-        if args.score_kills and soaked.exists():
-            results.append(soak_score(soaked, args.score_kills, rng, Path(folder), args.score_rpm or args.rpm * 20))
-            print(f"score SIGKILL: {json.dumps({k: v for k, v in results[-1].items() if k != 'delays_s'})}",
-                  file=sys.stderr)
-        if args.batch_kills:
-            results.append(soak("KILL", args.scenarios, args.batch_kills, rng, Path(folder), args.rpm, batch=True))
-            print(f"batch SIGKILL: {json.dumps({k: v for k, v in results[-1].items() if k != 'delays_s'})}",
-                  file=sys.stderr)
+        folder = Path(folder)
+        lanes = series(args, signals, folder)
+        if args.parallel:  # each lane in a thread of its own, its delays from a generator of its own
+            threads = [threading.Thread(target=lane, args=(random.Random(f"{seed}-{index}"),)) for index, lane in enumerate(lanes)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        else:
+            rng = random.Random(seed)
+            for lane in lanes:
+                lane(rng)
+        for lane in lanes:
+            if lane.error is not None:
+                raise lane.error
+        # In the serial soak's order: the runs by signal, the score, the batch run.
+        results = sorted((result for lane in lanes for result in lane.results),
+                         key=lambda result: ("run", "score", "batch run").index(result["command"]))
     text = table(results, seed)
     print(text)
     if args.json:

@@ -15,10 +15,17 @@ import subprocess
 def asyncgen_here(*args, cwd=None, env: dict | None = None) -> subprocess.CompletedProcess:
     """As ``subprocess.run([python, -m, asyncgen, *args], cwd=cwd, env=env, capture_output=True,
     text=True)`` would return, with ``env`` by default this environment less OPENAI_API_KEY and
-    OPENAI_BASE_URL (as the tests' subprocesses get it). The environment, the working directory and
-    the logging setup are restored afterwards."""
+    OPENAI_BASE_URL (as the tests' subprocesses get it). The environment, the working directory, the
+    logging setup and the SIGINT/SIGTERM handlers are restored afterwards."""
     from asyncgen.cli import main
+    from asyncgen.eventloop import _signals_restored
 
+    with _signals_restored():  # a command's (uv)loop leaves its SIGINT handler behind when it closes:
+        # the tests after it would get no KeyboardInterrupt from a SIGINT (test_api's notebook-cell test)
+        return _asyncgen_here(main, args, cwd, env)
+
+
+def _asyncgen_here(main, args, cwd, env) -> subprocess.CompletedProcess:
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     root = logging.getLogger()
     saved_logging = (root.level, list(root.handlers))

@@ -413,8 +413,10 @@ def test_ctrl_c_sends_no_request_that_was_waiting_for_the_rate_limit(tmp_path, s
     for line in process.stderr:
         if "token annotations" in line:  # start-up is over; requests now wait for the 1-per-second limit
             break
-    time.sleep(2.5)
-    sent_before = sim_stats(base_url)["requests"].get("POST /v1/chat/completions", 0)
+    deadline = time.monotonic() + 30
+    while (sent_before := sim_stats(base_url)["requests"].get("POST /v1/chat/completions", 0)) < 2:
+        assert time.monotonic() < deadline and process.poll() is None, "no request went out at 1 a second"
+        time.sleep(0.05)  # two sent: the limiter paces the rest, which wait for it
     os.killpg(process.pid, signal.SIGINT)
     rest = process.stderr.read()
     process.wait(timeout=60)

@@ -19,6 +19,9 @@ from inprocess import asyncgen_here, simulator_here
 REPO = Path(__file__).resolve().parents[1]
 ENV = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
 ENV.update(PYTHONPATH=str(REPO), NO_PROXY="127.0.0.1,localhost")
+# For tests of what happens once retries run out, not of how long they wait: the retry back-off at a
+# tenth (0.05 s doubling per attempt, not 0.5 s); the attempts and the give-up rules are the product's.
+QUICK_BACK_OFF_ENV = {**ENV, "ASYNCGEN_TEST_RETRY_DELAY_SCALE": "0.1"}
 PRICES = str(REPO / "config" / "prices.yaml")
 
 
@@ -312,7 +315,8 @@ def test_max_cost_is_never_crossed(tmp_path, simulator):
 
 def test_a_run_that_gets_no_usable_answers_gives_up(tmp_path, simulator):
     base_url = simulator("--faults", "503=1.0")
-    result = run_here(tmp_path, "--base-url", base_url, "--num-scenarios", "20", "--concurrency", "2", "--max-attempts", "2")
+    result = run_here(tmp_path, "--base-url", base_url, "--num-scenarios", "20", "--concurrency", "2", "--max-attempts", "2",
+                      env=QUICK_BACK_OFF_ENV)
     assert result.returncode == 1
     assert "gave no new scenario" in result.stderr and "Traceback" not in result.stderr
     assert sim_stats(base_url)["requests"]["POST /v1/chat/completions"] <= 2 * (25 + 2)

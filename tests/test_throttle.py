@@ -181,3 +181,15 @@ async def test_requests_queued_at_the_probe_gate_pass_once_limits_are_known():
     assert entered == 20  # all queued requests go, without waiting for the probes to finish
     release.set()
     await asyncio.gather(*tasks)
+
+
+def test_the_test_suites_back_off_knob_only_ever_shortens_the_back_off(monkeypatch):
+    """ASYNCGEN_TEST_RETRY_DELAY_SCALE (the suite's, undocumented) scales the back-off between 0 and
+    1; anything else leaves the product's 0.5 s; the attempts are untouched."""
+    from asyncgen.throttle import RETRY_DELAY_SCALE_VARIABLE, RetryPolicy
+
+    assert RetryPolicy().base_delay == 0.5
+    for value, expected in (("0.1", 0.05), ("0", 0.0), ("3", 0.5), ("-1", 0.0), ("fast", 0.5)):
+        monkeypatch.setenv(RETRY_DELAY_SCALE_VARIABLE, value)
+        assert RetryPolicy().base_delay == pytest.approx(expected), value
+        assert RetryPolicy().max_attempts == 6

@@ -14,6 +14,7 @@ send the same bodies get the same answers, whatever the interleaving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -203,7 +204,12 @@ async def _answer(request: web.Request, sim: Simulator, endpoint: Endpoint) -> w
         if http_fault:
             stats.count(stats.faults, http_fault)
     if config.latency_ms or config.latency_jitter_ms:
-        await asyncio.sleep(faults.latency_s(config.latency_ms, config.latency_jitter_ms, config.latency_distribution, rng))
+        delay = faults.latency_s(config.latency_ms, config.latency_jitter_ms, config.latency_distribution, rng)
+        if delay <= 0:
+            await asyncio.sleep(0)
+        else:  # the latency, cut short when the simulator stops (slow handlers are released on shutdown)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(sim.stopping.wait(), delay)
     if http_fault == "500":
         raise _with_headers(wire.server_error(), headers)
     if http_fault == "503":
