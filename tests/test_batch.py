@@ -629,7 +629,9 @@ def test_ctrl_c_in_the_last_validation_chunk_stops_the_run_after_the_pass(tmp_pa
     chunk left to stop before, the pass ended and the run planned, submitted and paid a new round."""
     assert batch(tmp_path, "create", "--num-scenarios", "120").returncode == 0  # round 1 sized for 120
     stopped = batch(tmp_path, "run", "--num-scenarios", "400", "--poll-seconds", "0.05", point="sigint-last-chunk")
-    assert "Ctrl-C in chunk 2 of 2" in stopped.stderr, stopped.stderr[-2000:]  # the pass had two chunks
+    # In the last chunk of the pass (one or two chunks of 256: the simulator's round of 27 answers
+    # gives about 256 candidates).
+    assert re.search(r"Ctrl-C in chunk (\d) of \1\b", stopped.stderr), stopped.stderr[-2000:]
     assert stopped.returncode == 130, stopped.stderr[-2000:]
     assert "stopping after the chunk being validated" in stopped.stderr and "batch run interrupted" in stopped.stderr
     assert "not validated" not in stopped.stderr  # the chunk in hand was the last: the pass is whole
