@@ -80,6 +80,9 @@ def retry_hint(headers: Mapping[str, str] | None) -> float | None:
     return None
 
 
+RELEASED = "the run stopped: released from the request limiter"
+
+
 def _request_limiter(per_minute: float) -> AsyncLimiter:
     # A bucket of about one second's worth (at least one request): smooth, few bursts.
     period = max(1.0, 60.0 / per_minute)
@@ -180,6 +183,7 @@ class Throttle:
         self._next_in_line = asyncio.Lock()  # FIFO: one request at a time waits in the token limiter
         self._wake = asyncio.Event()  # wakes the request waiting for the token bucket
         self.released = False  # the run stopped: waiting requests pass at once, and are not sent
+        self._at_request_limiter: set[asyncio.Task] = set()  # waiting in aiolimiter's acquire: release() wakes them
         self._fastest = float("inf")  # the fastest round trip seen: bounds how long admission takes
         # (when, tokens) of the probes sent before the token limit was known: the bucket made when it
         # is learned counts them as taken (see _set_tpm)
@@ -229,6 +233,21 @@ class Throttle:
         limit's pace, and hold the stop for its whole grace period.)"""
         self.released = True
         self._wake.set()
+        for task in self._at_request_limiter:  # aiolimiter has no way to wake its waiters but to cancel them
+            task.cancel(RELEASED)
+
+    async def _acquire_request(self) -> None:
+        """A right from the request limiter, or none once the run is released (then the caller does not
+        send). A cancellation other than release()'s goes on."""
+        task = asyncio.current_task()
+        self._at_request_limiter.add(task)
+        try:
+            await self._requests.acquire()
+        except asyncio.CancelledError:
+            if not self.released or task.uncancel() > 0:
+                raise
+        finally:
+            self._at_request_limiter.discard(task)
 
     def _take_tokens(self, tokens: int, output_cap: Callable[[], int] | None) -> tuple[int | None, float]:
         """Size the request with the cap in force now (a lower limit may have been adopted too) and
@@ -263,7 +282,7 @@ class Throttle:
             if self._cooldown_until > time.monotonic():
                 await self._wait_cooldown()
             if self._requests is not None and not self.released:
-                await self._requests.acquire()
+                await self._acquire_request()
             # Nobody in line and room in the bucket: pass at once (no await between the look and the
             # take, so the order holds); else queue, and be sized again after each wait there.
             cap, wait = self._take_tokens(tokens, output_cap) if not self._in_line else (None, None)

@@ -193,3 +193,39 @@ def test_the_test_suites_back_off_knob_only_ever_shortens_the_back_off(monkeypat
         monkeypatch.setenv(RETRY_DELAY_SCALE_VARIABLE, value)
         assert RetryPolicy().base_delay == pytest.approx(expected), value
         assert RetryPolicy().max_attempts == 6
+
+
+async def test_a_request_waiting_at_the_request_limiter_passes_at_once_when_the_run_is_released():
+    """After Ctrl-C the pipeline releases the throttle: a request queued at the request limiter (1 a
+    minute here: the next right in about a minute) passes at once and is not sent, instead of holding
+    the stop for the limiter's pace; a cancellation of its own still cancels it."""
+    throttle = Throttle(rpm=1, tpm=10**9, learn_from_headers=False)
+    async with throttle.slot(10):  # the minute's one right
+        pass
+    passed: list = []
+
+    async def request():
+        async with throttle.slot(10):
+            passed.append(throttle.released)
+
+    waiting = asyncio.create_task(request())
+    await asyncio.sleep(0.1)
+    assert not waiting.done()  # at the limiter
+    throttle.release()
+    await asyncio.wait_for(waiting, 10)  # a minute without the release
+    assert passed == [True]  # through, told the run stopped: the caller sends nothing
+
+    other = Throttle(rpm=1, tpm=10**9, learn_from_headers=False)
+    async with other.slot(10):
+        pass
+    cancelled = asyncio.create_task(_slot(other))
+    await asyncio.sleep(0.1)
+    cancelled.cancel()
+    other.release()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+
+
+async def _slot(throttle):
+    async with throttle.slot(10):
+        pass
