@@ -123,12 +123,7 @@ def test_ctrl_c_stops_waiting_says_how_to_resume_or_cancel_and_cancel_then_resum
     assert resume.endswith(f"score {dataset} --model gpt-4o --batch --cache-dir {tokenizer_cache}")
     assert cancel == f"  or cancel them with: {resume.split('with: ')[1]} --cancel"
     monkeypatch.setattr(lifecycle, "refresh", refresh)
-    code, out, err = cli("score", str(dataset), "--model", "gpt-4o", "--batch", "--cancel")
-    assert code == 0, err
-    assert "(/v1/chat/completions): cancelling" in out and "cancelled 1 batch(es)" in out
-    monkeypatch.setattr(batch_command, "OFFLINE_BATCH_SPEED", 600.0)
-    code, _out, err = cli("score", str(dataset), "--model", "gpt-4o", "--batch")
-    assert code == 0, err
+    err = cancel_then_score_again(cli, monkeypatch, dataset)
     assert sorted(lines_by_id(scores_path(dataset, "gpt-4o"))) == list(range(SCENARIOS))
     assert "128 sent: 128 answered, 0 retries, 0 given up" in err  # the cancelled batch's unrun requests aside
     batches = server_batches(dataset, "gpt-4o")
@@ -256,11 +251,20 @@ def test_cancel_finds_the_batch_a_killed_run_created_before_it_could_record_it(
                             timeout=120)
     assert killed.returncode == -9, killed.stderr
     monkeypatch.setattr(batch_command, "OFFLINE_BATCH_SPEED", 1.0)  # still validating when cancelled
+    cancel_then_score_again(cli, monkeypatch, dataset)
+    assert sorted(lines_by_id(scores_path(dataset, "gpt-4o"))) == [0, 1, 2, 3]
+    assert len(server_batches(dataset, "gpt-4o")) == 2  # the cancelled one, then one new round
+
+
+def cancel_then_score_again(cli, monkeypatch, dataset) -> str:
+    """``score --batch --cancel`` (it cancels the one batch in flight), then ``score --batch`` at full
+    speed until done; the second command's stderr."""
+    from asyncgen.commands import batch as batch_command
+
     code, out, err = cli("score", str(dataset), "--model", "gpt-4o", "--batch", "--cancel")
     assert code == 0, err
     assert "(/v1/chat/completions): cancelling" in out and "cancelled 1 batch(es)" in out
     monkeypatch.setattr(batch_command, "OFFLINE_BATCH_SPEED", 600.0)
     code, _out, err = cli("score", str(dataset), "--model", "gpt-4o", "--batch")
     assert code == 0, err
-    assert sorted(lines_by_id(scores_path(dataset, "gpt-4o"))) == [0, 1, 2, 3]
-    assert len(server_batches(dataset, "gpt-4o")) == 2  # the cancelled one, then one new round
+    return err
