@@ -40,8 +40,8 @@ check never overwrites the full figures.
 8b. ``batch_seeds``: the same ``batch run`` with ``SEEDS`` different seeds (the pilot, the round's
    size and the simulator's answers all change): in how many one round reached N, and the cost per
    accepted scenario (pilot included) against what ``run`` paid per scenario with the same seeds
-   (their mean); and where the money beyond the batch price went: the pilot's real-time premium,
-   the surplus kept as spares, the duplicates (docs/batch-cost.md).
+   (their mean); and where the money beyond the batch price went: the real-time premium of the
+   pilot and of a finish, the surplus kept as spares, the duplicates (docs/batch-cost.md).
 15. ``resume``: ``bench/resume.py`` at 20,000 (quick), 100,000 and 1,000,000 scenarios: time from
    ``asyncgen run`` starting on a large dataset to its first new scenario, and its peak memory.
 """
@@ -446,14 +446,16 @@ def batch_run(scenarios: int, *flags: str) -> dict:
     if done.returncode != 0 or not (finished and cost and wall):
         raise RuntimeError(f"asyncgen batch run exited {done.returncode}: {text[-2000:]}")
     pilots = [e for e in manifest["entries"] if e.get("source") == "pilot"]
+    finishes = [e for e in manifest["entries"] if e.get("source") == "finish"]
     return {
         "scenarios": int(finished.group(1)),
         "wall_s": float(wall.group(1)),
         "process_s": round(process_s, 2),
         "rounds": manifest["rounds"],
-        "requests": sum(e["requests"] for e in manifest["entries"] if e.get("source") != "pilot"),
+        "requests": sum(e["requests"] for e in manifest["entries"] if e.get("source") == "api"),
         "pilot_requests": sum(e["requests"] for e in pilots),
         "pilot_waves": len(pilots),
+        "finish_requests": sum(e["requests"] for e in finishes),
         "pilot_yields": manifest["totals"].get("pilot_yields"),
         "spares": manifest["spares"],
         "cost_usd_batch": float(cost.group(1)),
@@ -465,8 +467,8 @@ def batch_run(scenarios: int, *flags: str) -> dict:
 
 def where_the_money_goes(manifest: dict) -> dict:
     """What a ``batch run`` paid beyond the batch price of the requests its N scenarios needed, from
-    its manifest at the shipped gpt-4o prices: the pilot's real-time premium (its cost less the same
-    tokens at batch prices), the surplus (the spares: valid new pairs beyond N, at the rounds' cost
+    its manifest at the shipped gpt-4o prices: the real-time premium of the pilot and of a finish
+    (their cost less the same tokens at batch prices), the surplus (the spares: valid new pairs beyond N, at the rounds' cost
     per valid new pair) and the duplicates (candidates that repeated another, at the rounds' cost
     per candidate)."""
     from asyncgen.commands._shared import load_price_table
@@ -474,6 +476,7 @@ def where_the_money_goes(manifest: dict) -> dict:
 
     price = price_for(load_price_table(None, None)[0], manifest["model"])
     pilots = [e for e in manifest["entries"] if e.get("source") == "pilot"]
+    finishes = [e for e in manifest["entries"] if e.get("source") == "finish"]
     rounds = [e for e in manifest["entries"] if e.get("source") == "api"]
 
     def tokens(entries: list[dict]) -> tuple[int, int]:
@@ -485,7 +488,9 @@ def where_the_money_goes(manifest: dict) -> dict:
     totals = manifest["totals"]
     per_pair = rounds_usd / totals["useful"] if totals.get("useful") else 0.0
     per_candidate = rounds_usd / totals["candidates"] if totals.get("candidates") else 0.0
-    return {"pilot_premium_usd": round(pilot_real - pilot_batch, 4), "surplus_usd": round(manifest["spares"] * per_pair, 4),
+    finish_premium = cost_usd(price, *tokens(finishes)) - batch_cost_usd(price, *tokens(finishes))
+    return {"pilot_premium_usd": round(pilot_real - pilot_batch, 4), "finish_premium_usd": round(finish_premium, 4),
+            "surplus_usd": round(manifest["spares"] * per_pair, 4),
             "duplicates_usd": round(totals.get("duplicates", 0) * per_candidate, 4),
             "round_input_tokens_per_request": round(tokens(rounds)[0] / max(1, totals.get("requests_ok", 0)), 1)}
 
@@ -501,23 +506,25 @@ def bench_batch(quick: bool, run_result: dict | None) -> dict:
     return result
 
 
-def bench_batch_seeds(quick: bool, run_result: dict | None) -> dict:
+def bench_batch_seeds(quick: bool, run_result: dict | None, scenarios: int | None = None, seeds: int | None = None) -> dict:
     """``batch run`` with several seeds: one round reaches N how often, at what cost per scenario
     against ``run``'s (the mean of ``run`` with the same seeds: one run's cost varies by about 2 %)."""
-    scenarios = size("run_scenarios", quick)
+    scenarios = scenarios or size("run_scenarios", quick)
+    seeds = seeds or size("batch_seeds", quick)
     run_costs = []
-    for seed in range(1, size("batch_seeds", quick) + 1):
+    for seed in range(1, seeds + 1):
         one = asyncgen_run(scenarios, 32, extra=("--seed", str(seed)))
         run_costs.append(one["cost_usd"] / one["scenarios"])
         log(f"run seed {seed}: ${one['cost_usd']:.4f}")
     run_per_scenario = sum(run_costs) / len(run_costs)
     runs = []
-    for seed in range(1, size("batch_seeds", quick) + 1):
+    for seed in range(1, seeds + 1):
         one = batch_run(scenarios, "--seed", str(seed))
         one["seed"] = seed
         one["cost_ratio_to_run"] = round(one["cost_usd_batch"] / one["scenarios"] / run_per_scenario, 3)
         runs.append(one)
-        log(f"batch seed {seed}: {one['rounds']} round(s), {one['pilot_requests']} pilot + {one['requests']} requests, "
+        log(f"batch seed {seed}: {one['rounds']} round(s), {one['pilot_requests']} pilot + {one['requests']} requests "
+            f"+ {one['finish_requests']} finish, "
             f"{one['spares']} spares, ${one['cost_usd_batch']:.4f}: {one['cost_ratio_to_run']:.3f} of run's")
     ratios = [r["cost_ratio_to_run"] for r in runs]
     return {
@@ -530,11 +537,13 @@ def bench_batch_seeds(quick: bool, run_result: dict | None) -> dict:
         "cost_usd_per_scenario_batch": round(sum(r["cost_usd_batch"] / r["scenarios"] for r in runs) / len(runs), 6),
         "cost_usd_per_scenario_run": round(run_per_scenario, 6),
         "pilot_requests_mean": round(sum(r["pilot_requests"] for r in runs) / len(runs), 1),
+        "finish_requests_mean": round(sum(r["finish_requests"] for r in runs) / len(runs), 1),
+        "finished_in_real_time": sum(r["finish_requests"] > 0 for r in runs),
         "requests_mean": round(sum(r["requests"] for r in runs) / len(runs), 1),
         "spares_mean": round(sum(r["spares"] for r in runs) / len(runs), 1),
         "run_cost_usd_per_scenario_range": [round(min(run_costs), 6), round(max(run_costs), 6)],
         **{f"{part}_ratio_mean": round(sum(r[f"{part}_usd"] for r in runs) / len(runs) / scenarios / run_per_scenario, 4)
-           for part in ("pilot_premium", "surplus", "duplicates")},
+           for part in ("pilot_premium", "finish_premium", "surplus", "duplicates")},
         "runs": runs,
     }
 
@@ -798,10 +807,13 @@ def markdown(results: dict) -> str:
         lines.append(
             f"| 8b | `asyncgen batch run`, offline default, {b['scenarios']:,} scenarios, {b['seeds']} seeds: a pilot of "
             f"{b['pilot_requests_mean']:g} real-time requests, then {b['requests_mean']:g} batch requests, "
-            f"{b['spares_mean']:g} spares (means) | one round reached N in **{b['one_round']} of {b['seeds']}**; cost per "
+            f"{b.get('finish_requests_mean', 0):g} real-time requests of a finish "
+            f"({b.get('finished_in_real_time', 0)} of {b['seeds']} runs), {b['spares_mean']:g} spares (means) "
+            f"| one round reached N in **{b['one_round']} of {b['seeds']}**; cost per "
             f"scenario ${b['cost_usd_per_scenario_batch']:.6f} against `run`'s ${b['cost_usd_per_scenario_run']:.6f} (the "
             f"mean of `run` with the same seeds): **{b['cost_ratio_mean']:.3f}×** ({b['cost_ratio_min']:.3f}-"
-            f"{b['cost_ratio_max']:.3f}); of it, the pilot's real-time premium {b.get('pilot_premium_ratio_mean', 0):.3f}×, "
+            f"{b['cost_ratio_max']:.3f}); of it, the real-time premium of the pilot {b.get('pilot_premium_ratio_mean', 0):.3f}× "
+            f"and of the finish {b.get('finish_premium_ratio_mean', 0):.3f}×, "
             f"the surplus (spares) {b.get('surplus_ratio_mean', 0):.3f}×, duplicates {b.get('duplicates_ratio_mean', 0):.3f}× "
             f"(see docs/batch-cost.md) "
             f"| ≥ 9 of 10 and ≤ 0.55×: {_aim(b['one_round'] >= 0.9 * b['seeds'] and b['cost_ratio_mean'] <= 0.55)} |"
@@ -913,6 +925,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smaller loads: under a minute on 2 cores")
     parser.add_argument("--only", default=None, help=f"comma-separated subset of: {', '.join(STEPS)}")
     parser.add_argument("--output-dir", default=str(RESULTS), help="where results go (default: bench/results)")
+    parser.add_argument("--batch-seeds-scenarios", type=int, default=None,
+                        help="scenarios of each run in the batch_seeds step (default: as the run step's)")
+    parser.add_argument("--batch-seeds", type=int, default=None, help="seeds of the batch_seeds step (default: 10, quick 3)")
     parser.add_argument("--no-comparison", action="store_true", help="skip the comparison with the SDK's own request path (row 2x)")
     parser.add_argument("--readme", action="store_true",
                         help="also put the table into docs/performance.md (between its markers) and the plot "
@@ -953,7 +968,8 @@ def main() -> int:
             elif step == "score":
                 results["score"] = bench_score(quick)
             elif step == "batch_seeds":
-                results["batch_seeds"] = bench_batch_seeds(quick, results.get("run"))
+                results["batch_seeds"] = bench_batch_seeds(quick, results.get("run"), args.batch_seeds_scenarios,
+                                                           args.batch_seeds)
             elif step == "resume":
                 results["resume"] = bench_resume(quick)
             elif step == "limits":

@@ -608,7 +608,7 @@ def test_a_round_that_ends_short_is_finished_in_real_time_not_by_another_round(t
     assert state["rounds"] == 1 and len(server_batches(base_url)) == 1
     finishes = [e for e in state["entries"] if e["source"] == "finish"]
     assert len(finishes) >= 2 and finishes[0] == paid[0]  # the killed wave kept, not sent again
-    assert re.search(r"finish\s+\d+ real-time requests( in \d+ waves)? filled the last round's shortfall", done.stderr)
+    assert re.search(r"finish\s+\d+ real-time requests( in \d+ waves)? asked for the last round's shortfall", done.stderr)
     real_time = sum(e["usage"]["input"] * 2.5 + e["usage"]["output"] * 10.0 for e in finishes) / 1e6  # gpt-4o real time
     assert summary_cost(done.stderr) == pytest.approx(usage_cost(server_batches(base_url)) + real_time, abs=2e-4)
 

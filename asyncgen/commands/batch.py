@@ -1003,12 +1003,15 @@ def summary_text(setup: Setup, manifest: Manifest, count: int, report=None, *, t
     if t.get("answer_failures"):
         lines.append("  bad answers     " + ", ".join(f"{k}: {n}" for k, n in sorted(t["answer_failures"].items())))
     for label, entries, did in (("pilot", _pilots(manifest), "measured the yield first"),
-                                ("finish", _finishes(manifest), "filled the last round's shortfall")):
+                                ("finish", _finishes(manifest), "asked for the last round's shortfall")):
         if entries:
             cost = setup.costs(sum(e.usage.get("input", 0) for e in entries), sum(e.usage.get("output", 0) for e in entries))[1]
+            answered = sum((e.request_counts or {}).get("completed", 0) for e in entries)
+            unanswered = sum(e.requests for e in entries) - answered
             waves = f" in {len(entries)} waves" if len(entries) > 1 else ""
-            lines.append(f"  {label:<15} {sum(e.requests for e in entries)} real-time requests{waves} {did} "
-                         f"({_money(cost)}, in the cost below)")
+            lines.append(f"  {label:<15} {answered} real-time requests{waves} {did}"
+                         + (f" ({unanswered} more not answered)" if unanswered else "")
+                         + f" ({_money(cost)}, in the cost below)")
     if t.get("foreign") or t.get("repeated"):
         lines.append(f"  left out        {t.get('foreign', 0)} results of requests {setup.directory} did not make, "
                      f"{t.get('repeated', 0)} of requests counted before")
