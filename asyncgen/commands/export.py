@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,7 +163,7 @@ def _export(args: argparse.Namespace, out: Path) -> Exported:
         f" ({sum(s == 'train' for s in splits)} train, {sum(s == 'test' for s in splits)} test)" if splits else "")
     message = f"wrote {counts} to {', '.join(written)}"
     if split is not None:
-        message += "\n" + split.summary(group_by)
+        message += "\n" + split.summary(group_by, shutil.get_terminal_size().columns - 1)
         _warn_if_off(split, group_by)
     return Exported(len(table), written, message)
 
