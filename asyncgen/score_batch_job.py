@@ -103,6 +103,8 @@ def run(job: Job) -> int:
                             scores.torn_saved)
             if len(scores.scored) >= len(job.scenarios):
                 print(f"{path} already scores all {len(job.scenarios)} scenarios of {args.dataset}: nothing to do")
+                if getattr(args, "control", None) is not None:  # the Python API's result: nothing spent
+                    args.control.record_cost(None if job.price is None else 0.0, job.mode == "simulator")
                 return 0
             outcome = Outcome(RunStats(target=len(job.scenarios), accepted=len(scores.scored)), ScoreCounts())
             outcome.stats.cost_simulated = job.mode == "simulator"
