@@ -171,6 +171,17 @@ def test_inspect_of_a_batch_made_dataset_says_where_its_details_are(tmp_path, cl
     assert "$0.2500" in out
 
 
+def test_inspect_of_a_checkpoint_without_run_figures_does_not_guess_what_made_it(tmp_path, cli):
+    path = crafted(tmp_path)
+    (tmp_path / "checkpoint.json").write_text(json.dumps({
+        "version": 1, "sink": str(path.resolve()), "offset": 0, "scenarios": 0, "fingerprint": {}, "run_state": {}}))
+    code, out, _ = cli("inspect", str(path), "--checkpoint", str(tmp_path / "checkpoint.json"), "--no-tokens")
+    flat = " ".join(out.split())
+    assert code == 0 and "None" not in out and "asyncgen batch" not in out
+    assert "it records no runs and no batch directory, so not what made this dataset" in flat
+    assert "cost unknown" in flat
+
+
 # Export replaces only an export, and whole (issue 17, item 14) -------------------------------------
 
 
