@@ -1,6 +1,5 @@
 """``asyncgen run`` as a user runs it, against the simulator."""
 
-import contextlib
 import json
 import os
 import shlex
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from asyncgen.scenario import normalize
-from inprocess import asyncgen_here, simulator_here
+from inprocess import asyncgen_here
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
@@ -23,15 +22,6 @@ ENV.update(PYTHONPATH=str(REPO), NO_PROXY="127.0.0.1,localhost")
 # tenth (0.05 s doubling per attempt, not 0.5 s); the attempts and the give-up rules are the product's.
 QUICK_BACK_OFF_ENV = {**ENV, "ASYNCGEN_TEST_RETRY_DELAY_SCALE": "0.1"}
 PRICES = str(REPO / "config" / "prices.yaml")
-
-
-@pytest.fixture
-def simulator():
-    """Start ``asyncgen simulate --seed 3`` with flags; returns its base URL. Stopped after the test.
-    Served from a thread of this process (tests/inprocess.py): a test whose point is the simulator's
-    own process runs ``python -m asyncgen simulate`` itself."""
-    with contextlib.ExitStack() as running:
-        yield lambda *flags: running.enter_context(simulator_here("--seed", "3", *flags))
 
 
 def sim_stats(base_url):
