@@ -316,8 +316,10 @@ def score(dataset: str | os.PathLike, model: str, *, form: Literal["single", "mu
     stats = control.stats
     path = scores_path(args.dataset, model)
     target = stats.target if stats is not None else len(read_dataset(args.dataset).scenarios)
+    # No stats: nothing was left to score, and the command left what that cost (0, or None at an unknown price).
     return _finish(ScoreResult(path, len(read_scores(path).records), target, stats.accepted_this_run if stats else 0,
-                               stats.cost_usd if stats else None, bool(stats and stats.cost_simulated),
+                               stats.cost_usd if stats else control.cost_usd,
+                               stats.cost_simulated if stats else control.cost_simulated,
                                _stop_reason(code, args.max_cost)), "score")
 
 

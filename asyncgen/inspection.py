@@ -204,10 +204,14 @@ def render(report: dict, *, path: str, task: str | None, checkpoint: str | None)
     else:
         share = "n/a" if run["yield"] is None else f"{100 * run['yield']:.1f}%"
         cost = "unknown" if run["cost_usd"] is None else f"${run['cost_usd']:.4f}"
-        if run["runs"] is None:  # a checkpoint written by `batch process`: its batch dir has the details
-            where = f", batch directory {run['batch_dir']}" if run.get("batch_dir") else ""
-            lines += wrap("run", f"from {checkpoint}: made by `asyncgen batch`{where} (asyncgen batch status "
-                                 "shows its requests)")
+        if run["runs"] is None and run.get("batch_dir"):  # written by `batch`: its batch dir has the details
+            lines += wrap("run", f"from {checkpoint}: made by `asyncgen batch`, batch directory {run['batch_dir']} "
+                                 "(asyncgen batch status shows its requests)")
+            lines += wrap("cost", cost)
+            return "\n".join(lines)
+        if run["runs"] is None:  # neither runs nor a batch directory: what made the dataset is not recorded
+            lines += wrap("run", f"from {checkpoint}: it records no runs and no batch directory, so not what "
+                                 "made this dataset")
             lines += wrap("cost", cost)
             return "\n".join(lines)
         lines += wrap("run", f"from {checkpoint}: {run['runs']} run(s), {run['requests_ok']} requests answered, "

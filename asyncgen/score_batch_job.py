@@ -30,6 +30,7 @@ Contract
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shlex
 import shutil
@@ -91,27 +92,36 @@ def run(job: Job) -> int:
 
     args = job.args
     directory = job_dir(args.dataset, args.model)
+    path = scores_path(args.dataset, args.model)
+    made = [p for p in (path.parent, directory, path, _lock_of(path)) if not p.exists()]  # what this run makes
     _make(directory)
     with _writer(directory, "score --batch"):
-        manifest = _manifest(directory, job)
-        _use_via(job, manifest)
-        path = scores_path(args.dataset, args.model)
-        scores = ScoresFile.open(path, job.header, job.scenarios)
+        manifest = None
         try:
-            if scores.torn_saved:
-                log.warning("%s: cut an incomplete last line (a killed run leaves one), saved in %s", path,
-                            scores.torn_saved)
-            if len(scores.scored) >= len(job.scenarios):
-                print(f"{path} already scores all {len(job.scenarios)} scenarios of {args.dataset}: nothing to do")
-                return 0
-            outcome = Outcome(RunStats(target=len(job.scenarios), accepted=len(scores.scored)), ScoreCounts())
-            outcome.stats.cost_simulated = job.mode == "simulator"
+            manifest = _manifest(directory, job)
+            _use_via(job, manifest)
+            scores = ScoresFile.open(path, job.header, job.scenarios)
             try:
-                run_event_loop(_run_async(job, directory, manifest, scores, outcome))
-            except (KeyboardInterrupt, asyncio.CancelledError):  # CancelledError: the Python API's stop
-                outcome.stop = "interrupted"
-        finally:
-            scores.close()
+                if scores.torn_saved:
+                    log.warning("%s: cut an incomplete last line (a killed run leaves one), saved in %s", path,
+                                scores.torn_saved)
+                if len(scores.scored) >= len(job.scenarios):
+                    print(f"{path} already scores all {len(job.scenarios)} scenarios of {args.dataset}: nothing to do")
+                    if getattr(args, "control", None) is not None:  # the Python API's result: nothing spent
+                        args.control.record_cost(None if job.price is None else 0.0, job.mode == "simulator")
+                    return 0
+                outcome = Outcome(RunStats(target=len(job.scenarios), accepted=len(scores.scored)), ScoreCounts())
+                outcome.stats.cost_simulated = job.mode == "simulator"
+                try:
+                    run_event_loop(_run_async(job, directory, manifest, scores, outcome))
+                except (KeyboardInterrupt, asyncio.CancelledError):  # CancelledError: the Python API's stop
+                    outcome.stop = "interrupted"
+            finally:
+                scores.close()
+        except BaseException:
+            if manifest is None or not manifest.entries:  # failed before anything was asked (an unknown model)
+                _remove_made(made, directory)
+            raise
     return _report(job, directory, manifest, path, outcome)
 
 
@@ -162,6 +172,24 @@ def _make(directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"{directory}: cannot create it ({exc.strerror or exc}); check the dataset's folder") from exc
+
+
+def _lock_of(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")  # as ScoresFile.open names it
+
+
+def _remove_made(made: list[Path], directory: Path) -> None:
+    """Remove what a run made (of the scores folder, the job ``directory``, the scores file and its
+    lock: those in ``made``) when it failed before asking the server for anything, last made first:
+    only what did not exist before it, so nothing of earlier work goes; the scores folder only if empty."""
+    for path in reversed(made):
+        with contextlib.suppress(OSError):
+            if path == directory:
+                shutil.rmtree(path)
+            elif path.is_dir():
+                path.rmdir()  # the scores folder: only if nothing else is in it
+            else:
+                path.unlink()
 
 
 def _manifest(directory: Path, job: Job) -> Manifest:

@@ -429,8 +429,7 @@ class ScorePipeline:
     def interrupt(self) -> None:
         self.interrupts += 1
         if self.interrupts == 1:
-            log.warning("interrupted: no new requests; waiting up to %.0f s for %d in flight (Ctrl-C again to stop now)",
-                        self.grace_period, self.stats.in_flight)
+            log.warning("%s", self.scorer.sender.stop_words(self.grace_period))
             self._stop("interrupted")
             asyncio.get_running_loop().call_later(self.grace_period, self._done.set)
         else:

@@ -87,14 +87,18 @@ class Split:
     def train_share(self) -> float:
         return self.sides.count("train") / len(self.sides)
 
-    def summary(self, group_by: str) -> str:
-        """E.g. ``train 79.6% / test 20.4% (asked 80/20), 212 groups by frame``."""
+    def summary(self, group_by: str, width: int | None = None) -> str:
+        """E.g. ``split: train 79.6% / test 20.4% (asked 80/20), 212 groups by frame, the largest 3
+        scenarios``: one line, or, when that is wider than ``width``, the grouping on a second,
+        indented line (the same words). Pure."""
         train = 100 * self.train_share
         asked = 100 * self.asked
         grouping = ("by scenario" if group_by == "none" else
                     f"{self.groups} groups by {group_by}, the largest {self.largest} "
                     f"scenario{'s' if self.largest != 1 else ''}")
-        return f"split: train {train:.1f}% / test {100 - train:.1f}% (asked {asked:g}/{100 - asked:g}), {grouping}"
+        shares = f"split: train {train:.1f}% / test {100 - train:.1f}% (asked {asked:g}/{100 - asked:g})"
+        line = f"{shares}, {grouping}"
+        return line if width is None or len(line) <= width else f"{shares},\n  {grouping}"
 
 
 def split_groups(groups: Sequence[Sequence[int]], train_share: float, seed: int) -> Split:

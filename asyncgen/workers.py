@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Callable, Sequence
 
 import openai
 import orjson
@@ -55,12 +56,34 @@ class Sender:
                  api_key: str | None) -> None:
         self.transport, self.throttle, self.policy, self.stats, self.api_key = transport, throttle, policy, stats, api_key
         self.stopped = False  # set when the run stops: requests not yet sent are not sent
+        self.queued = 0  # requests waiting for the rate limits (the throttle's slot): not sent yet
         self.reached_server = False  # any HTTP answer at all, error or not
         self.connect_failures = 0  # before the first answer: a server that is not there fails the run fast
 
     def stop(self) -> None:
         self.stopped = True
         self.throttle.release()
+
+    def stop_words(self, grace_period: float) -> str:
+        """The first Ctrl-C's line: the requests sent (``stats.in_flight``) get ``grace_period``
+        seconds; those still waiting for the rate limits are not sent (said apart, when there are any)."""
+        queued = f", and the {self.queued} waiting for the rate limits are not sent" if self.queued else ""
+        return (f"interrupted: no new requests{queued}; waiting up to {grace_period:.0f} s for "
+                f"{self.stats.in_flight} in flight (Ctrl-C again to stop now)")
+
+    @asynccontextmanager
+    async def _slot(self, prompt_tokens: int, cap: Callable[[], int] | None) -> AsyncIterator[int | None]:
+        """The throttle's slot, the request counted in ``queued`` until the slot lets it through."""
+        self.queued += 1
+        waiting = True
+        try:
+            async with self.throttle.slot(prompt_tokens, cap) as sent_cap:
+                self.queued -= 1
+                waiting = False
+                yield sent_cap
+        finally:
+            if waiting:
+                self.queued -= 1
 
     async def send(
         self,
@@ -77,7 +100,7 @@ class Sender:
         stats = self.stats
         attempt = timeouts = 0
         while True:
-            async with self.throttle.slot(prompt_tokens, cap) as sent_cap:
+            async with self._slot(prompt_tokens, cap) as sent_cap:
                 if self.stopped:  # the run stopped while this request waited for the rate limits
                     return None
                 params = body(sent_cap, timeouts)

@@ -1,3 +1,4 @@
+import contextlib
 import gc
 import os
 from pathlib import Path
@@ -40,6 +41,17 @@ def refusal_task():
     from asyncgen.config import load_task
 
     return load_task("refusal")
+
+
+@pytest.fixture
+def simulator():
+    """Start ``asyncgen simulate --seed 3`` with flags; returns its base URL. Stopped after the test.
+    Served from a thread of this process (tests/inprocess.py): a test whose point is the simulator's
+    own process runs ``python -m asyncgen simulate`` itself."""
+    from inprocess import simulator_here
+
+    with contextlib.ExitStack() as running:
+        yield lambda *flags: running.enter_context(simulator_here("--seed", "3", *flags))
 
 
 @pytest.fixture

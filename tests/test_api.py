@@ -214,7 +214,14 @@ def test_score_returns_a_result_and_load_adds_its_columns(made, tmp_path):
     rows = asyncgen.load(dataset, format="records")
     assert all(isinstance(row["score.gpt-4o.single_flips"], bool) for row in rows)
     assert "score.gpt-4o.single_flips" not in asyncgen.load(dataset, format="records", scores=False)[0]
-    assert asyncgen.score(dataset, "gpt-4o").new == 0  # all scored: nothing to do
+    again = asyncgen.score(dataset, "gpt-4o")  # all scored: nothing to do, and that cost nothing
+    assert (again.new, again.cost_usd, again.cost_simulated) == (0, 0.0, True)
+    in_batches = asyncgen.score(dataset, "gpt-4o", batch=True)
+    assert (in_batches.new, in_batches.cost_usd) == (0, 0.0)
+    no_price = tmp_path / "prices.yaml"  # a price table without gpt-4o: its cost is unknown, not 0
+    no_price.write_text("models:\n  gpt-4o-mini: {input: 0.15, cached_input: 0.075, output: 0.60, "
+                        "batch_input: 0.075, batch_output: 0.30}\n")
+    assert asyncgen.score(dataset, "gpt-4o", prices=str(no_price)).cost_usd is None
 
 
 def test_score_options_go_through_the_commands_own_checks(made, tmp_path):

@@ -24,7 +24,7 @@ from asyncgen.batch.process import read_results
 from asyncgen.config import load_task
 from asyncgen.prompting import GenerationSettings, request_body, response_format_for
 from inprocess import asyncgen_here
-from test_run import ENV, assert_valid_dataset, scenarios, sim_stats, simulator  # noqa: F401 (simulator: a fixture)
+from test_run import ENV, assert_valid_dataset, scenarios, sim_stats
 
 REPO = Path(__file__).resolve().parents[1]
 KILLER = str(REPO / "tests" / "batch_killer.py")

@@ -171,6 +171,17 @@ def test_inspect_of_a_batch_made_dataset_says_where_its_details_are(tmp_path, cl
     assert "$0.2500" in out
 
 
+def test_inspect_of_a_checkpoint_without_run_figures_does_not_guess_what_made_it(tmp_path, cli):
+    path = crafted(tmp_path)
+    (tmp_path / "checkpoint.json").write_text(json.dumps({
+        "version": 1, "sink": str(path.resolve()), "offset": 0, "scenarios": 0, "fingerprint": {}, "run_state": {}}))
+    code, out, _ = cli("inspect", str(path), "--checkpoint", str(tmp_path / "checkpoint.json"), "--no-tokens")
+    flat = " ".join(out.split())
+    assert code == 0 and "None" not in out and "asyncgen batch" not in out
+    assert "it records no runs and no batch directory, so not what made this dataset" in flat
+    assert "cost unknown" in flat
+
+
 # Export replaces only an export, and whole (issue 17, item 14) -------------------------------------
 
 
@@ -330,6 +341,7 @@ def test_a_grouped_split_keeps_each_group_on_one_side_and_says_the_share(tmp_pat
     flags = ["--group-by", group_by] if group_by else []
     code, err, rows = exported(tmp_path, cli, CHAINED, "--split", "0.75", "--seed", "3", *flags)
     assert code == 0, err
+    err = " ".join(err.split())  # the summary wraps at the terminal's width
     if group_by == "word":
         sides = sides_by(rows, lambda row: tuple(differing(row)))
         assert len(sides) == 4 and "(asked 75/25), 4 groups by word, the largest 4 scenarios" in err
@@ -341,6 +353,19 @@ def test_a_grouped_split_keeps_each_group_on_one_side_and_says_the_share(tmp_pat
     assert "cannot be met" not in err
     again = exported(tmp_path, cli, CHAINED, "--split", "0.75", "--seed", "3", *flags, name="again.jsonl")[2]
     assert [row["split"] for row in again] == [row["split"] for row in rows]  # deterministic with --seed
+
+
+def test_the_split_summary_fits_80_columns_and_says_all_it_said(tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    code, err, _ = exported(tmp_path, cli, CHAINED, "--split", "0.75", "--seed", "3")
+    assert code == 0, err
+    summary = [line for line in err.splitlines() if "grouped.jsonl" not in line]
+    assert summary and max(len(line) for line in summary) < 80, summary
+    assert ("split: train 75.0% / test 25.0% (asked 75/25), 8 groups by frame, the largest 2 scenarios"
+            in " ".join(" ".join(summary).split()))
+    monkeypatch.setenv("COLUMNS", "200")  # a wide terminal: one line, as before
+    code, err, _ = exported(tmp_path, cli, CHAINED, "--split", "0.75", "--seed", "3", name="wide.jsonl")
+    assert "split: train 75.0% / test 25.0% (asked 75/25), 8 groups by frame, the largest 2 scenarios\n" in err
 
 
 def test_a_share_the_groups_cannot_meet_is_said_and_one_group_is_refused(tmp_path, cli):

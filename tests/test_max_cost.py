@@ -26,7 +26,7 @@ from asyncgen.prompting import (
     request_cost_bound,
 )
 from asyncgen.stats import RunStats
-from test_run import PRICES, run_here, sim_stats, simulator  # noqa: F401 (simulator: a fixture)
+from test_run import PRICES, run_here, sim_stats
 
 TASK = load_task("refusal")
 GPT_4O = price_for(load_prices(default_config_dir() / "prices.yaml"), "gpt-4o")

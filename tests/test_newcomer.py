@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from inprocess import asyncgen_here, within
-from test_run import ENV, assert_valid_dataset, run, run_args, run_here, scenarios, sim_stats, simulator  # noqa: F401
+from test_run import ENV, assert_valid_dataset, run_args, run_here, scenarios, sim_stats
 
 from asyncgen.generation import _resume_command, _validator_workers
 

@@ -1,6 +1,5 @@
 """``asyncgen run`` as a user runs it, against the simulator."""
 
-import contextlib
 import json
 import os
 import shlex
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from asyncgen.scenario import normalize
-from inprocess import asyncgen_here, simulator_here
+from inprocess import asyncgen_here
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
@@ -23,15 +22,6 @@ ENV.update(PYTHONPATH=str(REPO), NO_PROXY="127.0.0.1,localhost")
 # tenth (0.05 s doubling per attempt, not 0.5 s); the attempts and the give-up rules are the product's.
 QUICK_BACK_OFF_ENV = {**ENV, "ASYNCGEN_TEST_RETRY_DELAY_SCALE": "0.1"}
 PRICES = str(REPO / "config" / "prices.yaml")
-
-
-@pytest.fixture
-def simulator():
-    """Start ``asyncgen simulate --seed 3`` with flags; returns its base URL. Stopped after the test.
-    Served from a thread of this process (tests/inprocess.py): a test whose point is the simulator's
-    own process runs ``python -m asyncgen simulate`` itself."""
-    with contextlib.ExitStack() as running:
-        yield lambda *flags: running.enter_context(simulator_here("--seed", "3", *flags))
 
 
 def sim_stats(base_url):
@@ -191,6 +181,39 @@ def test_sigint_flushes_summarises_and_the_printed_command_resumes(tmp_path, sim
     resumed = asyncgen_here(*shlex.split(command)[3:], env=ENV, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_valid_dataset(dataset, 200)
+
+
+def test_the_interrupt_line_says_in_flight_only_what_was_sent_and_the_rest_apart(tmp_path, simulator):
+    """At 60 rpm with answers taking 3 s, most workers wait for the request limiter when Ctrl-C comes:
+    the line's "in flight" are the requests the server has (with no grace period, each is cancelled
+    at the stop), the waiting ones are said apart, and none of them reaches the server."""
+    import re
+    import threading
+
+    base_url = simulator("--latency-ms", "3000")
+
+    def interrupt_when_two_are_at_the_server() -> None:
+        deadline = time.monotonic() + 60
+        while (sim_stats(base_url)["requests"].get("POST /v1/chat/completions", 0) < 2
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C: the run's loop takes it
+
+    watcher = threading.Thread(target=interrupt_when_two_are_at_the_server, daemon=True)
+    watcher.start()
+    result = run_here(tmp_path, "--base-url", base_url, "--num-scenarios", "500", "--concurrency", "8",
+                      "--rpm", "60", "--grace-period", "0")
+    watcher.join()
+    assert result.returncode == 130, result.stderr[-2000:]
+    line = next(line for line in result.stderr.splitlines() if "interrupted: no new requests" in line)
+    said = re.search(r"the (\d+) waiting for the rate limits are not sent; waiting up to 0 s for (\d+) in flight", line)
+    assert said, line
+    waiting, in_flight = int(said[1]), int(said[2])
+    sent = re.search(r"requests +(\d+) sent: .*?(\d+) cancelled at stop", result.stderr)
+    assert sent, result.stderr[-2000:]
+    assert in_flight >= 2 and waiting >= 1 and in_flight + waiting <= 8, result.stderr
+    assert int(sent[2]) == in_flight  # those in flight were at the server; the waiting ones never went
+    assert sim_stats(base_url)["requests"]["POST /v1/chat/completions"] == int(sent[1])
 
 
 def test_dry_run_prints_a_plan_and_calls_nothing(tmp_path):

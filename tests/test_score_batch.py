@@ -177,11 +177,19 @@ def test_bad_input_is_one_line_exit_2(tmp_path, pairs, cli, offline, flags, word
 
 def test_an_unknown_model_is_one_line_in_the_servers_words(tmp_path, pairs, cli, offline):
     dataset = dataset_in(tmp_path, pairs, 2)
+    before = sorted(tmp_path.rglob("*"))
     code, _out, err = cli("score", str(dataset), "--model", "nope", "--batch")
     assert code == 1
     assert err.strip().splitlines()[-1].endswith(
         "refused (404): The model `nope` does not exist or you do not have access to it.; check --model and --base-url")
-    assert server_batches(dataset, "nope") == []
+    assert sorted(tmp_path.rglob("*")) == before  # nothing asked, nothing left: no empty nope.batch/, no scores file
+    # A job directory (and a scores folder) that held something before the run are kept.
+    job = job_of(dataset, "nope")
+    job.mkdir(parents=True)
+    (job / "notes.txt").write_text("mine")
+    code, _out, err = cli("score", str(dataset), "--model", "nope", "--batch")
+    assert code == 1 and (job / "notes.txt").read_text() == "mine"
+    assert not scores_path(dataset, "nope").exists()
 
 
 def test_a_batch_that_fails_validation_shows_its_errors_and_the_next_run_submits_it_again(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,7 @@ def default_out(dataset: Path, fmt: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    print(export_dataset(args).message, file=sys.stderr)
+    print(export_dataset(args, shutil.get_terminal_size().columns - 1).message, file=sys.stderr)
     return 0
 
 
@@ -92,8 +93,9 @@ class Exported:
     message: str
 
 
-def export_dataset(args: argparse.Namespace) -> Exported:
-    """The export ``args`` asks for (``export``'s flags; the Python API's ``asyncgen.export`` too)."""
+def export_dataset(args: argparse.Namespace, width: int | None = None) -> Exported:
+    """The export ``args`` asks for (``export``'s flags; the Python API's ``asyncgen.export`` too);
+    the message's lines fit ``width`` columns where they can (None: the split said on one line)."""
     if args.group_by is not None and args.split is None:
         raise UsageError(f"--group-by {args.group_by} says how --split keeps groups together: give --split SHARE too")
     if args.ids and args.format == "eap":
@@ -109,10 +111,10 @@ def export_dataset(args: argparse.Namespace) -> Exported:
     if out.resolve() == Path(args.dataset).resolve():
         raise UsageError(f"--out {out} is the dataset itself; choose another path")
     with one_writer(out):
-        return _export(args, out)
+        return _export(args, out, width)
 
 
-def _export(args: argparse.Namespace, out: Path) -> Exported:
+def _export(args: argparse.Namespace, out: Path, width: int | None) -> Exported:
     folder = args.format in FOLDER_FORMATS
     recover_leftovers(out)
     refuse_unless_replaceable(out, folder, args.overwrite)
@@ -162,7 +164,7 @@ def _export(args: argparse.Namespace, out: Path) -> Exported:
         f" ({sum(s == 'train' for s in splits)} train, {sum(s == 'test' for s in splits)} test)" if splits else "")
     message = f"wrote {counts} to {', '.join(written)}"
     if split is not None:
-        message += "\n" + split.summary(group_by)
+        message += "\n" + split.summary(group_by, width)
         _warn_if_off(split, group_by)
     return Exported(len(table), written, message)
 

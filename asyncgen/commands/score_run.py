@@ -94,6 +94,8 @@ def score(args: argparse.Namespace) -> int:
     if stats.accepted >= stats.target:
         scores.close()
         print(f"{path} already scores all {stats.target} scenarios of {args.dataset}: nothing to do")
+        if getattr(args, "control", None) is not None:  # the Python API's result: nothing spent, at a known price
+            args.control.record_cost(stats.cost_usd, stats.cost_simulated)
         return 0
     if scores.resumed:
         log.info("%s: resuming: %d of %d scenarios scored", path, scores.resumed, stats.target)
