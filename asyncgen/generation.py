@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from asyncgen.commands._shared import load_price_table, load_task_and_tokenizers
 from asyncgen.errors import UsageError
 from asyncgen.eventloop import LOOPBACK_HOSTS, RunControl
-from asyncgen.prices import cost_usd, price_for, run_price
+from asyncgen.prices import cost_usd, load_price_table, price_for, run_price
 from asyncgen.progress import print_summary, report_progress, stop_progress, summary
 from asyncgen.prompting import (
     AVOID_CHARS,
@@ -37,6 +36,7 @@ from asyncgen.prompting import (
     worst_case_prompt_tokens,
 )
 from asyncgen.stats import RunStats, count_of
+from asyncgen.validate import load_task_and_tokenizers
 
 if TYPE_CHECKING:
     from asyncgen.config import Task

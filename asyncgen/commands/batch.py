@@ -31,18 +31,19 @@ from asyncgen import locks
 from asyncgen.batch import lifecycle, plan
 from asyncgen.batch.ledger import line_digest, parse
 from asyncgen.batch.manifest import ACCOUNTING, LOCK, Entry, Manifest, check_setup, leftovers, writer
-from asyncgen.commands._shared import add_avoid_chars_flag, add_tokenizer_flags, load_price_table, load_task_and_tokenizers
+from asyncgen.commands._shared import add_avoid_chars_flag, add_tokenizer_flags
 from asyncgen.commands.argtypes import base_url, non_negative_float, non_negative_int, positive_float, positive_int
 from asyncgen.commands.run import OFFLINE_KEY, _endpoint
 from asyncgen.errors import RunError, UsageError
 from asyncgen.eventloop import LOOPBACK_HOSTS, run_event_loop
-from asyncgen.prices import batch_cost_usd, cost_usd, price_for
+from asyncgen.prices import batch_cost_usd, cost_usd, load_price_table, price_for
 from asyncgen.progress import _duration, _money, fit_summary
 from asyncgen.prompting import AVOID_POOL, GenerationSettings, avoid_pool, response_format_for
 from asyncgen.scenario import LINES_PER_SCENARIO
 from asyncgen.sink import atomic_write, default_checkpoint_path, fingerprint_of
 from asyncgen.stats import RunStats
 from asyncgen.tokenizers import resolve_specs
+from asyncgen.validate import load_task_and_tokenizers
 
 log = logging.getLogger("asyncgen.batch")
 # The offline simulator's batch clock: 600 simulated seconds per real second (24 h in 2.4 min),

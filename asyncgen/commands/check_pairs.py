@@ -9,9 +9,10 @@ from pathlib import Path
 import orjson
 
 from asyncgen.annotations import encode_annotation, task_answers
-from asyncgen.commands._shared import add_task_flags, add_tokenizer_flags, load_task_and_tokenizers, read_jsonl
+from asyncgen.commands._shared import add_task_flags, add_tokenizer_flags
 from asyncgen.errors import InputFileError
-from asyncgen.validate import validate_pairs
+from asyncgen.jsonl import read_jsonl
+from asyncgen.validate import load_task_and_tokenizers, validate_pairs
 
 CHUNK = 1024
 

@@ -10,12 +10,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from asyncgen.commands._shared import load_price_table
 from asyncgen.commands.run import OFFLINE_KEY, _endpoint, open_transport
 from asyncgen.config import Task, load_task
 from asyncgen.errors import InputFileError, UsageError
 from asyncgen.eventloop import run_event_loop
-from asyncgen.prices import is_openai_endpoint, price_for, run_price
+from asyncgen.prices import is_openai_endpoint, load_price_table, price_for, run_price
 from asyncgen.progress import _money, _requests, exit_code, print_summary, report_progress, run_status, stop_progress
 from asyncgen.scenario import Scenario, read_dataset
 from asyncgen.scores import ScoresFile, header_for, scores_path

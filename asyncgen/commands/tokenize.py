@@ -10,8 +10,9 @@ from typing import Iterable, Iterator
 import orjson
 
 from asyncgen.answers import trailing_space_positions
-from asyncgen.commands._shared import add_tokenizer_flags, read_jsonl
+from asyncgen.commands._shared import add_tokenizer_flags
 from asyncgen.errors import InputFileError
+from asyncgen.jsonl import read_jsonl
 from asyncgen.tokenizers import load_all, resolve_specs
 
 CHUNK = 2048
