@@ -35,7 +35,7 @@ from asyncgen.prompting import (
     response_format_for,
     worst_case_prompt_tokens,
 )
-from asyncgen.stats import RunStats, count_of
+from asyncgen.stats import RunStats, TargetedResult, count_of
 from asyncgen.validate import load_task_and_tokenizers
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ class GenerateOptions:
 
 
 @dataclass(frozen=True)
-class GenerateResult:
+class GenerateResult(TargetedResult):
     """What a generation run did.
 
     Attributes:
@@ -150,11 +150,6 @@ class GenerateResult:
     stop_reason: str | None = None
     resume_command: str = ""
     summary: str = ""
-
-    @property
-    def finished(self) -> bool:
-        """Whether the dataset holds the scenarios asked for."""
-        return self.scenarios >= self.target
 
     def __str__(self) -> str:
         return self.summary
