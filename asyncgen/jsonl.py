@@ -12,9 +12,11 @@ import orjson
 from asyncgen.errors import InputFileError
 
 
-def read_jsonl(path: str | Path, name: str | None = None) -> Iterator[tuple[int, object]]:
+def read_jsonl(path: str | Path, name: str | None = None,
+               expected: str = "one JSON value a line") -> Iterator[tuple[int, object]]:
     """(line number, decoded object) for each non-blank line of ``path``; ``name``: what errors call
-    the file (default: its path)."""
+    the file (default: its path); ``expected``: what a line should be, for the error of one that is
+    not JSON."""
     name = str(path) if name is None else name
     try:
         handle = open(path, "rb")
@@ -27,4 +29,4 @@ def read_jsonl(path: str | Path, name: str | None = None) -> Iterator[tuple[int,
             try:
                 yield number, orjson.loads(line)
             except orjson.JSONDecodeError as exc:
-                raise InputFileError(f"{name}:{number}: not valid JSON ({exc})") from exc
+                raise InputFileError(f"{name}:{number}: not valid JSON ({exc}); expected {expected}") from exc

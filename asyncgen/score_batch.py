@@ -35,6 +35,7 @@ from asyncgen.stats import RunStats
 
 log = logging.getLogger("asyncgen.score")
 ENDPOINTS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+BATCH_OUTPUT_LINE = "a batch output line of `asyncgen score --write-requests` (a custom_id score:ID:FORM:SIDE:VIA:HASH)"
 
 
 def custom_id(scenario_id: int, form: str, side: str, via: str, scenario: Scenario, job: str | None = None) -> str:
@@ -122,7 +123,7 @@ def accept_results(sources: list[tuple[str, Path]], scenarios: list[Scenario], s
     failed: set[int] = set()
     wanted = len(settings.forms) * 2
     for name, path in sources:
-        for number, line in read_jsonl(path, name):
+        for number, line in read_jsonl(path, name, BATCH_OUTPUT_LINE):
             where = f"{name}:{number}"
             scenario_id, form, side, via = _parse(line, where, scenarios, settings, job)
             error = line.get("error")
@@ -172,8 +173,7 @@ def _parse(line, where: str, scenarios: list[Scenario], settings: ScoreSettings,
         if len(made_by) > 1:
             raise ValueError(made_by)
     except (KeyError, TypeError, ValueError):
-        raise InputFileError(f"{where}: not a batch output line of `asyncgen score --write-requests` "
-                             "(a custom_id score:ID:FORM:SIDE:VIA:HASH)") from None
+        raise InputFileError(f"{where}: not {BATCH_OUTPUT_LINE}") from None
     if job is not None and made_by != [job]:
         raise InputFileError(f"{where}: custom_id {line['custom_id']!r} is a request of "
                              f"{'scoring job ' + made_by[0] if made_by else '--write-requests'}, not of this scoring "

@@ -37,13 +37,14 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
 
 def _read_pairs(path: str) -> list[tuple[str, str]]:
     pairs = []
-    for number, record in read_jsonl(path):
+    expected = 'an object with string "prompt" and "counterfactual"'
+    for number, record in read_jsonl(path, expected=expected):
         if not (
             isinstance(record, dict)
             and isinstance(record.get("prompt"), str)
             and isinstance(record.get("counterfactual"), str)
         ):
-            raise InputFileError(f'{path}:{number}: expected an object with string "prompt" and "counterfactual"')
+            raise InputFileError(f"{path}:{number}: expected {expected}")
         pairs.append((record["prompt"], record["counterfactual"]))
     return pairs
 
