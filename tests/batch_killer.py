@@ -6,6 +6,8 @@ The kill-safety tests of ``asyncgen batch run`` use it to die at exact moments:
 - ``polling`` (``polling:N``): at the second (N-th) status check that finds a batch running;
 - ``processing:K``: after the K-th scenario the processing pass appended to the dataset;
 - ``scoring:K``: after the K-th scenario ``score --batch`` appended to the scores file;
+- ``real-time-wave``: after the first wave of real-time requests (the pilot's, or a finish's) put
+  its pairs in the dataset, before the manifest records the wave's end;
 - ``sigint-last-chunk``: not a kill: a SIGINT (Ctrl-C) to itself while the first processing pass
   validates its last chunk (inline validation: ``--validator-workers 0``, the default).
 """
@@ -70,6 +72,16 @@ def main() -> int:
                 die()
 
         ScoresFile.append = append_scores_then_die
+    elif point == "real-time-wave":
+        from asyncgen.batch import pilot
+
+        run_pilot = pilot.run_pilot
+
+        async def run_pilot_then_die(*args, **kwargs):
+            await run_pilot(*args, **kwargs)
+            die()
+
+        pilot.run_pilot = run_pilot_then_die
     elif point == "sigint-last-chunk":
         from asyncgen.batch import process
 

@@ -36,20 +36,22 @@ ACCOUNTING = "batch_accounting"
 VERSION = 1
 STATUS_WAIT_S = 30.0  # the longest a command waits for `batch status` to end a refresh
 TERMINAL = ("completed", "failed", "expired", "cancelled")
+REAL_TIME_SOURCES = ("pilot", "finish")
 
 
 @dataclass
 class Entry:
     """One request file and the batch that runs it (or, ``source="results"``/``"external"``, a result
     file given to ``process --results``, at ``output_path``; or, ``source="pilot"``, the real-time
-    requests that measured the yield before the first round, paid at real-time prices: see
+    requests that measured the yield before the first round; ``source="finish"``, the real-time
+    requests that finished round ``round``'s small shortfall; both paid at real-time prices: see
     asyncgen/batch/pilot.py)."""
 
     name: str  # file name under requests/ (or the results path and its content's digest)
     round: int
     requests: int
     worst_cost_usd: float | None = None
-    source: str = "api"  # "api", "results" (process --results), "external" (--results --external) or "pilot"
+    source: str = "api"  # "api", "results" (process --results), "external" (--results --external), "pilot", "finish"
     state: str = "created"  # created -> submitting -> submitted; "abandoned" when failed validation
     token: str | None = None  # written before the batch is created; sent as its metadata
     intent_at: float | None = None
@@ -73,6 +75,11 @@ class Entry:
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def real_time(self) -> bool:
+        """Requests sent in real time (the pilot, a finish), paid at real-time prices."""
+        return self.source in REAL_TIME_SOURCES
 
 
 @dataclass
@@ -172,7 +179,7 @@ class Manifest:
         self.answered, self.retried = to_ranges(answered), to_ranges(retried)
         self.external, self.totals, self.processing = external, totals, marker
         self.spares_file, self.spares = spares_file, spares_count
-        self.entries = restored + self.entries  # the pilot came before the rounds
+        self.entries = restored + self.entries  # the pilot came before the rounds (a finish after: order is only shown)
         for name, (worst_cost, same_batch, processed, resubmitted) in marks.items():
             entry = self.entry(name)
             entry.worst_cost_usd = worst_cost
@@ -199,7 +206,7 @@ class Manifest:
             if not entry.usage:
                 continue
             at_batch, at_real = batch_cost(entry.usage.get("input", 0), entry.usage.get("output", 0))
-            if entry.source == "pilot":  # real-time requests, paid at real-time prices
+            if entry.real_time:  # paid at real-time prices
                 at_batch = at_real
             total_batch = None if at_batch is None or total_batch is None else total_batch + at_batch
             total_real = None if at_real is None or total_real is None else total_real + at_real

@@ -1,4 +1,5 @@
-"""A pilot: a few real-time requests that measure the yield before a first batch round is sized.
+"""A pilot: a few real-time requests that measure the yield before a first batch round is sized
+(and, the same way, a finish: the real-time requests that fill a round's small shortfall).
 
 A round of the Batch API takes up to a day, so it is sized from a measured yield (see
 ``plan.requests_to_reach``), not a prior. Before the first round, ``batch run`` sends a few
@@ -26,6 +27,7 @@ from asyncgen.stats import RunStats
 from asyncgen.validate import PairValidator, Verdict
 
 REQUEST_TIMEOUT_S = 120.0
+CONCURRENCY = 32  # most requests in flight at once, as run's default --concurrency
 
 
 @dataclass
@@ -47,7 +49,7 @@ async def run_pilot(client, api_key: str | None, task: Task, settings: Generatio
     from asyncgen.workers import Generator
 
     stats.cost_usd = None if price is None else 0.0
-    transport = ChatTransport(client, concurrency=max(1, len(numbers)), timeout=REQUEST_TIMEOUT_S, trust_env=trust_env)
+    transport = ChatTransport(client, concurrency=max(1, min(len(numbers), CONCURRENCY)), timeout=REQUEST_TIMEOUT_S, trust_env=trust_env)
     throttle = Throttle(largest_request_tokens=largest_request_tokens(task, avoid_chars))
     generator = Generator(transport, task, settings, throttle, RetryPolicy(), stats, price, api_key)
     try:

@@ -3,9 +3,12 @@
 A round asks for ``deficit`` more scenarios. A round of the Batch API takes up to a day, so it is
 sized to reach the target by itself in at least ``ONE_ROUND_PROBABILITY`` of cases, from the
 measured yield (valid new pairs per request: a pilot of a few real-time requests, or earlier rounds
-in the same directory) and its spread: see ``requests_to_reach``. Before anything is measured, the
-task's prior (half of ``batch_size``, as ``run`` assumes before its first answer) with a ``MARGIN``.
-Requests are split into ``num_batches`` files, more if a file would pass the Batch API's limits.
+in the same directory) and its spread: see ``requests_to_reach``. When ``batch run`` may finish a
+small shortfall with real-time requests (seconds, not another day), the round only needs to come
+within that allowance, and is sized for the least expected waste: see ``round_size``. Before
+anything is measured, the task's prior (half of ``batch_size``, as ``run`` assumes before its first
+answer) with a ``MARGIN``. Requests are split into ``num_batches`` files, more if a file would
+pass the Batch API's limits.
 """
 
 from __future__ import annotations
@@ -127,6 +130,41 @@ def requests_to_reach(deficit: int, estimate: YieldEstimate, probability: float 
     return high
 
 
+# A round of `batch run` that ends short by at most this share of the target is finished with
+# real-time requests (seconds, at real-time prices: one batch request's price more per request)
+# instead of another round of up to a day (--real-time-finish).
+FINISH_SHARE = 0.1
+
+
+def round_size(deficit: int, estimate: YieldEstimate, finish_allowance: int = 0,
+               probability: float = ONE_ROUND_PROBABILITY) -> int:
+    """Requests of a round for ``deficit`` scenarios when a shortfall of up to ``finish_allowance``
+    scenarios is finished in real time: enough to come within the allowance with ``probability``,
+    and at least the median's (``deficit / mean``). Beyond that, a request more is a surplus
+    request's price saved only when the round falls short, which the finish pays one batch
+    request's price more for: a pair short costs what a pair over does, so the least expected
+    waste (``expected_waste``) is at the median. With no allowance: ``requests_to_reach``. Pure."""
+    if deficit <= 0:
+        return 0
+    within = requests_to_reach(deficit - finish_allowance, estimate, probability) if deficit > finish_allowance else 0
+    return max(within, requests_to_reach(deficit, estimate, 0.5))
+
+
+def expected_waste(requests: int, deficit: int, estimate: YieldEstimate) -> float:
+    """What a round of ``requests`` is expected to waste for ``deficit``, in batch requests: its
+    surplus (pairs paid for beyond the deficit) and its shortfall (pairs asked again, in real time
+    at one batch request's price more per request, or in another round). The sum of the round's
+    yields as in ``requests_to_reach``: normal, its variance the requests' and the mean's. Pure."""
+    mean = max(estimate.mean, 0.01)
+    over = requests * mean - deficit  # pairs, expected
+    sd = estimate.spread * math.sqrt(requests + requests * requests / max(estimate.requests, 1))
+    if sd <= 0:
+        return abs(over) / mean
+    z = over / sd
+    normal = NormalDist()
+    return (2 * sd * normal.pdf(z) + over * (2 * normal.cdf(z) - 1)) / mean  # E|X| for X ~ N(over, sd^2)
+
+
 # A round's candidates repeat one another more the more of them there are (a model, like the
 # simulator's lexicon, has favourite pairs): of a round of C candidates, about
 # DUPLICATES_AT_1000 x sqrt(C / 1000) repeat. A pilot's few dozen candidates cannot measure it; this
@@ -163,7 +201,7 @@ def t_quantile(probability: float, degrees_of_freedom: int) -> float:
             + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3))
 
 
-def pilot_size(deficit: int, prior: float, batch_size: int) -> int:
+def pilot_size(deficit: int, prior: float, batch_size: int, finish_allowance: int = 0) -> int:
     """The first wave of real-time requests that measure the yield before a first round is sized:
     0 when the deficit is too small to be worth it. Half of ``best_pilot`` at the prior yield and
     ``PRIOR_SPREAD`` (the prior is a guess: the later waves are sized by what this one measures),
@@ -173,17 +211,17 @@ def pilot_size(deficit: int, prior: float, batch_size: int) -> int:
     if room < PILOT_MIN or round_requests < PILOT_MIN_ROUND:
         return 0
     assumed = YieldEstimate(prior, PRIOR_SPREAD * prior, PILOT_MIN)
-    return min(max(PILOT_MIN, math.ceil(best_pilot(deficit, assumed, 0, room) / 2)), room)
+    return min(max(PILOT_MIN, math.ceil(best_pilot(deficit, assumed, 0, room, finish_allowance) / 2)), room)
 
 
-def best_pilot(deficit: int, estimate: YieldEstimate, pairs_asked: int, most: int = PILOT_MAX) -> int:
+def best_pilot(deficit: int, estimate: YieldEstimate, pairs_asked: int, most: int = PILOT_MAX,
+               finish_allowance: int = 0) -> int:
     """How many pilot requests in all (at least the ``estimate.requests`` measured, at most
-    ``most``) make the least of what they and the round's margin cost, in batch requests: each
-    pilot request ``PILOT_PREMIUM``; the margin, the round's requests (``requests_to_reach`` at
-    the round's scale, as if the mean and spread measured so far had been measured on k requests)
-    beyond the deficit over the mean. The margin shrinks about as ``z x spread x R / sqrt(k)``
-    for a round of R requests, the premium grows as k: their sum is least near
-    ``k = (z x spread x R / (2 x mean))^(2/3)``. Pure."""
+    ``most``) make the least of what they and the round's waste cost, in batch requests: each
+    pilot request ``PILOT_PREMIUM``; the waste, ``expected_waste`` of the round ``round_size``
+    gives at the round's scale, as if the mean and spread measured so far had been measured on k
+    requests. The waste shrinks about as ``spread x R / sqrt(k)`` for a round of R requests, the
+    premium grows as k: their sum is least near ``k = (z x spread x R / (2 x mean))^(2/3)``. Pure."""
     done = max(estimate.requests, 1)
     most = max(min(most, PILOT_MAX), done)
     if deficit <= 0 or estimate.mean <= 0:
@@ -192,22 +230,23 @@ def best_pilot(deficit: int, estimate: YieldEstimate, pairs_asked: int, most: in
     def cost(k: int) -> float:
         measured = YieldEstimate(estimate.mean, estimate.spread, k)
         scaled = at_round_scale(measured, deficit, pairs_asked) if pairs_asked else measured
-        return PILOT_PREMIUM * k + requests_to_reach(deficit, scaled) - deficit / scaled.mean
+        return PILOT_PREMIUM * k + expected_waste(round_size(deficit, scaled, finish_allowance), deficit, scaled)
 
     return min(range(done, most + 1), key=lambda k: (cost(k), k))
 
 
-def pilot_wave(deficit: int, yields: Sequence[int], batch_size: int, prior: float) -> int:
+def pilot_wave(deficit: int, yields: Sequence[int], batch_size: int, prior: float, finish_allowance: int = 0) -> int:
     """How many real-time requests the pilot's next wave sends, given the ``yields`` its earlier
     waves measured (valid new pairs per request) and the ``deficit`` left after their pairs: the
     first wave ``pilot_size``; a later one as many as ``best_pilot`` adds; 0: the pilot is over.
     Never more pairs than the deficit asks. Pure."""
     room = deficit // max(batch_size, 1)
     if not yields:
-        return pilot_size(deficit, prior, batch_size)
+        return pilot_size(deficit, prior, batch_size, finish_allowance)
     if len(yields) < 2 or deficit <= 0:
         return 0
-    return min(best_pilot(deficit, YieldEstimate.of(yields, batch_size), batch_size, len(yields) + room) - len(yields), room)
+    estimate = YieldEstimate.of(yields, batch_size)
+    return min(best_pilot(deficit, estimate, batch_size, len(yields) + room, finish_allowance) - len(yields), room)
 
 
 def request_cost_bound(task: Task, price: Price | None, avoid_chars: int = AVOID_CHARS) -> float | None:

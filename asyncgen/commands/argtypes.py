@@ -33,6 +33,7 @@ positive_int = _bounded(int, "a whole number >= 1", lambda v: v >= 1)
 non_negative_int = _bounded(int, "a whole number >= 0", lambda v: v >= 0)
 positive_float = _bounded(float, "a number > 0", lambda v: v > 0)
 non_negative_float = _bounded(float, "a number >= 0", lambda v: v >= 0)
+share = _bounded(float, "a share from 0 to 1", lambda v: 0 <= v <= 1)
 
 
 def base_url(text: str) -> str:

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import shutil
 import signal
@@ -33,7 +34,7 @@ from asyncgen.batch.endpoint import open_batch_api as _api  # the batch director
 from asyncgen.batch.ledger import line_digest, parse
 from asyncgen.batch.manifest import ACCOUNTING, LOCK, Entry, Manifest, check_setup, leftovers, writer
 from asyncgen.commands._shared import add_avoid_chars_flag, add_tokenizer_flags
-from asyncgen.commands.argtypes import base_url, non_negative_float, non_negative_int, positive_float, positive_int
+from asyncgen.commands.argtypes import base_url, non_negative_float, non_negative_int, positive_float, positive_int, share
 from asyncgen.commands.run import _endpoint
 from asyncgen.errors import RunError, UsageError
 from asyncgen.eventloop import run_event_loop
@@ -48,6 +49,7 @@ from asyncgen.validate import load_task_and_tokenizers
 
 log = logging.getLogger("asyncgen.batch")
 SHOWN_ERRORS = 10
+FINISH_WAVE_MAX = 256  # real-time requests in one wave of a finish (more waves follow while each adds pairs)
 
 
 # --- flags ------------------------------------------------------------------------------------
@@ -135,6 +137,12 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
                      "the yield before the first round is sized (default: a first wave chosen by the round's size, "
                      "then more while each saves more of the round's margin than its real-time premium costs; "
                      "see docs/batch-cost.md; 0: none, the round is sized by the prior yield)")
+    run.add_argument("--real-time-finish", type=share, default=plan.FINISH_SHARE, metavar="SHARE", help="when a round "
+                     "ends short by at most this share of --num-scenarios, ask the rest in real time (seconds, at "
+                     "real-time prices) instead of in another round of up to 24 h; rounds are sized for it, to "
+                     "come within it 9 times in 10 at the least expected waste (default: "
+                     f"{plan.FINISH_SHARE:g}; 0: never, each round is sized to reach the target by itself 9 "
+                     "times in 10; see docs/batch-cost.md)")
     _plan_flags(run)
     _dataset_flags(run)
     _validator_flags(run)
@@ -281,12 +289,14 @@ def _dataset(output: str, task) -> tuple[int, list[str]]:
 # --- planning a round -------------------------------------------------------------------------
 
 
-def _plan_and_write(args, setup: Setup, manifest: Manifest, deficit: int, avoid: list[str]) -> plan.Plan:
+def _plan_and_write(args, setup: Setup, manifest: Manifest, deficit: int, avoid: list[str],
+                    finish_allowance: int = 0) -> plan.Plan:
     """Write a round's request files for ``deficit`` scenarios: unfinished requests of expired or
-    cancelled batches first, then new ones, within --max-cost. A plan of 0 requests writes nothing."""
+    cancelled batches first, then new ones, within --max-cost. A plan of 0 requests writes nothing.
+    ``finish_allowance``: the shortfall ``batch run`` will finish in real time (``plan.round_size``)."""
     directory = setup.directory
     estimate, _ = yield_estimate(setup, manifest, deficit)
-    needed = (plan.requests_to_reach(deficit, estimate) if estimate
+    needed = (plan.round_size(deficit, estimate, finish_allowance) if estimate
               else plan.requests_needed(deficit, plan.prior_yield(setup.task)))
     budget_left = None
     if args.max_cost is not None:
@@ -325,6 +335,15 @@ def _plan_and_write(args, setup: Setup, manifest: Manifest, deficit: int, avoid:
 
 def _pilots(manifest: Manifest) -> list[Entry]:
     return [e for e in manifest.entries if e.source == "pilot"]
+
+
+def _finishes(manifest: Manifest, round_number: int | None = None) -> list[Entry]:
+    return [e for e in manifest.entries if e.source == "finish" and round_number in (None, e.round)]
+
+
+def finish_allowance(args, manifest: Manifest) -> int:
+    """The shortfall (scenarios) ``batch run`` finishes in real time: --real-time-finish of the target."""
+    return int(getattr(args, "real_time_finish", 0.0) * manifest.target)
 
 
 def yield_estimate(setup: Setup, manifest: Manifest, deficit: int = 0) -> tuple[plan.YieldEstimate | None, str]:
@@ -760,6 +779,7 @@ class Display:
 
         self.setup, self.manifest, self.started = setup, manifest, started
         self.count, self.validating = 0, None
+        self.activity: str | None = None  # what is under way besides the batches (a finish in real time)
         self.line = LiveLine(self.render, logger=log)
         self._logged = (0.0, "")
 
@@ -773,7 +793,8 @@ class Display:
     def render(self, width: int | None) -> str:
         from asyncgen.progress import fit_fields
 
-        fields = batch_progress_fields(self.setup, self.manifest, self.count, time.monotonic() - self.started, self.validating)
+        fields = batch_progress_fields(self.setup, self.manifest, self.count, time.monotonic() - self.started,
+                                       self.validating, self.activity)
         return fit_fields(fields, width) if width else " | ".join(text for _, text in fields)
 
     def show(self, count: int | None = None) -> None:
@@ -903,8 +924,8 @@ def cmd_process(args) -> int:
 
 
 def run_cost(setup: Setup, manifest: Manifest, mode: str | None = None) -> tuple[float | None, float | None, bool]:
-    """What the directory's requests cost so far: USD at batch prices (a pilot's at real-time
-    prices), USD at real-time prices, and whether it is simulated (the offline simulator's usage;
+    """What the directory's requests cost so far: USD at batch prices (the pilot's and a finish's
+    at real-time prices), USD at real-time prices, and whether it is simulated (the offline simulator's usage;
     ``mode``: where requests go before the first submit records it, ``directory_endpoint``).
     The one source of the summary's cost line and of the Python API's ``BatchResult``."""
     at_batch, at_real = manifest.cost(setup.costs)
@@ -930,12 +951,13 @@ def summary_text(setup: Setup, manifest: Manifest, count: int, report=None, *, t
         lines.append("  rejections      " + ", ".join(f"{k}: {n}" for k, n in top))
     if t.get("answer_failures"):
         lines.append("  bad answers     " + ", ".join(f"{k}: {n}" for k, n in sorted(t["answer_failures"].items())))
-    pilots = _pilots(manifest)
-    if pilots:
-        cost = setup.costs(sum(p.usage.get("input", 0) for p in pilots), sum(p.usage.get("output", 0) for p in pilots))[1]
-        waves = f" in {len(pilots)} waves" if len(pilots) > 1 else ""
-        lines.append(f"  pilot           {sum(p.requests for p in pilots)} real-time requests{waves} measured the yield "
-                     f"first ({_money(cost)}, in the cost below)")
+    for label, entries, did in (("pilot", _pilots(manifest), "measured the yield first"),
+                                ("finish", _finishes(manifest), "filled the last round's shortfall")):
+        if entries:
+            cost = setup.costs(sum(e.usage.get("input", 0) for e in entries), sum(e.usage.get("output", 0) for e in entries))[1]
+            waves = f" in {len(entries)} waves" if len(entries) > 1 else ""
+            lines.append(f"  {label:<15} {sum(e.requests for e in entries)} real-time requests{waves} {did} "
+                         f"({_money(cost)}, in the cost below)")
     if t.get("foreign") or t.get("repeated"):
         lines.append(f"  left out        {t.get('foreign', 0)} results of requests {setup.directory} did not make, "
                      f"{t.get('repeated', 0)} of requests counted before")
@@ -946,7 +968,7 @@ def summary_text(setup: Setup, manifest: Manifest, count: int, report=None, *, t
                  "(none repeats the dataset or another)")
     at_batch, at_real, simulated = run_cost(setup, manifest, mode)
     saved = f", {1 - at_batch / at_real:.0%} saved" if at_batch is not None and at_real else ""
-    pilot = " (the pilot's at real-time prices)" if _pilots(manifest) else ""
+    pilot = " (real-time requests at real-time prices)" if any(e.real_time for e in manifest.entries) else ""
     lines.append(f"  cost            {_money(at_batch)} at batch prices{pilot}; real time would have cost {_money(at_real)}{saved}"
                  + (" (simulated: the offline simulator's usage at real prices)" if simulated else ""))
     if wall_s is not None:
@@ -976,16 +998,12 @@ async def _pilot(args, setup: Setup, manifest: Manifest, api, sink, validator, a
         if args.pilot_requests is not None:
             count = min(args.pilot_requests, max(1, deficit // max(asked, 1)))
         else:
-            count = plan.pilot_wave(deficit, yields, asked, plan.prior_yield(setup.task))
-        if args.max_cost is not None:  # the pilot's worst case, at real-time prices, within the budget too
-            from asyncgen.prompting import request_cost_bound
-
-            budget_left = args.max_cost - (manifest.committed_worst_cost(setup.costs) or 0.0)
-            count, _ = plan.affordable(count, request_cost_bound(setup.task, setup.price, args.avoid_chars), budget_left)
+            count = plan.pilot_wave(deficit, yields, asked, plan.prior_yield(setup.task), finish_allowance(args, manifest))
+        count = _real_time_affordable(args, setup, manifest, count)
         if count <= 0:
             break
-        yields += await _pilot_wave(args, setup, manifest, api, sink, validator, annotations, settings, count,
-                                    wave + 1, yields)
+        yields += await _real_time_wave(args, setup, manifest, api, sink, validator, annotations, settings, count,
+                                        "pilot", wave + 1, yields)
     if not yields:
         return
     estimate, _ = yield_estimate(setup, manifest)  # as measured: no round's duplicates
@@ -995,20 +1013,61 @@ async def _pilot(args, setup: Setup, manifest: Manifest, api, sink, validator, a
              "" if estimate else " (too few answers to size by: the prior is used)", _money(at_real if setup.price else None))
 
 
-async def _pilot_wave(args, setup: Setup, manifest: Manifest, api, sink, validator, annotations, settings,
-                      count: int, wave: int, measured: list[int]) -> list[int]:
-    """One wave of the pilot: ``count`` real-time requests, their pairs accepted; the yields measured
-    so far (``measured`` and this wave's) saved in the manifest; returns this wave's."""
+async def _finish(args, setup: Setup, manifest: Manifest, api, sink, validator, annotations, display: "Display") -> None:
+    """After round R ended short by at most ``finish_allowance``: the rest in real time, through
+    ``run``'s stages as the pilot (seconds, at real-time prices), not another round of up to a day.
+    Waves sized by the yield the rounds measured (``ceil(deficit / mean)``: the median's, whatever
+    a wave adds beyond the target becomes spares); it stops when the target is reached, when a wave
+    adds nothing (another round takes over), or when --max-cost allows no more. Killed and run
+    again, it goes on: its entries are recorded before they are sent, as the pilot's."""
+    settings = GenerationSettings(setup.model, response_format_for(setup.model, args.response_format), args.temperature, args.seed)
+    while (deficit := manifest.target - sink.count - manifest.spares) > 0:
+        mean = manifest.yield_per_request() or plan.prior_yield(setup.task)
+        count = _real_time_affordable(args, setup, manifest, min(math.ceil(deficit / max(mean, 0.1)), FINISH_WAVE_MAX))
+        if count <= 0:
+            return
+        display.activity = f"finishing in real time: {count} requests for {deficit} scenarios"
+        display.show(sink.count)
+        try:
+            added = await _real_time_wave(args, setup, manifest, api, sink, validator, annotations, settings, count,
+                                          "finish", len(_finishes(manifest, manifest.rounds)) + 1, [])
+        finally:
+            display.activity = None
+        if not sum(added):
+            log.warning("finish: %d real-time requests added no scenario; round %d goes on with another round",
+                        count, manifest.rounds)
+            return
+
+
+def _real_time_affordable(args, setup: Setup, manifest: Manifest, count: int) -> int:
+    """As many of ``count`` real-time requests as --max-cost allows, at their worst case at real-time prices."""
+    if args.max_cost is None:
+        return count
+    from asyncgen.prompting import request_cost_bound
+
+    budget_left = args.max_cost - (manifest.committed_worst_cost(setup.costs) or 0.0)
+    return plan.affordable(count, request_cost_bound(setup.task, setup.price, args.avoid_chars), budget_left)[0]
+
+
+async def _real_time_wave(args, setup: Setup, manifest: Manifest, api, sink, validator, annotations, settings,
+                          count: int, source: str, wave: int, measured: list[int]) -> list[int]:
+    """One wave of real-time requests, ``source`` "pilot" (before round 1) or "finish" (after the
+    last round): ``count`` requests, their pairs accepted; the pilot's yields measured so far
+    (``measured`` and this wave's) saved in the manifest; returns this wave's."""
     from asyncgen.batch.pilot import run_pilot
 
     _, avoid = _dataset(manifest.output, setup.task)
     numbers = range(manifest.next_request, manifest.next_request + count)
-    log.info("pilot, wave %d: %d real-time requests measure the yield before round 1 is sized (their pairs go into "
-             "the dataset)", wave, count)
-    # The entry first, its usage saved with every answer: killed at any moment, the pilot is not
+    if source == "pilot":
+        log.info("pilot, wave %d: %d real-time requests measure the yield before round 1 is sized (their pairs go into "
+                 "the dataset)", wave, count)
+    else:
+        log.info("finish, wave %d: %d real-time requests for the %d scenarios round %d left to go", wave, count,
+                 manifest.target - sink.count - manifest.spares, manifest.rounds)
+    # The entry first, its usage saved with every answer: killed at any moment, the wave is not
     # sent again and what it was paid is counted (the pairs of answers not yet accepted are lost).
-    entry = Entry(f"pilot-{manifest.next_request}", 0, count, source="pilot", state="submitted", status="completed",
-                  downloaded=True, processed=True)
+    entry = Entry(f"{source}-{manifest.next_request}", manifest.rounds, count, source=source, state="submitted",
+                  status="completed", downloaded=True, processed=True)
     manifest.next_request += count
     manifest.entries.append(entry)
     stats = RunStats(target=manifest.target, accepted=sink.count)
@@ -1023,16 +1082,17 @@ async def _pilot_wave(args, setup: Setup, manifest: Manifest, api, sink, validat
     result = await run_pilot(api.client, api.api_key, setup.task, settings, setup.price, numbers, avoid,
                              args.avoid_chars, trust_env=api.trust_env, sink=sink, validator=validator,
                              annotations=annotations, stats=stats)
-    manifest.totals["pilot_yields"] = measured + result.yields
+    if source == "pilot":
+        manifest.totals["pilot_yields"] = measured + result.yields
     if result.surplus:  # the target is reached: no wave follows
-        name = f"spares-pilot-{manifest.next_request}.jsonl"
+        name = f"spares-{source}-{manifest.next_request}.jsonl"
         atomic_write(setup.directory / name, b"".join(
             orjson.dumps({"prompt": v.prompt, "counterfactual": v.counterfactual}) + b"\n" for v in result.surplus))
         manifest.spares_file, manifest.spares = name, len(result.surplus)
     manifest.save(setup.directory)
     sink.sync(_run_state(setup, manifest, sink))
-    log.info("pilot, wave %d: %d answered, %d scenarios accepted, yields %s", wave, stats.requests_ok, result.accepted,
-             " ".join(map(str, result.yields)))
+    log.info("%s, wave %d: %d answered, %d scenarios accepted, yields %s", source, wave, stats.requests_ok,
+             result.accepted, " ".join(map(str, result.yields)))
     return result.yields
 
 
@@ -1126,16 +1186,21 @@ async def _run_async(args, setup: Setup, manifest: Manifest, started: float, out
                         raise RunError(f"{len(failed)} batch(es) of round {manifest.rounds} failed validation (errors above) "
                                        "and are not resubmitted as they are; fix the cause, then `asyncgen batch topup "
                                        f"--dir {directory}` and run again")
-                    await _pilot(args, setup, manifest, api, sink, validator, annotations)
+                    allowance = finish_allowance(args, manifest)
+                    if manifest.rounds and manifest.target - sink.count - manifest.spares <= allowance:
+                        await _finish(args, setup, manifest, api, sink, validator, annotations, display)
+                    else:
+                        await _pilot(args, setup, manifest, api, sink, validator, annotations)
                     if sink.count >= manifest.target:
                         return
                     _, avoid = _dataset(manifest.output, setup.task)
-                    made = _plan_and_write(args, setup, manifest, manifest.target - sink.count, avoid)
+                    made = _plan_and_write(args, setup, manifest, manifest.target - sink.count, avoid, allowance)
                     if not made.requests:
                         outcome.stop = "max_cost"
                         return
-                    log.info("round %d: %d requests for %d scenarios (worst case %s at batch prices)", manifest.rounds,
-                             made.requests, manifest.target - sink.count, _money(made.worst_cost_usd))
+                    log.info("round %d: %d requests for %d scenarios (worst case %s at batch prices)%s", manifest.rounds,
+                             made.requests, manifest.target - sink.count, _money(made.worst_cost_usd),
+                             f"; a shortfall of up to {allowance} is finished in real time" if allowance else "")
                 if manifest.unsubmitted():
                     await lifecycle.submit(directory, manifest, api, say=lambda text: log.info("%s", text))
                 display.show(sink.count)
@@ -1143,7 +1208,7 @@ async def _run_async(args, setup: Setup, manifest: Manifest, started: float, out
 
 
 def batch_progress_fields(setup: Setup, manifest: Manifest, count: int, elapsed: float,
-                          validating: tuple[int, int] | None = None) -> list[tuple[int, str]]:
+                          validating: tuple[int, int] | None = None, activity: str | None = None) -> list[tuple[int, str]]:
     """The fields of ``batch run``'s progress line, each with its priority (0 = always shown; higher
     numbers are dropped first when the terminal is narrow: see ``progress.fit_fields``). Pure."""
     width = 20
@@ -1154,6 +1219,8 @@ def batch_progress_fields(setup: Setup, manifest: Manifest, count: int, elapsed:
     at_batch, _ = manifest.cost(setup.costs)
     if validating is not None:
         doing = f"validating {validating[0]}/{validating[1]} pairs"
+    elif activity is not None:
+        doing = activity
     elif running:
         doing = f"round {manifest.rounds}: {len(running)} batch(es), {done}/{total} requests done"
     elif manifest.rounds == 0:
