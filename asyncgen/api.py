@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence
 from asyncgen.errors import RunError, UsageError
 from asyncgen.eventloop import RunControl, run_anywhere, run_event_loop
 from asyncgen.generation import GenerateOptions, GenerateResult, generate_async, prepare
+from asyncgen.stats import TargetedResult
 
 if TYPE_CHECKING:
     import datasets
@@ -246,7 +247,7 @@ def _command_args(module: str, argv: list[str], options: dict[str, Any], call: s
 
 
 @dataclass(frozen=True)
-class ScoreResult:
+class ScoreResult(TargetedResult):
     """What :func:`score` did.
 
     Attributes:
@@ -267,11 +268,6 @@ class ScoreResult:
     cost_usd: float | None = None
     cost_simulated: bool = False
     stop_reason: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        """Whether every scenario of the dataset is scored."""
-        return self.scenarios >= self.target
 
 
 def score(dataset: str | os.PathLike, model: str, *, form: Literal["single", "multi", "both"] = "both",
@@ -324,7 +320,7 @@ def score(dataset: str | os.PathLike, model: str, *, form: Literal["single", "mu
 
 
 @dataclass(frozen=True)
-class BatchResult:
+class BatchResult(TargetedResult):
     """What :func:`generate_batch` did.
 
     Attributes:
@@ -346,11 +342,6 @@ class BatchResult:
     cost_usd: float | None = None
     cost_simulated: bool = False
     stop_reason: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        """Whether the dataset holds the scenarios asked for."""
-        return self.scenarios >= self.target
 
 
 def generate_batch(task: str = "refusal", n: int = 100, output: str | os.PathLike = "dataset.jsonl", *,

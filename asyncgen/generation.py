@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from asyncgen.commands._shared import load_price_table, load_task_and_tokenizers
 from asyncgen.errors import UsageError
 from asyncgen.eventloop import LOOPBACK_HOSTS, RunControl
-from asyncgen.prices import cost_usd, price_for, run_price
+from asyncgen.prices import cost_usd, load_price_table, price_for, run_price
 from asyncgen.progress import print_summary, report_progress, stop_progress, summary
 from asyncgen.prompting import (
     AVOID_CHARS,
@@ -36,7 +35,8 @@ from asyncgen.prompting import (
     response_format_for,
     worst_case_prompt_tokens,
 )
-from asyncgen.stats import RunStats, count_of
+from asyncgen.stats import RunStats, TargetedResult, count_of
+from asyncgen.validate import load_task_and_tokenizers
 
 if TYPE_CHECKING:
     from asyncgen.config import Task
@@ -109,7 +109,7 @@ class GenerateOptions:
 
 
 @dataclass(frozen=True)
-class GenerateResult:
+class GenerateResult(TargetedResult):
     """What a generation run did.
 
     Attributes:
@@ -150,11 +150,6 @@ class GenerateResult:
     stop_reason: str | None = None
     resume_command: str = ""
     summary: str = ""
-
-    @property
-    def finished(self) -> bool:
-        """Whether the dataset holds the scenarios asked for."""
-        return self.scenarios >= self.target
 
     def __str__(self) -> str:
         return self.summary

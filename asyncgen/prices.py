@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from asyncgen.config import read_yaml
-from asyncgen.errors import ConfigError
+from asyncgen.config import default_config_dir, read_yaml, resolve_config_dir
+from asyncgen.errors import ConfigError, UsageError
 
 _SNAPSHOT_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 FIELDS = ("input", "cached_input", "output", "batch_input", "batch_output")
@@ -89,3 +89,14 @@ def at_batch_rates(price: Price | None) -> Price | None:
         return None
     return Price(input=price.batch_input, cached_input=price.batch_input, output=price.batch_output,
                  batch_input=price.batch_input, batch_output=price.batch_output)
+
+
+def load_price_table(config_dir: str | None, prices_flag: str | None) -> tuple[PriceTable, Path]:
+    """The price table: --prices, else <config-dir>/prices.yaml, else the shipped one."""
+    folder = resolve_config_dir(config_dir)
+    path = Path(prices_flag) if prices_flag else (
+        folder / "prices.yaml" if (folder / "prices.yaml").is_file() else default_config_dir() / "prices.yaml"
+    )
+    if prices_flag and not path.is_file():
+        raise UsageError(f"--prices {path}: no such file")
+    return load_prices(path), path

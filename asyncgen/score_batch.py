@@ -22,18 +22,20 @@ import orjson
 
 from asyncgen.batch.ledger import RETRIED_ERRORS
 from asyncgen.errors import ApiError, InputFileError, UsageError
+from asyncgen.jsonl import read_jsonl
 from asyncgen.prices import Price, batch_cost_usd
 from asyncgen.prompting import PROMPT_ESTIMATE_MARGIN, estimate_prompt_tokens
 from asyncgen.scenario import Scenario
 from asyncgen.scores import ScoresFile, texts_hash
 from asyncgen.scoring import (
-    ScoreCounts, ScoreSettings, Scorer, output_tokens, request_body, requests_of, scenario_record,
+    ScoreCounts, ScoreSettings, Scorer, output_tokens, request_body, requests_of, scenario_record, score_summary,
 )
 from asyncgen.sink import atomic_write
 from asyncgen.stats import RunStats
 
 log = logging.getLogger("asyncgen.score")
 ENDPOINTS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+BATCH_OUTPUT_LINE = "a batch output line of `asyncgen score --write-requests` (a custom_id score:ID:FORM:SIDE:VIA:HASH)"
 
 
 def custom_id(scenario_id: int, form: str, side: str, via: str, scenario: Scenario, job: str | None = None) -> str:
@@ -98,8 +100,6 @@ def read_results(args, scenarios: list[Scenario], settings: ScoreSettings, score
                  counts: ScoreCounts, price) -> int:
     """``--results FILE``: read batch output lines into the scores file; every scenario whose requests
     all answered is scored."""
-    from asyncgen.commands.score_run import score_summary
-
     path = Path(args.results)
     accept_results([(f"--results {path}", path)], scenarios, settings, scores, stats, counts, price)
     print(score_summary(stats, counts, path=str(scores.path), stop_reason="incomplete", resume_command=None),
@@ -123,64 +123,57 @@ def accept_results(sources: list[tuple[str, Path]], scenarios: list[Scenario], s
     failed: set[int] = set()
     wanted = len(settings.forms) * 2
     for name, path in sources:
-        try:
-            handle = open(path, "rb")
-        except OSError as exc:
-            raise InputFileError(f"{name}: cannot read it ({exc.strerror})") from exc
-        with handle:
-            for number, raw in enumerate(handle, start=1):
-                if not raw.strip():
-                    continue
-                where = f"{name}:{number}"
-                scenario_id, form, side, via, line = _parse(raw, where, scenarios, settings, job)
-                error = line.get("error")
-                if isinstance(error, dict) and error.get("code") in RETRIED_ERRORS:
-                    failed.add(scenario_id)  # a request its batch never ran (expired, cancelled): asked again
-                    continue
-                stats.requests_sent += 1
-                if scenario_id in scores.scored:
-                    continue  # scored by an earlier read: nothing is scored twice
-                response = line.get("response") or {}
-                if line.get("error") or response.get("status_code") != 200:
-                    stats.requests_given_up += 1
-                    stats.last_error = orjson.dumps(line.get("error") or response.get("body"))[:200].decode(errors="replace")
-                    failed.add(scenario_id)
-                    continue
-                body = response.get("body")
-                model = body.get("model") if isinstance(body, dict) else None
-                if model is not None and model != settings.model and not str(model).startswith(settings.model):
-                    raise InputFileError(f"{where}: answered by model {model!r}, not --model {settings.model!r}; "
-                                         "read it with the --model that made it")
-                try:
-                    result = scorer.read(orjson.dumps(body), form, via)
-                except ApiError as exc:
-                    raise InputFileError(f"{where}: {exc}") from exc
-                if result is None:  # a bad answer (counted): its scenario stays unscored
-                    failed.add(scenario_id)
-                    continue
-                sides = parts.setdefault(scenario_id, {})
-                if (form, side) in sides:
-                    raise InputFileError(f"{where}: a second answer to scenario {scenario_id}'s {form} {side} request; "
-                                         "the file joins two batches' output: read each once")
-                sides[form, side] = result
-                if len(sides) == wanted and scenario_id not in failed:
-                    scores.append(scenario_record(scenario_id, scenarios[scenario_id], parts.pop(scenario_id),
-                                                  settings.forms, counts))
-                    stats.accepted += 1
-                    stats.accepted_this_run += 1
+        for number, line in read_jsonl(path, name, BATCH_OUTPUT_LINE):
+            where = f"{name}:{number}"
+            scenario_id, form, side, via = _parse(line, where, scenarios, settings, job)
+            error = line.get("error")
+            if isinstance(error, dict) and error.get("code") in RETRIED_ERRORS:
+                failed.add(scenario_id)  # a request its batch never ran (expired, cancelled): asked again
+                continue
+            stats.requests_sent += 1
+            if scenario_id in scores.scored:
+                continue  # scored by an earlier read: nothing is scored twice
+            response = line.get("response") or {}
+            if line.get("error") or response.get("status_code") != 200:
+                stats.requests_given_up += 1
+                stats.last_error = orjson.dumps(line.get("error") or response.get("body"))[:200].decode(errors="replace")
+                failed.add(scenario_id)
+                continue
+            body = response.get("body")
+            model = body.get("model") if isinstance(body, dict) else None
+            if model is not None and model != settings.model and not str(model).startswith(settings.model):
+                raise InputFileError(f"{where}: answered by model {model!r}, not --model {settings.model!r}; "
+                                     "read it with the --model that made it")
+            try:
+                result = scorer.read(orjson.dumps(body), form, via)
+            except ApiError as exc:
+                raise InputFileError(f"{where}: {exc}") from exc
+            if result is None:  # a bad answer (counted): its scenario stays unscored
+                failed.add(scenario_id)
+                continue
+            sides = parts.setdefault(scenario_id, {})
+            if (form, side) in sides:
+                raise InputFileError(f"{where}: a second answer to scenario {scenario_id}'s {form} {side} request; "
+                                     "the file joins two batches' output: read each once")
+            sides[form, side] = result
+            if len(sides) == wanted and scenario_id not in failed:
+                scores.append(scenario_record(scenario_id, scenarios[scenario_id], parts.pop(scenario_id),
+                                              settings.forms, counts))
+                stats.accepted += 1
+                stats.accepted_this_run += 1
     counts.scenarios_given_up = len(failed - scores.scored)
 
 
-def _parse(raw: bytes, where: str, scenarios: list[Scenario], settings: ScoreSettings, job: str | None):
+def _parse(line, where: str, scenarios: list[Scenario], settings: ScoreSettings, job: str | None):
+    """(scenario id, form, side, via) of a batch output line (decoded), refused unless it is one
+    of this scoring's requests (of ``job``, with ``--batch``)."""
     try:
-        line = orjson.loads(raw)
         kind, sid, form, side, via, digest, *made_by = str(line["custom_id"]).split(":")
         scenario_id = int(sid)
         if len(made_by) > 1:
             raise ValueError(made_by)
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        raise InputFileError(f"{where}: not a batch output line of `asyncgen score --write-requests` "
-                             "(a custom_id score:ID:FORM:SIDE:VIA:HASH)") from None
+    except (KeyError, TypeError, ValueError):
+        raise InputFileError(f"{where}: not {BATCH_OUTPUT_LINE}") from None
     if job is not None and made_by != [job]:
         raise InputFileError(f"{where}: custom_id {line['custom_id']!r} is a request of "
                              f"{'scoring job ' + made_by[0] if made_by else '--write-requests'}, not of this scoring "
@@ -191,4 +184,4 @@ def _parse(raw: bytes, where: str, scenarios: list[Scenario], settings: ScoreSet
     if not 0 <= scenario_id < len(scenarios) or texts_hash(scenarios[scenario_id]) != digest:
         raise InputFileError(f"{where}: scenario {scenario_id}'s texts are not this dataset's; the results belong "
                              "to another dataset")
-    return scenario_id, form, side, via, line
+    return scenario_id, form, side, via

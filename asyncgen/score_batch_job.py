@@ -41,6 +41,7 @@ from pathlib import Path
 
 from asyncgen import locks
 from asyncgen.batch import lifecycle
+from asyncgen.batch.endpoint import POLL_SECONDS, open_batch_api
 from asyncgen.batch.manifest import LOCK, MANIFEST, Entry, Manifest, leftovers
 from asyncgen.errors import RunError, UsageError
 from asyncgen.prices import Price, at_batch_rates, batch_cost_usd, cost_usd
@@ -48,7 +49,7 @@ from asyncgen.progress import LiveLine, _duration, _money, fit_fields, fit_summa
 from asyncgen.scenario import Scenario
 from asyncgen.score_batch import ENDPOINTS, accept_results, batch_requests, worst_cost_usd
 from asyncgen.scores import ScoresFile, scores_path
-from asyncgen.scoring import ScoreCounts, ScoreSettings, request_body
+from asyncgen.scoring import ScoreCounts, ScoreSettings, request_body, score_summary
 from asyncgen.sink import atomic_write
 from asyncgen.stats import RunStats
 
@@ -127,7 +128,6 @@ def run(job: Job) -> int:
 
 def cancel(args) -> int:
     """``score --batch --cancel``: cancel the job's batches that have not ended."""
-    from asyncgen.commands.batch import _api
     from asyncgen.eventloop import run_event_loop
 
     directory = job_dir(args.dataset, args.model)
@@ -137,7 +137,7 @@ def cancel(args) -> int:
         manifest = Manifest.load(directory)
 
         async def go() -> list[Entry]:
-            async with _api(args, directory, manifest) as (api, _):
+            async with open_batch_api(args, directory, manifest) as (api, _):
                 for entry in manifest.unsubmitted():  # a run killed as it created the batch: find it first
                     if entry.state == "submitting" and entry.token:
                         found = await api.find(entry.token, entry.intent_at or 0)
@@ -235,12 +235,10 @@ def _round(manifest: Manifest) -> list[Entry]:
 
 
 async def _run_async(job: Job, directory: Path, manifest: Manifest, scores: ScoresFile, outcome: Outcome) -> None:
-    from asyncgen.commands.batch import POLL_SECONDS, _api, _stop_from_any_thread
-
     started = time.monotonic()
     if getattr(job.args, "control", None) is not None:  # the Python API's stop and result (asyncgen.score)
-        job.args.control.attach(_stop_from_any_thread(asyncio.current_task()), outcome.stats, on_loop=False)
-    async with _api(job.args, directory, manifest) as (api, mode):
+        job.args.control.attach(asyncio.current_task().cancel, outcome.stats)  # on this loop, from any thread
+    async with open_batch_api(job.args, directory, manifest) as (api, mode):
         with LiveLine(lambda width: _progress(job, manifest, scores, width, time.monotonic() - started),
                       logger=log) as line:
             while True:
@@ -399,8 +397,6 @@ def _command(args, drop: tuple[str, ...] = (), add: tuple[str, ...] = ()) -> str
 
 
 def _report(job: Job, directory: Path, manifest: Manifest, path: Path, outcome: Outcome) -> int:
-    from asyncgen.commands.score_run import score_summary
-
     stats, args = outcome.stats, job.args
     stop = outcome.stop if stats.accepted < stats.target else None
     stats.cost_usd = stats.cost_usd if job.price is not None else None

@@ -33,6 +33,7 @@ from asyncgen.behavior import (
 from asyncgen.config import Behavior
 from asyncgen.errors import ApiError, redact
 from asyncgen.prices import Price, cost_usd
+from asyncgen.progress import _money, _requests, run_status
 from asyncgen.prompting import PROMPT_ESTIMATE_MARGIN, estimate_prompt_tokens, output_cap_field
 from asyncgen.scenario import Scenario
 from asyncgen.scores import ScoresFile, texts_hash
@@ -71,6 +72,39 @@ class ScoreCounts:
     scenarios_given_up: int = 0  # a request of theirs was given up: left unscored
     judged: int = 0  # free answers the judge gave a verdict on
     judge_unknown: int = 0  # free answers whose judge's verdict was unparsable
+
+
+def score_summary(stats: RunStats, counts: ScoreCounts, *, path: str, stop_reason: str | None,
+                  resume_command: str | None) -> str:
+    """The closing summary: scenarios scored, what they say, every request accounted for."""
+    status = run_status(stats, stop_reason)
+    lines = [f"asyncgen score {status}: {stats.accepted}/{stats.target} scenarios scored in {path} "
+             f"({stats.accepted_this_run} this run)"]
+    if counts.flips:
+        lines.append("  this run        " + ", ".join(f"{kind}: {n}" for kind, n in sorted(counts.flips.items())))
+    if counts.bounds or counts.unknown:
+        lines.append(f"  answers         {counts.bounds} outside the top-k (a bound recorded), "
+                     f"{counts.unknown} spelled otherwise (unknown)")
+    if counts.judged or counts.judge_unknown:
+        lines.append(f"  judge           {counts.judged} verdicts, {counts.judge_unknown} unparsable (unknown)")
+    if counts.scenarios_given_up:
+        lines.append(f"  left unscored   {counts.scenarios_given_up} scenarios whose request was given up "
+                     "(the next run asks again)")
+    if stats.answer_failures:
+        lines.append("  bad answers     " + ", ".join(f"{kind}: {n}" for kind, n in sorted(stats.answer_failures.items()))
+                     + " (asked again)")
+    lines.append("  requests        " + _requests(stats))
+    if stats.last_error and (stats.requests_given_up or stats.requests_failed or not stats.requests_ok):
+        lines.append(f"  last error      {stats.last_error}")
+    lines += [
+        f"  tokens          {stats.prompt_tokens} prompt, {stats.completion_tokens} completion",
+        f"  cost            {_money(stats.cost_usd)} this run"
+        + (" (simulated: the offline simulator's usage at real prices)" if stats.cost_simulated else ""),
+        f"  wall time       {stats.elapsed:.1f} s",
+    ]
+    if stats.accepted < stats.target and resume_command:
+        lines.append(f"  resume with     {resume_command}")
+    return "\n".join(lines)
 
 
 def requests_of(scenario: Scenario, forms: tuple[str, ...]) -> list[tuple[str, str, str]]:

@@ -8,6 +8,22 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 
+
+class TargetedResult:
+    """What the Python API's results share (``GenerateResult``, ``BatchResult``, ``ScoreResult``):
+    ``scenarios`` held, or scored, of the ``target`` asked for. A base of frozen dataclasses that
+    have both fields."""
+
+    scenarios: int
+    target: int
+
+    @property
+    def finished(self) -> bool:
+        """Whether ``scenarios`` reached ``target``: the dataset holds the scenarios asked for (for
+        ``ScoreResult``: every scenario of the dataset is scored)."""
+        return self.scenarios >= self.target
+
+
 @dataclass
 class RunStats:
     target: int

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 from asyncgen.answers import TaskTokens, task_tokens
-from asyncgen.config import FORMS, Task
+from asyncgen.config import FORMS, Task, load_task
 from asyncgen.errors import ConfigError
 from asyncgen.scenario import Scenario
-from asyncgen.tokenizers import Tokenizer, TokenizerSpec, load_all
+from asyncgen.tokenizers import Tokenizer, TokenizerSpec, load_all, resolve_specs
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +191,17 @@ def check_task(task: Task, tokenizers: Sequence[Tokenizer]) -> dict[str, TaskTok
                 f"is not a valid pair{where}: {reason}; fix or remove it, the model copies its examples"
             )
     return answers
+
+
+def load_task_and_tokenizers(
+    task_name: str, config_dir: str | None, tokenizer_flags: list[str], cache_dir: str | None
+) -> tuple[Task, list[TokenizerSpec], list[Tokenizer]]:
+    """The task, its tokenizer set, the loaded tokenizers; rejects answers that are not one token."""
+    task = load_task(task_name, config_dir)
+    specs = resolve_specs(task.tokenizers, tokenizer_flags)
+    tokenizers = load_all(specs, cache_dir)
+    check_task(task, tokenizers)
+    return task, specs, tokenizers
 
 
 # --- Inline and process-pool execution -------------------------------------------------------

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import openai  # noqa: E402
 import orjson  # noqa: E402
 
-from asyncgen.commands._shared import load_task_and_tokenizers  # noqa: E402
+from asyncgen.validate import load_task_and_tokenizers  # noqa: E402
 from asyncgen.pipeline import AVOID_POOL  # noqa: E402
 from asyncgen.prompting import AVOID_CHARS, avoid_list  # noqa: E402
 from asyncgen.prompting import build_messages, max_output_tokens, parse_answer, response_format_for  # noqa: E402

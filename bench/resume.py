@@ -46,7 +46,7 @@ from asyncgen.annotations import (  # noqa: E402
     sidecar_path,
     task_answers,
 )
-from asyncgen.commands._shared import load_task_and_tokenizers  # noqa: E402
+from asyncgen.validate import load_task_and_tokenizers  # noqa: E402
 from asyncgen.scenario import Scenario  # noqa: E402
 from asyncgen.sink import DurabilityPolicy, ScenarioSink, atomic_write, default_checkpoint_path, fingerprint_of  # noqa: E402
 
@@ -129,7 +129,7 @@ OPENS = """
 import json, resource, sys, time
 from pathlib import Path
 from asyncgen.annotations import Sidecar
-from asyncgen.commands._shared import load_task_and_tokenizers
+from asyncgen.validate import load_task_and_tokenizers
 from asyncgen.sink import ScenarioSink, default_checkpoint_path, fingerprint_of
 
 output = Path(sys.argv[1])

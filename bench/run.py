@@ -471,8 +471,7 @@ def where_the_money_goes(manifest: dict) -> dict:
     (their cost less the same tokens at batch prices), the surplus (the spares: valid new pairs beyond N, at the rounds' cost
     per valid new pair) and the duplicates (candidates that repeated another, at the rounds' cost
     per candidate)."""
-    from asyncgen.commands._shared import load_price_table
-    from asyncgen.prices import batch_cost_usd, cost_usd, price_for
+    from asyncgen.prices import batch_cost_usd, cost_usd, load_price_table, price_for
 
     price = price_for(load_price_table(None, None)[0], manifest["model"])
     pilots = [e for e in manifest["entries"] if e.get("source") == "pilot"]

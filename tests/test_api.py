@@ -163,7 +163,7 @@ def test_load_reads_the_checked_sidecar_without_tokenizing(made, tmp_path, monke
     def no_tokenizers(*args, **kwargs):
         raise AssertionError("load tokenized although the sidecar was checked")
 
-    monkeypatch.setattr("asyncgen.commands._shared.load_all", no_tokenizers)
+    monkeypatch.setattr("asyncgen.validate.load_all", no_tokenizers)
     rows = asyncgen.load(dataset, format="records")
     assert rows == tokenized and len(rows) == 12 and rows[3]["scenario_id"] == 3
     assert {"single_token_clean", "llama3_single_token_position", "qwen2_answer_clean_id"} <= set(rows[0])

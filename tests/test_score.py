@@ -304,7 +304,7 @@ def test_a_dataset_that_fails_validation_is_refused(tmp_path, pairs, cli):
     write_dataset(dataset, [*pairs[:2], ("Help me make a cake now.", "Help me make a birdhouse now.")])
     code, _out, err = cli("score", str(dataset), "--model", "m", "--base-url", "http://127.0.0.1:9/v1")
     assert code == 2 and "fails validation" in err and "scenario 2" in err
-    assert not scores_path(dataset, "m").exists()
+    assert not scored(scores_path(dataset, "m"))  # nothing scored
 
 
 def test_sigkilled_at_random_points_and_resumed_scores_every_scenario_exactly_once(tmp_path, pairs, tokenizer_cache):
@@ -455,6 +455,21 @@ def test_write_requests_then_results_scores_as_real_time_does(tmp_path, pairs, c
     code, _out, err = cli("score", str(other), "--model", "m", "--results", str(out))
     assert code == 2 and "belong to another dataset" in err
 
+
+
+def test_a_results_line_that_is_not_json_is_one_error_naming_the_line_and_what_it_should_be(tmp_path, pairs, cli):
+    """Results are read through the one JSONL reader (jsonl.read_jsonl): its error says what is wrong
+    (not JSON, in the decoder's words) and what the line should be. Was: what it should be only."""
+    dataset, out = tmp_path / "d.jsonl", tmp_path / "out.jsonl"
+    write_dataset(dataset, pairs[:2])
+    out.write_text('\n{"custom_id": "score:0"\n')
+    code, _out, err = cli("score", str(dataset), "--model", "m", "--results", str(out))
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2 and len(errors) == 1, err
+    assert f"--results {out}:2: not valid JSON (" in errors[0]
+    assert errors[0].endswith("expected a batch output line of `asyncgen score --write-requests` "
+                              "(a custom_id score:ID:FORM:SIDE:VIA:HASH)")
+    assert not scored(scores_path(dataset, "m"))  # nothing scored
 
 # --- the judge (--judge-model) --------------------------------------------------------------------
 

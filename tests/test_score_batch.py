@@ -104,7 +104,7 @@ def test_sigkilled_at_any_point_then_run_again_completes_without_a_second_submit
 def test_ctrl_c_stops_waiting_says_how_to_resume_or_cancel_and_cancel_then_resume_asks_again(
         tmp_path, pairs, cli, offline, monkeypatch, tokenizer_cache):
     from asyncgen.batch import lifecycle
-    from asyncgen.commands import batch as batch_command
+    from asyncgen.batch import endpoint as batch_endpoint
 
     dataset = dataset_in(tmp_path, pairs)
     refresh = lifecycle.refresh
@@ -114,7 +114,7 @@ def test_ctrl_c_stops_waiting_says_how_to_resume_or_cancel_and_cancel_then_resum
         if manifest.in_flight():
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(batch_command, "OFFLINE_BATCH_SPEED", 1.0)  # the batch takes minutes, not a second
+    monkeypatch.setattr(batch_endpoint, "OFFLINE_BATCH_SPEED", 1.0)  # the batch takes minutes, not a second
     monkeypatch.setattr(lifecycle, "refresh", refresh_then_ctrl_c)
     code, _out, err = cli("score", str(dataset), "--model", "gpt-4o", "--batch")
     assert code == 130, err
@@ -249,7 +249,7 @@ def test_a_second_writer_is_refused_and_a_job_folder_without_its_manifest_is_not
 
 def test_cancel_finds_the_batch_a_killed_run_created_before_it_could_record_it(
         tmp_path, pairs, cli, offline, tokenizer_cache, monkeypatch):
-    from asyncgen.commands import batch as batch_command
+    from asyncgen.batch import endpoint as batch_endpoint
 
     dataset = dataset_in(tmp_path, pairs, 4)
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
@@ -258,7 +258,7 @@ def test_cancel_finds_the_batch_a_killed_run_created_before_it_could_record_it(
                              "--batch", "--cache-dir", tokenizer_cache], capture_output=True, text=True, env=env,
                             timeout=120)
     assert killed.returncode == -9, killed.stderr
-    monkeypatch.setattr(batch_command, "OFFLINE_BATCH_SPEED", 1.0)  # still validating when cancelled
+    monkeypatch.setattr(batch_endpoint, "OFFLINE_BATCH_SPEED", 1.0)  # still validating when cancelled
     cancel_then_score_again(cli, monkeypatch, dataset)
     assert sorted(lines_by_id(scores_path(dataset, "gpt-4o"))) == [0, 1, 2, 3]
     assert len(server_batches(dataset, "gpt-4o")) == 2  # the cancelled one, then one new round
@@ -267,12 +267,12 @@ def test_cancel_finds_the_batch_a_killed_run_created_before_it_could_record_it(
 def cancel_then_score_again(cli, monkeypatch, dataset) -> str:
     """``score --batch --cancel`` (it cancels the one batch in flight), then ``score --batch`` at full
     speed until done; the second command's stderr."""
-    from asyncgen.commands import batch as batch_command
+    from asyncgen.batch import endpoint as batch_endpoint
 
     code, out, err = cli("score", str(dataset), "--model", "gpt-4o", "--batch", "--cancel")
     assert code == 0, err
     assert "(/v1/chat/completions): cancelling" in out and "cancelled 1 batch(es)" in out
-    monkeypatch.setattr(batch_command, "OFFLINE_BATCH_SPEED", 600.0)
+    monkeypatch.setattr(batch_endpoint, "OFFLINE_BATCH_SPEED", 600.0)
     code, _out, err = cli("score", str(dataset), "--model", "gpt-4o", "--batch")
     assert code == 0, err
     return err

@@ -7,6 +7,8 @@
   (each counted once, whatever file it comes in) (pure);
 - ``manifest``: the batch directory's state, replaced atomically, and its one-writer lock;
 - ``api``: the Files and Batch API calls, errors as one line;
+- ``endpoint``: where a directory's requests go (where its batches went, else the flags') and the
+  ``BatchApi`` client for it (offline: the built-in simulator);
 - ``lifecycle``: submit (kill-safe: intent first, then found again by metadata), refresh,
   download, cancel, what an expired or cancelled batch left to resubmit, and a lost manifest's
   entries recovered from the request files and the API's batch list;

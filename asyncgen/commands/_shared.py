@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
-from typing import Iterator
-
-import orjson
 
 from asyncgen.commands.argtypes import non_negative_int
-from asyncgen.config import Task, default_config_dir, load_task, resolve_config_dir
-from asyncgen.errors import InputFileError, UsageError
-from asyncgen.prices import PriceTable, load_prices
+from asyncgen.config import Task
+from asyncgen.errors import InputFileError
 from asyncgen.prompting import AVOID_CHARS, AVOID_POOL
 from asyncgen.scenario import Dataset, read_dataset
-from asyncgen.tokenizers import Tokenizer, TokenizerSpec, load_all, resolve_specs
-from asyncgen.validate import check_task
+from asyncgen.tokenizers import Tokenizer
+from asyncgen.validate import load_task_and_tokenizers
 
 log = logging.getLogger("asyncgen")
 
@@ -64,17 +59,6 @@ def add_task_flags(parser: argparse.ArgumentParser, *, required: bool = False) -
     )
 
 
-def load_task_and_tokenizers(
-    task_name: str, config_dir: str | None, tokenizer_flags: list[str], cache_dir: str | None
-) -> tuple[Task, list[TokenizerSpec], list[Tokenizer]]:
-    """The task, its tokenizer set, the loaded tokenizers; rejects answers that are not one token."""
-    task = load_task(task_name, config_dir)
-    specs = resolve_specs(task.tokenizers, tokenizer_flags)
-    tokenizers = load_all(specs, cache_dir)
-    check_task(task, tokenizers)
-    return task, specs, tokenizers
-
-
 def add_dataset_flags(parser: argparse.ArgumentParser) -> None:
     """DATASET.jsonl and how to read it: its task (default: the one it names) and tokenizers."""
     parser.add_argument("dataset", metavar="DATASET.jsonl", help="a dataset written by asyncgen run")
@@ -98,30 +82,3 @@ def load_dataset_and_task(args: argparse.Namespace) -> tuple[Dataset, Task, list
         log.warning("%s: left out an incomplete last scenario (%d bytes): a run that crashed or is still "
                     "writing leaves one; resuming the run cuts it", args.dataset, dataset.torn_bytes)
     return dataset, task, tokenizers
-
-
-def load_price_table(config_dir: str | None, prices_flag: str | None) -> tuple[PriceTable, Path]:
-    """The price table: --prices, else <config-dir>/prices.yaml, else the shipped one."""
-    folder = resolve_config_dir(config_dir)
-    path = Path(prices_flag) if prices_flag else (
-        folder / "prices.yaml" if (folder / "prices.yaml").is_file() else default_config_dir() / "prices.yaml"
-    )
-    if prices_flag and not path.is_file():
-        raise UsageError(f"--prices {path}: no such file")
-    return load_prices(path), path
-
-
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
-    """(line number, decoded object) for each non-blank line; a bad line is an InputFileError."""
-    try:
-        handle = open(path, "rb")
-    except OSError as exc:
-        raise InputFileError(f"{path}: cannot read it ({exc.strerror})") from exc
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise InputFileError(f"{path}:{number}: not valid JSON ({exc})") from exc

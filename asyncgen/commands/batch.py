@@ -24,32 +24,30 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import orjson
 
 from asyncgen import locks
 from asyncgen.batch import lifecycle, plan
+from asyncgen.batch.endpoint import POLL_SECONDS, directory_endpoint
+from asyncgen.batch.endpoint import open_batch_api as _api  # the batch directory's client
 from asyncgen.batch.ledger import line_digest, parse
 from asyncgen.batch.manifest import ACCOUNTING, LOCK, Entry, Manifest, check_setup, leftovers, writer
-from asyncgen.commands._shared import add_avoid_chars_flag, add_tokenizer_flags, load_price_table, load_task_and_tokenizers
+from asyncgen.commands._shared import add_avoid_chars_flag, add_tokenizer_flags
 from asyncgen.commands.argtypes import base_url, non_negative_float, non_negative_int, positive_float, positive_int, share
-from asyncgen.commands.run import OFFLINE_KEY, _endpoint
+from asyncgen.commands.run import _endpoint
 from asyncgen.errors import RunError, UsageError
-from asyncgen.eventloop import LOOPBACK_HOSTS, run_event_loop
-from asyncgen.prices import batch_cost_usd, cost_usd, price_for
+from asyncgen.eventloop import run_event_loop
+from asyncgen.prices import batch_cost_usd, cost_usd, load_price_table, price_for
 from asyncgen.progress import _duration, _money, fit_summary
 from asyncgen.prompting import AVOID_POOL, GenerationSettings, avoid_pool, response_format_for
 from asyncgen.scenario import LINES_PER_SCENARIO
 from asyncgen.sink import atomic_write, default_checkpoint_path, fingerprint_of
 from asyncgen.stats import RunStats
 from asyncgen.tokenizers import resolve_specs
+from asyncgen.validate import load_task_and_tokenizers
 
 log = logging.getLogger("asyncgen.batch")
-# The offline simulator's batch clock: 600 simulated seconds per real second (24 h in 2.4 min),
-# so a round of a few hundred requests ends within a second or two.
-OFFLINE_BATCH_SPEED = 600.0
-POLL_SECONDS = {"simulator": 0.25, "custom": 10.0, "openai": 60.0}
 SHOWN_ERRORS = 10
 FINISH_WAVE_MAX = 256  # real-time requests in one wave of a finish (more waves follow while each adds pairs)
 
@@ -286,55 +284,6 @@ def _dataset(output: str, task) -> tuple[int, list[str]]:
         with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):
             texts.append(orjson.loads(raw)["text"])
     return len(lines) // LINES_PER_SCENARIO, avoid_pool(task, texts)
-
-
-# --- endpoint and client ----------------------------------------------------------------------
-
-
-def directory_endpoint(args, manifest: Manifest) -> dict:
-    """Where the batch directory's requests go: where its batches went (the first submit records
-    it), else where the flags say."""
-    if manifest.endpoint is not None:
-        return manifest.endpoint
-    mode, base_url, _ = _endpoint(args)
-    # The offline simulator works batches out from its seed: it must stay the same across restarts.
-    return {"mode": mode, "base_url": base_url, "seed": getattr(args, "seed", None) or 0}
-
-
-@contextlib.asynccontextmanager
-async def _api(args, directory: Path, manifest: Manifest, quiet: bool = False):
-    """A ``BatchApi`` for the batch directory's endpoint: where its batches went, else the flags'
-    (the first batch records it: ``lifecycle.submit``); ``quiet``: where, in the debug log only."""
-    import httpx
-    import openai
-
-    from asyncgen.batch.api import BatchApi
-
-    endpoint = directory_endpoint(args, manifest)
-    mode, base_url = endpoint["mode"], endpoint["base_url"]
-    api_key = os.environ.get("OPENAI_API_KEY") or None
-    if mode == "openai" and not api_key:
-        raise UsageError(f"the batches in {directory} went to the OpenAI API: set OPENAI_API_KEY")
-    if mode == "custom":
-        api_key = api_key or "sk-no-key-needed"
-    async with contextlib.AsyncExitStack() as stack:
-        if mode == "simulator":
-            from asyncgen.simulator import SimulatorConfig, running_simulator
-
-            api_key = OFFLINE_KEY
-            simulator = await stack.enter_async_context(running_simulator(SimulatorConfig(
-                task=manifest.task, config_dir=getattr(args, "config_dir", None), seed=endpoint.get("seed", 0),
-                rpm=None, tpm=None, batch_speed=OFFLINE_BATCH_SPEED, batch_state_dir=str(directory / "simulator"),
-            )))
-            base_url = simulator.base_url
-            log.log(logging.DEBUG if quiet else logging.INFO, "offline: batches go to asyncgen's built-in simulator "
-                    "(state in %s); its answers come from the task's lexicon, not a model", directory / "simulator")
-        loopback = base_url is not None and urlsplit(base_url).hostname in LOOPBACK_HOSTS
-        client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=2,
-                                    http_client=httpx.AsyncClient(trust_env=not loopback, timeout=httpx.Timeout(120, connect=10)))
-        stack.push_async_callback(client.close)
-        where = "the offline simulator" if mode == "simulator" else (base_url or "the OpenAI API")
-        yield BatchApi(client, api_key, where, endpoint, trust_env=not loopback), mode
 
 
 # --- planning a round -------------------------------------------------------------------------

@@ -9,9 +9,10 @@ from pathlib import Path
 import orjson
 
 from asyncgen.annotations import encode_annotation, task_answers
-from asyncgen.commands._shared import add_task_flags, add_tokenizer_flags, load_task_and_tokenizers, read_jsonl
+from asyncgen.commands._shared import add_task_flags, add_tokenizer_flags
 from asyncgen.errors import InputFileError
-from asyncgen.validate import validate_pairs
+from asyncgen.jsonl import read_jsonl
+from asyncgen.validate import load_task_and_tokenizers, validate_pairs
 
 CHUNK = 1024
 
@@ -36,13 +37,14 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
 
 def _read_pairs(path: str) -> list[tuple[str, str]]:
     pairs = []
-    for number, record in read_jsonl(path):
+    expected = 'an object with string "prompt" and "counterfactual"'
+    for number, record in read_jsonl(path, expected=expected):
         if not (
             isinstance(record, dict)
             and isinstance(record.get("prompt"), str)
             and isinstance(record.get("counterfactual"), str)
         ):
-            raise InputFileError(f'{path}:{number}: expected an object with string "prompt" and "counterfactual"')
+            raise InputFileError(f"{path}:{number}: expected {expected}")
         pairs.append((record["prompt"], record["counterfactual"]))
     return pairs
 

@@ -10,17 +10,16 @@ import shlex
 import sys
 from pathlib import Path
 
-from asyncgen.commands._shared import load_price_table
 from asyncgen.commands.run import OFFLINE_KEY, _endpoint, open_transport
 from asyncgen.config import Task, load_task
 from asyncgen.errors import InputFileError, UsageError
 from asyncgen.eventloop import run_event_loop
-from asyncgen.prices import is_openai_endpoint, price_for, run_price
-from asyncgen.progress import _money, _requests, exit_code, print_summary, report_progress, run_status, stop_progress
+from asyncgen.prices import is_openai_endpoint, load_price_table, price_for, run_price
+from asyncgen.progress import exit_code, print_summary, report_progress, stop_progress
 from asyncgen.scenario import Scenario, read_dataset
 from asyncgen.scores import ScoresFile, header_for, scores_path
 from asyncgen.scoring import (
-    FORMS, TOP_K, TOP_K_OPENAI_COMPLETIONS, ScoreCounts, ScorePipeline, ScoreSettings, Scorer,
+    FORMS, TOP_K, TOP_K_OPENAI_COMPLETIONS, ScoreCounts, ScorePipeline, ScoreSettings, Scorer, score_summary,
 )
 from asyncgen.stats import RunStats
 
@@ -193,36 +192,3 @@ async def _score_async(args, scenarios, settings, scores, stats, counts, prices_
 
 def resume_command(args) -> str:
     return "python -m asyncgen " + shlex.join(list(getattr(args, "argv", None) or sys.argv[1:]))
-
-
-def score_summary(stats: RunStats, counts: ScoreCounts, *, path: str, stop_reason: str | None,
-                  resume_command: str | None) -> str:
-    """The closing summary: scenarios scored, what they say, every request accounted for."""
-    status = run_status(stats, stop_reason)
-    lines = [f"asyncgen score {status}: {stats.accepted}/{stats.target} scenarios scored in {path} "
-             f"({stats.accepted_this_run} this run)"]
-    if counts.flips:
-        lines.append("  this run        " + ", ".join(f"{kind}: {n}" for kind, n in sorted(counts.flips.items())))
-    if counts.bounds or counts.unknown:
-        lines.append(f"  answers         {counts.bounds} outside the top-k (a bound recorded), "
-                     f"{counts.unknown} spelled otherwise (unknown)")
-    if counts.judged or counts.judge_unknown:
-        lines.append(f"  judge           {counts.judged} verdicts, {counts.judge_unknown} unparsable (unknown)")
-    if counts.scenarios_given_up:
-        lines.append(f"  left unscored   {counts.scenarios_given_up} scenarios whose request was given up "
-                     "(the next run asks again)")
-    if stats.answer_failures:
-        lines.append("  bad answers     " + ", ".join(f"{kind}: {n}" for kind, n in sorted(stats.answer_failures.items()))
-                     + " (asked again)")
-    lines.append("  requests        " + _requests(stats))
-    if stats.last_error and (stats.requests_given_up or stats.requests_failed or not stats.requests_ok):
-        lines.append(f"  last error      {stats.last_error}")
-    lines += [
-        f"  tokens          {stats.prompt_tokens} prompt, {stats.completion_tokens} completion",
-        f"  cost            {_money(stats.cost_usd)} this run"
-        + (" (simulated: the offline simulator's usage at real prices)" if stats.cost_simulated else ""),
-        f"  wall time       {stats.elapsed:.1f} s",
-    ]
-    if stats.accepted < stats.target and resume_command:
-        lines.append(f"  resume with     {resume_command}")
-    return "\n".join(lines)

@@ -10,8 +10,9 @@ from typing import Iterable, Iterator
 import orjson
 
 from asyncgen.answers import trailing_space_positions
-from asyncgen.commands._shared import add_tokenizer_flags, read_jsonl
+from asyncgen.commands._shared import add_tokenizer_flags
 from asyncgen.errors import InputFileError
+from asyncgen.jsonl import read_jsonl
 from asyncgen.tokenizers import load_all, resolve_specs
 
 CHUNK = 2048
@@ -34,9 +35,10 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
 
 
 def _texts_from_jsonl(path: str) -> Iterator[str]:
-    for number, record in read_jsonl(path):
+    expected = 'an object with a string "text" field'
+    for number, record in read_jsonl(path, expected=expected):
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise InputFileError(f'{path}:{number}: expected an object with a string "text" field')
+            raise InputFileError(f"{path}:{number}: expected {expected}")
         yield record["text"]
 
 

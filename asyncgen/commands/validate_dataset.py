@@ -9,12 +9,12 @@ from pathlib import Path
 
 import orjson
 
-from asyncgen.commands._shared import add_tokenizer_flags, load_task_and_tokenizers
+from asyncgen.commands._shared import add_tokenizer_flags
 from asyncgen.config import Task
 from asyncgen.errors import InputFileError
 from asyncgen.scenario import TYPES, normalize
 from asyncgen.tokenizers import Tokenizer
-from asyncgen.validate import validate_pairs
+from asyncgen.validate import load_task_and_tokenizers, validate_pairs
 
 CHUNK = 1024
 
