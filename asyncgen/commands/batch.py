@@ -30,7 +30,7 @@ import orjson
 from asyncgen import locks
 from asyncgen.batch import lifecycle, plan
 from asyncgen.batch.endpoint import POLL_SECONDS, directory_endpoint
-from asyncgen.batch.endpoint import open_batch_api as _api  # the batch directory's client
+from asyncgen.batch.endpoint import open_batch_api
 from asyncgen.batch.ledger import line_digest, parse
 from asyncgen.batch.manifest import ACCOUNTING, LOCK, Entry, Manifest, check_setup, leftovers, writer
 from asyncgen.commands._shared import add_avoid_chars_flag, add_tokenizer_flags
@@ -486,7 +486,7 @@ def cmd_rebuild(args) -> int:
     record, missing = _recorded_accounting(setup, manifest, checkpoint, args.force)
 
     async def go() -> list[Entry]:
-        async with _api(args, directory, manifest) as (api, _):
+        async with open_batch_api(args, directory, manifest) as (api, _):
             adopted = await lifecycle.recover_batches(directory, manifest, api)
             if adopted:
                 manifest.endpoint = api.endpoint
@@ -544,7 +544,7 @@ def cmd_submit(args) -> int:
     manifest = _manifest_or_fail(directory)
 
     async def go() -> None:
-        async with _api(args, directory, manifest) as (api, _):
+        async with open_batch_api(args, directory, manifest) as (api, _):
             sent = await lifecycle.submit(directory, manifest, api)
             if not sent:
                 print(f"nothing to submit in {directory}")
@@ -597,7 +597,7 @@ async def _refreshed(args, directory: Path, shown: Manifest) -> str | None:
         with writer(directory, "status"):
             current = _manifest_or_fail(directory)
             if any(e.batch_id for e in current.in_flight()):
-                async with _api(args, directory, current, quiet=True) as (api, _):
+                async with open_batch_api(args, directory, current, quiet=True) as (api, _):
                     await lifecycle.refresh(directory, current, api)
     except locks.Busy as busy:
         current, holder = _manifest_or_fail(directory), busy.holder
@@ -659,7 +659,7 @@ def cmd_download(args) -> int:
     manifest = _manifest_or_fail(directory)
 
     async def go() -> list[Entry]:
-        async with _api(args, directory, manifest) as (api, _):
+        async with open_batch_api(args, directory, manifest) as (api, _):
             await lifecycle.refresh(directory, manifest, api)
             return await lifecycle.download(directory, manifest, api)
     done = run_event_loop(go())
@@ -680,7 +680,7 @@ def cmd_cancel(args) -> int:
         raise UsageError(f"no batch {sorted(unknown)[0]} in {directory}; `batch status` lists them")
 
     async def go() -> list[Entry]:
-        async with _api(args, directory, manifest) as (api, _):
+        async with open_batch_api(args, directory, manifest) as (api, _):
             return await lifecycle.cancel(directory, manifest, api, args.batch_ids or None)
     cancelled = run_event_loop(go())
     for entry in cancelled:
@@ -1166,7 +1166,7 @@ async def _run_async(args, setup: Setup, manifest: Manifest, started: float, out
     if getattr(args, "control", None) is not None:  # the Python API's stop (asyncgen.generate_batch)
         args.control.attach(_stop_from_any_thread(asyncio.current_task()), on_loop=False)
     with _processing(args, setup, manifest) as (sink, validator, annotations), Display(setup, manifest, started) as display:
-        async with _api(args, directory, manifest) as (api, mode):
+        async with open_batch_api(args, directory, manifest) as (api, mode):
             poll = args.poll_seconds or POLL_SECONDS[mode]
             while True:
                 await lifecycle.refresh(directory, manifest, api)
