@@ -29,8 +29,7 @@ import orjson
 
 from asyncgen import locks
 from asyncgen.batch import lifecycle, plan
-from asyncgen.batch.endpoint import POLL_SECONDS, directory_endpoint
-from asyncgen.batch.endpoint import open_batch_api
+from asyncgen.batch.endpoint import POLL_SECONDS, directory_endpoint, open_batch_api
 from asyncgen.batch.ledger import line_digest, parse
 from asyncgen.batch.manifest import ACCOUNTING, LOCK, Entry, Manifest, check_setup, leftovers, writer
 from asyncgen.commands._shared import add_avoid_chars_flag, add_tokenizer_flags
@@ -925,8 +924,9 @@ def cmd_process(args) -> int:
 
 def run_cost(setup: Setup, manifest: Manifest, mode: str | None = None) -> tuple[float | None, float | None, bool]:
     """What the directory's requests cost so far: USD at batch prices (the pilot's and a finish's
-    at real-time prices), USD at real-time prices, and whether it is simulated (the offline simulator's usage;
-    ``mode``: where requests go before the first submit records it, ``directory_endpoint``).
+    at real-time prices), USD at real-time prices, and whether it is simulated (the offline
+    simulator's usage; ``mode``: where requests go before the first submit records it,
+    ``directory_endpoint``).
     The one source of the summary's cost line and of the Python API's ``BatchResult``."""
     at_batch, at_real = manifest.cost(setup.costs)
     return at_batch, at_real, (manifest.endpoint or {}).get("mode", mode) == "simulator"
