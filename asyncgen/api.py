@@ -352,8 +352,9 @@ def generate_batch(task: str = "refusal", n: int = 100, output: str | os.PathLik
     (Not ``asyncgen.batch``: that name is the package of the Batch API's pieces.)
 
     Creates, submits, polls, downloads, validates and tops up until ``output`` holds exactly ``n``
-    scenarios. State lives in ``directory``: an interrupted or killed call resumes there, nothing
-    is submitted or paid for twice (submitted batches go on meanwhile). Offline (no
+    scenarios (a small shortfall of a round is asked in real time: ``real_time_finish``). State
+    lives in ``directory``: an interrupted or killed call resumes there, nothing is submitted or
+    paid for twice (submitted batches go on meanwhile). Offline (no
     ``OPENAI_API_KEY``, no ``base_url``) the simulator answers the batches. Inside a running event
     loop (Jupyter) it runs in a worker thread; the kernel's interrupt stops it as Ctrl-C does
     (during a validation pass, after the chunk in hand).
@@ -367,7 +368,7 @@ def generate_batch(task: str = "refusal", n: int = 100, output: str | os.PathLik
         base_url: An OpenAI-compatible API's base URL (default as for :func:`generate`).
         max_cost: A USD budget for the dataset at batch prices.
         **options: Any other flag of ``asyncgen batch run`` by its name with underscores
-            (``poll_seconds``, ``pilot_requests``, ``config_dir``, ``tokenizer``, ``validator_workers``, ...).
+            (``poll_seconds``, ``pilot_requests``, ``real_time_finish``, ``config_dir``, ``tokenizer``, ...).
 
     Returns:
         The counts, the cost and the paths.
@@ -381,7 +382,7 @@ def generate_batch(task: str = "refusal", n: int = 100, output: str | os.PathLik
 
     args = _command_args("batch", ["batch", "run"],
                          {"task": task, "num_scenarios": n, "output": os.fspath(output), "dir": os.fspath(directory),
-                          "model": model, "base_url": base_url, "max_cost": max_cost, **options}, "batch")
+                          "model": model, "base_url": base_url, "max_cost": max_cost, **options}, "generate_batch")
     args.control = control = RunControl()
     with _validator_processes_explained():
         code = run_anywhere(lambda: args.handler(args), control)

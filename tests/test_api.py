@@ -115,6 +115,9 @@ def test_bad_input_raises_the_projects_typed_errors_never_exits(tmp_path):
         asyncgen.generate("refusal", 5, tmp_path / "d.jsonl", response_format="yaml")
     with pytest.raises(TypeError, match="no_such_flag"):
         asyncgen.generate("refusal", 5, tmp_path / "d.jsonl", no_such_flag=1)
+    with pytest.raises(UsageError, match=r"^generate_batch\(\): argument --real-time-finish: expected a share from 0 to 1"):
+        asyncgen.generate_batch("refusal", 5, tmp_path / "d.jsonl", directory=tmp_path / "b", real_time_finish=3)
+    assert not (tmp_path / "b").exists()
     with pytest.raises(InputFileError):
         asyncgen.load(tmp_path / "missing.jsonl", format="records")
     with pytest.raises(UsageError, match="format: expected one of"):
