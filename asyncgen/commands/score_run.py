@@ -10,7 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from asyncgen.commands.run import OFFLINE_KEY, _endpoint, open_transport
+from asyncgen.commands.run import OFFLINE_KEY, open_transport, request_destination
 from asyncgen.config import Task, load_task
 from asyncgen.errors import InputFileError, UsageError
 from asyncgen.eventloop import run_event_loop
@@ -46,7 +46,7 @@ def score(args: argparse.Namespace) -> int:
     if args.judge_model and args.form == "single":
         raise UsageError("--judge-model judges the free answers of the multi-token form; drop --form single")
     scenarios, task, readings = _checked_dataset(args)
-    mode, url, api_key = _endpoint(args)
+    mode, url, api_key = request_destination(args)
     if args.results and args.base_url is None:
         mode, url = "batch", None  # the answers are in the file; the header names where they came from below
     settings = ScoreSettings(
