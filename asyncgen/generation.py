@@ -192,8 +192,11 @@ def default_validator_workers() -> int:
     return max(1, min(4, cores - 1))
 
 
-def _endpoint(args) -> tuple[str, str | None, str]:
-    """(mode, base_url, api_key); mode is 'simulator', 'openai' or 'custom'."""
+def request_destination(args) -> tuple[str, str | None, str]:
+    """Where requests go, as (mode, base_url, api_key): ``custom``, to ``--base-url`` with
+    OPENAI_API_KEY (a stand-in when none is set); else ``openai`` when OPENAI_API_KEY is set (OpenAI's
+    URL, None here: the SDK's); else ``simulator``: offline, to the built-in simulator (its URL is
+    known once it runs) with its own key."""
     from asyncgen.workers import NO_KEY_SET
 
     key = os.environ.get("OPENAI_API_KEY") or None
@@ -301,7 +304,7 @@ async def generate_async(prepared: Prepared, control: RunControl | None = None, 
     early_validator = None
     try:
         early_validator = _early_validator(args, task, specs, tokenizers, opening)
-        mode, base_url, api_key = _endpoint(args)
+        mode, base_url, api_key = request_destination(args)
         for module in ("asyncgen.pipeline", "asyncgen.throttle", "asyncgen.validate", "asyncgen.workers"):
             importlib.import_module(module)  # the SDK and the pipeline, imported while the open reads
 

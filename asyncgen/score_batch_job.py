@@ -30,7 +30,6 @@ Contract
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shlex
 import shutil
@@ -48,7 +47,7 @@ from asyncgen.prices import Price, at_batch_rates, batch_cost_usd, cost_usd
 from asyncgen.progress import LiveLine, _duration, _money, fit_fields, fit_summary
 from asyncgen.scenario import Scenario
 from asyncgen.score_batch import ENDPOINTS, accept_results, batch_requests, worst_cost_usd
-from asyncgen.scores import ScoresFile, scores_path
+from asyncgen.scores import ScoresFile, not_made_yet, remove_made, scores_path
 from asyncgen.scoring import ScoreCounts, ScoreSettings, request_body, score_summary
 from asyncgen.sink import atomic_write
 from asyncgen.stats import RunStats
@@ -94,7 +93,7 @@ def run(job: Job) -> int:
     args = job.args
     directory = job_dir(args.dataset, args.model)
     path = scores_path(args.dataset, args.model)
-    made = [p for p in (path.parent, directory, path, _lock_of(path)) if not p.exists()]  # what this run makes
+    made = not_made_yet(path, directory)  # what this run makes
     _make(directory)
     with _writer(directory, "score --batch"):
         manifest = None
@@ -121,7 +120,7 @@ def run(job: Job) -> int:
                 scores.close()
         except BaseException:
             if manifest is None or not manifest.entries:  # failed before anything was asked (an unknown model)
-                _remove_made(made, directory)
+                remove_made(made, tree=directory)
             raise
     return _report(job, directory, manifest, path, outcome)
 
@@ -172,24 +171,6 @@ def _make(directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"{directory}: cannot create it ({exc.strerror or exc}); check the dataset's folder") from exc
-
-
-def _lock_of(path: Path) -> Path:
-    return path.with_name(path.name + ".lock")  # as ScoresFile.open names it
-
-
-def _remove_made(made: list[Path], directory: Path) -> None:
-    """Remove what a run made (of the scores folder, the job ``directory``, the scores file and its
-    lock: those in ``made``) when it failed before asking the server for anything, last made first:
-    only what did not exist before it, so nothing of earlier work goes; the scores folder only if empty."""
-    for path in reversed(made):
-        with contextlib.suppress(OSError):
-            if path == directory:
-                shutil.rmtree(path)
-            elif path.is_dir():
-                path.rmdir()  # the scores folder: only if nothing else is in it
-            else:
-                path.unlink()
 
 
 def _manifest(directory: Path, job: Job) -> Manifest:

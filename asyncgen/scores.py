@@ -21,13 +21,16 @@ Contract
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import orjson
 
@@ -56,6 +59,51 @@ def scores_dir(dataset: str | os.PathLike) -> Path:
 
 def scores_path(dataset: str | os.PathLike, model: str) -> Path:
     return scores_dir(dataset) / (file_safe(model) + ".jsonl")
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file of the scores file ``path`` (``ScoresFile.open`` holds it)."""
+    return path.with_name(path.name + ".lock")
+
+
+def not_made_yet(path: Path, *also: Path) -> list[Path]:
+    """What a run that makes ``also`` and opens the scores file ``path`` will have made: those of the
+    scores folder, ``also``, the file and its lock that do not exist now, in that order (``remove_made``
+    takes the list)."""
+    return [p for p in (path.parent, *also, path, lock_path(path)) if not p.exists()]
+
+
+def remove_made(made: list[Path], tree: Path | None = None) -> None:
+    """Remove what a run made (``made``, from ``not_made_yet``) when it failed before any result was
+    kept, last made first: only what did not exist before it, so nothing of earlier work goes. ``tree``
+    (a folder the run made and filled, as ``score --batch``'s job directory) goes whole; any other
+    folder (the scores folder) only if empty. Called while the scores file's lock is held, it removes
+    the lock file safely (``locks``)."""
+    for made_path in reversed(made):
+        with contextlib.suppress(OSError):
+            if made_path == tree:
+                shutil.rmtree(made_path)
+            elif made_path.is_dir():
+                made_path.rmdir()  # the scores folder: only if nothing else is in it
+            else:
+                made_path.unlink()
+
+
+@contextlib.contextmanager
+def opened(path: Path, header: dict, scenarios: list[Scenario]) -> Iterator["ScoresFile"]:
+    """``ScoresFile.open`` for a ``with`` block, closed at its end. A run that wrote no score leaves
+    nothing it made (the scores folder, the file, its lock: an unknown model, a refused results
+    file), and never removes what existed before it."""
+    made = not_made_yet(path)
+    scores = ScoresFile.open(path, header, scenarios)
+    try:
+        yield scores
+    finally:
+        try:
+            if len(scores.scored) == scores.resumed:  # no score written by this run
+                remove_made(made)
+        finally:
+            scores.close()
 
 
 def texts_hash(scenario: Scenario) -> str:
@@ -163,7 +211,7 @@ class ScoresFile:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"{path.parent}: cannot create it ({_reason(exc)}); check the dataset's folder") from exc
-        lock_fd = locks.hold(path.with_name(path.name + ".lock"), str(path), "score")
+        lock_fd = locks.hold(lock_path(path), str(path), "score")
         try:
             return cls._open_locked(path, header, scenarios, lock_fd)
         except BaseException:

@@ -368,11 +368,24 @@ def test_the_split_summary_fits_80_columns_and_says_all_it_said(tmp_path, cli, m
     assert "split: train 75.0% / test 25.0% (asked 75/25), 8 groups by frame, the largest 2 scenarios\n" in err
 
 
+def test_the_unmet_split_warning_fits_80_columns_and_says_all_it_said(tmp_path, cli, monkeypatch):
+    """Was: one log line of 160 columns, broken mid-word by an 80-column terminal."""
+    monkeypatch.setenv("COLUMNS", "80")
+    code, err, _ = exported(tmp_path, cli, CHAINED + LONELY, "--split", "0.5", "--group-by", "frame+word")
+    assert code == 0, err
+    warning = err[err.rfind("\n", 0, err.index(" WARNING ")) + 1:err.index("wrote ")].splitlines()
+    assert len(warning) > 1 and max(len(line) for line in warning) < 80, warning
+    assert " ".join(" ".join(warning).split())[len("00:00:00 "):] == (
+        "WARNING asyncgen.export: --split 0.5 cannot be met: its largest group by frame+word holds 16 of 18 "
+        "scenarios; --group-by frame, word or none splits finer")
+
+
 def test_a_share_the_groups_cannot_meet_is_said_and_one_group_is_refused(tmp_path, cli):
     code, err, rows = exported(tmp_path, cli, CHAINED + LONELY, "--split", "0.5", "--group-by", "frame+word")
     assert code == 0, err
     assert "3 groups by frame+word, the largest 16 scenarios" in err
-    assert "--split 0.5 cannot be met with --group-by frame+word: its largest group holds 16 of 18" in err
+    assert ("--split 0.5 cannot be met: its largest group by frame+word holds 16 of 18 scenarios; "
+            "--group-by frame, word or none splits finer") in " ".join(err.split())  # wrapped at the terminal's width
     assert sorted(len(split) for split in sides_by(rows, frame).values()) == [1] * 10
     code, err, _ = exported(tmp_path, cli, CHAINED, "--split", "0.5", "--group-by", "frame+word", name="one.jsonl")
     assert code == 2 and len(err.strip().splitlines()) == 1

@@ -24,6 +24,21 @@ QUICK_BACK_OFF_ENV = {**ENV, "ASYNCGEN_TEST_RETRY_DELAY_SCALE": "0.1"}
 PRICES = str(REPO / "config" / "prices.yaml")
 
 
+def test_requests_go_to_base_url_else_openai_with_a_key_else_the_simulator(monkeypatch):
+    """generation.request_destination decides it (was the private ``_endpoint``, imported by four modules)."""
+    from argparse import Namespace
+
+    from asyncgen.generation import OFFLINE_KEY, request_destination
+    from asyncgen.workers import NO_KEY_SET
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert request_destination(Namespace(base_url=None)) == ("simulator", None, OFFLINE_KEY)
+    assert request_destination(Namespace(base_url="http://h/v1")) == ("custom", "http://h/v1", NO_KEY_SET)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-mine")
+    assert request_destination(Namespace(base_url=None)) == ("openai", None, "sk-mine")
+    assert request_destination(Namespace(base_url="http://h/v1")) == ("custom", "http://h/v1", "sk-mine")
+
+
 def sim_stats(base_url):
     return httpx.get(base_url.removesuffix("/v1") + "/_stats", trust_env=False, timeout=10).json()
 

@@ -280,6 +280,42 @@ def test_an_unknown_model_fails_in_the_servers_words(tmp_path, pairs, cli):
     assert "refused /v1/completions" not in err
 
 
+def test_a_run_that_writes_no_score_leaves_nothing_it_made_and_keeps_what_was_there(tmp_path, pairs, cli, monkeypatch):
+    """Was: a run that failed before any score (an unknown model on the offline simulator, a refused
+    --results file) left a header-only scores file, its lock and the scores folder behind."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    dataset = tmp_path / "d.jsonl"
+    write_dataset(dataset, pairs[:2])
+    before = sorted(tmp_path.rglob("*"))
+    code, _out, err = cli("score", str(dataset), "--model", "nope")
+    assert code == 1 and err.strip().splitlines()[-1].endswith(
+        "404 model_not_found: The model `nope` does not exist or you do not have access to it.; check --model and --base-url")
+    assert sorted(tmp_path.rglob("*")) == before
+    code, _out, err = cli("score", str(dataset), "--model", "nope", "--results", str(tmp_path / "missing.jsonl"))
+    assert code == 2 and "cannot read it" in err and sorted(tmp_path.rglob("*")) == before
+    # What existed before the run stays: a scores folder holding something else, a scores file with
+    # earlier scores, a scores file with only its header.
+    (tmp_path / "d.scores").mkdir()
+    (tmp_path / "d.scores" / "notes.txt").write_text("mine")
+    code, _out, err = cli("score", str(dataset), "--model", "nope")
+    assert code == 1 and sorted(p.name for p in (tmp_path / "d.scores").iterdir()) == ["notes.txt"]
+    with FakeServer(model_under_study) as server:
+        code, _out, err = cli("score", str(dataset), "--model", "m", "--base-url", server.base_url)
+    assert code == 0, err
+    write_dataset(dataset, pairs[:4])  # the same dataset grown: the 2 earlier scores are still its own
+
+    async def unknown(body, seen):
+        return 404, {"error": {"message": "no such model", "code": "model_not_found"}}
+
+    path = scores_path(dataset, "m")
+    for kept in (path.read_bytes(), path.read_bytes().splitlines(keepends=True)[0]):
+        path.write_bytes(kept)
+        with FakeServer(unknown) as server:
+            code, _out, err = cli("score", str(dataset), "--model", "m", "--base-url", server.base_url)
+        assert code == 1 and "no such model" in err and path.read_bytes() == kept
+
+
 def test_an_answer_spelled_otherwise_warns_once_with_both_spellings_and_is_unknown(tmp_path, pairs, cli):
     dataset = tmp_path / "d.jsonl"
     write_dataset(dataset, pairs[:4])

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from asyncgen.errors import UsageError
 from asyncgen.eventloop import LOOPBACK_HOSTS
-from asyncgen.generation import OFFLINE_KEY, _endpoint
+from asyncgen.generation import OFFLINE_KEY, request_destination
 
 if TYPE_CHECKING:
     from asyncgen.batch.api import BatchApi
@@ -38,7 +38,7 @@ def directory_endpoint(args, manifest: Manifest) -> dict:
     it), else where the flags say."""
     if manifest.endpoint is not None:
         return manifest.endpoint
-    mode, base_url, _ = _endpoint(args)
+    mode, base_url, _ = request_destination(args)
     # The offline simulator works batches out from its seed: it must stay the same across restarts.
     return {"mode": mode, "base_url": base_url, "seed": getattr(args, "seed", None) or 0}
 

@@ -34,7 +34,7 @@ from asyncgen.batch.ledger import line_digest, parse
 from asyncgen.batch.manifest import ACCOUNTING, LOCK, Entry, Manifest, check_setup, leftovers, writer
 from asyncgen.commands._shared import add_avoid_chars_flag, add_tokenizer_flags
 from asyncgen.commands.argtypes import base_url, non_negative_float, non_negative_int, positive_float, positive_int, share
-from asyncgen.commands.run import _endpoint
+from asyncgen.commands.run import request_destination
 from asyncgen.errors import RunError, UsageError
 from asyncgen.eventloop import run_event_loop
 from asyncgen.prices import batch_cost_usd, cost_usd, load_price_table, price_for
@@ -477,7 +477,7 @@ def cmd_rebuild(args) -> int:
         manifest.spares_file, manifest.spares = path.name, len(path.read_bytes().splitlines())
         manifest.totals["passes"] = generation
     offline = (directory / "simulator").is_dir()
-    if not offline and _endpoint(args)[0] == "simulator" and manifest.entries:
+    if not offline and request_destination(args)[0] == "simulator" and manifest.entries:
         raise UsageError(f"{directory} holds no offline simulator state, so its request files were not sent offline: say "
                          "where their batches went (OPENAI_API_KEY for the OpenAI API, or --base-url) so that rebuild finds "
                          f"them; if they were never sent, remove {directory / lifecycle.REQUESTS} and `batch create` again")
@@ -575,7 +575,7 @@ def cmd_status(args) -> int:
         if not args.watch:
             print(status_table(setup, manifest))
             return
-        mode = (manifest.endpoint or {}).get("mode") or _endpoint(args)[0]
+        mode = (manifest.endpoint or {}).get("mode") or request_destination(args)[0]
         await _watch(setup, manifest, refresh, args.poll_seconds or POLL_SECONDS[mode])
     try:
         run_event_loop(go())

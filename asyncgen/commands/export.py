@@ -165,21 +165,26 @@ def _export(args: argparse.Namespace, out: Path, width: int | None) -> Exported:
     message = f"wrote {counts} to {', '.join(written)}"
     if split is not None:
         message += "\n" + split.summary(group_by, width)
-        _warn_if_off(split, group_by)
+        _warn_if_off(split, group_by, width)
     return Exported(len(table), written, message)
 
 
-def _warn_if_off(split: Split, group_by: str) -> None:
-    """Say so when the groups kept the achieved share far from the asked one."""
+def _warn_if_off(split: Split, group_by: str, width: int | None) -> None:
+    """Say so when the groups kept the achieved share far from the asked one: one line, or with a
+    ``width``, a short first line (after the log's time, level and name) and the rest wrapped at it."""
     import logging
+    import textwrap
 
     if split.off_by <= OFF_BY_WARNING:
         return
     finer = [name for name in GROUP_BY if name not in (group_by, "frame+word")]
-    logging.getLogger("asyncgen.export").warning(
-        "--split %g cannot be met with --group-by %s: its largest group holds %d of %d scenarios; --group-by %s "
-        "splits finer", split.asked, group_by, split.largest, len(split.sides),
-        ", ".join(finer[:-1]) + " or " + finer[-1])
+    head = f"--split {split.asked:g} cannot be met:"
+    why = (f"its largest group by {group_by} holds {split.largest} of {len(split.sides)} scenarios; "
+           f"--group-by {', '.join(finer[:-1])} or {finer[-1]} splits finer")
+    text = (f"{head} {why}" if width is None else
+            "\n".join([head, *textwrap.wrap(why, width, initial_indent="  ", subsequent_indent="  ",
+                                             break_on_hyphens=False)]))
+    logging.getLogger("asyncgen.export").warning("%s", text)
 
 
 def _card(args: argparse.Namespace, task, table: list[dict], split: Split | None, group_by: str) -> str:

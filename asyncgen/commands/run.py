@@ -14,14 +14,14 @@ from pathlib import Path
 from asyncgen.commands._shared import add_avoid_chars_flag, add_task_flags, add_tokenizer_flags
 from asyncgen.commands.argtypes import base_url, non_negative_float, non_negative_int, positive_float, positive_int
 from asyncgen.eventloop import run_event_loop
-from asyncgen.generation import OFFLINE_KEY, _endpoint, _plan, open_transport
+from asyncgen.generation import OFFLINE_KEY, _plan, open_transport, request_destination
 from asyncgen.prices import is_openai_endpoint
 from asyncgen.progress import exit_code
 from asyncgen.prompting import OUTPUT_TOKENS_OVERHEAD, OUTPUT_TOKENS_PER_PAIR
 from asyncgen.scenario import LINES_PER_SCENARIO
 
 # The run's pieces that score and batch use: they live with the composition, asyncgen/generation.py.
-__all__ = ["register", "run", "OFFLINE_KEY", "_endpoint", "open_transport"]
+__all__ = ["register", "run", "OFFLINE_KEY", "open_transport", "request_destination"]
 
 
 def register(subparsers, common: argparse.ArgumentParser) -> None:
@@ -87,7 +87,7 @@ def _dry_run(args, task, price) -> int:
             existing = sum(1 for _ in handle) // LINES_PER_SCENARIO
     remaining = max(0, args.num_scenarios - existing)
     plan = _plan(task, price, remaining, args.avoid_chars)
-    mode, base_url, _ = _endpoint(args)
+    mode, base_url, _ = request_destination(args)
     cost = plan.cost_usd
     print(f"plan for task {task.task_name} with {args.model} ({mode}{' ' + base_url if base_url else ''}):")
     print(f"  scenarios       {remaining} to generate ({existing} already in {args.output}, target {args.num_scenarios})")

@@ -10,14 +10,14 @@ import shlex
 import sys
 from pathlib import Path
 
-from asyncgen.commands.run import OFFLINE_KEY, _endpoint, open_transport
+from asyncgen.commands.run import OFFLINE_KEY, open_transport, request_destination
 from asyncgen.config import Task, load_task
 from asyncgen.errors import InputFileError, UsageError
 from asyncgen.eventloop import run_event_loop
 from asyncgen.prices import is_openai_endpoint, load_price_table, price_for, run_price
 from asyncgen.progress import exit_code, print_summary, report_progress, stop_progress
 from asyncgen.scenario import Scenario, read_dataset
-from asyncgen.scores import ScoresFile, header_for, scores_path
+from asyncgen.scores import header_for, opened, scores_path
 from asyncgen.scoring import (
     FORMS, TOP_K, TOP_K_OPENAI_COMPLETIONS, ScoreCounts, ScorePipeline, ScoreSettings, Scorer, score_summary,
 )
@@ -46,7 +46,7 @@ def score(args: argparse.Namespace) -> int:
     if args.judge_model and args.form == "single":
         raise UsageError("--judge-model judges the free answers of the multi-token form; drop --form single")
     scenarios, task, readings = _checked_dataset(args)
-    mode, url, api_key = _endpoint(args)
+    mode, url, api_key = request_destination(args)
     if args.results and args.base_url is None:
         mode, url = "batch", None  # the answers are in the file; the header names where they came from below
     settings = ScoreSettings(
@@ -83,29 +83,28 @@ def score(args: argparse.Namespace) -> int:
         from asyncgen.score_batch_job import Job, run
 
         return run(Job(args, scenarios, settings, header, price, mode))
-    scores = ScoresFile.open(path, header, scenarios)
-    if scores.torn_saved:
-        log.warning("%s: cut an incomplete last line (a killed run leaves one), saved in %s", path, scores.torn_saved)
-    stats = RunStats(target=len(scenarios), accepted=len(scores.scored))
-    stats.cost_usd = None if price is None else 0.0
-    stats.cost_simulated = mode == "simulator"
-    counts = ScoreCounts()
-    if stats.accepted >= stats.target:
-        scores.close()
-        print(f"{path} already scores all {stats.target} scenarios of {args.dataset}: nothing to do")
-        if getattr(args, "control", None) is not None:  # the Python API's result: nothing spent, at a known price
-            args.control.record_cost(stats.cost_usd, stats.cost_simulated)
-        return 0
-    if scores.resumed:
-        log.info("%s: resuming: %d of %d scenarios scored", path, scores.resumed, stats.target)
-    if args.results:
-        from asyncgen.score_batch import read_results
+    with opened(path, header, scenarios) as scores:  # a run that writes no score leaves nothing it made
+        if scores.torn_saved:
+            log.warning("%s: cut an incomplete last line (a killed run leaves one), saved in %s", path,
+                        scores.torn_saved)
+        stats = RunStats(target=len(scenarios), accepted=len(scores.scored))
+        stats.cost_usd = None if price is None else 0.0
+        stats.cost_simulated = mode == "simulator"
+        counts = ScoreCounts()
+        if stats.accepted >= stats.target:
+            print(f"{path} already scores all {stats.target} scenarios of {args.dataset}: nothing to do")
+            if getattr(args, "control", None) is not None:  # the Python API's result: nothing spent, at a known price
+                args.control.record_cost(stats.cost_usd, stats.cost_simulated)
+            return 0
+        if scores.resumed:
+            log.info("%s: resuming: %d of %d scenarios scored", path, scores.resumed, stats.target)
+        if args.results:
+            from asyncgen.score_batch import read_results
 
-        with contextlib.closing(scores):
             return read_results(args, scenarios, settings, scores, stats, counts, price)
-    prices_of = (price, judge_price)
-    return run_event_loop(_score_async(args, scenarios, settings, scores, stats, counts, prices_of, mode, url, api_key,
-                                       path))
+        prices_of = (price, judge_price)
+        return run_event_loop(_score_async(args, scenarios, settings, scores, stats, counts, prices_of, mode, url,
+                                           api_key, path))
 
 
 def _checked_dataset(args) -> tuple[list[Scenario], Task, dict[str, list[str]]]:
@@ -149,7 +148,6 @@ async def _score_async(args, scenarios, settings, scores, stats, counts, prices_
     pipeline: ScorePipeline | None = None
     failure: BaseException | None = None
     async with contextlib.AsyncExitStack() as stack:
-        stack.callback(scores.close)
         progress = None
         try:
             if mode == "simulator":
