@@ -329,8 +329,8 @@ class BatchResult(TargetedResult):
         scenarios: Scenarios the dataset holds now.
         target: Scenarios asked for.
         cost_usd: What the batch directory's requests cost so far, every call included, at batch
-            prices (a pilot's at real-time prices): the summary's cost line (None when the price
-            is unknown).
+            prices (the real-time requests of a pilot or finish at real-time prices): the summary's
+            cost line (None when the price is unknown).
         cost_simulated: True offline: the simulator's usage at real prices.
         stop_reason: None when it finished; ``"max_cost"`` or why it stopped.
     """

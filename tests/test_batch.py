@@ -617,6 +617,119 @@ def test_a_round_that_ends_short_is_finished_in_real_time_not_by_another_round(t
     assert re.search(r"finish\s+\d+ real-time requests( in \d+ waves)? asked for the last round's shortfall", done.stderr)
     real_time = sum(e["usage"]["input"] * 2.5 + e["usage"]["output"] * 10.0 for e in finishes) / 1e6  # gpt-4o real time
     assert summary_cost(done.stderr) == pytest.approx(usage_cost(server_batches(base_url)) + real_time, abs=2e-4)
+    status = batch(tmp_path, "status")  # the finish's waves have rows of their own, with what they cost
+    assert status.stdout.count(", real time)") == len(finishes) and "answered" in status.stdout
+    (tmp_path / "batches" / "manifest.json").rename(tmp_path / "manifest.lost")
+    rebuilt = batch(tmp_path, "rebuild", "--base-url", base_url)
+    assert rebuilt.returncode == 0 and "1 result file(s) processed" in rebuilt.stdout, rebuilt.stdout + rebuilt.stderr
+    assert manifest(tmp_path)["next_request"] == state["next_request"], rebuilt.stdout  # the finish's numbers are not asked again
+
+
+def _batch_process(tmp_path, *args, timeout=90):
+    """``asyncgen batch ARGS`` in a process of its own, given ``timeout`` seconds (a run that loops fails)."""
+    return subprocess.run([sys.executable, "-m", "asyncgen", "batch", *args], env=ENV, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_a_round_whose_requests_all_fail_stops_in_the_servers_words(tmp_path, simulator):
+    """Before, every request of a round failing (HTTP 500) made `batch run` plan, submit and fail
+    round after round without end (299 rounds in 40 s)."""
+    base_url = simulator("--batch-speed", "2000", "--faults", "500=1")
+    done = _batch_process(tmp_path, "run", "--num-scenarios", "60", "--base-url", base_url, "--poll-seconds", "0.05")
+    assert done.returncode == 1, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert re.search(r"round 1 of batches: all \d+ requests failed \(HTTP 500 server_error: \d+\), so nothing more is sent", last)
+    assert len(server_batches(base_url)) == 1
+
+
+def test_a_yield_far_under_the_prior_stops_before_a_costly_round(tmp_path, simulator):
+    """Answers with almost no valid pair (a task or model not doing what it should): before, the
+    next round was sized for that yield (812 requests for 58 scenarios, then 5,600: $36 offline);
+    without --max-cost it now stops with the yield, the main rejections and the round it would ask."""
+    base_url = simulator("--batch-speed", "2000", "--imperfect-rate", "1.0")
+    done = _batch_process(tmp_path, "run", "--num-scenarios", "60", "--base-url", base_url, "--poll-seconds", "0.05")
+    assert done.returncode == 1, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert "valid new pairs per answered request" in last and "under a tenth of the 5 expected" in last
+    assert re.search(r"the next round would ask about [\d,]+ requests for \d+ scenarios, so nothing more is sent", last)
+    assert "rejected most:" in last and len(server_batches(base_url)) == 1
+    budget = _batch_process(tmp_path, "run", "--num-scenarios", "60", "--base-url", base_url, "--poll-seconds", "0.05",
+                            "--max-cost", "0.01")  # within a budget it goes on, as far as the budget allows
+    assert budget.returncode == 1 and "stopped at --max-cost" in budget.stderr, budget.stderr[-2000:]
+
+
+def test_a_finish_goes_on_after_a_small_wave_that_added_nothing(monkeypatch):
+    """A wave of one request that adds no pair says little (a request's yield is 0 about one time in
+    four at a yield of 1.1): the finish goes on; it gives up on a wave that added nothing where five
+    pairs or more were expected, or that had no answer."""
+    import argparse
+    from types import SimpleNamespace
+
+    from asyncgen.batch.manifest import Entry, Manifest
+    from asyncgen.commands import batch as batch_command
+
+    def finish(waves: list[tuple[int, int]]) -> list[int]:
+        """Run ``_finish`` on a round 1 that left 2 of 60, each wave answering (answered, pairs added)."""
+        manifest = Manifest("refusal", "gpt-4o", {}, 60, "d.jsonl", rounds=1, round_target=60,
+                            totals={"requests_ok": 100, "useful": 110})
+        sink, sent = SimpleNamespace(count=58), []
+
+        async def wave(args, setup, manifest, api, sink, validator, annotations, settings, count, source, number, measured):
+            answered, added = waves[len(sent)]
+            sent.append(count)
+            manifest.entries.append(Entry(f"finish-{len(sent)}", 1, count, source="finish",
+                                          request_counts={"completed": answered}))
+            sink.count += added
+            return [added] + [0] * (answered - 1)
+
+        monkeypatch.setattr(batch_command, "_real_time_wave", wave)
+        args = argparse.Namespace(response_format="auto", temperature=1.0, seed=None, max_cost=None, avoid_chars=800)
+        setup = SimpleNamespace(model="gpt-4o", task=None, price=None)
+        display = SimpleNamespace(activity=None, show=lambda count=None: None)
+        asyncio.run(batch_command._finish(args, setup, manifest, None, sink, None, None, display))
+        return sent
+
+    import asyncio
+
+    assert finish([(2, 0), (2, 0), (2, 2)]) == [2, 2, 2]  # 2 requests expect 2.2 pairs: no reason to stop
+    assert finish([(2, 0)] * 3 + [(2, 2)]) == [2, 2, 2, 2]
+    assert finish([(0, 0)]) == [2]  # no answer: the server is not answering; a round takes over
+
+
+def test_a_raised_target_gets_a_round_not_a_finish(tmp_path):
+    """A finish is for a round that ended short of its own target: raising --num-scenarios of a
+    finished directory by a few asks them in a round at batch prices, as `batch topup` would."""
+    assert batch(tmp_path, "run", "--num-scenarios", "60", "--poll-seconds", "0.05").returncode == 0
+    before = manifest(tmp_path)
+    done = batch(tmp_path, "run", "--num-scenarios", str(60 + before["spares"] + 3), "--poll-seconds", "0.05")
+    assert done.returncode == 0, done.stderr[-2000:]
+    state = manifest(tmp_path)
+    assert state["rounds"] == before["rounds"] + 1 and not [e for e in state["entries"] if e["source"] == "finish"]
+
+
+def test_ctrl_c_during_a_finish_wave_keeps_the_pairs_of_what_was_answered(tmp_path, simulator):
+    """Answers are accepted as they come: before, a Ctrl-C during a finish wave dropped the pairs of
+    the requests already answered and paid (accepted only once the whole wave was back)."""
+    base_url = simulator("--batch-speed", "2000", "--imperfect-rate", "0.85", "--latency-ms", "3000",
+                         "--latency-jitter-ms", "2900")
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr_file:
+        process = _start_batch_run(tmp_path, "--num-scenarios", "60", "--base-url", base_url, "--pilot-requests", "0",
+                                   "--real-time-finish", "1", stdout=subprocess.DEVNULL, stderr=stderr_file)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+                e["source"] == "finish" and e["request_counts"].get("completed", 0) >= 2
+                for e in (manifest(tmp_path)["entries"] if (tmp_path / "batches" / "manifest.json").is_file() else [])):
+            assert process.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+    stderr = log.read_text()
+    assert process.returncode == 130, stderr[-2000:]
+    left = int(re.search(r"finish, wave 1: \d+ real-time requests for the (\d+) scenarios", stderr).group(1))
+    finish = next(e for e in manifest(tmp_path)["entries"] if e["source"] == "finish")
+    assert finish["request_counts"]["completed"] >= 2
+    assert len(scenarios(tmp_path / "dataset.jsonl")) > 60 - left  # the answered requests' pairs are in
 
 
 def test_spares_repeat_neither_the_dataset_nor_each_other(tmp_path, refusal_task):
@@ -672,7 +785,10 @@ def _wait_for_results(tmp_path, process, timeout=120):
 def test_ctrl_c_while_validating_stops_at_once_keeps_what_is_validated_and_says_what_is_left(tmp_path, interrupts):
     log = tmp_path / "stderr.txt"
     with open(log, "w") as stderr_file:
-        process = _start_batch_run(tmp_path, "--num-scenarios", "1000", stdout=subprocess.DEVNULL, stderr=stderr_file)
+        # --real-time-finish 0: round 1 sized to reach 1,000 by itself, and every scenario after the
+        # pilot through a processing pass, so that the counts below say it all
+        process = _start_batch_run(tmp_path, "--num-scenarios", "1000", "--real-time-finish", "0",
+                                   stdout=subprocess.DEVNULL, stderr=stderr_file)
         _wait_for_results(tmp_path, process)
         deadline = time.monotonic() + 5
         while "validating" not in log.read_text() and time.monotonic() < deadline:
@@ -689,14 +805,13 @@ def test_ctrl_c_while_validating_stops_at_once_keeps_what_is_validated_and_says_
     left = int(re.search(r"not validated\s+(\d+) candidate pairs", stderr).group(1))
     written = len(scenarios(tmp_path / "dataset.jsonl"))
     assert left > 0 and 0 < written < 1000
-    done = batch(tmp_path, "run", "--num-scenarios", "1000", "--poll-seconds", "0.05")
+    done = batch(tmp_path, "run", "--num-scenarios", "1000", "--poll-seconds", "0.05", "--real-time-finish", "0")
     assert done.returncode == 0, done.stderr[-2000:]
     assert_valid_dataset(tmp_path / "dataset.jsonl", 1000)
     state = manifest(tmp_path)
-    assert [e["source"] for e in state["entries"]].count("api") == 1  # the pass was replayed: no new round
-    finished = sum(e["source"] == "finish" for e in state["entries"])  # the round's shortfall, in real time
-    accepted = state["totals"]["accepted"] + sum(state["totals"].get("pilot_yields", []))
-    assert accepted == 1000 if not finished else accepted < 1000  # none counted twice
+    pilot = [e for e in state["entries"] if e["source"] == "pilot"]
+    assert len(state["entries"]) == len(pilot) + 1  # the pass was replayed: no new round
+    assert state["totals"]["accepted"] + sum(state["totals"].get("pilot_yields", [])) == 1000  # none counted twice
 
 
 def test_ctrl_c_in_the_last_validation_chunk_stops_the_run_after_the_pass(tmp_path):

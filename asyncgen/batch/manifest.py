@@ -92,6 +92,7 @@ class Manifest:
     endpoint: dict | None = None  # {"mode": "simulator" | "openai" | "custom", "base_url": ...}
     next_request: int = 0  # numbers custom_ids and seeds across rounds
     rounds: int = 0
+    round_target: int | None = None  # the target the latest round was planned for (a finish is for it only)
     entries: list[Entry] = field(default_factory=list)
     spares_file: str | None = None
     spares: int = 0
@@ -143,6 +144,7 @@ class Manifest:
         every sync, so it always matches the scenarios the checkpoint covers (``restore``). A copy:
         the sink keeps it until its next sync, while this manifest changes."""
         record = {"next_request": self.next_request, "rounds": self.rounds, "target": self.target,
+                  "round_target": self.round_target,
                   "answered": self.answered, "retried": self.retried, "external": self.external,
                   "totals": self.totals, "processing": self.processing,
                   "spares_file": self.spares_file, "spares": self.spares,
@@ -176,6 +178,7 @@ class Manifest:
         totals, external, rounds = dict(record["totals"]), sorted(record["external"]), max(self.rounds, int(record["rounds"]))
         # All checked: now change the manifest.
         self.next_request, self.rounds = next_request, rounds
+        self.round_target = record.get("round_target") if rounds == int(record["rounds"]) else None
         self.answered, self.retried = to_ranges(answered), to_ranges(retried)
         self.external, self.totals, self.processing = external, totals, marker
         self.spares_file, self.spares = spares_file, spares_count

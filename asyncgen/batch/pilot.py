@@ -32,7 +32,7 @@ CONCURRENCY = 32  # most requests in flight at once, as run's default --concurre
 
 @dataclass
 class PilotResult:
-    yields: list[int]  # valid new pairs per request, in request order (0 for a request given up)
+    yields: list[int] = field(default_factory=list)  # valid new pairs per request answered (0: given up), as they came
     accepted: int = 0
     surplus: list[Verdict] = field(default_factory=list)  # valid pairs beyond the target
 
@@ -40,10 +40,12 @@ class PilotResult:
 async def run_pilot(client, api_key: str | None, task: Task, settings: GenerationSettings, price: Price | None,
                     numbers: Sequence[int], avoid_pool: Sequence[str], avoid_chars: int, *, trust_env: bool,
                     sink: ScenarioSink, validator: PairValidator, annotations: Sidecar | None,
-                    stats: RunStats) -> PilotResult:
-    """Send the requests ``numbers`` (at once) to ``client``'s server; accept their pairs into
-    ``sink`` one request at a time; return each request's yield. ``stats`` counts the requests,
-    their tokens and real-time cost as run's do, whatever happens (the caller records them)."""
+                    stats: RunStats, result: PilotResult) -> PilotResult:
+    """Send the requests ``numbers`` (at most ``CONCURRENCY`` at once) to ``client``'s server;
+    accept each answer's pairs into ``sink`` as it comes, so that a stop (a cancellation) keeps
+    every pair answered before it; ``result`` holds each request's yield so far, whatever happens.
+    ``stats`` counts the requests, their tokens and real-time cost as run's do (the caller records
+    them)."""
     from asyncgen.throttle import RetryPolicy, Throttle
     from asyncgen.transport import ChatTransport
     from asyncgen.workers import Generator
@@ -52,16 +54,18 @@ async def run_pilot(client, api_key: str | None, task: Task, settings: Generatio
     transport = ChatTransport(client, concurrency=max(1, min(len(numbers), CONCURRENCY)), timeout=REQUEST_TIMEOUT_S, trust_env=trust_env)
     throttle = Throttle(largest_request_tokens=largest_request_tokens(task, avoid_chars))
     generator = Generator(transport, task, settings, throttle, RetryPolicy(), stats, price, api_key)
-    try:
-        answers = await asyncio.gather(*(generator.generate(n, request_avoid_list(avoid_pool, avoid_chars, n))
-                                         for n in numbers))
-    finally:
-        await transport.close()
-    result = PilotResult([])
     acceptance = Acceptance(task, sink, stats, annotations)
-    for pairs in answers:
-        taken = acceptance.take(validator.validate(acceptance.fresh(pairs)) if pairs else [])
-        result.yields.append(len(taken.accepted) + len(taken.surplus))
-        result.accepted += len(taken.accepted)
-        result.surplus += taken.surplus
+    requests = [asyncio.ensure_future(generator.generate(n, request_avoid_list(avoid_pool, avoid_chars, n))) for n in numbers]
+    try:
+        for answer in asyncio.as_completed(requests):
+            pairs = await answer
+            taken = acceptance.take(validator.validate(acceptance.fresh(pairs)) if pairs else [])
+            result.yields.append(len(taken.accepted) + len(taken.surplus))
+            result.accepted += len(taken.accepted)
+            result.surplus += taken.surplus
+    finally:
+        for request in requests:
+            request.cancel()
+        await asyncio.gather(*requests, return_exceptions=True)
+        await transport.close()
     return result

@@ -130,6 +130,9 @@ def requests_to_reach(deficit: int, estimate: YieldEstimate, probability: float 
     return high
 
 
+# Without --max-cost, `batch run` plans no round for a measured yield under this share of the prior:
+# the task or the model is not doing what it should, and the round would cost many times the plan's.
+LOWEST_YIELD_SHARE = 0.1
 # A round of `batch run` that ends short by at most this share of the target is finished with
 # real-time requests (seconds, at real-time prices: one batch request's price more per request)
 # instead of another round of up to a day (--real-time-finish).
@@ -220,8 +223,10 @@ def best_pilot(deficit: int, estimate: YieldEstimate, pairs_asked: int, most: in
     ``most``) make the least of what they and the round's waste cost, in batch requests: each
     pilot request ``PILOT_PREMIUM``; the waste, ``expected_waste`` of the round ``round_size``
     gives at the round's scale, as if the mean and spread measured so far had been measured on k
-    requests. The waste shrinks about as ``spread x R / sqrt(k)`` for a round of R requests, the
-    premium grows as k: their sum is least near ``k = (z x spread x R / (2 x mean))^(2/3)``. Pure."""
+    requests. The waste shrinks about as ``c x spread x R / sqrt(k)`` for a round of R requests
+    (``c`` about 0.8 for a round at the median, about the normal quantile for one that must reach
+    the target alone), the premium grows as k: their sum is least near
+    ``k = (c x spread x R / (2 x mean))^(2/3)``. Pure."""
     done = max(estimate.requests, 1)
     most = max(min(most, PILOT_MAX), done)
     if deficit <= 0 or estimate.mean <= 0:

@@ -49,6 +49,9 @@ from asyncgen.validate import load_task_and_tokenizers
 log = logging.getLogger("asyncgen.batch")
 SHOWN_ERRORS = 10
 FINISH_WAVE_MAX = 256  # real-time requests in one wave of a finish (more waves follow while each adds pairs)
+# A finish wave that adds nothing where this many pairs were expected ends the finish: at a binomial
+# yield near the mean, so few pairs by chance is rarer than 1 in 100.
+FINISH_GIVES_UP_AFTER = 5
 
 
 # --- flags ------------------------------------------------------------------------------------
@@ -159,7 +162,7 @@ def _setup_flags(p: argparse.ArgumentParser) -> None:
 
 def _plan_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-batches", type=positive_int, default=1, help="request files (batches) to split a round into (default: 1; more when a file would pass 50,000 requests or 200 MB)")
-    p.add_argument("--max-cost", type=non_negative_float, default=None, help="USD budget at batch prices for everything in --dir: no batch is planned whose worst case could cross it")
+    p.add_argument("--max-cost", type=non_negative_float, default=None, help="USD budget for everything in --dir, batches at batch prices and real-time requests (a pilot, a finish) at real-time prices: nothing is sent whose worst case could cross it")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
     p.add_argument("--seed", type=int, default=None, help="base seed sent with requests (request i gets seed+i); also seeds the offline simulator")
     p.add_argument("--response-format", choices=("auto", "json_schema", "json_object"), default="auto", help="structured output: strict json_schema where the model supports it, else json_object (default: auto)")
@@ -321,6 +324,7 @@ def _plan_and_write(args, setup: Setup, manifest: Manifest, deficit: int, avoid:
         raise UsageError(f"{directory / lifecycle.REQUESTS / taken[0]} is there already but {directory}'s manifest does "
                          "not name it; request files are never overwritten: move it away, or use another --dir")
     manifest.rounds += 1
+    manifest.round_target = manifest.target
     manifest.next_request += made.new_requests
     (directory / lifecycle.REQUESTS).mkdir(parents=True, exist_ok=True)
     for name, chunk in zip(names, made.files):
@@ -471,11 +475,15 @@ def cmd_rebuild(args) -> int:
     manifest = Manifest(str(args.task or "refusal"), setup.model, setup.fingerprint, args.num_scenarios or 1500,
                         args.output or "dataset.jsonl", directory_id=probe.directory_id, legacy_below=probe.legacy_below,
                         next_request=probe.next_request, rounds=probe.rounds, entries=probe.entries)
-    spares = sorted((int(p.stem[len("spares-"):]), p) for p in directory.glob("spares-*.jsonl") if p.stem[len("spares-"):].isdigit())
+    spares = sorted((p.stat().st_mtime, p) for p in directory.glob("spares-*.jsonl") if _spares_name(p.stem))
     if spares:  # the newest: a pass deletes the one it read once it has written its own
-        generation, path = spares[-1]
+        path = spares[-1][1]
         manifest.spares_file, manifest.spares = path.name, len(path.read_bytes().splitlines())
-        manifest.totals["passes"] = generation
+        kind, number = _spares_name(path.stem)
+        if kind == "pass":
+            manifest.totals["passes"] = number
+        else:  # a pilot's or finish's: named by the next request number, which later requests must not reuse
+            manifest.next_request = max(manifest.next_request, number)
     offline = (directory / "simulator").is_dir()
     if not offline and request_destination(args)[0] == "simulator" and manifest.entries:
         raise UsageError(f"{directory} holds no offline simulator state, so its request files were not sent offline: say "
@@ -508,7 +516,7 @@ def cmd_rebuild(args) -> int:
         totals = manifest.totals
         print(f"accounting restored from {checkpoint} (what the dataset's last checkpoint recorded): "
               f"{totals.get('requests_ok', 0)} answered requests counted in {totals.get('passes', 0)} processing pass(es), "
-              f"{sum(e.processed and e.downloaded and e.source != 'pilot' for e in manifest.entries)} result file(s) processed"
+              f"{sum(e.processed and e.downloaded and not e.real_time for e in manifest.entries)} result file(s) processed"
               + ("; the pass it cut short is replayed by the next `batch process` or `batch run`" if manifest.processing else "")
               + "; nothing is processed or counted twice")
     else:
@@ -517,6 +525,15 @@ def cmd_rebuild(args) -> int:
     print(f"task {manifest.task}, model {manifest.model}, dataset {manifest.output}, target {manifest.target}; "
           f"next: python -m asyncgen batch run --dir {directory} (or `batch process`)")
     return 0
+
+
+def _spares_name(stem: str) -> tuple[str, int] | None:
+    """What wrote a spares file, by its name: ``spares-N`` (processing pass N), ``spares-pilot-N`` or
+    ``spares-finish-N`` (real-time requests, N the next request number then); None for another name."""
+    kind, _, number = stem.removeprefix("spares-").rpartition("-")
+    if not number.isdigit() or kind not in ("", "pilot", "finish") or not stem.startswith("spares-"):
+        return None
+    return kind or "pass", int(number)
 
 
 def _recorded_accounting(setup: Setup, manifest: Manifest, checkpoint: Path, force: bool) -> tuple[dict | None, str]:
@@ -634,6 +651,13 @@ def status_table(setup: Setup, manifest: Manifest) -> str:
     now = time.time()
     rows = [f"{'batch':<32} {'status':<11} {'done':>11} {'failed':>6} {'age':>6} {'cost':>9}"]
     for entry in manifest.entries:
+        if entry.real_time:  # the pilot's or a finish's requests: answered at once, at real-time prices
+            counts = entry.request_counts or {}
+            cost = setup.costs(entry.usage.get("input", 0), entry.usage.get("output", 0))[1] if entry.usage else 0.0
+            done = f"{counts.get('completed', 0)}/{entry.requests}"
+            rows.append(f"{'(' + entry.name + ', real time)':<32} {'answered':<11} {done:>11} "
+                        f"{entry.requests - counts.get('completed', 0):>6} {'-':>6} {_money(cost):>9}")
+            continue
         if entry.source != "api":
             continue
         counts = entry.request_counts or {}
@@ -955,11 +979,11 @@ def summary_text(setup: Setup, manifest: Manifest, count: int, report=None, *, t
                                 ("finish", _finishes(manifest), "asked for the last round's shortfall")):
         if entries:
             cost = setup.costs(sum(e.usage.get("input", 0) for e in entries), sum(e.usage.get("output", 0) for e in entries))[1]
-            answered = sum((e.request_counts or {}).get("completed", 0) for e in entries)
-            unanswered = sum(e.requests for e in entries) - answered
+            sent = sum(e.requests for e in entries)
+            unanswered = sent - sum((e.request_counts or {}).get("completed", 0) for e in entries)
             waves = f" in {len(entries)} waves" if len(entries) > 1 else ""
-            lines.append(f"  {label:<15} {answered} real-time requests{waves} {did}"
-                         + (f" ({unanswered} more not answered)" if unanswered else "")
+            lines.append(f"  {label:<15} {sent} real-time requests{waves} {did}"
+                         + (f", {unanswered} of them not answered" if unanswered else "")
                          + f" ({_money(cost)}, in the cost below)")
     if t.get("foreign") or t.get("repeated"):
         lines.append(f"  left out        {t.get('foreign', 0)} results of requests {setup.directory} did not make, "
@@ -1016,29 +1040,53 @@ async def _pilot(args, setup: Setup, manifest: Manifest, api, sink, validator, a
              "" if estimate else " (too few answers to size by: the prior is used)", _money(at_real if setup.price else None))
 
 
+def _refuse_a_yield_too_low(args, setup: Setup, manifest: Manifest, count: int) -> None:
+    """Without --max-cost, stop before a round (or a finish) sized for a measured yield under
+    ``plan.LOWEST_YIELD_SHARE`` of the prior: the task or the model is not doing what it should,
+    and the next round would cost many times what the plan assumed (a run that accepts 1 pair in
+    100 asks 5,600 requests for 56 scenarios)."""
+    measured, prior = manifest.yield_per_request(), plan.prior_yield(setup.task)
+    if args.max_cost is not None or measured is None or measured >= prior * plan.LOWEST_YIELD_SHARE:
+        return
+    deficit = manifest.target - count - manifest.spares
+    estimate, _ = yield_estimate(setup, manifest, deficit)
+    top = sorted((manifest.totals.get("rejections") or {}).items(), key=lambda kv: -kv[1])[:2]
+    why = "; rejected most: " + ", ".join(f"{k} {n}" for k, n in top) if top else ""
+    raise RunError(f"{setup.directory}: {measured:.2f} valid new pairs per answered request ({manifest.totals['requests_ok']} "
+                   f"answered{why}), under a tenth of the {prior:g} expected: the next round would ask about "
+                   f"{plan.round_size(deficit, estimate):,} requests for {deficit} scenarios, so nothing more is sent; "
+                   "check the task and the model, or give --max-cost to go on within a budget")
+
+
 async def _finish(args, setup: Setup, manifest: Manifest, api, sink, validator, annotations, display: "Display") -> None:
-    """After round R ended short by at most ``finish_allowance``: the rest in real time, through
-    ``run``'s stages as the pilot (seconds, at real-time prices), not another round of up to a day.
-    Waves sized by the yield the rounds measured (``ceil(deficit / mean)``: the median's, whatever
-    a wave adds beyond the target becomes spares); it stops when the target is reached, when a wave
-    adds nothing (another round takes over), or when --max-cost allows no more. Killed and run
-    again, it goes on: its entries are recorded before they are sent, as the pilot's."""
+    """After round R ended short of its target by at most ``finish_allowance``: the rest in real
+    time, through ``run``'s stages as the pilot (seconds, at real-time prices), not another round
+    of up to a day. Waves sized by the yield the rounds measured (``ceil(deficit / mean)``: the
+    median's; what a wave adds beyond the target becomes spares). It stops when the target is
+    reached; when a wave had no answer, or added nothing where it was expected to add at least
+    ``FINISH_GIVES_UP_AFTER`` pairs (the measured yield no longer holds), and then another round
+    takes over; or when --max-cost allows no more. Killed and run again, it goes on: its entries
+    are recorded before they are sent, as the pilot's."""
+    mean = manifest.yield_per_request()
+    if not mean:  # nothing measured, or the rounds yielded nothing: real-time requests would not either
+        return
     settings = GenerationSettings(setup.model, response_format_for(setup.model, args.response_format), args.temperature, args.seed)
     while (deficit := manifest.target - sink.count - manifest.spares) > 0:
-        mean = manifest.yield_per_request() or plan.prior_yield(setup.task)
-        count = _real_time_affordable(args, setup, manifest, min(math.ceil(deficit / max(mean, 0.1)), FINISH_WAVE_MAX))
+        count = _real_time_affordable(args, setup, manifest, min(math.ceil(deficit / mean), FINISH_WAVE_MAX))
         if count <= 0:
             return
-        display.activity = f"finishing in real time: {count} requests for {deficit} scenarios"
+        display.activity = f"finishing: {count} real-time requests"
         display.show(sink.count)
         try:
             added = await _real_time_wave(args, setup, manifest, api, sink, validator, annotations, settings, count,
                                           "finish", len(_finishes(manifest, manifest.rounds)) + 1, [])
         finally:
             display.activity = None
-        if not sum(added):
-            log.warning("finish: %d real-time requests added no scenario; round %d goes on with another round",
-                        count, manifest.rounds)
+        answered = manifest.entries[-1].request_counts.get("completed", 0)
+        if not answered or (not sum(added) and count * mean >= FINISH_GIVES_UP_AFTER):
+            log.warning("finish: %d real-time requests %s; another round goes on for the %d scenarios left", count,
+                        "had no answer" if not answered else f"added no scenario where {count * mean:.0f} were expected",
+                        manifest.target - sink.count - manifest.spares)
             return
 
 
@@ -1057,7 +1105,7 @@ async def _real_time_wave(args, setup: Setup, manifest: Manifest, api, sink, val
     """One wave of real-time requests, ``source`` "pilot" (before round 1) or "finish" (after the
     last round): ``count`` requests, their pairs accepted; the pilot's yields measured so far
     (``measured`` and this wave's) saved in the manifest; returns this wave's."""
-    from asyncgen.batch.pilot import run_pilot
+    from asyncgen.batch.pilot import PilotResult, run_pilot
 
     _, avoid = _dataset(manifest.output, setup.task)
     numbers = range(manifest.next_request, manifest.next_request + count)
@@ -1068,7 +1116,7 @@ async def _real_time_wave(args, setup: Setup, manifest: Manifest, api, sink, val
         log.info("finish, wave %d: %d real-time requests for the %d scenarios round %d left to go", wave, count,
                  manifest.target - sink.count - manifest.spares, manifest.rounds)
     # The entry first, its usage saved with every answer: killed at any moment, the wave is not
-    # sent again and what it was paid is counted (the pairs of answers not yet accepted are lost).
+    # sent again and what it was paid is counted (each answer's pairs go into the dataset as it comes).
     entry = Entry(f"{source}-{manifest.next_request}", manifest.rounds, count, source=source, state="submitted",
                   status="completed", downloaded=True, processed=True)
     manifest.next_request += count
@@ -1081,19 +1129,23 @@ async def _real_time_wave(args, setup: Setup, manifest: Manifest, api, sink, val
         manifest.save(setup.directory)
 
     record()
+    sink.sync(_run_state(setup, manifest, sink))  # the checkpoint's record too: a rebuild must not number requests again
     stats.on_usage = record
-    result = await run_pilot(api.client, api.api_key, setup.task, settings, setup.price, numbers, avoid,
-                             args.avoid_chars, trust_env=api.trust_env, sink=sink, validator=validator,
-                             annotations=annotations, stats=stats)
-    if source == "pilot":
-        manifest.totals["pilot_yields"] = measured + result.yields
-    if result.surplus:  # the target is reached: no wave follows
-        name = f"spares-{source}-{manifest.next_request}.jsonl"
-        atomic_write(setup.directory / name, b"".join(
-            orjson.dumps({"prompt": v.prompt, "counterfactual": v.counterfactual}) + b"\n" for v in result.surplus))
-        manifest.spares_file, manifest.spares = name, len(result.surplus)
-    manifest.save(setup.directory)
-    sink.sync(_run_state(setup, manifest, sink))
+    result = PilotResult()
+    try:
+        await run_pilot(api.client, api.api_key, setup.task, settings, setup.price, numbers, avoid, args.avoid_chars,
+                        trust_env=api.trust_env, sink=sink, validator=validator, annotations=annotations, stats=stats,
+                        result=result)
+    finally:  # stopped too: what was answered is in the dataset, its yields and surplus recorded
+        if source == "pilot":
+            manifest.totals["pilot_yields"] = measured + result.yields
+        if result.surplus:  # the target is reached: no wave follows
+            name = f"spares-{source}-{manifest.next_request}.jsonl"
+            atomic_write(setup.directory / name, b"".join(
+                orjson.dumps({"prompt": v.prompt, "counterfactual": v.counterfactual}) + b"\n" for v in result.surplus))
+            manifest.spares_file, manifest.spares = name, len(result.surplus)
+        record()
+        sink.sync(_run_state(setup, manifest, sink))
     log.info("%s, wave %d: %d answered, %d scenarios accepted, yields %s", source, wave, stats.requests_ok,
              result.accepted, " ".join(map(str, result.yields)))
     return result.yields
@@ -1177,6 +1229,10 @@ async def _run_async(args, setup: Setup, manifest: Manifest, started: float, out
                     if report.stopped:  # Ctrl-C during the pass: the run stops here, after it, even when it finished
                         outcome.stop, outcome.unvalidated = "interrupted", report.unvalidated
                         return
+                    if report.read.new and not report.read.requests_ok and sink.count < manifest.target:
+                        causes = ", ".join(f"{cause}: {n}" for cause, n in report.read.errors.most_common(3))
+                        raise RunError(f"round {manifest.rounds} of {directory}: all {report.read.new} requests failed "
+                                       f"({causes}), so nothing more is sent; fix the cause, then run again")
                 if sink.count >= manifest.target:
                     return
                 if not manifest.in_flight() and not manifest.unsubmitted():
@@ -1190,7 +1246,10 @@ async def _run_async(args, setup: Setup, manifest: Manifest, started: float, out
                                        "and are not resubmitted as they are; fix the cause, then `asyncgen batch topup "
                                        f"--dir {directory}` and run again")
                     allowance = finish_allowance(args, manifest)
-                    if manifest.rounds and manifest.target - sink.count - manifest.spares <= allowance:
+                    _refuse_a_yield_too_low(args, setup, manifest, sink.count)
+                    # A finish is for a round that ended short of its own target, not for a target raised since.
+                    if (manifest.rounds and manifest.round_target == manifest.target
+                            and manifest.target - sink.count - manifest.spares <= allowance):
                         await _finish(args, setup, manifest, api, sink, validator, annotations, display)
                     else:
                         await _pilot(args, setup, manifest, api, sink, validator, annotations)
