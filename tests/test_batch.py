@@ -659,19 +659,22 @@ def test_a_yield_far_under_the_prior_stops_before_a_costly_round(tmp_path, simul
 
 
 def test_a_finish_goes_on_after_a_small_wave_that_added_nothing(monkeypatch):
-    """A wave of one request that adds no pair says little (a request's yield is 0 about one time in
-    four at a yield of 1.1): the finish goes on; it gives up on a wave that added nothing where five
-    pairs or more were expected, or that had no answer."""
+    """A wave of one or two requests that adds no pair says little (a request's yield is 0 about one
+    time in four at a yield of 1.1; one request can be a refusal): before, the finish gave up after
+    one such wave and a round of up to a day followed for a scenario or two. It gives up once its
+    last requests (3 or more) added nothing where 20 pairs or more were expected, answered or not."""
     import argparse
+    import asyncio
     from types import SimpleNamespace
 
     from asyncgen.batch.manifest import Entry, Manifest
     from asyncgen.commands import batch as batch_command
 
-    def finish(waves: list[tuple[int, int]]) -> list[int]:
-        """Run ``_finish`` on a round 1 that left 2 of 60, each wave answering (answered, pairs added)."""
+    def finish(waves: list[tuple[int, int]], useful_per_100: int = 110) -> list[int]:
+        """Run ``_finish`` on a round 1 that left 2 of 60, each wave answering (answered, pairs added);
+        the requests each wave sent."""
         manifest = Manifest("refusal", "gpt-4o", {}, 60, "d.jsonl", rounds=1, round_target=60,
-                            totals={"requests_ok": 100, "useful": 110})
+                            totals={"requests_ok": 100, "useful": useful_per_100})
         sink, sent = SimpleNamespace(count=58), []
 
         async def wave(args, setup, manifest, api, sink, validator, annotations, settings, count, source, number, measured):
@@ -689,11 +692,11 @@ def test_a_finish_goes_on_after_a_small_wave_that_added_nothing(monkeypatch):
         asyncio.run(batch_command._finish(args, setup, manifest, None, sink, None, None, display))
         return sent
 
-    import asyncio
-
     assert finish([(2, 0), (2, 0), (2, 2)]) == [2, 2, 2]  # 2 requests expect 2.2 pairs: no reason to stop
-    assert finish([(2, 0)] * 3 + [(2, 2)]) == [2, 2, 2, 2]
-    assert finish([(0, 0)]) == [2]  # no answer: the server is not answering; a round takes over
+    assert finish([(2, 0)] * 5 + [(2, 2)]) == [2] * 6
+    assert finish([(1, 0), (1, 2)], useful_per_100=660) == [1, 1]  # one barren request at 6.6 pairs each
+    assert finish([(1, 0)] * 9, useful_per_100=660) == [1] * 4  # four at 6.6 each: 26 expected, none came
+    assert finish([(0, 0)] * 20) == [2] * 10  # no answer, 10 waves of 2 at 1.1: 22 pairs expected
 
 
 def test_a_raised_target_gets_a_round_not_a_finish(tmp_path):

@@ -49,9 +49,10 @@ from asyncgen.validate import load_task_and_tokenizers
 log = logging.getLogger("asyncgen.batch")
 SHOWN_ERRORS = 10
 FINISH_WAVE_MAX = 256  # real-time requests in one wave of a finish (more waves follow while each adds pairs)
-# A finish wave that adds nothing where this many pairs were expected ends the finish: at a binomial
-# yield near the mean, so few pairs by chance is rarer than 1 in 100.
-FINISH_GIVES_UP_AFTER = 5
+# A finish ends when its last requests (at least FINISH_BARREN_REQUESTS of them: one request can be a
+# refusal, a failure, an answer of rejected pairs) added nothing where this many pairs were expected.
+FINISH_GIVES_UP_AFTER = 20
+FINISH_BARREN_REQUESTS = 3
 
 
 # --- flags ------------------------------------------------------------------------------------
@@ -1063,14 +1064,15 @@ async def _finish(args, setup: Setup, manifest: Manifest, api, sink, validator, 
     time, through ``run``'s stages as the pilot (seconds, at real-time prices), not another round
     of up to a day. Waves sized by the yield the rounds measured (``ceil(deficit / mean)``: the
     median's; what a wave adds beyond the target becomes spares). It stops when the target is
-    reached; when a wave had no answer, or added nothing where it was expected to add at least
-    ``FINISH_GIVES_UP_AFTER`` pairs (the measured yield no longer holds), and then another round
-    takes over; or when --max-cost allows no more. Killed and run again, it goes on: its entries
+    reached; when its last requests (unanswered, or answered with no new valid pair) were expected
+    to add ``FINISH_GIVES_UP_AFTER`` pairs or more (the measured yield no longer holds, or the
+    server does not answer), and then another round takes over; or when --max-cost allows no more. Killed and run again, it goes on: its entries
     are recorded before they are sent, as the pilot's."""
     mean = manifest.yield_per_request()
     if not mean:  # nothing measured, or the rounds yielded nothing: real-time requests would not either
         return
     settings = GenerationSettings(setup.model, response_format_for(setup.model, args.response_format), args.temperature, args.seed)
+    barren = 0  # requests since the last pair added (a refusal, a failed request, an answer of rejected pairs)
     while (deficit := manifest.target - sink.count - manifest.spares) > 0:
         count = _real_time_affordable(args, setup, manifest, min(math.ceil(deficit / mean), FINISH_WAVE_MAX))
         if count <= 0:
@@ -1082,10 +1084,10 @@ async def _finish(args, setup: Setup, manifest: Manifest, api, sink, validator, 
                                           "finish", len(_finishes(manifest, manifest.rounds)) + 1, [])
         finally:
             display.activity = None
-        answered = manifest.entries[-1].request_counts.get("completed", 0)
-        if not answered or (not sum(added) and count * mean >= FINISH_GIVES_UP_AFTER):
-            log.warning("finish: %d real-time requests %s; another round goes on for the %d scenarios left", count,
-                        "had no answer" if not answered else f"added no scenario where {count * mean:.0f} were expected",
+        barren = 0 if sum(added) else barren + count
+        if barren >= FINISH_BARREN_REQUESTS and barren * mean >= FINISH_GIVES_UP_AFTER:
+            log.warning("finish: the last %d real-time requests added no scenario where %.0f were expected; another "
+                        "round goes on for the %d scenarios left", barren, barren * mean,
                         manifest.target - sink.count - manifest.spares)
             return
 
