@@ -1044,8 +1044,8 @@ async def _pilot(args, setup: Setup, manifest: Manifest, api, sink, validator, a
 def _refuse_a_yield_too_low(args, setup: Setup, manifest: Manifest, count: int) -> None:
     """Without --max-cost, stop before a round (or a finish) sized for a measured yield under
     ``plan.LOWEST_YIELD_SHARE`` of the prior: the task or the model is not doing what it should,
-    and the next round would cost many times what the plan assumed (a run that accepts 1 pair in
-    100 asks 5,600 requests for 56 scenarios)."""
+    and the next round would cost many times what the plan assumed (offline, a model that got every
+    pair wrong was asked 812, then 5,600 requests for 58 scenarios)."""
     measured, prior = manifest.yield_per_request(), plan.prior_yield(setup.task)
     if args.max_cost is not None or measured is None or measured >= prior * plan.LOWEST_YIELD_SHARE:
         return
@@ -1066,8 +1066,8 @@ async def _finish(args, setup: Setup, manifest: Manifest, api, sink, validator, 
     median's; what a wave adds beyond the target becomes spares). It stops when the target is
     reached; when its last requests (unanswered, or answered with no new valid pair) were expected
     to add ``FINISH_GIVES_UP_AFTER`` pairs or more (the measured yield no longer holds, or the
-    server does not answer), and then another round takes over; or when --max-cost allows no more. Killed and run again, it goes on: its entries
-    are recorded before they are sent, as the pilot's."""
+    server does not answer), and then another round takes over; or when --max-cost allows no more.
+    Killed and run again, it goes on: its entries are recorded before they are sent, as the pilot's."""
     mean = manifest.yield_per_request()
     if not mean:  # nothing measured, or the rounds yielded nothing: real-time requests would not either
         return
