@@ -243,7 +243,7 @@ def test_a_finish_goes_on_after_a_small_wave_that_added_nothing(monkeypatch):
                             totals={"requests_ok": 100, "useful": useful_per_100})
         sink, sent = SimpleNamespace(count=58), []
 
-        async def wave(args, setup, manifest, api, sink, validator, annotations, settings, count, source, number, measured):
+        async def wave(args, setup, manifest, api, sink, validator, annotations, settings, count, source, number):
             answered, added = waves[len(sent)]
             sent.append(count)
             manifest.entries.append(Entry(f"finish-{len(sent)}", 1, count, source="finish",

@@ -337,6 +337,11 @@ def _plan_and_write(args, setup: Setup, manifest: Manifest, deficit: int, avoid:
     return made
 
 
+def _usage_cost(setup: Setup, entries: list[Entry]) -> tuple[float | None, float | None]:
+    """(batch-price, real-time) USD of the usage ``entries`` recorded (None: no price)."""
+    return setup.costs(sum(e.usage.get("input", 0) for e in entries), sum(e.usage.get("output", 0) for e in entries))
+
+
 def _pilots(manifest: Manifest) -> list[Entry]:
     return [e for e in manifest.entries if e.source == "pilot"]
 
@@ -654,7 +659,7 @@ def status_table(setup: Setup, manifest: Manifest) -> str:
     for entry in manifest.entries:
         if entry.real_time:  # the pilot's or a finish's requests: answered at once, at real-time prices
             counts = entry.request_counts or {}
-            cost = setup.costs(entry.usage.get("input", 0), entry.usage.get("output", 0))[1] if entry.usage else 0.0
+            cost = _usage_cost(setup, [entry])[1] if entry.usage else 0.0
             done = f"{counts.get('completed', 0)}/{entry.requests}"
             rows.append(f"{'(' + entry.name + ', real time)':<32} {'answered':<11} {done:>11} "
                         f"{entry.requests - counts.get('completed', 0):>6} {'-':>6} {_money(cost):>9}")
@@ -665,7 +670,7 @@ def status_table(setup: Setup, manifest: Manifest) -> str:
         total = counts.get("total") or entry.requests
         done = f"{counts.get('completed', 0)}/{total}"
         age = _duration(now - entry.submitted_at) if entry.submitted_at else "-"
-        cost = setup.costs(entry.usage.get("input", 0), entry.usage.get("output", 0))[0] if entry.usage else 0.0
+        cost = _usage_cost(setup, [entry])[0] if entry.usage else 0.0
         name = entry.batch_id or f"({entry.name})"
         rows.append(f"{name:<32} {entry.status or entry.state:<11} {done:>11} {counts.get('failed', 0):>6} {age:>6} {_money(cost):>9}")
         for error in entry.errors[:SHOWN_ERRORS]:
@@ -979,7 +984,7 @@ def summary_text(setup: Setup, manifest: Manifest, count: int, report=None, *, t
     for label, entries, did in (("pilot", _pilots(manifest), "measured the yield first"),
                                 ("finish", _finishes(manifest), "asked for the last round's shortfall")):
         if entries:
-            cost = setup.costs(sum(e.usage.get("input", 0) for e in entries), sum(e.usage.get("output", 0) for e in entries))[1]
+            cost = _usage_cost(setup, entries)[1]
             sent = sum(e.requests for e in entries)
             unanswered = sent - sum((e.request_counts or {}).get("completed", 0) for e in entries)
             waves = f" in {len(entries)} waves" if len(entries) > 1 else ""
@@ -1031,14 +1036,14 @@ async def _pilot(args, setup: Setup, manifest: Manifest, api, sink, validator, a
         if count <= 0:
             break
         yields += await _real_time_wave(args, setup, manifest, api, sink, validator, annotations, settings, count,
-                                        "pilot", wave + 1, yields)
+                                        "pilot", wave + 1)
     if not yields:
         return
     estimate, _ = yield_estimate(setup, manifest)  # as measured: no round's duplicates
-    at_real = sum(setup.costs(e.usage.get("input", 0), e.usage.get("output", 0))[1] or 0.0 for e in _pilots(manifest))
+    at_real = _usage_cost(setup, _pilots(manifest))[1]
     log.info("pilot: %d requests in %d wave(s), %s valid new pairs per request%s; %s at real-time prices",
              len(yields), len(_pilots(manifest)), f"{estimate.mean:.2f} ± {estimate.spread:.2f}" if estimate else "?",
-             "" if estimate else " (too few answers to size by: the prior is used)", _money(at_real if setup.price else None))
+             "" if estimate else " (too few answers to size by: the prior is used)", _money(at_real))
 
 
 def _refuse_a_yield_too_low(args, setup: Setup, manifest: Manifest, count: int) -> None:
@@ -1081,7 +1086,7 @@ async def _finish(args, setup: Setup, manifest: Manifest, api, sink, validator, 
         display.show(sink.count)
         try:
             added = await _real_time_wave(args, setup, manifest, api, sink, validator, annotations, settings, count,
-                                          "finish", len(_finishes(manifest, manifest.rounds)) + 1, [])
+                                          "finish", len(_finishes(manifest, manifest.rounds)) + 1)
         finally:
             display.activity = None
         barren = 0 if sum(added) else barren + count
@@ -1103,10 +1108,10 @@ def _real_time_affordable(args, setup: Setup, manifest: Manifest, count: int) ->
 
 
 async def _real_time_wave(args, setup: Setup, manifest: Manifest, api, sink, validator, annotations, settings,
-                          count: int, source: str, wave: int, measured: list[int]) -> list[int]:
+                          count: int, source: str, wave: int) -> list[int]:
     """One wave of real-time requests, ``source`` "pilot" (before round 1) or "finish" (after the
-    last round): ``count`` requests, their pairs accepted; the pilot's yields measured so far
-    (``measured`` and this wave's) saved in the manifest; returns this wave's."""
+    last round): ``count`` requests, their pairs accepted; a pilot's yields added to those its
+    earlier waves saved in the manifest; returns this wave's."""
     from asyncgen.batch.pilot import PilotResult, run_pilot
 
     _, avoid = _dataset(manifest.output, setup.task)
@@ -1140,7 +1145,7 @@ async def _real_time_wave(args, setup: Setup, manifest: Manifest, api, sink, val
                         result=result)
     finally:  # stopped too: what was answered is in the dataset, its yields and surplus recorded
         if source == "pilot":
-            manifest.totals["pilot_yields"] = measured + result.yields
+            manifest.totals["pilot_yields"] = manifest.totals.get("pilot_yields", []) + result.yields
         if result.surplus:  # the target is reached: no wave follows
             name = f"spares-{source}-{manifest.next_request}.jsonl"
             atomic_write(setup.directory / name, b"".join(
