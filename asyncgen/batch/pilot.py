@@ -40,7 +40,7 @@ class PilotResult:
 async def run_pilot(client, api_key: str | None, task: Task, settings: GenerationSettings, price: Price | None,
                     numbers: Sequence[int], avoid_pool: Sequence[str], avoid_chars: int, *, trust_env: bool,
                     sink: ScenarioSink, validator: PairValidator, annotations: Sidecar | None,
-                    stats: RunStats, result: PilotResult) -> PilotResult:
+                    stats: RunStats, result: PilotResult) -> None:
     """Send the requests ``numbers`` (at most ``CONCURRENCY`` at once) to ``client``'s server;
     accept each answer's pairs into ``sink`` as it comes, so that a stop (a cancellation) keeps
     every pair answered before it; ``result`` holds each request's yield so far, whatever happens.
@@ -68,4 +68,3 @@ async def run_pilot(client, api_key: str | None, task: Task, settings: Generatio
             request.cancel()
         await asyncio.gather(*requests, return_exceptions=True)
         await transport.close()
-    return result
