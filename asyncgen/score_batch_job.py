@@ -96,32 +96,34 @@ def run(job: Job) -> int:
     made = not_made_yet(path, directory)  # what this run makes
     _make(directory)
     with _writer(directory, "score --batch"):
-        manifest = None
+        manifest = scores = None
         try:
             manifest = _manifest(directory, job)
             _use_via(job, manifest)
             scores = ScoresFile.open(path, job.header, job.scenarios)
+            if scores.torn_saved:
+                log.warning("%s: cut an incomplete last line (a killed run leaves one), saved in %s", path,
+                            scores.torn_saved)
+            if len(scores.scored) >= len(job.scenarios):
+                print(f"{path} already scores all {len(job.scenarios)} scenarios of {args.dataset}: nothing to do")
+                if getattr(args, "control", None) is not None:  # the Python API's result: nothing spent
+                    args.control.record_cost(None if job.price is None else 0.0, job.mode == "simulator")
+                return 0
+            outcome = Outcome(RunStats(target=len(job.scenarios), accepted=len(scores.scored)), ScoreCounts())
+            outcome.stats.cost_simulated = job.mode == "simulator"
             try:
-                if scores.torn_saved:
-                    log.warning("%s: cut an incomplete last line (a killed run leaves one), saved in %s", path,
-                                scores.torn_saved)
-                if len(scores.scored) >= len(job.scenarios):
-                    print(f"{path} already scores all {len(job.scenarios)} scenarios of {args.dataset}: nothing to do")
-                    if getattr(args, "control", None) is not None:  # the Python API's result: nothing spent
-                        args.control.record_cost(None if job.price is None else 0.0, job.mode == "simulator")
-                    return 0
-                outcome = Outcome(RunStats(target=len(job.scenarios), accepted=len(scores.scored)), ScoreCounts())
-                outcome.stats.cost_simulated = job.mode == "simulator"
-                try:
-                    run_event_loop(_run_async(job, directory, manifest, scores, outcome))
-                except (KeyboardInterrupt, asyncio.CancelledError):  # CancelledError: the Python API's stop
-                    outcome.stop = "interrupted"
-            finally:
-                scores.close()
+                run_event_loop(_run_async(job, directory, manifest, scores, outcome))
+            except (KeyboardInterrupt, asyncio.CancelledError):  # CancelledError: the Python API's stop
+                outcome.stop = "interrupted"
         except BaseException:
-            if manifest is None or not manifest.entries:  # failed before anything was asked (an unknown model)
+            # Failed before anything was asked (an unknown model): what the run made goes, while the
+            # scores file's lock is still held, so a concurrent `score` never loses a file it opened.
+            if manifest is None or not manifest.entries:
                 remove_made(made, tree=directory)
             raise
+        finally:
+            if scores is not None:
+                scores.close()
     return _report(job, directory, manifest, path, outcome)
 
 

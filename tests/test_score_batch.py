@@ -192,6 +192,38 @@ def test_an_unknown_model_is_one_line_in_the_servers_words(tmp_path, pairs, cli,
     assert not scores_path(dataset, "nope").exists()
 
 
+def test_what_a_failed_run_made_goes_while_the_scores_lock_is_held(tmp_path, pairs, cli, offline, monkeypatch):
+    """Was: the header-only scores file and its lock were removed after the lock was let go, so a
+    real-time `score` of the same model starting in between could lose the file it had opened."""
+    import fcntl
+
+    from asyncgen import score_batch_job
+    from asyncgen.scores import lock_path
+
+    dataset = dataset_in(tmp_path, pairs, 2)
+    lock = lock_path(scores_path(dataset, "nope"))
+    seen = []
+    remove_made = score_batch_job.remove_made
+
+    def probing(made, tree=None):
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            seen.append("free")
+        except BlockingIOError:
+            seen.append("held")
+        finally:
+            os.close(fd)
+        remove_made(made, tree=tree)
+
+    monkeypatch.setattr(score_batch_job, "remove_made", probing)
+    before = sorted(tmp_path.rglob("*"))
+    code, _out, err = cli("score", str(dataset), "--model", "nope", "--batch")
+    assert code == 1 and "refused (404)" in err
+    assert seen == ["held"]
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 def test_a_batch_that_fails_validation_shows_its_errors_and_the_next_run_submits_it_again(
         tmp_path, pairs, cli, offline, monkeypatch):
     from asyncgen.simulator import batches as simulated
