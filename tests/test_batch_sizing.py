@@ -57,6 +57,47 @@ def test_a_pilots_yield_is_scaled_down_by_the_duplicates_of_a_round_its_size():
     assert plan.duplicate_share(13_200) == pytest.approx(0.172, abs=0.01)
 
 
+def test_a_round_is_sized_by_the_rounds_measured_else_the_pilots_else_nothing():
+    """``plan.yield_estimate`` (was the command line's, moved to the core as pure sizing): the mean of
+    the processed rounds with the pilot's spread; else the pilot, scaled down by a round's duplicates;
+    else None and the prior's words."""
+    from asyncgen.batch.manifest import Manifest
+
+    def directory(**totals) -> Manifest:
+        return Manifest("refusal", "gpt-4o", {}, 100, "d.jsonl", totals=totals)
+
+    estimate, source = plan.yield_estimate(directory(), 10, 500)
+    assert estimate is None and source == "prior: half of the 10 pairs asked, nothing measured yet"
+    pilot = [6, 7, 5, 8]
+    estimate, source = plan.yield_estimate(directory(pilot_yields=pilot), 10, 500)
+    assert estimate == plan.at_round_scale(plan.YieldEstimate.of(pilot, 10), 500, 10)
+    assert source.startswith("measured by a pilot of 4 real-time requests (6.5, spread ")
+    estimate, source = plan.yield_estimate(directory(pilot_yields=pilot, requests_ok=40, useful=200), 10, 500)
+    assert (estimate.mean, estimate.requests) == (5.0, 40)
+    assert estimate.spread == plan.YieldEstimate.of(pilot, 10).spread
+    assert source == "measured over the 40 requests processed in this directory"
+    alone, _ = plan.yield_estimate(directory(requests_ok=40, useful=200), 10)
+    assert alone.spread == plan.YieldEstimate.of([5.0, 5.0], 10).spread  # binomial: nothing else measured
+
+
+def test_tokens_per_request_are_the_rounds_else_the_pilots_and_spares_files_say_who_wrote_them():
+    from asyncgen.batch.manifest import Entry, Manifest, spares_origin
+
+    manifest = Manifest("refusal", "gpt-4o", {}, 100, "d.jsonl")
+    assert manifest.tokens_per_request() is None
+    manifest.entries += [Entry("pilot-0", 0, 4, source="pilot", request_counts={"completed": 4},
+                               usage={"input": 400, "output": 800}),
+                         Entry("finish-9", 1, 2, source="finish", usage={"input": 1, "output": 1})]
+    assert [e.name for e in manifest.pilots()] == ["pilot-0"] and manifest.finishes(0) == []
+    assert [e.name for e in manifest.finishes()] == [e.name for e in manifest.finishes(1)] == ["finish-9"]
+    assert manifest.tokens_per_request() == (100.0, 200.0)
+    manifest.totals.update(requests_ok=10, input_tokens=1500, output_tokens=3000)
+    assert manifest.tokens_per_request() == (150.0, 300.0)
+    assert [spares_origin(stem) for stem in ("spares-3", "spares-pilot-12", "spares-finish-40", "spares-x-1",
+                                             "spares-pilot", "other-3")] == [
+        ("pass", 3), ("pilot", 12), ("finish", 40), None, None, None]
+
+
 def test_pilot_size_grows_with_the_round_and_never_leaves_a_surplus():
     """The pilot's first wave: half of what the prior says the whole pilot should be."""
     assert plan.pilot_size(300, 5.0, 10) == 0  # a 60-request round: sized by the prior
@@ -234,10 +275,10 @@ def test_a_finish_goes_on_after_a_small_wave_that_added_nothing(monkeypatch):
     from types import SimpleNamespace
 
     from asyncgen.batch.manifest import Entry, Manifest
-    from asyncgen.commands import batch as batch_command
+    from asyncgen.commands.batch import real_time
 
     def finish(waves: list[tuple[int, int]], useful_per_100: int = 110) -> list[int]:
-        """Run ``_finish`` on a round 1 that left 2 of 60, each wave answering (answered, pairs added);
+        """Run ``real_time.finish`` on a round 1 that left 2 of 60, each wave answering (answered, pairs added);
         the requests each wave sent."""
         manifest = Manifest("refusal", "gpt-4o", {}, 60, "d.jsonl", rounds=1, round_target=60,
                             totals={"requests_ok": 100, "useful": useful_per_100})
@@ -251,11 +292,11 @@ def test_a_finish_goes_on_after_a_small_wave_that_added_nothing(monkeypatch):
             sink.count += added
             return [added] + [0] * (answered - 1)
 
-        monkeypatch.setattr(batch_command, "_real_time_wave", wave)
+        monkeypatch.setattr(real_time, "_wave", wave)
         args = argparse.Namespace(response_format="auto", temperature=1.0, seed=None, max_cost=None, avoid_chars=800)
         setup = SimpleNamespace(model="gpt-4o", task=None, price=None)
         display = SimpleNamespace(activity=None, show=lambda count=None: None)
-        asyncio.run(batch_command._finish(args, setup, manifest, None, sink, None, None, display))
+        asyncio.run(real_time.finish(args, setup, manifest, None, sink, None, None, display))
         return sent
 
     assert finish([(2, 0), (2, 0), (2, 2)]) == [2, 2, 2]  # 2 requests expect 2.2 pairs: no reason to stop

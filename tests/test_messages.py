@@ -36,7 +36,7 @@ def test_batch_create_into_a_read_only_folder_is_one_line_exit_2(read_only_folde
     assert code == 2, err
     assert err.strip().splitlines() == [
         f"asyncgen batch: error: --dir {read_only_folder / 'batches'}: cannot create it (Permission denied); "
-        "choose another --dir"]  # the batch dir's own words (asyncgen/commands/batch.py), the OS's reason in them
+        "choose another --dir"]  # the batch dir's own words (asyncgen/commands/batch/directory.py), the OS's reason in them
 
 
 def test_an_os_error_about_a_path_is_bad_input_unless_the_machine_failed():

@@ -14,5 +14,5 @@
   entries recovered from the request files and the API's batch list;
 - ``process``: result files -> the validator pool -> the acceptance path shared with ``run``.
 
-The command line is ``asyncgen/commands/batch.py``.
+The command line is ``asyncgen/commands/batch/``, a module per subcommand's stage.
 """

@@ -233,6 +233,25 @@ class Manifest:
         answered = self.totals.get("requests_ok", 0)
         return self.totals.get("useful", 0) / answered if answered else None
 
+    def pilots(self) -> list[Entry]:
+        """The pilot's entries: the real-time requests ``batch run`` sends before round 1."""
+        return [e for e in self.entries if e.source == "pilot"]
+
+    def finishes(self, round_number: int | None = None) -> list[Entry]:
+        """The entries of the real-time finishes (of round ``round_number``; of every round if None)."""
+        return [e for e in self.entries if e.source == "finish" and round_number in (None, e.round)]
+
+    def tokens_per_request(self) -> tuple[float, float] | None:
+        """Input and output tokens of an answered request, measured by processed rounds, else the pilot."""
+        totals = self.totals
+        if totals.get("requests_ok"):
+            return totals["input_tokens"] / totals["requests_ok"], totals["output_tokens"] / totals["requests_ok"]
+        answered = sum((e.request_counts or {}).get("completed", 0) for e in self.pilots())
+        if answered:
+            used = [e.usage for e in self.pilots()]
+            return sum(u.get("input", 0) for u in used) / answered, sum(u.get("output", 0) for u in used) / answered
+        return None
+
 
 def check_setup(manifest: Manifest, task: str, model: str | None, fingerprint: dict | None, force: bool, directory: Path) -> None:
     """Refuse a batch dir made for another task, model or tokenizer set, unless ``force``."""
@@ -258,6 +277,15 @@ def writer(directory: Path, command: str):
     return locks.held(directory / LOCK, f"--dir {directory}", f"batch {command}",
                       remedy="wait for it to end, or use another --dir",
                       waits_for=() if command == "status" else ("batch status",), wait_s=STATUS_WAIT_S)
+
+
+def spares_origin(stem: str) -> tuple[str, int] | None:
+    """What wrote a spares file, by its name: ``spares-N`` (processing pass N), ``spares-pilot-N`` or
+    ``spares-finish-N`` (real-time requests, N the next request number then); None for another name."""
+    kind, _, number = stem.removeprefix("spares-").rpartition("-")
+    if not number.isdigit() or kind not in ("", "pilot", "finish") or not stem.startswith("spares-"):
+        return None
+    return kind or "pass", int(number)
 
 
 def leftovers(directory: Path) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist, fmean, stdev
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import orjson
 
@@ -32,6 +32,9 @@ from asyncgen.prompting import (
     request_body,
     request_cost_bound as one_request_cost_bound,
 )
+
+if TYPE_CHECKING:
+    from asyncgen.batch.manifest import Manifest
 
 MAX_REQUESTS_PER_FILE = 50_000  # the Batch API's limits per input file
 MAX_BYTES_PER_FILE = 200 * 1024 * 1024
@@ -202,6 +205,28 @@ def t_quantile(probability: float, degrees_of_freedom: int) -> float:
     v = max(degrees_of_freedom, 3)
     return (z + (z**3 + z) / (4 * v) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
             + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3))
+
+
+def yield_estimate(manifest: "Manifest", pairs_asked: int, deficit: int = 0) -> tuple[YieldEstimate | None, str]:
+    """The yield a round is sized by, and where it comes from: the batch rounds processed in the
+    directory of ``manifest`` (their mean over every answered request; the spread of one request's
+    yield from the pilot, else the binomial one of the ``pairs_asked``), else the pilot alone, less
+    the duplicates a round for ``deficit`` will have among its own candidates; None before anything
+    is measured."""
+    pilot_yields = manifest.totals.get("pilot_yields") or []
+    measured = manifest.yield_per_request()
+    answered = manifest.totals.get("requests_ok", 0)
+    if measured is not None:
+        spread = (YieldEstimate.of(pilot_yields, pairs_asked).spread if len(pilot_yields) >= 2
+                  else YieldEstimate.of([measured, measured], pairs_asked).spread)
+        return (YieldEstimate(measured, spread, answered),
+                f"measured over the {answered} requests processed in this directory")
+    if len(pilot_yields) >= 2:
+        estimate = YieldEstimate.of(pilot_yields, pairs_asked)
+        scaled = at_round_scale(estimate, deficit, pairs_asked)
+        return scaled, (f"measured by a pilot of {len(pilot_yields)} real-time requests ({estimate.mean:.1f}, spread "
+                        f"{estimate.spread:.1f}), less {1 - scaled.mean / estimate.mean:.0%} for the duplicates a round this size has")
+    return None, f"prior: half of the {pairs_asked} pairs asked, nothing measured yet"
 
 
 def pilot_size(deficit: int, prior: float, batch_size: int, finish_allowance: int = 0) -> int:
