@@ -86,9 +86,6 @@ def cli(capfd, tokenizer_cache):
     from asyncgen.cli import main
 
     def invoke(*args):
-        # What earlier tests left for the garbage collector (an event loop's pending tasks say so on
-        # stderr when collected) is said now, not inside this command's stderr.
-        gc.collect()
         capfd.readouterr()
         code = main([*args, "--cache-dir", tokenizer_cache])
         out, err = capfd.readouterr()
