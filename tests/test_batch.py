@@ -622,6 +622,7 @@ def test_status_watch_shows_each_change_while_the_batches_run(tmp_path, simulato
     finally:
         process.kill()
         process.wait()
+        process.stdout.close()
 
 
 # --- results you can trust: whose they are, counted once, one writer, a lost manifest ---------------
