@@ -200,7 +200,7 @@ def cmd_process(args) -> int:
             report = processing_pass(setup, manifest, sink, validator, annotations, names, display)
         count = sink.count
     print(summary_text(setup, manifest, count, report, stop="interrupted" if report.unvalidated else None,
-                       unvalidated=report.unvalidated))
+                       unvalidated=report.unvalidated, stopped_pass=report if report.unvalidated else None))
     if count >= manifest.target:
         return 0
     if report.unvalidated:
