@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from asyncgen.batch.endpoint import POLL_SECONDS, open_batch_api
 from asyncgen.batch.manifest import LOCK, MANIFEST, Entry, Manifest, leftovers
 from asyncgen.errors import RunError, UsageError
 from asyncgen.prices import Price, at_batch_rates, batch_cost_usd, cost_usd
-from asyncgen.progress import LiveLine, _duration, _money, fit_fields, fit_summary
+from asyncgen.progress import LiveLine, _duration, _money, fit_fields, print_summary
 from asyncgen.scenario import Scenario
 from asyncgen.score_batch import ENDPOINTS, accept_results, batch_requests, worst_cost_usd
 from asyncgen.scores import ScoresFile, not_made_yet, remove_made, scores_path
@@ -389,7 +388,7 @@ def _report(job: Job, directory: Path, manifest: Manifest, path: Path, outcome: 
              f"\n  job cost        {_money(at_batch)} at batch prices (real time: {_money(at_real)}{ratio})"
              + (" (simulated: the offline simulator's usage at real prices)"
                if (manifest.endpoint or {}).get("mode") == "simulator" else ""))
-    print(fit_summary(text, shutil.get_terminal_size().columns - 1) if sys.stderr.isatty() else text, file=sys.stderr)
+    print_summary(text)
     resume, cancel_it = _command(args), _command(args, add=("--cancel",))
     if stop is None:
         return 0
