@@ -162,12 +162,13 @@ def _words(counter: dict, limit: int = TOP_WORDS) -> str:
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
-def render(report: dict, *, path: str, task: str | None, checkpoint: str | None) -> str:
-    """The report for a terminal, wrapped to 80 columns."""
-    import textwrap
+def render(report: dict, *, path: str, task: str | None, checkpoint: str | None, width: int = 80) -> str:
+    """The report for a terminal, each field wrapped to ``width`` columns under its value column
+    (``terminal.wrap_line``: each count with its word; a path wider than a line cut to fit it)."""
+    from asyncgen.terminal import wrap_line
 
     def wrap(label: str, text: str) -> list[str]:
-        return textwrap.wrap(text, width=80, initial_indent=f"  {label:<14}", subsequent_indent=" " * 16) or [f"  {label}"]
+        return wrap_line(f"  {label:<14}{text}", width, 16, cut_long_words=True) if text else [f"  {label}"]
 
     lines = [f"{path}: {report['scenarios']} scenarios, task {task}"]
     dup = report["duplicates"]
@@ -186,7 +187,8 @@ def render(report: dict, *, path: str, task: str | None, checkpoint: str | None)
     lines += wrap("text length", f"{_stats(texts['multi_token_chars'])} chars; "
                                  f"{_stats(texts['multi_token_words'])} words (multi-token prompt)")
     if report["tokens"]:
-        lines.append(f"{'  tokens':<22}{'length':<17}position (ids, BOS in; min-max (median))")
+        head, legend = f"{'  tokens':<22}{'length':<17}position", "(ids, BOS in; min-max (median))"
+        lines += [f"{head} {legend}"] if len(head) + 1 + len(legend) <= width else [head, *wrap("", legend)]
         for name, forms in report["tokens"].items():
             for form, figures in forms.items():
                 extra = f", {figures['not_pairs']} not pairs" if figures["not_pairs"] else ""

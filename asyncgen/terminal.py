@@ -58,18 +58,19 @@ def is_terminal(stream: TextIO) -> bool:
         return False
 
 
-def wrap_line(line: str, width: int, indent: int) -> list[str]:
+def wrap_line(line: str, width: int, indent: int, *, cut_long_words: bool = False) -> list[str]:
     """``line`` (no newline in it) broken at spaces into lines of at most ``width`` columns: the
     first starts as ``line`` does, each next one is indented by ``indent`` spaces (2 when that
     would leave fewer than ``MIN_ROOM`` columns). Words are never split, nor a number from its
     words, nor a counted item of a list (``_AT_A_NUMBER``, ``_COUNTED_ITEM``) unless it is wider
-    than a line. A line that fits is returned as it is. Pure."""
+    than a line (with ``cut_long_words``, a word wider than a line is cut to fit). A line that
+    fits is returned as it is. Pure."""
     if len(line) <= width:
         return [line]
     if width - indent < MIN_ROOM:
         indent = min(indent, 2)
     glued = _glued(line, width - indent)
-    lines = textwrap.wrap(glued, width, subsequent_indent=" " * indent, break_long_words=False,
+    lines = textwrap.wrap(glued, width, subsequent_indent=" " * indent, break_long_words=cut_long_words,
                           break_on_hyphens=False, expand_tabs=False, replace_whitespace=False)
     return [part.replace(_GLUE, " ") for part in lines] or [line]
 

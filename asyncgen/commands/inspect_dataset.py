@@ -17,6 +17,7 @@ from asyncgen.inspection import (
     inspect_dataset, lengths_and_positions, render, render_sample, sample_ids, sample_record,
 )
 from asyncgen.sink import OtherDatasetsCheckpoint, _Checkpoint, _read_checkpoint  # the checkpoint format has one reader
+from asyncgen.terminal import is_terminal, terminal_width
 
 
 def register(subparsers, common: argparse.ArgumentParser) -> None:
@@ -84,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
     else:
-        print(report_text(report))
+        # 80 columns, or the terminal's width when stdout is one (asyncgen/terminal.py)
+        print(report_text(report, terminal_width(sys.stdout) if is_terminal(sys.stdout) else 80))
     if plt is not None:
         if annotations is None:
             raise UsageError("--plot draws the token figures: drop --no-tokens")
@@ -110,12 +112,12 @@ def build_report(args: argparse.Namespace) -> tuple[dict, list[dict] | None]:
     return report, annotations
 
 
-def report_text(report: dict) -> str:
-    """The report as ``inspect`` prints it."""
+def report_text(report: dict, width: int = 80) -> str:
+    """The report as ``inspect`` prints it, its fields wrapped to ``width`` columns."""
     from asyncgen.score_table import render_figures
 
     where = report["dataset"]
-    lines = [render(report, path=where["path"], task=where["task"], checkpoint=where["checkpoint"])]
+    lines = [render(report, path=where["path"], task=where["task"], checkpoint=where["checkpoint"], width=width)]
     for model, figures in report["scores"].items():
         lines.append("\n".join(render_figures(model, figures)))
     return "\n".join(lines)
