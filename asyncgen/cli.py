@@ -29,7 +29,10 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors: what is wrong and where to read more, not the whole usage."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        text = f"{self.prog}: error: {message} (see '{self.prog} --help')"
+        if is_terminal(sys.stderr):
+            text = wrap_text(text, terminal_width(sys.stderr), 2)
+        self.exit(2, text + "\n")
 
 
 def _common_parser() -> argparse.ArgumentParser:

@@ -208,3 +208,38 @@ def test_a_run_on_an_80_column_terminal_prints_no_line_over_80(tmp_path, monkeyp
     said = " ".join(" ".join(shown).split())
     assert "offline: no OPENAI_API_KEY and no --base-url, so requests go to asyncgen's built-in OpenAI simulator" in said
     assert "asyncgen run finished: 20/20 scenarios in" in said and "(simulated: the offline simulator's usage at real prices)" in said
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_error_lines_fit_a_terminal_and_stay_one_line_elsewhere(tmp_path, monkeypatch, terminal):
+    """A usage error (argparse's) and a command's error: wrapped on a terminal, one line off it."""
+    from asyncgen.cli import main
+
+    monkeypatch.setenv("COLUMNS", "60")
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    said = []
+    try:
+        for argv in (["run", "--num-scenarios", "0"], ["validate", str(tmp_path / "no-such-dataset.jsonl")]):
+            stream = TerminalText() if terminal else io.StringIO()
+            monkeypatch.setattr(sys, "stderr", stream)
+            try:
+                code = main(argv)
+            except SystemExit as exit:
+                code = exit.code
+            assert code == 2
+            said.append(stream.getvalue())
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+    usage, missing = said
+    assert " ".join(usage.split()) == ("asyncgen run: error: argument --num-scenarios: expected a whole number >= 1, "
+                                       "got 0 (see 'asyncgen run --help')")
+    assert " ".join(missing.split()).startswith(f"asyncgen validate: error: {tmp_path / 'no-such-dataset.jsonl'}:")
+    for text in said:
+        lines = text.splitlines()
+        if terminal:
+            assert len(lines) > 1 and all(len(line) <= 59 for line in lines if len(line.split()) > 1), lines
+            assert all(line.startswith("  ") for line in lines[1:])
+        else:
+            assert len(lines) == 1
