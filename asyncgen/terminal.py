@@ -30,10 +30,15 @@ MIN_ROOM = 24
 _AT_A_NUMBER = re.compile(r"(?<=[^\s,;.]) (?=\$?\d)|(?<=\d) (?=[a-z])")
 _COUNTED_ITEM = re.compile(r"(?:^|(?<=, )|(?<=  )|(?<=\())[A-Za-z_][\w.:-]*(?: [\w.:-]+)*: \$?\d[\d.]*[,;)]*")
 _GLUE = "\ue000"  # a private-use character: stands for such a space while textwrap breaks lines
+# A command quoted in backticks is never broken, however wide: it is there to be copied (a
+# terminal's own wrap of a long line copies as one line).
+_QUOTED_COMMAND = re.compile(r"`[^`\n]+`")
+_HOLD = "\ue001"
 
 
 def _glued(line: str, room: int) -> str:
-    """``line`` with the spaces it is not broken at replaced by ``_GLUE``. Pure."""
+    """``line`` with the spaces it is not broken at replaced by ``_GLUE`` (or ``_HOLD``). Pure."""
+    line = _QUOTED_COMMAND.sub(lambda m: m.group().replace(" ", _HOLD), line)
     line = _COUNTED_ITEM.sub(lambda m: m.group().replace(" ", _GLUE) if len(m.group()) <= room else m.group(), line)
     line = _AT_A_NUMBER.sub(_GLUE, line)
     return " ".join(word if len(word) <= room else word.replace(_GLUE, " ") for word in line.split(" "))
@@ -61,10 +66,10 @@ def is_terminal(stream: TextIO) -> bool:
 def wrap_line(line: str, width: int, indent: int, *, cut_long_words: bool = False) -> list[str]:
     """``line`` (no newline in it) broken at spaces into lines of at most ``width`` columns: the
     first starts as ``line`` does, each next one is indented by ``indent`` spaces (2 when that
-    would leave fewer than ``MIN_ROOM`` columns). Words are never split, nor a number from its
-    words, nor a counted item of a list (``_AT_A_NUMBER``, ``_COUNTED_ITEM``) unless it is wider
-    than a line (with ``cut_long_words``, a word wider than a line is cut to fit). A line that
-    fits is returned as it is. Pure."""
+    would leave fewer than ``MIN_ROOM`` columns). Words are never split, nor a command in
+    backticks, nor a number from its words or a counted item of a list (``_AT_A_NUMBER``,
+    ``_COUNTED_ITEM``) unless it is wider than a line (with ``cut_long_words``, a word wider than a
+    line is cut to fit). A line that fits is returned as it is. Pure."""
     if len(line) <= width:
         return [line]
     if width - indent < MIN_ROOM:
@@ -72,7 +77,7 @@ def wrap_line(line: str, width: int, indent: int, *, cut_long_words: bool = Fals
     glued = _glued(line, width - indent)
     lines = textwrap.wrap(glued, width, subsequent_indent=" " * indent, break_long_words=cut_long_words,
                           break_on_hyphens=False, expand_tabs=False, replace_whitespace=False)
-    return [part.replace(_GLUE, " ") for part in lines] or [line]
+    return [part.replace(_GLUE, " ").replace(_HOLD, " ") for part in lines] or [line]
 
 
 def wrap_text(text: str, width: int, indent: int) -> str:

@@ -243,3 +243,12 @@ def test_error_lines_fit_a_terminal_and_stay_one_line_elsewhere(tmp_path, monkey
             assert all(line.startswith("  ") for line in lines[1:])
         else:
             assert len(lines) == 1
+
+
+def test_a_command_in_backticks_is_never_broken():
+    command = "`python -m asyncgen score d80.jsonl --model gpt-4o-mini --results results.jsonl`"
+    line = f"wrote 120 scoring requests to d.requests.jsonl; read them back with {command} when they are done"
+    for width in (80, 60):
+        lines = wrap_line(line, width, 2)
+        assert any(part.strip().startswith(command) for part in lines), lines
+        assert all(len(part) <= width for part in lines if command not in part) and words(" ".join(lines)) == words(line)
