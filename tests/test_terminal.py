@@ -78,6 +78,9 @@ def test_the_value_column_is_each_lines_own():
     assert all(line.startswith("  ") and line[2] != " " for line in lines[1:head_end])  # the head: 2 spaces
     assert all(line.startswith(" " * 18) or line.startswith("  pilot") for line in lines[head_end + 1:])
     assert words(" ".join(lines)) == words(text)
+    narrower = "  safe words    13 distinct: " + ", ".join(f"word{i} {i}" for i in range(20))  # inspect's: 16
+    lines = fit_columns(narrower, 60).split("\n")
+    assert len(lines) > 1 and all(re.match(r" {16}\S", line) for line in lines[1:]), lines
 
 
 def test_wrap_text_keeps_the_lines_it_has():
