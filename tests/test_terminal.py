@@ -255,3 +255,20 @@ def test_a_command_in_backticks_is_never_broken():
         lines = wrap_line(line, width, 2)
         assert any(part.strip().startswith(command) for part in lines), lines
         assert all(len(part) <= width for part in lines if command not in part) and words(" ".join(lines)) == words(line)
+
+
+def test_inspect_sample_fits_the_width_it_is_given():
+    """``inspect --sample`` on a 50-column terminal: each pair still aligned, no line over 50."""
+    from asyncgen.inspection import render_sample
+
+    record = {"scenario_id": 12, "clean": "Where can my brother and I buy a hat this holiday?",
+              "corrupt": "Where can my brother and I buy a knife this holiday?", "word_index": 8,
+              "tokenizers": {name: {"multi_token": 8, "single_token": 25, "tokens": ["Ġhat", "Ġknife"]}
+                             for name in ("qwen2", "llama3", "solar")}}
+    for width in (80, 50):
+        lines = render_sample([record], width).split("\n")
+        assert all(len(line) <= width for line in lines), lines
+        clean = [line for line in lines if "[[hat]]" in line][0]
+        assert clean.index("[[hat]]") == [line for line in lines if "[[knife]]" in line][0].index("[[knife]]")
+        assert "multi-token form (in the single-token form)" in " ".join(" ".join(lines).split())
+    assert render_sample([record], 50) != render_sample([record])  # 80 by default, as before

@@ -85,8 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
     else:
-        # 80 columns, or the terminal's width when stdout is one (asyncgen/terminal.py)
-        print(report_text(report, terminal_width(sys.stdout) if is_terminal(sys.stdout) else 80))
+        print(report_text(report, _width()))
     if plt is not None:
         if annotations is None:
             raise UsageError("--plot draws the token figures: drop --no-tokens")
@@ -110,6 +109,11 @@ def build_report(args: argparse.Namespace) -> tuple[dict, list[dict] | None]:
                          "torn_bytes": dataset.torn_bytes}
     report["scores"] = _score_figures(args.dataset, task.task_name, dataset.scenarios)
     return report, annotations
+
+
+def _width() -> int:
+    """The columns the report and the sample take: the terminal's when stdout is one, else 80."""
+    return terminal_width(sys.stdout) if is_terminal(sys.stdout) else 80
 
 
 def report_text(report: dict, width: int = 80) -> str:
@@ -137,7 +141,7 @@ def _sample(args: argparse.Namespace, scenarios, task, tokenizers) -> int:
     if args.json:
         sys.stdout.buffer.write(orjson.dumps({"sample": records}, option=orjson.OPT_INDENT_2) + b"\n")
     else:
-        print(render_sample(records))
+        print(render_sample(records, _width()))
     return 0
 
 
