@@ -19,6 +19,7 @@ from asyncgen.prices import is_openai_endpoint
 from asyncgen.progress import exit_code, print_summary
 from asyncgen.prompting import OUTPUT_TOKENS_OVERHEAD, OUTPUT_TOKENS_PER_PAIR
 from asyncgen.scenario import LINES_PER_SCENARIO
+from asyncgen.terminal import print_fitted
 
 # The run's pieces that score and batch use: they live with the composition, asyncgen/generation.py.
 __all__ = ["register", "run", "OFFLINE_KEY", "open_transport", "request_destination"]
@@ -70,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         prepared = prepare(options)
     except KeyboardInterrupt:
-        print(f"asyncgen run stopped (interrupted) while loading the tokenizers: {args.output} was not touched",
-              file=sys.stderr)
+        print_fitted(f"asyncgen run stopped (interrupted) while loading the tokenizers: {args.output} was not touched",
+                     sys.stderr)
         return 130
     if args.dry_run:
         return _dry_run(args, prepared.task, prepared.price)
