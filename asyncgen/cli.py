@@ -105,11 +105,13 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class TerminalFormatter(RedactingFormatter):
-    """Log records for a person at a terminal: the time, the level unless it is INFO, and the
-    message, its long lines wrapped at the terminal's width with each continuation line under the
-    message's first column (asyncgen/terminal.py). With ``detailed`` (--log-level DEBUG) the
-    level and the logger's name are always there, as in a log file. A traceback is left as Python
-    prints it. ``width`` None: the terminal's, at each record (it may be resized)."""
+    """Log records for a person at a terminal: the time, the level unless it is INFO, the logger's
+    name unless it is asyncgen's own (the module adds nothing a newcomer needs), and the message,
+    its long lines wrapped at the terminal's width with each continuation line under the message's
+    first column (asyncgen/terminal.py). The time stays: a run lasts hours, and when a warning came
+    matters. With ``detailed`` (--log-level DEBUG) the level and the logger's name are always
+    there, as in a log file. A traceback is left as Python prints it. ``width`` None: the
+    terminal's, at each record (it may be resized)."""
 
     def __init__(self, detailed: bool = False, width: int | None = None) -> None:
         super().__init__(LOG_FORMAT, datefmt="%H:%M:%S")
@@ -119,8 +121,9 @@ class TerminalFormatter(RedactingFormatter):
         head = f"{record.asctime} "
         if self.detailed:
             head += f"{record.levelname} {record.name}: "
-        elif record.levelno != logging.INFO:
-            head += f"{record.levelname} "
+        else:
+            head += "" if record.levelno == logging.INFO else f"{record.levelname} "
+            head += "" if record.name.split(".")[0] == "asyncgen" else f"{record.name}: "  # openai's, say
         width = self.width or terminal_width(sys.stderr)
         return wrap_text(head + redact_secrets(record.message), width, len(head))
 

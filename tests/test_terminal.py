@@ -101,6 +101,8 @@ def test_a_log_record_on_a_terminal_is_wrapped_under_its_message_and_says_its_le
     assert words(" ".join(info))[1:] == words(OFFLINE)
     warning = TerminalFormatter(width=80).format(record(OFFLINE, logging.WARNING)).split("\n")
     assert warning[0][9:].startswith("WARNING offline:") and all(line.startswith(" " * 17) for line in warning[1:])
+    library = TerminalFormatter(width=80).format(record("Retrying request", logging.WARNING, "openai._base_client"))
+    assert library[9:] == "WARNING openai._base_client: Retrying request"  # not asyncgen's: its name says whose
     debug = TerminalFormatter(detailed=True, width=80).format(record(OFFLINE)).split("\n")
     assert debug[0][9:].startswith("INFO asyncgen.run: offline:")  # DEBUG: everything a log file has
     assert words(" ".join(debug))[3:] == words(OFFLINE) and all(len(line) <= 80 for line in debug)
