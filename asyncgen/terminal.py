@@ -27,7 +27,7 @@ MIN_ROOM = 24
 # 2.92") or after it ("4 sent", "(0 cached)", "1.6 s"), and inside a counted item of a list
 # ("qwen2 multi_token positions: 2" in "..., qwen2 multi_token positions: 2, ...", "multi: flips:
 # 17"); unless what is held together is wider than the room a line has.
-_AT_A_NUMBER = re.compile(r"(?<=[^\s,;.]) (?=\$?\d)|(?<=\d) (?=[a-z])")
+_AT_A_NUMBER = re.compile(r"(?<=[^\s,;.]) (?=[$-]?\d)|(?<=\d) (?=[a-z])")
 _COUNTED_ITEM = re.compile(r"(?:^|(?<=, )|(?<=  )|(?<=\())[A-Za-z_][\w.:-]*(?: [\w.:-]+)*: \$?\d[\d.]*[,;)]*")
 _GLUE = "\ue000"  # a private-use character: stands for such a space while textwrap breaks lines
 # A command quoted in backticks is never broken, however wide: it is there to be copied (a

@@ -17,7 +17,7 @@ from asyncgen.inspection import (
     inspect_dataset, lengths_and_positions, render, render_sample, sample_ids, sample_record,
 )
 from asyncgen.sink import OtherDatasetsCheckpoint, _Checkpoint, _read_checkpoint  # the checkpoint format has one reader
-from asyncgen.terminal import is_terminal, terminal_width
+from asyncgen.terminal import fit_columns, is_terminal, terminal_width
 
 
 def register(subparsers, common: argparse.ArgumentParser) -> None:
@@ -123,7 +123,7 @@ def report_text(report: dict, width: int = 80) -> str:
     where = report["dataset"]
     lines = [render(report, path=where["path"], task=where["task"], checkpoint=where["checkpoint"], width=width)]
     for model, figures in report["scores"].items():
-        lines.append("\n".join(render_figures(model, figures)))
+        lines.append(fit_columns("\n".join(render_figures(model, figures)), width))
     return "\n".join(lines)
 
 
