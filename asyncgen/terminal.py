@@ -45,8 +45,9 @@ def _glued(line: str, room: int) -> str:
 
 
 def terminal_width(stream: TextIO | None = None) -> int:
-    """The columns a line may use on the terminal: ``COLUMNS`` when set, else the terminal
-    ``stream`` (or stdout) is, less one (some terminals wrap a line that fills the last column)."""
+    """The columns a line may use on the terminal, less one (some terminals wrap a line that fills
+    the last column): ``COLUMNS`` when set, else the width of ``stream``'s terminal (or stdout's),
+    else 80."""
     columns = shutil.get_terminal_size().columns  # COLUMNS first, then stdout's terminal, else 80
     if "COLUMNS" not in os.environ and stream is not None:
         try:  # stdout piped to a file while stderr is the terminal: ask stderr
