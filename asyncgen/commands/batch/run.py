@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from asyncgen.commands.batch.rounds import plan_and_write
 from asyncgen.commands.batch.summary import run_cost, summary_text
 from asyncgen.errors import RunError
 from asyncgen.eventloop import run_event_loop
-from asyncgen.progress import _money, fit_summary
+from asyncgen.progress import _money, print_summary
 
 log = logging.getLogger("asyncgen.batch")
 
@@ -69,7 +68,7 @@ def cmd_run(args) -> int:
     mode = directory_endpoint(args, manifest)["mode"]
     text = summary_text(setup, manifest, count, title="batch run", wall_s=time.monotonic() - started,
                         stop=outcome.stop, unvalidated=outcome.unvalidated, mode=mode, stopped_pass=outcome.stopped_pass)
-    print(fit_summary(text, shutil.get_terminal_size().columns - 1) if sys.stderr.isatty() else text, file=sys.stderr)
+    print_summary(text)
     if getattr(args, "control", None) is not None:  # the Python API's result (asyncgen.generate_batch)
         at_batch, _, simulated = run_cost(setup, manifest, mode)
         args.control.record_cost(at_batch, simulated)
