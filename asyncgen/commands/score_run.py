@@ -171,8 +171,8 @@ async def _score_async(args, scenarios, settings, scores, stats, counts, prices_
             scorer = Scorer(sender, settings, stats, counts, price, api_key, judge_price)
             pipeline = ScorePipeline(scorer, scenarios, scores, stats, counts, concurrency=args.concurrency,
                                      max_cost=args.max_cost, grace_period=args.grace_period)
-            per_scenario = 2 * len(settings.forms) + (2 if settings.judge_model and "multi" in settings.forms else 0)
-            progress = asyncio.create_task(report_progress(stats, lambda: 1 / per_scenario))
+            # No yield on the line: every scenario takes the same requests, a figure of generation only.
+            progress = asyncio.create_task(report_progress(stats, None))
             if getattr(args, "control", None) is not None:  # the Python API's stop (asyncgen.score)
                 args.control.attach(pipeline.interrupt, stats)
             await pipeline.run()
