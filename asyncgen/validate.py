@@ -275,6 +275,8 @@ class _SpawnProcessWithoutMain(multiprocessing.context.SpawnProcess):
     def _Popen(process_obj):
         from multiprocessing import spawn
 
+        # The Popen asks spawn.get_preparation_data for what the child needs: wrapped once, on the
+        # first validator process; the wrapper changes nothing outside the flag set here.
         if not getattr(spawn.get_preparation_data, "leaves_main_out", False):
             spawn.get_preparation_data = _preparation_data_without_main(spawn.get_preparation_data)
         _leaving_main_out.active = True  # the Popen writes the preparation data in this call, in this thread
