@@ -50,11 +50,16 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
 def plot_file(text: str) -> str:
     """--plot's file, refused at parse time (before the report is built) unless matplotlib is
     there and writes the format its extension names."""
+    import shutil
+
     try:
+        import matplotlib
         from matplotlib.backend_bases import FigureCanvasBase
     except ImportError:
         raise argparse.ArgumentTypeError("needs matplotlib: pip install 'asyncgen[plot]'") from None
     formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    if "pgf" in formats and not shutil.which(matplotlib.rcParams["pgf.texsystem"]):  # TeX writes .pgf, not matplotlib
+        formats.remove("pgf")
     if Path(text).suffix[1:].lower() not in formats:
         raise argparse.ArgumentTypeError(f"expected a file name ending in one of .{', .'.join(formats)}, got {text!r}")
     return text
