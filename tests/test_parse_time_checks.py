@@ -44,3 +44,25 @@ def test_the_python_api_refuses_them_as_usage_errors(tmp_path, options, expected
     with pytest.raises(UsageError, match=expected):
         asyncgen.generate("refusal", 5, tmp_path / "d.jsonl", show=False, validator_workers=0, **options)
     assert not (tmp_path / "d.jsonl").exists()
+
+
+def test_score_refuses_an_answer_cap_above_the_models_documented_limit_before_any_request(tmp_path):
+    """`score --model gpt-4o --max-answer-tokens 20000` sent requests, failed on the API's 400
+    invalid_value and suggested resuming with the same flag."""
+    from test_inspect_export import crafted
+
+    dataset = crafted(tmp_path)
+    out = asyncgen_here("score", dataset, "--model", "gpt-4o", "--max-answer-tokens", "16385", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("asyncgen score: error: --max-answer-tokens 16385: gpt-4o writes at most 16384 "
+                                  "tokens an answer (OpenAI's limit, which refuses more); give at most 16384")
+    assert not (tmp_path / f"{dataset.stem}.scores").exists()
+
+
+def test_the_output_limits_are_openais_and_only_at_openais_api():
+    from asyncgen.prices import output_token_limit
+
+    assert output_token_limit("gpt-4o-mini-2024-07-18", None) == 16_384
+    assert output_token_limit("gpt-4.1-nano", "https://api.openai.com/v1") == 32_768
+    assert output_token_limit("gpt-4o", "http://localhost:8000/v1") is None  # a local server's limits are its own
+    assert output_token_limit("gpt-4oo", None) is None and output_token_limit("o3", None) is None

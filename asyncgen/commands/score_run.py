@@ -14,7 +14,7 @@ from asyncgen.commands.run import OFFLINE_KEY, open_transport, request_destinati
 from asyncgen.config import Task, load_task
 from asyncgen.errors import InputFileError, UsageError
 from asyncgen.eventloop import run_event_loop
-from asyncgen.prices import is_openai_endpoint, load_price_table, price_for, run_price
+from asyncgen.prices import is_openai_endpoint, load_price_table, output_token_limit, price_for, run_price
 from asyncgen.progress import exit_code, print_summary, report_progress, stop_progress
 from asyncgen.scenario import Scenario, read_dataset
 from asyncgen.scores import header_for, opened, scores_path
@@ -45,6 +45,10 @@ def score(args: argparse.Namespace) -> int:
                          f"--{'write-requests' if args.write_requests else 'results'}; score in real time to use it")
     if args.judge_model and args.form == "single":
         raise UsageError("--judge-model judges the free answers of the multi-token form; drop --form single")
+    limit = output_token_limit(args.model, args.base_url)
+    if limit is not None and args.max_answer_tokens > limit and args.form != "single":
+        raise UsageError(f"--max-answer-tokens {args.max_answer_tokens}: {args.model} writes at most {limit} tokens "
+                         f"an answer (OpenAI's limit, which refuses more); give at most {limit}")
     scenarios, task, readings = _checked_dataset(args)
     mode, url, api_key = request_destination(args)
     if args.results and args.base_url is None:
