@@ -143,7 +143,7 @@ def test_a_run_on_llama_cpp_caps_answers_falls_back_and_counts_everything(tmp_pa
     # Every request accounted for: sent = answered + retries + sent again another way + given up + cancelled at stop.
     requests = next(line for line in stderr.splitlines() if line.startswith("  requests"))
     numbers = dict((what, int(n)) for n, what in re.findall(
-        r"(\d+) (sent|answered|retries|sent again another way|given up|cancelled at stop)", requests))
+        r"(\d+) (sent again another way|sent|answered|retries|given up|cancelled at stop)", requests))
     assert numbers["sent"] == (numbers["answered"] + numbers["retries"] + numbers.get("sent again another way", 0)
                                + numbers["given up"] + numbers.get("cancelled at stop", 0))
     assert numbers["answered"] == len(answers) and numbers["given up"] == 0
