@@ -170,30 +170,28 @@ async def agenerate(task: str = "refusal", n: int = 100, output: str | os.PathLi
                 current.uncancel()
 
 
-SCRIPT_GUARD = ("in a script, call asyncgen under `if __name__ == \"__main__\":` (the validator processes import "
-                "the script again), or pass validator_workers=0")
-
-
 def _refuse_in_a_process_that_imports_main(call: str) -> None:
-    """A validator process (started with ``spawn``) imports the user's script again: without the
-    ``__main__`` guard it would run the call again, and start processes of its own."""
+    """A process of the user's own, started with ``spawn`` or ``forkserver``, imports the script
+    that started it again: without the ``__main__`` guard it would run the call again. (asyncgen's
+    own validator processes do not import it: see ``validate._SpawnProcessWithoutMain``.)"""
     import multiprocessing.process
 
     if getattr(multiprocessing.process.current_process(), "_inheriting", False):
-        raise RunError(f"{call}() was called while a validator process imported the script that started it; "
-                       + SCRIPT_GUARD)
+        raise RunError(f"{call}() was called while a process that multiprocessing started imported the script "
+                       "that started it; call asyncgen under `if __name__ == \"__main__\":` in that script")
 
 
 @contextlib.contextmanager
 def _validator_processes_explained():
-    """A validator pool that broke (its processes died, most often a script without the guard) as
-    one line that says what to do."""
+    """A validator pool that broke (its processes died: killed, out of memory) as one line that
+    says what to do."""
     from concurrent.futures.process import BrokenProcessPool
 
     try:
         yield
     except BrokenProcessPool as exc:
-        raise RunError(f"the validator processes died ({exc}); {SCRIPT_GUARD}") from exc
+        raise RunError(f"the validator processes died ({exc}); each holds about 280 MB of tokenizers: "
+                       "pass validator_workers=0 to validate in this process") from exc
 
 
 def _command_args(module: str, argv: list[str], options: dict[str, Any], call: str) -> argparse.Namespace:

@@ -109,16 +109,49 @@ def available_tasks(config_dir: Path) -> list[str]:
     return sorted(p.stem for p in (config_dir / "tasks").glob("*.yaml"))
 
 
+TASK_SUFFIXES = (".yaml", ".yml")
+
+
+def names_a_task_file(task: str) -> bool:
+    """Whether a --task value is a file path (relative to the working directory): it has a folder
+    in it or ends in .yaml/.yml. Anything else is the name of a task in the config dir."""
+    separators = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    return any(sep in task for sep in separators) or task.endswith(TASK_SUFFIXES)
+
+
 def task_path(task: str, config_dir: str | os.PathLike | None = None) -> Path:
-    """A task name (looked up in the config dir) or a path to a YAML file."""
-    if task.endswith((".yaml", ".yml")) and Path(task).is_file():
-        return Path(task)
+    """A task's YAML: the file ``task`` names when it is a path (``names_a_task_file``), else
+    ``<config-dir>/tasks/<task>.yaml``; a one-line ``ConfigError`` naming what was looked for and
+    the closest match when there is none."""
+    if names_a_task_file(task):
+        return _task_file(task)
     directory = resolve_config_dir(config_dir)
     path = directory / "tasks" / f"{task}.yaml"
-    if not path.is_file():
-        known = ", ".join(available_tasks(directory)) or "none"
-        raise ConfigError(f"task '{task}': no {path}; known tasks in {directory}: {known}")
-    return path
+    if path.is_file():
+        return path
+    known = available_tasks(directory)
+    meant = difflib.get_close_matches(task, known, n=1)
+    hint = f"did you mean '{meant[0]}'? " if meant else ""
+    local = next((name for name in (task + suffix for suffix in TASK_SUFFIXES) if Path(name).is_file()), None)
+    if local:
+        hint += f"for the file in this folder, pass --task ./{local}; "
+    raise ConfigError(f"task '{task}': no such task ({hint}known tasks in {directory}: {', '.join(known) or 'none'}; "
+                      "or give the path of a task YAML)")
+
+
+def _task_file(task: str) -> Path:
+    path = Path(task)
+    if path.is_file():
+        return path
+    where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+    if path.is_dir():
+        raise ConfigError(f"task file {task}: it is a folder{where}; give the path of a task YAML in it")
+    folder = path.parent
+    names = [p.name for p in folder.iterdir() if p.suffix in TASK_SUFFIXES and p.is_file()] if folder.is_dir() else []
+    meant = difflib.get_close_matches(path.name, names, n=1)
+    hint = (f"; did you mean {os.path.join(os.path.dirname(task), meant[0])}?" if meant else
+            "; a --task with a '/' or ending in .yaml is a path, a bare name a task in the config dir")
+    raise ConfigError(f"task file {task}: no such file{where}{hint}")
 
 
 def load_task(task: str, config_dir: str | os.PathLike | None = None) -> Task:

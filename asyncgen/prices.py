@@ -61,6 +61,20 @@ def is_openai_endpoint(base_url: str | None) -> bool:
     return base_url is None or urlsplit(base_url).hostname == "api.openai.com"
 
 
+# The most output tokens a request may ask of OpenAI's model families (../shared/docs/openai-protocol.md):
+# a larger max_tokens is refused with a 400 invalid_value, after the run has started.
+OUTPUT_TOKEN_LIMITS = (("gpt-4o", 16_384), ("gpt-4.1", 32_768))
+
+
+def output_token_limit(model: str, base_url: str | None) -> int | None:
+    """The documented output limit of ``model`` at OpenAI's API (or its offline simulator); None
+    when it is not documented or the server is another (a local server has limits of its own)."""
+    if not is_openai_endpoint(base_url):
+        return None
+    return next((limit for family, limit in OUTPUT_TOKEN_LIMITS if model == family or model.startswith(family + "-")),
+                None)
+
+
 def run_price(table: PriceTable, model: str, base_url: str | None, table_given: bool) -> Price | None:
     """What a run prices its requests at: ``model``'s price, trusted at OpenAI's API, and at any
     other server only when the user gave the table (``table_given``); otherwise unknown."""

@@ -32,9 +32,10 @@ def _kinds(counter) -> str:
     return ", ".join(f"{kind} {n}" for kind, n in counter.most_common(3))
 
 
-def progress_fields(stats: RunStats, yield_estimate: float) -> list[tuple[int, str]]:
+def progress_fields(stats: RunStats, yield_estimate: float | None) -> list[tuple[int, str]]:
     """The progress line's fields in display order, each with its priority (0 = always shown;
-    higher numbers are dropped first when the terminal is narrow). Pure."""
+    higher numbers are dropped first when the terminal is narrow). ``yield_estimate`` (scenarios
+    per request) only for generation: None shows none (score). Pure."""
     rate = stats.accepted_this_run / stats.elapsed if stats.elapsed > 0 else 0.0
     remaining = stats.target - stats.accepted
     eta = remaining / rate if rate > 0 else None
@@ -54,9 +55,10 @@ def progress_fields(stats: RunStats, yield_estimate: float) -> list[tuple[int, s
         (3, f"cost {_money(stats.total_cost_usd)}{' sim' if stats.cost_simulated else ''}"),
         (4, f"in flight {stats.in_flight}"),
         (5, f"answered {stats.requests_ok}"),
-        (8, f"yield {yield_estimate:.1f} scen/req"),
-        (7, f"429s: {stats.rate_limited}"),
     ]
+    if yield_estimate is not None:
+        fields.append((8, f"yield {yield_estimate:.1f} scen/req"))
+    fields.append((7, f"429s: {stats.rate_limited}"))
     if stats.retries:
         fields.append((7, f"retries: {_kinds(stats.retries)}"))
     if stats.requests_given_up:
@@ -77,7 +79,7 @@ def fit_fields(fields: list[tuple[int, str]], width: int, separator: str = " | "
     return line if len(line) <= width else line[: max(0, width - 1)] + "…"
 
 
-def progress_line(stats: RunStats, yield_estimate: float, width: int | None = None) -> str:
+def progress_line(stats: RunStats, yield_estimate: float | None, width: int | None = None) -> str:
     """One progress line; ``width`` None for a log line (every field)."""
     fields = progress_fields(stats, yield_estimate)
     if width is None:
@@ -167,11 +169,13 @@ class LiveLine:
 
 
 async def report_progress(
-    stats: RunStats, yield_estimate: Callable[[], float], *, stream: TextIO | None = None,
+    stats: RunStats, yield_estimate: Callable[[], float] | None, *, stream: TextIO | None = None,
     tty: bool | None = None, interval: float | None = None,
 ) -> None:
-    """``run``'s progress: a ``LiveLine`` refreshed every 0.25 s on a terminal or in a notebook, else every 5 s."""
-    with LiveLine(lambda width: progress_line(stats, yield_estimate(), width), stream=stream, tty=tty) as line:
+    """``run``'s progress (``score``'s with ``yield_estimate`` None): a ``LiveLine`` refreshed every
+    0.25 s on a terminal or in a notebook, else every 5 s."""
+    with LiveLine(lambda width: progress_line(stats, yield_estimate() if yield_estimate else None, width),
+                  stream=stream, tty=tty) as line:
         interval = interval or (0.25 if line.live else 5.0)
         while True:
             await asyncio.sleep(interval)
@@ -274,10 +278,13 @@ def _counts(counter) -> str:
 
 
 def _requests(stats: RunStats) -> str:
-    """Every attempt sent, accounted for: answered, retried, given up, failed, cancelled at stop."""
-    retried = sum(stats.retries.values())
-    parts = [f"{stats.requests_ok} answered", f"{retried} retries" + (f" ({_counts(stats.retries)})" if retried else ""),
-             f"{stats.requests_given_up} given up"]
+    """Every attempt sent, accounted for: answered, retried, sent again another way, given up, failed,
+    cancelled at stop."""
+    retried, resent = sum(stats.retries.values()), sum(stats.resent_another_way.values())
+    parts = [f"{stats.requests_ok} answered", f"{retried} retries" + (f" ({_counts(stats.retries)})" if retried else "")]
+    if resent:
+        parts.append(f"{resent} sent again another way ({_counts(stats.resent_another_way)})")
+    parts.append(f"{stats.requests_given_up} given up")
     if stats.requests_failed:
         parts.append(f"{stats.requests_failed} refused")
     if stats.requests_cancelled:

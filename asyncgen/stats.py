@@ -33,14 +33,17 @@ class RunStats:
     duplicates: int = 0
     rejected: int = 0
     rejections: Counter = field(default_factory=Counter)  # "tokenizer/form: reason kind" or text reason
-    # Every attempt sent ends one way: sent == ok + sum(retries) + given_up + failed + cancelled
-    # (+ in_flight while the run goes on).
+    # Every attempt sent ends one way: sent == ok + sum(retries) + sum(resent_another_way) + given_up
+    # + failed + cancelled (+ in_flight while the run goes on).
     requests_sent: int = 0  # attempts, retries included
     requests_ok: int = 0  # answered (HTTP 200), whatever the answer held
     requests_given_up: int = 0  # requests whose last attempt failed too
     requests_failed: int = 0  # attempts that ended the run (a permanent error)
     requests_cancelled: int = 0  # attempts in flight when the run stopped
     retries: Counter = field(default_factory=Counter)  # failed attempts tried again, by cause
+    # Attempts the server refused for the way they asked, not for the request (an endpoint it lacks,
+    # a response format it refuses), sent again at once another way: no retry, by cause.
+    resent_another_way: Counter = field(default_factory=Counter)
     # Attempts abandoned while the server may have been generating (timeouts, cancelled at stop):
     # a server may bill for what it generated, which no answer reports, so their cost is unknown.
     abandoned_attempts: int = 0

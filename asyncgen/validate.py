@@ -12,6 +12,7 @@ import concurrent.futures
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.context
 import os
 import signal
 import threading
@@ -237,6 +238,58 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+# --- Processes that leave the parent's __main__ alone -------------------------------------------
+
+_leaving_main_out = threading.local()
+_MAIN_MODULE_KEYS = ("init_main_from_path", "init_main_from_name")
+
+
+def _preparation_data_without_main(get_preparation_data):
+    """``multiprocessing.spawn.get_preparation_data``, less the entries that make the child run the
+    parent's ``__main__`` (the user's script) again, for the processes this thread is starting for
+    a validator pool; everyone else's processes get it unchanged."""
+
+    def preparation_data(name):
+        data = get_preparation_data(name)
+        if getattr(_leaving_main_out, "active", False):
+            for key in _MAIN_MODULE_KEYS:
+                data.pop(key, None)
+        return data
+
+    preparation_data.leaves_main_out = True
+    return preparation_data
+
+
+class _SpawnProcessWithoutMain(multiprocessing.context.SpawnProcess):
+    """A spawned process that does not import the parent's ``__main__``.
+
+    A spawned (or forkserver) child re-runs the parent's main module, as ``__mp_main__``, so that
+    what the parent pickled by reference to ``__main__`` can be found: a script without the
+    ``if __name__ == "__main__":`` guard then runs ``asyncgen.generate(...)`` again in every
+    validator process. The validator's functions and arguments all live in asyncgen's modules, so
+    its processes need no ``__main__``: the preparation data sent to them leaves it out, and a
+    plain script, ``python -c``, ``python -m``, stdin and a notebook all work alike. (Plain fork is
+    no option: the parent has threads, the tokenizers' and the event loop's.)"""
+
+    @staticmethod
+    def _Popen(process_obj):
+        from multiprocessing import spawn
+
+        # The Popen asks spawn.get_preparation_data for what the child needs: wrapped once, on the
+        # first validator process; the wrapper changes nothing outside the flag set here.
+        if not getattr(spawn.get_preparation_data, "leaves_main_out", False):
+            spawn.get_preparation_data = _preparation_data_without_main(spawn.get_preparation_data)
+        _leaving_main_out.active = True  # the Popen writes the preparation data in this call, in this thread
+        try:
+            return multiprocessing.context.SpawnProcess._Popen(process_obj)
+        finally:
+            _leaving_main_out.active = False
+
+
+class _SpawnContextWithoutMain(multiprocessing.context.SpawnContext):
+    Process = _SpawnProcessWithoutMain
+
+
 @contextlib.contextmanager
 def _sigint_ignored() -> Iterator[None]:
     """Start processes with SIGINT ignored: an ignored signal stays ignored across exec, so a Ctrl-C
@@ -318,7 +371,7 @@ class PairValidator:
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._forgetting: threading.Thread | None = None
         if workers > 0:
-            context = multiprocessing.get_context("spawn")
+            context = _SpawnContextWithoutMain()
             started, started_writer = context.Pipe(duplex=False)
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=workers,

@@ -138,7 +138,7 @@ class Sender:
                         f"({self.connect_failures} attempts, no answer yet); is the server running there? "
                         "check --base-url", self.api_key))
             if decision.action in ("format", "fail") and recover(decision, params):
-                stats.retries[decision.cause] += 1
+                stats.resent_another_way[decision.cause] += 1
                 continue  # at once, and not counted as an attempt: the request was not at fault
             if decision.action in ("format", "fail"):
                 stats.requests_failed += 1

@@ -66,3 +66,29 @@ def test_cli_config_error_is_one_line_exit_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "unknown key 'colour'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("task, expected", [
+    # was "no .../config/tasks/mytsk.yaml.yaml": a file name taken for a task name
+    ("mytsk.yaml", "task file mytsk.yaml: no such file (relative to {cwd}); did you mean mytask.yaml?"),
+    # was ".../config/tasks/configs/mytask.yaml": a path taken for a task name
+    ("./configs/mytask", "task file ./configs/mytask: no such file (relative to {cwd}); "
+                         "did you mean ./configs/mytask.yaml?"),
+    ("elsewhere/x.yml", "task file elsewhere/x.yml: no such file (relative to {cwd}); a --task with a '/' or "
+                        "ending in .yaml is a path, a bare name a task in the config dir"),
+    ("refusl", "task 'refusl': no such task (did you mean 'refusal'? known tasks in {config}: refusal, sentiment; "
+               "or give the path of a task YAML)"),
+])
+def test_a_task_path_is_a_path_and_a_name_a_builtin_task(tmp_path, monkeypatch, task, expected):
+    from asyncgen.config import default_config_dir
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    for path in ("mytask.yaml", "configs/mytask.yaml"):
+        (tmp_path / path).write_text((default_config_dir() / "tasks" / "refusal.yaml").read_text())
+    (tmp_path / "pairs.jsonl").write_text('{"prompt": "a b", "counterfactual": "a c"}\n')
+    result = asyncgen_here("check-pairs", tmp_path / "pairs.jsonl", "--task", task, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "asyncgen check-pairs: error: " + expected.format(cwd=tmp_path,
+                                                                                       config=default_config_dir())
+    assert load_task("./configs/mytask.yaml").task_name == load_task("mytask.yaml").task_name == "refusal"

@@ -5,6 +5,7 @@ import os
 import sys
 
 import pytest
+from inprocess import asyncgen_here
 
 from asyncgen.config import load_task
 from asyncgen.scenario import Scenario, encode_lines
@@ -62,6 +63,22 @@ def test_inspect_plot(tmp_path, cli):
     pytest.importorskip("matplotlib")  # in the dev extra; the plot extra in a user's install
     code, _, err = cli("inspect", str(crafted(tmp_path)), "--plot", str(tmp_path / "h.png"))
     assert code == 0 and (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_inspect_refuses_a_plot_it_cannot_draw_before_any_work(tmp_path):
+    """`--plot p.txt` printed the whole report, then "error: unexpected ValueError: Format 'txt' is
+    not supported", exit 1; `--plot` with `--no-tokens` also printed the report before refusing."""
+    pytest.importorskip("matplotlib")
+    path = crafted(tmp_path)
+    out = asyncgen_here("inspect", path, "--plot", tmp_path / "p.txt")
+    assert out.returncode == 2 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "asyncgen inspect: error: argument --plot: expected a file name ending in one of .")
+    assert all(f".{kind}" in lines[0] for kind in ("png", "svg", "pdf")) and f"got '{tmp_path / 'p.txt'}'" in lines[0]
+    out = asyncgen_here("inspect", path, "--plot", tmp_path / "p.svg", "--no-tokens")
+    assert out.returncode == 2 and out.stdout == "" and "drop --no-tokens" in out.stderr
+    assert not (tmp_path / "p.txt").exists() and not (tmp_path / "p.svg").exists()
 
 
 def test_inspect_ignores_another_datasets_checkpoint(tmp_path, cli, monkeypatch):

@@ -140,12 +140,14 @@ def test_a_run_on_llama_cpp_caps_answers_falls_back_and_counts_everything(tmp_pa
     bad = sum(1 for *_, pairs, kind in answers if kind != "none")
     if bad:
         assert "bad answers" in stderr
-    # Every request accounted for: sent = answered + retries + given up + cancelled at stop.
+    # Every request accounted for: sent = answered + retries + sent again another way + given up + cancelled at stop.
     requests = next(line for line in stderr.splitlines() if line.startswith("  requests"))
-    numbers = dict((what, int(n)) for n, what in re.findall(r"(\d+) (sent|answered|retries|given up|cancelled at stop)", requests))
-    assert numbers["sent"] == numbers["answered"] + numbers["retries"] + numbers["given up"] + numbers.get("cancelled at stop", 0)
+    numbers = dict((what, int(n)) for n, what in re.findall(
+        r"(\d+) (sent again another way|sent|answered|retries|given up|cancelled at stop)", requests))
+    assert numbers["sent"] == (numbers["answered"] + numbers["retries"] + numbers.get("sent again another way", 0)
+                               + numbers["given up"] + numbers.get("cancelled at stop", 0))
     assert numbers["answered"] == len(answers) and numbers["given up"] == 0
-    assert "response_format:" in requests  # the refused json_schema attempts, retried as json_object
+    assert "response_format:" in requests  # the refused json_schema attempts, sent again as json_object
     assert "cost            unknown this run" in stderr  # a local server: no price without --prices
     state = json.loads((tmp_path / "checkpoint.json").read_text())["run_state"]
     assert state["requests_ok"] == len(answers) and state["completion_tokens"] <= CAP * len(answers)

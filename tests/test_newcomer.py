@@ -435,3 +435,18 @@ def test_the_summary_wraps_under_its_value_column_and_keeps_the_resume_command_w
     assert all(len(line) <= 79 for line in lines if "resume with" not in line)
     assert lines[2].startswith(" " * 18) and lines[-1].startswith("  resume with     python -m asyncgen run --flag")
     assert " ".join(" ".join(lines).split()) == " ".join(text.split())  # nothing lost
+
+
+def test_the_readmes_first_command_leaves_nothing_untracked_in_a_clone(tmp_path):
+    """`python -m asyncgen run` in a fresh clone left dataset.checkpoint.json.keys and
+    dataset.tokens.checkpoint.json untracked: every file it writes beside the dataset is ignored."""
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text((repo / ".gitignore").read_text())
+    result = asyncgen_here("run", "--num-scenarios", "5", "--validator-workers", "0", "--seed", "3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    written = {path.name for path in tmp_path.iterdir()} - {".git", ".gitignore"}
+    assert {"dataset.jsonl", "dataset.checkpoint.json", "dataset.tokens.jsonl"} <= written
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=tmp_path,
+                            capture_output=True, text=True, check=True).stdout
+    assert status.splitlines() == ["?? .gitignore"], status

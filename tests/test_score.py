@@ -215,6 +215,37 @@ def test_a_chat_model_refused_on_completions_is_asked_through_chat_saying_so_onc
     assert all(r["single"]["flips"] for r in records.values())
 
 
+def test_the_completions_probe_is_no_retry_and_score_shows_no_yield(tmp_path, pairs, cli, monkeypatch):
+    """The 404s that showed /v1/completions absent were "retries: not_found 2", and score's progress
+    showed "yield 0.2 scen/req", a generation figure (1 over the requests a scenario takes)."""
+    import logging
+
+    from asyncgen import progress
+    from asyncgen.commands import score_run
+
+    dataset = tmp_path / "d.jsonl"
+    write_dataset(dataset, pairs[:6])
+    lines = []
+
+    class Lines(logging.Handler):  # the progress lines, as a log without a terminal shows them
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    def report_progress(stats, yield_estimate):  # score's own call, the line refreshed at once and often
+        return progress.report_progress(stats, yield_estimate, tty=False, interval=0.001)
+
+    monkeypatch.setattr(logging.getLogger("asyncgen.progress"), "handlers", [Lines()])
+    monkeypatch.setattr(score_run, "report_progress", report_progress)
+    with FakeServer(chat_only_model) as server:
+        code, _out, err = cli("score", str(dataset), "--model", "gpt-4o", "--base-url", server.base_url)
+        probes = sum(1 for b in server.bodies if "prompt" in b)
+    assert code == 0, err
+    requests = next(line for line in err.splitlines() if line.startswith("  requests"))
+    assert f"{24 + probes} sent: 24 answered, 0 retries, {probes} sent again another way (not_found: {probes}), " \
+           "0 given up" in requests, requests
+    assert lines and not any("scen/req" in line or "retries" in line for line in lines), lines
+
+
 def test_no_logprobs_is_one_line_with_the_servers_words_and_what_to_pass(tmp_path, pairs, cli):
     dataset = tmp_path / "d.jsonl"
     write_dataset(dataset, pairs[:2])

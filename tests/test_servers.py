@@ -175,7 +175,7 @@ async def test_a_refused_json_schema_falls_back_to_json_object_once(caplog):
     refused = [b for b in server.bodies if b["response_format"]["type"] == "json_schema"]
     assert 1 <= len(refused) <= 8 and len(server.bodies) == 8 + len(refused)
     assert server.bodies[-1]["response_format"] == JSON_OBJECT_FORMAT
-    assert stats.retries == {"response_format": len(refused)}
+    assert stats.resent_another_way == {"response_format": len(refused)} and not stats.retries  # not retries
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "json_object" in warnings[0] and "Input should be 'text' or 'json_object'" in warnings[0]
     # The server's own words are at DEBUG, without the traceback tail llama.cpp appends.

@@ -49,7 +49,8 @@ def add_task_flags(parser: argparse.ArgumentParser, *, required: bool = False) -
         "--task",
         default=None if required else "refusal",
         required=required,
-        help="task name (a YAML file in <config-dir>/tasks/) or a path to a task YAML"
+        help="a task name (tasks/NAME.yaml in --config-dir), or the path of a task YAML: a value with a '/' "
+        "or ending in .yaml/.yml is a path, relative to the working directory"
         + ("" if required else " (default: refusal)"),
     )
     parser.add_argument(

@@ -35,6 +35,15 @@ positive_float = _bounded(float, "a number > 0", lambda v: v > 0)
 non_negative_float = _bounded(float, "a number >= 0", lambda v: v >= 0)
 share = _bounded(float, "a share from 0 to 1", lambda v: 0 <= v <= 1)
 
+# The request fields' ranges as the OpenAI API documents them (../shared/docs/openai-protocol.md):
+# a value outside is refused by the API with a 400, after the run has started.
+TEMPERATURE_MAX = 2.0
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # the API's seed is a 64-bit integer
+temperature = _bounded(float, f"a sampling temperature from 0 to {TEMPERATURE_MAX:g} (the API's range)",
+                       lambda v: 0 <= v <= TEMPERATURE_MAX)
+seed = _bounded(int, f"a whole number from {SEED_MIN} to {SEED_MAX} (the API's seed is 64-bit)",
+                lambda v: SEED_MIN <= v <= SEED_MAX)
+
 
 def base_url(text: str) -> str:
     """An http(s) URL with a host: anything else could never be reached, so it is bad input."""

@@ -34,9 +34,10 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None, metavar="PATH",
                         help="the run's checkpoint (default: looked for beside the dataset and in the current folder)")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    parser.add_argument("--plot", default=None, metavar="FILE.png",
+    parser.add_argument("--plot", type=plot_file, default=None, metavar="FILE.png",
                         help="also draw histograms of token lengths and differing positions, one row of panels "
-                        "per tokenizer (needs matplotlib: pip install 'asyncgen[plot]')")
+                        "per tokenizer, in the format its extension names (png, svg, pdf, ...: any that "
+                        "matplotlib writes; needs matplotlib: pip install 'asyncgen[plot]')")
     parser.add_argument("--sample", type=positive_int, default=None, metavar="N",
                         help="instead of the summary, print N pairs drawn at random, clean above corrupt with the "
                         "differing word marked [[like this]], and per tokenizer the differing position and tokens "
@@ -45,6 +46,24 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
                         help="seed of the --sample draw (default: 0; the same seed draws the same pairs)")
     parser.add_argument("--no-tokens", action="store_true", help="skip the per-tokenizer figures (no tokenizing)")
     parser.set_defaults(handler=run)
+
+
+def plot_file(text: str) -> str:
+    """--plot's file, refused at parse time (before the report is built) unless matplotlib is
+    there and writes the format its extension names."""
+    import shutil
+
+    try:
+        import matplotlib
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise argparse.ArgumentTypeError("needs matplotlib: pip install 'asyncgen[plot]'") from None
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    if "pgf" in formats and not shutil.which(matplotlib.rcParams["pgf.texsystem"]):  # TeX writes .pgf, not matplotlib
+        formats.remove("pgf")
+    if Path(text).suffix[1:].lower() not in formats:
+        raise argparse.ArgumentTypeError(f"expected a file name ending in one of .{', .'.join(formats)}, got {text!r}")
+    return text
 
 
 def checkpoint_candidates(dataset: Path) -> list[Path]:
@@ -77,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--seed says which pairs --sample draws: give --sample N too")
     if args.sample is not None and args.plot:
         raise UsageError("--sample prints pairs instead of the summary; draw --plot in a run without --sample")
+    if args.plot and args.no_tokens:
+        raise UsageError("--plot draws the token figures: drop --no-tokens")
     if args.sample is not None:
         dataset, task, tokenizers = load_dataset_and_task(args)
         return _sample(args, dataset.scenarios, task, tokenizers)
@@ -87,8 +108,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(report_text(report, _width()))
     if plt is not None:
-        if annotations is None:
-            raise UsageError("--plot draws the token figures: drop --no-tokens")
         _plot(plt, lengths_and_positions(annotations), args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0
@@ -161,10 +180,8 @@ def _score_figures(dataset: str, task_name: str, scenarios) -> dict:
 
 
 def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise UsageError("--plot needs matplotlib: pip install 'asyncgen[plot]'") from None
+    import matplotlib  # there: --plot's type checked it
+
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from asyncgen.commands._shared import add_avoid_chars_flag, add_task_flags, add_tokenizer_flags
-from asyncgen.commands.argtypes import base_url, non_negative_float, non_negative_int, positive_float, positive_int
+from asyncgen.commands.argtypes import (base_url, non_negative_float, non_negative_int, positive_float, positive_int, seed,
+                                         temperature)
 from asyncgen.eventloop import run_event_loop
 from asyncgen.generation import OFFLINE_KEY, _plan, open_transport, request_destination
 from asyncgen.prices import is_openai_endpoint
@@ -49,8 +50,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--prices", default=None, help="price table YAML (default: <config-dir>/prices.yaml); at a --base-url other than OpenAI's, cost is counted only with this flag, by the --model name")
     add_avoid_chars_flag(parser)
     parser.add_argument("--validator-workers", type=non_negative_int, default=None, help="validator processes; 0 validates in the main process (default: 1 on 2 cores, cores-1 up to 4)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
-    parser.add_argument("--seed", type=int, default=None, help="base seed sent with requests (request i gets seed+i); also seeds the offline simulator")
+    parser.add_argument("--temperature", type=temperature, default=1.0, help="sampling temperature, 0 to 2 (default: 1.0)")
+    parser.add_argument("--seed", type=seed, default=None, help="base seed sent with requests (request i gets seed+i); also seeds the offline simulator")
     parser.add_argument("--response-format", choices=("auto", "json_schema", "json_object"), default="auto", help="structured output: strict json_schema where the model supports it (auto: gpt-4o, gpt-4.1, o-series), else json_object")
     parser.add_argument("--request-timeout", type=positive_float, default=60.0, help="seconds before a request is abandoned and retried (default: 60)")
     parser.add_argument("--max-attempts", type=positive_int, default=6, help="attempts per request before it is given up (default: 6)")

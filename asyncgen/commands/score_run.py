@@ -14,7 +14,7 @@ from asyncgen.commands.run import OFFLINE_KEY, open_transport, request_destinati
 from asyncgen.config import Task, load_task
 from asyncgen.errors import InputFileError, UsageError
 from asyncgen.eventloop import run_event_loop
-from asyncgen.prices import is_openai_endpoint, load_price_table, price_for, run_price
+from asyncgen.prices import is_openai_endpoint, load_price_table, output_token_limit, price_for, run_price
 from asyncgen.progress import exit_code, print_summary, report_progress, stop_progress
 from asyncgen.scenario import Scenario, read_dataset
 from asyncgen.scores import header_for, opened, scores_path
@@ -46,6 +46,10 @@ def score(args: argparse.Namespace) -> int:
                          f"--{'write-requests' if args.write_requests else 'results'}; score in real time to use it")
     if args.judge_model and args.form == "single":
         raise UsageError("--judge-model judges the free answers of the multi-token form; drop --form single")
+    limit = output_token_limit(args.model, args.base_url)
+    if limit is not None and args.max_answer_tokens > limit and args.form != "single":
+        raise UsageError(f"--max-answer-tokens {args.max_answer_tokens}: {args.model} writes at most {limit} tokens "
+                         f"an answer (OpenAI's limit, which refuses more); give at most {limit}")
     scenarios, task, readings = _checked_dataset(args)
     mode, url, api_key = request_destination(args)
     if args.results and args.base_url is None:
@@ -172,8 +176,8 @@ async def _score_async(args, scenarios, settings, scores, stats, counts, prices_
             scorer = Scorer(sender, settings, stats, counts, price, api_key, judge_price)
             pipeline = ScorePipeline(scorer, scenarios, scores, stats, counts, concurrency=args.concurrency,
                                      max_cost=args.max_cost, grace_period=args.grace_period)
-            per_scenario = 2 * len(settings.forms) + (2 if settings.judge_model and "multi" in settings.forms else 0)
-            progress = asyncio.create_task(report_progress(stats, lambda: 1 / per_scenario))
+            # No yield on the line: every scenario takes the same requests, a figure of generation only.
+            progress = asyncio.create_task(report_progress(stats, None))
             if getattr(args, "control", None) is not None:  # the Python API's stop (asyncgen.score)
                 args.control.attach(pipeline.interrupt, stats)
             await pipeline.run()

@@ -30,7 +30,8 @@ import os
 
 from asyncgen.batch import plan
 from asyncgen.commands._shared import add_avoid_chars_flag, add_tokenizer_flags
-from asyncgen.commands.argtypes import base_url, non_negative_float, non_negative_int, positive_float, positive_int, share
+from asyncgen.commands.argtypes import (base_url, non_negative_float, non_negative_int, positive_float, positive_int, seed,
+                                         share, temperature)
 from asyncgen.commands.batch.batches import cmd_cancel, cmd_download, cmd_status, cmd_submit
 from asyncgen.commands.batch.directory import one_writer
 from asyncgen.commands.batch.processing import cmd_process
@@ -145,8 +146,8 @@ def _setup_flags(p: argparse.ArgumentParser) -> None:
 def _plan_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-batches", type=positive_int, default=1, help="request files (batches) to split a round into (default: 1; more when a file would pass 50,000 requests or 200 MB)")
     p.add_argument("--max-cost", type=non_negative_float, default=None, help="USD budget for everything in --dir, batches at batch prices and real-time requests (a pilot, a finish) at real-time prices: nothing is sent whose worst case could cross it")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
-    p.add_argument("--seed", type=int, default=None, help="base seed sent with requests (request i gets seed+i); also seeds the offline simulator")
+    p.add_argument("--temperature", type=temperature, default=1.0, help="sampling temperature, 0 to 2 (default: 1.0)")
+    p.add_argument("--seed", type=seed, default=None, help="base seed sent with requests (request i gets seed+i); also seeds the offline simulator")
     p.add_argument("--response-format", choices=("auto", "json_schema", "json_object"), default="auto", help="structured output: strict json_schema where the model supports it, else json_object (default: auto)")
     add_avoid_chars_flag(p)
 
