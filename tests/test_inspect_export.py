@@ -544,3 +544,14 @@ def test_export_and_inspect_read_the_sidecar_its_record_vouches_for(tmp_path, cl
     sidecar.write_bytes(edited)  # changed after its record: not trusted
     code, _, err = cli("export", str(path), "--format", "jsonl", "--out", str(out))
     assert code == 0 and calls and out.read_text() == rows, err
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]], ids=["plain", "overwrite"])
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_file_export_never_replaces_a_folder_even_an_empty_one(tmp_path, cli, fmt, overwrite):
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    code, _, err = cli("export", str(crafted(tmp_path)), "--format", fmt, "--out", str(folder), *overwrite,
+                       "--tokenizer", "solar")
+    assert code == 2 and f"--out {folder} is a folder" in err and len(err.strip().splitlines()) == 1, err
+    assert folder.is_dir() and not any(folder.iterdir())
