@@ -27,12 +27,13 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
-from asyncgen.errors import RunError, UsageError
+from asyncgen.errors import InputFileError, RunError, UsageError
 from asyncgen.eventloop import RunControl, run_anywhere, run_event_loop
 from asyncgen.generation import GenerateOptions, GenerateResult, generate_async, prepare
 from asyncgen.stats import TargetedResult
@@ -40,6 +41,8 @@ from asyncgen.stats import TargetedResult
 if TYPE_CHECKING:
     import datasets
     import pandas
+
+log = logging.getLogger("asyncgen.load")
 
 __all__ = ["generate", "agenerate", "generate_batch", "score", "inspect", "load", "export", "GenerateOptions",
            "GenerateResult", "BatchResult", "ScoreResult", "InspectReport", "ExportResult", "RunInterrupted"]
@@ -536,7 +539,9 @@ def load(path: str | os.PathLike, format: Literal["datasets", "pandas", "records
         path: A dataset written by :func:`generate` or ``asyncgen run``.
         format: ``datasets`` (a ``datasets.Dataset``), ``pandas`` (a ``DataFrame``) or
             ``records`` (a list of dicts, needing neither).
-        scores: True for every model scored beside the dataset, False for none, or the models.
+        scores: True for every model scored beside the dataset (a scores file that is not this
+            dataset's, such as one of a dataset it replaced, is skipped with a warning), False
+            for none, or the models (a scores file that is not this dataset's is refused).
         task: The task whose answers to use (default: the one the dataset names).
         config_dir: The folder with ``tasks/*.yaml`` (default: the shipped configs).
         tokenizers: ``NAME[=SPEC]`` tokenizer selections, used when the scenarios are tokenized.
@@ -579,7 +584,13 @@ def load(path: str | os.PathLike, format: Literal["datasets", "pandas", "records
     models = ([model for model, _ in scored_models(path)] if scores is True else [] if scores is False
               else list(scores))
     for model in dict.fromkeys(models):
-        records = load_scores(path, task_config.task_name, dataset.scenarios, model)
+        try:
+            records = load_scores(path, task_config.task_name, dataset.scenarios, model)
+        except InputFileError as exc:
+            if scores is not True:  # asked for by name: refused
+                raise
+            log.warning("no score columns of %s: %s", model, exc)  # found beside it: skipped, said
+            continue
         for row in table:
             row.update(columns(model, records.get(row["scenario_id"]), safe, harmful))
     if format == "records":
