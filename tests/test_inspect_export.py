@@ -53,7 +53,7 @@ def test_inspect_counts_a_crafted_file(tmp_path, cli):
     assert report["dataset"]["checkpoint"].endswith("crafted.checkpoint.json")
     code, out, _ = cli("inspect", str(path))
     flat = " ".join(out.split())
-    assert code == 0 and "4 distinct: cake 2," in flat and "(yield 25.0%, 2.5 per request)" in flat
+    assert code == 0 and "4 distinct: cake 2," in flat and "(yield 25.0% of candidates, 2.5 per request)" in flat
     assert "rejections 12 candidates, 3 duplicates; solar single_token length: 7, identical texts: 5" in flat
     assert max(len(line) for line in out.splitlines() if str(path) not in line) <= 80
 

@@ -631,8 +631,10 @@ def test_run_overwrite_moves_the_replaced_datasets_scores_aside_and_nothing_take
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
     dataset = tmp_path / "med.jsonl"
-    assert cli("run", "--num-scenarios", "6", "--output", str(dataset), "--validator-workers", "0")[0] == 0
-    assert cli("score", str(dataset), "--model", "gpt-4o")[0] == 0
+    code, _out, err = cli("run", "--num-scenarios", "6", "--output", str(dataset), "--validator-workers", "0")
+    assert code == 0, err
+    code, _out, err = cli("score", str(dataset), "--model", "gpt-4o")
+    assert code == 0, err
     old_scores = (tmp_path / "med.scores" / "gpt-4o.jsonl").read_bytes()
     code, _out, err = cli("run", "--overwrite", "--num-scenarios", "6", "--output", str(dataset), "--seed", "7",
                           "--validator-workers", "0")
@@ -642,7 +644,8 @@ def test_run_overwrite_moves_the_replaced_datasets_scores_aside_and_nothing_take
     assert not (tmp_path / "med.scores").exists() and f"kept in {aside[0]}" in err
     rows = asyncgen.load(dataset, format="records")  # the old scores are no columns of the new dataset
     assert len(rows) == 6 and not any(key.startswith("score.") for key in rows[0])
-    assert cli("score", str(dataset), "--model", "gpt-4o")[0] == 0  # scored afresh, not refused
+    code, _out, err = cli("score", str(dataset), "--model", "gpt-4o")
+    assert code == 0, err  # scored afresh, not refused
     code, _out, err = cli("export", str(dataset), "--format", "csv", "--scores", "gpt-4o")
     assert code == 0 and "wrote 6 scenarios" in err, err
 
