@@ -123,6 +123,8 @@ class RunStats:
             "unchecked": self.unchecked,
         }
         totals = {key: value + count_of(self.carried.get(key)) for key, value in this_run.items()}
+        if count_of(self.carried.get("runs")) and "beyond_target" not in self.carried:
+            del totals["beyond_target"], totals["unchecked"]  # earlier runs did not count them: unknown
         carried_rejections = self.carried.get("rejections")
         rejections = Counter(
             {k: count_of(v) for k, v in carried_rejections.items()} if isinstance(carried_rejections, dict) else {}

@@ -506,3 +506,15 @@ def test_the_summary_and_inspect_account_for_every_candidate_the_surplus_too(tmp
     assert f"yield {100 * run['yield']:.1f}% of candidates" in flat
     assert f"{100 * run['usable_share']:.1f}% of the candidates validated were valid and new; {beyond} of those came " \
            "beyond the target and were not kept" in flat
+
+
+def test_the_surplus_figures_of_a_dataset_whose_earlier_runs_did_not_count_them_stay_unknown():
+    from asyncgen.stats import RunStats
+
+    fresh = RunStats(target=10, candidates=30, rejected=5, duplicates=2, accepted_this_run=10, beyond_target=8)
+    assert (fresh.to_run_state()["beyond_target"], fresh.to_run_state()["unchecked"]) == (8, 5)
+    resumed = RunStats(target=20, candidates=30, accepted_this_run=10, beyond_target=8,
+                       carried={"runs": 1, "candidates": 40, "accepted": 10})  # a checkpoint of an older asyncgen
+    assert "beyond_target" not in resumed.to_run_state() and "unchecked" not in resumed.to_run_state()
+    resumed.carried.update(beyond_target=3, unchecked=1)
+    assert (resumed.to_run_state()["beyond_target"], resumed.to_run_state()["unchecked"]) == (11, 13)
