@@ -19,6 +19,7 @@ import sys
 
 from asyncgen import __version__
 from asyncgen.errors import AsyncgenError, from_os_error, redact
+from asyncgen.terminal import is_terminal, print_fitted, terminal_width, wrap_text
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 log = logging.getLogger("asyncgen")
@@ -28,7 +29,10 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors: what is wrong and where to read more, not the whole usage."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        text = f"{self.prog}: error: {message} (see '{self.prog} --help')"
+        if is_terminal(sys.stderr):
+            text = wrap_text(text, terminal_width(sys.stderr), 2)
+        self.exit(2, text + "\n")
 
 
 def _common_parser() -> argparse.ArgumentParser:
@@ -96,12 +100,43 @@ def redact_secrets(text: str) -> str:
     return redact(text, os.environ.get("OPENAI_API_KEY"))
 
 
+# Off a terminal (a file, a pipe, CI): one line a record, the same in every log file.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class TerminalFormatter(RedactingFormatter):
+    """Log records for a person at a terminal: the time, the level unless it is INFO, the logger's
+    name unless it is asyncgen's own (the module adds nothing a newcomer needs), and the message,
+    its long lines wrapped at the terminal's width with each continuation line under the message's
+    first column (asyncgen/terminal.py). The time stays: a run lasts hours, and when a warning came
+    matters. With ``detailed`` (--log-level DEBUG) the level and the logger's name are always
+    there, as in a log file. A traceback is left as Python prints it. ``width`` None: the
+    terminal's, at each record (it may be resized)."""
+
+    def __init__(self, detailed: bool = False, width: int | None = None) -> None:
+        super().__init__(LOG_FORMAT, datefmt="%H:%M:%S")
+        self.detailed, self.width = detailed, width
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        head = f"{record.asctime} "
+        if self.detailed:
+            head += f"{record.levelname} {record.name}: "
+        else:
+            head += "" if record.levelno == logging.INFO else f"{record.levelname} "
+            head += "" if record.name.split(".")[0] == "asyncgen" else f"{record.name}: "  # openai's, say
+        width = self.width or terminal_width(sys.stderr)
+        return wrap_text(head + redact_secrets(record.message), width, len(head))
+
+
 class StderrHandler(logging.StreamHandler):
     """Writes to ``sys.stderr`` as it is at each record: a live progress line redirects it, so that
-    log lines appear above the line instead of through it."""
+    log lines appear above the line instead of through it. On a terminal, records go through
+    ``terminal``'s formatter (wrapped to its width); anywhere else through the handler's own
+    formatter (``LOG_FORMAT``, one line a record)."""
 
-    def __init__(self) -> None:
+    def __init__(self, terminal: logging.Formatter | None = None) -> None:
         super().__init__(sys.stderr)
+        self.terminal = terminal or TerminalFormatter()
 
     @property
     def stream(self):
@@ -111,10 +146,13 @@ class StderrHandler(logging.StreamHandler):
     def stream(self, _value) -> None:
         pass
 
+    def format(self, record: logging.LogRecord) -> str:
+        return self.terminal.format(record) if is_terminal(self.stream) else super().format(record)
+
 
 def setup_logging(level: str) -> None:
-    handler = StderrHandler()
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+    handler = StderrHandler(TerminalFormatter(detailed=level == "DEBUG"))
+    handler.setFormatter(RedactingFormatter(LOG_FORMAT, datefmt="%H:%M:%S"))
     logging.basicConfig(level=getattr(logging, level), handlers=[handler], force=True)
     for noisy in ("httpx", "httpcore", "openai", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level)))
@@ -138,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     except AsyncgenError as exc:
         if args.log_level == "DEBUG":
             log.exception("%s", exc)
-        print(redact_secrets(f"asyncgen {args.command}: error: {exc}"), file=sys.stderr)
+        print_fitted(redact_secrets(f"asyncgen {args.command}: error: {exc}"), sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"asyncgen {args.command}: interrupted", file=sys.stderr)
@@ -150,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug or an unforeseen failure: still one line unless DEBUG
         if args.log_level == "DEBUG":
             log.exception("unexpected error")
-        print(redact_secrets(f"asyncgen {args.command}: error: unexpected {type(exc).__name__}: {exc} "
-                             "(run again with --log-level DEBUG for the traceback)"), file=sys.stderr)
+        print_fitted(redact_secrets(f"asyncgen {args.command}: error: unexpected {type(exc).__name__}: {exc} "
+                                    "(run again with --log-level DEBUG for the traceback)"), sys.stderr)
         return 1
 
 

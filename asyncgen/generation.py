@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import shlex
+import sys
 import zlib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -36,6 +37,7 @@ from asyncgen.prompting import (
     worst_case_prompt_tokens,
 )
 from asyncgen.stats import RunStats, TargetedResult, count_of
+from asyncgen.terminal import print_fitted
 from asyncgen.validate import load_task_and_tokenizers
 
 if TYPE_CHECKING:
@@ -383,7 +385,7 @@ async def _generate_on(prepared: Prepared, sink, opening: "SinkOpening", early_v
         sink.close()
         done = f"{args.output} already holds {sink.count} scenarios (target {args.num_scenarios}): nothing to do"
         if show:
-            print(done)
+            print_fitted(done, sys.stdout)
         return _result(args, stats, None, done)
     _warn_if_absurd(args, task, price, args.num_scenarios - sink.count)
 

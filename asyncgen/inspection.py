@@ -169,12 +169,13 @@ def _words(counter: dict, limit: int = TOP_WORDS) -> str:
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
-def render(report: dict, *, path: str, task: str | None, checkpoint: str | None) -> str:
-    """The report for a terminal, wrapped to 80 columns."""
-    import textwrap
+def render(report: dict, *, path: str, task: str | None, checkpoint: str | None, width: int = 80) -> str:
+    """The report for a terminal, each field wrapped to ``width`` columns under its value column
+    (``terminal.wrap_line``: each count with its word; a path wider than a line cut to fit it)."""
+    from asyncgen.terminal import wrap_line
 
     def wrap(label: str, text: str) -> list[str]:
-        return textwrap.wrap(text, width=80, initial_indent=f"  {label:<14}", subsequent_indent=" " * 16) or [f"  {label}"]
+        return wrap_line(f"  {label:<14}{text}", width, 16, cut_long_words=True) if text else [f"  {label}"]
 
     lines = [f"{path}: {report['scenarios']} scenarios, task {task}"]
     dup = report["duplicates"]
@@ -193,7 +194,8 @@ def render(report: dict, *, path: str, task: str | None, checkpoint: str | None)
     lines += wrap("text length", f"{_stats(texts['multi_token_chars'])} chars; "
                                  f"{_stats(texts['multi_token_words'])} words (multi-token prompt)")
     if report["tokens"]:
-        lines.append(f"{'  tokens':<22}{'length':<17}position (ids, BOS in; min-max (median))")
+        head, legend = f"{'  tokens':<22}{'length':<17}position", "(ids, BOS in; min-max (median))"
+        lines += [f"{head} {legend}"] if len(head) + 1 + len(legend) <= width else [head, *wrap("", legend)]
         for name, forms in report["tokens"].items():
             for form, figures in forms.items():
                 extra = f", {figures['not_pairs']} not pairs" if figures["not_pairs"] else ""
@@ -287,33 +289,33 @@ def _aligned_lines(clean: str, corrupt: str, index: int, width: int) -> list[tup
     return [(" ".join(x).rstrip(), " ".join(y).rstrip()) for x, y in lines]
 
 
-def _packed(parts: Sequence[str], label: str) -> list[str]:
-    """``parts`` joined with ``; `` on lines of ``SAMPLE_WIDTH``, a line break only between parts."""
+def _packed(parts: Sequence[str], label: str, width: int = SAMPLE_WIDTH) -> list[str]:
+    """``parts`` joined with ``; `` on lines of ``width``, a line break only between parts."""
     lines = [f"  {label:<9}"]
     for n, part in enumerate(parts):
         piece = part + (";" if n < len(parts) - 1 else "")
-        if len(lines[-1]) > _LABEL and len(lines[-1]) + 1 + len(piece) > SAMPLE_WIDTH:
+        if len(lines[-1]) > _LABEL and len(lines[-1]) + 1 + len(piece) > width:
             lines.append(" " * _LABEL)
         lines[-1] += (" " if len(lines[-1]) > _LABEL else "") + piece
     return lines
 
 
-def render_sample(records: Sequence[dict]) -> str:
-    """The sampled pairs for a terminal, 80 columns: per pair the clean and the corrupt text one
+def render_sample(records: Sequence[dict], width: int = SAMPLE_WIDTH) -> str:
+    """The sampled pairs for a terminal of ``width`` columns (80 by default): per pair the clean and the corrupt text one
     above the other, the differing word marked ``[[ ]]`` in both, then per tokenizer the differing
     position (multi-token form, single-token form in brackets) and the two tokens there."""
     import textwrap
 
-    width = SAMPLE_WIDTH - _LABEL
+    text_width = max(20, width - _LABEL)
     out = []
     for record in records:
         out.append(f"scenario {record['scenario_id']}")
         if record["word_index"] is None:
             for label, text in (("clean", record["clean"]), ("corrupt", record["corrupt"])):
-                out += textwrap.wrap(text, SAMPLE_WIDTH, initial_indent=f"  {label:<9}", subsequent_indent=" " * _LABEL)
+                out += textwrap.wrap(text, width, initial_indent=f"  {label:<9}", subsequent_indent=" " * _LABEL)
             out.append(" " * _LABEL + "(more than one word differs)")
         else:
-            lines = _aligned_lines(record["clean"], record["corrupt"], record["word_index"], width)
+            lines = _aligned_lines(record["clean"], record["corrupt"], record["word_index"], text_width)
             for side, label in ((0, "clean"), (1, "corrupt")):
                 out += [f"  {label if n == 0 else '':<9}{pair[side]}" for n, pair in enumerate(lines)]
         if record["tokenizers"]:
@@ -325,9 +327,10 @@ def render_sample(records: Sequence[dict]) -> str:
                 clean_token, corrupt_token = facts["tokens"]
                 single = "-" if facts["single_token"] is None else facts["single_token"]
                 parts.append(f"{name} {facts['multi_token']} ({single}) {clean_token!r}>{corrupt_token!r}")
-            out += _packed(parts, "position")
+            out += _packed(parts, "position", width)
         out.append("")
     if any(record["tokenizers"] for record in records):
         out += textwrap.wrap("position: index of the differing id, BOS included, in the multi-token form "
-                             "(in the single-token form); the two tokens there, clean>corrupt", SAMPLE_WIDTH)
+                             "(in the single-token form); the two tokens there, clean>corrupt", width,
+                             break_on_hyphens=False)
     return "\n".join(out).rstrip("\n")

@@ -10,6 +10,7 @@ import sys
 from typing import Callable, TextIO
 
 from asyncgen.stats import RunStats
+from asyncgen.terminal import fit_columns, is_terminal, print_fitted, terminal_width
 
 log = logging.getLogger("asyncgen.progress")
 
@@ -181,18 +182,11 @@ _STOP_REASONS = {"interrupted": "interrupted", "max_cost": "max_cost", "failed":
 
 
 def fit_summary(text: str, width: int) -> str:
-    """The summary with each long line wrapped at ``width`` under its value column (a terminal
-    would otherwise break it mid-word). The resume command stays whole, to be copied. Pure."""
-    import textwrap
-
-    fitted = []
-    for line in text.splitlines():
-        if len(line) <= width or "resume with" in line:
-            fitted.append(line)
-            continue
-        indent = " " * (len(line) - len(line.lstrip()) + 16) if line.startswith("  ") else "  "
-        fitted.extend(textwrap.wrap(line, width, subsequent_indent=indent, break_on_hyphens=False))
-    return "\n".join(fitted)
+    """The summary (a head line, then "  label   value" lines: run's, score's, batch's) with each
+    long line wrapped at ``width`` under its value column, words whole and each count with its
+    kind ("length: 10"), where a terminal would break it mid-word. The resume command stays whole,
+    to be copied. Pure."""
+    return fit_columns(text, width, keep_whole=("resume with",))
 
 
 def run_status(stats: RunStats, stop_reason: str | None) -> str:
@@ -251,13 +245,13 @@ def summary(stats: RunStats, *, stop_reason: str | None, output: str, resume_com
     return "\n".join(lines)
 
 
-def print_summary(text: str) -> None:
-    """The closing summary on stderr, fitted to a terminal's width when it is one."""
-    if sys.stderr.isatty():
-        import shutil
-
-        text = fit_summary(text, shutil.get_terminal_size().columns - 1)
-    print(text, file=sys.stderr)
+def print_summary(text: str, stream: TextIO | None = None) -> None:
+    """A closing summary on ``stream`` (stderr by default), fitted to the terminal's width when it
+    is one (``fit_summary``); elsewhere as it is, a line per figure (see asyncgen/terminal.py)."""
+    stream = stream or sys.stderr
+    if is_terminal(stream):
+        text = fit_summary(text, terminal_width(stream))
+    print(text, file=stream)
 
 
 def exit_code(command: str, failure: BaseException | None, finished: bool, stop_reason: str | None,
@@ -271,8 +265,8 @@ def exit_code(command: str, failure: BaseException | None, finished: bool, stop_
     if finished:
         return 0
     if stop_reason == "max_cost":
-        print(f"asyncgen {command}: stopped at --max-cost ${max_cost:g}: the next request could cross it; "
-              f"raise --max-cost and run again to resume{budget_hint}", file=sys.stderr)
+        print_fitted(f"asyncgen {command}: stopped at --max-cost ${max_cost:g}: the next request could cross it; "
+                     f"raise --max-cost and run again to resume{budget_hint}", sys.stderr)
         return 1
     return 130 if stop_reason == "interrupted" else 1
 

@@ -24,6 +24,7 @@ from asyncgen.batch.ledger import RETRIED_ERRORS
 from asyncgen.errors import ApiError, InputFileError, UsageError
 from asyncgen.jsonl import read_jsonl
 from asyncgen.prices import Price, batch_cost_usd
+from asyncgen.progress import print_summary
 from asyncgen.prompting import PROMPT_ESTIMATE_MARGIN, estimate_prompt_tokens
 from asyncgen.scenario import Scenario
 from asyncgen.scores import ScoresFile, texts_hash
@@ -32,6 +33,7 @@ from asyncgen.scoring import (
 )
 from asyncgen.sink import atomic_write
 from asyncgen.stats import RunStats
+from asyncgen.terminal import print_fitted
 
 log = logging.getLogger("asyncgen.score")
 ENDPOINTS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
@@ -90,9 +92,9 @@ def write_requests(args, scenarios: list[Scenario], settings: ScoreSettings) -> 
         atomic_write(path, b"\n".join(lines) + b"\n")
     except OSError as exc:
         raise UsageError(f"--write-requests {path}: cannot write it ({exc.strerror or exc}); choose another file") from exc
-    print(f"wrote {len(lines)} scoring requests for {len(scenarios)} scenarios to {path}; run them, e.g. "
-          f"`vllm run-batch -i {path} -o results.jsonl --model {args.model}`, then read them back with "
-          f"`python -m asyncgen score {args.dataset} --model {args.model} --results results.jsonl`", file=sys.stderr)
+    print_fitted(f"wrote {len(lines)} scoring requests for {len(scenarios)} scenarios to {path}; run them, e.g. "
+                 f"`vllm run-batch -i {path} -o results.jsonl --model {args.model}`, then read them back with "
+                 f"`python -m asyncgen score {args.dataset} --model {args.model} --results results.jsonl`", sys.stderr)
     return 0
 
 
@@ -102,11 +104,10 @@ def read_results(args, scenarios: list[Scenario], settings: ScoreSettings, score
     all answered is scored."""
     path = Path(args.results)
     accept_results([(f"--results {path}", path)], scenarios, settings, scores, stats, counts, price)
-    print(score_summary(stats, counts, path=str(scores.path), stop_reason="incomplete", resume_command=None),
-          file=sys.stderr)
+    print_summary(score_summary(stats, counts, path=str(scores.path), stop_reason="incomplete", resume_command=None))
     if stats.accepted < stats.target:
-        print(f"asyncgen score: {stats.target - stats.accepted} scenarios are still unscored: their requests are not "
-              f"in {path} or failed; write their requests again (--write-requests) and run them", file=sys.stderr)
+        print_fitted(f"asyncgen score: {stats.target - stats.accepted} scenarios are still unscored: their requests are "
+                     f"not in {path} or failed; write their requests again (--write-requests) and run them", sys.stderr)
         return 1
     return 0
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -44,13 +43,14 @@ from asyncgen.batch.endpoint import POLL_SECONDS, open_batch_api
 from asyncgen.batch.manifest import LOCK, MANIFEST, Entry, Manifest, leftovers
 from asyncgen.errors import RunError, UsageError
 from asyncgen.prices import Price, at_batch_rates, batch_cost_usd, cost_usd
-from asyncgen.progress import LiveLine, _duration, _money, fit_fields, fit_summary
+from asyncgen.progress import LiveLine, _duration, _money, fit_fields, print_summary
 from asyncgen.scenario import Scenario
 from asyncgen.score_batch import ENDPOINTS, accept_results, batch_requests, worst_cost_usd
 from asyncgen.scores import ScoresFile, not_made_yet, remove_made, scores_path
 from asyncgen.scoring import ScoreCounts, ScoreSettings, request_body, score_summary
 from asyncgen.sink import atomic_write
 from asyncgen.stats import RunStats
+from asyncgen.terminal import print_fitted
 
 log = logging.getLogger("asyncgen.score")
 SHOWN_ERRORS = 5
@@ -151,11 +151,12 @@ def cancel(args) -> int:
     for entry in cancelled:
         print(f"{entry.batch_id} ({entry.endpoint}): {entry.status}")
     if not cancelled:
-        print(f"nothing to cancel in {directory}: its batches have all ended; "
-              f"`{_command(args, drop=('--cancel',))}` reads what they answered")
+        print_fitted(f"nothing to cancel in {directory}: its batches have all ended; "
+                     f"`{_command(args, drop=('--cancel',))}` reads what they answered", sys.stdout)
         return 0
-    print(f"cancelled {len(cancelled)} batch(es) of {directory}; what finished is kept: "
-          f"`{_command(args, drop=('--cancel',))}` reads it and asks again for the rest (a new batch, paid again)")
+    print_fitted(f"cancelled {len(cancelled)} batch(es) of {directory}; what finished is kept: "
+                 f"`{_command(args, drop=('--cancel',))}` reads it and asks again for the rest (a new batch, paid again)",
+                 sys.stdout)
     return 0
 
 
@@ -391,7 +392,7 @@ def _report(job: Job, directory: Path, manifest: Manifest, path: Path, outcome: 
              f"\n  job cost        {_money(at_batch)} at batch prices (real time: {_money(at_real)}{ratio})"
              + (" (simulated: the offline simulator's usage at real prices)"
                if (manifest.endpoint or {}).get("mode") == "simulator" else ""))
-    print(fit_summary(text, shutil.get_terminal_size().columns - 1) if sys.stderr.isatty() else text, file=sys.stderr)
+    print_summary(text)
     resume, cancel_it = _command(args), _command(args, add=("--cancel",))
     if stop is None:
         return 0
@@ -404,9 +405,10 @@ def _report(job: Job, directory: Path, manifest: Manifest, path: Path, outcome: 
         return 130
     if stop == "max_cost":
         spent = _spent(manifest, job.price)
-        print(f"asyncgen score: nothing submitted: the batch for the {stats.target - stats.accepted} unscored "
-              f"scenarios could cost up to {_money(outcome.worst)} at batch prices, which with {_money(spent)} spent "
-              f"crosses --max-cost ${args.max_cost}; raise --max-cost, or score fewer forms (--form)", file=sys.stderr)
+        print_fitted(f"asyncgen score: nothing submitted: the batch for the {stats.target - stats.accepted} unscored "
+                     f"scenarios could cost up to {_money(outcome.worst)} at batch prices, which with {_money(spent)} "
+                     f"spent crosses --max-cost ${args.max_cost}; raise --max-cost, or score fewer forms (--form)",
+                     sys.stderr)
         return 1
     print(f"asyncgen score: {stats.target - stats.accepted} scenarios are still unscored (their requests failed); "
           f"ask again for them in a new batch with: {resume}", file=sys.stderr)

@@ -1,5 +1,6 @@
 import contextlib
 import gc
+import logging
 import os
 from pathlib import Path
 
@@ -7,6 +8,31 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ASYNCGEN_SHARED_DIR") or REPO.parent / "shared")
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_task_left_pending():
+    """After the session's last test: an asyncio task some test left pending (a server's handler on
+    a loop that was stopped and not closed, say) fails it, rather than asyncio saying "Task was
+    destroyed but it is pending!" on the way out, where no one reads it."""
+    yield
+    records, asyncio_log = _Records(), logging.getLogger("asyncio")
+    asyncio_log.addHandler(records)
+    try:
+        gc.collect()
+    finally:
+        asyncio_log.removeHandler(records)
+    destroyed = [message for message in records.messages if "Task was destroyed" in message]
+    assert not destroyed, f"{len(destroyed)} asyncio tasks were left pending: " + "\n".join(destroyed)
 
 
 @pytest.fixture(scope="session")
@@ -60,9 +86,6 @@ def cli(capfd, tokenizer_cache):
     from asyncgen.cli import main
 
     def invoke(*args):
-        # What earlier tests left for the garbage collector (an event loop's pending tasks say so on
-        # stderr when collected) is said now, not inside this command's stderr.
-        gc.collect()
         capfd.readouterr()
         code = main([*args, "--cache-dir", tokenizer_cache])
         out, err = capfd.readouterr()

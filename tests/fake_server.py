@@ -51,27 +51,39 @@ class FakeServer:
         self.behaviour = behaviour
         self.bodies: list[dict] = []
         self.requests: list[tuple[dict, bytes]] = []
-        self.loop = asyncio.new_event_loop()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self.base_url = ""
 
     def _serve(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self._start())
-        self._ready.set()
-        self.loop.run_forever()
+        # asyncio.run: the handlers still pending once the server has stopped (a behaviour that
+        # sleeps for a client that went away: aiohttp neither waits for nor cancels a request whose
+        # connection was lost) are cancelled and run to their end, and the loop is closed. A loop
+        # only stopped would keep them pending until the garbage collector destroys them, which
+        # asyncio reports as "Task was destroyed but it is pending!".
+        try:
+            asyncio.run(self._run())
+        finally:
+            self._ready.set()
 
-    async def _start(self) -> None:
+    async def _run(self) -> None:
+        self.loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._chat)  # the behaviour tells them apart: "prompt" in body
-        self.runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        self.base_url = f"http://127.0.0.1:{port}/v1"
+        runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = site._server.sockets[0].getsockname()[1]
+            self.base_url = f"http://127.0.0.1:{port}/v1"
+            self._ready.set()
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
 
     async def _chat(self, request: web.Request) -> web.Response:
         raw = await request.read()
@@ -87,9 +99,10 @@ class FakeServer:
     def __enter__(self) -> "FakeServer":
         self._thread.start()
         self._ready.wait(10)
+        if not self.base_url:
+            raise RuntimeError("the fake server did not start within 10 s")
         return self
 
     def __exit__(self, *exc) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)

@@ -524,6 +524,11 @@ def test_ctrl_c_while_validating_stops_at_once_keeps_what_is_validated_and_says_
     left = int(re.search(r"not validated\s+(\d+) candidate pairs", stderr).group(1))
     written = len(scenarios(tmp_path / "dataset.jsonl"))
     assert left > 0 and 0 < written < 1000
+    # Was: "requests 0 answered", "candidates 0" and nothing else on the pass that wrote most of the file.
+    answers, validated, taken = map(int, re.search(
+        r"stopped pass\s+(\d+) answers read, (\d+) candidate pairs validated, (\d+) scenarios written", stderr).groups())
+    assert answers > 0 and validated >= taken >= 0
+    assert written == taken + sum(manifest(tmp_path)["totals"].get("pilot_yields", []))
     done = batch(tmp_path, "run", "--num-scenarios", "1000", "--poll-seconds", "0.05", "--real-time-finish", "0")
     assert done.returncode == 0, done.stderr[-2000:]
     assert_valid_dataset(tmp_path / "dataset.jsonl", 1000)
@@ -622,6 +627,7 @@ def test_status_watch_shows_each_change_while_the_batches_run(tmp_path, simulato
     finally:
         process.kill()
         process.wait()
+        process.stdout.close()
 
 
 # --- results you can trust: whose they are, counted once, one writer, a lost manifest ---------------

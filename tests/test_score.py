@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -446,6 +447,18 @@ def test_inspect_shows_per_scored_model_flip_shares_spread_and_disagreement(scor
     assert code == 0, err
     assert "scores under gpt-4o: 60/60 scenarios scored" in out
     assert "single-token flips" in out and "logit diff clean" in out and "forms disagree" in out
+
+
+def test_inspect_keeps_the_score_figures_within_80_columns(scored_offline, cli):
+    """Was: the logit-difference lines 83 and 86 columns wide, broken mid-figure by a terminal."""
+    code, out, err = cli("inspect", str(scored_offline), "--no-tokens")
+    assert code == 0, err
+    figures = out[out.index("scores under gpt-4o"):].splitlines()
+    assert all(len(line) <= 80 for line in figures), figures
+    for side in ("clean", "corrupt"):
+        spread = " ".join(" ".join(figures).split()).split(f"logit diff {side} ")[1]
+        assert re.match(r"min -?\d+\.\d\d q1 -?\d+\.\d\d median -?\d+\.\d\d q3 -?\d+\.\d\d max -?\d+\.\d\d "
+                        r"\(\d+ exact\)", spread), spread
 
 
 # --- other engines: batch input out, batch output in ----------------------------------------------

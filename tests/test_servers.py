@@ -339,3 +339,40 @@ def test_ctrl_c_accounts_for_the_requests_cancelled_at_stop(tmp_path):
     assert "3 cancelled at stop" in line and f"{len(server.bodies)} sent: 1 answered" in line
     assert "abandoned attempts cost unknown" in stderr
     assert json.loads((tmp_path / "c.json").read_text())["run_state"]["abandoned_attempts"] == 3
+
+
+# --- the fake server itself -------------------------------------------------------------------------
+
+
+def test_the_fake_server_leaves_no_pending_handler_when_a_client_went_away_before_its_answer(caplog):
+    """A client that hangs up while its request is still being answered (a run stopped, a process
+    killed) leaves the handler running: aiohttp neither waits for nor cancels it at shutdown. Left
+    pending on a loop that is only stopped, the garbage collector destroyed it later, and asyncio
+    said "Task was destroyed but it is pending!" at the end of the suite."""
+    import gc
+    import socket
+    import warnings
+
+    async def answers_late(body, seen):
+        await asyncio.sleep(30)
+        return 200, completion(body)
+
+    body = b'{"model": "m", "messages": []}'
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always", ResourceWarning)
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            with FakeServer(answers_late) as server:
+                port = int(server.base_url.split(":")[2].split("/")[0])
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+                    client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                   b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                    deadline = time.monotonic() + 10
+                    while not server.bodies and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                assert server.bodies  # the handler was answering when the client went away
+            closed = server.loop.is_closed()
+            del server
+            gc.collect()  # what it left behind is destroyed now
+    assert not [r.getMessage() for r in caplog.records if "destroyed" in r.getMessage()]
+    assert not [str(w.message) for w in warned if issubclass(w.category, ResourceWarning)]
+    assert closed

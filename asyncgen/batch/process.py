@@ -193,6 +193,7 @@ class PassReport:
     replayed: bool
     unvalidated: int = 0  # candidates left when the pass was stopped (Ctrl-C); replayed by the next pass
     stopped: bool = False  # a stop was asked during the pass (a Ctrl-C in its last chunk leaves nothing unvalidated)
+    validated: int = 0  # candidates validated by a stopped pass (its figures are not in the totals)
 
 
 def process_pass(
@@ -248,7 +249,7 @@ def process_pass(
     if len(verdicts) < len(fresh):
         sink.sync(run_state())
         return PassReport(read, stats, len(taken.accepted), manifest.spares, replayed, unvalidated=len(fresh) - len(verdicts),
-                          stopped=True)
+                          stopped=True, validated=len(verdicts))
     already = sink.count - len(taken.accepted) - marker["sink_before"]  # appended by the pass that was cut short
     if already > 0:
         stats.duplicates -= already

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from asyncgen.annotations import Sidecar, sidecar_path
 from asyncgen.commands._shared import add_dataset_flags, load_dataset_and_task
 from asyncgen.errors import InputFileError
+from asyncgen.terminal import print_fitted
 
 try:
     import fcntl
@@ -36,10 +38,10 @@ def run(args: argparse.Namespace) -> int:
         with Sidecar.open(args.dataset, task, tokenizers, path=args.out or sidecar_path(args.dataset),
                           full_check=True, remedy="pass another --out") as sidecar:
             repair = sidecar.repair
-    print(repair.message)
+    print_fitted(repair.message, sys.stdout)
     if repair.non_pairs:
-        print(f"note: {repair.non_pairs} scenarios are not minimal pairs under every tokenizer (their position, ids "
-              "and tokens are null there); `python -m asyncgen validate` says which")
+        print_fitted(f"note: {repair.non_pairs} scenarios are not minimal pairs under every tokenizer (their position, "
+                     "ids and tokens are null there); `python -m asyncgen validate` says which", sys.stdout)
     return 0
 
 

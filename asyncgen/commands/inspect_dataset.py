@@ -17,6 +17,7 @@ from asyncgen.inspection import (
     inspect_dataset, lengths_and_positions, render, render_sample, sample_ids, sample_record,
 )
 from asyncgen.sink import OtherDatasetsCheckpoint, _Checkpoint, _read_checkpoint  # the checkpoint format has one reader
+from asyncgen.terminal import fit_columns, is_terminal, terminal_width
 
 
 def register(subparsers, common: argparse.ArgumentParser) -> None:
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
     else:
-        print(report_text(report))
+        print(report_text(report, _width()))
     if plt is not None:
         if annotations is None:
             raise UsageError("--plot draws the token figures: drop --no-tokens")
@@ -110,14 +111,19 @@ def build_report(args: argparse.Namespace) -> tuple[dict, list[dict] | None]:
     return report, annotations
 
 
-def report_text(report: dict) -> str:
-    """The report as ``inspect`` prints it."""
+def _width() -> int:
+    """The columns the report and the sample take: the terminal's when stdout is one, else 80."""
+    return terminal_width(sys.stdout) if is_terminal(sys.stdout) else 80
+
+
+def report_text(report: dict, width: int = 80) -> str:
+    """The report as ``inspect`` prints it, its fields wrapped to ``width`` columns."""
     from asyncgen.score_table import render_figures
 
     where = report["dataset"]
-    lines = [render(report, path=where["path"], task=where["task"], checkpoint=where["checkpoint"])]
+    lines = [render(report, path=where["path"], task=where["task"], checkpoint=where["checkpoint"], width=width)]
     for model, figures in report["scores"].items():
-        lines.append("\n".join(render_figures(model, figures)))
+        lines.append(fit_columns("\n".join(render_figures(model, figures)), width))
     return "\n".join(lines)
 
 
@@ -135,7 +141,7 @@ def _sample(args: argparse.Namespace, scenarios, task, tokenizers) -> int:
     if args.json:
         sys.stdout.buffer.write(orjson.dumps({"sample": records}, option=orjson.OPT_INDENT_2) + b"\n")
     else:
-        print(render_sample(records))
+        print(render_sample(records, _width()))
     return 0
 
 

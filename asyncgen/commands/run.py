@@ -16,9 +16,10 @@ from asyncgen.commands.argtypes import base_url, non_negative_float, non_negativ
 from asyncgen.eventloop import run_event_loop
 from asyncgen.generation import OFFLINE_KEY, _plan, open_transport, request_destination
 from asyncgen.prices import is_openai_endpoint
-from asyncgen.progress import exit_code
+from asyncgen.progress import exit_code, print_summary
 from asyncgen.prompting import OUTPUT_TOKENS_OVERHEAD, OUTPUT_TOKENS_PER_PAIR
 from asyncgen.scenario import LINES_PER_SCENARIO
+from asyncgen.terminal import print_fitted
 
 # The run's pieces that score and batch use: they live with the composition, asyncgen/generation.py.
 __all__ = ["register", "run", "OFFLINE_KEY", "open_transport", "request_destination"]
@@ -70,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         prepared = prepare(options)
     except KeyboardInterrupt:
-        print(f"asyncgen run stopped (interrupted) while loading the tokenizers: {args.output} was not touched",
-              file=sys.stderr)
+        print_fitted(f"asyncgen run stopped (interrupted) while loading the tokenizers: {args.output} was not touched",
+                     sys.stderr)
         return 130
     if args.dry_run:
         return _dry_run(args, prepared.task, prepared.price)
@@ -89,15 +90,16 @@ def _dry_run(args, task, price) -> int:
     plan = _plan(task, price, remaining, args.avoid_chars)
     mode, base_url, _ = request_destination(args)
     cost = plan.cost_usd
-    print(f"plan for task {task.task_name} with {args.model} ({mode}{' ' + base_url if base_url else ''}):")
-    print(f"  scenarios       {remaining} to generate ({existing} already in {args.output}, target {args.num_scenarios})")
-    print(f"  yield estimate  {plan.yield_per_request:.1f} accepted scenarios per request ({task.batch_size} pairs asked per request)")
-    print(f"  requests        about {plan.requests}, at most {args.concurrency} in flight")
-    print(f"  tokens          about {plan.requests * plan.prompt_tokens} prompt + at most {plan.requests * plan.output_tokens} "
-          f"completion ({plan.prompt_tokens} + {plan.output_tokens} per request)")
-    print(f"  output cap      {plan.output_tokens} tokens to start ({task.batch_size} x {OUTPUT_TOKENS_PER_PAIR} + "
-          f"{OUTPUT_TOKENS_OVERHEAD}), then learned")
+    lines = [f"plan for task {task.task_name} with {args.model} ({mode}{' ' + base_url if base_url else ''}):"]
+    lines.append(f"  scenarios       {remaining} to generate ({existing} already in {args.output}, target {args.num_scenarios})")
+    lines.append(f"  yield estimate  {plan.yield_per_request:.1f} accepted scenarios per request ({task.batch_size} pairs asked per request)")
+    lines.append(f"  requests        about {plan.requests}, at most {args.concurrency} in flight")
+    lines.append(f"  tokens          about {plan.requests * plan.prompt_tokens} prompt + at most {plan.requests * plan.output_tokens} "
+                 f"completion ({plan.prompt_tokens} + {plan.output_tokens} per request)")
+    lines.append(f"  output cap      {plan.output_tokens} tokens to start ({task.batch_size} x {OUTPUT_TOKENS_PER_PAIR} + "
+                 f"{OUTPUT_TOKENS_OVERHEAD}), then learned")
     why = f"no price for {args.model}" if args.prices or is_openai_endpoint(args.base_url) else "not OpenAI's server: pass --prices"
     shown = f"unknown ({why})" if cost is None else f"at most about ${cost:.4f}"
-    print(f"  cost            {shown}{' (simulated)' if mode == 'simulator' and cost is not None else ''}")
+    lines.append(f"  cost            {shown}{' (simulated)' if mode == 'simulator' and cost is not None else ''}")
+    print_summary("\n".join(lines), sys.stdout)  # fitted to a terminal's width
     return 0

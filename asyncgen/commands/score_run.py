@@ -22,6 +22,7 @@ from asyncgen.scoring import (
     FORMS, TOP_K, TOP_K_OPENAI_COMPLETIONS, ScoreCounts, ScorePipeline, ScoreSettings, Scorer, score_summary,
 )
 from asyncgen.stats import RunStats
+from asyncgen.terminal import print_fitted
 
 log = logging.getLogger("asyncgen.score")
 
@@ -92,7 +93,7 @@ def score(args: argparse.Namespace) -> int:
         stats.cost_simulated = mode == "simulator"
         counts = ScoreCounts()
         if stats.accepted >= stats.target:
-            print(f"{path} already scores all {stats.target} scenarios of {args.dataset}: nothing to do")
+            print_fitted(f"{path} already scores all {stats.target} scenarios of {args.dataset}: nothing to do", sys.stdout)
             if getattr(args, "control", None) is not None:  # the Python API's result: nothing spent, at a known price
                 args.control.record_cost(stats.cost_usd, stats.cost_simulated)
             return 0

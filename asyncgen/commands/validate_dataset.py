@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
@@ -14,6 +15,7 @@ from asyncgen.commands._shared import add_tokenizer_flags
 from asyncgen.config import Task
 from asyncgen.errors import InputFileError
 from asyncgen.scenario import TYPES, Scenario, normalize
+from asyncgen.terminal import print_fitted
 from asyncgen.tokenizers import Tokenizer
 from asyncgen.validate import load_task_and_tokenizers, validate_pairs
 
@@ -238,11 +240,9 @@ def _problem_order(problem: str) -> tuple[int, str]:
 def run(args: argparse.Namespace) -> int:
     path = Path(args.dataset)
     report = check_dataset(path, args.config_dir, args.tokenizer, args.cache_dir, args.task)
-    for problem in report.problems:
-        print(f"FAIL {problem}")
+    for problem in report.problems:  # one line each off a terminal, for grep
+        print_fitted(f"FAIL {problem}", sys.stdout, indent=5)
     status = "OK" if not report.problems else "FAILED"
-    print(
-        f"{status}: {path}: {report.scenarios} scenarios, {report.valid} valid, "
-        f"{len(report.problems)} problems (task {report.task_name or 'unknown'})"
-    )
+    print_fitted(f"{status}: {path}: {report.scenarios} scenarios, {report.valid} valid, "
+                 f"{len(report.problems)} problems (task {report.task_name or 'unknown'})", sys.stdout)
     return 0 if not report.problems else 1

@@ -21,6 +21,7 @@ from asyncgen.commands.batch.directory import Setup, load_setup
 from asyncgen.commands.batch.display import Display
 from asyncgen.commands.batch.summary import summary_text
 from asyncgen.errors import UsageError
+from asyncgen.progress import print_summary
 from asyncgen.sink import default_checkpoint_path
 
 log = logging.getLogger("asyncgen.batch")
@@ -194,13 +195,14 @@ def cmd_process(args) -> int:
                 print(f"nothing to process in {setup.directory} (download ended batches first: `batch download`)")
                 return 0
             print(f"nothing new to process in {setup.directory}: every downloaded result is counted already, once")
-            print(summary_text(setup, manifest, sink.count))
+            print_summary(summary_text(setup, manifest, sink.count), sys.stdout)
             return 0 if sink.count >= manifest.target else 1
         with Display(setup, manifest, time.monotonic()) as display:
             report = processing_pass(setup, manifest, sink, validator, annotations, names, display)
         count = sink.count
-    print(summary_text(setup, manifest, count, report, stop="interrupted" if report.unvalidated else None,
-                       unvalidated=report.unvalidated))
+    print_summary(summary_text(setup, manifest, count, report, stop="interrupted" if report.unvalidated else None,
+                               unvalidated=report.unvalidated, stopped_pass=report if report.unvalidated else None),
+                  sys.stdout)
     if count >= manifest.target:
         return 0
     if report.unvalidated:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from asyncgen.commands.batch.rounds import plan_and_write
 from asyncgen.commands.batch.summary import run_cost, summary_text
 from asyncgen.errors import RunError
 from asyncgen.eventloop import run_event_loop
-from asyncgen.progress import _money, fit_summary
+from asyncgen.progress import _money, print_summary
 
 log = logging.getLogger("asyncgen.batch")
 
@@ -68,8 +67,8 @@ def cmd_run(args) -> int:
     count, _ = read_dataset(manifest.output, setup.task)
     mode = directory_endpoint(args, manifest)["mode"]
     text = summary_text(setup, manifest, count, title="batch run", wall_s=time.monotonic() - started,
-                        stop=outcome.stop, unvalidated=outcome.unvalidated, mode=mode)
-    print(fit_summary(text, shutil.get_terminal_size().columns - 1) if sys.stderr.isatty() else text, file=sys.stderr)
+                        stop=outcome.stop, unvalidated=outcome.unvalidated, mode=mode, stopped_pass=outcome.stopped_pass)
+    print_summary(text)
     if getattr(args, "control", None) is not None:  # the Python API's result (asyncgen.generate_batch)
         at_batch, _, simulated = run_cost(setup, manifest, mode)
         args.control.record_cost(at_batch, simulated)
@@ -107,6 +106,7 @@ def _stop_from_any_thread(task: asyncio.Task):
 class RunOutcome:
     stop: str | None = None  # why batch run ended short: "interrupted", "max_cost"
     unvalidated: int = 0  # candidates a stopped processing pass left (the next pass replays them)
+    stopped_pass: object = None  # that pass's report (process.PassReport)
 
 
 async def _run_async(args, setup: Setup, manifest: Manifest, started: float, outcome: RunOutcome) -> None:
@@ -124,6 +124,7 @@ async def _run_async(args, setup: Setup, manifest: Manifest, started: float, out
                     report = processing_pass(setup, manifest, sink, validator, annotations, names, display)
                     if report.stopped:  # Ctrl-C during the pass: the run stops here, after it, even when it finished
                         outcome.stop, outcome.unvalidated = "interrupted", report.unvalidated
+                        outcome.stopped_pass = report if report.unvalidated else None
                         return
                     if report.read.new and not report.read.requests_ok and sink.count < manifest.target:
                         causes = ", ".join(f"{cause}: {n}" for cause, n in report.read.errors.most_common(3))

@@ -22,15 +22,21 @@ def run_cost(setup: Setup, manifest: Manifest, mode: str | None = None) -> tuple
 
 def summary_text(setup: Setup, manifest: Manifest, count: int, report=None, *, title: str = "batch process",
                  wall_s: float | None = None, stop: str | None = None, unvalidated: int = 0,
-                 mode: str | None = None) -> str:
+                 mode: str | None = None, stopped_pass=None) -> str:
+    """``stopped_pass``: the report of a processing pass stopped by Ctrl-C. Its figures are not in
+    the totals (the next pass replays its inputs and counts them once), so they get a line."""
     t = manifest.totals
+    completed = " in the passes completed" if unvalidated or manifest.processing else ""
     state = "finished" if count >= manifest.target else ("interrupted" if stop == "interrupted" else "short")
     lines = [f"asyncgen {title} {state}: {count}/{manifest.target} scenarios in {manifest.output}"
              + (f" ({report.accepted} new this pass)" if report else "")]
-    lines.append(f"  requests        {t.get('requests_ok', 0)} answered; failed: "
+    lines.append(f"  requests        {t.get('requests_ok', 0)} answered{completed}; failed: "
                  + (", ".join(f"{k}: {n}" for k, n in sorted(t.get('errors', {}).items())) or "none"))
     lines.append(f"  candidates      {t.get('candidates', 0)} ({t.get('rejected', 0)} rejected, {t.get('duplicates', 0)} duplicates)"
-                 + (" in the passes completed" if unvalidated or manifest.processing else ""))
+                 + completed)
+    if stopped_pass is not None:
+        lines.append(f"  stopped pass    {stopped_pass.read.requests_ok} answers read, {stopped_pass.validated} candidate pairs "
+                     f"validated, {stopped_pass.accepted} scenarios written; counted above when the pass completes")
     if unvalidated:
         lines.append(f"  not validated   {unvalidated} candidate pairs of answers paid for, left when the pass was "
                      f"stopped: they stay in {setup.directory}, and the same command validates them first")
