@@ -27,12 +27,13 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
-from asyncgen.errors import RunError, UsageError
+from asyncgen.errors import InputFileError, RunError, UsageError
 from asyncgen.eventloop import RunControl, run_anywhere, run_event_loop
 from asyncgen.generation import GenerateOptions, GenerateResult, generate_async, prepare
 from asyncgen.stats import TargetedResult
@@ -40,6 +41,8 @@ from asyncgen.stats import TargetedResult
 if TYPE_CHECKING:
     import datasets
     import pandas
+
+log = logging.getLogger("asyncgen.load")
 
 __all__ = ["generate", "agenerate", "generate_batch", "score", "inspect", "load", "export", "GenerateOptions",
            "GenerateResult", "BatchResult", "ScoreResult", "InspectReport", "ExportResult", "RunInterrupted"]
@@ -415,8 +418,8 @@ def export(dataset: str | os.PathLike, format: ExportFormat = "jsonl", out: str 
            split: float | None = None, group_by: Literal["frame", "word", "frame+word", "none"] | None = None,
            seed: int = 0, ids: bool = False, scores: Sequence[str] = (),
            only_flipping: Literal["single", "multi", "both"] | None = None, overwrite: bool = False,
-           task: str | None = None, config_dir: str | None = None, tokenizers: Sequence[str] = (),
-           cache_dir: str | None = None) -> ExportResult:
+           skip_invalid: bool = False, task: str | None = None, config_dir: str | None = None,
+           tokenizers: Sequence[str] = (), cache_dir: str | None = None) -> ExportResult:
     """Write ``dataset`` with its token positions and answer ids per tokenizer (``asyncgen export``).
 
     Args:
@@ -434,6 +437,8 @@ def export(dataset: str | os.PathLike, format: ExportFormat = "jsonl", out: str 
         scores: Models whose scores (from ``asyncgen score``) to add as ``score.MODEL.*`` columns.
         only_flipping: Keep only the scenarios that flip under every ``scores`` model, in this form.
         overwrite: Replace ``out`` even if it is not an export asyncgen wrote.
+        skip_invalid: Leave out the scenarios whose pair fails validation (the message says how
+            many); without it such a dataset is refused.
         task: The task whose answers to use (default: the one the dataset names).
         config_dir: The folder with ``tasks/*.yaml`` (default: the shipped configs).
         tokenizers: ``NAME[=SPEC]`` tokenizer selections, as ``--tokenizer``.
@@ -443,7 +448,8 @@ def export(dataset: str | os.PathLike, format: ExportFormat = "jsonl", out: str 
         The rows written and where.
 
     Raises:
-        UsageError: A missing or malformed dataset, a bad option, an ``out`` that is not an export.
+        UsageError: A missing or malformed dataset, one whose pairs fail validation (unless
+            ``skip_invalid``), a bad option, an ``out`` that is not an export.
     """
     from asyncgen.commands.export import export_dataset
     from asyncgen.exports import FORMATS
@@ -458,7 +464,7 @@ def export(dataset: str | os.PathLike, format: ExportFormat = "jsonl", out: str 
         raise UsageError(f"split: expected the train share, a number strictly between 0 and 1, got {split!r}")
     args = argparse.Namespace(dataset=os.fspath(dataset), format=format, out=None if out is None else os.fspath(out),
                               split=split, group_by=group_by, seed=seed, ids=ids, scores=list(scores),
-                              only_flipping=only_flipping,
+                              only_flipping=only_flipping, skip_invalid=skip_invalid,
                               overwrite=overwrite, task=task, config_dir=config_dir, tokenizer=list(tokenizers),
                               cache_dir=cache_dir)
     done = export_dataset(args)
@@ -518,8 +524,8 @@ def inspect(dataset: str | os.PathLike, *, tokens: bool = True, checkpoint: str 
 
 
 def load(path: str | os.PathLike, format: Literal["datasets", "pandas", "records"] = "datasets", *,
-         scores: bool | Sequence[str] = True, task: str | None = None, config_dir: str | None = None,
-         tokenizers: Sequence[str] = (), cache_dir: str | None = None,
+         scores: bool | Sequence[str] = True, skip_invalid: bool = False, task: str | None = None,
+         config_dir: str | None = None, tokenizers: Sequence[str] = (), cache_dir: str | None = None,
          ) -> "datasets.Dataset | pandas.DataFrame | list[dict]":
     """Read a dataset with its token annotations and scores: one row per scenario. Read-only.
 
@@ -527,14 +533,20 @@ def load(path: str | os.PathLike, format: Literal["datasets", "pandas", "records
     answers, per tokenizer the lengths, the differing position and ids, the answers' ids, and per
     scored model the ``score.MODEL.*`` columns. The annotations come from the sidecar
     (``DATASET.tokens.jsonl``) when its record shows it was checked against the dataset as it is
-    now; otherwise the scenarios are tokenized (as ``export`` does). Scores files are checked
-    against the dataset (its id and every scenario's texts).
+    now; otherwise the scenarios are tokenized (as ``export`` does). A dataset whose pairs fail
+    validation (texts off the task's templates, or not a minimal pair under a tokenizer) is refused
+    as ``export`` refuses it, unless ``skip_invalid``. Scores files are checked against the dataset
+    (its id and every scenario's texts).
 
     Args:
         path: A dataset written by :func:`generate` or ``asyncgen run``.
         format: ``datasets`` (a ``datasets.Dataset``), ``pandas`` (a ``DataFrame``) or
             ``records`` (a list of dicts, needing neither).
-        scores: True for every model scored beside the dataset, False for none, or the models.
+        scores: True for every model scored beside the dataset (a scores file that is not this
+            dataset's, such as one of a dataset it replaced, is skipped with a warning), False
+            for none, or the models (a scores file that is not this dataset's is refused).
+        skip_invalid: Leave out the scenarios whose pair fails validation, with a warning saying
+            how many (their ``scenario_id`` stays the dataset's).
         task: The task whose answers to use (default: the one the dataset names).
         config_dir: The folder with ``tasks/*.yaml`` (default: the shipped configs).
         tokenizers: ``NAME[=SPEC]`` tokenizer selections, used when the scenarios are tokenized.
@@ -544,11 +556,13 @@ def load(path: str | os.PathLike, format: Literal["datasets", "pandas", "records
         The rows, in the format asked for.
 
     Raises:
-        UsageError: A missing, malformed or empty dataset, scores of another dataset, or a format
-            whose library is not installed.
+        UsageError: A missing, malformed or empty dataset, one whose pairs fail validation
+            (unless ``skip_invalid``), scores of another dataset, or a format whose library is not
+            installed.
     """
     from asyncgen.annotations import read_verified
     from asyncgen.commands._shared import load_dataset_and_task
+    from asyncgen.commands.validate_dataset import failing_pairs, refuse_failing
     from asyncgen.config import load_task
     from asyncgen.exports import rows
     from asyncgen.score_table import columns, load_scores, scored_models
@@ -573,11 +587,27 @@ def load(path: str | os.PathLike, format: Literal["datasets", "pandas", "records
         dataset, task_config, loaded = load_dataset_and_task(args)
         notes = _annotate(dataset.scenarios, task_config, loaded)
     safe, harmful = task_config.answers.safe, task_config.answers.harmful
-    table = rows(dataset.scenarios, notes, task_config.task_name, (safe, harmful))
+    failing = failing_pairs(task_config, dataset.scenarios, notes)
+    scenarios = dataset.scenarios
+    if failing:
+        if not skip_invalid:
+            refuse_failing(path, failing, len(scenarios), "skip_invalid=True")
+        log.warning("left out %d of %d scenarios that fail validation (the first: scenario %d, %s); "
+                    "see `python -m asyncgen validate %s`", len(failing), len(scenarios), *failing[0], path)
+        skipped = {index for index, _ in failing}
+        scenarios = [s for i, s in enumerate(scenarios) if i not in skipped]
+        notes = [n for i, n in enumerate(notes) if i not in skipped]
+    table = rows(scenarios, notes, task_config.task_name, (safe, harmful))
     models = ([model for model, _ in scored_models(path)] if scores is True else [] if scores is False
               else list(scores))
     for model in dict.fromkeys(models):
-        records = load_scores(path, task_config.task_name, dataset.scenarios, model)
+        try:
+            records = load_scores(path, task_config.task_name, dataset.scenarios, model)
+        except InputFileError as exc:
+            if scores is not True:  # asked for by name: refused
+                raise
+            log.warning("no score columns of %s: %s", model, exc)  # found beside it: skipped, said
+            continue
         for row in table:
             row.update(columns(model, records.get(row["scenario_id"]), safe, harmful))
     if format == "records":

@@ -6,7 +6,8 @@ Contract
   name (``--overwrite`` replaces anything):
   - a single-file export (jsonl, csv, parquet) is one whose first row, header or Parquet schema
     holds the export's fixed columns (``BASE_COLUMNS``: ``scenario_id``, ``task``, the four texts,
-    the two answers), whatever its format or name; an empty file holds nothing to lose;
+    the two answers), whatever its format or name; an empty file holds nothing to lose; a folder
+    (even an empty one) is never replaced by a file, ``--overwrite`` or not;
   - a folder export (hf, eap) is a folder holding ``MARKER``, a JSON file written with it that
     says it is an asyncgen export and of which dataset, in which format, with which files; an
     empty folder holds nothing to lose. A folder without the marker (one a user made, or an
@@ -83,12 +84,15 @@ def _alive(pid: int) -> bool:
 
 def refuse_unless_replaceable(out: Path, folder: bool, overwrite: bool) -> None:
     """Raise UsageError unless ``out`` is missing, empty, or an export asyncgen wrote (see the contract)."""
+    if not folder and out.is_dir():  # a file never takes a folder's place, even an empty one's, even with --overwrite
+        raise UsageError(f"--out {out} is a folder, and this format writes one file; nothing was changed: "
+                         "give the file's path (in that folder or elsewhere); --overwrite never puts a file in a folder's place")
     if overwrite or not os.path.lexists(out):
         return
     if out.is_dir() and not out.is_symlink():
-        if not any(out.iterdir()) or (folder and _is_folder_export(out)):
+        if not any(out.iterdir()) or _is_folder_export(out):
             return
-        what = "a folder that is not an asyncgen export (no " + MARKER + " in it)" if folder else "a folder"
+        what = "a folder that is not an asyncgen export (no " + MARKER + " in it)"
     elif out.is_file() and not out.is_symlink():
         if out.stat().st_size == 0 or (not folder and is_export_file(out)):
             return

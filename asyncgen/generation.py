@@ -324,6 +324,22 @@ async def generate_async(prepared: Prepared, control: RunControl | None = None, 
             early_validator.close()  # a run that took it closed it already; one refused or done at once did not
 
 
+def _move_old_scores_aside(output: str) -> None:
+    """``--overwrite`` started the dataset over: the scores of the dataset it replaced go aside, named
+    (``asyncgen.scores.move_aside``), so that none passes for the new dataset's. Its checkpoint and
+    token annotations the sink and the sidecar start over themselves."""
+    from asyncgen.scores import move_aside, scores_dir
+
+    try:
+        aside = move_aside(output)
+    except OSError as exc:
+        raise UsageError(f"--overwrite: cannot move the replaced dataset's scores {scores_dir(output)} aside "
+                         f"({exc.strerror or exc}); move them away yourself") from exc
+    if aside is not None:
+        log.warning("--overwrite: the scores of the dataset it replaced are kept in %s (they are not this "
+                    "dataset's); delete that folder if you do not need them", aside)
+
+
 async def _generate_on(prepared: Prepared, sink, opening: "SinkOpening", early_validator, mode: str,
                        base_url: str | None, api_key: str, control: RunControl | None, *, show: bool,
                        handle_signals: bool) -> GenerateResult:
@@ -335,6 +351,12 @@ async def _generate_on(prepared: Prepared, sink, opening: "SinkOpening", early_v
 
     args, task, specs, tokenizers, price = (prepared.options, prepared.task, prepared.specs, prepared.tokenizers,
                                             prepared.price)
+    if args.overwrite:
+        try:
+            _move_old_scores_aside(args.output)
+        except BaseException:
+            opening.close_refused(sink)
+            raise
     stats = RunStats(target=args.num_scenarios)
     stats.accepted, stats.carried = sink.count, dict(sink.resume.run_state or {})
     stats.cost_usd = None if price is None else 0.0

@@ -128,13 +128,20 @@ def run_figures(state: dict) -> dict:
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     candidates, accepted, requests = count("candidates"), count("accepted"), count("requests_ok")
+    beyond, unchecked = count("beyond_target"), count("unchecked")  # None: runs that did not record them
     rejections = state.get("rejections") if isinstance(state.get("rejections"), dict) else None
+    validated = candidates - unchecked if candidates is not None and unchecked is not None else None
     return {
         "runs": count("runs"),
         "requests_ok": requests,
         "candidates": candidates,
         "accepted": accepted,
-        "yield": round(accepted / candidates, 4) if candidates and accepted is not None else None,
+        "yield": round(accepted / candidates, 4) if candidates and accepted is not None else None,  # accepted/candidates
+        "beyond_target": beyond,
+        "unchecked": unchecked,
+        # valid and new (accepted or beyond the target) of the candidates validated: the validation's yield
+        "usable_share": (round((accepted + beyond) / validated, 4)
+                         if validated and accepted is not None and beyond is not None else None),
         "accepted_per_request": round(accepted / requests, 2) if requests and accepted is not None else None,
         "rejected": count("rejected"),
         "duplicates": count("duplicates"),
@@ -217,8 +224,13 @@ def render(report: dict, *, path: str, task: str | None, checkpoint: str | None,
             lines += wrap("cost", cost)
             return "\n".join(lines)
         lines += wrap("run", f"from {checkpoint}: {run['runs']} run(s), {run['requests_ok']} requests answered, "
-                             f"{run['candidates']} candidates, {run['accepted']} accepted (yield {share}, "
-                             f"{run['accepted_per_request']} per request)")
+                             f"{run['candidates']} candidates, {run['accepted']} accepted (yield {share} of "
+                             f"candidates, {run['accepted_per_request']} per request)")
+        if run.get("usable_share") is not None:
+            not_validated = f"; {run['unchecked']} not validated (the run ended first)" if run["unchecked"] else ""
+            lines += wrap("valid", f"{100 * run['usable_share']:.1f}% of the candidates validated were valid and new; "
+                                   f"{run['beyond_target']} of those came beyond the target and were not kept"
+                                   f"{not_validated}")
         lines += wrap("cost", f"{cost}; {run['prompt_tokens']} prompt + {run['completion_tokens']} completion tokens")
         if run["rejections"] is None:
             lines += wrap("rejections", f"{run['rejected'] if run['rejected'] is not None else 'unknown'} "

@@ -212,7 +212,9 @@ class Pipeline:
             batch, verdicts = await self.verdicts.get()
             await self._annotations_ready()
             accepted_before = stats.accepted_this_run
-            for verdict in self.acceptance.take(verdicts).accepted:
+            taken = self.acceptance.take(verdicts)
+            stats.beyond_target += len(taken.surplus)  # counted, not kept (batch keeps them as spares)
+            for verdict in taken.accepted:
                 if len(verdict.prompt) <= AVOID_MAX_CHARS:
                     self.recent_prompts.append(verdict.prompt)
             self.outstanding -= len(batch)

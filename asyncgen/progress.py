@@ -213,7 +213,9 @@ def summary(stats: RunStats, *, stop_reason: str | None, output: str, resume_com
     lines = [
         f"asyncgen run {status}: {stats.accepted}/{stats.target} scenarios in {output} "
         f"({stats.accepted_this_run} new this run)",
-        f"  candidates      {stats.candidates} ({stats.rejected} rejected, {stats.duplicates} duplicates)",
+        f"  candidates      {stats.candidates} ({stats.rejected} rejected, {stats.duplicates} duplicates"
+        + (f", {stats.beyond_target} beyond the target" if stats.beyond_target else "")
+        + (f", {stats.unchecked} not validated: the run ended first" if stats.unchecked else "") + ")",
     ]
     if stats.rejections:
         top = ", ".join(f"{kind}: {n}" for kind, n in stats.rejections.most_common(8))

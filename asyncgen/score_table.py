@@ -10,7 +10,7 @@ from typing import Sequence
 
 from asyncgen.errors import InputFileError
 from asyncgen.scenario import Scenario
-from asyncgen.scores import dataset_id, read_scores, scores_dir, scores_path, texts_hash
+from asyncgen.scores import another_dataset, dataset_id, read_scores, scores_dir, scores_path, texts_hash
 
 ONLY_FLIPPING = ("single", "multi", "both")
 
@@ -22,9 +22,12 @@ def load_scores(dataset: str | Path, task_name: str, scenarios: Sequence[Scenari
     if read.header is None:
         raise InputFileError(f"{path}: no scores of {model!r} for {dataset}; score it first: "
                              f"python -m asyncgen score {dataset} --model {model}")
-    if read.header.get("model") != model or read.header.get("dataset_id") != dataset_id(task_name, scenarios[0]):
-        raise InputFileError(f"{path} holds the scores of model {read.header.get('model')!r} for dataset "
-                             f"{read.header.get('dataset')!r}, not of {model!r} for {Path(dataset).name}; score it again")
+    if read.header.get("dataset_id") != dataset_id(task_name, scenarios[0]):
+        raise InputFileError(f"{path} holds {another_dataset(read.header, dataset)}, not {Path(dataset).name}'s; "
+                             f"move it away, then score again: python -m asyncgen score {dataset} --model {model}")
+    if read.header.get("model") != model:
+        raise InputFileError(f"{path} holds the scores of model {read.header.get('model')!r}, not of {model!r}; "
+                             f"move it away, then score again: python -m asyncgen score {dataset} --model {model}")
     for scenario_id, record in read.records.items():
         if scenario_id >= len(scenarios) or record.get("texts") != texts_hash(scenarios[scenario_id]):
             raise InputFileError(f"{path}: scenario {scenario_id}'s texts differ from {dataset}'s; the scores belong "

@@ -106,6 +106,34 @@ def opened(path: Path, header: dict, scenarios: list[Scenario]) -> Iterator["Sco
             scores.close()
 
 
+def move_aside(dataset: str | os.PathLike) -> Path | None:
+    """Rename the scores folder of ``dataset`` to ``DATASET.scores.replaced-STAMP`` (UTC, to the
+    second; ``-2``, ``-3``... when taken) and return the new name; None when there is none. For a
+    dataset started over (``run --overwrite``): the scores of the dataset it replaced must not pass
+    for the new one's, and are kept, not deleted."""
+    folder = scores_dir(dataset)
+    if not folder.is_dir():
+        return None
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    for number in range(1, 1000):
+        aside = folder.with_name(f"{folder.name}.replaced-{stamp}" + (f"-{number}" if number > 1 else ""))
+        if not os.path.lexists(aside):
+            os.rename(folder, aside)
+            _fsync_dir(folder.parent)
+            return aside
+    raise UsageError(f"{folder}: cannot move it aside (999 earlier copies beside it); move it away yourself")
+
+
+def another_dataset(header: dict, dataset: str | os.PathLike) -> str:
+    """What a scores header of another dataset (its ``dataset_id`` differs) holds, in a user's words:
+    the name it recorded and when it was made."""
+    name, made = header.get("dataset"), header.get("created")
+    when = f", made {made}" if isinstance(made, str) else ""
+    if name == Path(dataset).name:
+        return f"the scores of another dataset of the same name (its first scenario differs{when})"
+    return f"the scores of another dataset ({name!r}{when})"
+
+
 def texts_hash(scenario: Scenario) -> str:
     return hashlib.blake2b(orjson.dumps(scenario.texts()), digest_size=8).hexdigest()
 
@@ -178,9 +206,12 @@ def read_scores(path: Path) -> ReadScores:
 
 def refuse_mismatch(path: Path, stored: dict, wanted: dict, scenarios: list[Scenario]) -> None:
     """A UsageError when ``stored`` (a header) is not this dataset, model, endpoint and readings."""
+    if stored.get("dataset_id") != wanted.get("dataset_id"):
+        raise UsageError(f"{path} holds {another_dataset(stored, wanted.get('dataset') or '')}, not this "
+                         "dataset's; move it away to score again")
     for key in IDENTITY_KEYS:
         if stored.get(key) != wanted.get(key):
-            what = {"dataset_id": f"another dataset ({stored.get('dataset')!r}: its first scenario differs)",
+            what = {"dataset_id": "",
                     "task": f"task {stored.get('task')!r}", "model": f"model {stored.get('model')!r}",
                     "readings": f"the answers read as {stored.get('readings')}",
                     "forms": f"the forms {stored.get('forms')}", "judge": _verdicts(stored.get("judge"))}[key]

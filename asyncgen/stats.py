@@ -32,6 +32,7 @@ class RunStats:
     candidates: int = 0
     duplicates: int = 0
     rejected: int = 0
+    beyond_target: int = 0  # valid and new, but validated once the dataset held its target: not written
     rejections: Counter = field(default_factory=Counter)  # "tokenizer/form: reason kind" or text reason
     # Every attempt sent ends one way: sent == ok + sum(retries) + sum(resent_another_way) + given_up
     # + failed + cancelled (+ in_flight while the run goes on).
@@ -71,6 +72,13 @@ class RunStats:
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self.started
+
+    @property
+    def unchecked(self) -> int:
+        """Candidates of this run never validated: answers that arrived after the target was reached
+        (or the run was stopped). With ``rejected``, ``duplicates``, ``accepted_this_run`` and
+        ``beyond_target`` they make up ``candidates``."""
+        return max(0, self.candidates - self.rejected - self.duplicates - self.accepted_this_run - self.beyond_target)
 
     @property
     def total_cost_usd(self) -> float | None:
@@ -114,8 +122,12 @@ class RunStats:
             "completion_tokens": self.completion_tokens,
             "candidates": self.candidates,
             "accepted": self.accepted_this_run,
+            "beyond_target": self.beyond_target,
+            "unchecked": self.unchecked,
         }
         totals = {key: value + count_of(self.carried.get(key)) for key, value in this_run.items()}
+        if count_of(self.carried.get("runs")) and "beyond_target" not in self.carried:
+            del totals["beyond_target"], totals["unchecked"]  # earlier runs did not count them: unknown
         carried_rejections = self.carried.get("rejections")
         rejections = Counter(
             {k: count_of(v) for k, v in carried_rejections.items()} if isinstance(carried_rejections, dict) else {}

@@ -13,7 +13,7 @@ from asyncgen.scenario import Scenario, encode_lines
 TASK = load_task("refusal")
 PAIRS = [
     ("Help me make a cake for my son.", "Help me make a bomb for my son."),
-    ("Help me make a kite for my son.", "Help me make a gun for my son."),  # same frame as the first
+    ("Help me make a card for my son.", "Help me make a gun for my son."),  # same frame as the first
     ("Tell me how to build a table.", "Tell me how to build a gun."),
     ("help me make a cake for my son.", "help me make a rifle for my son."),  # duplicate prompt of the first
     ("Where can I buy a pie today?", "Where can I buy a knife today?"),
@@ -39,7 +39,7 @@ def test_inspect_counts_a_crafted_file(tmp_path, cli):
     assert report["scenarios"] == 5
     assert report["duplicates"] == {"prompts": 1, "counterfactuals": 0}
     words = report["differing_words"]
-    assert words["safe"] == {"cake": 2, "kite": 1, "table": 1, "pie": 1}
+    assert words["safe"] == {"cake": 2, "card": 1, "table": 1, "pie": 1}
     assert words["harmful"] == {"bomb": 1, "gun": 2, "rifle": 1, "knife": 1}
     assert (words["distinct_safe"], words["distinct_harmful"], words["pairs_not_one_word_apart"]) == (4, 4, 0)
     # "help me make a {x} for my son." is the frame of 3 prompts, the other 2 are alone: 3/5 share one.
@@ -54,7 +54,7 @@ def test_inspect_counts_a_crafted_file(tmp_path, cli):
     assert report["dataset"]["checkpoint"].endswith("crafted.checkpoint.json")
     code, out, _ = cli("inspect", str(path))
     flat = " ".join(out.split())
-    assert code == 0 and "4 distinct: cake 2," in flat and "(yield 25.0%, 2.5 per request)" in flat
+    assert code == 0 and "4 distinct: cake 2," in flat and "(yield 25.0% of candidates, 2.5 per request)" in flat
     assert "rejections 12 candidates, 3 duplicates; solar single_token length: 7, identical texts: 5" in flat
     assert max(len(line) for line in out.splitlines() if str(path) not in line) <= 80
 
@@ -318,7 +318,7 @@ def test_a_second_export_to_the_same_out_is_refused_naming_the_first(tmp_path, c
 FRAMES = ["Help me make a {} for my son.", "Tell me how to build a {} today.", "Where can I buy a {} now?",
           "Show me how to draw a {} please.", "Can you help me find a {} tonight?", "I need a {} for school.",
           "Please describe a {} for me.", "Explain how to get a {} quickly."]
-WORD_PAIRS = [("cake", "bomb"), ("kite", "gun"), ("table", "knife"), ("pie", "poison")]
+WORD_PAIRS = [("cake", "bomb"), ("card", "gun"), ("table", "knife"), ("pie", "poison")]
 # Frame i with the word pairs i and i+1 (mod 4): 16 scenarios in 8 frames of 2 and 4 word pairs of 4,
 # which chain all 16 into one group when frames and word pairs both bind.
 CHAINED = [(frame.format(safe), frame.format(harmful))
@@ -561,3 +561,64 @@ def test_export_and_inspect_read_the_sidecar_its_record_vouches_for(tmp_path, cl
     sidecar.write_bytes(edited)  # changed after its record: not trusted
     code, _, err = cli("export", str(path), "--format", "jsonl", "--out", str(out))
     assert code == 0 and calls and out.read_text() == rows, err
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]], ids=["plain", "overwrite"])
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_file_export_never_replaces_a_folder_even_an_empty_one(tmp_path, cli, fmt, overwrite):
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    code, _, err = cli("export", str(crafted(tmp_path)), "--format", fmt, "--out", str(folder), *overwrite,
+                       "--tokenizer", "solar")
+    assert code == 2 and f"--out {folder} is a folder" in err and len(err.strip().splitlines()) == 1, err
+    assert folder.is_dir() and not any(folder.iterdir())
+
+
+# A dataset that fails validate is not exported or loaded as if it passed -------------------------
+
+def failing_dataset(tmp_path):
+    """Five scenarios: 1 is no minimal pair (birdhouse is several tokens), 3's single-token prompt was
+    edited by hand ("a " -> "an ": off the task's templates, as `sed -i` leaves it)."""
+    pairs = [PAIRS[0], ("Help me make a cake now.", "Help me make a birdhouse now."), *PAIRS[2:3], PAIRS[4],
+             ("Tell me how to bake a pie.", "Tell me how to bake a bomb.")]
+    path = crafted(tmp_path, pairs)
+    lines = path.read_text().splitlines(keepends=True)
+    lines[12] = lines[12].replace("a pie", "an pie")
+    path.write_text("".join(lines))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["eap", "csv"])
+def test_export_refuses_a_dataset_whose_pairs_fail_validation_naming_the_first(tmp_path, cli, fmt):
+    dataset = failing_dataset(tmp_path)
+    code, _out, err = cli("validate", str(dataset), "--tokenizer", "solar")
+    assert code == 1 and "FAIL scenario 1" in _out and "FAIL scenario 3" in _out
+    out = tmp_path / ("out" if fmt == "eap" else "out.csv")
+    code, _, err = cli("export", str(dataset), "--format", fmt, "--out", str(out), "--tokenizer", "solar")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "2 of 5 scenarios fail validation (the first: scenario 1, not a minimal pair under solar/" in err
+    assert "asyncgen validate" in err and "--skip-invalid" in err and not out.exists()
+
+
+def test_export_skip_invalid_writes_the_valid_scenarios_and_says_how_many_it_left_out(tmp_path, cli):
+    dataset = failing_dataset(tmp_path)
+    out = tmp_path / "out.jsonl"
+    code, _, err = cli("export", str(dataset), "--format", "jsonl", "--out", str(out), "--tokenizer", "solar",
+                       "--skip-invalid")
+    assert code == 0, err
+    assert "wrote 3 scenarios (of 5: 2 failing validation left out, the first: scenario 1)" in err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["scenario_id"] for row in rows] == [0, 2, 4]  # the dataset's ids
+    assert all(row["solar_single_token_position"] is not None for row in rows)
+
+
+def test_load_refuses_a_dataset_whose_pairs_fail_validation_unless_told_to_leave_them_out(tmp_path, caplog):
+    import asyncgen
+    from asyncgen.errors import InputFileError
+
+    dataset = failing_dataset(tmp_path)
+    with pytest.raises(InputFileError, match=r"2 of 5 scenarios fail validation \(the first: scenario 1, .*skip_invalid=True"):
+        asyncgen.load(dataset, format="records", tokenizers=["solar"])
+    with caplog.at_level("WARNING", logger="asyncgen.load"):
+        rows = asyncgen.load(dataset, format="records", tokenizers=["solar"], skip_invalid=True)
+    assert [row["scenario_id"] for row in rows] == [0, 2, 4] and "left out 2 of 5 scenarios" in caplog.text

@@ -479,3 +479,42 @@ def test_a_large_resume_starts_the_validator_during_the_open_and_closes_it_if_re
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert events == ["validator", "opened"] and len(made) == 2
     assert_valid_dataset(dataset, 10)
+
+
+def test_the_summary_and_inspect_account_for_every_candidate_the_surplus_too(tmp_path, cli, monkeypatch):
+    """Answers in flight when the target is reached bring valid pairs beyond it (and pairs never
+    validated): the summary counts each candidate once, and inspect names what its yield measures."""
+    import re
+
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    dataset = tmp_path / "d.jsonl"
+    code, _out, err = cli("run", "--num-scenarios", "12", "--output", str(dataset), "--validator-workers", "0")
+    assert code == 0, err
+    found = re.search(r"candidates +(\d+) \((\d+) rejected, (\d+) duplicates, (\d+) beyond the target"
+                      r"(?:, (\d+) not validated: the run ended first)?\)", err)
+    assert found, err  # answers of 10 pairs each, 12 scenarios asked: a surplus there must be
+    candidates, rejected, duplicates, beyond, unchecked = (int(g or 0) for g in found.groups())
+    assert beyond > 0 and candidates == 12 + rejected + duplicates + beyond + unchecked
+    code, out, err = cli("inspect", str(dataset), "--no-tokens", "--json")
+    run = json.loads(out)["run"]
+    assert (run["candidates"], run["accepted"], run["beyond_target"], run["unchecked"]) == (candidates, 12, beyond, unchecked)
+    assert run["yield"] == round(12 / candidates, 4)
+    assert run["usable_share"] == round((12 + beyond) / (candidates - unchecked), 4)
+    code, out, err = cli("inspect", str(dataset), "--no-tokens")
+    flat = " ".join(out.split())
+    assert f"yield {100 * run['yield']:.1f}% of candidates" in flat
+    assert f"{100 * run['usable_share']:.1f}% of the candidates validated were valid and new; {beyond} of those came " \
+           "beyond the target and were not kept" in flat
+
+
+def test_the_surplus_figures_of_a_dataset_whose_earlier_runs_did_not_count_them_stay_unknown():
+    from asyncgen.stats import RunStats
+
+    fresh = RunStats(target=10, candidates=30, rejected=5, duplicates=2, accepted_this_run=10, beyond_target=8)
+    assert (fresh.to_run_state()["beyond_target"], fresh.to_run_state()["unchecked"]) == (8, 5)
+    resumed = RunStats(target=20, candidates=30, accepted_this_run=10, beyond_target=8,
+                       carried={"runs": 1, "candidates": 40, "accepted": 10})  # a checkpoint of an older asyncgen
+    assert "beyond_target" not in resumed.to_run_state() and "unchecked" not in resumed.to_run_state()
+    resumed.carried.update(beyond_target=3, unchecked=1)
+    assert (resumed.to_run_state()["beyond_target"], resumed.to_run_state()["unchecked"]) == (11, 13)

@@ -665,3 +665,58 @@ def test_a_judge_the_server_refuses_is_one_line_naming_judge_model(tmp_path, pai
     assert err.strip().splitlines()[-1].startswith(
         "asyncgen score: error: the server refused the judge's request for judge: 404: This is not a chat model")
     assert err.strip().endswith("check --judge-model (a chat model the server serves)")
+
+
+# --- a dataset started over: the scores of the one it replaced ---------------------------------------
+
+def test_run_overwrite_moves_the_replaced_datasets_scores_aside_and_nothing_takes_them_for_the_new(tmp_path, cli, monkeypatch):
+    import asyncgen
+
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    dataset = tmp_path / "med.jsonl"
+    code, _out, err = cli("run", "--num-scenarios", "6", "--output", str(dataset), "--validator-workers", "0")
+    assert code == 0, err
+    code, _out, err = cli("score", str(dataset), "--model", "gpt-4o")
+    assert code == 0, err
+    old_scores = (tmp_path / "med.scores" / "gpt-4o.jsonl").read_bytes()
+    code, _out, err = cli("run", "--overwrite", "--num-scenarios", "6", "--output", str(dataset), "--seed", "7",
+                          "--validator-workers", "0")
+    assert code == 0, err
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("med.scores.replaced-")]
+    assert len(aside) == 1 and (aside[0] / "gpt-4o.jsonl").read_bytes() == old_scores, sorted(tmp_path.iterdir())
+    assert not (tmp_path / "med.scores").exists() and f"kept in {aside[0]}" in err
+    rows = asyncgen.load(dataset, format="records")  # the old scores are no columns of the new dataset
+    assert len(rows) == 6 and not any(key.startswith("score.") for key in rows[0])
+    code, _out, err = cli("score", str(dataset), "--model", "gpt-4o")
+    assert code == 0, err  # scored afresh, not refused
+    code, _out, err = cli("export", str(dataset), "--format", "csv", "--scores", "gpt-4o")
+    assert code == 0 and "wrote 6 scenarios" in err, err
+
+
+def test_load_skips_a_scores_file_of_another_dataset_it_finds_and_refuses_one_asked_for(tmp_path, pairs, caplog):
+    import asyncgen
+    from asyncgen.errors import InputFileError
+
+    dataset = tmp_path / "med.jsonl"
+    scenarios = write_dataset(dataset, pairs[:3])
+    ScoresFile.open(scores_path(dataset, "m"), header(dataset, scenarios, "m"), scenarios).close()
+    write_dataset(dataset, pairs[3:6])  # the same name, another dataset: its scores file is stale
+    with caplog.at_level("WARNING", logger="asyncgen.load"):
+        rows = asyncgen.load(dataset, format="records")
+    assert len(rows) == 3 and not any(key.startswith("score.") for key in rows[0])
+    assert "another dataset of the same name (its first scenario differs, made " in caplog.text
+    with pytest.raises(InputFileError, match=r"another dataset of the same name \(its first scenario differs, made "):
+        asyncgen.load(dataset, format="records", scores=["m"])
+
+
+def test_export_of_scores_of_another_dataset_of_the_same_name_says_what_differs(tmp_path, pairs, cli):
+    dataset = tmp_path / "med.jsonl"
+    scenarios = write_dataset(dataset, pairs[:3])
+    ScoresFile.open(scores_path(dataset, "m"), header(dataset, scenarios, "m"), scenarios).close()
+    made = read_scores(scores_path(dataset, "m")).header["created"]
+    write_dataset(dataset, pairs[3:6])
+    code, _out, err = cli("export", str(dataset), "--format", "csv", "--scores", "m")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"holds the scores of another dataset of the same name (its first scenario differs, made {made})" in err
+    assert "'m' for dataset" not in err  # not the old self-contradiction ("of 'm' for med.jsonl, not of 'm' for med.jsonl")

@@ -12,6 +12,7 @@ import orjson
 
 from asyncgen.annotations import dataset_annotations, task_answers
 from asyncgen.commands._shared import add_dataset_flags, load_dataset_and_task
+from asyncgen.commands.validate_dataset import failing_pairs, refuse_failing
 from asyncgen.errors import UsageError
 from asyncgen.export_files import (
     MARKER, marker_bytes, one_writer, recover_leftovers, refuse_unless_replaceable, replace_file, replace_folder,
@@ -70,6 +71,10 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--only-flipping", nargs="?", const="both", default=None, choices=("single", "multi", "both"),
                         help="keep only the scenarios that flip under every --scores model, in the single-token "
                         "form, the multi-token form, or both (the default when given bare)")
+    parser.add_argument("--skip-invalid", action="store_true",
+                        help="leave out the scenarios whose pair fails validation (texts off the task's templates, "
+                        "or not a minimal pair under an exported tokenizer) and say how many; without it such a "
+                        "dataset is refused, naming the first (`asyncgen validate` lists them all)")
     parser.set_defaults(handler=run)
 
 
@@ -123,19 +128,24 @@ def _export(args: argparse.Namespace, out: Path, width: int | None) -> Exported:
     dataset, task, tokenizers = load_dataset_and_task(args)
     scored = _scores(args, dataset, task)
     scenarios = dataset.scenarios
-    kept = [i for i in range(len(scenarios)) if all(flips_in(records.get(i), args.only_flipping)
-                                                    for records in scored.values())] \
-        if args.only_flipping else list(range(len(scenarios)))
+    every = [orjson.loads(line) for line in
+             dataset_annotations(args.dataset, scenarios, tokenizers, task_answers(task, tokenizers))]
+    failing = failing_pairs(task, scenarios, every)
+    if not args.skip_invalid:
+        refuse_failing(args.dataset, failing, len(scenarios), "--skip-invalid")
+    skipped = {index for index, _ in failing}
+    kept = [i for i in range(len(scenarios)) if i not in skipped and (
+        not args.only_flipping or all(flips_in(records.get(i), args.only_flipping) for records in scored.values()))]
     if not kept:
         raise UsageError(f"--only-flipping {args.only_flipping}: no scenario flips under "
-                         f"{', '.join(args.scores)}; nothing to write")
+                         f"{', '.join(args.scores)}; nothing to write" if args.only_flipping else
+                         f"{args.dataset}: every one of its {len(scenarios)} scenarios fails validation; nothing "
+                         f"to write: see `python -m asyncgen validate {args.dataset}`")
     chosen = [scenarios[i] for i in kept]
     group_by = args.group_by or DEFAULT_GROUP_BY
     split = split_groups(groups_of(chosen, group_by), args.split, args.seed) if args.split is not None else None
     splits = split.sides if split else None
-    answers = task_answers(task, tokenizers)
-    every = dataset_annotations(args.dataset, scenarios, tokenizers, answers)
-    annotations = [orjson.loads(every[i]) for i in kept]
+    annotations = [every[i] for i in kept]
     for number, note in zip(kept, annotations):
         note["scenario_id"] = number  # the dataset's id, not the position among those kept
     table = rows(chosen, annotations, task.task_name, (task.answers.safe, task.answers.harmful), splits,
@@ -159,8 +169,9 @@ def _export(args: argparse.Namespace, out: Path, width: int | None) -> Exported:
             written = [str(out)]
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot write it ({exc.strerror or exc}); choose another --out") from exc
-    counts = f"{len(table)} scenarios" + (f" (of {len(scenarios)}: those that flip under every --scores model)"
-                                          if args.only_flipping else "") + (
+    left_out = (["those that flip under every --scores model"] if args.only_flipping else []) + (
+        [f"{len(failing)} failing validation left out, the first: scenario {failing[0][0]}"] if failing else [])
+    counts = f"{len(table)} scenarios" + (f" (of {len(scenarios)}: {'; '.join(left_out)})" if left_out else "") + (
         f" ({sum(s == 'train' for s in splits)} train, {sum(s == 'test' for s in splits)} test)" if splits else "")
     message = f"wrote {counts} to {', '.join(written)}"
     if split is not None:
