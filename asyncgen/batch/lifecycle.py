@@ -6,10 +6,13 @@ submit first looks for a batch carrying the token (listing the batches created s
 found, it is adopted; not found, the file (uploaded once, its id saved) is submitted then. So a
 file is never submitted twice, whenever the kill came.
 
-Where batches go: the first intent records the endpoint with it (a batch may be created there from
-then on). If the API refuses the upload or the create (4xx: nothing was created) while no batch of
-the directory exists, the intent and the endpoint are forgotten: the directory is bound to where its
-first batch actually went, not to where a failed attempt was sent.
+Where batches go: the first intent records the endpoint with it; the directory is bound to it once
+a batch may exist there (``Manifest.bound``: a batch created, or a create sent). If the upload fails
+(unreachable, refused: no batch can exist without the file's id) or the API refuses the create (4xx:
+nothing was created) while no batch of the directory exists, the intent and the endpoint are
+forgotten: the directory is bound to where its first batch actually went, not to where a failed
+attempt was sent; and one killed during its first upload is not bound either. A create whose
+connection failed may have been created: the directory stays bound, and the next submit looks there.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import orjson
 
 from asyncgen.batch.ledger import parse, retryable
 from asyncgen.batch.manifest import Entry, Manifest
-from asyncgen.errors import UsageError
+from asyncgen.errors import RunError, UsageError
 from asyncgen.sink import atomic_write
 
 if TYPE_CHECKING:  # the SDK takes seconds to import: only the commands that call the API load it
@@ -60,7 +63,7 @@ async def submit(directory: Path, manifest: Manifest, api: BatchApi, say=print) 
     """Send every entry not yet sent; return them."""
     sent = []
     for entry in manifest.unsubmitted():
-        if entry.state == "submitting" and entry.token:
+        if entry.state == "submitting" and entry.token and entry.file_id:  # its create may have been sent
             found = await api.find(entry.token, entry.intent_at or 0)
             if found is not None:
                 update(entry, found)
@@ -70,7 +73,8 @@ async def submit(directory: Path, manifest: Manifest, api: BatchApi, say=print) 
                 continue
         else:
             entry.state, entry.token, entry.intent_at = "submitting", uuid.uuid4().hex, time.time()
-            manifest.endpoint = manifest.endpoint or api.endpoint
+            if not manifest.bound():
+                manifest.endpoint = api.endpoint
             manifest.save(directory)
         with _forgotten_if_refused(directory, manifest, entry):
             if entry.file_id is None:
@@ -88,17 +92,20 @@ async def submit(directory: Path, manifest: Manifest, api: BatchApi, say=print) 
 
 @contextlib.contextmanager
 def _forgotten_if_refused(directory: Path, manifest: Manifest, entry: Entry):
-    """A refused upload or create (nothing created) of the directory's first batch unbinds it."""
+    """A failed upload or a refused create (nothing created) of the directory's first batch unbinds
+    it, and the error says so; a create whose connection failed leaves it bound (it may exist)."""
     from asyncgen.batch.api import Refused
 
     try:
         yield
-    except Refused:
-        if not any(e.batch_id for e in manifest.entries):
-            entry.state, entry.token, entry.intent_at, entry.file_id = "created", None, None, None
-            manifest.endpoint = None
-            manifest.save(directory)
-        raise
+    except RunError as exc:
+        if not (isinstance(exc, Refused) or entry.file_id is None) or any(e.batch_id for e in manifest.entries):
+            raise
+        entry.state, entry.token, entry.intent_at, entry.file_id = "created", None, None, None
+        manifest.endpoint = None
+        manifest.save(directory)
+        raise type(exc)(f"{exc}; no batch was created there, so {directory} is not bound to it (another --base-url "
+                        "may be given)") from exc.__cause__
 
 
 async def refresh(directory: Path, manifest: Manifest, api: BatchApi) -> None:
