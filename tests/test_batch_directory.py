@@ -22,6 +22,15 @@ def edit_manifest(tmp_path, change) -> None:
     path.write_text(json.dumps(data))
 
 
+def forget_dataset(directory) -> None:
+    """Make the directory's batches (in the offline simulator's state) as made before their metadata named the dataset."""
+    state = directory / "simulator" / "state.json"
+    simulated = json.loads(state.read_text())
+    for made in simulated["batches"]:
+        made["metadata"] = {k: v for k, v in made["metadata"].items() if k not in ("asyncgen_output", "asyncgen_target")}
+    state.write_text(json.dumps(simulated))
+
+
 def test_a_first_submit_that_reached_nothing_does_not_bind_the_directory(tmp_path):
     assert batch(tmp_path, "create", "--num-scenarios", "20").returncode == 0
     dead = batch(tmp_path, "submit", "--base-url", DEAD)
@@ -53,3 +62,45 @@ def test_processing_results_from_elsewhere_leaves_nothing_unprocessed_and_its_ne
     topup = batch(tmp_path, "topup")  # the step printed
     assert topup.returncode == 0, topup.stderr[-2000:]
     assert "plan, round 2" in topup.stdout
+
+
+def test_a_lost_manifest_is_rebuilt_for_the_dataset_recorded_never_a_guessed_one(tmp_path):
+    done = batch(tmp_path, "run", "--num-scenarios", "60", "--dir", "b60", "--output", "d60.jsonl", "--poll-seconds", "0.05")
+    assert done.returncode == 0, done.stderr[-2000:]
+    lost = tmp_path / "b60" / "manifest.json"
+    before = json.loads(lost.read_text())
+    lost.unlink()
+    rebuilt = batch(tmp_path, "rebuild", "--dir", "b60")  # the batch's metadata names the dataset and target
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    assert "dataset d60.jsonl, target 60;" in rebuilt.stdout and "accounting restored from d60.checkpoint.json" in rebuilt.stdout
+    after = json.loads(lost.read_text())
+    assert {k: after[k] for k in ("output", "target", "totals", "answered")} == {k: before[k] for k in ("output", "target", "totals", "answered")}
+
+    forget_dataset(tmp_path / "b60")  # the dataset's checkpoint, which records the directory's processing, names it
+    assert batch(tmp_path, "run", "--num-scenarios", "20", "--dir", "b20", "--output", "d20.jsonl").returncode == 0
+    lost.unlink()
+    found = batch(tmp_path, "rebuild", "--dir", "b60")
+    assert found.returncode == 0, found.stderr[-2000:]
+    assert "dataset d60.jsonl, target 60;" in found.stdout and "accounting restored" in found.stdout
+
+    lost.unlink()
+    wrong = batch(tmp_path, "rebuild", "--dir", "b60", "--output", "d20.jsonl")  # another directory's dataset
+    assert wrong.returncode == 2 and "d20.jsonl is not b60's dataset: its checkpoint d20.checkpoint.json records the " \
+        "processing of b20" in wrong.stderr, wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1 and not lost.exists()
+
+
+def test_a_lost_manifest_that_nothing_names_the_dataset_of_is_refused_not_guessed(tmp_path):
+    for step in (["create", "--num-scenarios", "40", "--output", "mine.jsonl"], ["submit"]):
+        assert batch(tmp_path, *step).returncode == 0
+    forget_dataset(tmp_path / "batches")
+    lost = tmp_path / "batches" / "manifest.json"
+    lost.unlink()  # nothing processed: nothing but the lost manifest said which dataset, nor for how many
+    guessed = batch(tmp_path, "rebuild")
+    assert guessed.returncode == 2 and "cannot tell which dataset batches's requests were for" in guessed.stderr
+    assert "give --output DATASET (and --num-scenarios N)" in guessed.stderr and not lost.exists()
+    half = batch(tmp_path, "rebuild", "--output", "mine.jsonl")
+    assert half.returncode == 2 and "give --num-scenarios N" in half.stderr and not lost.exists()
+    told = batch(tmp_path, "rebuild", "--output", "mine.jsonl", "--num-scenarios", "40")
+    assert told.returncode == 0 and "dataset mine.jsonl, target 40;" in told.stdout, told.stderr[-2000:]
+    assert json.loads(lost.read_text())["output"] == "mine.jsonl"

@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # the SDK takes seconds to import: only the commands that cal
     from asyncgen.batch.api import BatchApi
 
 REQUESTS, RESULTS = "requests", "results"
+METADATA_VALUE_MAX = 512  # characters of a batch's metadata value (the Batch API's limit)
 
 
 def request_path(directory: Path, entry: Entry) -> Path:
@@ -80,14 +81,25 @@ async def submit(directory: Path, manifest: Manifest, api: BatchApi, say=print) 
             if entry.file_id is None:
                 entry.file_id = await api.upload(request_path(directory, entry))
                 manifest.save(directory)
-            batch = await api.create(entry.file_id, {"asyncgen_token": entry.token, "asyncgen_file": entry.name,
-                                                     "asyncgen_task": manifest.task, "asyncgen_dir": manifest.directory_id},
-                                   entry.endpoint)
+            batch = await api.create(entry.file_id, batch_metadata(manifest, entry), entry.endpoint)
         update(entry, batch)
         manifest.save(directory)
         say(f"{entry.name}: {entry.requests} requests submitted as batch {entry.batch_id}")
         sent.append(entry)
     return sent
+
+
+def batch_metadata(manifest: Manifest, entry: Entry) -> dict:
+    """What a batch carries of the directory (strings, as the API takes them): the intent's token (a
+    killed submit finds its batch by it), the file, task and directory (``recover_batches`` adopts
+    batches by them), and the dataset and target its round was planned for (``batch rebuild`` takes
+    them back when the manifest is lost: nothing else in the directory records them; the dataset's
+    path as given, left out when longer than the API allows)."""
+    metadata = {"asyncgen_token": entry.token, "asyncgen_file": entry.name, "asyncgen_task": manifest.task,
+                "asyncgen_dir": manifest.directory_id, "asyncgen_target": str(manifest.round_target or manifest.target)}
+    if len(manifest.output) <= METADATA_VALUE_MAX:
+        metadata["asyncgen_output"] = manifest.output
+    return metadata
 
 
 @contextlib.contextmanager
@@ -201,13 +213,15 @@ def recover_requests(directory: Path, manifest: Manifest) -> list[str]:
     return sorted({m for m in models if m})
 
 
-async def recover_batches(directory: Path, manifest: Manifest, api: BatchApi) -> list[Entry]:
+async def recover_batches(directory: Path, manifest: Manifest, api: BatchApi) -> tuple[list[Entry], dict]:
     """Adopt the batches the API lists for the directory's request files (by the directory's id in
     their metadata; a directory made before ids carried it: by the input file's bytes), with the
-    result files already downloaded; return the entries adopted."""
+    result files already downloaded; return the entries adopted, and the metadata of the newest
+    batch adopted (``batch_metadata``: the dataset and target its round was for; {} if none)."""
     entries = {e.name: e for e in manifest.entries}
+    newest: dict = {}
     if not entries:
-        return []
+        return [], newest
     since = min(request_path(directory, e).stat().st_mtime for e in entries.values())
     adopted = []
     for batch in reversed(await api.listed(since)):  # oldest first: a file submitted twice keeps its last batch
@@ -226,13 +240,14 @@ async def recover_batches(directory: Path, manifest: Manifest, api: BatchApi) ->
         update(entry, batch)
         entry.file_id = batch.get("input_file_id")
         adopted.append(entry)
+        newest = metadata
         for kind in ("output", "error"):
             relative = f"{RESULTS}/{entry.batch_id}_{kind}.jsonl"
             if getattr(entry, f"{kind}_file_id") and (directory / relative).is_file():
                 setattr(entry, f"{kind}_path", relative)
         entry.downloaded = entry.terminal and all(
             getattr(entry, f"{kind}_path") or not getattr(entry, f"{kind}_file_id") for kind in ("output", "error"))
-    return adopted
+    return adopted, newest
 
 
 def recover_resubmitted(directory: Path, manifest: Manifest) -> None:
