@@ -104,3 +104,33 @@ def test_a_lost_manifest_that_nothing_names_the_dataset_of_is_refused_not_guesse
     told = batch(tmp_path, "rebuild", "--output", "mine.jsonl", "--num-scenarios", "40")
     assert told.returncode == 0 and "dataset mine.jsonl, target 40;" in told.stdout, told.stderr[-2000:]
     assert json.loads(lost.read_text())["output"] == "mine.jsonl"
+
+
+def test_an_interrupted_batch_run_says_which_step_it_stopped_at_and_what_it_kept(tmp_path, monkeypatch):
+    import asyncio
+
+    from asyncgen.batch import lifecycle
+    from asyncgen.commands.batch import directory
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+    run = ["run", "--num-scenarios", "40", "--output", "d40.jsonl", "--pilot-requests", "0", "--poll-seconds", "0.05"]
+    with monkeypatch.context() as patch:  # Ctrl-C while the tokenizers load
+        patch.setattr(directory, "load_task_and_tokenizers", ctrl_c)
+        early = batch(tmp_path, *run)
+    assert early.returncode == 130
+    assert "interrupted while loading the tokenizers, before anything was written (no manifest or request file in " \
+        "batches, d40.jsonl untouched)" in early.stderr, early.stderr
+    assert f"resume with: python -m asyncgen batch {' '.join(run)}" in early.stderr
+    assert not (tmp_path / "batches" / "manifest.json").exists() and not (tmp_path / "d40.jsonl").exists()
+
+    async def stopped(*args, **kwargs):  # Ctrl-C while round 1 is submitted (the event loop cancels the run)
+        raise asyncio.CancelledError
+    with monkeypatch.context() as patch:
+        patch.setattr(lifecycle, "submit", stopped)
+        submitting = batch(tmp_path, *run)
+    assert submitting.returncode == 130
+    assert "interrupted while submitting round 1: a batch created meanwhile is found again, never submitted twice; " \
+        "all kept in batches" in submitting.stderr, submitting.stderr[-2000:]
+    resumed = batch(tmp_path, *run)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
