@@ -134,3 +134,24 @@ def test_an_interrupted_batch_run_says_which_step_it_stopped_at_and_what_it_kept
         "all kept in batches" in submitting.stderr, submitting.stderr[-2000:]
     resumed = batch(tmp_path, *run)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+def test_status_fits_80_columns_and_an_ended_batch_shows_how_long_it_took(tmp_path):
+    from asyncgen.batch.manifest import Entry, Manifest
+    from asyncgen.commands.batch.batches import status_table
+    from asyncgen.commands.batch.directory import Setup
+    from asyncgen.prices import load_price_table, price_for
+
+    day_ago = time.time() - 86400
+    ended = Entry("round-1-part-1.jsonl", 1, 9000, state="submitted", batch_id="batch_" + "a" * 24, status="completed",
+                  created_at=1_000_000.0, ended_at=1_000_125.0, submitted_at=day_ago,
+                  request_counts={"total": 9000, "completed": 8990, "failed": 10}, usage={"input": 9_000_000, "output": 4_000_000})
+    running = Entry("round-2-part-1.jsonl", 2, 900, state="submitted", batch_id="batch_" + "b" * 24, status="in_progress",
+                    created_at=1_000_200.0, submitted_at=time.time() - 75, request_counts={"total": 900, "completed": 3})
+    made = Manifest("refusal", "gpt-4o", {}, 150_000, "d.jsonl", entries=[ended, running], spares=12_345)
+    table = status_table(Setup(tmp_path, made, model="gpt-4o", price=price_for(load_price_table(None, None)[0], "gpt-4o")), made)
+    lines = table.splitlines()
+    assert max(map(len, lines)) <= 80, table
+    assert lines[0].split()[4] == "took" and lines[1].split()[4] == "2m05s"  # created to ended: not a day and counting
+    assert lines[2].split()[4].endswith("s+")  # still running: so far, marked
+    assert "took: created to ended (+: running, so far)" in table

@@ -49,6 +49,7 @@ def update(entry: Entry, batch: dict) -> None:
     entry.submitted_at = entry.submitted_at or time.time()
     entry.status = batch["status"]
     entry.created_at = batch.get("created_at")
+    entry.ended_at = next((batch[key] for key in ("completed_at", "failed_at", "expired_at", "cancelled_at") if batch.get(key)), None)
     entry.request_counts = dict(batch.get("request_counts") or {})
     usage = batch.get("usage") or {}
     if usage:

@@ -59,6 +59,7 @@ class Entry:
     batch_id: str | None = None
     status: str | None = None  # the API's status of the batch
     created_at: float | None = None  # the API's clock
+    ended_at: float | None = None  # the API's clock: when it completed, failed, expired or was cancelled
     submitted_at: float | None = None  # this machine's clock (ages are shown from it)
     request_counts: dict = field(default_factory=dict)
     usage: dict = field(default_factory=dict)  # {"input": n, "output": n} as the API reports it

@@ -66,7 +66,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
                  "not yet sent and create its batch. Killed and run again, it never submits a file twice.", cmd_submit)
     _endpoint_flags(submit)
 
-    status = add("status", "show each batch's status, request counts, age and cost", "Ask the API about every "
+    status = add("status", "show each batch's status, request counts, how long it took and cost", "Ask the API about every "
                  "batch that has not ended and print a table, with the cost so far at batch prices next to what "
                  "the same tokens cost in real time. Validation errors are listed.", cmd_status)
     _endpoint_flags(status)
