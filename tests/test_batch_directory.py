@@ -155,3 +155,14 @@ def test_status_fits_80_columns_and_an_ended_batch_shows_how_long_it_took(tmp_pa
     assert lines[0].split()[4] == "took" and lines[1].split()[4] == "2m05s"  # created to ended: not a day and counting
     assert lines[2].split()[4].endswith("s+")  # still running: so far, marked
     assert "took: created to ended (+: running, so far)" in table
+
+
+def test_a_stopping_runs_progress_shows_no_eta():
+    from asyncgen.progress import progress_line
+    from asyncgen.stats import RunStats
+
+    stats = RunStats(target=3000, accepted=5, accepted_this_run=5, started=time.monotonic() - 3)
+    assert "ETA" in progress_line(stats, 5.0)
+    stats.stopping = "interrupted"  # after Ctrl-C: nothing new is asked, so no rate and no ETA
+    line = progress_line(stats, 5.0, 80)
+    assert "ETA" not in line and "scen/s" not in line and "stopping (interrupted)" in line
