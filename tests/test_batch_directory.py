@@ -166,3 +166,13 @@ def test_a_stopping_runs_progress_shows_no_eta():
     stats.stopping = "interrupted"  # after Ctrl-C: nothing new is asked, so no rate and no ETA
     line = progress_line(stats, 5.0, 80)
     assert "ETA" not in line and "scen/s" not in line and "stopping (interrupted)" in line
+
+
+def test_a_pilot_that_reached_nothing_is_sent_again_where_the_next_run_says(tmp_path):
+    run = ["run", "--num-scenarios", "60", "--pilot-requests", "2", "--poll-seconds", "0.05"]
+    dead = batch(tmp_path, *run, "--base-url", DEAD)
+    assert dead.returncode == 1 and "cannot connect to http://127.0.0.1:9/v1/" in dead.stderr, dead.stderr[-2000:]
+    assert manifest(tmp_path)["endpoint"] is None  # a real-time request binds nothing
+    again = batch(tmp_path, *run)  # offline now: the pilot measured nothing, so it goes again, there
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "pilot, wave 1: 2 answered" in again.stderr and manifest(tmp_path)["endpoint"]["mode"] == "simulator"

@@ -40,7 +40,9 @@ async def pilot(args, setup: Setup, manifest: Manifest, api, sink, validator, an
     next one by what the pilot measured so far (``plan.best_pilot``: its premium against the
     round's margin), none once that says the pilot is large enough. --pilot-requests N: one wave of N."""
     deficit = manifest.target - sink.count - manifest.spares
-    if manifest.rounds or manifest.pilots() or manifest.yield_per_request() is not None or deficit <= 0:
+    answered = any((e.request_counts or {}).get("completed") for e in manifest.pilots())
+    # A pilot none of whose requests was answered (a wrong --base-url) measured nothing: it goes again.
+    if manifest.rounds or answered or manifest.yield_per_request() is not None or deficit <= 0:
         return
     asked = setup.task.batch_size
     settings = GenerationSettings(setup.model, response_format_for(setup.model, args.response_format), args.temperature, args.seed)
