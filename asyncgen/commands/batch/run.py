@@ -127,6 +127,7 @@ async def _run_async(args, setup: Setup, manifest: Manifest, started: float, out
         args.control.attach(_stop_from_any_thread(asyncio.current_task()), on_loop=False)
     outcome.at("opening the dataset", "nothing was sent")
     with processing_stages(args, setup, manifest) as (sink, validator, annotations), Display(setup, manifest, started) as display:
+        outcome.at("connecting to the batch API (offline: starting the simulator)", "nothing was sent")
         async with open_batch_api(args, directory, manifest) as (api, mode):
             poll = args.poll_seconds or POLL_SECONDS[mode]
             while True:
@@ -164,8 +165,13 @@ async def _run_async(args, setup: Setup, manifest: Manifest, started: float, out
                         outcome.at(f"finishing round {manifest.rounds} in real time", REAL_TIME_KEPT)
                         await real_time.finish(args, setup, manifest, api, sink, validator, annotations, display)
                     else:
-                        outcome.at("the pilot (real-time requests that measure the yield before round 1)", REAL_TIME_KEPT)
-                        await real_time.pilot(args, setup, manifest, api, sink, validator, annotations)
+                        outcome.at("sending the pilot (real-time requests that measure the yield before round 1)", REAL_TIME_KEPT)
+                        display.activity = "pilot: real-time requests measure the yield"
+                        display.show(sink.count)
+                        try:
+                            await real_time.pilot(args, setup, manifest, api, sink, validator, annotations)
+                        finally:
+                            display.activity = None
                     if sink.count >= manifest.target:
                         return
                     _, avoid = read_dataset(manifest.output, setup.task)
