@@ -78,7 +78,7 @@ async def submit(directory: Path, manifest: Manifest, api: BatchApi, say=print) 
             if not manifest.bound():
                 manifest.endpoint = api.endpoint
             manifest.save(directory)
-        with _forgotten_if_refused(directory, manifest, entry):
+        with _unbound_if_nothing_created(directory, manifest, entry):
             if entry.file_id is None:
                 entry.file_id = await api.upload(request_path(directory, entry))
                 manifest.save(directory)
@@ -104,7 +104,7 @@ def batch_metadata(manifest: Manifest, entry: Entry) -> dict:
 
 
 @contextlib.contextmanager
-def _forgotten_if_refused(directory: Path, manifest: Manifest, entry: Entry):
+def _unbound_if_nothing_created(directory: Path, manifest: Manifest, entry: Entry):
     """A failed upload or a refused create (nothing created) of the directory's first batch unbinds
     it, and the error says so; a create whose connection failed leaves it bound (it may exist)."""
     from asyncgen.batch.api import Refused
