@@ -84,6 +84,12 @@ def test_a_lost_manifest_is_rebuilt_for_the_dataset_recorded_never_a_guessed_one
     assert "dataset d60.jsonl, target 60;" in found.stdout and "accounting restored" in found.stdout
 
     lost.unlink()
+    (tmp_path / "elsewhere").mkdir()  # rebuilt from another working directory: the dataset beside --dir is found
+    away = batch(tmp_path / "elsewhere", "rebuild", "--dir", "../b60")
+    assert away.returncode == 0, away.stderr[-2000:]  # (a dataset outside the working directory: by its absolute path)
+    assert f"dataset {tmp_path.resolve() / 'd60.jsonl'}, target 60;" in away.stdout and "accounting restored" in away.stdout
+
+    lost.unlink()
     wrong = batch(tmp_path, "rebuild", "--dir", "b60", "--output", "d20.jsonl")  # another directory's dataset
     assert wrong.returncode == 2 and "d20.jsonl is not b60's dataset: its checkpoint d20.checkpoint.json records the " \
         "processing of b20" in wrong.stderr, wrong.stderr

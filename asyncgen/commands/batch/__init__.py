@@ -106,8 +106,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
                   "checkpoint, which records it with every sync: nothing is sent, overwritten, processed or counted "
                   "twice.", cmd_rebuild)
     _setup_flags(rebuild)
-    rebuild.add_argument("--num-scenarios", type=positive_int, default=None, help="scenarios the dataset must hold (default: the target the directory's batches or the dataset's checkpoint recorded; neither: refused)")
-    rebuild.add_argument("--output", default=None, help="the dataset JSONL (default: the one the directory's batches name, else the one whose checkpoint, here or beside --dir, records the directory's processing; neither: refused)")
+    rebuild.add_argument("--num-scenarios", type=positive_int, default=None, help="scenarios the dataset must hold (default: the target the dataset's checkpoint or the directory's batches recorded; neither: refused)")
+    rebuild.add_argument("--output", default=None, help="the dataset JSONL (default: the one whose checkpoint, here or beside --dir, records the directory's processing, else the one its batches name; neither: refused)")
     rebuild.add_argument("--checkpoint", default=None, help="the dataset's checkpoint, which records what was processed into it (default: beside it, DATASET.checkpoint.json)")
     _endpoint_flags(rebuild)
 

@@ -3,10 +3,11 @@ batches the API lists with the directory's metadata, and what was processed from
 checkpoint, which records it with every sync (``processing.run_state``).
 
 Which dataset, and what target, the directory was for is taken from what records it, never guessed
-from a default name: --output and --num-scenarios; else the metadata of the directory's batches
-(``lifecycle.batch_metadata``); else the checkpoint of a dataset (in the working directory or beside
---dir) that records this directory's processing, by the id its requests carry. None of them: refused,
-nothing written. A dataset whose checkpoint records the processing of other batch directories but
+from a default name. The dataset: --output; else the one whose checkpoint (in the working directory
+or beside --dir) records this directory's processing, by the id its requests carry; else the one the
+metadata of the directory's batches names (``lifecycle.batch_metadata``). The target: --num-scenarios;
+else the dataset checkpoint's record; else the batches' metadata. Nothing says: refused, nothing
+written. A dataset whose checkpoint records the processing of other batch directories but
 not this one's is refused too (--force takes it anyway)."""
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def cmd_rebuild(args) -> int:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             record, missing = None, f"its record of {directory} does not fit the directory's files ({exc}), so it is not used"
         else:
-            target = target or int(record.get("target") or 0) or None
+            target = int(record.get("target") or 0) or target
+    target = args.num_scenarios or target
     if target is None:
         raise UsageError(f"cannot tell the target of {directory}'s dataset {manifest.output}: nothing records it (no batch "
                          "of it found, no record in the dataset's checkpoint); give --num-scenarios N (nothing was written)")
@@ -122,26 +124,25 @@ def _recorded_accounting(setup: Setup, manifest: Manifest, checkpoint: Path, for
 
 
 def _dataset_and_target(args, directory: Path, directory_id: str, metadata: dict) -> tuple[str, int | None]:
-    """The dataset the directory was for and its target (None: not known yet; the dataset's checkpoint
-    may record it): --output and --num-scenarios; else what its newest batch's metadata says; else
-    the one dataset whose checkpoint records the directory's processing. Refused when nothing says
-    which dataset, or when the dataset's checkpoint records other batch directories but not this one."""
-    target = args.num_scenarios
+    """The dataset the directory was for, and the target its batches' metadata records for it (None:
+    none; the dataset's checkpoint may record one): --output; else the one dataset whose checkpoint
+    records the directory's processing (the strongest evidence: its content, wherever --dir is run
+    from); else what its newest batch's metadata names (a path as given then). Refused when nothing
+    says which dataset, or when the dataset's checkpoint records other batch directories but not this one."""
+    named = metadata.get("asyncgen_output")
     if args.output:
         output = args.output
-        if metadata.get("asyncgen_output") == output and not target:
-            target = _number(metadata.get("asyncgen_target"))
-    elif metadata.get("asyncgen_output"):
-        output, target = metadata["asyncgen_output"], target or _number(metadata.get("asyncgen_target"))
     else:
         found = _datasets_recording(directory_id, [Path.cwd(), directory.resolve().parent])
-        if len(found) != 1:
+        if len(found) > 1 or not (found or named):
             where = f"{Path.cwd()}" + ("" if directory.resolve().parent == Path.cwd() else f" or {directory.resolve().parent}")
             why = (f"{len(found)} datasets record it ({', '.join(found)})" if found else
                    f"its batches (if any were found) do not name it, and no dataset checkpoint in {where} records its processing")
             raise UsageError(f"cannot tell which dataset {directory}'s requests were for: {why}; give --output DATASET "
                              "(and --num-scenarios N) to rebuild it for that dataset (nothing was written)")
-        output = found[0]
+        output = found[0] if found else named
+    same = named is not None and Path(named).resolve() == Path(output).resolve()
+    target = _number(metadata.get("asyncgen_target")) if same else None
     if output != args.output:  # (--output: checked before the API was asked)
         _refuse_another_directorys(args, directory, directory_id, output)
     return output, target
