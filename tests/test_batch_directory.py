@@ -99,9 +99,12 @@ def test_a_lost_manifest_is_rebuilt_for_the_dataset_recorded_never_a_guessed_one
 def test_a_lost_manifest_that_nothing_names_the_dataset_of_is_refused_not_guessed(tmp_path):
     for step in (["create", "--num-scenarios", "40", "--output", "mine.jsonl"], ["submit"]):
         assert batch(tmp_path, *step).returncode == 0
-    forget_dataset(tmp_path / "batches")
     lost = tmp_path / "batches" / "manifest.json"
-    lost.unlink()  # nothing processed: nothing but the lost manifest said which dataset, nor for how many
+    lost.unlink()  # nothing processed, no dataset yet: the batch's metadata names it and its target
+    named = batch(tmp_path, "rebuild")
+    assert named.returncode == 0 and "dataset mine.jsonl, target 40;" in named.stdout, named.stderr[-2000:]
+    forget_dataset(tmp_path / "batches")
+    lost.unlink()  # and batches made before their metadata named it: nothing but the lost manifest said which
     guessed = batch(tmp_path, "rebuild")
     assert guessed.returncode == 2 and "cannot tell which dataset batches's requests were for" in guessed.stderr
     assert "give --output DATASET (and --num-scenarios N)" in guessed.stderr and not lost.exists()
