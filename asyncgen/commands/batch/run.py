@@ -55,9 +55,9 @@ def cmd_run(args) -> int:
     try:
         setup = load_setup(args, load_tokenizers=True)
     except KeyboardInterrupt:
-        print(f"asyncgen batch run: interrupted while loading the tokenizers, before anything was written (no manifest "
-              f"or request file in {args.dir}, {args.output or 'the dataset'} untouched)\n  resume with: "
-              f"{resume_command(args)}", file=sys.stderr)
+        _say(f"asyncgen batch run: interrupted while loading the tokenizers, before anything was written (no manifest "
+             f"or request file in {args.dir}, {args.output or 'the dataset'} untouched)\n  resume with: "
+             f"{resume_command(args)}")
         return 130
     manifest = setup.manifest
     if manifest is None:
@@ -78,7 +78,7 @@ def cmd_run(args) -> int:
     mode = directory_endpoint(args, manifest)["mode"]
     text = summary_text(setup, manifest, count, title="batch run", wall_s=time.monotonic() - started,
                         stop=outcome.stop, unvalidated=outcome.unvalidated, mode=mode)
-    print(fit_summary(text, shutil.get_terminal_size().columns - 1) if sys.stderr.isatty() else text, file=sys.stderr)
+    _say(text)
     if getattr(args, "control", None) is not None:  # the Python API's result (asyncgen.generate_batch)
         at_batch, _, simulated = run_cost(setup, manifest, mode)
         args.control.record_cost(at_batch, simulated)
@@ -86,13 +86,19 @@ def cmd_run(args) -> int:
         return 0
     if outcome.stop == "interrupted":
         going = "; submitted batches go on" if manifest.in_flight() else ""
-        print(f"asyncgen batch run: interrupted while {outcome.step}: {outcome.kept}; all kept in {setup.directory}{going}\n"
-              f"  resume with: {resume_command(args)}", file=sys.stderr)
+        _say(f"asyncgen batch run: interrupted while {outcome.step}: {outcome.kept}; all kept in {setup.directory}{going}\n"
+             f"  resume with: {resume_command(args)}")
         return 130
     if outcome.stop == "max_cost":
         print(f"asyncgen batch run: stopped at --max-cost ${args.max_cost}: the next request could cross it; "
               "raise --max-cost and run again to resume", file=sys.stderr)
     return 1
+
+
+def _say(text: str) -> None:
+    """What batch run ends with, on stderr: on a terminal, long lines wrapped at its width between
+    words (the resume command whole)."""
+    print(fit_summary(text, shutil.get_terminal_size().columns - 1) if sys.stderr.isatty() else text, file=sys.stderr)
 
 
 def _stop_from_any_thread(task: asyncio.Task):
