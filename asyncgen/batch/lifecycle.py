@@ -112,7 +112,7 @@ def _unbound_if_nothing_created(directory: Path, manifest: Manifest, entry: Entr
     try:
         yield
     except RunError as exc:
-        if not (isinstance(exc, Refused) or entry.file_id is None) or any(e.batch_id for e in manifest.entries):
+        if not (isinstance(exc, Refused) or entry.file_id is None) or manifest.bound(besides=entry):
             raise
         entry.state, entry.token, entry.intent_at, entry.file_id = "created", None, None, None
         manifest.endpoint = None

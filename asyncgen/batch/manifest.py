@@ -195,15 +195,16 @@ class Manifest:
     def entry(self, name: str) -> Entry:
         return next(e for e in self.entries if e.name == name)
 
-    def bound(self) -> bool:
+    def bound(self, besides: Entry | None = None) -> bool:
         """Whether a batch of the directory may exist where ``endpoint`` says, so that the directory
         is bound to it: a batch was created there, or a file uploaded there was being submitted (its
         create may have reached the API before a kill or a lost connection). A file being submitted
         whose upload did not end has no batch anywhere (a batch needs the uploaded file's id), and a
         real-time request (the pilot, a finish) leaves nothing there to account for: its answer and
         its usage are in the dataset and this manifest already. Unbound, requests go where the flags
-        say (``endpoint.directory_endpoint``)."""
-        return any(e.batch_id or (e.state == "submitting" and e.file_id) for e in self.entries if e.source == "api")
+        say (``endpoint.directory_endpoint``). ``besides``: by the other entries than this one."""
+        return any(e.batch_id or (e.state == "submitting" and e.file_id) for e in self.entries
+                   if e.source == "api" and e is not besides)
 
     def in_flight(self) -> list[Entry]:
         """Entries sent (or being sent) whose batch has not ended."""
