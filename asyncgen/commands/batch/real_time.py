@@ -33,7 +33,7 @@ def finish_allowance(args, manifest: Manifest) -> int:
     return int(getattr(args, "real_time_finish", 0.0) * manifest.target)
 
 
-async def pilot(args, setup: Setup, manifest: Manifest, api, sink, validator, annotations) -> None:
+async def pilot(args, setup: Setup, manifest: Manifest, api, sink, validator, annotations, display: "Display | None" = None) -> None:
     """Before the first round: a pilot of real-time requests measures the yield (see
     asyncgen/batch/pilot.py), unless something is measured already or --pilot-requests 0. Its
     requests go out in waves (at most ``plan.PILOT_WAVES``): the first sized by the prior, each
@@ -60,6 +60,8 @@ async def pilot(args, setup: Setup, manifest: Manifest, api, sink, validator, an
             break
         yields += await _wave(args, setup, manifest, api, sink, validator, annotations, settings, count,
                                         "pilot", wave + 1)
+        if display is not None:
+            display.show(sink.count)
     if not yields:
         return
     estimate, _ = plan.yield_estimate(manifest, setup.task.batch_size)  # as measured: no round's duplicates

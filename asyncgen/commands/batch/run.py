@@ -175,7 +175,7 @@ async def _run_async(args, setup: Setup, manifest: Manifest, started: float, out
                         display.activity = "pilot: real-time requests measure the yield"
                         display.show(sink.count)
                         try:
-                            await real_time.pilot(args, setup, manifest, api, sink, validator, annotations)
+                            await real_time.pilot(args, setup, manifest, api, sink, validator, annotations, display)
                         finally:
                             display.activity = None
                     if sink.count >= manifest.target:
