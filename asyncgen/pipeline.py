@@ -245,6 +245,7 @@ class Pipeline:
         if not self.stopping:
             self.stopping = True
             self.stop_reason = reason
+            self.stats.stopping = reason or "target reached"
             self.generator.stop()  # "no new requests" includes those waiting for the rate limits
             # Keep a reference: the loop holds tasks only weakly.
             self._wake_task = asyncio.get_running_loop().create_task(self._notify())

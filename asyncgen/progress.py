@@ -46,7 +46,9 @@ def progress_fields(stats: RunStats, yield_estimate: float | None) -> list[tuple
         (6, "[" + "#" * filled + "-" * (width - filled) + "]"),
         (0, f"{stats.accepted}/{stats.target} scenarios"),
     ]
-    if stats.accepted_this_run == 0:
+    if stats.stopping:  # no rate or ETA: nothing new is asked
+        fields.append((1, f"stopping ({stats.stopping})"))
+    elif stats.accepted_this_run == 0:
         phase = "waiting for the first answers" if stats.requests_ok == 0 else "validating the first answers"
         fields.append((1, phase))
     else:

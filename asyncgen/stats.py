@@ -41,6 +41,7 @@ class RunStats:
     requests_given_up: int = 0  # requests whose last attempt failed too
     requests_failed: int = 0  # attempts that ended the run (a permanent error)
     requests_cancelled: int = 0  # attempts in flight when the run stopped
+    stopping: str | None = None  # why the run is stopping (no new requests): its progress shows it, not an ETA
     retries: Counter = field(default_factory=Counter)  # failed attempts tried again, by cause
     # Attempts the server refused for the way they asked, not for the request (an endpoint it lacks,
     # a response format it refuses), sent again at once another way: no retry, by cause.

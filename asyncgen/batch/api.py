@@ -1,6 +1,7 @@
 """The Files and Batch API calls ``asyncgen batch`` makes, through the openai SDK, with its errors
-turned into one line each: a refused key or an exhausted quota is an ``ApiError`` (exit 1), an
-unreachable API a ``RunError``; neither touches the batch directory's state."""
+turned into one line each: a refused key or an exhausted quota is an ``ApiError`` (a 4xx, which
+changed nothing there, a ``Refused``; exit 1), an unreachable API a ``RunError``. Neither touches
+the batch directory's state: what a failed call means for it is ``lifecycle.submit``'s to say."""
 
 from __future__ import annotations
 
@@ -41,13 +42,13 @@ class BatchApi:
             elif code == "insufficient_quota":
                 hint = "add credit or raise the project's quota"
             else:
-                hint = "see the message; the batch directory is unchanged"
+                hint = "see the message"
             kind = Refused if 400 <= exc.status_code < 500 else ApiError
             raise kind(redact(f"{what} at {self.where} refused ({exc.status_code}{' ' + code if code else ''}): "
                               f"{message}; {hint}, then run the same command again", self.api_key)) from exc
         except openai.APIConnectionError as exc:
-            raise RunError(redact(f"{what}: cannot reach {self.where} ({exc.message}); the batch directory is "
-                                  "unchanged: run the same command again when it is reachable", self.api_key)) from exc
+            raise RunError(redact(f"{what}: cannot reach {self.where} ({exc.message}); run the same command again "
+                                  "when it is reachable", self.api_key)) from exc
 
     async def upload(self, path: Path) -> str:
         with self._call(f"uploading {path.name}"):

@@ -35,8 +35,8 @@ POLL_SECONDS = {"simulator": 0.25, "custom": 10.0, "openai": 60.0}
 
 def directory_endpoint(args, manifest: Manifest) -> dict:
     """Where the batch directory's requests go: where its batches went (the first submit records
-    it), else where the flags say."""
-    if manifest.endpoint is not None:
+    it; ``Manifest.bound``), else where the flags say."""
+    if manifest.endpoint is not None and manifest.bound():
         return manifest.endpoint
     mode, base_url, _ = request_destination(args)
     # The offline simulator works batches out from its seed: it must stay the same across restarts.

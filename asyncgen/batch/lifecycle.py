@@ -6,10 +6,13 @@ submit first looks for a batch carrying the token (listing the batches created s
 found, it is adopted; not found, the file (uploaded once, its id saved) is submitted then. So a
 file is never submitted twice, whenever the kill came.
 
-Where batches go: the first intent records the endpoint with it (a batch may be created there from
-then on). If the API refuses the upload or the create (4xx: nothing was created) while no batch of
-the directory exists, the intent and the endpoint are forgotten: the directory is bound to where its
-first batch actually went, not to where a failed attempt was sent.
+Where batches go: the first intent records the endpoint with it; the directory is bound to it once
+a batch may exist there (``Manifest.bound``: a batch created, or a create sent). If the upload fails
+(unreachable, refused: no batch can exist without the file's id) or the API refuses the create (4xx:
+nothing was created) while no batch of the directory exists, the intent and the endpoint are
+forgotten: the directory is bound to where its first batch actually went, not to where a failed
+attempt was sent; and one killed during its first upload is not bound either. A create whose
+connection failed may have been created: the directory stays bound, and the next submit looks there.
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ import orjson
 
 from asyncgen.batch.ledger import parse, retryable
 from asyncgen.batch.manifest import Entry, Manifest
-from asyncgen.errors import UsageError
+from asyncgen.errors import RunError, UsageError
 from asyncgen.sink import atomic_write
 
 if TYPE_CHECKING:  # the SDK takes seconds to import: only the commands that call the API load it
     from asyncgen.batch.api import BatchApi
 
 REQUESTS, RESULTS = "requests", "results"
+METADATA_VALUE_MAX = 512  # characters of a batch's metadata value (the Batch API's limit)
 
 
 def request_path(directory: Path, entry: Entry) -> Path:
@@ -45,6 +49,7 @@ def update(entry: Entry, batch: dict) -> None:
     entry.submitted_at = entry.submitted_at or time.time()
     entry.status = batch["status"]
     entry.created_at = batch.get("created_at")
+    entry.ended_at = next((batch[key] for key in ("completed_at", "failed_at", "expired_at", "cancelled_at") if batch.get(key)), None)
     entry.request_counts = dict(batch.get("request_counts") or {})
     usage = batch.get("usage") or {}
     if usage:
@@ -60,7 +65,7 @@ async def submit(directory: Path, manifest: Manifest, api: BatchApi, say=print) 
     """Send every entry not yet sent; return them."""
     sent = []
     for entry in manifest.unsubmitted():
-        if entry.state == "submitting" and entry.token:
+        if entry.state == "submitting" and entry.token and entry.file_id:  # its create may have been sent
             found = await api.find(entry.token, entry.intent_at or 0)
             if found is not None:
                 update(entry, found)
@@ -70,15 +75,14 @@ async def submit(directory: Path, manifest: Manifest, api: BatchApi, say=print) 
                 continue
         else:
             entry.state, entry.token, entry.intent_at = "submitting", uuid.uuid4().hex, time.time()
-            manifest.endpoint = manifest.endpoint or api.endpoint
+            if not manifest.bound():
+                manifest.endpoint = api.endpoint
             manifest.save(directory)
-        with _forgotten_if_refused(directory, manifest, entry):
+        with _unbound_if_nothing_created(directory, manifest, entry):
             if entry.file_id is None:
                 entry.file_id = await api.upload(request_path(directory, entry))
                 manifest.save(directory)
-            batch = await api.create(entry.file_id, {"asyncgen_token": entry.token, "asyncgen_file": entry.name,
-                                                     "asyncgen_task": manifest.task, "asyncgen_dir": manifest.directory_id},
-                                   entry.endpoint)
+            batch = await api.create(entry.file_id, batch_metadata(manifest, entry), entry.endpoint)
         update(entry, batch)
         manifest.save(directory)
         say(f"{entry.name}: {entry.requests} requests submitted as batch {entry.batch_id}")
@@ -86,19 +90,35 @@ async def submit(directory: Path, manifest: Manifest, api: BatchApi, say=print) 
     return sent
 
 
+def batch_metadata(manifest: Manifest, entry: Entry) -> dict:
+    """What a batch carries of the directory (strings, as the API takes them): the intent's token (a
+    killed submit finds its batch by it), the file, task and directory (``recover_batches`` adopts
+    batches by them), and the dataset and target its round was planned for (``batch rebuild`` takes
+    them back when the manifest is lost: nothing else in the directory records them; the dataset's
+    path as given, left out when longer than the API allows)."""
+    metadata = {"asyncgen_token": entry.token, "asyncgen_file": entry.name, "asyncgen_task": manifest.task,
+                "asyncgen_dir": manifest.directory_id, "asyncgen_target": str(manifest.round_target or manifest.target)}
+    if len(manifest.output) <= METADATA_VALUE_MAX:
+        metadata["asyncgen_output"] = manifest.output
+    return metadata
+
+
 @contextlib.contextmanager
-def _forgotten_if_refused(directory: Path, manifest: Manifest, entry: Entry):
-    """A refused upload or create (nothing created) of the directory's first batch unbinds it."""
+def _unbound_if_nothing_created(directory: Path, manifest: Manifest, entry: Entry):
+    """A failed upload or a refused create (nothing created) of the directory's first batch unbinds
+    it, and the error says so; a create whose connection failed leaves it bound (it may exist)."""
     from asyncgen.batch.api import Refused
 
     try:
         yield
-    except Refused:
-        if not any(e.batch_id for e in manifest.entries):
-            entry.state, entry.token, entry.intent_at, entry.file_id = "created", None, None, None
-            manifest.endpoint = None
-            manifest.save(directory)
-        raise
+    except RunError as exc:
+        if not (isinstance(exc, Refused) or entry.file_id is None) or manifest.bound(besides=entry):
+            raise
+        entry.state, entry.token, entry.intent_at, entry.file_id = "created", None, None, None
+        manifest.endpoint = None
+        manifest.save(directory)
+        raise type(exc)(f"{exc}; no batch was created there, so {directory} is not bound to it (another --base-url "
+                        "may be given)") from exc.__cause__
 
 
 async def refresh(directory: Path, manifest: Manifest, api: BatchApi) -> None:
@@ -194,13 +214,15 @@ def recover_requests(directory: Path, manifest: Manifest) -> list[str]:
     return sorted({m for m in models if m})
 
 
-async def recover_batches(directory: Path, manifest: Manifest, api: BatchApi) -> list[Entry]:
+async def recover_batches(directory: Path, manifest: Manifest, api: BatchApi) -> tuple[list[Entry], dict]:
     """Adopt the batches the API lists for the directory's request files (by the directory's id in
     their metadata; a directory made before ids carried it: by the input file's bytes), with the
-    result files already downloaded; return the entries adopted."""
+    result files already downloaded; return the entries adopted, and the metadata of the newest
+    batch adopted (``batch_metadata``: the dataset and target its round was for; {} if none)."""
     entries = {e.name: e for e in manifest.entries}
+    newest: dict = {}
     if not entries:
-        return []
+        return [], newest
     since = min(request_path(directory, e).stat().st_mtime for e in entries.values())
     adopted = []
     for batch in reversed(await api.listed(since)):  # oldest first: a file submitted twice keeps its last batch
@@ -219,13 +241,14 @@ async def recover_batches(directory: Path, manifest: Manifest, api: BatchApi) ->
         update(entry, batch)
         entry.file_id = batch.get("input_file_id")
         adopted.append(entry)
+        newest = metadata
         for kind in ("output", "error"):
             relative = f"{RESULTS}/{entry.batch_id}_{kind}.jsonl"
             if getattr(entry, f"{kind}_file_id") and (directory / relative).is_file():
                 setattr(entry, f"{kind}_path", relative)
         entry.downloaded = entry.terminal and all(
             getattr(entry, f"{kind}_path") or not getattr(entry, f"{kind}_file_id") for kind in ("output", "error"))
-    return adopted
+    return adopted, newest
 
 
 def recover_resubmitted(directory: Path, manifest: Manifest) -> None:

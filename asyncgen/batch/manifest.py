@@ -59,6 +59,7 @@ class Entry:
     batch_id: str | None = None
     status: str | None = None  # the API's status of the batch
     created_at: float | None = None  # the API's clock
+    ended_at: float | None = None  # the API's clock: when it completed, failed, expired or was cancelled
     submitted_at: float | None = None  # this machine's clock (ages are shown from it)
     request_counts: dict = field(default_factory=dict)
     usage: dict = field(default_factory=dict)  # {"input": n, "output": n} as the API reports it
@@ -89,7 +90,7 @@ class Manifest:
     fingerprint: dict
     target: int
     output: str
-    endpoint: dict | None = None  # {"mode": "simulator" | "openai" | "custom", "base_url": ...}
+    endpoint: dict | None = None  # {"mode": "simulator" | "openai" | "custom", "base_url": ...}: see ``bound``
     next_request: int = 0  # numbers custom_ids and seeds across rounds
     rounds: int = 0
     round_target: int | None = None  # the target the latest round was planned for (a finish is for it only)
@@ -193,6 +194,17 @@ class Manifest:
 
     def entry(self, name: str) -> Entry:
         return next(e for e in self.entries if e.name == name)
+
+    def bound(self, besides: Entry | None = None) -> bool:
+        """Whether a batch of the directory may exist where ``endpoint`` says, so that the directory
+        is bound to it: a batch was created there, or a file uploaded there was being submitted (its
+        create may have reached the API before a kill or a lost connection). A file being submitted
+        whose upload did not end has no batch anywhere (a batch needs the uploaded file's id), and a
+        real-time request (the pilot, a finish) leaves nothing there to account for: its answer and
+        its usage are in the dataset and this manifest already. Unbound, requests go where the flags
+        say (``endpoint.directory_endpoint``). ``besides``: by the other entries than this one."""
+        return any(e.batch_id or (e.state == "submitting" and e.file_id) for e in self.entries
+                   if e.source == "api" and e is not besides)
 
     def in_flight(self) -> list[Entry]:
         """Entries sent (or being sent) whose batch has not ended."""

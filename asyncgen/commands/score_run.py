@@ -6,10 +6,10 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import shlex
 import sys
 from pathlib import Path
 
+from asyncgen.commands.argtypes import resume_command
 from asyncgen.commands.run import OFFLINE_KEY, open_transport, request_destination
 from asyncgen.config import Task, load_task
 from asyncgen.errors import InputFileError, UsageError
@@ -193,5 +193,3 @@ async def _score_async(args, scenarios, settings, scores, stats, counts, prices_
     return exit_code("score", failure, stats.accepted >= stats.target, stop_reason, args.max_cost)
 
 
-def resume_command(args) -> str:
-    return "python -m asyncgen " + shlex.join(list(getattr(args, "argv", None) or sys.argv[1:]))

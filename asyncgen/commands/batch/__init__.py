@@ -67,7 +67,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
                  "not yet sent and create its batch. Killed and run again, it never submits a file twice.", cmd_submit)
     _endpoint_flags(submit)
 
-    status = add("status", "show each batch's status, request counts, age and cost", "Ask the API about every "
+    status = add("status", "show each batch's status, request counts, how long it took and cost", "Ask the API about every "
                  "batch that has not ended and print a table, with the cost so far at batch prices next to what "
                  "the same tokens cost in real time. Validation errors are listed.", cmd_status)
     _endpoint_flags(status)
@@ -107,8 +107,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
                   "checkpoint, which records it with every sync: nothing is sent, overwritten, processed or counted "
                   "twice.", cmd_rebuild)
     _setup_flags(rebuild)
-    rebuild.add_argument("--num-scenarios", type=positive_int, default=None, help="scenarios the dataset must hold (default: the target its checkpoint recorded, else 1500)")
-    rebuild.add_argument("--output", default=None, help="the dataset JSONL (default: dataset.jsonl)")
+    rebuild.add_argument("--num-scenarios", type=positive_int, default=None, help="scenarios the dataset must hold (default: the target the dataset's checkpoint or the directory's batches recorded; neither: refused)")
+    rebuild.add_argument("--output", default=None, help="the dataset JSONL (default: the one whose checkpoint, here or beside --dir, records the directory's processing, else the one its batches name; neither: refused)")
     rebuild.add_argument("--checkpoint", default=None, help="the dataset's checkpoint, which records what was processed into it (default: beside it, DATASET.checkpoint.json)")
     _endpoint_flags(rebuild)
 

@@ -114,9 +114,19 @@ async def _watch(setup: Setup, manifest: Manifest, refresh, poll: float) -> None
         await refresh()
 
 
+def took(entry: Entry, now: float) -> str:
+    """How long a batch took, by the API's clock (created to ended); one not ended: for how long it
+    has run so far, marked ``+`` (since it was submitted, by this machine's clock); "-" unknown."""
+    if entry.terminal:
+        return _duration(entry.ended_at - entry.created_at) if entry.ended_at and entry.created_at else "-"
+    return _duration(now - entry.submitted_at) + "+" if entry.submitted_at else "-"
+
+
 def status_table(setup: Setup, manifest: Manifest) -> str:
+    """The batches, one a line, and the cost so far: every line within 80 columns (a batch id of
+    up to 32 characters)."""
     now = time.time()
-    rows = [f"{'batch':<32} {'status':<11} {'done':>11} {'failed':>6} {'age':>6} {'cost':>9}"]
+    rows = [f"{'batch':<32} {'status':<11} {'done':>11} {'failed':>6} {'took':>6} {'cost':>9}"]
     for entry in manifest.entries:
         if entry.real_time:  # the pilot's or a finish's requests: answered at once, at real-time prices
             counts = entry.request_counts or {}
@@ -130,7 +140,7 @@ def status_table(setup: Setup, manifest: Manifest) -> str:
         counts = entry.request_counts or {}
         total = counts.get("total") or entry.requests
         done = f"{counts.get('completed', 0)}/{total}"
-        age = _duration(now - entry.submitted_at) if entry.submitted_at else "-"
+        age = took(entry, now)
         cost = setup.usage_cost([entry])[0] if entry.usage else 0.0
         name = entry.batch_id or f"({entry.name})"
         rows.append(f"{name:<32} {entry.status or entry.state:<11} {done:>11} {counts.get('failed', 0):>6} {age:>6} {_money(cost):>9}")
@@ -139,8 +149,8 @@ def status_table(setup: Setup, manifest: Manifest) -> str:
         if len(entry.errors) > SHOWN_ERRORS:
             rows.append(f"    ... {len(entry.errors) - SHOWN_ERRORS} more validation errors")
     at_batch, at_real = manifest.cost(setup.costs)
-    rows.append(f"cost so far {_money(at_batch)} at batch prices (real time: {_money(at_real)}); "
-                f"target {manifest.target}, spares {manifest.spares}")
+    rows.append(f"cost so far {_money(at_batch)} at batch prices (real time: {_money(at_real)})")
+    rows.append(f"target {manifest.target}, spares {manifest.spares}; took: created to ended (+: running, so far)")
     return "\n".join(rows)
 
 

@@ -186,8 +186,11 @@ def cmd_process(args) -> int:
     if args.output:
         manifest.output = args.output
     setup.manifest = manifest
-    names = _add_results(setup, manifest, args.results, args.external) if args.results else [
-        e.name for e in manifest.entries if e.downloaded and not e.processed]
+    # With --results, the directory's own downloaded results not processed yet go into the same pass
+    # (first: a request is counted once, whichever file answers it), so that it leaves none behind.
+    names = [e.name for e in manifest.entries if e.downloaded and not e.processed]
+    if args.results:
+        names += [name for name in _add_results(setup, manifest, args.results, args.external) if name not in names]
     manifest.save(setup.directory)
     with processing_stages(args, setup, manifest) as (sink, validator, annotations):
         if not names and manifest.processing is None and (not manifest.spares or sink.count >= manifest.target):

@@ -33,14 +33,16 @@ def finish_allowance(args, manifest: Manifest) -> int:
     return int(getattr(args, "real_time_finish", 0.0) * manifest.target)
 
 
-async def pilot(args, setup: Setup, manifest: Manifest, api, sink, validator, annotations) -> None:
+async def pilot(args, setup: Setup, manifest: Manifest, api, sink, validator, annotations, display: "Display | None" = None) -> None:
     """Before the first round: a pilot of real-time requests measures the yield (see
     asyncgen/batch/pilot.py), unless something is measured already or --pilot-requests 0. Its
     requests go out in waves (at most ``plan.PILOT_WAVES``): the first sized by the prior, each
     next one by what the pilot measured so far (``plan.best_pilot``: its premium against the
     round's margin), none once that says the pilot is large enough. --pilot-requests N: one wave of N."""
     deficit = manifest.target - sink.count - manifest.spares
-    if manifest.rounds or manifest.pilots() or manifest.yield_per_request() is not None or deficit <= 0:
+    answered = any((e.request_counts or {}).get("completed") for e in manifest.pilots())
+    # A pilot none of whose requests was answered (a wrong --base-url) measured nothing: it goes again.
+    if manifest.rounds or answered or manifest.yield_per_request() is not None or deficit <= 0:
         return
     asked = setup.task.batch_size
     settings = GenerationSettings(setup.model, response_format_for(setup.model, args.response_format), args.temperature, args.seed)
@@ -58,6 +60,8 @@ async def pilot(args, setup: Setup, manifest: Manifest, api, sink, validator, an
             break
         yields += await _wave(args, setup, manifest, api, sink, validator, annotations, settings, count,
                                         "pilot", wave + 1)
+        if display is not None:
+            display.show(sink.count)
     if not yields:
         return
     estimate, _ = plan.yield_estimate(manifest, setup.task.batch_size)  # as measured: no round's duplicates

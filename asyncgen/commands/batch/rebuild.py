@@ -1,10 +1,21 @@
 """``batch rebuild``: a lost manifest.json made again from --dir's request and result files, the
 batches the API lists with the directory's metadata, and what was processed from the dataset's
-checkpoint, which records it with every sync (``processing.run_state``)."""
+checkpoint, which records it with every sync (``processing.run_state``).
+
+Which dataset, and what target, the directory was for is taken from what records it, never guessed
+from a default name. The dataset: --output; else the one whose checkpoint (in the working directory
+or beside --dir) records this directory's processing, by the id its requests carry; else the one the
+metadata of the directory's batches names (``lifecycle.batch_metadata``). The target: --num-scenarios;
+else the dataset checkpoint's record; else the batches' metadata. Nothing says: refused, nothing
+written. A dataset whose checkpoint records the processing of other batch directories but
+not this one's is refused too (--force takes it anyway)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import orjson
 
 from asyncgen.batch import lifecycle
 from asyncgen.batch.endpoint import open_batch_api
@@ -14,6 +25,8 @@ from asyncgen.commands.run import request_destination
 from asyncgen.errors import UsageError
 from asyncgen.eventloop import run_event_loop
 from asyncgen.sink import default_checkpoint_path
+
+CHECKPOINT_READ_MAX = 64 << 20  # bytes: a larger file named *.checkpoint.json is no dataset checkpoint looked into
 
 
 def cmd_rebuild(args) -> int:
@@ -28,8 +41,8 @@ def cmd_rebuild(args) -> int:
         raise UsageError(f"the request files in {directory} name {len(models)} models ({', '.join(models)}); say which with --model")
     args.model = args.model or (models[0] if models else None)
     setup = load_setup(args, load_tokenizers=False, lost=True)
-    manifest = Manifest(str(args.task or "refusal"), setup.model, setup.fingerprint, args.num_scenarios or 1500,
-                        args.output or "dataset.jsonl", directory_id=probe.directory_id, legacy_below=probe.legacy_below,
+    manifest = Manifest(str(args.task or "refusal"), setup.model, setup.fingerprint, 0,
+                        "", directory_id=probe.directory_id, legacy_below=probe.legacy_below,
                         next_request=probe.next_request, rounds=probe.rounds, entries=probe.entries)
     spares = sorted((p.stat().st_mtime, p) for p in directory.glob("spares-*.jsonl") if spares_origin(p.stem))
     if spares:  # the newest: a pass deletes the one it read once it has written its own
@@ -45,16 +58,19 @@ def cmd_rebuild(args) -> int:
         raise UsageError(f"{directory} holds no offline simulator state, so its request files were not sent offline: say "
                          "where their batches went (OPENAI_API_KEY for the OpenAI API, or --base-url) so that rebuild finds "
                          f"them; if they were never sent, remove {directory / lifecycle.REQUESTS} and `batch create` again")
-    checkpoint = Path(args.checkpoint or default_checkpoint_path(manifest.output))
-    record, missing = _recorded_accounting(setup, manifest, checkpoint, args.force)
+    if args.output:
+        _refuse_another_directorys(args, directory, manifest.directory_id, args.output)
 
-    async def go() -> list[Entry]:
+    async def go() -> tuple[list[Entry], dict]:
         async with open_batch_api(args, directory, manifest) as (api, _):
-            adopted = await lifecycle.recover_batches(directory, manifest, api)
+            adopted, metadata = await lifecycle.recover_batches(directory, manifest, api)
             if adopted:
                 manifest.endpoint = api.endpoint
-            return adopted
-    adopted = run_event_loop(go())
+            return adopted, metadata
+    adopted, metadata = run_event_loop(go())
+    manifest.output, target = _dataset_and_target(args, directory, manifest.directory_id, metadata)
+    checkpoint = Path(args.checkpoint or default_checkpoint_path(manifest.output))
+    record, missing = _recorded_accounting(setup, manifest, checkpoint, args.force)
     files, unsent = len(manifest.entries), sum(e.batch_id is None for e in manifest.entries)
     if record is not None:
         try:
@@ -62,7 +78,12 @@ def cmd_rebuild(args) -> int:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             record, missing = None, f"its record of {directory} does not fit the directory's files ({exc}), so it is not used"
         else:
-            manifest.target = args.num_scenarios or int(record.get("target") or manifest.target)
+            target = int(record.get("target") or 0) or target
+    target = args.num_scenarios or target
+    if target is None:
+        raise UsageError(f"cannot tell the target of {directory}'s dataset {manifest.output}: nothing records it (no batch "
+                         "of it found, no record in the dataset's checkpoint); give --num-scenarios N (nothing was written)")
+    manifest.target = target
     lifecycle.recover_resubmitted(directory, manifest)
     manifest.save(directory)
     print(f"rebuilt {directory / 'manifest.json'}: {files} request file(s), {len(adopted)} with their batch "
@@ -100,3 +121,76 @@ def _recorded_accounting(setup: Setup, manifest: Manifest, checkpoint: Path, for
     if not isinstance(record, dict):
         return None, f"{checkpoint} holds no record of {setup.directory}'s processing"
     return record, ""
+
+
+def _dataset_and_target(args, directory: Path, directory_id: str, metadata: dict) -> tuple[str, int | None]:
+    """The dataset the directory was for, and the target its batches' metadata records for it (None:
+    none; the dataset's checkpoint may record one): --output; else the one dataset whose checkpoint
+    records the directory's processing (the strongest evidence: its content, wherever --dir is run
+    from); else what its newest batch's metadata names (a path as given then). Refused when nothing
+    says which dataset, or when the dataset's checkpoint records other batch directories but not this one."""
+    named = metadata.get("asyncgen_output")
+    if args.output:
+        output = args.output
+    else:
+        found = _datasets_recording(directory_id, [Path.cwd(), directory.resolve().parent])
+        if len(found) > 1 or not (found or named):
+            where = f"{Path.cwd()}" + ("" if directory.resolve().parent == Path.cwd() else f" or {directory.resolve().parent}")
+            why = (f"{len(found)} datasets record it ({', '.join(found)})" if found else
+                   f"its batches (if any were found) do not name it, and no dataset checkpoint in {where} records its processing")
+            raise UsageError(f"cannot tell which dataset {directory}'s requests were for: {why}; give --output DATASET "
+                             "(and --num-scenarios N) to rebuild it for that dataset (nothing was written)")
+        output = found[0] if found else named
+    same = named is not None and Path(named).resolve() == Path(output).resolve()
+    target = _number(metadata.get("asyncgen_target")) if same else None
+    if output != args.output:  # (--output: checked before the API was asked)
+        _refuse_another_directorys(args, directory, directory_id, output)
+    return output, target
+
+
+def _refuse_another_directorys(args, directory: Path, directory_id: str, output: str) -> None:
+    """Refuse (unless --force) a dataset whose checkpoint records other batch directories' processing, not this one's."""
+    checkpoint = Path(args.checkpoint or default_checkpoint_path(output))
+    others, batch_dir = _recorded_directories(checkpoint)
+    if others and directory_id not in others and not args.force:
+        raise UsageError(f"{output} is not {directory}'s dataset: its checkpoint {checkpoint} records the processing of "
+                         f"{batch_dir or 'another batch directory'} (directory id {', '.join(sorted(others))}), not of "
+                         f"{directory} ({directory_id}); give {directory}'s dataset with --output, or --force to use this one")
+
+
+def _number(text) -> int | None:
+    return int(text) if isinstance(text, str) and text.isdigit() and int(text) > 0 else None
+
+
+def _recorded_directories(checkpoint: Path) -> tuple[dict, str | None]:
+    """The batch directories' accounting a dataset checkpoint records (by directory id; {} if none, or
+    no such file) and the batch directory it names (the last to process into it)."""
+    try:
+        if checkpoint.stat().st_size > CHECKPOINT_READ_MAX:
+            return {}, None
+        data = orjson.loads(checkpoint.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}, None
+    state = data.get("run_state") if isinstance(data, dict) else None
+    if not isinstance(state, dict):
+        return {}, None
+    records = state.get(ACCOUNTING)
+    return (records if isinstance(records, dict) else {}), state.get("batch_dir")
+
+
+def _datasets_recording(directory_id: str, folders: list[Path]) -> list[str]:
+    """The datasets (as paths from here when under it) whose checkpoint, beside them in ``folders``,
+    records the processing of the batch directory ``directory_id``."""
+    found = []
+    for checkpoint in sorted({path.resolve() for folder in folders for path in folder.glob("*.checkpoint.json")}):
+        records, _ = _recorded_directories(checkpoint)
+        if directory_id not in records:
+            continue
+        try:
+            dataset = orjson.loads(checkpoint.read_bytes()).get("sink")
+        except (OSError, orjson.JSONDecodeError):
+            continue
+        if isinstance(dataset, str) and default_checkpoint_path(dataset).resolve() == checkpoint:
+            relative = os.path.relpath(dataset)
+            found.append(dataset if relative.startswith("..") else relative)
+    return found

@@ -89,8 +89,9 @@ def _print_plan(setup: Setup, manifest: Manifest, made: plan.Plan, existing: int
 
 def cmd_create(args) -> int:
     setup = load_setup(args, load_tokenizers=False)
-    if setup.manifest is not None and setup.manifest.entries and not args.force:
-        raise UsageError(f"--dir {setup.directory} already holds {len(setup.manifest.entries)} request file(s); "
+    made = [e for e in setup.manifest.entries if e.source == "api"] if setup.manifest is not None else []
+    if made and not args.force:  # (the other entries are --results files and real-time requests: no request file)
+        raise UsageError(f"--dir {setup.directory} already holds {len(made)} request file(s); "
                          "`batch submit` sends them, `batch topup` plans more; or use another --dir")
     output = args.output or "dataset.jsonl"
     manifest = setup.manifest or Manifest(str(args.task or "refusal"), setup.model, setup.fingerprint, args.num_scenarios, output)

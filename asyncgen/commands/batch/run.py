@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from asyncgen.batch import lifecycle, plan
 from asyncgen.batch.endpoint import POLL_SECONDS, directory_endpoint, open_batch_api
 from asyncgen.batch.manifest import Manifest
+from asyncgen.commands.argtypes import resume_command
 from asyncgen.commands.batch import real_time
 from asyncgen.commands.batch.batches import SHOWN_ERRORS
 from asyncgen.commands.batch.directory import Setup, load_setup, read_dataset
@@ -26,6 +27,8 @@ from asyncgen.eventloop import run_event_loop
 from asyncgen.progress import _money, print_summary
 
 log = logging.getLogger("asyncgen.batch")
+# What a stop during a real-time wave keeps: each answer is accepted as it comes, its usage saved.
+REAL_TIME_KEPT = "the pairs answered so far are in the dataset and their cost in the manifest (not asked again)"
 
 
 def _refuse_a_yield_too_low(args, setup: Setup, manifest: Manifest, count: int) -> None:
@@ -48,7 +51,13 @@ def _refuse_a_yield_too_low(args, setup: Setup, manifest: Manifest, count: int) 
 
 def cmd_run(args) -> int:
     started = time.monotonic()
-    setup = load_setup(args, load_tokenizers=True)
+    try:
+        setup = load_setup(args, load_tokenizers=True)
+    except KeyboardInterrupt:
+        print_summary(f"asyncgen batch run: interrupted while loading the tokenizers, before anything was written (no manifest "
+                      f"or request file in {args.dir}, {args.output or 'the dataset'} untouched)\n  resume with: "
+             f"{resume_command(args)}")
+        return 130
     manifest = setup.manifest
     if manifest is None:
         setup.directory.mkdir(parents=True, exist_ok=True)
@@ -75,11 +84,9 @@ def cmd_run(args) -> int:
     if count >= manifest.target:
         return 0
     if outcome.stop == "interrupted":
-        from asyncgen.commands.score_run import resume_command
-
         going = "; submitted batches go on" if manifest.in_flight() else ""
-        print(f"asyncgen batch run: interrupted, all kept in {setup.directory}{going}\n"
-              f"  resume with: {resume_command(args)}", file=sys.stderr)
+        print_summary(f"asyncgen batch run: interrupted while {outcome.step}: {outcome.kept}; all kept in {setup.directory}{going}\n"
+                      f"  resume with: {resume_command(args)}")
         return 130
     if outcome.stop == "max_cost":
         print(f"asyncgen batch run: stopped at --max-cost ${args.max_cost}: the next request could cross it; "
@@ -107,20 +114,29 @@ class RunOutcome:
     stop: str | None = None  # why batch run ended short: "interrupted", "max_cost"
     unvalidated: int = 0  # candidates a stopped processing pass left (the next pass replays them)
     stopped_pass: object = None  # that pass's report (process.PassReport)
+    step: str = "starting"  # what the run was doing (an interrupt says so), and what a stop then keeps
+    kept: str = "nothing was sent"
+
+    def at(self, step: str, kept: str) -> None:
+        self.step, self.kept = step, kept
 
 
 async def _run_async(args, setup: Setup, manifest: Manifest, started: float, outcome: RunOutcome) -> None:
     directory = setup.directory
     if getattr(args, "control", None) is not None:  # the Python API's stop (asyncgen.generate_batch)
         args.control.attach(_stop_from_any_thread(asyncio.current_task()), on_loop=False)
+    outcome.at("opening the dataset", "nothing was sent")
     with processing_stages(args, setup, manifest) as (sink, validator, annotations), Display(setup, manifest, started) as display:
+        outcome.at("connecting to the batch API (offline: starting the simulator)", "nothing was sent")
         async with open_batch_api(args, directory, manifest) as (api, mode):
             poll = args.poll_seconds or POLL_SECONDS[mode]
             while True:
+                outcome.at(f"asking about round {manifest.rounds}'s batches", "what was downloaded is kept")
                 await lifecycle.refresh(directory, manifest, api)
                 await lifecycle.download(directory, manifest, api)
                 names = [e.name for e in manifest.entries if e.downloaded and not e.processed]
                 if names or manifest.processing is not None or (manifest.spares and sink.count < manifest.target):
+                    outcome.at("processing results", "what was validated is in the dataset")
                     report = processing_pass(setup, manifest, sink, validator, annotations, names, display)
                     if report.stopped:  # Ctrl-C during the pass: the run stops here, after it, even when it finished
                         outcome.stop, outcome.unvalidated = "interrupted", report.unvalidated
@@ -147,12 +163,20 @@ async def _run_async(args, setup: Setup, manifest: Manifest, started: float, out
                     # A finish is for a round that ended short of its own target, not for a target raised since.
                     if (manifest.rounds and manifest.round_target == manifest.target
                             and manifest.target - sink.count - manifest.spares <= allowance):
+                        outcome.at(f"finishing round {manifest.rounds} in real time", REAL_TIME_KEPT)
                         await real_time.finish(args, setup, manifest, api, sink, validator, annotations, display)
                     else:
-                        await real_time.pilot(args, setup, manifest, api, sink, validator, annotations)
+                        outcome.at("sending the pilot (real-time requests that measure the yield before round 1)", REAL_TIME_KEPT)
+                        display.activity = "pilot: real-time requests measure the yield"
+                        display.show(sink.count)
+                        try:
+                            await real_time.pilot(args, setup, manifest, api, sink, validator, annotations, display)
+                        finally:
+                            display.activity = None
                     if sink.count >= manifest.target:
                         return
                     _, avoid = read_dataset(manifest.output, setup.task)
+                    outcome.at(f"writing round {manifest.rounds + 1}'s request files", "nothing was sent")
                     made = plan_and_write(args, setup, manifest, manifest.target - sink.count, avoid, allowance)
                     if not made.requests:
                         outcome.stop = "max_cost"
@@ -161,6 +185,9 @@ async def _run_async(args, setup: Setup, manifest: Manifest, started: float, out
                              made.requests, manifest.target - sink.count, _money(made.worst_cost_usd),
                              f"; a shortfall of up to {allowance} is finished in real time" if allowance else "")
                 if manifest.unsubmitted():
+                    outcome.at(f"submitting round {manifest.rounds}", "a batch created meanwhile is found again, "
+                               "never submitted twice")
                     await lifecycle.submit(directory, manifest, api, say=lambda text: log.info("%s", text))
                 display.show(sink.count)
+                outcome.at(f"waiting for round {manifest.rounds}'s batches", "nothing is lost")
                 await asyncio.sleep(poll)

@@ -1,0 +1,187 @@
+"""A batch directory is bound to what it actually did, and nothing from outside is trusted by its
+name or path (issue 17): where its first batch went (not where a failed attempt was sent), which
+dataset and target a lost manifest was for (recorded, or refused, never guessed), what a processing
+pass leaves behind, and what an interrupted ``batch run`` says. The commands run in this process."""
+
+import json
+import shutil
+import time
+
+import test_batch
+from test_batch import batch, copy_of, manifest
+
+downloaded = test_batch.downloaded  # the fixture: a batch dir whose one batch is downloaded, not processed
+
+DEAD = "http://127.0.0.1:9/v1"  # the discard port: nothing listens there, the connection is refused
+
+
+def edit_manifest(tmp_path, change) -> None:
+    path = tmp_path / "batches" / "manifest.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def forget_dataset(directory) -> None:
+    """Make the directory's batches (in the offline simulator's state) as made before their metadata named the dataset."""
+    state = directory / "simulator" / "state.json"
+    simulated = json.loads(state.read_text())
+    for made in simulated["batches"]:
+        made["metadata"] = {k: v for k, v in made["metadata"].items() if k not in ("asyncgen_output", "asyncgen_target")}
+    state.write_text(json.dumps(simulated))
+
+
+def test_a_first_submit_that_reached_nothing_does_not_bind_the_directory(tmp_path):
+    assert batch(tmp_path, "create", "--num-scenarios", "20").returncode == 0
+    dead = batch(tmp_path, "submit", "--base-url", DEAD)
+    assert dead.returncode == 1 and "cannot reach http://127.0.0.1:9/v1" in dead.stderr
+    assert "batches is not bound to it" in dead.stderr and "unchanged" not in dead.stderr
+    assert manifest(tmp_path)["endpoint"] is None and manifest(tmp_path)["entries"][0]["state"] == "created"
+
+    def pinned(data):  # as a run before the fix left it: the intent saved, the upload never ended
+        data["endpoint"] = {"mode": "custom", "base_url": DEAD, "seed": 0}
+        data["entries"][0].update(state="submitting", token="0" * 32, intent_at=time.time())
+    edit_manifest(tmp_path, pinned)
+    sent = batch(tmp_path, "submit")  # no batch can be at DEAD (none was ever uploaded): the flags say where
+    assert sent.returncode == 0, sent.stderr[-2000:]
+    assert "submitted as batch" in sent.stdout and manifest(tmp_path)["endpoint"]["mode"] == "simulator"
+    again = batch(tmp_path, "status", "--base-url", DEAD)  # bound now: where the batch went, whatever the flags say
+    assert again.returncode == 0 and "batch_" in again.stdout, again.stderr[-2000:]
+
+
+def test_processing_results_from_elsewhere_leaves_nothing_unprocessed_and_its_next_step_works(downloaded, tmp_path):
+    outside = tmp_path / "other" / "out.jsonl"
+    outside.parent.mkdir()
+    shutil.copy(copy_of(downloaded, tmp_path), outside)
+    done = batch(tmp_path, "process", "--results", str(outside), "--target-scenarios", "600")
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1].endswith(": python -m asyncgen batch topup --dir batches")
+    assert not [e["name"] for e in manifest(tmp_path)["entries"] if e["downloaded"] and not e["processed"]]
+    created = batch(tmp_path, "create", "--num-scenarios", "600")  # the --results file is no request file
+    assert created.returncode == 2 and "already holds 1 request file(s)" in created.stderr, created.stderr
+    topup = batch(tmp_path, "topup")  # the step printed
+    assert topup.returncode == 0, topup.stderr[-2000:]
+    assert "plan, round 2" in topup.stdout
+
+
+def test_a_lost_manifest_is_rebuilt_for_the_dataset_recorded_never_a_guessed_one(tmp_path):
+    done = batch(tmp_path, "run", "--num-scenarios", "60", "--dir", "b60", "--output", "d60.jsonl", "--poll-seconds", "0.05")
+    assert done.returncode == 0, done.stderr[-2000:]
+    lost = tmp_path / "b60" / "manifest.json"
+    before = json.loads(lost.read_text())
+    lost.unlink()
+    rebuilt = batch(tmp_path, "rebuild", "--dir", "b60")  # the batch's metadata names the dataset and target
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    assert "dataset d60.jsonl, target 60;" in rebuilt.stdout and "accounting restored from d60.checkpoint.json" in rebuilt.stdout
+    after = json.loads(lost.read_text())
+    assert {k: after[k] for k in ("output", "target", "totals", "answered")} == {k: before[k] for k in ("output", "target", "totals", "answered")}
+
+    forget_dataset(tmp_path / "b60")  # the dataset's checkpoint, which records the directory's processing, names it
+    assert batch(tmp_path, "run", "--num-scenarios", "20", "--dir", "b20", "--output", "d20.jsonl").returncode == 0
+    lost.unlink()
+    found = batch(tmp_path, "rebuild", "--dir", "b60")
+    assert found.returncode == 0, found.stderr[-2000:]
+    assert "dataset d60.jsonl, target 60;" in found.stdout and "accounting restored" in found.stdout
+
+    lost.unlink()
+    (tmp_path / "elsewhere").mkdir()  # rebuilt from another working directory: the dataset beside --dir is found
+    away = batch(tmp_path / "elsewhere", "rebuild", "--dir", "../b60")
+    assert away.returncode == 0, away.stderr[-2000:]  # (a dataset outside the working directory: by its absolute path)
+    assert f"dataset {tmp_path.resolve() / 'd60.jsonl'}, target 60;" in away.stdout and "accounting restored" in away.stdout
+
+    lost.unlink()
+    wrong = batch(tmp_path, "rebuild", "--dir", "b60", "--output", "d20.jsonl")  # another directory's dataset
+    assert wrong.returncode == 2 and "d20.jsonl is not b60's dataset: its checkpoint d20.checkpoint.json records the " \
+        "processing of b20" in wrong.stderr, wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1 and not lost.exists()
+
+
+def test_a_lost_manifest_that_nothing_names_the_dataset_of_is_refused_not_guessed(tmp_path):
+    for step in (["create", "--num-scenarios", "40", "--output", "mine.jsonl"], ["submit"]):
+        assert batch(tmp_path, *step).returncode == 0
+    lost = tmp_path / "batches" / "manifest.json"
+    lost.unlink()  # nothing processed, no dataset yet: the batch's metadata names it and its target
+    named = batch(tmp_path, "rebuild")
+    assert named.returncode == 0 and "dataset mine.jsonl, target 40;" in named.stdout, named.stderr[-2000:]
+    forget_dataset(tmp_path / "batches")
+    lost.unlink()  # and batches made before their metadata named it: nothing but the lost manifest said which
+    guessed = batch(tmp_path, "rebuild")
+    assert guessed.returncode == 2 and "cannot tell which dataset batches's requests were for" in guessed.stderr
+    assert "give --output DATASET (and --num-scenarios N)" in guessed.stderr and not lost.exists()
+    half = batch(tmp_path, "rebuild", "--output", "mine.jsonl")
+    assert half.returncode == 2 and "give --num-scenarios N" in half.stderr and not lost.exists()
+    told = batch(tmp_path, "rebuild", "--output", "mine.jsonl", "--num-scenarios", "40")
+    assert told.returncode == 0 and "dataset mine.jsonl, target 40;" in told.stdout, told.stderr[-2000:]
+    assert json.loads(lost.read_text())["output"] == "mine.jsonl"
+
+
+def test_an_interrupted_batch_run_says_which_step_it_stopped_at_and_what_it_kept(tmp_path, monkeypatch):
+    import asyncio
+
+    from asyncgen.batch import lifecycle
+    from asyncgen.commands.batch import directory
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+    run = ["run", "--num-scenarios", "40", "--output", "d40.jsonl", "--pilot-requests", "0", "--poll-seconds", "0.05"]
+    with monkeypatch.context() as patch:  # Ctrl-C while the tokenizers load
+        patch.setattr(directory, "load_task_and_tokenizers", ctrl_c)
+        early = batch(tmp_path, *run)
+    assert early.returncode == 130
+    assert "interrupted while loading the tokenizers, before anything was written (no manifest or request file in " \
+        "batches, d40.jsonl untouched)" in early.stderr, early.stderr
+    assert f"resume with: python -m asyncgen batch {' '.join(run)}" in early.stderr
+    assert not (tmp_path / "batches" / "manifest.json").exists() and not (tmp_path / "d40.jsonl").exists()
+
+    async def stopped(*args, **kwargs):  # Ctrl-C while round 1 is submitted (the event loop cancels the run)
+        raise asyncio.CancelledError
+    with monkeypatch.context() as patch:
+        patch.setattr(lifecycle, "submit", stopped)
+        submitting = batch(tmp_path, *run)
+    assert submitting.returncode == 130
+    assert "interrupted while submitting round 1: a batch created meanwhile is found again, never submitted twice; " \
+        "all kept in batches" in submitting.stderr, submitting.stderr[-2000:]
+    resumed = batch(tmp_path, *run)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+def test_status_fits_80_columns_and_an_ended_batch_shows_how_long_it_took(tmp_path):
+    from asyncgen.batch.manifest import Entry, Manifest
+    from asyncgen.commands.batch.batches import status_table
+    from asyncgen.commands.batch.directory import Setup
+    from asyncgen.prices import load_price_table, price_for
+
+    day_ago = time.time() - 86400
+    ended = Entry("round-1-part-1.jsonl", 1, 9000, state="submitted", batch_id="batch_" + "a" * 24, status="completed",
+                  created_at=1_000_000.0, ended_at=1_000_125.0, submitted_at=day_ago,
+                  request_counts={"total": 9000, "completed": 8990, "failed": 10}, usage={"input": 9_000_000, "output": 4_000_000})
+    running = Entry("round-2-part-1.jsonl", 2, 900, state="submitted", batch_id="batch_" + "b" * 24, status="in_progress",
+                    created_at=1_000_200.0, submitted_at=time.time() - 75, request_counts={"total": 900, "completed": 3})
+    made = Manifest("refusal", "gpt-4o", {}, 150_000, "d.jsonl", entries=[ended, running], spares=12_345)
+    table = status_table(Setup(tmp_path, made, model="gpt-4o", price=price_for(load_price_table(None, None)[0], "gpt-4o")), made)
+    lines = table.splitlines()
+    assert max(map(len, lines)) <= 80, table
+    assert lines[0].split()[4] == "took" and lines[1].split()[4] == "2m05s"  # created to ended: not a day and counting
+    assert lines[2].split()[4].endswith("s+")  # still running: so far, marked
+    assert "took: created to ended (+: running, so far)" in table
+
+
+def test_a_stopping_runs_progress_shows_no_eta():
+    from asyncgen.progress import progress_line
+    from asyncgen.stats import RunStats
+
+    stats = RunStats(target=3000, accepted=5, accepted_this_run=5, started=time.monotonic() - 3)
+    assert "ETA" in progress_line(stats, 5.0)
+    stats.stopping = "interrupted"  # after Ctrl-C: nothing new is asked, so no rate and no ETA
+    line = progress_line(stats, 5.0, 80)
+    assert "ETA" not in line and "scen/s" not in line and "stopping (interrupted)" in line
+
+
+def test_a_pilot_that_reached_nothing_is_sent_again_where_the_next_run_says(tmp_path):
+    run = ["run", "--num-scenarios", "60", "--pilot-requests", "2", "--poll-seconds", "0.05"]
+    dead = batch(tmp_path, *run, "--base-url", DEAD)
+    assert dead.returncode == 1 and "cannot connect to http://127.0.0.1:9/v1/" in dead.stderr, dead.stderr[-2000:]
+    assert manifest(tmp_path)["endpoint"] is None  # a real-time request binds nothing
+    again = batch(tmp_path, *run)  # offline now: the pilot measured nothing, so it goes again, there
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "pilot, wave 1: 2 answered" in again.stderr and manifest(tmp_path)["endpoint"]["mode"] == "simulator"
