@@ -527,7 +527,7 @@ def test_ctrl_c_while_validating_stops_at_once_keeps_what_is_validated_and_says_
     # Was: "requests 0 answered", "candidates 0" and nothing else on the pass that wrote most of the file.
     answers, validated, taken = map(int, re.search(
         r"stopped pass\s+(\d+) answers read, (\d+) candidate pairs validated, (\d+) scenarios written", stderr).groups())
-    assert answers > 0 and validated >= taken >= 0
+    assert answers > 0 and validated >= taken
     assert written == taken + sum(manifest(tmp_path)["totals"].get("pilot_yields", []))
     done = batch(tmp_path, "run", "--num-scenarios", "1000", "--poll-seconds", "0.05", "--real-time-finish", "0")
     assert done.returncode == 0, done.stderr[-2000:]
