@@ -63,7 +63,7 @@ class GenerationSettings:
     model: str
     response_format: dict
     temperature: float | None
-    seed: int | None  # base seed: request i is sent seed + i
+    seed: int | None  # base seed: request i is sent seed + i, wrapped to 64 bits (request_seed)
     # On a server that refuses json_schema, fall back to json_object (under --response-format auto).
     fallback_to_json_object: bool = True
     # Under --max-cost: an answer longer than the output cap means the budget cannot be kept.
@@ -71,6 +71,16 @@ class GenerationSettings:
 
 
 RETRY_SEED_STRIDE = 1_000_003  # a retry after a timeout gets seed + request + k * stride
+_SEED_SPAN = 2**64  # the API's seed is a signed 64-bit integer: -2**63 .. 2**63 - 1
+
+
+def request_seed(seed: int, request_number: int = 0, timeouts: int = 0) -> int:
+    """The seed a request sends: ``seed + request_number + timeouts * RETRY_SEED_STRIDE`` wrapped
+    into the API's signed 64-bit range (as a 64-bit integer would wrap), so a ``--seed`` near either
+    end of its range still gives seeds the API accepts. Unchanged when the sum is in range; distinct
+    requests keep distinct seeds (the wrap is one-to-one on any 2**64 consecutive sums)."""
+    total = seed + request_number + timeouts * RETRY_SEED_STRIDE
+    return (total + _SEED_SPAN // 2) % _SEED_SPAN - _SEED_SPAN // 2
 
 
 def request_body(task: Task, settings: GenerationSettings, avoid: Sequence[str] = (), request_number: int = 0, *,
@@ -90,7 +100,7 @@ def request_body(task: Task, settings: GenerationSettings, avoid: Sequence[str] 
     if settings.temperature is not None:
         body["temperature"] = settings.temperature
     if settings.seed is not None:
-        body["seed"] = settings.seed + request_number + timeouts * RETRY_SEED_STRIDE
+        body["seed"] = request_seed(settings.seed, request_number, timeouts)
     return body
 
 

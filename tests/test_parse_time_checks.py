@@ -2,10 +2,14 @@
 not a run that starts and fails on the API's 400 or a report followed by an error."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from inprocess import asyncgen_here
 
 import asyncgen
+from asyncgen.commands.argtypes import SEED_MAX, SEED_MIN
 from asyncgen.errors import UsageError
+from asyncgen.prompting import RETRY_SEED_STRIDE, GenerationSettings, request_body, request_seed, response_format_for
 
 
 @pytest.mark.parametrize("command, flag, value, expected", [
@@ -33,6 +37,30 @@ def test_the_edges_of_the_apis_ranges_are_accepted():
 
     assert [temperature(t) for t in ("0", "2", "0.7")] == [0.0, 2.0, 0.7]
     assert seed(str(2**63 - 1)) == 2**63 - 1 and seed("-5") == -5
+
+
+_ACCEPTED_SEEDS = st.one_of(st.sampled_from([SEED_MIN, SEED_MIN + 1, -1, 0, SEED_MAX - 1, SEED_MAX]),
+                            st.integers(SEED_MIN, SEED_MAX))
+
+
+@given(seed=_ACCEPTED_SEEDS, request=st.integers(0, 10**9), timeouts=st.integers(0, 1000))
+def test_every_seed_a_request_sends_is_in_the_apis_range_for_every_accepted_flag(seed, request, timeouts):
+    """`--seed 9223372036854775807` was accepted, then the second request sent seed + 1 and the API
+    refused it with a 400: the derived seed wraps into the 64-bit range, deterministically."""
+    sent = request_seed(seed, request, timeouts)
+    assert SEED_MIN <= sent <= SEED_MAX
+    assert sent == request_seed(seed, request, timeouts)
+    total = seed + request + timeouts * RETRY_SEED_STRIDE
+    if SEED_MIN <= total <= SEED_MAX:
+        assert sent == total  # a seed that fits is sent as it always was
+    assert request_seed(seed, request + 1, timeouts) != sent  # the next request gets another seed
+
+
+def test_the_request_body_of_the_extreme_seeds_stays_in_range(refusal_task):
+    for flag in (SEED_MIN, SEED_MAX):
+        settings = GenerationSettings("gpt-4o-mini", response_format_for("gpt-4o-mini"), None, flag)
+        seeds = [request_body(refusal_task, settings, (), number, timeouts=k)["seed"] for number in (0, 1, 7) for k in (0, 3)]
+        assert all(SEED_MIN <= s <= SEED_MAX for s in seeds) and len(set(seeds)) == len(seeds), seeds
 
 
 @pytest.mark.parametrize("options, expected", [
