@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import importlib
 import logging
 import math
@@ -325,7 +326,7 @@ async def generate_async(prepared: Prepared, control: RunControl | None = None, 
 
 
 def _move_old_scores_aside(output: str) -> None:
-    """``--overwrite`` started the dataset over: the scores of the dataset it replaced go aside, named
+    """``--overwrite`` starts the dataset over: the scores of the dataset it replaces go aside, named
     (``asyncgen.scores.move_aside``), so that none passes for the new dataset's. Its checkpoint and
     token annotations the sink and the sidecar start over themselves."""
     from asyncgen.scores import move_aside, scores_dir
@@ -334,7 +335,7 @@ def _move_old_scores_aside(output: str) -> None:
         aside = move_aside(output)
     except OSError as exc:
         raise UsageError(f"--overwrite: cannot move the replaced dataset's scores {scores_dir(output)} aside "
-                         f"({exc.strerror or exc}); move them away yourself") from exc
+                         f"({exc.strerror or exc}); {output} was not changed: move them away yourself, then run again") from exc
     if aside is not None:
         log.warning("--overwrite: the scores of the dataset it replaced are kept in %s (they are not this "
                     "dataset's); delete that folder if you do not need them", aside)
@@ -351,12 +352,6 @@ async def _generate_on(prepared: Prepared, sink, opening: "SinkOpening", early_v
 
     args, task, specs, tokenizers, price = (prepared.options, prepared.task, prepared.specs, prepared.tokenizers,
                                             prepared.price)
-    if args.overwrite:
-        try:
-            _move_old_scores_aside(args.output)
-        except BaseException:
-            opening.close_refused(sink)
-            raise
     stats = RunStats(target=args.num_scenarios)
     stats.accepted, stats.carried = sink.count, dict(sink.resume.run_state or {})
     stats.cost_usd = None if price is None else 0.0
@@ -522,6 +517,9 @@ class SinkOpening:
             overwrite=args.overwrite,
             durability=DurabilityPolicy(args.sync_every, args.sync_seconds),
             auto_sync=False,
+            # The replaced dataset's scores go aside before anything of it is changed: a failed
+            # move refuses the run with the dataset intact.
+            before_overwrite=functools.partial(_move_old_scores_aside, args.output),
         )
         thread.shutdown(wait=False)  # the thread ends with the open
         return cls(future, output_existed, checkpoint, checkpoint_existed)

@@ -71,7 +71,7 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -200,11 +200,14 @@ class ScenarioSink:
         overwrite: bool = False,
         durability: DurabilityPolicy = DurabilityPolicy(),
         auto_sync: bool = True,
+        before_overwrite: Callable[[], None] | None = None,
     ) -> "ScenarioSink":
         """Open ``output`` for appending, resuming what it holds.
 
         ``checkpoint=None`` is --no-checkpoint: no checkpoint is written, and an existing non-empty
-        output is refused unless ``overwrite``. ``overwrite`` starts the dataset over in either mode.
+        output is refused unless ``overwrite``. ``overwrite`` starts the dataset over in either mode;
+        ``before_overwrite`` is called first, with the file locked and nothing changed yet: what it
+        raises refuses the open and leaves the dataset, its checkpoint and journal as they were.
         With ``auto_sync`` (the default) ``append`` syncs inline when one is due; pass False when
         the caller runs ``sync`` itself, e.g. in a thread when ``sync_due()``.
         """
@@ -221,6 +224,8 @@ class ScenarioSink:
         existed = path.exists()
         fd = _open_for_append(path)
         try:
+            if overwrite and before_overwrite is not None:
+                before_overwrite()
             return cls._resume(
                 fd, path, checkpoint_path, existed,
                 task_name=task_name, fingerprint=fingerprint, force_resume=force_resume,

@@ -694,6 +694,38 @@ def test_run_overwrite_moves_the_replaced_datasets_scores_aside_and_nothing_take
     assert code == 0 and "wrote 6 scenarios" in err, err
 
 
+def test_run_overwrite_that_cannot_move_the_old_scores_aside_leaves_the_dataset_intact(tmp_path, cli, monkeypatch):
+    """The scores were moved aside after the sink had emptied the dataset: a failed move left an
+    empty dataset and an error that did not say so. Now the move comes first, the file locked."""
+    import os
+
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    dataset = tmp_path / "med.jsonl"
+    code, _out, err = cli("run", "--num-scenarios", "3", "--output", str(dataset), "--validator-workers", "0")
+    assert code == 0, err
+    (tmp_path / "med.scores").mkdir()
+    (tmp_path / "med.scores" / "gpt-4o.jsonl").write_bytes(b"old scores\n")
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    rename = os.rename
+
+    def refused(source, target, *rest, **options):
+        if str(source).endswith("med.scores"):
+            raise PermissionError(13, "Permission denied")
+        return rename(source, target, *rest, **options)
+
+    monkeypatch.setattr(os, "rename", refused)
+    code, _out, err = cli("run", "--overwrite", "--num-scenarios", "3", "--output", str(dataset), "--seed", "7",
+                          "--validator-workers", "0")
+    monkeypatch.setattr(os, "rename", rename)
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == before
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("asyncgen run: error: --overwrite: cannot move the replaced dataset's scores"), err
+    assert "(Permission denied)" in lines[-1] and f"{dataset} was not changed" in lines[-1], err
+    assert (tmp_path / "med.scores" / "gpt-4o.jsonl").read_bytes() == b"old scores\n"
+
+
 def test_load_skips_a_scores_file_of_another_dataset_it_finds_and_refuses_one_asked_for(tmp_path, pairs, caplog):
     import asyncgen
     from asyncgen.errors import InputFileError
