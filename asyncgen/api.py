@@ -562,7 +562,7 @@ def load(path: str | os.PathLike, format: Literal["datasets", "pandas", "records
     """
     from asyncgen.annotations import read_verified
     from asyncgen.commands._shared import load_dataset_and_task
-    from asyncgen.commands.validate_dataset import failing_pairs, refuse_failing
+    from asyncgen.dataset_check import failing_pairs, refuse_failing
     from asyncgen.config import load_task
     from asyncgen.exports import rows
     from asyncgen.score_table import columns, load_scores, scored_models

@@ -12,7 +12,7 @@ import orjson
 
 from asyncgen.annotations import dataset_annotations, task_answers
 from asyncgen.commands._shared import add_dataset_flags, load_dataset_and_task
-from asyncgen.commands.validate_dataset import failing_pairs, refuse_failing
+from asyncgen.dataset_check import failing_pairs, refuse_failing
 from asyncgen.errors import UsageError
 from asyncgen.export_files import (
     MARKER, marker_bytes, one_writer, recover_leftovers, refuse_unless_replaceable, replace_file, replace_folder,
