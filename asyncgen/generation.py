@@ -17,7 +17,6 @@ import importlib
 import logging
 import math
 import os
-import shlex
 import sys
 import zlib
 from dataclasses import dataclass, field, fields
@@ -28,7 +27,7 @@ from urllib.parse import urlsplit
 from asyncgen.errors import UsageError
 from asyncgen.eventloop import LOOPBACK_HOSTS, RunControl
 from asyncgen.prices import cost_usd, load_price_table, price_for, run_price
-from asyncgen.progress import print_summary, report_progress, stop_progress, summary
+from asyncgen.progress import print_summary, report_progress, resume_command, stop_progress, summary
 from asyncgen.prompting import (
     AVOID_CHARS,
     largest_request_tokens,
@@ -218,23 +217,6 @@ def _simulator_seed(seed: int | None, carried: dict, scenarios: int) -> int:
     return zlib.crc32(f"{seed or 0}:{count_of(carried.get('runs'))}:{count_of(carried.get('requests_sent'))}:{scenarios}".encode())
 
 
-def _resume_command(args, stats: RunStats | None = None, stop_reason: str | None = None) -> str:
-    """The same command, minus what would refuse or discard the partial dataset; after a stop at
-    --max-cost, with a budget that leaves room for the rest (at this run's cost per scenario)."""
-    argv = list(getattr(args, "argv", None) or args.command_line())
-    argv = [a for a in argv if a not in ("--overwrite", "--no-checkpoint")]
-    if stop_reason == "max_cost" and stats is not None:
-        argv = _without_flag(argv, "--max-cost")
-        spent = stats.budget_spent_usd or 0.0
-        per_scenario = (stats.cost_usd or 0.0) / stats.accepted_this_run if stats.accepted_this_run else None
-        if per_scenario:
-            needed = spent + 1.2 * per_scenario * max(0, stats.target - stats.accepted)
-            argv += ["--max-cost", f"{math.ceil(needed * 100) / 100:.2f}"]
-        else:
-            argv += ["--max-cost", f"{max(2 * (args.max_cost or 0.0), 0.01):.2f}"]
-    return "python -m asyncgen " + shlex.join(argv)
-
-
 def open_transport(stack: contextlib.AsyncExitStack, api_key: str | None, url: str | None, *, concurrency: int,
                    timeout: float) -> ChatTransport:
     """The transport requests go through, closed with ``stack``. The SDK client resolves the
@@ -250,19 +232,6 @@ def open_transport(stack: contextlib.AsyncExitStack, api_key: str | None, url: s
     transport = ChatTransport(client, concurrency=concurrency, timeout=timeout, trust_env=not loopback)
     stack.push_async_callback(transport.close)
     return transport
-
-
-def _without_flag(argv: list[str], flag: str) -> list[str]:
-    """``argv`` without ``flag VALUE`` and ``flag=VALUE``."""
-    kept, skip = [], False
-    for item in argv:
-        if skip:
-            skip = False
-        elif item == flag:
-            skip = True
-        elif not item.startswith(flag + "="):
-            kept.append(item)
-    return kept
 
 
 def _request_cost_bound(task, price, output_cap: int, avoid_chars: int = AVOID_CHARS) -> float:
@@ -458,7 +427,7 @@ async def _generate_on(prepared: Prepared, sink, opening: "SinkOpening", early_v
             stop_reason = (pipeline.stop_reason if pipeline is not None and pipeline.stop_reason
                            else _stop_reason_of(failure))
             text = summary(stats, stop_reason=stop_reason, output=args.output,
-                           resume_command=_resume_command(args, stats, stop_reason))
+                           resume_command=resume_command(args, stats, stop_reason))
             if show:
                 print_summary(text)
         if close_error is not None and failure is None:
@@ -552,7 +521,7 @@ def _result(args: GenerateOptions, stats: RunStats, stop_reason: str | None, tex
         target=stats.target, new=stats.accepted_this_run, candidates=stats.candidates, rejected=stats.rejected,
         duplicates=stats.duplicates, requests=stats.requests_sent, cost_usd=stats.cost_usd,
         total_cost_usd=stats.total_cost_usd, cost_simulated=stats.cost_simulated, elapsed_s=stats.elapsed,
-        stop_reason=stop_reason, resume_command=_resume_command(args, stats, stop_reason), summary=text)
+        stop_reason=stop_reason, resume_command=resume_command(args, stats, stop_reason), summary=text)
 
 
 async def _open_annotations(sink, task, tokenizers):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import shlex
 import sys
 from typing import Callable, TextIO
 
@@ -249,6 +251,42 @@ def summary(stats: RunStats, *, stop_reason: str | None, output: str, resume_com
     if stats.accepted < stats.target and resume_command:
         lines.append(f"  resume with     {resume_command}")
     return "\n".join(lines)
+
+
+def resume_command(args, stats: RunStats | None = None, stop_reason: str | None = None) -> str:
+    """The command that resumes a stopped command (run, score, batch run): the one that ran, as the
+    user gave it (``args.argv``; else ``args.command_line()`` for a run started from Python; else
+    this process's arguments), less what would refuse or discard what it wrote (--overwrite,
+    --no-checkpoint). After a run's stop at --max-cost (``stats`` and ``stop_reason``), with a budget
+    that leaves room for the rest, at this run's cost per scenario. Cheap to import: batch run's
+    Ctrl-C path prints it."""
+    argv = getattr(args, "argv", None)
+    if not argv:
+        argv = args.command_line() if hasattr(args, "command_line") else sys.argv[1:]
+    argv = [a for a in argv if a not in ("--overwrite", "--no-checkpoint")]
+    if stop_reason == "max_cost" and stats is not None:
+        argv = _without_flag(argv, "--max-cost")
+        spent = stats.budget_spent_usd or 0.0
+        per_scenario = (stats.cost_usd or 0.0) / stats.accepted_this_run if stats.accepted_this_run else None
+        if per_scenario:
+            needed = spent + 1.2 * per_scenario * max(0, stats.target - stats.accepted)
+            argv += ["--max-cost", f"{math.ceil(needed * 100) / 100:.2f}"]
+        else:
+            argv += ["--max-cost", f"{max(2 * (args.max_cost or 0.0), 0.01):.2f}"]
+    return "python -m asyncgen " + shlex.join(argv)
+
+
+def _without_flag(argv: list[str], flag: str) -> list[str]:
+    """``argv`` without ``flag VALUE`` and ``flag=VALUE``."""
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == flag:
+            skip = True
+        elif not item.startswith(flag + "="):
+            kept.append(item)
+    return kept
 
 
 def print_summary(text: str, stream: TextIO | None = None) -> None:

@@ -17,7 +17,8 @@ import pytest
 from inprocess import asyncgen_here, within
 from test_run import ENV, assert_valid_dataset, run_args, run_here, scenarios, sim_stats
 
-from asyncgen.generation import _resume_command, _validator_workers
+from asyncgen.generation import _validator_workers
+from asyncgen.progress import resume_command
 
 PRICES = Path(__file__).resolve().parents[1] / "config" / "prices.yaml"
 from asyncgen.stats import RunStats
@@ -299,7 +300,7 @@ def test_resume_command_after_max_cost_proposes_a_larger_budget():
         max_cost = 0.5
 
     stats = RunStats(target=100, accepted=40, accepted_this_run=40, cost_usd=0.48)
-    command = _resume_command(Args(), stats, "max_cost")
+    command = resume_command(Args(), stats, "max_cost")
     budget = float(shlex.split(command)[-1])
     assert "--max-cost 0.5" not in command and shlex.split(command)[-2] == "--max-cost"
     assert budget >= 0.48 + 60 * 0.48 / 40  # room for the 60 scenarios left at this run's cost per scenario

@@ -5,14 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import shlex
-import sys
 from urllib.parse import urlsplit
-
-
-def resume_command(args) -> str:
-    """The command line that ran (the flags as given): what resumes a stopped command."""
-    return "python -m asyncgen " + shlex.join(list(getattr(args, "argv", None) or sys.argv[1:]))
 
 
 def _number(text: str, kind: type, what: str):

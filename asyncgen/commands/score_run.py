@@ -9,13 +9,12 @@ import logging
 import sys
 from pathlib import Path
 
-from asyncgen.commands.argtypes import resume_command
 from asyncgen.commands.run import OFFLINE_KEY, open_transport, request_destination
 from asyncgen.config import Task, load_task
 from asyncgen.errors import InputFileError, UsageError
 from asyncgen.eventloop import run_event_loop
 from asyncgen.prices import is_openai_endpoint, load_price_table, output_token_limit, price_for, run_price
-from asyncgen.progress import exit_code, print_summary, report_progress, stop_progress
+from asyncgen.progress import exit_code, print_summary, report_progress, resume_command, stop_progress
 from asyncgen.scenario import Scenario, read_dataset
 from asyncgen.scores import header_for, opened, scores_path
 from asyncgen.scoring import (

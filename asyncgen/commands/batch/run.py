@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from asyncgen.batch import lifecycle, plan
 from asyncgen.batch.endpoint import POLL_SECONDS, directory_endpoint, open_batch_api
 from asyncgen.batch.manifest import Manifest
-from asyncgen.commands.argtypes import resume_command
+from asyncgen.progress import resume_command
 from asyncgen.commands.batch import real_time
 from asyncgen.commands.batch.batches import SHOWN_ERRORS
 from asyncgen.commands.batch.directory import Setup, load_setup, read_dataset
