@@ -20,8 +20,8 @@ Contract
   removes the temporary; a SIGKILL leaves it, hidden, beside ``--out``, and the next export to that
   ``--out`` removes it (once the process it names is gone), or renames an old export left aside
   back to ``--out`` when ``--out`` is missing.
-* One export at a time per ``--out``: ``one_writer`` holds ``.NAME.lock`` beside it while it writes
-  (see ``asyncgen.locks``); a second export to the same ``--out`` is refused, naming the first's pid.
+* One export at a time per ``--out``: ``export_lock`` holds ``.NAME.lock`` beside it while it
+  writes (see ``asyncgen.locks``); a second export to the same ``--out`` is refused, naming the first's pid.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ _FIRST_LINE_MAX = 1 << 20
 
 
 @contextlib.contextmanager
-def one_writer(out: Path) -> Iterator[None]:
+def export_lock(out: Path) -> Iterator[None]:
     """Hold ``out`` as the one export writing it (its folder is made if missing)."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from asyncgen.commands._shared import add_dataset_flags, load_dataset_and_task
 from asyncgen.dataset_check import failing_pairs, refuse_failing
 from asyncgen.errors import UsageError
 from asyncgen.export_files import (
-    MARKER, marker_bytes, one_writer, recover_leftovers, refuse_unless_replaceable, replace_file, replace_folder,
+    MARKER, export_lock, marker_bytes, recover_leftovers, refuse_unless_replaceable, replace_file, replace_folder,
 )
 from asyncgen.exports import (
     EAP_COLUMNS, FORMATS, _require, eap_rows, input_ids, rows, write_csv, write_hf, write_jsonl, write_parquet,
@@ -115,7 +115,7 @@ def export_dataset(args: argparse.Namespace, width: int | None = None) -> Export
     out = Path(args.out) if args.out else default_out(Path(args.dataset), args.format)
     if out.resolve() == Path(args.dataset).resolve():
         raise UsageError(f"--out {out} is the dataset itself; choose another path")
-    with one_writer(out):
+    with export_lock(out):
         return _export(args, out, width)
 
 
