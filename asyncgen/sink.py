@@ -45,6 +45,8 @@ Contract
   ``asyncio.to_thread``). A lock keeps each write together with the counters and dedup sets; the
   fsync runs outside it, so appends go on meanwhile, and covers at least what the checkpoint says.
 * One writer per sink: ``open`` takes an exclusive ``flock`` on the file where the platform has one.
+  ``overwrite`` changes nothing before it holds it; its ``before_overwrite`` hook (the run's move
+  of the replaced dataset's scores) runs then, and what the hook raises leaves everything as it was.
 * History: ``record_history`` adds an entry (what ``drop`` or ``merge`` did to make the dataset) to
   the checkpoint's ``history``, which every later checkpoint of the same dataset keeps (a resume
   carries it; ``overwrite`` or a new dataset starts without). A checkpoint without one has none.
