@@ -185,3 +185,35 @@ def test_a_pilot_that_reached_nothing_is_sent_again_where_the_next_run_says(tmp_
     again = batch(tmp_path, *run)  # offline now: the pilot measured nothing, so it goes again, there
     assert again.returncode == 0, again.stderr[-2000:]
     assert "pilot, wave 1: 2 answered" in again.stderr and manifest(tmp_path)["endpoint"]["mode"] == "simulator"
+
+
+def test_a_refused_retry_of_a_create_whose_answer_was_lost_keeps_the_directory_bound(tmp_path, monkeypatch):
+    from asyncgen.batch.api import BatchApi, Refused
+    from asyncgen.errors import RunError
+
+    assert batch(tmp_path, "create", "--num-scenarios", "20").returncode == 0
+    create = BatchApi.create
+
+    async def created_then_lost(self, *args, **kwargs):  # the batch is made, its answer never comes back
+        await create(self, *args, **kwargs)
+        raise RunError("creating a batch: cannot reach the API (connection lost)")
+
+    async def refused(self, *args, **kwargs):
+        raise Refused("creating a batch refused (400): try again later")
+
+    async def missed(self, token, since):  # the list did not show the earlier batch (yet)
+        return None
+    with monkeypatch.context() as patch:
+        patch.setattr(BatchApi, "create", created_then_lost)
+        assert batch(tmp_path, "submit").returncode == 1
+        patch.setattr(BatchApi, "create", refused)
+        patch.setattr(BatchApi, "find", missed)
+        retried = batch(tmp_path, "submit")
+    assert retried.returncode == 1 and "refused (400)" in retried.stderr and "not bound" not in retried.stderr
+    entry = manifest(tmp_path)["entries"][0]  # the token, the file and the endpoint kept: the earlier batch may exist
+    assert entry["state"] == "submitting" and entry["token"] and entry["file_id"], entry
+    assert manifest(tmp_path)["endpoint"]["mode"] == "simulator"
+    found = batch(tmp_path, "submit")  # the next submit finds it: not created (and paid) twice
+    assert found.returncode == 0 and "created before the last run stopped" in found.stdout, found.stderr[-2000:]
+    state = json.loads((tmp_path / "batches" / "simulator" / "state.json").read_text())
+    assert len(state["batches"]) == 1

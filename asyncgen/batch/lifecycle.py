@@ -65,7 +65,8 @@ async def submit(directory: Path, manifest: Manifest, api: BatchApi, say=print) 
     """Send every entry not yet sent; return them."""
     sent = []
     for entry in manifest.unsubmitted():
-        if entry.state == "submitting" and entry.token and entry.file_id:  # its create may have been sent
+        resumed = entry.state == "submitting" and bool(entry.token and entry.file_id)
+        if resumed:  # its create may have been sent
             found = await api.find(entry.token, entry.intent_at or 0)
             if found is not None:
                 update(entry, found)
@@ -78,7 +79,7 @@ async def submit(directory: Path, manifest: Manifest, api: BatchApi, say=print) 
             if not manifest.bound():
                 manifest.endpoint = api.endpoint
             manifest.save(directory)
-        with _unbound_if_nothing_created(directory, manifest, entry):
+        with _unbound_if_nothing_created(directory, manifest, entry, resumed):
             if entry.file_id is None:
                 entry.file_id = await api.upload(request_path(directory, entry))
                 manifest.save(directory)
@@ -104,15 +105,19 @@ def batch_metadata(manifest: Manifest, entry: Entry) -> dict:
 
 
 @contextlib.contextmanager
-def _unbound_if_nothing_created(directory: Path, manifest: Manifest, entry: Entry):
+def _unbound_if_nothing_created(directory: Path, manifest: Manifest, entry: Entry, resumed: bool):
     """A failed upload or a refused create (nothing created) of the directory's first batch unbinds
-    it, and the error says so; a create whose connection failed leaves it bound (it may exist)."""
+    it, and the error says so; a create whose connection failed leaves it bound (it may exist).
+    ``resumed``: the entry came in "submitting" with its file's id, so an earlier create of it may
+    have been sent (its answer lost) and made a batch that ``api.find`` did not list (yet): a refusal
+    of this create says nothing of that one, and the token, the file and the endpoint are kept, for
+    the next submit to look for it again (forgotten, that batch would be an orphan, paid twice)."""
     from asyncgen.batch.api import Refused
 
     try:
         yield
     except RunError as exc:
-        if not (isinstance(exc, Refused) or entry.file_id is None) or manifest.bound(besides=entry):
+        if resumed or not (isinstance(exc, Refused) or entry.file_id is None) or manifest.bound(besides=entry):
             raise
         entry.state, entry.token, entry.intent_at, entry.file_id = "created", None, None, None
         manifest.endpoint = None
