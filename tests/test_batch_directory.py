@@ -128,8 +128,7 @@ def test_an_interrupted_batch_run_says_which_step_it_stopped_at_and_what_it_kept
         patch.setattr(directory, "load_task_and_tokenizers", ctrl_c)
         early = batch(tmp_path, *run)
     assert early.returncode == 130
-    assert "interrupted while loading the tokenizers, before anything was written (no manifest or request file in " \
-        "batches, d40.jsonl untouched)" in early.stderr, early.stderr
+    assert "interrupted while loading the tokenizers: nothing written to batches or d40.jsonl" in early.stderr, early.stderr
     assert f"resume with: python -m asyncgen batch {' '.join(run)}" in early.stderr
     assert not (tmp_path / "batches" / "manifest.json").exists() and not (tmp_path / "d40.jsonl").exists()
 
@@ -141,6 +140,13 @@ def test_an_interrupted_batch_run_says_which_step_it_stopped_at_and_what_it_kept
     assert submitting.returncode == 130
     assert "interrupted while submitting round 1: a batch created meanwhile is found again, never submitted twice; " \
         "all kept in batches" in submitting.stderr, submitting.stderr[-2000:]
+    held = {name: (tmp_path / name).read_bytes() for name in ("batches/manifest.json", "batches/requests/round-1-part-1.jsonl")}
+    with monkeypatch.context() as patch:  # Ctrl-C while a resumed run loads them: the message is as true as before
+        patch.setattr(directory, "load_task_and_tokenizers", ctrl_c)
+        again = batch(tmp_path, *run)
+    assert again.returncode == 130 and "no manifest" not in again.stderr, again.stderr
+    assert "interrupted while loading the tokenizers: nothing written to batches or d40.jsonl" in again.stderr
+    assert held == {name: (tmp_path / name).read_bytes() for name in held}
     resumed = batch(tmp_path, *run)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
@@ -217,3 +223,19 @@ def test_a_refused_retry_of_a_create_whose_answer_was_lost_keeps_the_directory_b
     assert found.returncode == 0 and "created before the last run stopped" in found.stdout, found.stderr[-2000:]
     state = json.loads((tmp_path / "batches" / "simulator" / "state.json").read_text())
     assert len(state["batches"]) == 1
+
+
+def test_a_rebuild_refused_for_want_of_a_target_leaves_the_dataset_as_it_was(tmp_path):
+    assert batch(tmp_path, "run", "--num-scenarios", "20", "--dir", "b20", "--output", "d20.jsonl").returncode == 0
+    for step in (["create", "--num-scenarios", "40", "--dir", "bx", "--output", "d20.jsonl"], ["submit", "--dir", "bx"]):
+        assert batch(tmp_path, *step).returncode == 0, step
+    forget_dataset(tmp_path / "bx")  # its batch names no target; d20's checkpoint records b20's, not bx's
+    (tmp_path / "bx" / "manifest.json").unlink()
+    from asyncgen.scenario import Scenario, encode_lines
+    with (tmp_path / "d20.jsonl").open("ab") as dataset:  # a torn append: opening the dataset's sink would cut it
+        dataset.write(encode_lines(20, "refusal", Scenario("a", "b", "c", "d"))[:30])
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("d20*")}
+    refused = batch(tmp_path, "rebuild", "--dir", "bx", "--output", "d20.jsonl", "--force")
+    assert refused.returncode == 2 and "give --num-scenarios N (nothing was written)" in refused.stderr, refused.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("d20*")} == before
+    assert not (tmp_path / "bx" / "manifest.json").exists()

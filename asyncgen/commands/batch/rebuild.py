@@ -70,6 +70,8 @@ def cmd_rebuild(args) -> int:
     adopted, metadata = run_event_loop(go())
     manifest.output, target = _dataset_and_target(args, directory, manifest.directory_id, metadata)
     checkpoint = Path(args.checkpoint or default_checkpoint_path(manifest.output))
+    if not (args.num_scenarios or target or _recorded_target(checkpoint, manifest.directory_id)):
+        raise UsageError(_no_target(directory, manifest.output) + " (nothing was written)")  # the sink not even opened
     record, missing = _recorded_accounting(setup, manifest, checkpoint, args.force)
     files, unsent = len(manifest.entries), sum(e.batch_id is None for e in manifest.entries)
     if record is not None:
@@ -80,9 +82,8 @@ def cmd_rebuild(args) -> int:
         else:
             target = int(record.get("target") or 0) or target
     target = args.num_scenarios or target
-    if target is None:
-        raise UsageError(f"cannot tell the target of {directory}'s dataset {manifest.output}: nothing records it (no batch "
-                         "of it found, no record in the dataset's checkpoint); give --num-scenarios N (nothing was written)")
+    if target is None:  # the checkpoint's record named one, but did not fit: the dataset was opened (and checked)
+        raise UsageError(_no_target(directory, manifest.output) + f" ({missing}; no manifest was written)")
     manifest.target = target
     lifecycle.recover_resubmitted(directory, manifest)
     manifest.save(directory)
@@ -102,6 +103,18 @@ def cmd_rebuild(args) -> int:
     print(f"task {manifest.task}, model {manifest.model}, dataset {manifest.output}, target {manifest.target}; "
           f"next: python -m asyncgen batch run --dir {directory} (or `batch process`)")
     return 0
+
+
+def _no_target(directory: Path, output: str) -> str:
+    return (f"cannot tell the target of {directory}'s dataset {output}: nothing records it (no batch of it found, no "
+            "record in the dataset's checkpoint); give --num-scenarios N")
+
+
+def _recorded_target(checkpoint: Path, directory_id: str) -> int | None:
+    """The target the dataset's checkpoint records for the directory, read as it is (the sink not opened)."""
+    records, _ = _recorded_directories(checkpoint)
+    record = records.get(directory_id)
+    return _number(str(record.get("target"))) if isinstance(record, dict) else None
 
 
 def _recorded_accounting(setup: Setup, manifest: Manifest, checkpoint: Path, force: bool) -> tuple[dict | None, str]:

@@ -54,9 +54,8 @@ def cmd_run(args) -> int:
     try:
         setup = load_setup(args, load_tokenizers=True)
     except KeyboardInterrupt:
-        print_summary(f"asyncgen batch run: interrupted while loading the tokenizers, before anything was written (no manifest "
-                      f"or request file in {args.dir}, {args.output or 'the dataset'} untouched)\n  resume with: "
-             f"{resume_command(args)}")
+        print_summary(f"asyncgen batch run: interrupted while loading the tokenizers: nothing "
+                      f"written to {args.dir} or {args.output or 'the dataset'}\n  resume with: {resume_command(args)}")
         return 130
     manifest = setup.manifest
     if manifest is None:
