@@ -239,3 +239,30 @@ def test_a_rebuild_refused_for_want_of_a_target_leaves_the_dataset_as_it_was(tmp
     assert refused.returncode == 2 and "give --num-scenarios N (nothing was written)" in refused.stderr, refused.stderr
     assert {p.name: p.read_bytes() for p in tmp_path.glob("d20*")} == before
     assert not (tmp_path / "bx" / "manifest.json").exists()
+
+
+def test_a_stale_endpoint_of_a_killed_first_upload_is_read_nowhere(tmp_path):
+    """A first upload killed leaves an endpoint the directory is not bound to: the cost's "simulated"
+    flag, the poll interval and the scoring summary read where the batches go as ``directory_endpoint``
+    does (``Manifest.bound_endpoint``), never the raw field."""
+    import pathlib
+    import re
+    from types import SimpleNamespace
+
+    from asyncgen.batch.endpoint import directory_endpoint
+    from asyncgen.batch.manifest import Entry, Manifest
+    from asyncgen.commands.batch.directory import Setup
+    from asyncgen.commands.batch.summary import run_cost
+
+    killed = Entry("round-1-part-1.jsonl", 1, 10, state="submitting", token="0" * 32, usage={"input": 10, "output": 10})
+    stale = Manifest("refusal", "gpt-4o", {}, 20, "d.jsonl", endpoint={"mode": "simulator", "base_url": None, "seed": 0},
+                     entries=[killed])
+    args = SimpleNamespace(base_url="http://127.0.0.1:9/v1", seed=0)
+    assert stale.bound_endpoint() is None and directory_endpoint(args, stale)["mode"] == "custom"
+    assert run_cost(Setup(tmp_path, stale), stale, "custom")[2] is False  # not the simulator's usage
+    killed.file_id = "file-1"  # uploaded: its create may have been sent, so the directory is bound there
+    assert stale.bound_endpoint() == stale.endpoint and run_cost(Setup(tmp_path, stale), stale, "custom")[2] is True
+    package = pathlib.Path(__file__).resolve().parents[1] / "asyncgen"
+    raw = [f"{path.relative_to(package)}: {line.strip()}" for path in package.rglob("*.py") if path.name != "manifest.py"
+           for line in path.read_text().splitlines() if re.search(r"manifest\.endpoint\b(?!\s*=[^=])", line)]
+    assert raw == []
