@@ -27,7 +27,7 @@ def forget_dataset(directory) -> None:
     state = directory / "simulator" / "state.json"
     simulated = json.loads(state.read_text())
     for made in simulated["batches"]:
-        made["metadata"] = {k: v for k, v in made["metadata"].items() if k not in ("asyncgen_output", "asyncgen_target")}
+        made["metadata"] = {k: v for k, v in made["metadata"].items() if k not in ("asyncgen_output", "asyncgen_output_tag", "asyncgen_target")}
     state.write_text(json.dumps(simulated))
 
 
@@ -266,3 +266,51 @@ def test_a_stale_endpoint_of_a_killed_first_upload_is_read_nowhere(tmp_path):
     raw = [f"{path.relative_to(package)}: {line.strip()}" for path in package.rglob("*.py") if path.name != "manifest.py"
            for line in path.read_text().splitlines() if re.search(r"manifest\.endpoint\b(?!\s*=[^=])", line)]
     assert raw == []
+
+
+def test_batches_carry_no_path_and_a_rebuild_takes_a_dataset_only_by_its_tag(tmp_path):
+    from asyncgen.batch.lifecycle import dataset_tag
+
+    mine = tmp_path / "mine.jsonl"
+    for step in (["create", "--num-scenarios", "40", "--output", str(mine)], ["submit"]):
+        assert batch(tmp_path, *step).returncode == 0
+    state = tmp_path / "batches" / "simulator" / "state.json"
+    sent = json.loads(state.read_text())["batches"][0]["metadata"]
+    assert sent["asyncgen_output"] == "mine.jsonl" and sent["asyncgen_output_tag"] == dataset_tag(mine)
+    assert sent["asyncgen_task"] == "refusal" and not [v for v in sent.values() if "/" in v or str(tmp_path) in v]
+    assert len(sent) <= 16 and max(map(len, sent.values())) <= 512  # the Batch API's limits
+    lost = tmp_path / "batches" / "manifest.json"
+    lost.unlink()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "mine.jsonl").write_text("")  # the name, another path: not it
+    away = batch(tmp_path / "elsewhere", "rebuild", "--dir", "../batches")  # the one beside --dir is
+    assert away.returncode == 0 and f"dataset {mine.resolve()}, target 40;" in away.stdout, away.stderr[-2000:]
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.copytree(tmp_path / "batches", moved / "batches")
+    (moved / "batches" / "manifest.json").unlink()
+    (moved / "mine.jsonl").write_text("")
+    refused = batch(moved, "rebuild")  # a mine.jsonl here and beside --dir, neither the one the batch was for
+    assert refused.returncode == 2 and "its batches name a dataset mine.jsonl, but no mine.jsonl in" in refused.stderr
+    assert "give --output DATASET" in refused.stderr and not (moved / "batches" / "manifest.json").exists()
+
+    def injected(simulated):  # what a hostile --base-url server could send back
+        simulated["batches"][0]["metadata"].update(asyncgen_output="\x1b]0;pwned\x07mine.jsonl",
+                                                   asyncgen_task="\x1b[2Jrefusal", asyncgen_output_tag="../../x")
+        return simulated
+    state.write_text(json.dumps(injected(json.loads(state.read_text()))))
+    lost.unlink()
+    shown = batch(tmp_path, "rebuild")
+    assert shown.returncode == 2 and "\x1b" not in shown.stdout + shown.stderr, shown.stderr
+    assert "do not name it" in shown.stderr
+
+
+def test_metadata_from_a_server_is_taken_only_as_plain_names():
+    from asyncgen.batch.api import trusted_metadata
+    from asyncgen.batch.lifecycle import task_label
+
+    sent = {"asyncgen_file": "round-1-part-1.jsonl", "asyncgen_target": "40", "asyncgen_output": "d.jsonl"}
+    assert trusted_metadata({**sent, "a": "../d.jsonl", "b": "/home/x/d.jsonl", "c": "x\\y", "d": "\x1b[31m",
+                             "e": "\u202ed", "f": "x" * 513, "g": 7, "h": ""}) == sent
+    assert trusted_metadata(None) == {} and trusted_metadata(["x"]) == {}
+    assert task_label("/home/alice/tasks/mine.yaml") == "mine.yaml" and task_label("refusal") == "refusal"
