@@ -314,3 +314,40 @@ def test_metadata_from_a_server_is_taken_only_as_plain_names():
                              "e": "\u202ed", "f": "x" * 513, "g": 7, "h": ""}) == sent
     assert trusted_metadata(None) == {} and trusted_metadata(["x"]) == {}
     assert task_label("/home/alice/tasks/mine.yaml") == "mine.yaml" and task_label("refusal") == "refusal"
+
+
+def test_a_stop_to_one_batch_run_leaves_another_runs_pass_alone():
+    """Two ``batch run``s in one process (the Python API's threads): the stop of one reaches its own
+    validation pass only, never the pass the other runs meanwhile."""
+    import asyncio
+    import threading
+
+    import pytest
+
+    from asyncgen.commands.batch.processing import Interrupts
+    from asyncgen.commands.batch.run import _stop_from_any_thread
+
+    other, entered, leave = Interrupts(), threading.Event(), threading.Event()
+
+    def other_runs_pass():
+        with other:
+            entered.set()
+            leave.wait(10)
+    thread = threading.Thread(target=other_runs_pass)
+    thread.start()
+    assert entered.wait(10)
+    mine = Interrupts()
+
+    async def this_run():
+        stop = _stop_from_any_thread(asyncio.current_task(), mine)
+        with mine:  # this run's pass: the stop reaches it
+            stop()
+            assert mine.stop()
+        await asyncio.sleep(10)  # cancelled by the stop
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            asyncio.run(this_run())
+    finally:
+        leave.set()
+        thread.join()
+    assert mine.count == 1 and not other.stop()
