@@ -391,7 +391,7 @@ def _report(job: Job, directory: Path, manifest: Manifest, path: Path, outcome: 
              f"state in {directory}"
              f"\n  job cost        {_money(at_batch)} at batch prices (real time: {_money(at_real)}{ratio})"
              + (" (simulated: the offline simulator's usage at real prices)"
-               if (manifest.endpoint or {}).get("mode") == "simulator" else ""))
+               if (manifest.bound_endpoint() or {}).get("mode") == "simulator" else ""))
     print_summary(text)
     resume, cancel_it = _command(args), _command(args, add=("--cancel",))
     if stop is None:

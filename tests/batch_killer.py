@@ -8,6 +8,7 @@ The kill-safety tests of ``asyncgen batch run`` use it to die at exact moments:
 - ``scoring:K``: after the K-th scenario ``score --batch`` appended to the scores file;
 - ``real-time-wave``: after the first wave of real-time requests (the pilot's, or a finish's) put
   its pairs in the dataset, before the manifest records the wave's end;
+- ``pilot-answer:K``: mid-pilot, once K real-time answers were taken (and recorded), as the next is taken;
 - ``sigint-last-chunk``: not a kill: a SIGINT (Ctrl-C) to itself while the first processing pass
   validates its last chunk (inline validation: ``--validator-workers 0``, the default).
 """
@@ -82,6 +83,18 @@ def main() -> int:
             die()
 
         pilot.run_pilot = run_pilot_then_die
+    elif point.startswith("pilot-answer:"):
+        from asyncgen.acceptance import Acceptance
+
+        take, limit, taken = Acceptance.take, int(point.split(":")[1]), []
+
+        def die_at_the_next_answer(self, verdicts):
+            if len(taken) >= limit:
+                die()
+            taken.append(1)
+            return take(self, verdicts)
+
+        Acceptance.take = die_at_the_next_answer
     elif point == "sigint-last-chunk":
         from asyncgen.batch import process
 

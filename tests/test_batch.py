@@ -833,7 +833,9 @@ def test_a_lost_manifest_is_rebuilt_from_the_directory_not_paid_again(downloaded
         refused = batch(tmp_path, *command)
         assert refused.returncode == 2 and "batch rebuild --dir batches" in refused.stderr, (command, refused.stderr)
     assert requests.read_bytes() == before
-    rebuilt = batch(tmp_path, "rebuild")
+    moved = batch(tmp_path, "rebuild")  # the directory was made elsewhere: its batch's dataset.jsonl is not this one
+    assert moved.returncode == 2 and "give --output DATASET (and --num-scenarios N)" in moved.stderr, moved.stderr
+    rebuilt = batch(tmp_path, "rebuild", "--output", "dataset.jsonl", "--num-scenarios", "40")
     assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
     assert "1 with their batch found (1 downloaded), 0 never sent" in rebuilt.stdout
     done = batch(tmp_path, "run", "--num-scenarios", "40", "--poll-seconds", "0.05")

@@ -27,7 +27,7 @@ def forget_dataset(directory) -> None:
     state = directory / "simulator" / "state.json"
     simulated = json.loads(state.read_text())
     for made in simulated["batches"]:
-        made["metadata"] = {k: v for k, v in made["metadata"].items() if k not in ("asyncgen_output", "asyncgen_target")}
+        made["metadata"] = {k: v for k, v in made["metadata"].items() if k not in ("asyncgen_output", "asyncgen_output_tag", "asyncgen_target")}
     state.write_text(json.dumps(simulated))
 
 
@@ -128,8 +128,7 @@ def test_an_interrupted_batch_run_says_which_step_it_stopped_at_and_what_it_kept
         patch.setattr(directory, "load_task_and_tokenizers", ctrl_c)
         early = batch(tmp_path, *run)
     assert early.returncode == 130
-    assert "interrupted while loading the tokenizers, before anything was written (no manifest or request file in " \
-        "batches, d40.jsonl untouched)" in early.stderr, early.stderr
+    assert "interrupted while loading the tokenizers: nothing written to batches or d40.jsonl" in early.stderr, early.stderr
     assert f"resume with: python -m asyncgen batch {' '.join(run)}" in early.stderr
     assert not (tmp_path / "batches" / "manifest.json").exists() and not (tmp_path / "d40.jsonl").exists()
 
@@ -141,6 +140,13 @@ def test_an_interrupted_batch_run_says_which_step_it_stopped_at_and_what_it_kept
     assert submitting.returncode == 130
     assert "interrupted while submitting round 1: a batch created meanwhile is found again, never submitted twice; " \
         "all kept in batches" in submitting.stderr, submitting.stderr[-2000:]
+    held = {name: (tmp_path / name).read_bytes() for name in ("batches/manifest.json", "batches/requests/round-1-part-1.jsonl")}
+    with monkeypatch.context() as patch:  # Ctrl-C while a resumed run loads them: the message is as true as before
+        patch.setattr(directory, "load_task_and_tokenizers", ctrl_c)
+        again = batch(tmp_path, *run)
+    assert again.returncode == 130 and "no manifest" not in again.stderr, again.stderr
+    assert "interrupted while loading the tokenizers: nothing written to batches or d40.jsonl" in again.stderr
+    assert held == {name: (tmp_path / name).read_bytes() for name in held}
     resumed = batch(tmp_path, *run)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
@@ -185,3 +191,163 @@ def test_a_pilot_that_reached_nothing_is_sent_again_where_the_next_run_says(tmp_
     again = batch(tmp_path, *run)  # offline now: the pilot measured nothing, so it goes again, there
     assert again.returncode == 0, again.stderr[-2000:]
     assert "pilot, wave 1: 2 answered" in again.stderr and manifest(tmp_path)["endpoint"]["mode"] == "simulator"
+
+
+def test_a_refused_retry_of_a_create_whose_answer_was_lost_keeps_the_directory_bound(tmp_path, monkeypatch):
+    from asyncgen.batch.api import BatchApi, Refused
+    from asyncgen.errors import RunError
+
+    assert batch(tmp_path, "create", "--num-scenarios", "20").returncode == 0
+    create = BatchApi.create
+
+    async def created_then_lost(self, *args, **kwargs):  # the batch is made, its answer never comes back
+        await create(self, *args, **kwargs)
+        raise RunError("creating a batch: cannot reach the API (connection lost)")
+
+    async def refused(self, *args, **kwargs):
+        raise Refused("creating a batch refused (400): try again later")
+
+    async def missed(self, token, since):  # the list did not show the earlier batch (yet)
+        return None
+    with monkeypatch.context() as patch:
+        patch.setattr(BatchApi, "create", created_then_lost)
+        assert batch(tmp_path, "submit").returncode == 1
+        patch.setattr(BatchApi, "create", refused)
+        patch.setattr(BatchApi, "find", missed)
+        retried = batch(tmp_path, "submit")
+    assert retried.returncode == 1 and "refused (400)" in retried.stderr and "not bound" not in retried.stderr
+    entry = manifest(tmp_path)["entries"][0]  # the token, the file and the endpoint kept: the earlier batch may exist
+    assert entry["state"] == "submitting" and entry["token"] and entry["file_id"], entry
+    assert manifest(tmp_path)["endpoint"]["mode"] == "simulator"
+    found = batch(tmp_path, "submit")  # the next submit finds it: not created (and paid) twice
+    assert found.returncode == 0 and "created before the last run stopped" in found.stdout, found.stderr[-2000:]
+    state = json.loads((tmp_path / "batches" / "simulator" / "state.json").read_text())
+    assert len(state["batches"]) == 1
+
+
+def test_a_rebuild_refused_for_want_of_a_target_leaves_the_dataset_as_it_was(tmp_path):
+    assert batch(tmp_path, "run", "--num-scenarios", "20", "--dir", "b20", "--output", "d20.jsonl").returncode == 0
+    for step in (["create", "--num-scenarios", "40", "--dir", "bx", "--output", "d20.jsonl"], ["submit", "--dir", "bx"]):
+        assert batch(tmp_path, *step).returncode == 0, step
+    forget_dataset(tmp_path / "bx")  # its batch names no target; d20's checkpoint records b20's, not bx's
+    (tmp_path / "bx" / "manifest.json").unlink()
+    from asyncgen.scenario import Scenario, encode_lines
+    with (tmp_path / "d20.jsonl").open("ab") as dataset:  # a torn append: opening the dataset's sink would cut it
+        dataset.write(encode_lines(20, "refusal", Scenario("a", "b", "c", "d"))[:30])
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("d20*")}
+    refused = batch(tmp_path, "rebuild", "--dir", "bx", "--output", "d20.jsonl", "--force")
+    assert refused.returncode == 2 and "give --num-scenarios N (nothing was written)" in refused.stderr, refused.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("d20*")} == before
+    assert not (tmp_path / "bx" / "manifest.json").exists()
+
+
+def test_a_stale_endpoint_of_a_killed_first_upload_is_read_nowhere(tmp_path):
+    """A first upload killed leaves an endpoint the directory is not bound to: the cost's "simulated"
+    flag, the poll interval and the scoring summary read where the batches go as ``directory_endpoint``
+    does (``Manifest.bound_endpoint``), never the raw field."""
+    import pathlib
+    import re
+    from types import SimpleNamespace
+
+    from asyncgen.batch.endpoint import directory_endpoint
+    from asyncgen.batch.manifest import Entry, Manifest
+    from asyncgen.commands.batch.directory import Setup
+    from asyncgen.commands.batch.summary import run_cost
+
+    killed = Entry("round-1-part-1.jsonl", 1, 10, state="submitting", token="0" * 32, usage={"input": 10, "output": 10})
+    stale = Manifest("refusal", "gpt-4o", {}, 20, "d.jsonl", endpoint={"mode": "simulator", "base_url": None, "seed": 0},
+                     entries=[killed])
+    args = SimpleNamespace(base_url="http://127.0.0.1:9/v1", seed=0)
+    assert stale.bound_endpoint() is None and directory_endpoint(args, stale)["mode"] == "custom"
+    assert run_cost(Setup(tmp_path, stale), stale, "custom")[2] is False  # not the simulator's usage
+    killed.file_id = "file-1"  # uploaded: its create may have been sent, so the directory is bound there
+    assert stale.bound_endpoint() == stale.endpoint and run_cost(Setup(tmp_path, stale), stale, "custom")[2] is True
+    package = pathlib.Path(__file__).resolve().parents[1] / "asyncgen"
+    raw = [f"{path.relative_to(package)}: {line.strip()}" for path in package.rglob("*.py") if path.name != "manifest.py"
+           for line in path.read_text().splitlines() if re.search(r"manifest\.endpoint\b(?!\s*=[^=])", line)]
+    assert raw == []
+
+
+def test_batches_carry_no_path_and_a_rebuild_takes_a_dataset_only_by_its_tag(tmp_path):
+    from asyncgen.batch.lifecycle import dataset_tag
+
+    mine = tmp_path / "mine.jsonl"
+    for step in (["create", "--num-scenarios", "40", "--output", str(mine)], ["submit"]):
+        assert batch(tmp_path, *step).returncode == 0
+    state = tmp_path / "batches" / "simulator" / "state.json"
+    sent = json.loads(state.read_text())["batches"][0]["metadata"]
+    assert sent["asyncgen_output"] == "mine.jsonl" and sent["asyncgen_output_tag"] == dataset_tag(mine)
+    assert sent["asyncgen_task"] == "refusal" and not [v for v in sent.values() if "/" in v or str(tmp_path) in v]
+    assert len(sent) <= 16 and max(map(len, sent.values())) <= 512  # the Batch API's limits
+    lost = tmp_path / "batches" / "manifest.json"
+    lost.unlink()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "mine.jsonl").write_text("")  # the name, another path: not it
+    away = batch(tmp_path / "elsewhere", "rebuild", "--dir", "../batches")  # the one beside --dir is
+    assert away.returncode == 0 and f"dataset {mine.resolve()}, target 40;" in away.stdout, away.stderr[-2000:]
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.copytree(tmp_path / "batches", moved / "batches")
+    (moved / "batches" / "manifest.json").unlink()
+    (moved / "mine.jsonl").write_text("")
+    refused = batch(moved, "rebuild")  # a mine.jsonl here and beside --dir, neither the one the batch was for
+    assert refused.returncode == 2 and "its batches name a dataset mine.jsonl, but no mine.jsonl in" in refused.stderr
+    assert "give --output DATASET" in refused.stderr and not (moved / "batches" / "manifest.json").exists()
+
+    def injected(simulated):  # what a hostile --base-url server could send back
+        simulated["batches"][0]["metadata"].update(asyncgen_output="\x1b]0;pwned\x07mine.jsonl",
+                                                   asyncgen_task="\x1b[2Jrefusal", asyncgen_output_tag="../../x")
+        return simulated
+    state.write_text(json.dumps(injected(json.loads(state.read_text()))))
+    lost.unlink()
+    shown = batch(tmp_path, "rebuild")
+    assert shown.returncode == 2 and "\x1b" not in shown.stdout + shown.stderr, shown.stderr
+    assert "do not name it" in shown.stderr
+
+
+def test_metadata_from_a_server_is_taken_only_as_plain_names():
+    from asyncgen.batch.api import trusted_metadata
+    from asyncgen.batch.lifecycle import task_label
+
+    sent = {"asyncgen_file": "round-1-part-1.jsonl", "asyncgen_target": "40", "asyncgen_output": "d.jsonl"}
+    assert trusted_metadata({**sent, "a": "../d.jsonl", "b": "/home/x/d.jsonl", "c": "x\\y", "d": "\x1b[31m",
+                             "e": "\u202ed", "f": "x" * 513, "g": 7, "h": ""}) == sent
+    assert trusted_metadata(None) == {} and trusted_metadata(["x"]) == {}
+    assert task_label("/home/alice/tasks/mine.yaml") == "mine.yaml" and task_label("refusal") == "refusal"
+
+
+def test_a_stop_to_one_batch_run_leaves_another_runs_pass_alone():
+    """Two ``batch run``s in one process (the Python API's threads): the stop of one reaches its own
+    validation pass only, never the pass the other runs meanwhile."""
+    import asyncio
+    import threading
+
+    import pytest
+
+    from asyncgen.commands.batch.processing import Interrupts
+    from asyncgen.commands.batch.run import _stop_from_any_thread
+
+    other, entered, leave = Interrupts(), threading.Event(), threading.Event()
+
+    def other_runs_pass():
+        with other:
+            entered.set()
+            leave.wait(10)
+    thread = threading.Thread(target=other_runs_pass)
+    thread.start()
+    assert entered.wait(10)
+    mine = Interrupts()
+
+    async def this_run():
+        stop = _stop_from_any_thread(asyncio.current_task(), mine)
+        with mine:  # this run's pass: the stop reaches it
+            stop()
+            assert mine.stop()
+        await asyncio.sleep(10)  # cancelled by the stop
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            asyncio.run(this_run())
+    finally:
+        leave.set()
+        thread.join()
+    assert mine.count == 1 and not other.stop()

@@ -350,3 +350,18 @@ def test_ctrl_c_during_a_finish_wave_keeps_the_pairs_of_what_was_answered(tmp_pa
     assert held() >= at_signal > 60 - left
     assert re.search(r"finish\s+\d+ real-time requests asked for the last round's shortfall, \d+ of them not answered",
                      stderr), stderr[-2000:]
+
+
+def test_a_pilot_killed_after_some_answers_keeps_their_yields_and_round_one_is_sized_by_them(tmp_path):
+    """Each pilot answer's yield is saved with its usage: SIGKILLed mid-pilot, the next run sizes round 1
+    by what the pilot measured (it was paid), not by the prior, and sends no pilot again."""
+    flags = ("run", "--num-scenarios", "200", "--pilot-requests", "8", "--poll-seconds", "0.05")
+    killed = batch(tmp_path, *flags, point="pilot-answer:3")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    state = manifest(tmp_path)
+    pilot = [e for e in state["entries"] if e["source"] == "pilot"]
+    assert len(pilot) == 1 and pilot[0]["request_counts"]["completed"] >= 3
+    assert len(state["totals"].get("pilot_yields", [])) == 3, state["totals"]
+    planned = batch(tmp_path, "topup")  # round 1 planned from what the killed pilot measured
+    assert planned.returncode == 0, planned.stderr[-2000:]
+    assert "measured by a pilot of 3 real-time requests" in planned.stdout + planned.stderr, planned.stdout

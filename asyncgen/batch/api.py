@@ -6,6 +6,7 @@ the batch directory's state: what a failed call means for it is ``lifecycle.subm
 from __future__ import annotations
 
 import contextlib
+import unicodedata
 from pathlib import Path
 
 import openai
@@ -16,6 +17,21 @@ LIST_PAGE = 100
 # A batch created by a killed submit is found by its metadata among the batches created since its
 # intent was written, less this much for clocks that disagree.
 CLOCK_SLACK_S = 600
+
+
+METADATA_VALUE_MAX = 512  # characters of a batch's metadata value (the Batch API's limit; 16 keys at most)
+
+
+def trusted_metadata(metadata) -> dict:
+    """The values of a batch's metadata that may be taken as names (of a file, a task, a dataset) or
+    ids, and shown: strings of at most ``METADATA_VALUE_MAX`` characters with no control or format
+    character (a terminal escape from a server), no path separator and no "..". The rest is
+    dropped: what comes back from a server is trusted no more than any outside file."""
+    if not isinstance(metadata, dict):
+        return {}
+    return {key: value for key, value in metadata.items() if isinstance(key, str) and isinstance(value, str)
+            and 0 < len(value) <= METADATA_VALUE_MAX and ".." not in value and "/" not in value and "\\" not in value
+            and not any(unicodedata.category(c) in ("Cc", "Cf") for c in key + value)}
 
 
 class Refused(ApiError):
@@ -98,7 +114,7 @@ class BatchApi:
             async for batch in self.client.batches.list(limit=LIST_PAGE):
                 if batch.created_at < since - CLOCK_SLACK_S:
                     break
-                found.append({**batch.model_dump(), "metadata": batch.metadata or {}})
+                found.append({**batch.model_dump(), "metadata": trusted_metadata(batch.metadata)})
         return found
 
     async def content(self, file_id: str) -> bytes:

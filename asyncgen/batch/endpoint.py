@@ -36,8 +36,9 @@ POLL_SECONDS = {"simulator": 0.25, "custom": 10.0, "openai": 60.0}
 def directory_endpoint(args, manifest: Manifest) -> dict:
     """Where the batch directory's requests go: where its batches went (the first submit records
     it; ``Manifest.bound``), else where the flags say."""
-    if manifest.endpoint is not None and manifest.bound():
-        return manifest.endpoint
+    bound = manifest.bound_endpoint()
+    if bound is not None:
+        return bound
     mode, base_url, _ = request_destination(args)
     # The offline simulator works batches out from its seed: it must stay the same across restarts.
     return {"mode": mode, "base_url": base_url, "seed": getattr(args, "seed", None) or 0}

@@ -18,6 +18,7 @@ connection failed may have been created: the directory stays bound, and the next
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 import time
 import uuid
@@ -35,7 +36,7 @@ if TYPE_CHECKING:  # the SDK takes seconds to import: only the commands that cal
     from asyncgen.batch.api import BatchApi
 
 REQUESTS, RESULTS = "requests", "results"
-METADATA_VALUE_MAX = 512  # characters of a batch's metadata value (the Batch API's limit)
+DATASET_TAG_CHARS = 16  # hex digits of ``dataset_tag``: 64 bits, no two paths of one machine alike
 
 
 def request_path(directory: Path, entry: Entry) -> Path:
@@ -65,7 +66,8 @@ async def submit(directory: Path, manifest: Manifest, api: BatchApi, say=print) 
     """Send every entry not yet sent; return them."""
     sent = []
     for entry in manifest.unsubmitted():
-        if entry.state == "submitting" and entry.token and entry.file_id:  # its create may have been sent
+        resumed = entry.state == "submitting" and bool(entry.token and entry.file_id)
+        if resumed:  # its create may have been sent
             found = await api.find(entry.token, entry.intent_at or 0)
             if found is not None:
                 update(entry, found)
@@ -78,7 +80,7 @@ async def submit(directory: Path, manifest: Manifest, api: BatchApi, say=print) 
             if not manifest.bound():
                 manifest.endpoint = api.endpoint
             manifest.save(directory)
-        with _unbound_if_nothing_created(directory, manifest, entry):
+        with _unbound_if_nothing_created(directory, manifest, entry, resumed):
             if entry.file_id is None:
                 entry.file_id = await api.upload(request_path(directory, entry))
                 manifest.save(directory)
@@ -91,28 +93,46 @@ async def submit(directory: Path, manifest: Manifest, api: BatchApi, say=print) 
 
 
 def batch_metadata(manifest: Manifest, entry: Entry) -> dict:
-    """What a batch carries of the directory (strings, as the API takes them): the intent's token (a
-    killed submit finds its batch by it), the file, task and directory (``recover_batches`` adopts
-    batches by them), and the dataset and target its round was planned for (``batch rebuild`` takes
-    them back when the manifest is lost: nothing else in the directory records them; the dataset's
-    path as given, left out when longer than the API allows)."""
-    metadata = {"asyncgen_token": entry.token, "asyncgen_file": entry.name, "asyncgen_task": manifest.task,
-                "asyncgen_dir": manifest.directory_id, "asyncgen_target": str(manifest.round_target or manifest.target)}
-    if len(manifest.output) <= METADATA_VALUE_MAX:
-        metadata["asyncgen_output"] = manifest.output
-    return metadata
+    """What a batch carries of the directory (strings, as the API takes them; 7 keys of the 16 it
+    allows): the intent's token (a killed submit finds its batch by it), the file, task and directory
+    (``recover_batches`` adopts batches by them), and the dataset and target its round was planned
+    for (``batch rebuild`` takes them back when the manifest is lost). No path leaves the machine:
+    of the dataset, its file name and ``dataset_tag`` (a rebuild takes a dataset of that name only if
+    its path has that tag); of a task file, its name. A name the API would not take back
+    (``api.trusted_metadata``) or longer than it allows is left out."""
+    metadata = {"asyncgen_token": entry.token, "asyncgen_file": entry.name, "asyncgen_task": task_label(manifest.task),
+                "asyncgen_dir": manifest.directory_id, "asyncgen_target": str(manifest.round_target or manifest.target),
+                "asyncgen_output": Path(manifest.output).name, "asyncgen_output_tag": dataset_tag(manifest.output)}
+    from asyncgen.batch.api import trusted_metadata
+
+    return trusted_metadata(metadata)
+
+
+def task_label(task: str) -> str:
+    """What a batch's metadata says of the task: its name, or a task file's name (not its path)."""
+    return Path(task).name
+
+
+def dataset_tag(path: str | Path) -> str:
+    """A short hash of the dataset's absolute path, resolved: what a batch's metadata carries of where
+    the dataset is, without saying it (``batch rebuild`` checks a candidate dataset against it)."""
+    return hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:DATASET_TAG_CHARS]
 
 
 @contextlib.contextmanager
-def _unbound_if_nothing_created(directory: Path, manifest: Manifest, entry: Entry):
+def _unbound_if_nothing_created(directory: Path, manifest: Manifest, entry: Entry, resumed: bool):
     """A failed upload or a refused create (nothing created) of the directory's first batch unbinds
-    it, and the error says so; a create whose connection failed leaves it bound (it may exist)."""
+    it, and the error says so; a create whose connection failed leaves it bound (it may exist).
+    ``resumed``: the entry came in "submitting" with its file's id, so an earlier create of it may
+    have been sent (its answer lost) and made a batch that ``api.find`` did not list (yet): a refusal
+    of this create says nothing of that one, and the token, the file and the endpoint are kept, for
+    the next submit to look for it again (forgotten, that batch would be an orphan, paid twice)."""
     from asyncgen.batch.api import Refused
 
     try:
         yield
     except RunError as exc:
-        if not (isinstance(exc, Refused) or entry.file_id is None) or manifest.bound(besides=entry):
+        if resumed or not (isinstance(exc, Refused) or entry.file_id is None) or manifest.bound(besides=entry):
             raise
         entry.state, entry.token, entry.intent_at, entry.file_id = "created", None, None, None
         manifest.endpoint = None
@@ -235,9 +255,10 @@ async def recover_batches(directory: Path, manifest: Manifest, api: BatchApi) ->
                 continue
         elif await api.content(batch["input_file_id"]) != request_path(directory, entry).read_bytes():
             continue
-        if metadata.get("asyncgen_task", manifest.task) != manifest.task:
+        label = task_label(manifest.task)
+        if metadata.get("asyncgen_task", label) != label:
             raise UsageError(f"{entry.name} went to batch {batch['id']} for task {metadata['asyncgen_task']!r}, "
-                             f"not {manifest.task!r}: pass --task {metadata['asyncgen_task']}")
+                             f"not {label!r}: pass --task {metadata['asyncgen_task']} (or that task file)")
         update(entry, batch)
         entry.file_id = batch.get("input_file_id")
         adopted.append(entry)

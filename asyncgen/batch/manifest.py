@@ -206,6 +206,11 @@ class Manifest:
         return any(e.batch_id or (e.state == "submitting" and e.file_id) for e in self.entries
                    if e.source == "api" and e is not besides)
 
+    def bound_endpoint(self) -> dict | None:
+        """Where the directory's batches went (``endpoint``) if it is ``bound`` there; None if not (a
+        stale endpoint, left by a first upload that was killed, says nothing): the one way to read it."""
+        return self.endpoint if self.endpoint is not None and self.bound() else None
+
     def in_flight(self) -> list[Entry]:
         """Entries sent (or being sent) whose batch has not ended."""
         return [e for e in self.entries if e.source == "api" and e.state in ("submitting", "submitted") and not e.terminal]

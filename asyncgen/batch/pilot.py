@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 from asyncgen.acceptance import Acceptance
 from asyncgen.annotations import Sidecar
@@ -40,12 +40,13 @@ class PilotResult:
 async def run_pilot(client, api_key: str | None, task: Task, settings: GenerationSettings, price: Price | None,
                     numbers: Sequence[int], avoid_pool: Sequence[str], avoid_chars: int, *, trust_env: bool,
                     sink: ScenarioSink, validator: PairValidator, annotations: Sidecar | None,
-                    stats: RunStats, result: PilotResult) -> None:
+                    stats: RunStats, result: PilotResult, on_answer: Callable[[], None] | None = None) -> None:
     """Send the requests ``numbers`` (at most ``CONCURRENCY`` at once) to ``client``'s server;
     accept each answer's pairs into ``sink`` as it comes, so that a stop (a cancellation) keeps
     every pair answered before it; ``result`` holds each request's yield so far, whatever happens.
     ``stats`` counts the requests, their tokens and real-time cost as run's do (the caller records
-    them)."""
+    them); ``on_answer()`` is called once each answer's pairs are taken and its yield is in ``result``
+    (the caller records it with the answer's usage: a kill loses no measurement paid for)."""
     from asyncgen.throttle import RetryPolicy, Throttle
     from asyncgen.transport import ChatTransport
     from asyncgen.workers import Generator
@@ -63,6 +64,8 @@ async def run_pilot(client, api_key: str | None, task: Task, settings: Generatio
             result.yields.append(len(taken.accepted) + len(taken.surplus))
             result.accepted += len(taken.accepted)
             result.surplus += taken.surplus
+            if on_answer is not None:
+                on_answer()
     finally:
         for request in requests:
             request.cancel()

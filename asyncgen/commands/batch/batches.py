@@ -11,10 +11,9 @@ from pathlib import Path
 
 from asyncgen import locks
 from asyncgen.batch import lifecycle
-from asyncgen.batch.endpoint import POLL_SECONDS, open_batch_api
+from asyncgen.batch.endpoint import POLL_SECONDS, directory_endpoint, open_batch_api
 from asyncgen.batch.manifest import LOCK, Entry, Manifest, writer
 from asyncgen.commands.batch.directory import Setup, batch_directory, manifest_or_fail, price_only
-from asyncgen.commands.run import request_destination
 from asyncgen.errors import UsageError
 from asyncgen.eventloop import run_event_loop
 from asyncgen.progress import _duration, _money
@@ -59,7 +58,7 @@ def cmd_status(args) -> int:
         if not args.watch:
             print(status_table(setup, manifest))
             return
-        mode = (manifest.endpoint or {}).get("mode") or request_destination(args)[0]
+        mode = directory_endpoint(args, manifest)["mode"]
         await _watch(setup, manifest, refresh, args.poll_seconds or POLL_SECONDS[mode])
     try:
         run_event_loop(go())

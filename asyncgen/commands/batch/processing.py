@@ -60,22 +60,24 @@ class Interrupts:
     chunk in hand, keeping what is validated; a second stops the validation at once (elsewhere in
     the pass, appending to the dataset, it waits for the few milliseconds left: a scenario is
     never cut in two). The signal handler is installed on the main thread only; off it (the Python
-    API's worker thread) ``interrupt()`` is the first Ctrl-C, and ``active`` the pass under way."""
-
-    active: "Interrupts | None" = None
+    API's worker thread) ``interrupt()`` is the first Ctrl-C. One per run (``batch run`` keeps its
+    own across its passes, entered by each): ``active`` says whether one of its passes is under
+    way, so a stop to one run never reaches another running in the same process."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.active = False
         self._previous = None
 
     def __enter__(self) -> "Interrupts":
+        self.count = 0
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
-        Interrupts.active = self
+        self.active = True
         return self
 
     def __exit__(self, *exc_info) -> None:
-        Interrupts.active = None
+        self.active = False
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
 
@@ -101,13 +103,15 @@ class Interrupts:
         return self.count > 0
 
 
-def processing_pass(setup: Setup, manifest: Manifest, sink, validator, annotations, names: list[str], display: Display | None = None):
+def processing_pass(setup: Setup, manifest: Manifest, sink, validator, annotations, names: list[str],
+                    display: Display | None = None, interrupts: Interrupts | None = None):
+    """One processing pass; ``interrupts``: the run's (``batch run``: its stop reaches the pass), else its own."""
     from asyncgen.batch.process import process_pass
 
     if display is not None:
         display.count = sink.count
     try:
-        with Interrupts() as interrupts:
+        with interrupts or Interrupts() as interrupts:
             return process_pass(setup.directory, manifest, setup.task, sink, validator, names,
                                 lambda name: lifecycle.result_files(setup.directory, manifest.entry(name)),
                                 lambda: run_state(setup, manifest, sink),

@@ -136,23 +136,24 @@ async def _wave(args, setup: Setup, manifest: Manifest, api, sink, validator, an
     manifest.next_request += count
     manifest.entries.append(entry)
     stats = RunStats(target=manifest.target, accepted=sink.count)
+    result = PilotResult()
+    earlier_yields = list(manifest.totals.get("pilot_yields", []))
 
     def record() -> None:
         entry.request_counts = {"total": count, "completed": stats.requests_ok, "failed": count - stats.requests_ok}
         entry.usage = {"input": stats.prompt_tokens, "output": stats.completion_tokens}
+        if source == "pilot":  # each answer's yield with it: killed, the pilot paid for is not lost (nor sent again)
+            manifest.totals["pilot_yields"] = earlier_yields + result.yields
         manifest.save(setup.directory)
 
     record()
     sink.sync(run_state(setup, manifest, sink))  # the checkpoint's record too: a rebuild must not number requests again
     stats.on_usage = record
-    result = PilotResult()
     try:
         await run_pilot(api.client, api.api_key, setup.task, settings, setup.price, numbers, avoid, args.avoid_chars,
                         trust_env=api.trust_env, sink=sink, validator=validator, annotations=annotations, stats=stats,
-                        result=result)
+                        result=result, on_answer=record)
     finally:  # stopped too: what was answered is in the dataset, its yields and surplus recorded
-        if source == "pilot":
-            manifest.totals["pilot_yields"] = manifest.totals.get("pilot_yields", []) + result.yields
         if result.surplus:  # the target is reached: no wave follows
             name = f"spares-{source}-{manifest.next_request}.jsonl"
             atomic_write(setup.directory / name, b"".join(

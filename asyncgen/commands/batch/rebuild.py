@@ -4,8 +4,9 @@ checkpoint, which records it with every sync (``processing.run_state``).
 
 Which dataset, and what target, the directory was for is taken from what records it, never guessed
 from a default name. The dataset: --output; else the one whose checkpoint (in the working directory
-or beside --dir) records this directory's processing, by the id its requests carry; else the one the
-metadata of the directory's batches names (``lifecycle.batch_metadata``). The target: --num-scenarios;
+or beside --dir) records this directory's processing, by the id its requests carry; else the one of
+the name the metadata of the directory's batches gives, there, if its path has the tag they give
+(``lifecycle.batch_metadata``: no path is sent, none taken back). The target: --num-scenarios;
 else the dataset checkpoint's record; else the batches' metadata. Nothing says: refused, nothing
 written. A dataset whose checkpoint records the processing of other batch directories but
 not this one's is refused too (--force takes it anyway)."""
@@ -70,6 +71,8 @@ def cmd_rebuild(args) -> int:
     adopted, metadata = run_event_loop(go())
     manifest.output, target = _dataset_and_target(args, directory, manifest.directory_id, metadata)
     checkpoint = Path(args.checkpoint or default_checkpoint_path(manifest.output))
+    if not (args.num_scenarios or target or _recorded_target(checkpoint, manifest.directory_id)):
+        raise UsageError(_no_target(directory, manifest.output) + " (nothing was written)")  # the sink not even opened
     record, missing = _recorded_accounting(setup, manifest, checkpoint, args.force)
     files, unsent = len(manifest.entries), sum(e.batch_id is None for e in manifest.entries)
     if record is not None:
@@ -80,9 +83,8 @@ def cmd_rebuild(args) -> int:
         else:
             target = int(record.get("target") or 0) or target
     target = args.num_scenarios or target
-    if target is None:
-        raise UsageError(f"cannot tell the target of {directory}'s dataset {manifest.output}: nothing records it (no batch "
-                         "of it found, no record in the dataset's checkpoint); give --num-scenarios N (nothing was written)")
+    if target is None:  # the checkpoint's record named one, but did not fit: the dataset was opened (and checked)
+        raise UsageError(_no_target(directory, manifest.output) + f" ({missing}; no manifest was written)")
     manifest.target = target
     lifecycle.recover_resubmitted(directory, manifest)
     manifest.save(directory)
@@ -102,6 +104,18 @@ def cmd_rebuild(args) -> int:
     print(f"task {manifest.task}, model {manifest.model}, dataset {manifest.output}, target {manifest.target}; "
           f"next: python -m asyncgen batch run --dir {directory} (or `batch process`)")
     return 0
+
+
+def _no_target(directory: Path, output: str) -> str:
+    return (f"cannot tell the target of {directory}'s dataset {output}: nothing records it (no batch of it found, no "
+            "record in the dataset's checkpoint); give --num-scenarios N")
+
+
+def _recorded_target(checkpoint: Path, directory_id: str) -> int | None:
+    """The target the dataset's checkpoint records for the directory, read as it is (the sink not opened)."""
+    records, _ = _recorded_directories(checkpoint)
+    record = records.get(directory_id)
+    return _number(str(record.get("target"))) if isinstance(record, dict) else None
 
 
 def _recorded_accounting(setup: Setup, manifest: Manifest, checkpoint: Path, force: bool) -> tuple[dict | None, str]:
@@ -127,21 +141,27 @@ def _dataset_and_target(args, directory: Path, directory_id: str, metadata: dict
     """The dataset the directory was for, and the target its batches' metadata records for it (None:
     none; the dataset's checkpoint may record one): --output; else the one dataset whose checkpoint
     records the directory's processing (the strongest evidence: its content, wherever --dir is run
-    from); else what its newest batch's metadata names (a path as given then). Refused when nothing
-    says which dataset, or when the dataset's checkpoint records other batch directories but not this one."""
-    named = metadata.get("asyncgen_output")
+    from); else the dataset of the name its newest batch's metadata gives, in the working directory or
+    beside --dir, whose path has the tag the metadata gives (``lifecycle.dataset_tag``: a server's
+    word is no path taken as it is). Refused when nothing says which dataset, or when the dataset's
+    checkpoint records other batch directories but not this one."""
+    named, tag = metadata.get("asyncgen_output"), metadata.get("asyncgen_output_tag")
+    folders = list(dict.fromkeys([Path.cwd(), directory.resolve().parent]))
+    where = " or ".join(map(str, folders))
     if args.output:
         output = args.output
     else:
-        found = _datasets_recording(directory_id, [Path.cwd(), directory.resolve().parent])
-        if len(found) > 1 or not (found or named):
-            where = f"{Path.cwd()}" + ("" if directory.resolve().parent == Path.cwd() else f" or {directory.resolve().parent}")
+        found = _datasets_recording(directory_id, folders)
+        tagged = [_shown(folder / named) for folder in folders if named and tag and lifecycle.dataset_tag(folder / named) == tag]
+        if len(found) > 1 or not (found or tagged):
             why = (f"{len(found)} datasets record it ({', '.join(found)})" if found else
+                   f"its batches name a dataset {named}, but no {named} in {where} is the one they were made for"
+                   if named and tag else
                    f"its batches (if any were found) do not name it, and no dataset checkpoint in {where} records its processing")
             raise UsageError(f"cannot tell which dataset {directory}'s requests were for: {why}; give --output DATASET "
                              "(and --num-scenarios N) to rebuild it for that dataset (nothing was written)")
-        output = found[0] if found else named
-    same = named is not None and Path(named).resolve() == Path(output).resolve()
+        output = found[0] if found else tagged[0]
+    same = tag is not None and lifecycle.dataset_tag(output) == tag
     target = _number(metadata.get("asyncgen_target")) if same else None
     if output != args.output:  # (--output: checked before the API was asked)
         _refuse_another_directorys(args, directory, directory_id, output)
@@ -191,6 +211,11 @@ def _datasets_recording(directory_id: str, folders: list[Path]) -> list[str]:
         except (OSError, orjson.JSONDecodeError):
             continue
         if isinstance(dataset, str) and default_checkpoint_path(dataset).resolve() == checkpoint:
-            relative = os.path.relpath(dataset)
-            found.append(dataset if relative.startswith("..") else relative)
+            found.append(_shown(Path(dataset)))
     return found
+
+
+def _shown(dataset: Path) -> str:
+    """A dataset's path as a rebuilt manifest records it: from here when under it, else absolute."""
+    relative = os.path.relpath(dataset)
+    return str(dataset.resolve()) if relative.startswith("..") else relative

@@ -54,9 +54,8 @@ def cmd_run(args) -> int:
     try:
         setup = load_setup(args, load_tokenizers=True)
     except KeyboardInterrupt:
-        print_summary(f"asyncgen batch run: interrupted while loading the tokenizers, before anything was written (no manifest "
-                      f"or request file in {args.dir}, {args.output or 'the dataset'} untouched)\n  resume with: "
-             f"{resume_command(args)}")
+        print_summary(f"asyncgen batch run: interrupted while loading the tokenizers: nothing "
+                      f"written to {args.dir} or {args.output or 'the dataset'}\n  resume with: {resume_command(args)}")
         return 130
     manifest = setup.manifest
     if manifest is None:
@@ -94,16 +93,15 @@ def cmd_run(args) -> int:
     return 1
 
 
-def _stop_from_any_thread(task: asyncio.Task):
+def _stop_from_any_thread(task: asyncio.Task, interrupts: Interrupts):
     """``batch run``'s Ctrl-C, callable from any thread: the run's task is cancelled, as the event
-    loop's own SIGINT handler does; a validation pass under way (synchronous: the cancellation
-    lands when it ends) stops after the chunk in hand."""
+    loop's own SIGINT handler does; a validation pass of this run under way (``interrupts``: the
+    run's own; synchronous: the cancellation lands when it ends) stops after the chunk in hand."""
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
-        running = Interrupts.active
-        if running is not None:
-            running.interrupt()
+        if interrupts.active:
+            interrupts.interrupt()
         with contextlib.suppress(RuntimeError):  # the loop closed: the run is over
             loop.call_soon_threadsafe(task.cancel)
     return stop
@@ -123,8 +121,9 @@ class RunOutcome:
 
 async def _run_async(args, setup: Setup, manifest: Manifest, started: float, outcome: RunOutcome) -> None:
     directory = setup.directory
+    interrupts = Interrupts()  # this run's: a stop to another run in this process (threads) leaves it alone
     if getattr(args, "control", None) is not None:  # the Python API's stop (asyncgen.generate_batch)
-        args.control.attach(_stop_from_any_thread(asyncio.current_task()), on_loop=False)
+        args.control.attach(_stop_from_any_thread(asyncio.current_task(), interrupts), on_loop=False)
     outcome.at("opening the dataset", "nothing was sent")
     with processing_stages(args, setup, manifest) as (sink, validator, annotations), Display(setup, manifest, started) as display:
         outcome.at("connecting to the batch API (offline: starting the simulator)", "nothing was sent")
@@ -137,7 +136,7 @@ async def _run_async(args, setup: Setup, manifest: Manifest, started: float, out
                 names = [e.name for e in manifest.entries if e.downloaded and not e.processed]
                 if names or manifest.processing is not None or (manifest.spares and sink.count < manifest.target):
                     outcome.at("processing results", "what was validated is in the dataset")
-                    report = processing_pass(setup, manifest, sink, validator, annotations, names, display)
+                    report = processing_pass(setup, manifest, sink, validator, annotations, names, display, interrupts)
                     if report.stopped:  # Ctrl-C during the pass: the run stops here, after it, even when it finished
                         outcome.stop, outcome.unvalidated = "interrupted", report.unvalidated
                         outcome.stopped_pass = report if report.unvalidated else None

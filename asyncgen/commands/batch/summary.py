@@ -17,7 +17,7 @@ def run_cost(setup: Setup, manifest: Manifest, mode: str | None = None) -> tuple
     ``directory_endpoint``).
     The one source of the summary's cost line and of the Python API's ``BatchResult``."""
     at_batch, at_real = manifest.cost(setup.costs)
-    return at_batch, at_real, (manifest.endpoint or {}).get("mode", mode) == "simulator"
+    return at_batch, at_real, (manifest.bound_endpoint() or {}).get("mode", mode) == "simulator"
 
 
 def summary_text(setup: Setup, manifest: Manifest, count: int, report=None, *, title: str = "batch process",
