@@ -18,7 +18,7 @@ import signal
 import sys
 
 from asyncgen import __version__
-from asyncgen.errors import AsyncgenError, from_os_error, redact
+from asyncgen.errors import AsyncgenError, from_os_error, printable, redact
 from asyncgen.terminal import is_terminal, print_fitted, terminal_width, wrap_text
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -97,7 +97,9 @@ class RedactingFormatter(logging.Formatter):
 
 
 def redact_secrets(text: str) -> str:
-    return redact(text, os.environ.get("OPENAI_API_KEY"))
+    """What may reach the terminal or a log: the API key redacted, control characters (a server's
+    escape sequences) shown as ``\\xNN``."""
+    return printable(redact(text, os.environ.get("OPENAI_API_KEY")))
 
 
 # Off a terminal (a file, a pipe, CI): one line a record, the same in every log file.

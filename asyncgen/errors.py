@@ -87,6 +87,17 @@ def redact(text: str, secret: str | None) -> str:
     return text
 
 
+# Control characters but the line feed and the tab: a server's words (an error message, a batch's
+# error lines) reach the terminal through logs, error lines and summaries, and an escape sequence
+# or a carriage return in them could rewrite what the user sees.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character but newline and tab shown as ``\\xNN``. Pure."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def server_words(exc: BaseException) -> str:
     """What the server said, on one line, without the SDK's ``Error code: 401 - {...}`` wrapping.
 

@@ -11,6 +11,7 @@ import shlex
 import sys
 from typing import Callable, TextIO
 
+from asyncgen.errors import printable
 from asyncgen.stats import RunStats
 from asyncgen.terminal import fit_columns, is_terminal, print_fitted, terminal_width
 
@@ -293,6 +294,7 @@ def print_summary(text: str, stream: TextIO | None = None) -> None:
     """A closing summary on ``stream`` (stderr by default), fitted to the terminal's width when it
     is one (``fit_summary``); elsewhere as it is, a line per figure (see asyncgen/terminal.py)."""
     stream = stream or sys.stderr
+    text = printable(text)  # a summary quotes the server's words
     if is_terminal(stream):
         text = fit_summary(text, terminal_width(stream))
     print(text, file=stream)

@@ -7,6 +7,8 @@ import json
 import shutil
 import time
 
+import pytest
+
 import test_batch
 from test_batch import batch, copy_of, manifest
 
@@ -351,3 +353,19 @@ def test_a_stop_to_one_batch_run_leaves_another_runs_pass_alone():
         leave.set()
         thread.join()
     assert mine.count == 1 and not other.stop()
+
+
+@pytest.mark.parametrize("batch_id", ["../../outside", "batch/../x", "\x1b[2Jbatch", "", None, "a" * 129])
+def test_a_batch_id_that_is_no_plain_name_is_refused_before_it_names_a_file(batch_id):
+    """Was: the server's batch id was taken as it came and named the result files
+    (results/ID_output.jsonl): a server answering "../../outside" had them written outside --dir."""
+    from asyncgen.batch import lifecycle
+    from asyncgen.batch.manifest import Entry
+    from asyncgen.errors import RunError
+
+    entry = Entry("round-1-part-1.jsonl", 1, 10)
+    with pytest.raises(RunError, match="not a plain name"):
+        lifecycle.update(entry, {"id": batch_id, "status": "validating"})
+    assert entry.batch_id is None
+    lifecycle.update(entry, {"id": "batch_67f0c2e1:v1.a-b", "status": "validating"})
+    assert entry.batch_id == "batch_67f0c2e1:v1.a-b"

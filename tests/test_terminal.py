@@ -274,3 +274,21 @@ def test_inspect_sample_fits_the_width_it_is_given():
         assert clean.index("[[hat]]") == [line for line in lines if "[[knife]]" in line][0].index("[[knife]]")
         assert "multi-token form (in the single-token form)" in " ".join(" ".join(lines).split())
     assert render_sample([record], 50) != render_sample([record])  # 80 by default, as before
+
+
+def test_a_servers_escape_sequences_never_reach_the_terminal_raw(monkeypatch):
+    """Was: a server's words (an error message, a batch's error lines) went to the terminal as they
+    came, so an escape sequence or a carriage return in them could clear or rewrite the screen."""
+    from asyncgen import cli
+    from asyncgen.progress import print_summary
+
+    said = "model gone\x1b[2J\rfake line\x07"
+    shown = cli.redact_secrets(f"error: {said}\nnext\tline")
+    assert "\x1b" not in shown and "\r" not in shown and "\x07" not in shown
+    assert shown == "error: model gone\\x1b[2J\\x0dfake line\\x07\nnext\tline"
+    stream = io.StringIO()
+    print_summary(f"asyncgen run finished\n  last error      {said}", stream)
+    assert "\x1b" not in stream.getvalue() and "\\x1b[2J" in stream.getvalue()
+    record = logging.LogRecord("asyncgen.run", logging.WARNING, __file__, 1, "server said %s", (said,), None)
+    for formatter in (cli.RedactingFormatter(cli.LOG_FORMAT), cli.TerminalFormatter()):
+        assert "\x1b" not in formatter.format(record)

@@ -43,9 +43,19 @@ def request_path(directory: Path, entry: Entry) -> Path:
     return directory / REQUESTS / entry.name
 
 
+# A batch id names the directory's result files (results/ID_output.jsonl): a server's id is taken
+# only as a plain name, never as a path ("../x") or with a terminal escape in it.
+BATCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+
+
 def update(entry: Entry, batch: dict) -> None:
-    """Copy what the API says about a batch into its entry (values set, never added)."""
-    entry.batch_id = batch["id"]
+    """Copy what the API says about a batch into its entry (values set, never added). A batch id
+    that is not a plain name (``BATCH_ID``) is refused: the server is not trusted with a path."""
+    batch_id = batch.get("id")
+    if not isinstance(batch_id, str) or not BATCH_ID.fullmatch(batch_id) or ".." in batch_id:
+        raise RunError(f"{entry.name}: the server answered a batch id that is not a plain name ({batch_id!r:.80}); "
+                       "nothing of it is kept: check --base-url (it must be an OpenAI-compatible Batch API)")
+    entry.batch_id = batch_id
     entry.state = "submitted"
     entry.submitted_at = entry.submitted_at or time.time()
     entry.status = batch["status"]
