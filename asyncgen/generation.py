@@ -294,10 +294,13 @@ async def generate_async(prepared: Prepared, control: RunControl | None = None, 
             early_validator.close()  # a run that took it closed it already; one refused or done at once did not
 
 
-def _move_old_scores_aside(output: str) -> None:
+def _set_the_replaced_dataset_aside(output: str) -> None:
     """``--overwrite`` starts the dataset over: the scores of the dataset it replaces go aside, named
-    (``asyncgen.scores.move_aside``), so that none passes for the new dataset's. Its checkpoint and
-    token annotations the sink and the sidecar start over themselves."""
+    (``asyncgen.scores.move_aside``), so that none passes for the new dataset's; its token
+    annotations (derived from it alone, made again as the new dataset grows) go, so that the
+    sidecar starts empty instead of reporting the old ones as disagreeing. Its checkpoint the sink
+    starts over itself."""
+    from asyncgen.annotations import record_path, sidecar_path
     from asyncgen.scores import move_aside, scores_dir
 
     try:
@@ -308,6 +311,8 @@ def _move_old_scores_aside(output: str) -> None:
     if aside is not None:
         log.warning("--overwrite: the scores of the dataset it replaced are kept in %s (they are not this "
                     "dataset's); delete that folder if you do not need them", aside)
+    for derived in (sidecar_path(output), record_path(sidecar_path(output))):
+        derived.unlink(missing_ok=True)
 
 
 async def _generate_on(prepared: Prepared, sink, opening: "SinkOpening", early_validator, mode: str,
@@ -488,7 +493,7 @@ class SinkOpening:
             auto_sync=False,
             # The replaced dataset's scores go aside before anything of it is changed: a failed
             # move refuses the run with the dataset intact.
-            before_overwrite=functools.partial(_move_old_scores_aside, args.output),
+            before_overwrite=functools.partial(_set_the_replaced_dataset_aside, args.output),
         )
         thread.shutdown(wait=False)  # the thread ends with the open
         return cls(future, output_existed, checkpoint, checkpoint_existed)

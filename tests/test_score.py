@@ -686,6 +686,7 @@ def test_run_overwrite_moves_the_replaced_datasets_scores_aside_and_nothing_take
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("med.scores.replaced-")]
     assert len(aside) == 1 and (aside[0] / "gpt-4o.jsonl").read_bytes() == old_scores, sorted(tmp_path.iterdir())
     assert not (tmp_path / "med.scores").exists() and f"kept in {aside[0]}" in err
+    assert "disagreed" not in err  # was: the old token annotations reported as disagreeing, then rewritten
     rows = asyncgen.load(dataset, format="records")  # the old scores are no columns of the new dataset
     assert len(rows) == 6 and not any(key.startswith("score.") for key in rows[0])
     code, _out, err = cli("score", str(dataset), "--model", "gpt-4o")
