@@ -369,3 +369,23 @@ def test_a_batch_id_that_is_no_plain_name_is_refused_before_it_names_a_file(batc
     assert entry.batch_id is None
     lifecycle.update(entry, {"id": "batch_67f0c2e1:v1.a-b", "status": "validating"})
     assert entry.batch_id == "batch_67f0c2e1:v1.a-b"
+
+
+def test_a_directory_used_from_another_folder_finds_its_dataset_and_a_lost_one_is_refused(tmp_path):
+    """Was: the manifest kept the dataset's path as typed, relative to the folder of the first
+    command, so `batch run --dir proj/b` from the parent made a new proj/d.jsonl... in the wrong
+    folder, from new batches, paid again; the answers counted before were not counted again."""
+    project = tmp_path / "proj"
+    project.mkdir()
+    first = batch(project, "run", "--num-scenarios", "40", "--dir", "b", "--output", "d.jsonl")
+    assert first.returncode == 0, first.stderr[-2000:]
+    paid = json.loads((project / "b" / "manifest.json").read_text())
+    again = batch(tmp_path, "run", "--num-scenarios", "40", "--dir", "proj/b")  # from the parent folder
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "40/40 scenarios in proj/d.jsonl" in again.stderr and not (tmp_path / "d.jsonl").exists()
+    assert json.loads((project / "b" / "manifest.json").read_text())["entries"] == paid["entries"]  # nothing sent
+    (project / "d.jsonl").rename(project / "moved.jsonl")
+    lost = batch(tmp_path, "run", "--num-scenarios", "80", "--dir", "proj/b")
+    assert lost.returncode == 2 and "proj/d.jsonl: no such dataset" in lost.stderr, lost.stderr[-2000:]
+    assert "give its path with --output" in lost.stderr and not (project / "d.jsonl").exists()
+    assert json.loads((project / "b" / "manifest.json").read_text())["entries"] == paid["entries"]

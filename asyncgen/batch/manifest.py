@@ -17,6 +17,8 @@ Layout of a batch directory::
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -83,6 +85,14 @@ class Entry:
         return self.source in REAL_TIME_SOURCES
 
 
+def _from_here(path: str) -> str:
+    """``path`` (absolute) relative to the working directory when it is under it, else absolute."""
+    path = os.path.normpath(path)
+    with contextlib.suppress(ValueError):
+        return str(Path(path).relative_to(os.getcwd()))
+    return path
+
+
 @dataclass
 class Manifest:
     task: str
@@ -124,11 +134,18 @@ class Manifest:
         data["entries"] = [Entry(**{k: v for k, v in e.items() if k in known}) for e in data.get("entries", [])]
         if "directory_id" not in data:  # made before ids carried the directory: its old ids stay valid
             data["legacy_below"] = data.get("next_request", 0)
+        if isinstance(data.get("output_from_dir"), str):  # the dataset wherever this command runs from
+            data["output"] = _from_here(os.path.join(os.path.abspath(directory), data["output_from_dir"]))
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
     def save(self, directory: Path) -> None:
-        atomic_write(directory / MANIFEST, orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2))
+        """The manifest, its dataset's path also as seen from ``directory`` (``output_from_dir``): a
+        path as typed means the folder it was typed in, and a later command may run from another."""
+        data = asdict(self)
+        with contextlib.suppress(ValueError):  # another drive (Windows): the path as typed only
+            data["output_from_dir"] = os.path.relpath(os.path.abspath(self.output), os.path.abspath(directory))
+        atomic_write(directory / MANIFEST, orjson.dumps(data, option=orjson.OPT_INDENT_2))
 
     def ledger(self) -> Ledger:
         return Ledger(self.directory_id, self.next_request, self.legacy_below, from_ranges(self.answered),

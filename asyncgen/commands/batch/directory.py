@@ -47,6 +47,16 @@ def batch_directory(args) -> Path:
     return directory
 
 
+def refuse_a_lost_dataset(manifest: Manifest, directory: Path) -> None:
+    """Refuse to go on when the dataset this directory has written pairs into is not at its
+    path: a fresh dataset there would be made from new batches only (the answers counted before
+    are not counted again), paid for a second time."""
+    if manifest.answered and not Path(manifest.output).exists():
+        raise UsageError(f"{manifest.output}: no such dataset, though {directory} has written the pairs of its "
+                         "answered requests into it; give its path with --output (it may have moved), or use "
+                         "another --dir to start a new dataset")
+
+
 CREATES_DIRECTORY = ("create", "process", "run", "rebuild")
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from asyncgen.batch import lifecycle
 from asyncgen.batch.ledger import line_digest, parse
 from asyncgen.batch.manifest import ACCOUNTING, Entry, Manifest
-from asyncgen.commands.batch.directory import Setup, load_setup
+from asyncgen.commands.batch.directory import Setup, load_setup, refuse_a_lost_dataset
 from asyncgen.commands.batch.display import Display
 from asyncgen.commands.batch.summary import summary_text
 from asyncgen.errors import UsageError
@@ -189,6 +189,7 @@ def cmd_process(args) -> int:
         manifest.target = args.target_scenarios
     if args.output:
         manifest.output = args.output
+    refuse_a_lost_dataset(manifest, setup.directory)
     setup.manifest = manifest
     # With --results, the directory's own downloaded results not processed yet go into the same pass
     # (first: a request is counted once, whichever file answers it), so that it leaves none behind.

@@ -17,7 +17,7 @@ from asyncgen.batch.manifest import Manifest
 from asyncgen.progress import resume_command
 from asyncgen.commands.batch import real_time
 from asyncgen.commands.batch.batches import SHOWN_ERRORS
-from asyncgen.commands.batch.directory import Setup, load_setup, read_dataset
+from asyncgen.commands.batch.directory import Setup, load_setup, read_dataset, refuse_a_lost_dataset
 from asyncgen.commands.batch.display import Display
 from asyncgen.commands.batch.processing import Interrupts, processing_pass, processing_stages
 from asyncgen.commands.batch.rounds import plan_and_write
@@ -65,6 +65,7 @@ def cmd_run(args) -> int:
     manifest.target = args.num_scenarios or manifest.target
     if args.output:
         manifest.output = args.output
+    refuse_a_lost_dataset(manifest, setup.directory)
     setup.manifest = manifest
     manifest.save(setup.directory)
     outcome = RunOutcome()
