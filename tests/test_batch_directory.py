@@ -389,3 +389,11 @@ def test_a_directory_used_from_another_folder_finds_its_dataset_and_a_lost_one_i
     assert lost.returncode == 2 and "proj/d.jsonl: no such dataset" in lost.stderr, lost.stderr[-2000:]
     assert "give its path with --output" in lost.stderr and not (project / "d.jsonl").exists()
     assert json.loads((project / "b" / "manifest.json").read_text())["entries"] == paid["entries"]
+
+
+def test_results_given_as_a_folder_are_refused_saying_it_is_a_folder(tmp_path):
+    """Was: "--results DIR: no such file" for a folder that exists."""
+    (tmp_path / "elsewhere").mkdir()
+    refused = batch(tmp_path, "process", "--results", "elsewhere", "--target-scenarios", "10")
+    assert refused.returncode == 2
+    assert "--results elsewhere is a folder; give its result files (e.g. elsewhere/*_output.jsonl)" in refused.stderr

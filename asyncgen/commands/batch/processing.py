@@ -142,6 +142,8 @@ def _add_results(setup: Setup, manifest: Manifest, paths: list[str], external: b
     directory, scratch, names = setup.directory, manifest.ledger(), []
     for given in paths:
         path = Path(given)
+        if path.is_dir():
+            raise UsageError(f"--results {given} is a folder; give its result files (e.g. {given}/*_output.jsonl)")
         if not path.is_file():
             raise UsageError(f"--results {given}: no such file")
         resolved = str(path.resolve())
