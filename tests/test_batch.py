@@ -674,6 +674,9 @@ def test_results_of_another_directory_or_task_are_refused_and_another_pipelines_
                   "--output", "ext.jsonl", "--target-scenarios", "5")
     assert taken.returncode == 0, taken.stderr[-2000:]
     assert f"answered requests from another pipeline (--external): {results.name}" in taken.stdout
+    # Was: the other directory's spend added to this one's, so the two together counted it twice.
+    paid_there = float(re.search(r"their usage \(\$([0-9.]+) at batch prices\) was paid there", taken.stdout).group(1))
+    assert paid_there > 0 and re.search(r"cost\s+\$0\.0000 at batch prices", taken.stdout), taken.stdout
     check = asyncgen_here("validate", "ext.jsonl", env=ENV, cwd=tmp_path)
     assert check.returncode == 0 and "(task sentiment)" in check.stdout
 

@@ -237,10 +237,12 @@ class Manifest:
 
     def cost(self, batch_cost) -> tuple[float | None, float | None]:
         """(batch-price USD, real-time USD) of the usage recorded so far; ``batch_cost(input, output)``
-        returns both. Each entry's usage is a value set from the API, never added to: no double count."""
+        returns both. Each entry's usage is a value set from the API, never added to: no double count.
+        Results from another pipeline (``--external``) were paid for there: their usage is not a cost
+        of this directory (nor counted twice when the other is an asyncgen directory)."""
         total_batch, total_real = 0.0, 0.0
         for entry in self.entries:
-            if not entry.usage:
+            if not entry.usage or entry.source == "external":
                 continue
             at_batch, at_real = batch_cost(entry.usage.get("input", 0), entry.usage.get("output", 0))
             if entry.real_time:  # paid at real-time prices

@@ -59,8 +59,11 @@ def summary_text(setup: Setup, manifest: Manifest, count: int, report=None, *, t
         lines.append(f"  left out        {t.get('foreign', 0)} results of requests {setup.directory} did not make, "
                      f"{t.get('repeated', 0)} of requests counted before")
     if t.get("external_requests"):
-        files = ", ".join(Path(e.output_path).name for e in manifest.entries if e.source == "external")
-        lines.append(f"  external        {t['external_requests']} answered requests from another pipeline (--external): {files}")
+        external = [e for e in manifest.entries if e.source == "external"]
+        files = ", ".join(Path(e.output_path).name for e in external)
+        paid_there = setup.usage_cost([e for e in external if e.usage])[0]
+        lines.append(f"  external        {t['external_requests']} answered requests from another pipeline (--external): {files}; "
+                     f"their usage ({_money(paid_there)} at batch prices) was paid there, not in the cost below")
     lines.append(f"  spares          {manifest.spares} valid pairs kept in {setup.directory} for later "
                  "(none repeats the dataset or another)")
     at_batch, at_real, simulated = run_cost(setup, manifest, mode)
