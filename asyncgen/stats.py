@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 
-
 class TargetedResult:
     """What the Python API's results share (``GenerateResult``, ``BatchResult``, ``ScoreResult``):
     ``scenarios`` held, or scored, of the ``target`` asked for. A base of frozen dataclasses that

@@ -19,6 +19,8 @@ import shutil
 import textwrap
 from typing import TextIO
 
+from asyncgen.errors import printable
+
 # Continuation lines keep at least this many columns for the text: a hanging indent that would
 # leave fewer (a narrow terminal, a long prefix) is cut to 2 spaces.
 MIN_ROOM = 24
@@ -114,7 +116,9 @@ def fit_columns(text: str, width: int, keep_whole: tuple[str, ...] = ()) -> str:
 
 def print_fitted(text: str, stream: TextIO, indent: int = 2) -> None:
     """``text`` printed on ``stream``: wrapped with ``indent`` (``wrap_text``) when it is a
-    terminal, as it is anywhere else (one line stays one line)."""
+    terminal, as it is anywhere else (one line stays one line); its control characters (a server's
+    words may hold escape sequences) shown as ``\\xNN`` (``errors.printable``)."""
+    text = printable(text)
     if is_terminal(stream):
         text = wrap_text(text, terminal_width(stream), indent)
     print(text, file=stream)

@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 
-from asyncgen.terminal import fit_columns, wrap_line, wrap_text
+from asyncgen.terminal import fit_columns, print_fitted, wrap_line, wrap_text
 
 OFFLINE = ("offline: no OPENAI_API_KEY and no --base-url, so requests go to asyncgen's built-in OpenAI "
            "simulator at http://127.0.0.1:36461/v1; its pairs come from the refusal task's lexicon, not a "
@@ -288,6 +288,9 @@ def test_a_servers_escape_sequences_never_reach_the_terminal_raw(monkeypatch):
     assert shown == "error: model gone\\x1b[2J\\x0dfake line\\x07\nnext\tline"
     stream = io.StringIO()
     print_summary(f"asyncgen run finished\n  last error      {said}", stream)
+    assert "\x1b" not in stream.getvalue() and "\\x1b[2J" in stream.getvalue()
+    stream = io.StringIO()
+    print_fitted(f"score: {said}", stream)  # the other way a command prints a line: score's messages, say
     assert "\x1b" not in stream.getvalue() and "\\x1b[2J" in stream.getvalue()
     record = logging.LogRecord("asyncgen.run", logging.WARNING, __file__, 1, "server said %s", (said,), None)
     for formatter in (cli.RedactingFormatter(cli.LOG_FORMAT), cli.TerminalFormatter()):
