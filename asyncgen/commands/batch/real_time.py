@@ -59,7 +59,7 @@ async def pilot(args, setup: Setup, manifest: Manifest, api, sink, validator, an
         if count <= 0:
             break
         yields += await _wave(args, setup, manifest, api, sink, validator, annotations, settings, count,
-                                        "pilot", wave + 1)
+                              "pilot", wave + 1)
         if display is not None:
             display.show(sink.count)
     if not yields:
@@ -93,7 +93,7 @@ async def finish(args, setup: Setup, manifest: Manifest, api, sink, validator, a
         display.show(sink.count)
         try:
             added = await _wave(args, setup, manifest, api, sink, validator, annotations, settings, count,
-                                          "finish", len(manifest.finishes(manifest.rounds)) + 1)
+                                "finish", len(manifest.finishes(manifest.rounds)) + 1)
         finally:
             display.activity = None
         barren = 0 if sum(added) else barren + count
@@ -115,7 +115,7 @@ def _affordable(args, setup: Setup, manifest: Manifest, count: int) -> int:
 
 
 async def _wave(args, setup: Setup, manifest: Manifest, api, sink, validator, annotations, settings,
-                          count: int, source: str, wave: int) -> list[int]:
+                count: int, source: str, wave: int) -> list[int]:
     """One wave of real-time requests, ``source`` "pilot" (before round 1) or "finish" (after the
     last round): ``count`` requests, their pairs accepted; a pilot's yields added to those its
     earlier waves saved in the manifest; returns this wave's."""
