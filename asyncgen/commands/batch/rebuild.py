@@ -60,7 +60,7 @@ def cmd_rebuild(args) -> int:
                          "where their batches went (OPENAI_API_KEY for the OpenAI API, or --base-url) so that rebuild finds "
                          f"them; if they were never sent, remove {directory / lifecycle.REQUESTS} and `batch create` again")
     if args.output:
-        _refuse_another_directorys(args, directory, manifest.directory_id, args.output)
+        _refuse_a_dataset_of_other_directories(args, directory, manifest.directory_id, args.output)
 
     async def go() -> tuple[list[Entry], dict]:
         async with open_batch_api(args, directory, manifest) as (api, _):
@@ -164,11 +164,11 @@ def _dataset_and_target(args, directory: Path, directory_id: str, metadata: dict
     same = tag is not None and lifecycle.dataset_tag(output) == tag
     target = _number(metadata.get("asyncgen_target")) if same else None
     if output != args.output:  # (--output: checked before the API was asked)
-        _refuse_another_directorys(args, directory, directory_id, output)
+        _refuse_a_dataset_of_other_directories(args, directory, directory_id, output)
     return output, target
 
 
-def _refuse_another_directorys(args, directory: Path, directory_id: str, output: str) -> None:
+def _refuse_a_dataset_of_other_directories(args, directory: Path, directory_id: str, output: str) -> None:
     """Refuse (unless --force) a dataset whose checkpoint records other batch directories' processing, not this one's."""
     checkpoint = Path(args.checkpoint or default_checkpoint_path(output))
     others, batch_dir = _recorded_directories(checkpoint)
