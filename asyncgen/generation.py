@@ -491,8 +491,8 @@ class SinkOpening:
             overwrite=args.overwrite,
             durability=DurabilityPolicy(args.sync_every, args.sync_seconds),
             auto_sync=False,
-            # The replaced dataset's scores go aside before anything of it is changed: a failed
-            # move refuses the run with the dataset intact.
+            # The replaced dataset's scores go aside (its annotations go) before anything of it is
+            # changed: a failed move refuses the run with the dataset intact.
             before_overwrite=functools.partial(_set_the_replaced_dataset_aside, args.output),
         )
         thread.shutdown(wait=False)  # the thread ends with the open

@@ -46,7 +46,7 @@ Contract
   fsync runs outside it, so appends go on meanwhile, and covers at least what the checkpoint says.
 * One writer per sink: ``open`` takes an exclusive ``flock`` on the file where the platform has one.
   ``overwrite`` changes nothing before it holds it; its ``before_overwrite`` hook (the run's move
-  of the replaced dataset's scores) runs then, and what the hook raises leaves everything as it was.
+  of the replaced dataset's scores aside) runs then, and what the hook raises leaves everything as it was.
 * History: ``record_history`` adds an entry (what ``drop`` or ``merge`` did to make the dataset) to
   the checkpoint's ``history``, which every later checkpoint of the same dataset keeps (a resume
   carries it; ``overwrite`` or a new dataset starts without). A checkpoint without one has none.

@@ -85,12 +85,14 @@ class Entry:
         return self.source in REAL_TIME_SOURCES
 
 
-def _from_here(path: str) -> str:
-    """``path`` (absolute) relative to the working directory when it is under it, else absolute."""
-    path = os.path.normpath(path)
-    with contextlib.suppress(ValueError):
-        return str(Path(path).relative_to(os.getcwd()))
-    return path
+def path_from_here(path: str | os.PathLike) -> str:
+    """A dataset's path as a manifest gives it: relative to the working directory when under it,
+    else absolute (resolved)."""
+    with contextlib.suppress(ValueError):  # another drive (Windows): absolute
+        relative = os.path.relpath(path)
+        if not relative.startswith(".."):
+            return relative
+    return str(Path(path).resolve())
 
 
 @dataclass
@@ -135,7 +137,7 @@ class Manifest:
         if "directory_id" not in data:  # made before ids carried the directory: its old ids stay valid
             data["legacy_below"] = data.get("next_request", 0)
         if isinstance(data.get("output_from_dir"), str):  # the dataset wherever this command runs from
-            data["output"] = _from_here(os.path.join(os.path.abspath(directory), data["output_from_dir"]))
+            data["output"] = path_from_here(os.path.join(os.path.abspath(directory), data["output_from_dir"]))
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 

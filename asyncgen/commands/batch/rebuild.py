@@ -13,14 +13,13 @@ not this one's is refused too (--force takes it anyway)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import orjson
 
 from asyncgen.batch import lifecycle
 from asyncgen.batch.endpoint import open_batch_api
-from asyncgen.batch.manifest import ACCOUNTING, Entry, Manifest, leftovers, spares_origin
+from asyncgen.batch.manifest import ACCOUNTING, Entry, Manifest, leftovers, path_from_here, spares_origin
 from asyncgen.commands.batch.directory import Setup, batch_directory, load_setup
 from asyncgen.commands.run import request_destination
 from asyncgen.errors import UsageError
@@ -152,7 +151,7 @@ def _dataset_and_target(args, directory: Path, directory_id: str, metadata: dict
         output = args.output
     else:
         found = _datasets_recording(directory_id, folders)
-        tagged = [_shown(folder / named) for folder in folders if named and tag and lifecycle.dataset_tag(folder / named) == tag]
+        tagged = [path_from_here(folder / named) for folder in folders if named and tag and lifecycle.dataset_tag(folder / named) == tag]
         if len(found) > 1 or not (found or tagged):
             why = (f"{len(found)} datasets record it ({', '.join(found)})" if found else
                    f"its batches name a dataset {named}, but no {named} in {where} is the one they were made for"
@@ -211,11 +210,5 @@ def _datasets_recording(directory_id: str, folders: list[Path]) -> list[str]:
         except (OSError, orjson.JSONDecodeError):
             continue
         if isinstance(dataset, str) and default_checkpoint_path(dataset).resolve() == checkpoint:
-            found.append(_shown(Path(dataset)))
+            found.append(path_from_here(Path(dataset)))
     return found
-
-
-def _shown(dataset: Path) -> str:
-    """A dataset's path as a rebuilt manifest records it: from here when under it, else absolute."""
-    relative = os.path.relpath(dataset)
-    return str(dataset.resolve()) if relative.startswith("..") else relative
